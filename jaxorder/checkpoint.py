@@ -1,0 +1,105 @@
+"""Orbax checkpoints of a run: train state, grain iterator state and the config, async, with fallback.
+
+A checkpoint step directory holds three items: `state` (params, optimizer state, step),
+`data` (the grain iterator state) and `config` (the resolved config as JSON). If the newest
+checkpoint cannot be restored, it is moved aside (renamed, never deleted) and the previous one
+is used, with a warning.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from jaxorder.config import ConfigError
+
+ITEMS = ("state", "data", "config")
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class Checkpointer:
+    """Thin wrapper over `ocp.CheckpointManager` with the run's item layout."""
+
+    def __init__(self, directory: Path, max_to_keep: int, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                                 enable_async_checkpointing=async_save,
+                                                 create=True),
+            item_names=ITEMS,
+        )
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, iterator: Any, config_dict: dict, force: bool = False) -> bool:
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                    data=grain.checkpoint.CheckpointSave(iterator),
+                                    config=ocp.args.JsonSave(config_dict)),
+            force=force,
+        )
+
+    def restore_latest(self, abstract_state: Any, iterator: Any = None) -> tuple[int, Any] | None:
+        """Restores the newest readable checkpoint (and `iterator`'s position, if given).
+
+        Returns (step, state), or None when there is no readable checkpoint.
+        """
+        for step in reversed(self.steps()):
+            items = {"state": ocp.args.StandardRestore(abstract_state)}
+            if iterator is not None:
+                items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+                return step, restored["state"]
+            except Exception as e:  # noqa: BLE001 - any failure to read means "unusable checkpoint"
+                aside = self._move_aside(step)
+                reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+                warn(f"checkpoint at step {step} could not be restored ({reason}); "
+                     f"moved it to {aside.name} and falling back to the previous checkpoint")
+                self.manager.reload()
+        return None
+
+    def _move_aside(self, step: int) -> Path:
+        src = self.directory / str(step)
+        dst = self.directory.parent / f"corrupt_checkpoint_{step}_{int(time.time())}"
+        if src.exists():
+            src.rename(dst)
+        return dst
+
+    def saved_config(self) -> dict | None:
+        steps = self.steps()
+        if not steps:
+            return None
+        try:
+            return self.manager.restore(steps[-1], args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        except Exception:  # noqa: BLE001
+            return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_of(tree: Any) -> Any:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def require_checkpoint(run_dir: Path) -> Path:
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+        raise ConfigError(f"{run_dir} has no checkpoints; train it first with `jaxorder train CONFIG --run-dir {run_dir}`")
+    return ckpt_dir

@@ -1,0 +1,306 @@
+"""Typed experiment configs: YAML files with `include:`, dotted overrides, strict validation.
+
+A config file is a YAML mapping whose top-level keys are the sections below (``model``,
+``objective``, ``data``, ``optimizer``, ``train``, ``eval``) plus an optional ``include:`` list
+of other YAML files (paths relative to the including file) that are merged first, later files
+and the including file winning. Overrides are ``section.field=value`` strings whose values are
+parsed as YAML scalars and then checked against the field's type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config, override or run directory; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 260  # byte tokenizer: 256 bytes + PAD, MASK, BOS, EOS
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 0  # 0 = SwiGLU default: 8/3 * d_model rounded up to a multiple of 64
+    max_len: int = 512
+    rope_base: float = 10000.0
+    dtype: str = "float32"  # compute dtype: float32 on CPU, bfloat16 on accelerators
+    param_dtype: str = "float32"
+    attention_impl: str = "xla"  # xla | pallas
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        return -(-(8 * self.d_model // 3) // 64) * 64
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    name: str = "l2r"  # l2r | r2l | mdm
+    mdm_eps: float = 1e-3  # smallest diffusion time t ~ U(eps, 1)
+    antithetic: bool = True  # stratify t across the batch
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "shakespeare"  # shakespeare (embedded corpus) | text (data.path)
+    path: str = ""  # file or directory of text files, for source=text
+    tokenizer: str = "byte"
+    seq_len: int = 128  # tokens per training/validation window
+    batch_size: int = 32  # global batch (windows per step)
+    val_fraction: float = 0.1  # share of documents (whole works) held out, at least one
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 300
+    seed: int = 0
+    log_every: int = 25
+    eval_every: int = 100  # validation bits/byte every N steps (and at the end)
+    checkpoint_every: int = 100
+    max_to_keep: int = 3
+    async_checkpointing: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batches: int = 4  # validation batches (of data.batch_size windows) per evaluation
+    mdm_time_samples: int = 4  # diffusion times per sequence for the MDM ELBO
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+OBJECTIVES = ("l2r", "r2l", "mdm")
+DATA_SOURCES = ("shakespeare", "text")
+DTYPES = ("float32", "bfloat16")
+ATTENTION_IMPLS = ("xla", "pallas")
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _closest(name: str, options: Sequence[str]) -> str:
+    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(options)}"
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Reads one YAML file and merges its ``include:`` files underneath it."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config include cycle: {' -> '.join(str(p) for p in seen + (path,))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (check the path)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping of sections, got {type(raw).__name__}")
+    includes = raw.pop("include", []) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    merged: dict = {}
+    for inc in includes:
+        merged = _deep_merge(merged, _read_yaml(path.parent / inc, seen + (path,)))
+    return _deep_merge(merged, raw)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parses ``section.field=value`` into (dotted key, YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form section.field=value (e.g. train.steps=500)")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if key.count(".") != 1:
+        raise ConfigError(f"override key '{key}' must name section.field (e.g. model.n_layers)")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key, parsed
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for ov in overrides:
+        key, value = parse_override(ov)
+        section, name = key.split(".")
+        sec = out.setdefault(section, {})
+        if not isinstance(sec, dict):
+            raise ConfigError(f"config section '{section}' must be a mapping")
+        sec[name] = value
+    return out
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads '1e-3' as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    tname = getattr(typ, "__name__", str(typ))
+    raise ConfigError(f"{where} must be {tname}, got {value!r} ({type(value).__name__})")
+
+
+def from_dict(raw: dict) -> Config:
+    """Builds a validated Config from a nested mapping (unknown keys are errors)."""
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    kwargs = {}
+    for sec_name, sec_val in raw.items():
+        if sec_name not in sections:
+            raise ConfigError(f"unknown config section '{sec_name}'{_closest(sec_name, list(sections))}")
+        if sec_val is None:
+            sec_val = {}
+        if not isinstance(sec_val, dict):
+            raise ConfigError(f"config section '{sec_name}' must be a mapping, got {sec_val!r}")
+        cls = sections[sec_name].default_factory  # type: ignore[misc]
+        hints = typing.get_type_hints(cls)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {}
+        for k, v in sec_val.items():
+            if k not in fields:
+                raise ConfigError(f"unknown config key '{sec_name}.{k}'{_closest(k, sorted(fields))}")
+            values[k] = _coerce(v, hints[k], f"{sec_name}.{k}")
+        kwargs[sec_name] = cls(**values)
+    cfg = Config(**kwargs)
+    validate(cfg)
+    return cfg
+
+
+def load(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
+    raw = _read_yaml(Path(path)) if path else {}
+    return from_dict(apply_overrides(raw, overrides))
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save(cfg: Config, path: str | os.PathLike) -> None:
+    Path(path).write_text(to_yaml(cfg))
+
+
+def diff(a: Config, b: Config) -> list[str]:
+    """Dotted keys whose values differ, as 'key: a -> b'."""
+    out = []
+    da, db = to_dict(a), to_dict(b)
+    for sec in da:
+        for k in da[sec]:
+            if da[sec][k] != db[sec][k]:
+                out.append(f"{sec}.{k}: {da[sec][k]!r} -> {db[sec][k]!r}")
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _choice(value: str, options: Sequence[str], where: str) -> None:
+    if value not in options:
+        raise ConfigError(f"{where}='{value}' is not one of: {', '.join(options)}")
+
+
+def _positive(value: float, where: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{where} must be > 0, got {value}")
+
+
+def validate(cfg: Config) -> None:
+    m, o, d, opt, t, e = cfg.model, cfg.objective, cfg.data, cfg.optimizer, cfg.train, cfg.eval
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len"):
+        _positive(getattr(m, name), f"model.{name}")
+    if m.d_model % m.n_heads:
+        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; "
+                          f"pick n_heads that divides d_model")
+    if m.head_dim % 2:
+        raise ConfigError(f"head dim d_model/n_heads={m.head_dim} must be even for RoPE; change d_model or n_heads")
+    if m.d_ff < 0:
+        raise ConfigError(f"model.d_ff must be >= 0 (0 = 8/3 * d_model), got {m.d_ff}")
+    _choice(m.dtype, DTYPES, "model.dtype")
+    _choice(m.param_dtype, DTYPES, "model.param_dtype")
+    _choice(m.attention_impl, ATTENTION_IMPLS, "model.attention_impl")
+    _choice(o.name, OBJECTIVES, "objective.name")
+    if not 0 < o.mdm_eps < 1:
+        raise ConfigError(f"objective.mdm_eps must be in (0, 1), got {o.mdm_eps}")
+    _choice(d.source, DATA_SOURCES, "data.source")
+    if d.source == "text" and not d.path:
+        raise ConfigError("data.source=text needs data.path=FILE_OR_DIR (a text file or a directory of .txt files)")
+    if d.tokenizer != "byte":
+        raise ConfigError(f"data.tokenizer='{d.tokenizer}' is not available; use data.tokenizer=byte")
+    _positive(d.seq_len, "data.seq_len")
+    _positive(d.batch_size, "data.batch_size")
+    if d.seq_len > m.max_len:
+        raise ConfigError(f"data.seq_len={d.seq_len} is longer than model.max_len={m.max_len}; "
+                          f"lower data.seq_len or raise model.max_len")
+    if not 0 < d.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+    _positive(opt.lr, "optimizer.lr")
+    if opt.warmup_steps < 0 or not 0 <= opt.min_lr_ratio <= 1 or opt.grad_clip < 0:
+        raise ConfigError("optimizer: need warmup_steps >= 0, 0 <= min_lr_ratio <= 1 and grad_clip >= 0")
+    _positive(t.steps, "train.steps")
+    for name in ("log_every", "eval_every", "checkpoint_every"):
+        _positive(getattr(t, name), f"train.{name}")
+    if t.max_to_keep < 2:
+        raise ConfigError(f"train.max_to_keep must be >= 2 so a corrupted newest checkpoint has a fallback, got {t.max_to_keep}")
+    _positive(e.batches, "eval.batches")
+    _positive(e.mdm_time_samples, "eval.mdm_time_samples")

@@ -1,0 +1,44 @@
+"""The likelihood yardstick: validation bits per byte, exact (l2r, r2l) or an upper bound (mdm ELBO)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from jaxorder import objectives
+from jaxorder.config import Config
+
+LN2 = math.log(2.0)
+
+
+def make_nll_fn(cfg: Config) -> Callable[[Any, np.ndarray, jax.Array], jax.Array]:
+    """Jitted (params, tokens [B, L], rng) -> per-sequence NLL in nats [B] for cfg's objective."""
+    objective = objectives.get(cfg.objective.name)
+    return jax.jit(lambda params, tokens_BL, rng: objective.nll(params, {"tokens": tokens_BL}, rng, cfg)[0])
+
+
+def evaluate(params: Any, cfg: Config, val_batches: Sequence[np.ndarray], bytes_per_token: float,
+             nll_fn: Callable | None = None) -> dict:
+    """Bits/byte over the validation windows with the standard error of the mean over windows."""
+    objective = objectives.get(cfg.objective.name)
+    nll_fn = nll_fn or make_nll_fn(cfg)
+    rng = jax.random.key(cfg.eval.seed)
+    per_seq = []
+    for i, tokens_BL in enumerate(val_batches):
+        per_seq.append(np.asarray(nll_fn(params, tokens_BL, jax.random.fold_in(rng, i))))
+    nll_N = np.concatenate(per_seq)
+    tokens_per_window = val_batches[0].shape[1]
+    per_token_N = nll_N / tokens_per_window
+    to_bpb = 1.0 / (LN2 * bytes_per_token)
+    stderr = float(per_token_N.std(ddof=1) / math.sqrt(len(per_token_N))) if len(per_token_N) > 1 else float("nan")
+    return {
+        "objective": cfg.objective.name,
+        "bpb": float(per_token_N.mean() * to_bpb),
+        "bpb_stderr": stderr * to_bpb,
+        "nll_per_token": float(per_token_N.mean()),
+        "kind": "exact" if objective.EXACT else "upper bound (ELBO)",
+        "windows": int(len(per_token_N)),
+        "tokens": int(len(per_token_N) * tokens_per_window),
+    }

@@ -1,0 +1,46 @@
+"""Run metrics: metrics.jsonl (one JSON object per line) and TensorBoard event files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: Path, resume_step: int = 0):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._drop_after(resume_step)
+        self._file = self.path.open("a")
+        from tensorboardX import SummaryWriter  # imported lazily: it pulls in protobuf
+        self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step + 1)
+
+    def _drop_after(self, step: int) -> None:
+        """Entries past the restored checkpoint are recomputed on resume, so they are dropped."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def last_value(self, split: str, key: str, default: float) -> float:
+        """The newest value of `key` among the kept `split` records (e.g. cumulative wall time)."""
+        values = [r[key] for r in read_metrics(self.path.parent) if r.get("split") == split and key in r]
+        return values[-1] if values else default
+
+    def write(self, step: int, split: str, values: dict) -> None:
+        record = {"step": step, "split": split, **values}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self._tb.add_scalar(f"{split}/{k}", v, step)
+
+    def close(self) -> None:
+        self._file.close()
+        self._tb.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,128 @@
+"""Decoder-style Transformer (RMSNorm, RoPE, SwiGLU) in Flax Linen with logical-axis annotations.
+
+The model receives token ids, position ids and an attention-mask kind and returns logits; it never
+knows which objective calls it. Parameters carry logical axis names (`embed`, `heads`, `kv`, `mlp`,
+`vocab`); `jaxorder.sharding` alone maps them to mesh axes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxorder.config import ModelConfig
+from jaxorder.model.attention import attention_mask, xla_attention
+from jaxorder.model.rope import apply_rope
+
+Params = Any
+
+
+def _dtype(name: str) -> Any:
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def _init(std: float, axes: tuple) -> Any:
+    return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+class RMSNorm(nn.Module):
+    cfg: ModelConfig
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x_BLd: jnp.ndarray) -> jnp.ndarray:
+        scale_d = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                             (x_BLd.shape[-1],), _dtype(self.cfg.param_dtype))
+        x32 = x_BLd.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (normed * scale_d.astype(jnp.float32)).astype(x_BLd.dtype)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BLd: jnp.ndarray, positions_BL: jnp.ndarray, mask_kind: str) -> jnp.ndarray:
+        cfg = self.cfg
+        dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        d, H, D = cfg.d_model, cfg.n_heads, cfg.head_dim
+        w_qkv = self.param("qkv", _init(d ** -0.5, ("embed", None, "heads", "kv")), (d, 3, H, D), pdt)
+        w_out = self.param("out", _init((H * D) ** -0.5 / (2 * cfg.n_layers) ** 0.5, ("heads", "kv", "embed")),
+                           (H, D, d), pdt)
+        qkv_BL3HD = jnp.einsum("bld,dthk->blthk", x_BLd, w_qkv.astype(dt))
+        q_BLHD, k_BLHD, v_BLHD = qkv_BL3HD[:, :, 0], qkv_BL3HD[:, :, 1], qkv_BL3HD[:, :, 2]
+        q_BLHD = apply_rope(q_BLHD, positions_BL, cfg.rope_base)
+        k_BLHD = apply_rope(k_BLHD, positions_BL, cfg.rope_base)
+        mask_LL = attention_mask(mask_kind, x_BLd.shape[1])
+        o_BLHD = xla_attention(q_BLHD, k_BLHD, v_BLHD, mask_LL)
+        return jnp.einsum("blhk,hkd->bld", o_BLHD, w_out.astype(dt))
+
+
+class SwiGLU(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BLd: jnp.ndarray) -> jnp.ndarray:
+        cfg = self.cfg
+        dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        d, F = cfg.d_model, cfg.ff_dim
+        w_in = self.param("gate_up", _init(d ** -0.5, ("embed", None, "mlp")), (d, 2, F), pdt)
+        w_out = self.param("down", _init(F ** -0.5 / (2 * cfg.n_layers) ** 0.5, ("mlp", "embed")), (F, d), pdt)
+        gu_BL2F = jnp.einsum("bld,dtf->bltf", x_BLd, w_in.astype(dt))
+        h_BLF = nn.silu(gu_BL2F[:, :, 0]) * gu_BL2F[:, :, 1]
+        h_BLF = nn.with_logical_constraint(h_BLF, ("batch", "length", "mlp"))
+        return jnp.einsum("blf,fd->bld", h_BLF, w_out.astype(dt))
+
+
+class Block(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BLd: jnp.ndarray, positions_BL: jnp.ndarray, mask_kind: str) -> jnp.ndarray:
+        x_BLd = x_BLd + Attention(self.cfg, name="attn")(RMSNorm(self.cfg, name="attn_norm")(x_BLd),
+                                                        positions_BL, mask_kind)
+        x_BLd = x_BLd + SwiGLU(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BLd))
+        return nn.with_logical_constraint(x_BLd, ("batch", "length", "embed"))
+
+
+class Transformer(nn.Module):
+    """tokens [B, L] int, positions [B, L] int, mask kind -> logits [B, L, vocab] (float32)."""
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BL: jnp.ndarray, positions_BL: jnp.ndarray, mask_kind: str = "causal") -> jnp.ndarray:
+        cfg = self.cfg
+        dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        embed_Vd = self.param("embed", _init(1.0, ("vocab", "embed")), (cfg.vocab_size, cfg.d_model), pdt)
+        x_BLd = jnp.take(embed_Vd, tokens_BL, axis=0).astype(dt)
+        x_BLd = nn.with_logical_constraint(x_BLd, ("batch", "length", "embed"))
+        for i in range(cfg.n_layers):
+            x_BLd = Block(cfg, name=f"layer_{i}")(x_BLd, positions_BL, mask_kind)
+        x_BLd = RMSNorm(cfg, name="final_norm")(x_BLd)
+        head_dV = self.param("head", _init(cfg.d_model ** -0.5, ("embed", "vocab")), (cfg.d_model, cfg.vocab_size), pdt)
+        return jnp.einsum("bld,dv->blv", x_BLd, head_dV.astype(dt)).astype(jnp.float32)
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8) -> Params:
+    """Plain (unboxed) parameter pytree."""
+    tokens = jnp.zeros((1, seq_len), jnp.int32)
+    variables = Transformer(cfg).init(rng, tokens, jnp.zeros_like(tokens), "causal")
+    return nn.meta.unbox(variables["params"])
+
+
+def logical_axes(cfg: ModelConfig) -> Params:
+    """Pytree of PartitionSpecs (of logical axis names) matching init_params."""
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    abstract = jax.eval_shape(lambda: Transformer(cfg).init(jax.random.key(0), tokens, tokens, "causal"))
+    return nn.get_partition_spec(abstract)["params"]
+
+
+def apply(params: Params, cfg: ModelConfig, tokens_BL: jnp.ndarray, positions_BL: jnp.ndarray,
+          mask_kind: str) -> jnp.ndarray:
+    return Transformer(cfg).apply({"params": params}, tokens_BL, positions_BL, mask_kind)
+
+
+def count_params(params: Params) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(params))

@@ -1,0 +1,36 @@
+"""Left-to-right autoregression: -sum_i log p(x_i | x_<i), causal mask.
+
+A window x_0..x_{L-1} is scored in full: the input is [BOS, x_0..x_{L-2}] and every x_i is a
+target, so l2r, r2l and mdm all score the same L tokens.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxorder import model
+from jaxorder.config import Config
+from jaxorder.objectives.common import positions_like, special_ids, token_nll
+
+EXACT = True
+
+
+def sequence_token_nll(params, tokens_BL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
+    """Per-token NLL [B, L] of the chain rule in reading order."""
+    bos = special_ids(cfg.model).bos
+    inputs_BL = jnp.concatenate([jnp.full_like(tokens_BL[:, :1], bos), tokens_BL[:, :-1]], axis=1)
+    logits_BLV = model.apply(params, cfg.model, inputs_BL, positions_like(inputs_BL), "causal")
+    return token_nll(logits_BLV, tokens_BL)
+
+
+def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, bool]:
+    """Exact per-sequence NLL in nats [B]."""
+    del rng
+    return sequence_token_nll(params, batch["tokens"], cfg).sum(axis=1), EXACT
+
+
+def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, dict]:
+    del rng
+    nll_BL = sequence_token_nll(params, batch["tokens"], cfg)
+    value = nll_BL.mean()
+    return value, {"loss": value, "nll_per_token": value}

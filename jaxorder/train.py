@@ -1,0 +1,235 @@
+"""The training loop: init or resume, jitted step, periodic validation, checkpoints, metrics.
+
+`train(cfg, run_dir)` is resumable: re-running it on a run directory continues from the newest
+readable checkpoint (params, optimizer state, step and the data iterator's position), so an
+interrupted run ends with the same parameters as an uninterrupted one. SIGTERM (Cloud TPU
+preemption) saves a checkpoint and raises `Preempted`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxorder import config as config_lib
+from jaxorder import model, objectives
+from jaxorder.checkpoint import Checkpointer, abstract_of
+from jaxorder.config import Config, ConfigError
+from jaxorder.data import make_data
+from jaxorder.evaluate import evaluate, make_nll_fn
+from jaxorder.metrics import MetricsWriter
+from jaxorder.objectives.common import special_ids
+
+# Fields that may change when a run directory is resumed (they do not change what is computed).
+RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.checkpoint_every",
+                     "train.async_checkpointing", "eval.")
+
+
+class Preempted(Exception):
+    """Training stopped by SIGTERM after saving a checkpoint; re-run the same command to resume."""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def make_optimizer(cfg: Config) -> optax.GradientTransformation:
+    o = cfg.optimizer
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=o.lr, warmup_steps=min(o.warmup_steps, cfg.train.steps - 1),
+        decay_steps=cfg.train.steps, end_value=o.lr * o.min_lr_ratio)
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731 - no decay on norms
+    chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
+    chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
+    return optax.chain(*chain)
+
+
+def init_state(cfg: Config, optimizer: optax.GradientTransformation) -> dict:
+    params = model.init_params(cfg.model, jax.random.key(cfg.train.seed), cfg.data.seq_len)
+    return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def make_train_step(cfg: Config, optimizer: optax.GradientTransformation):
+    """Pure (state, tokens [B, L]) -> (state, metrics); the step's rng is derived from the step."""
+    objective = objectives.get(cfg.objective.name)
+    base_rng = jax.random.key(cfg.train.seed + 1)
+
+    def step_fn(state: dict, tokens_BL: jnp.ndarray) -> tuple[dict, dict]:
+        rng = jax.random.fold_in(base_rng, state["step"])
+        grad_fn = jax.value_and_grad(lambda p: objective.loss(p, {"tokens": tokens_BL}, rng, cfg), has_aux=True)
+        (_, metrics), grads = grad_fn(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
+        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+    return step_fn
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path) -> None:
+    """Creates the run directory or checks that an existing one was made with a compatible config."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved_path = run_dir / "config.yaml"
+    if saved_path.exists():
+        try:
+            saved = config_lib.load(saved_path)
+        except ConfigError as e:
+            raise ConfigError(f"{saved_path} is not a valid jaxorder config ({e}); use a new --run-dir") from None
+        conflicts = [d for d in config_lib.diff(saved, cfg) if not d.startswith(RESUMABLE_CHANGES)]
+        if conflicts:
+            raise ConfigError(f"run directory {run_dir} was made with a different config ({'; '.join(conflicts)}); "
+                              f"use a new --run-dir or the same settings to resume")
+    config_lib.save(cfg, saved_path)
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a flag the loop checks between steps (main thread only)."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self) -> "_SigtermFlag":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self.raised = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _format_rate(x: float) -> str:
+    return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
+
+
+def train(cfg: Config, run_dir: str | Path, name: str | None = None) -> dict:
+    """Trains (or resumes) a run; returns the final evaluation dict (also written to eval.json)."""
+    run_dir = Path(run_dir)
+    name = name or run_dir.name
+    prepare_run_dir(cfg, run_dir)
+    data = make_data(cfg.data, jax.process_index(), jax.process_count())
+    tok = data.tokenizer
+    ids = special_ids(cfg.model)
+    if tok.vocab_size != cfg.model.vocab_size or (tok.mask_id, tok.bos_id) != (ids.mask, ids.bos):
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} does not match the {cfg.data.tokenizer} "
+                          f"tokenizer's vocabulary of {tok.vocab_size}; set model.vocab_size={tok.vocab_size}")
+    val_batches = data.val_batches(cfg.eval.batches)
+
+    optimizer = make_optimizer(cfg)
+    state = init_state(cfg, optimizer)
+    n_params = model.count_params(state["params"])
+    iterator = data.train_iterator()
+    ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.max_to_keep, cfg.train.async_checkpointing)
+    restored = ckpt.restore_latest(abstract_of(state), iterator)
+    start_step = 0
+    if restored is not None:
+        start_step, state = restored
+        log(f"[{name}] resumed from checkpoint at step {start_step}")
+        finished = run_dir / "eval.json"
+        if start_step == cfg.train.steps and finished.exists():
+            ckpt.close()
+            log(f"[{name}] already trained ({start_step} steps); using {finished}")
+            return json.loads(finished.read_text())
+    config_dict = config_lib.to_dict(cfg)
+
+    step_fn = jax.jit(make_train_step(cfg, optimizer), donate_argnums=(0,))
+    nll_fn = make_nll_fn(cfg)
+    metrics_out = MetricsWriter(run_dir, start_step)
+    seconds_before = metrics_out.last_value("train", "wall_seconds", 0.0)
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    total = cfg.train.steps
+    if start_step == 0:
+        log(f"[{name}] {cfg.objective.name}: {n_params / 1e6:.2f}M params, {total} steps x "
+            f"{tokens_per_step} tokens, run dir {run_dir}")
+
+    def run_eval(step: int) -> dict:
+        result = evaluate(state["params"], cfg, val_batches, data.val_bytes_per_token, nll_fn)
+        metrics_out.write(step, "val", {k: result[k] for k in ("bpb", "bpb_stderr", "nll_per_token")})
+        log(f"[{name}] step {step}/{total} val {result['bpb']:.3f} bits/byte ({result['kind']})")
+        return result
+
+    started = time.time()
+    step = start_step
+    try:
+        with _SigtermFlag() as sigterm:
+            window_start, window_steps = time.time(), 0
+            for step in range(start_step + 1, total + 1):
+                batch = next(iterator)
+                state, step_metrics = step_fn(state, jnp.asarray(batch["tokens"]))
+                window_steps += 1
+                if step % cfg.train.log_every == 0 or step == total:
+                    values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                    elapsed = time.time() - window_start
+                    values["tokens_per_s"] = window_steps * tokens_per_step / max(elapsed, 1e-9)
+                    values["tokens_seen"] = step * tokens_per_step
+                    values["wall_seconds"] = seconds_before + time.time() - started
+                    metrics_out.write(step, "train", values)
+                    eta = (total - step) * elapsed / window_steps
+                    log(f"[{name}] step {step}/{total} loss {values['loss']:.4f} "
+                        f"| {_format_rate(values['tokens_per_s'])} tok/s | eta {eta:.0f}s")
+                    if not math.isfinite(values["loss"]):
+                        raise FloatingPointError(f"loss is {values['loss']} at step {step}; lower optimizer.lr")
+                    window_start, window_steps = time.time(), 0
+                if step % cfg.train.checkpoint_every == 0 and step != total:
+                    ckpt.save(step, state, iterator, config_dict)
+                if step % cfg.train.eval_every == 0 and step != total:
+                    run_eval(step)
+                if sigterm.raised:
+                    ckpt.save(step, state, iterator, config_dict, force=True)
+                    ckpt.wait()
+                    log(f"[{name}] SIGTERM: saved checkpoint at step {step}; re-run the same command to resume")
+                    raise Preempted(step)
+            if total not in ckpt.steps():
+                ckpt.save(total, state, iterator, config_dict, force=True)
+        result = run_eval(total)
+    finally:
+        ckpt.close()
+        metrics_out.close()
+    result.update({"run": name, "step": total, "tokens_seen": total * tokens_per_step, "params": n_params,
+                   "train_seconds": round(seconds_before + time.time() - started, 1)})
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def load_params(run_dir: Path) -> tuple[Config, Any, int]:
+    """Config, params and step of a run's newest readable checkpoint (for eval and analysis)."""
+    from jaxorder.checkpoint import require_checkpoint
+
+    run_dir = Path(run_dir)
+    ckpt_dir = require_checkpoint(run_dir)
+    cfg = config_lib.load(run_dir / "config.yaml")
+    optimizer = make_optimizer(cfg)
+    abstract = jax.eval_shape(lambda: init_state(cfg, optimizer))
+    ckpt = Checkpointer(ckpt_dir, cfg.train.max_to_keep, async_save=False)
+    try:
+        restored = ckpt.restore_latest(abstract)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise ConfigError(f"no readable checkpoint in {ckpt_dir}; re-train with `jaxorder train`")
+    step, state = restored
+    return cfg, state["params"], step
+
+
+def eval_run(run_dir: Path) -> dict:
+    """Evaluates a run directory's newest checkpoint on the validation windows."""
+    cfg, params, step = load_params(run_dir)
+    data = make_data(cfg.data, jax.process_index(), jax.process_count())
+    result = evaluate(params, cfg, data.val_batches(cfg.eval.batches), data.val_bytes_per_token)
+    result.update({"run": Path(run_dir).name, "step": step})
+    return result
+
+
