@@ -111,6 +111,8 @@ def uniform_at(keys_32, row, col):
 
 
 def gumbel_float32_24bit(words0):
-    """The naive construction (for comparison in tests): u = k / 2^24 from 24 bits, float32."""
-    u = (lax.shift_right_logical(words0, jnp.uint32(8)).astype(jnp.float32) + 0.5) * np.float32(2.0**-24)
+    """The naive construction (for comparison in tests): u = k / 2^24 from 24 bits, float32;
+    g <= -log(-log(1 - 2^-24)) = 16.636."""
+    u = lax.shift_right_logical(words0, jnp.uint32(8)).astype(jnp.float32) * np.float32(2.0**-24)
+    u = jnp.maximum(u, np.float32(np.finfo(np.float32).tiny))  # u in [tiny, 1 - 2^-24]
     return -jnp.log(-jnp.log(u))

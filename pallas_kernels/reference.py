@@ -115,7 +115,7 @@ def position_stats(hidden_BLd, unembed_dV, key, *, temperature, forbidden_ids=()
     """
     B, L, _ = hidden_BLd.shape
     V = unembed_dV.shape[1]
-    ft = jnp.float64 if (float64 and jax.config.jax_enable_x64) else jnp.float32
+    ft = jnp.float64 if (float64 and jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64) else jnp.float32
     z = jnp.einsum("bld,dv->blv", hidden_BLd.astype(ft), unembed_dV.astype(ft), precision="highest")
     forb = np.zeros(V, bool)
     forb[list(forbidden_ids)] = True
