@@ -98,8 +98,13 @@ def tile_live(spec: MaskSpec, L: int, S: int, block_q: int, block_k: int) -> np.
     """[nq, nk] bool: tile (i, j) has at least one visible (query, key) pair (after padding)."""
     spec.check_lengths(L, S)
     Lp, Sp = padded_len(L, block_q), padded_len(S, block_k)
-    m = structural_mask(spec, np.arange(Lp)[:, None], np.arange(Sp)[None, :], L, S)
-    return m.reshape(Lp // block_q, block_q, Sp // block_k, block_k).any(axis=(1, 3))
+    nq, nk = Lp // block_q, Sp // block_k
+    kj = np.arange(Sp)[None, :]
+    live = np.zeros((nq, nk), bool)
+    for i in range(nq):  # one q tile at a time: O(block_q * S) memory even at 16k x 16k
+        qi = np.arange(i * block_q, (i + 1) * block_q)[:, None]
+        live[i] = structural_mask(spec, qi, kj, L, S).reshape(block_q, nk, block_k).any(axis=(0, 2))
+    return live
 
 
 def tile_skip_fraction(mask, L: int, S: int, block_q: int, block_k: int) -> float:
