@@ -169,3 +169,15 @@ def test_dispatch_and_errors():
     with pytest.raises(ValueError, match="H % K"):
         pk.rope_attention(q[:, :, :3], k, v, q_pos, k_pos, mask="causal", interpret=True)
     assert hash(pk.bd3(4)) == hash(pk.MaskSpec("bd3", 4))
+
+
+def test_masked_tiles_are_not_visited():
+    """NaN values in v poison every tile that is visited (0 * NaN = NaN even where masked), so
+    finite outputs prove the skipped tiles are never loaded: in the bd3 layout the clean half
+    never looks at the noisy half (clean->noisy never)."""
+    q, k, v, q_pos, k_pos, *_ = _inputs(L=32, permute=False)
+    n = 16
+    v = v.at[:, :n].set(jnp.nan)
+    out = pk.rope_attention(q, k, v, q_pos, k_pos, mask=pk.bd3(4), block_q=8, block_k=8, interpret=True)
+    assert np.all(np.isfinite(np.asarray(out[:, n:]))) and np.all(np.isnan(np.asarray(out[:, :n])))
+    assert pk.tile_skip_fraction(pk.bd3(4), 32, 32, 8, 8) == 0.5  # 8 of 16 tiles live
