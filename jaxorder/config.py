@@ -49,15 +49,27 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    name: str = "l2r"  # l2r | r2l | mdm
+    name: str = "l2r"  # l2r | r2l | mdm | bd3 | ao_ar | latent_order
     mdm_eps: float = 1e-3  # smallest diffusion time t ~ U(eps, 1)
     antithetic: bool = True  # stratify t across the batch
+    block_size: int = 4  # bd3: tokens per block (1 = AR, seq_len = MDM)
+    noise_min: float = 0.0  # bd3 clipped schedule: mask rate ~ U[noise_min, noise_max]
+    noise_max: float = 1.0
+    l2r_fraction: float = 0.0  # ao_ar: share of sequences trained in l2r order
+    r2l_fraction: float = 0.0  # ao_ar: share of sequences trained in r2l order
+    num_orders: int = 4  # latent_order: K sampled orders per sequence
+    include_fixed_orders: bool = True  # latent_order: l2r and r2l are always among the K candidates
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "shakespeare"  # shakespeare (embedded corpus) | text (data.path)
+    source: str = "shakespeare"  # shakespeare (embedded corpus) | text (data.path) | markov | sudoku
     path: str = ""  # file or directory of text files, for source=text
+    transform: str = "none"  # none | swap05 (swap positions 0 and 5 of every window)
+    markov_vocab: int = 16  # markov: number of states (symbols)
+    markov_temperature: float = 1.0  # markov: softmax temperature of the random transition logits
+    markov_sparsity: float = 0.0  # markov: share of transitions set to zero probability
+    synthetic_tokens: int = 2_000_000  # markov/sudoku: tokens generated (train + validation)
     tokenizer: str = "byte"
     seq_len: int = 128  # tokens per training/validation window
     batch_size: int = 32  # global batch (windows per step)
@@ -104,8 +116,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-OBJECTIVES = ("l2r", "r2l", "mdm")
-DATA_SOURCES = ("shakespeare", "text")
+OBJECTIVES = ("l2r", "r2l", "mdm", "bd3", "ao_ar", "latent_order")
+DATA_SOURCES = ("shakespeare", "text", "markov", "sudoku")
+DATA_TRANSFORMS = ("none", "swap05")
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("xla", "pallas")
 
@@ -282,7 +295,27 @@ def validate(cfg: Config) -> None:
     _choice(o.name, OBJECTIVES, "objective.name")
     if not 0 < o.mdm_eps < 1:
         raise ConfigError(f"objective.mdm_eps must be in (0, 1), got {o.mdm_eps}")
+    if o.name == "bd3" and (o.block_size < 1 or d.seq_len % o.block_size):
+        raise ConfigError(f"objective.block_size={o.block_size} must divide data.seq_len={d.seq_len}")
+    if o.name == "bd3" and 2 * d.seq_len > m.max_len:
+        raise ConfigError(f"bd3 trains on 2 x data.seq_len={2 * d.seq_len} tokens > model.max_len={m.max_len}; "
+                          f"raise model.max_len")
+    if not 0 <= o.noise_min < o.noise_max <= 1:
+        raise ConfigError(f"need 0 <= objective.noise_min < objective.noise_max <= 1, got {o.noise_min}, {o.noise_max}")
+    if o.l2r_fraction < 0 or o.r2l_fraction < 0 or o.l2r_fraction + o.r2l_fraction > 1:
+        raise ConfigError("objective.l2r_fraction and r2l_fraction must be >= 0 and sum to <= 1")
+    if o.num_orders < 1 or (o.include_fixed_orders and o.num_orders < 2):
+        raise ConfigError(f"objective.num_orders={o.num_orders} must be >= 1 (>= 2 with include_fixed_orders)")
     _choice(d.source, DATA_SOURCES, "data.source")
+    _choice(d.transform, DATA_TRANSFORMS, "data.transform")
+    if d.transform == "swap05" and d.seq_len < 6:
+        raise ConfigError(f"data.transform=swap05 needs data.seq_len >= 6, got {d.seq_len}")
+    if d.source == "markov" and not 2 <= d.markov_vocab <= 256:
+        raise ConfigError(f"data.markov_vocab must be in [2, 256] (symbols are bytes), got {d.markov_vocab}")
+    if not 0 <= d.markov_sparsity < 1:
+        raise ConfigError(f"data.markov_sparsity must be in [0, 1), got {d.markov_sparsity}")
+    _positive(d.markov_temperature, "data.markov_temperature")
+    _positive(d.synthetic_tokens, "data.synthetic_tokens")
     if d.source == "text" and not d.path:
         raise ConfigError("data.source=text needs data.path=FILE_OR_DIR (a text file or a directory of .txt files)")
     if d.tokenizer != "byte":
