@@ -53,8 +53,13 @@ class Attention(nn.Module):
                            (H, D, d), pdt)
         qkv_BL3HD = jnp.einsum("bld,dthk->blthk", x_BLd, w_qkv.astype(dt))
         q_BLHD, k_BLHD, v_BLHD = qkv_BL3HD[:, :, 0], qkv_BL3HD[:, :, 1], qkv_BL3HD[:, :, 2]
+        # Analysis capture (jaxorder.analysis); a no-op unless "intermediates" is mutable in apply.
+        self.sow("intermediates", "q_pre_rope", q_BLHD)
+        self.sow("intermediates", "k_pre_rope", k_BLHD)
         q_BLHD = apply_rope(q_BLHD, positions_BL, cfg.rope_base)
         k_BLHD = apply_rope(k_BLHD, positions_BL, cfg.rope_base)
+        self.sow("intermediates", "q_post_rope", q_BLHD)
+        self.sow("intermediates", "k_post_rope", k_BLHD)
         mask_LL = attention_mask(mask_kind, x_BLd.shape[1])
         o_BLHD = xla_attention(q_BLHD, k_BLHD, v_BLHD, mask_LL)
         return jnp.einsum("blhk,hkd->bld", o_BLHD, w_out.astype(dt))
