@@ -3,16 +3,49 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-MASK_KINDS = ("causal", "bidirectional")
+MASK_KINDS = ("causal", "bidirectional", "bd3:<b>")
+
+
+def bd3_block_size(kind: str) -> int | None:
+    """b for a block-diffusion kind 'bd3:<b>' (e.g. 'bd3:4'), None for any other kind."""
+    if not kind.startswith("bd3:"):
+        return None
+    try:
+        b = int(kind[4:])
+    except ValueError:
+        b = 0
+    if b < 1:
+        raise ValueError(f"bad block-diffusion mask kind '{kind}'; use 'bd3:<block size >= 1>', e.g. 'bd3:4'")
+    return b
 
 
 def attention_mask(kind: str, length: int) -> jnp.ndarray:
-    """Boolean [L, L] mask, True where query i may attend to key j."""
+    """Boolean [L, L] mask, True where query i may attend to key j.
+
+    'bd3:<b>' is the BD3-LM training layout [x_t ; x] of length L = 2n (design.md §5), with
+    half(i) = noisy if i < n else clean and block(i) = (i mod n) // b:
+      noisy -> noisy  iff same block;   noisy -> clean iff block(key) <  block(query);
+      clean -> clean  iff block(key) <= block(query);   clean -> noisy never.
+    """
     if kind == "causal":
         return jnp.tril(jnp.ones((length, length), dtype=bool))
     if kind == "bidirectional":
         return jnp.ones((length, length), dtype=bool)
+    b = bd3_block_size(kind)
+    if b is not None:
+        if length % 2:
+            raise ValueError(f"mask kind '{kind}' needs the 2n layout [x_t ; x]: even length, got {length}")
+        n = length // 2
+        idx = np.arange(length)
+        clean = idx >= n
+        block = (idx % n) // b
+        q_clean, k_clean = clean[:, None], clean[None, :]
+        qb, kb = block[:, None], block[None, :]
+        mask = ((~q_clean & ~k_clean & (qb == kb)) | (~q_clean & k_clean & (kb < qb))
+                | (q_clean & k_clean & (kb <= qb)))
+        return jnp.asarray(mask)
     raise ValueError(f"unknown attention mask kind '{kind}'; known: {', '.join(MASK_KINDS)}")
 
 
