@@ -106,6 +106,34 @@ class EvalConfig:
     seed: int = 1234
 
 
+DEFAULT_RULES = (  # logical axis -> mesh axes, by priority (a mesh axis is used once per array)
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("length", None),
+)
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1  # devices along each mesh axis; one axis may be -1 = all remaining devices
+    fsdp: int = 1
+    tensor: int = 1
+    dcn_data: int = 1  # slices (multi-slice: data parallel across slices over DCN)
+    rules: tuple = DEFAULT_RULES  # YAML: a list of [logical_axis, mesh_axis | [mesh_axes] | null]
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    mode: str = "none"  # none (one process) | auto (Cloud TPU / SLURM detection) | explicit
+    coordinator: str = ""  # explicit: host:port of process 0
+    num_processes: int = 1
+    process_id: int = 0
+
+
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -114,11 +142,15 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 OBJECTIVES = ("l2r", "r2l", "mdm", "bd3", "ao_ar", "latent_order")
 DATA_SOURCES = ("shakespeare", "text", "markov", "sudoku")
 DATA_TRANSFORMS = ("none", "swap05")
+MESH_AXES = ("data", "fsdp", "tensor")
+DISTRIBUTED_MODES = ("none", "auto", "explicit")
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("xla", "pallas")
 
@@ -189,7 +221,27 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
     return out
 
 
+def _coerce_rules(value: Any, where: str) -> tuple:
+    """[[logical, mesh | [mesh, ...] | null], ...] -> tuple of (logical, mesh spec) pairs."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where} must be a list of [logical_axis, mesh_axes] pairs")
+    rules = []
+    for rule in value:
+        if not (isinstance(rule, (list, tuple)) and len(rule) == 2 and isinstance(rule[0], str)):
+            raise ConfigError(f"{where}: rule {rule!r} must be [logical_axis, mesh_axis | [mesh_axes] | null]")
+        logical, target = rule
+        targets = [target] if isinstance(target, str) else list(target or [])
+        unknown = [t for t in targets if t not in MESH_AXES]
+        if unknown:
+            raise ConfigError(f"{where}: unknown mesh axis {unknown[0]!r} in rule for '{logical}'; "
+                              f"mesh axes are {', '.join(MESH_AXES)}")
+        rules.append((logical, tuple(targets) if isinstance(target, (list, tuple)) else target))
+    return tuple(rules)
+
+
 def _coerce(value: Any, typ: Any, where: str) -> Any:
+    if typ is tuple:
+        return _coerce_rules(value, where)
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -244,7 +296,10 @@ def load(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Confi
 
 
 def to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+    """Plain nested dict (tuples as lists), suitable for YAML/JSON."""
+    def plain(v: Any) -> Any:
+        return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+    return {sec: {k: plain(v) for k, v in vals.items()} for sec, vals in dataclasses.asdict(cfg).items()}
 
 
 def to_yaml(cfg: Config) -> str:
@@ -335,5 +390,15 @@ def validate(cfg: Config) -> None:
         _positive(getattr(t, name), f"train.{name}")
     if t.max_to_keep < 2:
         raise ConfigError(f"train.max_to_keep must be >= 2 so a corrupted newest checkpoint has a fallback, got {t.max_to_keep}")
+    mesh_sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
+    if any(x == 0 or x < -1 for x in mesh_sizes) or mesh_sizes.count(-1) > 1 or cfg.mesh.dcn_data < 1:
+        raise ConfigError(f"mesh sizes data/fsdp/tensor={mesh_sizes} must be >= 1 with at most one -1 (fill), "
+                          f"and mesh.dcn_data >= 1")
+    _choice(cfg.distributed.mode, DISTRIBUTED_MODES, "distributed.mode")
+    if cfg.distributed.mode == "explicit" and not cfg.distributed.coordinator:
+        raise ConfigError("distributed.mode=explicit needs distributed.coordinator=HOST:PORT (process 0's address)")
+    if not 0 <= cfg.distributed.process_id < max(cfg.distributed.num_processes, 1):
+        raise ConfigError(f"distributed.process_id={cfg.distributed.process_id} must be in "
+                          f"[0, num_processes={cfg.distributed.num_processes})")
     _positive(e.batches, "eval.batches")
     _positive(e.mdm_time_samples, "eval.mdm_time_samples")
