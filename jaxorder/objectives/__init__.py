@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from jaxorder.objectives import l2r, mdm, r2l
+from jaxorder.objectives import bd3, l2r, mdm, r2l
 
-REGISTRY: dict[str, ModuleType] = {"l2r": l2r, "r2l": r2l, "mdm": mdm}
+REGISTRY: dict[str, ModuleType] = {"l2r": l2r, "r2l": r2l, "mdm": mdm, "bd3": bd3}
 
 
 def get(name: str) -> ModuleType:

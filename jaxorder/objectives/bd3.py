@@ -1,0 +1,125 @@
+"""Block diffusion (BD3-LM, Arriola et al. 2025): autoregression over blocks, MDLM inside a block.
+
+With block size b (cfg.objective.block_size, dividing n), the window x = (x_0..x_{n-1}) is split
+into n/b blocks. Each block k of each sequence gets its own noise level t_k; its tokens are masked
+independently with probability t_k, giving x_t. One vectorized pass over [x_t ; x] (length 2n,
+positions 0..n-1 in both halves) with the four-part mask 'bd3:<b>' of design.md §5
+(noisy->noisy same block, noisy->clean strictly earlier blocks, clean->clean block-causal,
+clean->noisy never) gives, in the noisy half, p(x_i | x_t[block(i)], x[blocks < block(i)]).
+Only the noisy half's logits are scored (SUBS: MASK logit -inf, unmasked tokens carry over with
+zero loss). Per sequence,
+
+    ELBO(x) = sum_k (1/t_k) * sum_{masked i in block k} -log p(x_i | ...)  >=  -log p(x),
+
+because -log p(x) = sum_k -log p(x_block_k | x_<block_k) and each term is bounded by its own
+MDLM ELBO (log-linear schedule). The training loss is ELBO / n, averaged over the batch, with
+t_k ~ U[noise_min, noise_max] (BD3-LM's clipped schedule, variance reduction), clipped below at
+cfg.objective.mdm_eps, and stratified across the batch per block when cfg.objective.antithetic.
+The clipped-schedule loss is a training signal only: `nll` (the yardstick) uses the full
+schedule t ~ U(mdm_eps, 1) and averages cfg.eval.mdm_time_samples draws, so it is an upper bound
+on the NLL (EXACT = False), comparable to the mdm ELBO.
+
+Limits: b = 1 makes every block one token, whose conditional sees exactly the clean x_<i (and
+the MASK at its own position), so E_mask[ELBO] = sum_i -log p(x_i | x_<i): the exact chain rule
+of the network's AR conditionals, for any t. b = n makes the noisy half attend only to itself,
+so its logits are those of the bidirectional model on x_t and the ELBO is the mdm ELBO.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxorder import model
+from jaxorder.config import Config
+from jaxorder.objectives.common import positions_like, special_ids
+
+EXACT = False  # the ELBO is an upper bound on the NLL
+
+
+def mask_kind(block_size: int) -> str:
+    return f"bd3:{int(block_size)}"
+
+
+def block_times(rng: jax.Array, batch_size: int, num_blocks: int, lo: float, hi: float, eps: float,
+                antithetic: bool) -> jnp.ndarray:
+    """t [B, K] ~ U[lo, hi] per block and sequence, clipped to >= eps; antithetic = stratified across
+    the batch (per block, one uniform shifted by b/B)."""
+    if antithetic:
+        u0_K = jax.random.uniform(rng, (num_blocks,))
+        u_BK = jnp.mod(u0_K[None, :] + (jnp.arange(batch_size) / batch_size)[:, None], 1.0)
+    else:
+        u_BK = jax.random.uniform(rng, (batch_size, num_blocks))
+    return jnp.maximum(lo + (hi - lo) * u_BK, eps)
+
+
+def corrupt(tokens_BL: jnp.ndarray, t_BK: jnp.ndarray, rng: jax.Array, mask_id: int,
+            block_size: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Masks each token with its block's probability: (x_t [B, L], is_masked [B, L] bool)."""
+    t_BL = jnp.repeat(t_BK, block_size, axis=1)
+    is_masked_BL = jax.random.uniform(rng, tokens_BL.shape) < t_BL
+    return jnp.where(is_masked_BL, mask_id, tokens_BL), is_masked_BL
+
+
+def noisy_logits(params, x_t_BL: jnp.ndarray, tokens_BL: jnp.ndarray, cfg: Config, block_size: int) -> jnp.ndarray:
+    """Raw logits [B, n, V] of the noisy half of the 2n pass over [x_t ; x]."""
+    n = tokens_BL.shape[1]
+    inputs_B2L = jnp.concatenate([x_t_BL, tokens_BL], axis=1)
+    pos_BL = positions_like(tokens_BL)
+    positions_B2L = jnp.concatenate([pos_BL, pos_BL], axis=1)
+    logits_B2LV = model.apply(params, cfg.model, inputs_B2L, positions_B2L, mask_kind(block_size))
+    return logits_B2LV[:, :n]
+
+
+def noisy_log_probs(params, x_t_BL: jnp.ndarray, tokens_BL: jnp.ndarray, cfg: Config,
+                    block_size: int) -> jnp.ndarray:
+    """log p(. | x_t in the block, clean earlier blocks) [B, n, V], SUBS: MASK logit -inf."""
+    logits_BLV = noisy_logits(params, x_t_BL, tokens_BL, cfg, block_size)
+    logits_BLV = logits_BLV.at[..., special_ids(cfg.model).mask].set(-jnp.inf)
+    return jax.nn.log_softmax(logits_BLV, axis=-1)
+
+
+def masked_token_nll(params, tokens_BL: jnp.ndarray, x_t_BL: jnp.ndarray, is_masked_BL: jnp.ndarray,
+                     cfg: Config, block_size: int) -> jnp.ndarray:
+    """-log p(x_i | ...) at masked positions, 0 elsewhere (SUBS carry-over) [B, n]."""
+    logp_BLV = noisy_log_probs(params, x_t_BL, tokens_BL, cfg, block_size)
+    nll_BL = -jnp.take_along_axis(logp_BLV, tokens_BL[..., None], axis=-1)[..., 0]
+    return jnp.where(is_masked_BL, nll_BL, 0.0)
+
+
+def elbo_from(params, tokens_BL: jnp.ndarray, x_t_BL: jnp.ndarray, is_masked_BL: jnp.ndarray,
+              t_BK: jnp.ndarray, cfg: Config, block_size: int) -> jnp.ndarray:
+    """sum_k (1/t_k) sum_{masked i in block k} -log p(x_i | ...) per sequence [B], for a given
+    corruption (x_t, mask) and block times t [B, n/b]."""
+    nll_BL = masked_token_nll(params, tokens_BL, x_t_BL, is_masked_BL, cfg, block_size)
+    return (nll_BL / jnp.repeat(t_BK, block_size, axis=1)).sum(axis=1)
+
+
+def weighted_nll(params, tokens_BL: jnp.ndarray, rng: jax.Array, cfg: Config, lo: float, hi: float,
+                 block_size: int | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """One-sample ELBO per sequence in nats [B] with t ~ U[lo, hi] per block, and the times [B, K]."""
+    o = cfg.objective
+    b = o.block_size if block_size is None else block_size
+    B, n = tokens_BL.shape
+    if n % b:
+        raise ValueError(f"bd3 block size {b} must divide the window length {n}")
+    t_rng, m_rng = jax.random.split(rng)
+    t_BK = block_times(t_rng, B, n // b, lo, hi, o.mdm_eps, o.antithetic)
+    x_t_BL, is_masked_BL = corrupt(tokens_BL, t_BK, m_rng, special_ids(cfg.model).mask, b)
+    return elbo_from(params, tokens_BL, x_t_BL, is_masked_BL, t_BK, cfg, b), t_BK
+
+
+def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, bool]:
+    """ELBO per sequence in nats [B] under the full schedule t ~ U(mdm_eps, 1), averaged over
+    cfg.eval.mdm_time_samples draws (an upper bound on the NLL, like the mdm ELBO)."""
+    rngs = jax.random.split(rng, cfg.eval.mdm_time_samples)
+    eps = cfg.objective.mdm_eps
+    elbo_SB = jax.lax.map(lambda r: weighted_nll(params, batch["tokens"], r, cfg, eps, 1.0)[0], rngs)
+    return elbo_SB.mean(axis=0), EXACT
+
+
+def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, dict]:
+    tokens_BL = batch["tokens"]
+    o = cfg.objective
+    elbo_B, t_BK = weighted_nll(params, tokens_BL, rng, cfg, o.noise_min, o.noise_max)
+    value = elbo_B.mean() / tokens_BL.shape[1]
+    return value, {"loss": value, "nll_per_token": value, "mask_rate": t_BK.mean()}
