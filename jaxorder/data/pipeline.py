@@ -11,6 +11,9 @@ state is ``{"next_index": step}``, saved with ``grain.checkpoint.CheckpointSave`
 
 Validation: the same packing of the validation documents, no shuffling; ``val_batches(n)``
 takes up to ``n`` global batches of windows spread evenly over the validation stream.
+
+Transforms (``data.transform``, e.g. swap05) are applied to every window, training and
+validation alike, right after packing; ``train_windows``/``val_windows`` hold transformed windows.
 """
 from __future__ import annotations
 
@@ -22,16 +25,19 @@ import numpy as np
 
 from jaxorder.config import DataConfig
 from jaxorder.data.sources import Document, load_documents
+from jaxorder.data.synthetic import apply_transform, markov_entropy_rate_bits
 from jaxorder.data.tokenizer import ByteTokenizer, DataError, make_tokenizer
 
 
 def pack_documents(docs: list[Document], tokenizer: ByteTokenizer) -> np.ndarray:
     """One token stream: the documents' tokens with ``eos_id`` between documents.
 
+    A document with ``raw`` bytes contributes those bytes as byte ids (no UTF-8 re-encoding).
     Stored as uint16 when the vocabulary fits (half the memory); batches are cast to int32.
     """
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
-    pieces = [tokenizer.encode(d.text) for d in docs]
+    pieces = [tokenizer.encode(d.text) if d.raw is None else np.frombuffer(d.raw, dtype=np.uint8)
+              for d in docs]
     total = sum(len(p) for p in pieces) + max(len(pieces) - 1, 0)
     stream = np.empty(total, dtype=dtype)
     pos = 0
@@ -68,7 +74,15 @@ class _TakeRows(grain.transforms.Map):
 
 @dataclass
 class DataBundle:
-    """Everything the training loop needs from the data side."""
+    """Everything the training loop needs from the data side.
+
+    ``info["entropy_floor_bits_per_byte"]`` is the exact entropy rate of the source when it is
+    known (``data.source=markov``: each symbol is one byte), else None. A window's first token
+    has the larger stationary entropy H(pi) >= H (and the rare document boundaries add EOS
+    tokens), so the best achievable validation bits/byte exceeds H by about (H(pi) - H) / seq_len;
+    it is reported as the floor anyway. swap05 keeps it (a permutation of positions within a window
+    does not change the window's joint entropy).
+    """
 
     tokenizer: ByteTokenizer
     info: dict[str, Any]
@@ -145,8 +159,8 @@ def make_data(cfg: DataConfig, process_index: int = 0, process_count: int = 1) -
     train_docs, val_docs = load_documents(cfg)
     train_stream = pack_documents(train_docs, tokenizer)
     val_stream = pack_documents(val_docs, tokenizer)
-    train_windows = _windows(train_stream, L)
-    val_windows = _windows(val_stream, L)
+    train_windows = apply_transform(cfg.transform, _windows(train_stream, L))
+    val_windows = apply_transform(cfg.transform, _windows(val_stream, L))
     if len(train_windows) < B:
         raise DataError(f"the training text has {len(train_stream)} tokens = {len(train_windows)} windows "
                         f"of data.seq_len={L}, fewer than one batch of data.batch_size={B}; "
@@ -157,6 +171,7 @@ def make_data(cfg: DataConfig, process_index: int = 0, process_count: int = 1) -
     val_bytes_per_token = tokenizer.num_bytes(val_stream) / val_tokens
     info = {
         "source": cfg.source,
+        "transform": cfg.transform,
         "tokenizer": tokenizer.name,
         "train_documents": len(train_docs),
         "val_documents": len(val_docs),
@@ -167,6 +182,7 @@ def make_data(cfg: DataConfig, process_index: int = 0, process_count: int = 1) -
         "val_windows": len(val_windows),
         "steps_per_epoch": len(train_windows) // B,
         "val_bytes_per_token": val_bytes_per_token,
+        "entropy_floor_bits_per_byte": markov_entropy_rate_bits(cfg) if cfg.source == "markov" else None,
     }
     return DataBundle(tokenizer=tokenizer, info=info, val_bytes_per_token=val_bytes_per_token,
                       seq_len=L, global_batch_size=B, local_batch_size=B // process_count,
