@@ -13,21 +13,39 @@ from jaxorder.config import Config
 LN2 = math.log(2.0)
 
 
-def make_nll_fn(cfg: Config) -> Callable[[Any, np.ndarray, jax.Array], jax.Array]:
-    """Jitted (params, tokens [B, L], rng) -> per-sequence NLL in nats [B] for cfg's objective."""
+def make_nll_fn(cfg: Config, out_sharding: Any = None) -> Callable[[Any, Any, jax.Array], jax.Array]:
+    """Jitted (params, tokens [B, L], rng) -> per-sequence NLL in nats [B] for cfg's objective.
+
+    `out_sharding` (replicated, under a mesh) lets every process read all rows' results.
+    """
     objective = objectives.get(cfg.objective.name)
-    return jax.jit(lambda params, tokens_BL, rng: objective.nll(params, {"tokens": tokens_BL}, rng, cfg)[0])
+    return jax.jit(lambda params, tokens_BL, rng: objective.nll(params, {"tokens": tokens_BL}, rng, cfg)[0],
+                   out_shardings=out_sharding)
+
+
+def _pad_rows(tokens_BL: np.ndarray, multiple: int) -> np.ndarray:
+    short = -len(tokens_BL) % multiple
+    return np.concatenate([tokens_BL, np.repeat(tokens_BL[:1], short, axis=0)]) if short else tokens_BL
 
 
 def evaluate(params: Any, cfg: Config, val_batches: Sequence[np.ndarray], bytes_per_token: float,
-             nll_fn: Callable | None = None) -> dict:
-    """Bits/byte over the validation windows with the standard error of the mean over windows."""
+             nll_fn: Callable | None = None, put_batch: Callable | None = None) -> dict:
+    """Bits/byte over the validation windows with the standard error of the mean over windows.
+
+    `put_batch` places a process's rows on the mesh (see train.Placement); a batch is padded to a
+    multiple of the local batch shards and the padding rows are dropped from the statistics.
+    """
     objective = objectives.get(cfg.objective.name)
     nll_fn = nll_fn or make_nll_fn(cfg)
     rng = jax.random.key(cfg.eval.seed)
+    local_shards = max(1, jax.local_device_count()) if put_batch else 1
     per_seq = []
     for i, tokens_BL in enumerate(val_batches):
-        per_seq.append(np.asarray(nll_fn(params, tokens_BL, jax.random.fold_in(rng, i))))
+        rows = len(tokens_BL)
+        padded = _pad_rows(np.asarray(tokens_BL), local_shards)
+        placed = put_batch(padded) if put_batch else padded
+        nll = np.asarray(nll_fn(params, placed, jax.random.fold_in(rng, i)))
+        per_seq.append(nll.reshape(jax.process_count(), -1)[:, :rows].reshape(-1))
     nll_N = np.concatenate(per_seq)
     tokens_per_window = val_batches[0].shape[1]
     per_token_N = nll_N / tokens_per_window

@@ -7,22 +7,26 @@ preemption) saves a checkpoint and raises `Preempted`.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxorder import config as config_lib
-from jaxorder import model, objectives
-from jaxorder.checkpoint import Checkpointer, abstract_of
+from jaxorder import model, objectives, sharding
+from jaxorder.checkpoint import Checkpointer
 from jaxorder.config import Config, ConfigError
 from jaxorder.data import make_data
 from jaxorder.evaluate import evaluate, make_nll_fn
@@ -30,8 +34,9 @@ from jaxorder.metrics import MetricsWriter
 from jaxorder.objectives.common import special_ids
 
 # Fields that may change when a run directory is resumed (they do not change what is computed).
+# A checkpoint restores onto any mesh, so mesh and process layout may change too.
 RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.async_checkpointing", "eval.")
+                     "train.async_checkpointing", "eval.", "mesh.", "distributed.")
 
 
 class Preempted(Exception):
@@ -53,9 +58,52 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
     return optax.chain(*chain)
 
 
-def init_state(cfg: Config, optimizer: optax.GradientTransformation) -> dict:
-    params = model.init_params(cfg.model, jax.random.key(cfg.train.seed), cfg.data.seq_len)
+def init_boxed_state(cfg: Config, optimizer: optax.GradientTransformation) -> dict:
+    """Train state whose parameter-shaped leaves carry logical axis names (nn.LogicallyPartitioned)."""
+    target_positions = getattr(objectives.get(cfg.objective.name), "TARGET_POSITIONS", False)  # ao_ar, latent_order
+    params = model.init_boxed_params(cfg.model, jax.random.key(cfg.train.seed), cfg.data.seq_len, target_positions)
     return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def init_state(cfg: Config, optimizer: optax.GradientTransformation) -> dict:
+    return nn.meta.unbox(init_boxed_state(cfg, optimizer))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run lives: its mesh, logical rules and the shardings of state and batches."""
+    mesh: Any
+    rules: tuple
+    state: Any  # pytree of NamedShardings matching init_state
+    batch: Any  # NamedSharding of [B, L] token batches
+    replicated: Any
+
+    @contextlib.contextmanager
+    def active(self):
+        """Mesh and logical-axis rules in force while tracing (activation sharding constraints)."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(list(self.rules)):
+            yield
+
+    def abstract_state(self, cfg: Config, optimizer: optax.GradientTransformation) -> Any:
+        shapes = jax.eval_shape(lambda: init_state(cfg, optimizer))
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, self.state)
+
+    def put_batch(self, local_BL) -> jax.Array:
+        return sharding.global_batch(local_BL, self.batch)
+
+
+def make_placement(cfg: Config, optimizer: optax.GradientTransformation, devices: list | None = None) -> Placement:
+    mesh = sharding.make_mesh(cfg.mesh, devices)
+    sharding.check_divisible(cfg.data.batch_size, mesh)
+    rules = cfg.mesh.rules
+    state = sharding.state_shardings(lambda: init_boxed_state(cfg, optimizer), mesh, rules)
+    return Placement(mesh, rules, state, sharding.batch_sharding(mesh), sharding.replicated(mesh))
+
+
+def compile_train_step(cfg: Config, optimizer: optax.GradientTransformation, placement: Placement):
+    """The jitted step with explicit in/out shardings and the state donated."""
+    return jax.jit(make_train_step(cfg, optimizer), in_shardings=(placement.state, placement.batch),
+                   out_shardings=(placement.state, placement.replicated), donate_argnums=(0,))
 
 
 def make_train_step(cfg: Config, optimizer: optax.GradientTransformation):
@@ -129,11 +177,18 @@ def train(cfg: Config, run_dir: str | Path, name: str | None = None) -> dict:
     val_batches = data.val_batches(cfg.eval.batches)
 
     optimizer = make_optimizer(cfg)
-    state = init_state(cfg, optimizer)
+    placement = make_placement(cfg, optimizer)
+    with placement.active():
+        return _train_placed(cfg, run_dir, name, data, val_batches, optimizer, placement)
+
+
+def _train_placed(cfg: Config, run_dir: Path, name: str, data: Any, val_batches: list,
+                  optimizer: optax.GradientTransformation, placement: Placement) -> dict:
+    state = jax.jit(lambda: init_state(cfg, optimizer), out_shardings=placement.state)()
     n_params = model.count_params(state["params"])
     iterator = data.train_iterator()
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.max_to_keep, cfg.train.async_checkpointing)
-    restored = ckpt.restore_latest(abstract_of(state), iterator)
+    restored = ckpt.restore_latest(placement.abstract_state(cfg, optimizer), iterator)
     start_step = 0
     if restored is not None:
         start_step, state = restored
@@ -145,8 +200,8 @@ def train(cfg: Config, run_dir: str | Path, name: str | None = None) -> dict:
             return json.loads(finished.read_text())
     config_dict = config_lib.to_dict(cfg)
 
-    step_fn = jax.jit(make_train_step(cfg, optimizer), donate_argnums=(0,))
-    nll_fn = make_nll_fn(cfg)
+    step_fn = compile_train_step(cfg, optimizer, placement)
+    nll_fn = make_nll_fn(cfg, placement.replicated)
     metrics_out = MetricsWriter(run_dir, start_step)
     seconds_before = metrics_out.last_value("train", "wall_seconds", 0.0)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
@@ -156,7 +211,7 @@ def train(cfg: Config, run_dir: str | Path, name: str | None = None) -> dict:
             f"{tokens_per_step} tokens, run dir {run_dir}")
 
     def run_eval(step: int) -> dict:
-        result = evaluate(state["params"], cfg, val_batches, data.val_bytes_per_token, nll_fn)
+        result = evaluate(state["params"], cfg, val_batches, data.val_bytes_per_token, nll_fn, placement.put_batch)
         metrics_out.write(step, "val", {k: result[k] for k in ("bpb", "bpb_stderr", "nll_per_token")})
         log(f"[{name}] step {step}/{total} val {result['bpb']:.3f} bits/byte ({result['kind']})")
         return result
@@ -168,7 +223,7 @@ def train(cfg: Config, run_dir: str | Path, name: str | None = None) -> dict:
             window_start, window_steps = time.time(), 0
             for step in range(start_step + 1, total + 1):
                 batch = next(iterator)
-                state, step_metrics = step_fn(state, jnp.asarray(batch["tokens"]))
+                state, step_metrics = step_fn(state, placement.put_batch(batch["tokens"]))
                 window_steps += 1
                 if step % cfg.train.log_every == 0 or step == total:
                     values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
@@ -212,10 +267,14 @@ def load_params(run_dir: Path) -> tuple[Config, Any, int]:
     ckpt_dir = require_checkpoint(run_dir)
     cfg = config_lib.load(run_dir / "config.yaml")
     optimizer = make_optimizer(cfg)
-    abstract = jax.eval_shape(lambda: init_state(cfg, optimizer))
+    try:
+        placement = make_placement(cfg, optimizer)
+    except ConfigError:  # trained on another mesh: evaluate data-parallel on the devices here
+        cfg = dataclasses.replace(cfg, mesh=config_lib.MeshConfig(rules=cfg.mesh.rules))
+        placement = make_placement(cfg, optimizer)
     ckpt = Checkpointer(ckpt_dir, cfg.train.max_to_keep, async_save=False)
     try:
-        restored = ckpt.restore_latest(abstract)
+        restored = ckpt.restore_latest(placement.abstract_state(cfg, optimizer))
     finally:
         ckpt.close()
     if restored is None:

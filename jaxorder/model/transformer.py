@@ -93,15 +93,24 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """tokens [B, L] int, positions [B, L] int, mask kind -> logits [B, L, vocab] (float32)."""
+    """tokens [B, L] int, positions [B, L] int, mask kind -> logits [B, L, vocab] (float32).
+
+    Optional `target_positions_BL` [B, L] int (any-order AR): the position each slot must predict,
+    embedded by a learned table `target_embed` [max_len, d_model] added to the input embeddings.
+    The table exists only in models initialized with target positions.
+    """
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BL: jnp.ndarray, positions_BL: jnp.ndarray, mask_kind: str = "causal") -> jnp.ndarray:
+    def __call__(self, tokens_BL: jnp.ndarray, positions_BL: jnp.ndarray, mask_kind: str = "causal",
+                 target_positions_BL: jnp.ndarray | None = None) -> jnp.ndarray:
         cfg = self.cfg
         dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         embed_Vd = self.param("embed", _init(1.0, ("vocab", "embed")), (cfg.vocab_size, cfg.d_model), pdt)
         x_BLd = jnp.take(embed_Vd, tokens_BL, axis=0).astype(dt)
+        if target_positions_BL is not None:
+            target_Pd = self.param("target_embed", _init(1.0, (None, "embed")), (cfg.max_len, cfg.d_model), pdt)
+            x_BLd = x_BLd + jnp.take(target_Pd, target_positions_BL, axis=0).astype(dt)
         x_BLd = nn.with_logical_constraint(x_BLd, ("batch", "length", "embed"))
         for i in range(cfg.n_layers):
             x_BLd = Block(cfg, name=f"layer_{i}")(x_BLd, positions_BL, mask_kind)
@@ -110,23 +119,32 @@ class Transformer(nn.Module):
         return jnp.einsum("bld,dv->blv", x_BLd, head_dV.astype(dt)).astype(jnp.float32)
 
 
-def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8) -> Params:
-    """Plain (unboxed) parameter pytree."""
+def init_boxed_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8, target_positions: bool = False) -> Params:
+    """Parameters still boxed with their logical axis names (for deriving shardings).
+
+    target_positions=True adds the target-position embedding (objectives with TARGET_POSITIONS)."""
     tokens = jnp.zeros((1, seq_len), jnp.int32)
-    variables = Transformer(cfg).init(rng, tokens, jnp.zeros_like(tokens), "causal")
-    return nn.meta.unbox(variables["params"])
+    targets = jnp.zeros_like(tokens) if target_positions else None
+    return Transformer(cfg).init(rng, tokens, jnp.zeros_like(tokens), "causal", targets)["params"]
 
 
-def logical_axes(cfg: ModelConfig) -> Params:
+def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8, target_positions: bool = False) -> Params:
+    """Plain (unboxed) parameter pytree."""
+    return nn.meta.unbox(init_boxed_params(cfg, rng, seq_len, target_positions))
+
+
+def logical_axes(cfg: ModelConfig, target_positions: bool = False) -> Params:
     """Pytree of PartitionSpecs (of logical axis names) matching init_params."""
-    tokens = jnp.zeros((1, 8), jnp.int32)
-    abstract = jax.eval_shape(lambda: Transformer(cfg).init(jax.random.key(0), tokens, tokens, "causal"))
-    return nn.get_partition_spec(abstract)["params"]
+    return nn.get_partition_spec(jax.eval_shape(
+        lambda: init_boxed_params(cfg, jax.random.key(0), target_positions=target_positions)))
 
 
 def apply(params: Params, cfg: ModelConfig, tokens_BL: jnp.ndarray, positions_BL: jnp.ndarray,
-          mask_kind: str) -> jnp.ndarray:
-    return Transformer(cfg).apply({"params": params}, tokens_BL, positions_BL, mask_kind)
+          mask_kind: str, target_positions_BL: jnp.ndarray | None = None) -> jnp.ndarray:
+    if target_positions_BL is not None and "target_embed" not in params:
+        raise ValueError("target positions need a model initialized with them "
+                         "(init_params(..., target_positions=True); objectives ao_ar and latent_order)")
+    return Transformer(cfg).apply({"params": params}, tokens_BL, positions_BL, mask_kind, target_positions_BL)
 
 
 def count_params(params: Params) -> int:
