@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from jaxorder.objectives import bd3, l2r, mdm, r2l
+from jaxorder.objectives import ao_ar, bd3, l2r, latent_order, mdm, r2l
 
-REGISTRY: dict[str, ModuleType] = {"l2r": l2r, "r2l": r2l, "mdm": mdm, "bd3": bd3}
+REGISTRY: dict[str, ModuleType] = {"l2r": l2r, "r2l": r2l, "mdm": mdm, "bd3": bd3,
+                                   "ao_ar": ao_ar, "latent_order": latent_order}
 
 
 def get(name: str) -> ModuleType:

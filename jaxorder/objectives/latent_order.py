@@ -1,0 +1,94 @@
+"""The generation order as a latent variable: a log-sum over orders instead of a sum of logs.
+
+Shares the any-order network of ao_ar (same model inputs, same one-pass exact order NLL). For
+each sequence take K = cfg.objective.num_orders candidate orders sigma_1..sigma_K (with
+include_fixed_orders, candidate 0 is l2r and candidate 1 is r2l; the others are iid uniform
+random permutations), compute l_k = log p(x | sigma_k) in one batched pass over B*K sequences,
+and minimize
+
+    L_K(x) = -log (1/K) sum_k exp(l_k)          (reported per token: / n, batch mean).
+
+Its gradient is sum_k softmax_k(l_k) * grad(-l_k): orders are weighted by their posterior
+weight, so the model can concentrate on orders that explain x well, instead of being pushed to
+fit every order equally (the sum-of-logs -1/K sum_k l_k that masked diffusion effectively
+optimizes, which is >= L_K by Jensen). The metrics `w_l2r`, `w_r2l`, `w_random` are the average
+posterior weight softmax_k(l_k) of one candidate of each kind (w_random averaged over the random
+candidates, so the three are comparable: all equal 1/K when the model is indifferent).
+
+What `nll` (the yardstick) bounds. Let q be the distribution of one candidate drawn as above
+(q = 1/K on l2r, 1/K on r2l, (K-2)/K uniform, with include_fixed_orders; uniform otherwise) and
+p_mix(x) = E_{sigma~q} p(x | sigma), a mixture of normalized distributions, hence a proper
+model of x. Because E[(1/K) sum_k p(x | sigma_k)] = p_mix(x) (the fixed candidates contribute
+exactly their share), Jensen gives E[L_K(x)] >= -log p_mix(x): `nll` is a stochastic upper bound
+(IWAE-style; not unbiased for any single draw) on the NLL of the order-mixture model, which
+tightens in expectation as K grows for iid random candidates and equals -log p_mix(x) in the
+limit. Orders are drawn from the eval rng with the training K (EXACT = False). Note that p_mix
+depends on K when fixed orders are included (their mixture weight is 1/K each).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxorder.config import Config
+from jaxorder.objectives import ao_ar
+
+EXACT = False  # a (stochastic, IWAE-style) upper bound on -log p_mix(x)
+TARGET_POSITIONS = True  # same network inputs as ao_ar
+
+
+def candidate_orders(rng: jax.Array, batch_size: int, n: int, num_orders: int,
+                     include_fixed_orders: bool) -> jnp.ndarray:
+    """Orders [B, K, n]: [l2r, r2l, random...] with include_fixed_orders, else K random."""
+    num_random = num_orders - 2 if include_fixed_orders else num_orders
+    random_BKn = ao_ar.random_orders(rng, batch_size * num_random, n).reshape(batch_size, num_random, n)
+    if not include_fixed_orders:
+        return random_BKn
+    ident_B1n = ao_ar.identity_orders(batch_size, n)[:, None, :]
+    return jnp.concatenate([ident_B1n, ident_B1n[..., ::-1], random_BKn], axis=1)
+
+
+def order_log_likelihoods(params, tokens_BL: jnp.ndarray, orders_BKL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
+    """l_k = log p(x | sigma_k) [B, K], one pass over B*K permuted sequences."""
+    B, K, L = orders_BKL.shape
+    tokens_NL = jnp.repeat(tokens_BL, K, axis=0)  # row b*K + k
+    return -ao_ar.order_nll(params, tokens_NL, orders_BKL.reshape(B * K, L), cfg).reshape(B, K)
+
+
+def mixture_nll(l_BK: jnp.ndarray) -> jnp.ndarray:
+    """-log (1/K) sum_k exp(l_k) per sequence [B]."""
+    return jnp.log(l_BK.shape[1]) - jax.nn.logsumexp(l_BK, axis=1)
+
+
+def orders_nll(params, tokens_BL: jnp.ndarray, orders_BKL: jnp.ndarray, cfg: Config) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(K-order bound -log mean_k p(x | sigma_k) [B], l [B, K]) for explicit orders [B, K, n]."""
+    l_BK = order_log_likelihoods(params, tokens_BL, orders_BKL, cfg)
+    return mixture_nll(l_BK), l_BK
+
+
+def _sampled(params, tokens_BL: jnp.ndarray, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, jnp.ndarray]:
+    o = cfg.objective
+    orders_BKL = candidate_orders(rng, *tokens_BL.shape, o.num_orders, o.include_fixed_orders)
+    return orders_nll(params, tokens_BL, orders_BKL, cfg)
+
+
+def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, bool]:
+    """K-order log-mean-exp bound per sequence in nats [B] (upper bound in expectation, see above)."""
+    return _sampled(params, batch["tokens"], rng, cfg)[0], EXACT
+
+
+def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, dict]:
+    tokens_BL = batch["tokens"]
+    n = tokens_BL.shape[1]
+    bound_B, l_BK = _sampled(params, tokens_BL, rng, cfg)
+    value = bound_B.mean() / n
+    w_BK = jax.lax.stop_gradient(jax.nn.softmax(l_BK, axis=1))
+    metrics = {"loss": value, "nll_per_token": value,
+               "nll_per_token_avg_order": jax.lax.stop_gradient(-l_BK.mean() / n)}
+    first_random = 0
+    if cfg.objective.include_fixed_orders:
+        metrics["w_l2r"], metrics["w_r2l"] = w_BK[:, 0].mean(), w_BK[:, 1].mean()
+        first_random = 2
+    if l_BK.shape[1] > first_random:
+        metrics["w_random"] = w_BK[:, first_random:].mean()
+    return value, metrics
