@@ -53,26 +53,36 @@ class Checkpointer:
     def restore_latest(self, abstract_state: Any, iterator: Any = None) -> tuple[int, Any] | None:
         """Restores the newest readable checkpoint (and `iterator`'s position, if given).
 
-        Returns (step, state), or None when there is no readable checkpoint.
+        Returns (step, state), or None when there are no checkpoints. Unreadable checkpoints newer
+        than the one restored are moved aside with a warning. If none can be restored (e.g. they were
+        written by a different model), nothing is moved and a ConfigError says so.
         """
+        failures: list[tuple[int, str]] = []
         for step in reversed(self.steps()):
             items = {"state": ocp.args.StandardRestore(abstract_state)}
             if iterator is not None:
                 items["data"] = grain.checkpoint.CheckpointRestore(iterator)
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-                return step, restored["state"]
             except Exception as e:  # noqa: BLE001 - any failure to read means "unusable checkpoint"
-                aside = self._move_aside(step)
-                reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-                warn(f"checkpoint at step {step} could not be restored ({reason}); "
-                     f"moved it to {aside.name} and falling back to the previous checkpoint")
+                failures.append((step, str(e).splitlines()[0][:160] if str(e) else type(e).__name__))
+                continue
+            for bad_step, reason in failures:
+                aside = self._move_aside(bad_step)
+                warn(f"checkpoint at step {bad_step} could not be restored ({reason}); moved it to "
+                     f"{aside.name} and fell back to the previous checkpoint (step {step})")
+            if failures:
                 self.manager.reload()
+            return step, restored["state"]
+        if failures:
+            step, reason = failures[0]
+            raise ConfigError(f"no checkpoint in {self.directory} could be restored (newest, step {step}: {reason}); "
+                              f"were they written with a different model config? use a new --run-dir")
         return None
 
     def _move_aside(self, step: int) -> Path:
         src = self.directory / str(step)
-        dst = self.directory.parent / f"corrupt_checkpoint_{step}_{int(time.time())}"
+        dst = self.directory.parent / f"corrupt_checkpoint_{step}_{time.time_ns()}"
         if src.exists():
             src.rename(dst)
         return dst

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -23,9 +24,11 @@ def _default_run_dir(config_path: str, overrides: list[str]) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from jaxorder import config as config_lib
+    from jaxorder.distributed import initialize
     from jaxorder.train import train
 
     cfg = config_lib.load(args.config, args.overrides)
+    initialize(cfg.distributed)
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config, args.overrides)
     result = train(cfg, run_dir)
     _print_result(result, args.json)
@@ -47,9 +50,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from jaxorder.sweep import run_sweep
 
-    results = run_sweep(Path(args.sweep), Path(args.out) if args.out else None, args.overrides)
+    results = run_sweep(Path(args.sweep), Path(args.out) if args.out else None, args.overrides,
+                        table_to_stderr=args.json)
     if args.json:
-        print(json.dumps({"runs": results}))
+        print(json.dumps(json_safe({"runs": results}), allow_nan=False))
     return 0
 
 
@@ -86,9 +90,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def json_safe(value):
+    """NaN/inf (e.g. the standard error of a single window) become null: strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def _print_result(result: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result))
+        print(json.dumps(json_safe(result), allow_nan=False))
     else:
         print(f"{result['run']}: {result['bpb']:.4f} ± {result['bpb_stderr']:.4f} bits/byte "
               f"({result['kind']}, {result['objective']}, step {result['step']}, {result['windows']} windows)")

@@ -6,8 +6,13 @@ from pathlib import Path
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: Path, resume_step: int = 0):
+    """Appends metrics; `enabled=False` (processes other than 0) makes every call a no-op."""
+
+    def __init__(self, run_dir: Path, resume_step: int = 0, enabled: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        if not enabled:
+            return
         self._drop_after(resume_step)
         self._file = self.path.open("a")
         from tensorboardX import SummaryWriter  # imported lazily: it pulls in protobuf
@@ -27,6 +32,8 @@ class MetricsWriter:
         return values[-1] if values else default
 
     def write(self, step: int, split: str, values: dict) -> None:
+        if not self.enabled:
+            return
         record = {"step": step, "split": split, **values}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
@@ -35,6 +42,8 @@ class MetricsWriter:
                 self._tb.add_scalar(f"{split}/{k}", v, step)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self._file.close()
         self._tb.close()
 

@@ -20,6 +20,7 @@ import yaml
 
 from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
+from jaxorder.distributed import initialize, is_main_process
 from jaxorder.report import text_table, write_report
 from jaxorder.train import train
 
@@ -63,18 +64,22 @@ def expand(spec: dict, extra_overrides: Sequence[str] = ()) -> list[tuple[str, c
     return runs
 
 
-def run_sweep(path: Path, out_dir: Path | None = None, overrides: Sequence[str] = ()) -> list[dict]:
+def run_sweep(path: Path, out_dir: Path | None = None, overrides: Sequence[str] = (),
+              table_to_stderr: bool = False) -> list[dict]:
     spec = load_sweep(path)
     out_dir = Path(out_dir) if out_dir else Path("runs") / "sweeps" / spec["name"]
     runs = expand(spec, overrides)
+    initialize(runs[0][1].distributed)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"sweep {spec['name']}: {len(runs)} runs -> {out_dir}", file=sys.stderr, flush=True)
     results, run_dirs = [], {}
     for name, cfg in runs:
         run_dirs[name] = out_dir / name
         results.append(train(cfg, run_dirs[name], name=name))
+    if not is_main_process():
+        return results
     write_report(results, run_dirs, out_dir, f"sweep {spec['name']}")
-    print(text_table(results), end="")
+    print(text_table(results), end="", file=sys.stderr if table_to_stderr else sys.stdout)
     print(f"wrote {out_dir / 'results.md'}, {out_dir / 'results.csv'}, {out_dir / 'val_bpb.png'}",
           file=sys.stderr, flush=True)
     return results

@@ -29,6 +29,7 @@ from jaxorder import model, objectives, sharding
 from jaxorder.checkpoint import Checkpointer
 from jaxorder.config import Config, ConfigError
 from jaxorder.data import make_data
+from jaxorder.distributed import is_main_process
 from jaxorder.evaluate import evaluate, make_nll_fn
 from jaxorder.metrics import MetricsWriter
 from jaxorder.objectives.common import special_ids
@@ -44,7 +45,9 @@ class Preempted(Exception):
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """Progress on stderr, from process 0 only."""
+    if is_main_process():
+        print(message, file=sys.stderr, flush=True)
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
@@ -117,17 +120,25 @@ def make_train_step(cfg: Config, optimizer: optax.GradientTransformation):
         (_, metrics), grads = grad_fn(state["params"])
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     return step_fn
 
 
 def prepare_run_dir(cfg: Config, run_dir: Path) -> None:
-    """Creates the run directory or checks that an existing one was made with a compatible config."""
+    """Creates the run directory or checks that its checkpoints were made with a compatible config.
+
+    The saved config binds the directory only once a checkpoint exists: a start that failed before
+    training (say, a wrong data path) may be re-run with the corrected settings.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file, not a directory; choose another path")
     run_dir.mkdir(parents=True, exist_ok=True)
     saved_path = run_dir / "config.yaml"
-    if saved_path.exists():
+    has_checkpoints = (run_dir / "checkpoints").is_dir() and any(
+        p.name.isdigit() for p in (run_dir / "checkpoints").iterdir())
+    if saved_path.exists() and has_checkpoints:
         try:
             saved = config_lib.load(saved_path)
         except ConfigError as e:
@@ -136,7 +147,8 @@ def prepare_run_dir(cfg: Config, run_dir: Path) -> None:
         if conflicts:
             raise ConfigError(f"run directory {run_dir} was made with a different config ({'; '.join(conflicts)}); "
                               f"use a new --run-dir or the same settings to resume")
-    config_lib.save(cfg, saved_path)
+    if is_main_process():
+        config_lib.save(cfg, saved_path)
 
 
 class _SigtermFlag:
@@ -159,6 +171,13 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def with_absolute_paths(cfg: Config) -> Config:
+    """data.path relative to the working directory becomes absolute, so the run dir works from anywhere."""
+    if cfg.data.path and not Path(cfg.data.path).is_absolute():
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).absolute())))
+    return cfg
+
+
 def _format_rate(x: float) -> str:
     return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
 
@@ -167,7 +186,9 @@ def train(cfg: Config, run_dir: str | Path, name: str | None = None) -> dict:
     """Trains (or resumes) a run; returns the final evaluation dict (also written to eval.json)."""
     run_dir = Path(run_dir)
     name = name or run_dir.name
-    prepare_run_dir(cfg, run_dir)
+    cfg = with_absolute_paths(cfg)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file, not a directory; choose another path")
     data = make_data(cfg.data, jax.process_index(), jax.process_count())
     tok = data.tokenizer
     ids = special_ids(cfg.model)
@@ -175,6 +196,7 @@ def train(cfg: Config, run_dir: str | Path, name: str | None = None) -> dict:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} does not match the {cfg.data.tokenizer} "
                           f"tokenizer's vocabulary of {tok.vocab_size}; set model.vocab_size={tok.vocab_size}")
     val_batches = data.val_batches(cfg.eval.batches)
+    prepare_run_dir(cfg, run_dir)
 
     optimizer = make_optimizer(cfg)
     placement = make_placement(cfg, optimizer)
@@ -202,7 +224,7 @@ def _train_placed(cfg: Config, run_dir: Path, name: str, data: Any, val_batches:
 
     step_fn = compile_train_step(cfg, optimizer, placement)
     nll_fn = make_nll_fn(cfg, placement.replicated)
-    metrics_out = MetricsWriter(run_dir, start_step)
+    metrics_out = MetricsWriter(run_dir, start_step, enabled=is_main_process())
     seconds_before = metrics_out.last_value("train", "wall_seconds", 0.0)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     total = cfg.train.steps
@@ -224,17 +246,23 @@ def _train_placed(cfg: Config, run_dir: Path, name: str, data: Any, val_batches:
             for step in range(start_step + 1, total + 1):
                 batch = next(iterator)
                 state, step_metrics = step_fn(state, placement.put_batch(batch["tokens"]))
-                window_steps += 1
+                if step == start_step + 1:  # keep compilation out of the throughput numbers
+                    jax.block_until_ready(step_metrics)
+                    window_start = time.time()
+                else:
+                    window_steps += 1
                 if step % cfg.train.log_every == 0 or step == total:
                     values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
                     elapsed = time.time() - window_start
-                    values["tokens_per_s"] = window_steps * tokens_per_step / max(elapsed, 1e-9)
+                    speed = ""
+                    if window_steps:
+                        values["tokens_per_s"] = window_steps * tokens_per_step / max(elapsed, 1e-9)
+                        speed = (f" | {_format_rate(values['tokens_per_s'])} tok/s"
+                                 f" | eta {(total - step) * elapsed / window_steps:.0f}s")
                     values["tokens_seen"] = step * tokens_per_step
                     values["wall_seconds"] = seconds_before + time.time() - started
                     metrics_out.write(step, "train", values)
-                    eta = (total - step) * elapsed / window_steps
-                    log(f"[{name}] step {step}/{total} loss {values['loss']:.4f} "
-                        f"| {_format_rate(values['tokens_per_s'])} tok/s | eta {eta:.0f}s")
+                    log(f"[{name}] step {step}/{total} loss {values['loss']:.4f}{speed}")
                     if not math.isfinite(values["loss"]):
                         raise FloatingPointError(f"loss is {values['loss']} at step {step}; lower optimizer.lr")
                     window_start, window_steps = time.time(), 0
@@ -243,7 +271,8 @@ def _train_placed(cfg: Config, run_dir: Path, name: str, data: Any, val_batches:
                 if step % cfg.train.eval_every == 0 and step != total:
                     run_eval(step)
                 if sigterm.raised:
-                    ckpt.save(step, state, iterator, config_dict, force=True)
+                    if step not in ckpt.steps():  # this step may have just been checkpointed
+                        ckpt.save(step, state, iterator, config_dict, force=True)
                     ckpt.wait()
                     log(f"[{name}] SIGTERM: saved checkpoint at step {step}; re-run the same command to resume")
                     raise Preempted(step)
@@ -255,7 +284,8 @@ def _train_placed(cfg: Config, run_dir: Path, name: str, data: Any, val_batches:
         metrics_out.close()
     result.update({"run": name, "step": total, "tokens_seen": total * tokens_per_step, "params": n_params,
                    "train_seconds": round(seconds_before + time.time() - started, 1)})
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    if is_main_process():
+        (run_dir / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -193,9 +193,6 @@ def test_missing_corpus_package_names_the_install_command(tmp_path, tiny_config_
     assert_one_line_error(code, capsys.readouterr().err, fix)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: train.py prepare_run_dir saves config.yaml before the data is "
-                                       "loaded, so a run dir whose first attempt failed on a bad data.path "
-                                       "refuses the corrected command as 'a different config'")
 def test_run_dir_of_a_failed_start_accepts_the_corrected_command(tmp_path, repeated_corpus, capsys):
     run = tmp_path / "run"
     base = ["train", str(tmp_path / "c.yaml"), "--run-dir", str(run), *TINY, "data.source=text", "train.steps=2"]
@@ -207,8 +204,6 @@ def test_run_dir_of_a_failed_start_accepts_the_corrected_command(tmp_path, repea
     assert code == 0, capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --run-dir naming an existing file raises FileExistsError from "
-                                       "train.py prepare_run_dir (run_dir.mkdir); the CLI shows a traceback")
 def test_run_dir_that_is_a_file_is_a_one_line_error(tmp_path, tiny_config_file, capsys):
     not_a_dir = tmp_path / "notes.txt"
     not_a_dir.write_text("x")
@@ -264,8 +259,6 @@ def test_train_overrides_after_options(tmp_path, tiny_config_file, cli_env):
                         again.stdout), again.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with a single validation window bpb_stderr is NaN and "
-                                       "cli._print_result emits it as the bare token NaN, which is not JSON")
 def test_train_json_is_valid_json_with_a_single_validation_window(tmp_path, capsys):
     corpus = tmp_path / "short.txt"
     corpus.write_text(SENTENCE * 40)  # val_fraction 0.025 of 40 lines = one 32-byte window

@@ -146,7 +146,7 @@ def test_sigkill_then_resume_gives_identical_params(tmp_path, tiny_config_file, 
 
 def test_sigterm_saves_checkpoint_exits_143_and_resumes(tmp_path, tiny_config_file, cli_env):
     # No periodic checkpoints (checkpoint_every > steps): the only one is the SIGTERM save. (A
-    # SIGTERM during a periodic-checkpoint step is a known bug: see the xfail test below.)
+    # SIGTERM during a periodic-checkpoint step has its own test below.)
     total = SUBPROCESS_STEPS
     overrides = [f"train.steps={total}", "train.checkpoint_every=1000", "train.eval_every=1000"]
     run = tmp_path / "run"
@@ -186,8 +186,6 @@ def test_sigterm_saves_checkpoint_exits_143_and_resumes(tmp_path, tiny_config_fi
     assert steps == list(range(10, total + 1, 10)), "train records are missing or duplicated"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: train.py saves again at a step that was just checkpointed when "
-                                       "SIGTERM arrives during a checkpoint step -> Orbax StepAlreadyExistsError")
 def test_sigterm_during_checkpoint_step_still_preempts_cleanly(tmp_path, repeated_corpus, monkeypatch):
     """Deterministic: SIGTERM lands right after the periodic save at step 10 (in the same step)."""
     from jaxorder import checkpoint as checkpoint_lib
