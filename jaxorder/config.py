@@ -63,13 +63,15 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "shakespeare"  # shakespeare (embedded corpus) | text (data.path) | markov | sudoku
-    path: str = ""  # file or directory of text files, for source=text
+    source: str = "shakespeare"  # shakespeare (embedded corpus) | text | markov | sudoku | prepared
+    path: str = ""  # source=text: a file or directory of text files; source=prepared: the dataset dir
     transform: str = "none"  # none | swap05 (swap positions 0 and 5 of every window)
     markov_vocab: int = 16  # markov: number of states (symbols)
     markov_temperature: float = 1.0  # markov: softmax temperature of the random transition logits
     markov_sparsity: float = 0.0  # markov: share of transitions set to zero probability
     synthetic_tokens: int = 2_000_000  # markov/sudoku: tokens generated (train + validation)
+    bpe_vocab_size: int = 4096  # tokenizer=bpe: vocabulary incl. the 4 specials (set model.vocab_size to match)
+    num_workers: int = 0  # grain worker processes for source=prepared (0 = in-process)
     tokenizer: str = "byte"
     seq_len: int = 128  # tokens per training/validation window
     batch_size: int = 32  # global batch (windows per step)
@@ -147,7 +149,8 @@ class Config:
 
 
 OBJECTIVES = ("l2r", "r2l", "mdm", "bd3", "ao_ar", "latent_order")
-DATA_SOURCES = ("shakespeare", "text", "markov", "sudoku")
+DATA_SOURCES = ("shakespeare", "text", "markov", "sudoku", "prepared")
+TOKENIZERS = ("byte", "bpe")
 DATA_TRANSFORMS = ("none", "swap05")
 MESH_AXES = ("data", "fsdp", "tensor")
 DISTRIBUTED_MODES = ("none", "auto", "explicit")
@@ -373,8 +376,13 @@ def validate(cfg: Config) -> None:
     _positive(d.synthetic_tokens, "data.synthetic_tokens")
     if d.source == "text" and not d.path:
         raise ConfigError("data.source=text needs data.path=FILE_OR_DIR (a text file or a directory of .txt files)")
-    if d.tokenizer != "byte":
-        raise ConfigError(f"data.tokenizer='{d.tokenizer}' is not available; use data.tokenizer=byte")
+    if d.source == "prepared" and not d.path:
+        raise ConfigError("data.source=prepared needs data.path=DIR (made by `jaxorder data prepare`)")
+    _choice(d.tokenizer, TOKENIZERS, "data.tokenizer")
+    if d.bpe_vocab_size < 260:
+        raise ConfigError(f"data.bpe_vocab_size must be >= 260 (256 bytes + 4 specials), got {d.bpe_vocab_size}")
+    if d.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
     _positive(d.seq_len, "data.seq_len")
     _positive(d.batch_size, "data.batch_size")
     if d.seq_len > m.max_len:
