@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Score a run directory's newest checkpoint on the validation windows: exact "
                                    "bits/byte for l2r/r2l, the ELBO upper bound for mdm (with its standard error).")
     p.add_argument("run_dir", help="a run directory made by `jaxorder train` or `jaxorder sweep`")
-    p.add_argument("--orders", help="mdm runs: also score exactly under fixed reveal orders, a comma list of "
-                                    "l2r, r2l, random:K, greedy (n forward passes per window and order)")
+    p.add_argument("--orders", help="mdm, ao_ar and latent_order runs: also score exactly under fixed orders, a comma "
+                                    "list of l2r, r2l, random:K, greedy (mdm only; mdm takes n forward "
+                                    "passes per window, the any-order models one)")
     p.add_argument("--max-windows", type=int, default=32,
                    help="validation windows used for --orders (default 32)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")

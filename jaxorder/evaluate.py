@@ -56,7 +56,7 @@ def evaluate(params: Any, cfg: Config, val_batches: Sequence[np.ndarray], bytes_
         "bpb": float(per_token_N.mean() * to_bpb),
         "bpb_stderr": stderr * to_bpb,
         "nll_per_token": float(per_token_N.mean()),
-        "kind": "exact" if objective.EXACT else "upper bound (ELBO)",
+        "kind": getattr(objective, "NLL_KIND", "exact" if objective.EXACT else "upper bound (ELBO)"),
         "windows": int(len(per_token_N)),
         "tokens": int(len(per_token_N) * tokens_per_window),
     }

@@ -1,10 +1,13 @@
-"""Scoring a masked-diffusion model under fixed reveal orders (exact chain rule of its conditionals).
+"""Scoring a model under fixed generation orders (exact chain rule of its conditionals).
 
-For an order sigma, log p_sigma(x) = sum_j log p(x_sigma_j | x_sigma_<j revealed, the rest masked).
-That takes n forward passes of a bidirectional model; all requested orders of a batch share each
-pass (the batch is the orders stacked), so scoring K orders costs n passes of K x B sequences,
-not K x n passes. `greedy` reveals, at each step, the masked position where the model is most
-confident (largest max-probability) — the model's own choice, never the data's.
+For an order sigma, log p_sigma(x) = sum_j log p(x_sigma_j | x_sigma_<j).
+- mdm: each conditional is the bidirectional model with x_sigma_<j revealed and the rest masked,
+  so an order takes n forward passes; all requested orders of a batch share each pass (the batch
+  is the orders stacked): K orders cost n passes of K x B sequences, not K x n passes. `greedy`
+  reveals, at each step, the masked position where the model is most confident (largest
+  max-probability): the model's own choice, never the data's.
+- ao_ar / latent_order: one causal pass over the permuted sequence gives an order's exact NLL;
+  random:K also reports the K-order log-mean-exp bound -log (1/K) sum_k p(x | sigma_k).
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxorder.config import Config, ConfigError
-from jaxorder.objectives import mdm
+from jaxorder.objectives import ao_ar, latent_order, mdm
 from jaxorder.objectives.common import special_ids
 
 
@@ -87,29 +90,50 @@ def chain_rule_nll(params, tokens_BL: jnp.ndarray, orders_BL: jnp.ndarray | None
     return nll_B
 
 
+ORDER_SCORED = ("mdm", "ao_ar", "latent_order")
+
+
 def score_orders(params, cfg: Config, val_batches: Sequence[np.ndarray], bytes_per_token: float,
                  specs: Sequence[OrderSpec], seed: int = 0) -> dict[str, dict]:
-    """Bits/byte of an mdm model under each order spec, over the given validation windows."""
-    fixed = jax.jit(lambda p, t, o: chain_rule_nll(p, t, o, cfg))
+    """Bits/byte of the model under each order spec, over the given validation windows."""
+    name = cfg.objective.name
+    if name not in ORDER_SCORED:
+        raise ConfigError(f"fixed-order scoring needs an mdm, ao_ar or latent_order run, not '{name}'")
+    any_order = name != "mdm"
+    if any_order and any(s.kind == "greedy" for s in specs):
+        raise ConfigError("the greedy order is defined for mdm runs (most confident masked position first); "
+                          "drop it from --orders for ao_ar/latent_order runs")
+    if any_order:
+        fixed = jax.jit(lambda p, t, o: ao_ar.order_nll(p, t, o, cfg))
+    else:
+        fixed = jax.jit(lambda p, t, o: chain_rule_nll(p, t, o, cfg))
     greedy = jax.jit(lambda p, t: chain_rule_nll(p, t, None, cfg))
     to_bpb = 1.0 / (math.log(2.0) * bytes_per_token)
     rng = jax.random.key(seed)
     results = {}
+
+    def summarize(per_window: list[np.ndarray], kind: str) -> dict:
+        per_token = np.concatenate(per_window)
+        stderr = per_token.std(ddof=1) / math.sqrt(len(per_token)) if len(per_token) > 1 else float("nan")
+        return {"bpb": float(per_token.mean() * to_bpb), "bpb_stderr": float(stderr * to_bpb), "kind": kind,
+                "windows": int(len(per_token))}
+
     for spec in specs:
-        per_window = []
+        per_window, bound_per_window = [], []
         for i, tokens_BL in enumerate(val_batches):
             batch, length = tokens_BL.shape
             if spec.kind == "greedy":
-                nll_B = np.asarray(greedy(params, jnp.asarray(tokens_BL)))
-            else:
-                orders = order_matrix(spec, batch, length, jax.random.fold_in(rng, i))
-                stacked = np.tile(tokens_BL, (len(orders) // batch, 1))
-                nll_B = np.asarray(fixed(params, jnp.asarray(stacked), jnp.asarray(orders)))
-                nll_B = nll_B.reshape(-1, batch).mean(axis=0)  # average over the spec's orders
-            per_window.append(nll_B / length)
-        per_token = np.concatenate(per_window)
-        stderr = per_token.std(ddof=1) / math.sqrt(len(per_token)) if len(per_token) > 1 else float("nan")
-        results[spec.label] = {"bpb": float(per_token.mean() * to_bpb), "bpb_stderr": float(stderr * to_bpb),
-                               "kind": "exact" if spec.kind != "random" else f"exact, mean of {spec.count} orders",
-                               "windows": int(len(per_token))}
+                per_window.append(np.asarray(greedy(params, jnp.asarray(tokens_BL))) / length)
+                continue
+            orders = order_matrix(spec, batch, length, jax.random.fold_in(rng, i))
+            stacked = np.tile(tokens_BL, (len(orders) // batch, 1))  # row k * B + b
+            nll_KB = np.asarray(fixed(params, jnp.asarray(stacked), jnp.asarray(orders))).reshape(-1, batch)
+            per_window.append(nll_KB.mean(axis=0) / length)  # average over the spec's orders
+            if any_order and spec.kind == "random":
+                bound_per_window.append(np.asarray(latent_order.mixture_nll(-jnp.asarray(nll_KB.T))) / length)
+        kind = "exact" if spec.kind != "random" else f"exact, mean of {spec.count} orders"
+        results[spec.label] = summarize(per_window, kind)
+        if bound_per_window:
+            results[f"logmeanexp:{spec.count}"] = summarize(
+                bound_per_window, f"bound: -log mean of p(x|order) over {spec.count} random orders")
     return results

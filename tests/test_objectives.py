@@ -215,3 +215,22 @@ def test_parse_orders():
     for bad in ("random", "random:0", "l2r:3", "sideways", ""):
         with pytest.raises(ConfigError):
             parse_orders(bad)
+
+
+def test_fixed_order_scores_of_an_any_order_model():
+    """ao_ar: the l2r order score equals the yardstick; the K-order bound is below the orders' mean."""
+    from jaxorder.evaluate import evaluate
+    from jaxorder.fixed_orders import parse_orders, score_orders
+    from jaxorder.train import init_state, make_optimizer
+
+    cfg = tiny_cfg(**{"objective.name": "ao_ar"})
+    params = init_state(cfg, make_optimizer(cfg))["params"]
+    batches = [np.asarray(jax.random.randint(jax.random.key(i), (4, 8), 0, 256)) for i in range(2)]
+    scores = score_orders(params, cfg, batches, 1.0, parse_orders("l2r,r2l,random:3"))
+    yardstick = evaluate(params, cfg, batches, 1.0)
+    np.testing.assert_allclose(scores["l2r"]["bpb"], yardstick["bpb"], rtol=1e-5)
+    assert yardstick["kind"] == "exact (l2r order)"
+    assert scores["logmeanexp:3"]["bpb"] <= scores["random:3"]["bpb"] + 1e-6
+    assert abs(scores["r2l"]["bpb"] - scores["l2r"]["bpb"]) > 1e-4
+    with pytest.raises(Exception, match="greedy"):
+        score_orders(params, cfg, batches, 1.0, parse_orders("greedy"))

@@ -49,6 +49,7 @@ from jaxorder.config import Config
 from jaxorder.objectives.common import special_ids, token_nll
 
 EXACT = True
+NLL_KIND = "exact (l2r order)"  # how the yardstick labels nll()
 TARGET_POSITIONS = True  # the model takes target positions: init creates the target-position embedding
 
 

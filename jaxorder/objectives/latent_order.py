@@ -34,6 +34,7 @@ from jaxorder.config import Config
 from jaxorder.objectives import ao_ar
 
 EXACT = False  # a (stochastic, IWAE-style) upper bound on -log p_mix(x)
+NLL_KIND = "upper bound (K-order log-mean-exp)"  # how the yardstick labels nll()
 TARGET_POSITIONS = True  # same network inputs as ao_ar
 
 
