@@ -105,6 +105,7 @@ class TrainConfig:
 class EvalConfig:
     batches: int = 4  # validation batches (of data.batch_size windows) per evaluation
     mdm_time_samples: int = 4  # diffusion times per sequence for the MDM ELBO
+    slash_threshold: float = 0.5  # attention analysis: a head is slash-dominant if its best offset != 0 scores >= this
     seed: int = 1234
 
 

@@ -1,0 +1,54 @@
+"""Sweeps with named axes, fixed-order scores and the attention summary in the report."""
+import csv
+
+import pytest
+
+from conftest import tiny_config_yaml
+from jaxorder.config import ConfigError
+from jaxorder.sweep import expand, load_sweep, run_sweep
+
+
+def write_sweep(tmp_path, base, body: str):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"name: t\nbase: {base}\n{body}")
+    return path
+
+
+def test_axes_times_grid_expand_with_names(tmp_path, tiny_config_file):
+    path = write_sweep(tmp_path, tiny_config_file,
+                       "axes:\n  - {a: [objective.name=l2r], b: [objective.name=bd3, objective.block_size=4]}\n"
+                       "  - {small: [train.steps=5], big: [train.steps=7]}\n"
+                       "grid:\n  optimizer.lr: [0.001, 0.002]\n")
+    runs = expand(load_sweep(path))
+    assert [n for n, _ in runs][:3] == ["a_small_lr-0.001", "a_small_lr-0.002", "a_big_lr-0.001"]
+    assert len(runs) == 8
+    named = dict(runs)
+    assert named["b_big_lr-0.002"].objective.block_size == 4 and named["b_big_lr-0.002"].train.steps == 7
+
+
+def test_bad_sweeps(tmp_path, tiny_config_file):
+    for body, message in [("axes: {a: []}\n", "axes"), ("orders: sideways\n", "unknown order"),
+                          ("axes:\n  - {a: [], b: []}\n  - {a: []}\n", None)]:
+        path = write_sweep(tmp_path, tiny_config_file, body)
+        if message:
+            with pytest.raises(ConfigError, match=message):
+                load_sweep(path)
+    path = write_sweep(tmp_path, tiny_config_file, "axes:\n  - {x: [], y: [objective.name=mdm]}\n"
+                                                   "grid:\n  objective.name: [l2r]\n")
+    assert [n for n, _ in expand(load_sweep(path))] == ["x_l2r", "y_l2r"]
+
+
+def test_report_has_order_scores_and_slash_fraction(tmp_path, text_corpus):
+    base = tmp_path / "base.yaml"
+    base.write_text(tiny_config_yaml(text_corpus, steps=20, checkpoint_every=20, eval_every=20))
+    path = write_sweep(tmp_path, base, "axes:\n  - {l2r: [objective.name=l2r], mdm: [objective.name=mdm]}\n"
+                                       "orders: l2r,greedy\norder_windows: 2\nattention_summary: true\n")
+    results = run_sweep(path, tmp_path / "out")
+    rows = {r["run"]: r for r in csv.DictReader((tmp_path / "out" / "results.csv").open())}
+    assert set(rows) == {"l2r", "mdm"}
+    assert rows["l2r"]["order:l2r"] == "" and float(rows["mdm"]["order:l2r"]) > 0
+    assert float(rows["mdm"]["order:greedy"]) > 0 and float(rows["mdm"]["order:yardstick"]) > 0
+    for r in rows.values():
+        assert 0.0 <= float(r["slash_dominant_fraction"]) <= 1.0
+    assert "order l2r" in (tmp_path / "out" / "results.md").read_text()
+    assert results[1]["orders"]["l2r"] > 0
