@@ -101,6 +101,16 @@ def json_safe(value):
     return value
 
 
+def cmd_compile(args: argparse.Namespace) -> int:
+    from jaxorder import config as config_lib
+    from jaxorder.aot import run_in_subprocess
+
+    config_lib.load(args.config, args.overrides)  # a bad config fails here, in one line
+    if args.devices < 1:
+        raise ConfigError(f"--devices must be >= 1, got {args.devices}")
+    return run_in_subprocess(args.config, args.overrides, args.devices, args.json)
+
+
 def _print_result(result: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(json_safe(result), allow_nan=False))
@@ -136,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation windows used for --orders (default 32)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compile", help="compile the train step ahead of time for N devices and print its memory",
+                       description="Lower and compile the train step for N forced host devices without running "
+                                   "it (nothing is allocated), and print per-device parameter, optimizer and "
+                                   "activation memory from the compiled executable, FLOPs per step and compile "
+                                   "time: an out-of-memory config shows up before a pod is rented.",
+                       epilog="Mesh overrides: mesh.data, mesh.fsdp, mesh.tensor (-1 = fill). " + EPILOG_OVERRIDES)
+    p.add_argument("config", help="experiment YAML, e.g. configs/experiments/1b.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    p.add_argument("--devices", type=int, default=8, help="number of (forced host) devices (default 8)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("sweep", help="run a grid of configs and write results.md/.csv and a plot",
                        description="Run every grid point of a sweep YAML (finished runs are reused, partial ones "
