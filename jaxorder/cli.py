@@ -90,6 +90,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from jaxorder import config as config_lib
+    from jaxorder.data.prepared import prepare_dataset
+
+    cfg = config_lib.load(args.config, args.overrides)
+    out = Path(args.out).expanduser().absolute()
+    meta = prepare_dataset(cfg.data, out)
+    use = ["data.source=prepared", f"data.path={out}", f"data.seq_len={meta['seq_len']}",
+           f"data.tokenizer={meta['tokenizer']}"]
+    if meta["tokenizer"] == "bpe":
+        use.append(f"data.bpe_vocab_size={meta['vocab_size']}")
+    use.append(f"model.vocab_size={meta['vocab_size']}")
+    if args.json:
+        keys = ("tokenizer", "vocab_size", "seq_len", "val_bytes_per_token", "entropy_floor_bits_per_byte", "source",
+                "train_documents", "val_documents", "train_tokens", "val_tokens", "train_windows", "val_windows")
+        print(json.dumps(json_safe({"out": str(out), **{k: meta[k] for k in keys}, "overrides": use}), allow_nan=False))
+    else:
+        print(f"prepared {out}: {meta['train_windows']} training and {meta['val_windows']} validation windows of "
+              f"{meta['seq_len']} {meta['tokenizer']} tokens (vocabulary {meta['vocab_size']}, "
+              f"{meta['val_bytes_per_token']:.3f} bytes/token) from {meta['source']}")
+        print(f"train from it with: {' '.join(use)}")
+    return 0
+
+
 def json_safe(value):
     """NaN/inf (e.g. the standard error of a single window) become null: strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -193,6 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
                                  "RUN_DIR/analysis/compare_<run2>_<inputs>)")
     p.add_argument("--json", action="store_true", help="print the full tables as one JSON object on stdout")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("data", help="prepare a tokenized TFDS ArrayRecord dataset for training at scale",
+                       description="`data prepare --out DIR`: load the documents picked by the data.* overrides "
+                                   "(embedded corpus, data.source=text data.path=FILE_OR_DIR of .txt/.md/.jsonl "
+                                   "files, or a synthetic task), split them by document, build the tokenizer "
+                                   "(data.tokenizer=bpe: learned from the training documents), pack windows of "
+                                   "data.seq_len tokens and write them as a TFDS dataset in ArrayRecord format with "
+                                   "metadata.json and tokenizer.json. Train from it with data.source=prepared "
+                                   "data.path=DIR.", epilog=EPILOG_OVERRIDES)
+    p.add_argument("what", choices=["prepare"], help="the data command (prepare)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted data.* overrides picking the source")
+    p.add_argument("--out", required=True, help="the new dataset directory (must not exist or be empty)")
+    p.add_argument("--config", help="read the data section from this experiment YAML first")
+    p.add_argument("--json", action="store_true", help="print the dataset summary as one JSON object on stdout")
+    p.set_defaults(func=cmd_data)
     return parser
 
 

