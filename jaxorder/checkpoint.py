@@ -7,16 +7,18 @@ is used, with a warning.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxorder.config import ConfigError
+from jaxorder.data.iterator_state import restore_iterator
 
 ITEMS = ("state", "data", "config")
 
@@ -28,8 +30,9 @@ def warn(message: str) -> None:
 class Checkpointer:
     """Thin wrapper over `ocp.CheckpointManager` with the run's item layout."""
 
-    def __init__(self, directory: Path, max_to_keep: int, async_save: bool = True):
-        self.directory = Path(directory).absolute()
+    def __init__(self, directory: Any, max_to_keep: int, async_save: bool = True):
+        directory = epath.Path(directory)
+        self.directory = directory if str(directory).startswith("gs://") else epath.Path(os.path.abspath(directory))
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
@@ -59,14 +62,15 @@ class Checkpointer:
         """
         failures: list[tuple[int, str]] = []
         for step in reversed(self.steps()):
-            items = {"state": ocp.args.StandardRestore(abstract_state)}
-            if iterator is not None:
-                items["data"] = grain.checkpoint.CheckpointRestore(iterator)
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+                restored = self.manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
             except Exception as e:  # noqa: BLE001 - any failure to read means "unusable checkpoint"
                 failures.append((step, str(e).splitlines()[0][:160] if str(e) else type(e).__name__))
                 continue
+            if iterator is not None:  # read directly, so another process count can resume (DataError if not)
+                restore_iterator(iterator, self.directory / str(step) / "data", jax.process_index(),
+                                 jax.process_count())
             for bad_step, reason in failures:
                 aside = self._move_aside(bad_step)
                 warn(f"checkpoint at step {bad_step} could not be restored ({reason}); moved it to "
@@ -80,7 +84,7 @@ class Checkpointer:
                               f"were they written with a different model config? use a new --run-dir")
         return None
 
-    def _move_aside(self, step: int) -> Path:
+    def _move_aside(self, step: int) -> epath.Path:
         src = self.directory / str(step)
         dst = self.directory.parent / f"corrupt_checkpoint_{step}_{time.time_ns()}"
         if src.exists():
@@ -108,8 +112,8 @@ def abstract_of(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def require_checkpoint(run_dir: Path) -> Path:
-    ckpt_dir = Path(run_dir) / "checkpoints"
+def require_checkpoint(run_dir: Any) -> epath.Path:
+    ckpt_dir = epath.Path(run_dir) / "checkpoints"
     if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
         raise ConfigError(f"{run_dir} has no checkpoints; train it first with `jaxorder train CONFIG --run-dir {run_dir}`")
     return ckpt_dir

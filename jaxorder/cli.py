@@ -29,7 +29,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_lib.load(args.config, args.overrides)
     initialize(cfg.distributed)
-    run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config, args.overrides)
+    run_dir = args.run_dir if args.run_dir else _default_run_dir(args.config, args.overrides)  # may be gs://
     result = train(cfg, run_dir)
     _print_result(result, args.json)
     return 0
@@ -38,7 +38,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from jaxorder.train import eval_run
 
-    result = eval_run(Path(args.run_dir), args.orders, args.max_windows)
+    result = eval_run(args.run_dir, args.orders, args.max_windows)
     _print_result(result, args.json)
     if not args.json:
         for label, r in result.get("orders", {}).items():

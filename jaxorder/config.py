@@ -299,6 +299,20 @@ def load(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Confi
     return from_dict(apply_overrides(raw, overrides))
 
 
+def load_saved(path: Any) -> Config:
+    """A resolved config saved by `save` (no includes), from a local or remote (gs://) path."""
+    from etils import epath
+
+    path = epath.Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping of sections")
+    return from_dict(raw)
+
+
 def to_dict(cfg: Config) -> dict:
     """Plain nested dict (tuples as lists), suitable for YAML/JSON."""
     def plain(v: Any) -> Any:
@@ -310,8 +324,11 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def save(cfg: Config, path: str | os.PathLike) -> None:
-    Path(path).write_text(to_yaml(cfg))
+def save(cfg: Config, path: Any) -> None:
+    """Writes the resolved config (local or gs:// path)."""
+    from etils import epath
+
+    epath.Path(path).write_text(to_yaml(cfg))
 
 
 def diff(a: Config, b: Config) -> list[str]:

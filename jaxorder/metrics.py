@@ -1,30 +1,44 @@
-"""Run metrics: metrics.jsonl (one JSON object per line) and TensorBoard event files."""
+"""Run metrics: metrics.jsonl (one JSON object per line) and TensorBoard event files.
+
+Local run dirs append to metrics.jsonl; remote ones (gs://, where objects cannot be appended to)
+rewrite it at each write. TensorBoard events are written for local run dirs only.
+"""
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import Any
+
+from etils import epath
+
+
+def _is_remote(path: epath.Path) -> bool:
+    return "://" in str(path)
 
 
 class MetricsWriter:
     """Appends metrics; `enabled=False` (processes other than 0) makes every call a no-op."""
 
-    def __init__(self, run_dir: Path, resume_step: int = 0, enabled: bool = True):
-        self.path = Path(run_dir) / "metrics.jsonl"
+    def __init__(self, run_dir: Any, resume_step: int = 0, enabled: bool = True):
+        self.path = epath.Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
         if not enabled:
             return
-        self._drop_after(resume_step)
-        self._file = self.path.open("a")
-        from tensorboardX import SummaryWriter  # imported lazily: it pulls in protobuf
-        self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step + 1)
+        self._lines = self._drop_after(resume_step)
+        self._remote = _is_remote(self.path)
+        self._file = None if self._remote else open(self.path, "a")
+        self._tb = None
+        if not self._remote:
+            from tensorboardX import SummaryWriter  # imported lazily: it pulls in protobuf
+            self._tb = SummaryWriter(str(epath.Path(run_dir) / "tensorboard"), purge_step=resume_step + 1)
 
-    def _drop_after(self, step: int) -> None:
+    def _drop_after(self, step: int) -> list[str]:
         """Entries past the restored checkpoint are recomputed on resume, so they are dropped."""
         if not self.path.exists():
-            return
+            return []
         kept = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
+        return kept
 
     def last_value(self, split: str, key: str, default: float) -> float:
         """The newest value of `key` among the kept `split` records (e.g. cumulative wall time)."""
@@ -34,22 +48,29 @@ class MetricsWriter:
     def write(self, step: int, split: str, values: dict) -> None:
         if not self.enabled:
             return
-        record = {"step": step, "split": split, **values}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        for k, v in values.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                self._tb.add_scalar(f"{split}/{k}", v, step)
+        line = json.dumps({"step": step, "split": split, **values})
+        self._lines.append(line)
+        if self._file is not None:
+            self._file.write(line + "\n")
+            self._file.flush()
+        else:
+            self.path.write_text("".join(x + "\n" for x in self._lines))
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(f"{split}/{k}", v, step)
 
     def close(self) -> None:
         if not self.enabled:
             return
-        self._file.close()
-        self._tb.close()
+        if self._file is not None:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+def read_metrics(run_dir: Any) -> list[dict]:
+    path = epath.Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

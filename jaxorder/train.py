@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
+from etils import epath
 import jax
 import jax.numpy as jnp
 import optax
@@ -28,7 +30,7 @@ from jaxorder import config as config_lib
 from jaxorder import model, objectives, sharding
 from jaxorder.checkpoint import Checkpointer
 from jaxorder.config import Config, ConfigError
-from jaxorder.data import make_data
+from jaxorder.data import make_data, save_tokenizer
 from jaxorder.distributed import is_main_process
 from jaxorder.evaluate import evaluate, make_nll_fn
 from jaxorder.metrics import MetricsWriter
@@ -37,7 +39,7 @@ from jaxorder.objectives.common import special_ids
 # Fields that may change when a run directory is resumed (they do not change what is computed).
 # A checkpoint restores onto any mesh, so mesh and process layout may change too.
 RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.async_checkpointing", "eval.", "mesh.", "distributed.")
+                     "train.async_checkpointing", "eval.", "mesh.", "distributed.", "data.num_workers")
 
 
 class Preempted(Exception):
@@ -126,7 +128,7 @@ def make_train_step(cfg: Config, optimizer: optax.GradientTransformation):
     return step_fn
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path) -> None:
+def prepare_run_dir(cfg: Config, run_dir: epath.Path) -> None:
     """Creates the run directory or checks that its checkpoints were made with a compatible config.
 
     The saved config binds the directory only once a checkpoint exists: a start that failed before
@@ -140,7 +142,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path) -> None:
         p.name.isdigit() for p in (run_dir / "checkpoints").iterdir())
     if saved_path.exists() and has_checkpoints:
         try:
-            saved = config_lib.load(saved_path)
+            saved = config_lib.load_saved(saved_path)
         except ConfigError as e:
             raise ConfigError(f"{saved_path} is not a valid jaxorder config ({e}); use a new --run-dir") from None
         conflicts = [d for d in config_lib.diff(saved, cfg) if not d.startswith(RESUMABLE_CHANGES)]
@@ -182,9 +184,12 @@ def _format_rate(x: float) -> str:
     return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
 
 
-def train(cfg: Config, run_dir: str | Path, name: str | None = None) -> dict:
-    """Trains (or resumes) a run; returns the final evaluation dict (also written to eval.json)."""
-    run_dir = Path(run_dir)
+def train(cfg: Config, run_dir: str | os.PathLike, name: str | None = None) -> dict:
+    """Trains (or resumes) a run; returns the final evaluation dict (also written to eval.json).
+
+    `run_dir` may be local or remote (gs://...; needs gcsfs), as every process of a pod must see it.
+    """
+    run_dir = epath.Path(run_dir)
     name = name or run_dir.name
     cfg = with_absolute_paths(cfg)
     if run_dir.exists() and not run_dir.is_dir():
@@ -197,6 +202,8 @@ def train(cfg: Config, run_dir: str | Path, name: str | None = None) -> dict:
                           f"tokenizer's vocabulary of {tok.vocab_size}; set model.vocab_size={tok.vocab_size}")
     val_batches = data.val_batches(cfg.eval.batches)
     prepare_run_dir(cfg, run_dir)
+    if is_main_process():  # the run carries its tokenizer (JSON)
+        save_tokenizer(tok, run_dir / "tokenizer.json")
 
     optimizer = make_optimizer(cfg)
     placement = make_placement(cfg, optimizer)
@@ -204,7 +211,7 @@ def train(cfg: Config, run_dir: str | Path, name: str | None = None) -> dict:
         return _train_placed(cfg, run_dir, name, data, val_batches, optimizer, placement)
 
 
-def _train_placed(cfg: Config, run_dir: Path, name: str, data: Any, val_batches: list,
+def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_batches: list,
                   optimizer: optax.GradientTransformation, placement: Placement) -> dict:
     state = jax.jit(lambda: init_state(cfg, optimizer), out_shardings=placement.state)()
     n_params = model.count_params(state["params"])
@@ -290,13 +297,13 @@ def _train_placed(cfg: Config, run_dir: Path, name: str, data: Any, val_batches:
     return result
 
 
-def load_params(run_dir: Path) -> tuple[Config, Any, int]:
+def load_params(run_dir: str | os.PathLike) -> tuple[Config, Any, int]:
     """Config, params and step of a run's newest readable checkpoint (for eval and analysis)."""
     from jaxorder.checkpoint import require_checkpoint
 
-    run_dir = Path(run_dir)
+    run_dir = epath.Path(run_dir)
     ckpt_dir = require_checkpoint(run_dir)
-    cfg = config_lib.load(run_dir / "config.yaml")
+    cfg = config_lib.load_saved(run_dir / "config.yaml")
     optimizer = make_optimizer(cfg)
     try:
         placement = make_placement(cfg, optimizer)
@@ -314,7 +321,7 @@ def load_params(run_dir: Path) -> tuple[Config, Any, int]:
     return cfg, state["params"], step
 
 
-def eval_run(run_dir: Path, orders: str | None = None, max_windows: int | None = None) -> dict:
+def eval_run(run_dir: str | os.PathLike, orders: str | None = None, max_windows: int | None = None) -> dict:
     """Evaluates a run directory's newest checkpoint on the validation windows.
 
     `orders` (e.g. 'l2r,r2l,random:8,greedy') adds exact fixed-order scores of an mdm, ao_ar or
@@ -327,7 +334,7 @@ def eval_run(run_dir: Path, orders: str | None = None, max_windows: int | None =
     data = make_data(cfg.data, jax.process_index(), jax.process_count())
     val_batches = data.val_batches(cfg.eval.batches)
     result = evaluate(params, cfg, val_batches, data.val_bytes_per_token)
-    result.update({"run": Path(run_dir).name, "step": step})
+    result.update({"run": epath.Path(run_dir).name, "step": step})
     if specs:
         if max_windows:
             val_batches = _first_windows(val_batches, max_windows)

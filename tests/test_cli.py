@@ -87,7 +87,7 @@ BAD_OVERRIDES = {
     "seq_len > max_len": (["data.seq_len=1024"], "data.seq_len=1024 is longer than model.max_len=512"),
     "data path missing": (["data.path={tmp}/no_such_corpus.txt"], "no_such_corpus.txt does not exist"),
     "data path unset": (["data.path="], "data.source=text needs data.path"),
-    "empty data dir": (["data.path={empty}"], "holds no .txt or .md files"),
+    "empty data dir": (["data.path={empty}"], "holds no .txt"),
 }
 
 

@@ -84,3 +84,18 @@ def test_two_process_checkpoint_restores_in_one_process(runs):
     saved = json.loads((runs / "two" / "eval.json").read_text())
     assert restored["step"] == 12
     np.testing.assert_allclose(restored["bpb"], saved["bpb"], rtol=1e-6)
+
+
+def test_two_process_checkpoint_resumes_training_in_one_process(runs, tmp_path):
+    import shutil
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(runs / "two", resumed)
+    shutil.rmtree(resumed / "checkpoints" / "12")
+    (resumed / "eval.json").unlink()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(train_cmd(runs / "cfg.yaml", resumed), env=env, capture_output=True, text=True,
+                          timeout=420)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from checkpoint at step 6" in proc.stderr
+    np.testing.assert_allclose(train_losses(resumed), train_losses(runs / "one"), atol=1e-5, rtol=0)

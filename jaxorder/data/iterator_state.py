@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 from jaxorder.data.tokenizer import DataError
 
@@ -27,7 +28,7 @@ _FILE = re.compile(r"^process_(\d+)-of-(\d+)\.json$")
 def load_iterator_state(directory: str | os.PathLike, process_index: int, process_count: int) -> dict[str, Any]:
     """The iterator state for process ``process_index`` of ``process_count`` from a grain
     checkpoint directory (the ``data`` item of a checkpoint step)."""
-    directory = Path(directory)
+    directory = epath.Path(directory)
     own = directory / f"process_{process_index}-of-{process_count}.json"
     if own.is_file():
         return json.loads(own.read_text())
