@@ -34,7 +34,8 @@ class ModelConfig:
     rope_base: float = 10000.0
     dtype: str = "float32"  # compute dtype: float32 on CPU, bfloat16 on accelerators
     param_dtype: str = "float32"
-    attention_impl: str = "xla"  # xla | pallas
+    attention_impl: str = "xla"  # xla | pallas (fused RoPE flash attention; on CPU its plain-JAX reference)
+    pallas_interpret: bool = False  # pallas on CPU: run the kernel itself in Pallas interpret mode (slow; tests)
 
     @property
     def head_dim(self) -> int:

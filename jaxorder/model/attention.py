@@ -57,3 +57,20 @@ def xla_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarray,
     logits_BHLL = jnp.where(mask_LL, logits_BHLL, jnp.finfo(jnp.float32).min)
     probs_BHLL = jax.nn.softmax(logits_BHLL, axis=-1).astype(v_BLHD.dtype)
     return jnp.einsum("bhls,bshd->blhd", probs_BHLL, v_BLHD)
+
+
+def pallas_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarray, positions_BL: jnp.ndarray,
+                     mask_kind: str, rope_base: float, interpret: bool | None = None) -> jnp.ndarray:
+    """The fused RoPE flash-attention kernel on un-rotated q/k (`model.attention_impl: pallas`).
+
+    `interpret=None` runs the kernel on TPU/GPU and its plain-JAX reference on CPU; True forces
+    Pallas interpret mode (tests).
+    """
+    import pallas_kernels
+
+    if mask_kind.startswith("bd3:"):
+        spec = pallas_kernels.bd3(int(mask_kind.split(":", 1)[1]))
+    else:
+        spec = pallas_kernels.as_mask_spec(mask_kind)
+    return pallas_kernels.rope_attention(q_BLHD, k_BLHD, v_BLHD, positions_BL, positions_BL, mask=spec,
+                                         rope_base=rope_base, interpret=interpret)
