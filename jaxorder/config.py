@@ -35,6 +35,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: float32 on CPU, bfloat16 on accelerators
     param_dtype: str = "float32"
     attention_impl: str = "xla"  # xla | pallas (fused RoPE flash attention; on CPU its plain-JAX reference)
+    scan_layers: bool = False  # one compiled layer body under nn.scan (compile time flat in depth)
+    remat: str = "none"  # rematerialization per layer: none | full | dots_saveable | dots_with_no_batch_dims_saveable
     pallas_interpret: bool = False  # pallas on CPU: run the kernel itself in Pallas interpret mode (slow; tests)
 
     @property
@@ -99,6 +101,7 @@ class TrainConfig:
     eval_every: int = 100  # validation bits/byte every N steps (and at the end)
     checkpoint_every: int = 100
     max_to_keep: int = 3
+    grad_accum_steps: int = 1  # micro-batches per step (data.batch_size is the global batch per step)
     async_checkpointing: bool = True
 
 
@@ -158,6 +161,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 DISTRIBUTED_MODES = ("none", "auto", "explicit")
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("xla", "pallas")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -369,6 +373,10 @@ def validate(cfg: Config) -> None:
     _choice(m.dtype, DTYPES, "model.dtype")
     _choice(m.param_dtype, DTYPES, "model.param_dtype")
     _choice(m.attention_impl, ATTENTION_IMPLS, "model.attention_impl")
+    _choice(m.remat, REMAT_POLICIES, "model.remat")
+    if t.grad_accum_steps < 1 or d.batch_size % t.grad_accum_steps:
+        raise ConfigError(f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1 and divide "
+                          f"data.batch_size={d.batch_size}")
     _choice(o.name, OBJECTIVES, "objective.name")
     if not 0 < o.mdm_eps < 1:
         raise ConfigError(f"objective.mdm_eps must be in (0, 1), got {o.mdm_eps}")
