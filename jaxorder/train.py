@@ -57,10 +57,17 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=o.lr, warmup_steps=min(o.warmup_steps, cfg.train.steps - 1),
         decay_steps=cfg.train.steps, end_value=o.lr * o.min_lr_ratio)
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731 - no decay on norms
+    decay_mask = lambda params: jax.tree_util.tree_map_with_path(_is_matrix, params)  # noqa: E731 - no decay on norms
     chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
     chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
     return optax.chain(*chain)
+
+
+def _is_matrix(path, p) -> bool:
+    """Weight matrices (decayed) vs vectors (norm scales); the stacked layer axis of scanned params
+    (model.scan_layers, under "layers") does not count."""
+    stacked = any(getattr(k, "key", None) == "layers" for k in path)
+    return p.ndim - stacked >= 2
 
 
 def init_boxed_state(cfg: Config, optimizer: optax.GradientTransformation) -> dict:
@@ -112,14 +119,51 @@ def compile_train_step(cfg: Config, optimizer: optax.GradientTransformation, pla
 
 
 def make_train_step(cfg: Config, optimizer: optax.GradientTransformation):
-    """Pure (state, tokens [B, L]) -> (state, metrics); the step's rng is derived from the step."""
+    """Pure (state, tokens [B, L]) -> (state, metrics); the step's rng is derived from the step.
+
+    Dtypes. The state stores float32 parameters ("master weights") and float32 optimizer state
+    whatever model.param_dtype is; the optimizer updates the float32 copy. The forward pass
+    (model.apply) casts the parameters to model.param_dtype, and each matmul casts its weight and
+    activations to model.dtype (the compute dtype); RMSNorm statistics, softmax and the logits /
+    loss are float32. Gradients flow back through the casts, so they reach the optimizer as float32.
+
+    Gradient accumulation (train.grad_accum_steps = k > 1). The global batch [B, L] is split into
+    k micro-batches [B/k, L] (micro-batch i = rows i, i+k, i+2k, ..., so each device keeps its own
+    rows when B is sharded), the gradients are computed one micro-batch at a time under
+    jax.lax.scan and averaged, as are the metrics; then one optimizer update. Micro-batch i draws
+    its randomness from fold_in(step rng, i). For losses that are a mean over equally many tokens
+    per row (l2r, r2l) the result equals the one-batch step up to float rounding; for objectives
+    that draw per-row randomness from the rng (mdm's antithetic noise levels, ao_ar/latent_order
+    orders, bd3) the draws differ from the one-batch step (same distribution, different samples).
+    """
     objective = objectives.get(cfg.objective.name)
     base_rng = jax.random.key(cfg.train.seed + 1)
+    k = cfg.train.grad_accum_steps
+
+    def grads_of(params, tokens_BL, rng):
+        grad_fn = jax.value_and_grad(lambda p: objective.loss(p, {"tokens": tokens_BL}, rng, cfg), has_aux=True)
+        (_, metrics), grads = grad_fn(params)
+        return grads, metrics
+
+    def accumulated(params, tokens_BL, rng):
+        B, L = tokens_BL.shape
+        micro_kBL = tokens_BL.reshape(B // k, k, L).swapaxes(0, 1)
+
+        def body(acc, xs):
+            i, micro_BL = xs
+            grads, metrics = grads_of(params, micro_BL, jax.random.fold_in(rng, i))
+            return jax.tree.map(jnp.add, acc, (grads, metrics)), None
+
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grads_of, params, micro_kBL[0], rng))
+        total, _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro_kBL))
+        return jax.tree.map(lambda x: x / k, total)
 
     def step_fn(state: dict, tokens_BL: jnp.ndarray) -> tuple[dict, dict]:
         rng = jax.random.fold_in(base_rng, state["step"])
-        grad_fn = jax.value_and_grad(lambda p: objective.loss(p, {"tokens": tokens_BL}, rng, cfg), has_aux=True)
-        (_, metrics), grads = grad_fn(state["params"])
+        if k == 1:
+            grads, metrics = grads_of(state["params"], tokens_BL, rng)
+        else:
+            grads, metrics = accumulated(state["params"], tokens_BL, rng)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}

@@ -47,7 +47,7 @@ import numpy as np
 
 from jaxorder.config import Config, ConfigError, ModelConfig
 from jaxorder.model.attention import attention_mask
-from jaxorder.model.transformer import Transformer
+from jaxorder.model.transformer import Transformer, cast_params
 
 # Mask kind each objective trains with. bd3 (block-diffusion mask on [x_t; x]), ao_ar (permutation
 # with target positions) and latent_order need their own mask kinds / inputs: not supported yet.
@@ -91,11 +91,14 @@ def attention_probs(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, mask_LL: jnp.ndarr
 
 @functools.partial(jax.jit, static_argnums=(1, 4))
 def _capture(params, model_cfg: ModelConfig, tokens_BL, positions_BL, mask_kind: str):
-    logits, state = Transformer(model_cfg).apply({"params": params}, tokens_BL, positions_BL, mask_kind,
-                                                 mutable=["intermediates"])
+    logits, state = Transformer(model_cfg).apply({"params": cast_params(params, model_cfg)}, tokens_BL, positions_BL,
+                                                 mask_kind, mutable=["intermediates"])
     inter = state["intermediates"]
-    layers = [inter[f"layer_{i}"]["attn"] for i in range(model_cfg.n_layers)]
-    get = lambda name: jnp.stack([layer[name][0] for layer in layers])  # noqa: E731 - sow stores a tuple
+    if model_cfg.scan_layers:  # nn.scan stacks what each layer sows on a leading layer axis
+        get = lambda name: inter["layers"]["attn"][name][0]  # noqa: E731 - sow stores a tuple
+    else:
+        layers = [inter[f"layer_{i}"]["attn"] for i in range(model_cfg.n_layers)]
+        get = lambda name: jnp.stack([layer[name][0] for layer in layers])  # noqa: E731
     mask_LL = attention_mask(mask_kind, tokens_BL.shape[1])
     q_post, k_post = get("q_post_rope"), get("k_post_rope")
     probs = jnp.stack([attention_probs(q_post[i], k_post[i], mask_LL) for i in range(model_cfg.n_layers)])

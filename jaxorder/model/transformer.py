@@ -6,6 +6,7 @@ knows which objective calls it. Parameters carry logical axis names (`embed`, `h
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -13,7 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxorder.config import ModelConfig
-from jaxorder.model.attention import attention_mask, pallas_attention, xla_attention
+from jaxorder.model.attention import (CACHE_NAMES, attention_mask, cached_attention, pallas_attention,
+                                      xla_attention)
 from jaxorder.model.rope import apply_rope
 
 Params = Any
@@ -91,6 +93,11 @@ class Attention(nn.Module):
         # Analysis capture (jaxorder.analysis); a no-op unless "intermediates" is mutable in apply.
         self.sow("intermediates", "q_pre_rope", q_BLHD)
         self.sow("intermediates", "k_pre_rope", k_BLHD)
+        if self.has_variable("cache", "cached_key"):  # incremental decoding: jaxorder.model.decode
+            cache = tuple(self.variable("cache", n, lambda: None) for n in CACHE_NAMES)
+            o_BLHD = cached_attention(apply_rope(q_BLHD, positions_BL, cfg.rope_base),
+                                      apply_rope(k_BLHD, positions_BL, cfg.rope_base), v_BLHD, *cache)
+            return dense(o_BLHD.reshape(B, L, H * D), w_out.astype(dt).reshape(H * D, d))
         if cfg.attention_impl == "pallas":  # RoPE is applied inside the fused kernel
             o_BLHD = pallas_attention(q_BLHD, k_BLHD, v_BLHD, positions_BL, mask_kind, cfg.rope_base,
                                       interpret=True if cfg.pallas_interpret else None)
@@ -121,14 +128,50 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
+    """One pre-norm layer. `scanned=True` is the nn.scan body form: returns (x, None)."""
     cfg: ModelConfig
+    scanned: bool = False
 
     @nn.compact
-    def __call__(self, x_BLd: jnp.ndarray, positions_BL: jnp.ndarray, mask_kind: str) -> jnp.ndarray:
+    def __call__(self, x_BLd: jnp.ndarray, positions_BL: jnp.ndarray, mask_kind: str):
         x_BLd = x_BLd + Attention(self.cfg, name="attn")(RMSNorm(self.cfg, name="attn_norm")(x_BLd),
                                                         positions_BL, mask_kind)
         x_BLd = x_BLd + SwiGLU(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BLd))
-        return nn.with_logical_constraint(x_BLd, ("batch", "length", "embed"))
+        x_BLd = nn.with_logical_constraint(x_BLd, ("batch", "length", "embed"))
+        return (x_BLd, None) if self.scanned else x_BLd
+
+
+REMAT_POLICIES = {  # model.remat -> what the backward pass may keep from the forward pass of a layer
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+SCAN_AXIS = "layers"  # logical name of the leading layer axis of scanned parameters (unmapped: replicated)
+
+
+def block_class(cfg: ModelConfig, scanned: bool = False):
+    """Block, wrapped in nn.remat with the configured policy (mask_kind, argument 3, is static)."""
+    if cfg.remat == "none":
+        return Block
+    # inside nn.scan the CSE-prevention barrier is unnecessary (and costs fusion), see jax.checkpoint
+    return nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(3,), prevent_cse=not scanned)
+
+
+def stack_layers(params: Params, n_layers: int) -> Params:
+    """Unrolled params (layer_0..layer_{n-1}) -> scanned layout ("layers": leaves stacked on axis 0)."""
+    params = dict(params)
+    layers = [params.pop(f"layer_{i}") for i in range(n_layers)]
+    params["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    return params
+
+
+def unstack_layers(params: Params, n_layers: int) -> Params:
+    """Scanned params -> unrolled layout (layer_0..layer_{n-1})."""
+    params = dict(params)
+    layers = params.pop("layers")
+    for i in range(n_layers):
+        params[f"layer_{i}"] = jax.tree.map(lambda x: x[i], layers)
+    return params
 
 
 class Transformer(nn.Module):
@@ -151,8 +194,14 @@ class Transformer(nn.Module):
             target_Pd = self.param("target_embed", _init(1.0, (None, "embed")), (cfg.max_len, cfg.d_model), pdt)
             x_BLd = x_BLd + jnp.take(target_Pd, target_positions_BL, axis=0).astype(dt)
         x_BLd = nn.with_logical_constraint(x_BLd, ("batch", "length", "embed"))
-        for i in range(cfg.n_layers):
-            x_BLd = Block(cfg, name=f"layer_{i}")(x_BLd, positions_BL, mask_kind)
+        if cfg.scan_layers:  # one layer body; params and sown intermediates get a leading layer axis
+            layers = nn.scan(block_class(cfg, scanned=True), variable_axes={"params": 0, "intermediates": 0},
+                             split_rngs={"params": True}, in_axes=(nn.broadcast, nn.broadcast),
+                             length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: SCAN_AXIS})
+            x_BLd, _ = layers(cfg, scanned=True, name="layers")(x_BLd, positions_BL, mask_kind)
+        else:
+            for i in range(cfg.n_layers):
+                x_BLd = block_class(cfg)(cfg, name=f"layer_{i}")(x_BLd, positions_BL, mask_kind)
         x_BLd = RMSNorm(cfg, name="final_norm")(x_BLd)
         head_dV = self.param("head", _init(cfg.d_model ** -0.5, ("embed", "vocab")), (cfg.d_model, cfg.vocab_size), pdt)
         return dense(x_BLd, head_dV.astype(dt)).astype(jnp.float32)
@@ -161,10 +210,12 @@ class Transformer(nn.Module):
 def init_boxed_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8, target_positions: bool = False) -> Params:
     """Parameters still boxed with their logical axis names (for deriving shardings).
 
-    target_positions=True adds the target-position embedding (objectives with TARGET_POSITIONS)."""
+    target_positions=True adds the target-position embedding (objectives with TARGET_POSITIONS).
+    Always float32 (master weights): model.param_dtype is the dtype `apply` casts them to."""
     tokens = jnp.zeros((1, seq_len), jnp.int32)
     targets = jnp.zeros_like(tokens) if target_positions else None
-    return Transformer(cfg).init(rng, tokens, jnp.zeros_like(tokens), "causal", targets)["params"]
+    master = dataclasses.replace(cfg, param_dtype="float32")
+    return Transformer(master).init(rng, tokens, jnp.zeros_like(tokens), "causal", targets)["params"]
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8, target_positions: bool = False) -> Params:
@@ -183,7 +234,18 @@ def apply(params: Params, cfg: ModelConfig, tokens_BL: jnp.ndarray, positions_BL
     if target_positions_BL is not None and "target_embed" not in params:
         raise ValueError("target positions need a model initialized with them "
                          "(init_params(..., target_positions=True); objectives ao_ar and latent_order)")
-    return Transformer(cfg).apply({"params": params}, tokens_BL, positions_BL, mask_kind, target_positions_BL)
+    return Transformer(cfg).apply({"params": cast_params(params, cfg)}, tokens_BL, positions_BL, mask_kind,
+                                  target_positions_BL)
+
+
+def cast_params(params: Params, cfg: ModelConfig) -> Params:
+    """The float32 master weights in model.param_dtype for a forward pass (identity for float32).
+
+    Under jax.grad the cast's transpose returns float32 gradients for the float32 master weights."""
+    pdt = _dtype(cfg.param_dtype)
+    if pdt == jnp.float32:
+        return params
+    return jax.tree.map(lambda p: p.astype(pdt) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
 
 
 def count_params(params: Params) -> int:
