@@ -141,7 +141,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     result = sample_run(args.run_dir, sampler=args.sampler, steps=args.steps, num_samples=args.num_samples,
                         seed=args.seed, prompt=args.prompt, template=args.template, length=args.length,
                         temperature=args.temperature, threshold=args.threshold, block_length=args.block_length,
-                        noise=args.noise, fused=args.fused)
+                        noise=args.noise, fused=args.fused, top_k=args.top_k, top_p=args.top_p,
+                        stop_at_eos=not args.no_stop_at_eos)
     if args.json:
         print(json.dumps(json_safe(result), allow_nan=False))
         return 0
@@ -237,12 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the full tables as one JSON object on stdout")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("sample", help="generate or infill text with a trained run (mdm runs for now)",
+    p = sub.add_parser("sample", help="generate or infill text with a trained run (mdm, l2r, r2l runs)",
                        description="Sample from a run directory's newest checkpoint and print the decoded texts. "
                                    "Masked-diffusion (mdm) runs: samplers ancestral (MDLM), confidence, margin, "
                                    "entropy (commit the k best masked positions per step, k = ceil(masked left / "
                                    "steps left)) and threshold (commit every position with confidence >= "
-                                   "--threshold, at least k). Other objectives: not available yet.",
+                                   "--threshold, at least k). l2r / r2l runs: sampler ar (KV-cache decoding with "
+                                   "--temperature, --top-k, --top-p, stopping at EOS; r2l generates right to left "
+                                   "and --prompt is the END of the text). Other objectives: not available yet.",
                        epilog="Template syntax: fixed text with masked spans [MASK:n] (n tokens; bytes with the byte "
                               "tokenizer) or [MASK] (one token), e.g. --template 'To be, or [MASK:12] to be'. "
                               "Fixed tokens never change; every mask is filled.")
@@ -250,14 +253,20 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="fixed prefix; the rest up to --length is generated")
     src.add_argument("--template", help="text with [MASK:n] / [MASK] spans to fill (fixes the length)")
-    p.add_argument("--sampler", default="confidence",
-                   help="ancestral | confidence | margin | entropy | threshold (default confidence)")
-    p.add_argument("--steps", type=int, default=64, help="denoising steps, i.e. forward passes at most (default 64)")
+    p.add_argument("--sampler", default=None,
+                   help="mdm: ancestral | confidence | margin | entropy | threshold (default confidence); "
+                        "l2r/r2l: ar (the default)")
+    p.add_argument("--steps", type=int, default=64,
+                   help="mdm: denoising steps, i.e. forward passes at most (default 64); ar: unused (one per token)")
     p.add_argument("--num-samples", type=int, default=1, help="sequences sampled in one batch (default 1)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same samples (default 0)")
     p.add_argument("--length", type=int, help="tokens per sequence incl. the prompt (default: the run's data.seq_len)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = argmax (default 1)")
     p.add_argument("--threshold", type=float, default=0.9, help="threshold sampler: confidence to commit (default 0.9)")
+    p.add_argument("--top-k", type=int, default=0, help="ar: sample among the k most likely tokens (default 0: off)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="ar: nucleus sampling, the smallest set with probability >= p (default 1: off)")
+    p.add_argument("--no-stop-at-eos", action="store_true", help="ar: keep generating after EOS up to --length")
     p.add_argument("--block-length", type=int, default=0,
                    help="semi-autoregressive blocks of this many positions, left to right (default 0: one block)")
     p.add_argument("--noise", default="high", choices=["high", "float32"],

@@ -281,6 +281,6 @@ def test_cli_sample_mdm_run_and_errors(tmp_path, repeated_corpus):
     assert code == 2 and "template fixes the length" in err
     l2r_dir = tmp_path / "l2r"
     l2r_dir.mkdir()
-    (l2r_dir / "config.yaml").write_text("objective: {name: l2r}\n")
+    (l2r_dir / "config.yaml").write_text("objective: {name: ao_ar}\n")
     code, _, err = _cli(["sample", l2r_dir, "--steps", "4"])
-    assert code == 2 and err.strip() == "error: sampling for objective l2r is not available yet"
+    assert code == 2 and err.strip() == "error: sampling for objective ao_ar is not available yet"

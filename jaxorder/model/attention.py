@@ -74,3 +74,28 @@ def pallas_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarr
         spec = pallas_kernels.as_mask_spec(mask_kind)
     return pallas_kernels.rope_attention(q_BLHD, k_BLHD, v_BLHD, positions_BL, positions_BL, mask=spec,
                                          rope_base=rope_base, interpret=interpret)
+
+
+# Incremental decoding (jaxorder.model.decode): per attention layer, a Flax "cache" collection
+# holds the rotated keys and the values of every slot written so far and the next slot to write.
+CACHE_NAMES = ("cached_key", "cached_value", "cache_index")
+
+
+def cached_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarray,
+                     cached_key, cached_value, cache_index) -> jnp.ndarray:
+    """Causal attention of L new slots over the cache; writes their keys/values at cache_index.
+
+    q/k are already rotated (RoPE by their own positions). The cache variables hold
+    cached_key/cached_value [B, T, H, D] and cache_index (int32 scalar, the slot of the first new
+    token); query i (slot index + i) sees cache slots 0..index + i, i.e. the causal mask of the
+    full sequence, so the result equals full recomputation up to float rounding.
+    """
+    idx = cache_index.value
+    T, L = cached_key.value.shape[1], q_BLHD.shape[1]
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k_BLHD.astype(cached_key.value.dtype),
+                                                    (0, idx, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v_BLHD.astype(cached_value.value.dtype),
+                                                      (0, idx, 0, 0))
+    cache_index.value = idx + L
+    mask_LT = jnp.arange(T)[None, :] <= idx + jnp.arange(L)[:, None]
+    return xla_attention(q_BLHD, cached_key.value, cached_value.value, mask_LT)

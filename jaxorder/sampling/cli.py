@@ -9,13 +9,26 @@ import numpy as np
 
 from jaxorder.config import Config, ConfigError
 
-# Samplers available per objective (the AR / bd3 / any-order samplers come later).
-AVAILABLE = {"mdm": ("ancestral", "confidence", "margin", "entropy", "threshold")}
+# Samplers available per objective (the bd3 / any-order samplers come later); the first is the default.
+AVAILABLE = {"mdm": ("confidence", "ancestral", "margin", "entropy", "threshold"),
+             "l2r": ("ar",), "r2l": ("ar",)}
+AR_OBJECTIVES = ("l2r", "r2l")
 
 
 def check_objective(objective: str) -> None:
     if objective not in AVAILABLE:
         raise ConfigError(f"sampling for objective {objective} is not available yet")
+
+
+def resolve_sampler(objective: str, sampler: str | None) -> str:
+    """The sampler name for a run of `objective` (None: its default)."""
+    check_objective(objective)
+    if sampler is None:
+        return AVAILABLE[objective][0]
+    if sampler not in AVAILABLE[objective]:
+        raise ConfigError(f"unknown sampler '{sampler}'; for {objective} runs use one of "
+                          f"{', '.join(AVAILABLE[objective])}")
+    return sampler
 
 
 def run_tokenizer(cfg: Config) -> Any:
@@ -27,30 +40,82 @@ def run_tokenizer(cfg: Config) -> Any:
     return make_data(cfg.data).tokenizer
 
 
-def sample_run(run_dir: str | Path, *, sampler: str, steps: int, num_samples: int = 1, seed: int = 0,
-               prompt: str | None = None, template: str | None = None, length: int | None = None,
+def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int = 64, num_samples: int = 1,
+               seed: int = 0, prompt: str | None = None, template: str | None = None, length: int | None = None,
                temperature: float = 1.0, threshold: float = 0.9, block_length: int = 0,
-               noise: str = "high", fused: bool = False) -> dict:
-    """Samples ``num_samples`` sequences from a run's newest checkpoint; returns a JSON-able dict."""
-    import jax
+               noise: str = "high", fused: bool = False, top_k: int = 0, top_p: float = 1.0,
+               stop_at_eos: bool = True) -> dict:
+    """Samples ``num_samples`` sequences from a run's newest checkpoint; returns a JSON-able dict.
 
+    `sampler` None = the objective's default (mdm: confidence; l2r/r2l: ar). AR runs use
+    temperature/top_k/top_p/stop_at_eos/noise and generate up to `length` tokens incl. the prompt
+    (r2l: the prompt is the end of the text); mdm runs use the rest."""
     from jaxorder import config as config_lib
-    from jaxorder.sampling.mdm import SamplerConfig, sample
-    from jaxorder.sampling.prompts import build_inputs
     from jaxorder.train import load_params
 
     run_dir = Path(run_dir)
     if (run_dir / "config.yaml").is_file():  # fail fast, before restoring a checkpoint
-        check_objective(config_lib.load(run_dir / "config.yaml").objective.name)
+        resolve_sampler(config_lib.load(run_dir / "config.yaml").objective.name, sampler)
     if num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
-    if sampler not in AVAILABLE["mdm"]:
-        raise ConfigError(f"unknown sampler '{sampler}'; for mdm runs use one of {', '.join(AVAILABLE['mdm'])}")
+    cfg, params, step = load_params(run_dir)
+    sampler = resolve_sampler(cfg.objective.name, sampler)
+    if cfg.objective.name in AR_OBJECTIVES:
+        return _sample_ar(run_dir, cfg, params, step, num_samples=num_samples, seed=seed, prompt=prompt,
+                          template=template, length=length, temperature=temperature, top_k=top_k, top_p=top_p,
+                          stop_at_eos=stop_at_eos, noise=noise)
+    return _sample_mdm(run_dir, cfg, params, step, sampler=sampler, steps=steps, num_samples=num_samples, seed=seed,
+                       prompt=prompt, template=template, length=length, temperature=temperature,
+                       threshold=threshold, block_length=block_length, noise=noise, fused=fused)
+
+
+def _sample_ar(run_dir: Path, cfg: Config, params, step: int, *, num_samples: int, seed: int, prompt: str | None,
+               template: str | None, length: int | None, temperature: float, top_k: int, top_p: float,
+               stop_at_eos: bool, noise: str) -> dict:
+    import jax
+
+    from jaxorder.sampling.ar import ARConfig, generate
+
+    direction = cfg.objective.name
+    if template is not None:
+        raise ConfigError(f"--template (infilling) needs an mdm run; {direction} runs take --prompt "
+                          f"({'a suffix: generation runs right to left' if direction == 'r2l' else 'a prefix'})")
+    ac = ARConfig(temperature=temperature, top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos, noise=noise)
+    ac.validate()
+    length = cfg.data.seq_len if length is None else length
+    if length > cfg.model.max_len:
+        raise ConfigError(f"--length {length} is more than the model's max_len={cfg.model.max_len}")
+    tokenizer = run_tokenizer(cfg)
+    ids = np.asarray(tokenizer.encode(prompt), np.int32) if prompt else np.zeros(0, np.int32)
+    if len(ids) >= length:
+        raise ConfigError(f"the prompt is {len(ids)} tokens, leaving nothing to generate in --length {length}; "
+                          f"use a longer --length")
+    started = time.perf_counter()
+    out = generate(params, cfg, [ids] * num_samples, length - len(ids), jax.random.key(seed), ac, direction)
+    seconds = time.perf_counter() - started
+    return {
+        "run": run_dir.name, "step": step, "objective": direction, "sampler": "ar",
+        "steps": length - len(ids), "steps_taken": out["steps"], "forward_passes": out["nfe"],
+        "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed, "length": length,
+        "samples": [{"text": tokenizer.decode(t), "tokens": [int(x) for x in t], "logprob": float(lp),
+                     "stopped_at_eos": bool(e)}
+                    for t, lp, e in zip(out["tokens"], out["logprob"], out["eos"])],
+        "generated_tokens": int(out["generated"].sum()), "seconds": round(seconds, 3),  # includes compilation
+        "complete": True,
+    }
+
+
+def _sample_mdm(run_dir: Path, cfg: Config, params, step: int, *, sampler: str, steps: int, num_samples: int,
+                seed: int, prompt: str | None, template: str | None, length: int | None, temperature: float,
+                threshold: float, block_length: int, noise: str, fused: bool) -> dict:
+    import jax
+
+    from jaxorder.sampling.mdm import SamplerConfig, sample
+    from jaxorder.sampling.prompts import build_inputs
+
     sc = SamplerConfig(name=sampler, steps=steps, temperature=temperature, threshold=threshold,
                        block_length=block_length, noise=noise, fused=fused)
     sc.validate()
-    cfg, params, step = load_params(run_dir)
-    check_objective(cfg.objective.name)
     tokenizer = run_tokenizer(cfg)
     row = build_inputs(tokenizer, length, cfg.data.seq_len, cfg.model.max_len, prompt, template)
     tokens_BL = np.tile(row, (num_samples, 1))

@@ -1,0 +1,72 @@
+"""Incremental (KV-cache) decoding with the causal Transformer.
+
+    cache = init_cache(cfg, batch, max_length)             # zeros; cache_index 0 in every layer
+    logits_BLV, cache = decode_step(params, cfg, cache, tokens_BL, positions_BL)
+
+`decode_step` runs the model on L new slots (L = the prompt for a prefill, 1 per generated token),
+attends causally over every slot written so far and appends the new keys/values. Its logits
+equal those of `model.apply(..., "causal")` on the whole sequence up to float rounding (same
+parameters, same math; the attention runs over the cache's max_length slots with the unwritten
+ones masked out). The cache is the Flax "cache" collection of each `Attention` layer
+(`cached_key`, `cached_value` [B, T, H, D] in model.dtype, `cache_index` int32); the Attention
+module takes its decode path only when that collection is passed, so training is unchanged.
+
+Runs with `model.scan_layers` or `model.remat` decode with the equivalent unrolled model (the
+stacked "layers" parameters are split per layer; remat only matters for gradients). The decode
+path is XLA attention for every `model.attention_impl` (the fused kernel is a full-sequence
+kernel).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxorder.config import ModelConfig
+
+Cache = Any
+
+
+def decode_config(cfg: ModelConfig) -> ModelConfig:
+    """The model config decoding runs with: unrolled layers, no remat, XLA attention."""
+    return dataclasses.replace(cfg, scan_layers=False, remat="none", attention_impl="xla")
+
+
+def unrolled_params(params: Any, cfg: ModelConfig) -> Any:
+    """Params with per-layer entries layer_0..layer_{n-1} (splits scanned 'layers' stacks)."""
+    if "layers" not in params:
+        return params
+    params = dict(params)
+    layers = params.pop("layers")
+    for i in range(cfg.n_layers):
+        params[f"layer_{i}"] = jax.tree.map(lambda x, i=i: x[i], layers)
+    return params
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_length: int) -> Cache:
+    """An empty cache for `batch` sequences of at most `max_length` slots."""
+    if max_length > cfg.max_len:
+        raise ValueError(f"decoding {max_length} slots exceeds model.max_len={cfg.max_len}")
+    from jaxorder.model.transformer import _dtype
+
+    shape = (batch, max_length, cfg.n_heads, cfg.head_dim)
+    dt = _dtype(cfg.dtype)
+    return {f"layer_{i}": {"attn": {"cached_key": jnp.zeros(shape, dt), "cached_value": jnp.zeros(shape, dt),
+                                    "cache_index": jnp.zeros((), jnp.int32)}}
+            for i in range(cfg.n_layers)}
+
+
+def decode_step(params: Any, cfg: ModelConfig, cache: Cache, tokens_BL: jnp.ndarray,
+                positions_BL: jnp.ndarray) -> tuple[jnp.ndarray, Cache]:
+    """Logits [B, L, V] (float32) of L new slots given the cached ones, and the updated cache."""
+    from jaxorder.model.transformer import Transformer, _dtype
+
+    dcfg = decode_config(cfg)
+    pdt = _dtype(cfg.param_dtype)  # the forward pass's parameter dtype (float32 master weights)
+    params = jax.tree.map(lambda p: p.astype(pdt) if jnp.issubdtype(p.dtype, jnp.floating) else p,
+                          unrolled_params(params, cfg))
+    variables = {"params": params, "cache": cache}
+    logits_BLV, mutated = Transformer(dcfg).apply(variables, tokens_BL, positions_BL, "causal", mutable=["cache"])
+    return logits_BLV, mutated["cache"]

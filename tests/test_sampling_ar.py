@@ -1,0 +1,189 @@
+"""AR (l2r / r2l) sampling with a KV cache: cached = uncached, batching, EOS, filtering, CLI.
+
+A tiny randomly initialised model (d_model 32, 2 layers) is enough for everything except the CLI
+test, which trains 3 steps on a tiny corpus.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxorder import config as config_lib
+from jaxorder import model
+from jaxorder.data import ByteTokenizer
+from jaxorder.model import decode
+from jaxorder.objectives.common import special_ids
+from jaxorder.sampling.ar import ARConfig, filter_logits, generate
+
+TINY_L2R = ("objective.name=l2r", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.seq_len=32")
+TOK = ByteTokenizer()
+PROMPTS = [TOK.encode("To be"), [], TOK.encode("or not to")]  # different lengths, one empty
+GREEDY = ARConfig(temperature=0.0, stop_at_eos=False)
+N = 10  # generated tokens (one shape: the tests share compilations)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = config_lib.load(None, TINY_L2R)
+    return cfg, model.init_params(cfg.model, jax.random.key(0))
+
+
+def _full_logits(params, cfg, seq_BT):
+    """Uncached reference: one causal forward pass over the buffer (slot s predicts slot s + 1)."""
+    x = jnp.asarray(seq_BT[:, :-1])
+    return np.asarray(model.apply(params, cfg.model, x, jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape), "causal"))
+
+
+def test_decode_step_matches_full_forward_in_chunks(tiny):
+    cfg, params = tiny
+    toks = jax.random.randint(jax.random.key(1), (2, 13), 0, 256)
+    pos = jnp.broadcast_to(jnp.arange(13), toks.shape)
+    want = np.asarray(model.apply(params, cfg.model, toks, pos, "causal"))
+    scanned = dict(params)  # the scan_layers layout ("layers": stacked) decodes as well
+    scanned["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[scanned.pop(f"layer_{i}") for i in range(2)])
+
+    @jax.jit
+    def chunked(p):
+        cache, got = decode.init_cache(cfg.model, 2, 16), []
+        for a, b in ((0, 5), (5, 6), (6, 13)):
+            lg, cache = decode.decode_step(p, cfg.model, cache, toks[:, a:b], pos[:, a:b])
+            got.append(lg)
+        return jnp.concatenate(got, axis=1), cache["layer_1"]["attn"]["cache_index"]
+
+    for p in (params, scanned):
+        got, index = chunked(p)
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+        assert int(index) == 13
+
+
+@pytest.mark.parametrize("direction", ["l2r", "r2l"])
+def test_cached_equals_uncached_at_temperature_zero(tiny, direction):
+    """Same tokens exactly, logits within 1e-5 (and both equal one full forward pass over the result)."""
+    cfg, params = tiny
+    key = jax.random.key(0)
+    a = generate(params, cfg, PROMPTS, N, key, GREEDY, direction, collect_logits=True)
+    b = generate(params, cfg, PROMPTS, N, key, ARConfig(temperature=0.0, stop_at_eos=False, cache=False),
+                 direction, collect_logits=True)
+    assert np.array_equal(a["seq"], b["seq"])
+    assert all(np.array_equal(x, y) for x, y in zip(a["tokens"], b["tokens"]))
+    prefill = 1 + min(len(p) for p in PROMPTS)
+    np.testing.assert_allclose(a["logits"][:, prefill:], b["logits"][:, prefill:], atol=1e-5)
+    np.testing.assert_allclose(a["logits"][:, prefill:], _full_logits(params, cfg, a["seq"])[:, prefill - 1:], atol=1e-5)
+    assert a["generated"].tolist() == [N] * 3 and a["nfe"] == b["nfe"] == 1 + a["steps"]
+    for p, t in zip(PROMPTS, a["tokens"]):  # reading order: l2r continues the prompt, r2l precedes it
+        assert len(t) == len(p) + N
+        assert list(t[:len(p)] if direction == "l2r" else t[len(t) - len(p):]) == list(p)
+    # greedy = argmax of the logits that chose each generated slot (PAD/MASK/BOS never generated)
+    ids = special_ids(cfg.model)
+    for r, p in enumerate(PROMPTS):
+        slots = np.arange(1 + len(p), 1 + len(p) + N)
+        lg = a["logits"][r, slots].copy()
+        lg[:, [ids.pad, ids.mask, ids.bos]] = -np.inf
+        assert np.array_equal(a["seq"][r, slots], lg.argmax(-1))
+
+
+def test_batched_prompts_are_independent_rows(tiny):
+    """A row's greedy tokens do not depend on the other rows (order of the batch, a batch of one)."""
+    cfg, params = tiny
+    batched = generate(params, cfg, PROMPTS, N, jax.random.key(0), GREEDY)["tokens"]
+    permuted = generate(params, cfg, PROMPTS[::-1], N, jax.random.key(0), GREEDY)["tokens"][::-1]
+    assert all(np.array_equal(x, y) for x, y in zip(batched, permuted))
+    alone = generate(params, cfg, PROMPTS[2:], N, jax.random.key(0), GREEDY)["tokens"][0]
+    assert np.array_equal(alone, batched[2])
+
+
+@pytest.mark.parametrize("direction", ["l2r", "r2l"])
+def test_stops_at_eos(tiny, direction):
+    """Swap the head columns of EOS and the first greedy token of row 0: greedy then emits EOS there."""
+    cfg, params = tiny
+    eos = special_ids(cfg.model).eos
+    ref = generate(params, cfg, PROMPTS, N, jax.random.key(0), GREEDY, direction)
+    p0 = len(PROMPTS[0])
+    gen0 = ref["seq"][0, 1 + p0:1 + p0 + N]
+    j = 4
+    tok = int(gen0[j])
+    assert eos not in gen0[:j + 1]
+    j = int(np.argmax(gen0 == tok))  # first occurrence
+    head = np.array(params["head"])
+    head[:, [tok, eos]] = head[:, [eos, tok]]
+    swapped = {**params, "head": jnp.asarray(head)}
+    for cache in (True, False):
+        out = generate(swapped, cfg, PROMPTS, N, jax.random.key(0), ARConfig(temperature=0.0, cache=cache), direction)
+        assert bool(out["eos"][0]) and int(out["generated"][0]) == j + 1
+        assert len(out["tokens"][0]) == p0 + j  # EOS excluded
+        want = np.concatenate([np.asarray(PROMPTS[0][::-1] if direction == "r2l" else PROMPTS[0], np.int32), gen0[:j]])
+        assert np.array_equal(out["tokens"][0], want[::-1] if direction == "r2l" else want)
+    # EOS ignored: the row continues with `tok`'s old place taken by EOS
+    on = generate(swapped, cfg, PROMPTS, N, jax.random.key(0), GREEDY, direction)
+    assert not on["eos"].any() and on["generated"].tolist() == [N] * 3
+
+
+def test_filter_logits_top_k_top_p():
+    logits = jnp.log(jnp.array([[0.5, 0.25, 0.15, 0.1], [0.1, 0.2, 0.3, 0.4]]))
+    kept = lambda x: np.isfinite(np.asarray(x)).tolist()  # noqa: E731
+    assert kept(filter_logits(logits, 1.0, 2, 1.0)) == [[True, True, False, False], [False, False, True, True]]
+    assert kept(filter_logits(logits, 1.0, 0, 0.5)) == [[True, False, False, False], [False, False, True, True]]
+    assert kept(filter_logits(logits, 1.0, 0, 0.7)) == [[True, True, False, False], [False, False, True, True]]
+    assert kept(filter_logits(logits, 1.0, 0, 1e-6)) == [[True, False, False, False], [False, False, False, True]]
+    np.testing.assert_allclose(filter_logits(logits, 2.0, 0, 1.0), logits / 2.0)
+    assert kept(filter_logits(logits, 1.0, 3, 0.6)) == [[True, True, False, False], [False, False, True, True]]
+
+
+def test_seeds_temperature_and_top_k_one(tiny):
+    cfg, params = tiny
+    t1 = ARConfig(temperature=1.0, stop_at_eos=False)
+    a, b, c = (generate(params, cfg, PROMPTS, N, jax.random.key(s), t1)["seq"] for s in (1, 1, 2))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    greedy = generate(params, cfg, PROMPTS, N, jax.random.key(0), GREEDY)["seq"]
+    top1 = generate(params, cfg, PROMPTS, N, jax.random.key(5), ARConfig(top_k=1, stop_at_eos=False))["seq"]
+    assert np.array_equal(greedy, top1)
+
+
+def test_too_long_is_a_clear_error(tiny):
+    cfg, params = tiny
+    with pytest.raises(config_lib.ConfigError, match="max_len"):
+        generate(params, cfg, [[1, 2, 3]], cfg.model.max_len, jax.random.key(0), GREEDY)
+    with pytest.raises(config_lib.ConfigError, match="top-p"):
+        generate(params, cfg, [[1]], 4, jax.random.key(0), ARConfig(top_p=0.0))
+
+
+def _cli(argv):
+    from jaxorder.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_sample_l2r_and_r2l_runs(tmp_path, repeated_corpus):
+    from jaxorder.train import train
+    cfg = config_lib.load(None, (*TINY_L2R, "data.source=text", f"data.path={repeated_corpus}", "data.batch_size=8",
+                                 "train.steps=3", "train.eval_every=3", "train.checkpoint_every=3",
+                                 "train.async_checkpointing=false", "eval.batches=1"))
+    run = tmp_path / "l2r"
+    with contextlib.redirect_stderr(io.StringIO()):
+        train(cfg, run)
+    code, out, _ = _cli(["sample", run, "--prompt", "the cat", "--length", "16", "--num-samples", "2",
+                         "--top-k", "20", "--top-p", "0.9", "--seed", "1", "--no-stop-at-eos", "--json"])
+    assert code == 0
+    res = json.loads(out)
+    assert res["sampler"] == "ar" and res["generated_tokens"] == 2 * 9 and res["forward_passes"] == 10
+    assert all(s["text"].startswith("the cat") and len(s["tokens"]) == 16 for s in res["samples"])
+    # the same weights read as an r2l run: the prompt is the end of the text
+    r2l = tmp_path / "r2l"
+    shutil.copytree(run, r2l)
+    (r2l / "config.yaml").write_text((r2l / "config.yaml").read_text().replace("name: l2r", "name: r2l"))
+    code, out, err = _cli(["sample", r2l, "--prompt", "the mat", "--length", "16", "--num-samples", "2",
+                           "--top-k", "20", "--top-p", "0.9", "--seed", "1", "--no-stop-at-eos"])  # compiled above
+    assert code == 0 and out.startswith("--- sample 1/2") and out.count("the mat\n") == 2 and "ar, " in err
+    code, _, err = _cli(["sample", run, "--sampler", "confidence"])
+    assert code == 2 and "unknown sampler 'confidence'; for l2r runs use one of ar" in err
+    code, _, err = _cli(["sample", run, "--template", "a [MASK:3] b"])
+    assert code == 2 and "--template (infilling) needs an mdm run" in err
