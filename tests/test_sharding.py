@@ -36,12 +36,16 @@ def test_mesh_shape_fills_and_checks():
 @pytest.fixture(scope="module")
 def mesh_losses(tmp_path_factory):
     out = tmp_path_factory.mktemp("mesh") / "losses.json"
-    run_script("mesh_equivalence.py", str(out), "l2r", "mdm")
+    run_script("mesh_equivalence.py", str(out), "l2r", "mdm", *(f"{o}:2x2x2,1x2x4" for o in LATER_OBJECTIVES))
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("objective", ["l2r", "mdm"])
-@pytest.mark.parametrize("mesh", ["8x1x1", "2x4x1", "2x2x2", "1x2x4"])
+LATER_OBJECTIVES = ("bd3", "ao_ar", "latent_order")  # on the two meshes with tensor parallelism
+CASES = [(o, m) for o in ("l2r", "mdm") for m in ("8x1x1", "2x4x1", "2x2x2", "1x2x4")] + \
+        [(o, m) for o in LATER_OBJECTIVES for m in ("2x2x2", "1x2x4")]
+
+
+@pytest.mark.parametrize("objective, mesh", CASES)
 def test_sharded_losses_equal_single_device(mesh_losses, objective, mesh):
     single = np.asarray(mesh_losses[objective]["single"])
     sharded = np.asarray(mesh_losses[objective][mesh])
@@ -49,3 +53,11 @@ def test_sharded_losses_equal_single_device(mesh_losses, objective, mesh):
     if objective == "l2r":  # one fixed batch: the loss must fall (the mdm loss is noisy by design)
         assert single[-1] < single[0] - 0.5
     np.testing.assert_allclose(sharded, single, atol=1e-5, rtol=0)
+
+
+def test_checkpoint_restores_onto_another_mesh_and_continues_identically(tmp_path):
+    out = tmp_path / "resume.json"
+    run_script("mesh_resume.py", str(out), str(tmp_path))
+    r = json.loads(out.read_text())
+    assert r["resumed_from"] == 6
+    np.testing.assert_allclose(r["resumed"], r["uninterrupted"], atol=1e-5, rtol=0)

@@ -1,6 +1,7 @@
-"""Run under 8 forced host devices: train a few steps on several meshes and print JSON results.
+"""Run under 8 forced host devices: train a few steps on several meshes and write JSON results.
 
-Usage: python mesh_equivalence.py OUT_JSON OBJECTIVE [OBJECTIVE ...]
+Usage: python mesh_equivalence.py OUT_JSON OBJECTIVE[:MESH,MESH...] ...
+(default meshes: all of MESHES, e.g. `bd3:2x2x2,1x2x4`).
 """
 import json
 import os
@@ -41,11 +42,13 @@ def losses(objective: str, mesh: tuple[int, int, int] | None) -> list[float]:
 
 
 def main() -> None:
-    out_path, objectives = sys.argv[1], sys.argv[2:]
+    out_path, specs = sys.argv[1], sys.argv[2:]
     result = {}
-    for objective in objectives:
+    for spec in specs:
+        objective, _, mesh_list = spec.partition(":")
+        meshes = [tuple(int(x) for x in m.split("x")) for m in mesh_list.split(",")] if mesh_list else MESHES
         result[objective] = {"single": losses(objective, None)}
-        for mesh in MESHES:
+        for mesh in meshes:
             result[objective]["x".join(map(str, mesh))] = losses(objective, mesh)
     with open(out_path, "w") as f:
         json.dump(result, f)
