@@ -178,12 +178,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"config include cycle: {' -> '.join(str(p) for p in seen + (path,))}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (check the path)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a config must be a YAML mapping of sections, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, "a config")
     includes = raw.pop("include", []) or []
     if isinstance(includes, str):
         includes = [includes]
@@ -304,8 +299,8 @@ def load(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Confi
     return from_dict(apply_overrides(raw, overrides))
 
 
-def load_saved(path: Any) -> Config:
-    """A resolved config saved by `save` (no includes), from a local or remote (gs://) path."""
+def read_yaml_mapping(path: Any, what: str) -> dict:
+    """`yaml.safe_load` of a local or remote (gs://) file that must hold a mapping; one-line errors."""
     from etils import epath
 
     path = epath.Path(path)
@@ -314,8 +309,13 @@ def load_saved(path: Any) -> Config:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a config must be a YAML mapping of sections")
-    return from_dict(raw)
+        raise ConfigError(f"{path}: {what} must be a YAML mapping, got {type(raw).__name__}")
+    return raw
+
+
+def load_saved(path: Any) -> Config:
+    """A resolved config saved by `save` (no includes), from a local or remote (gs://) path."""
+    return from_dict(read_yaml_mapping(path, "a saved config"))
 
 
 def to_dict(cfg: Config) -> dict:

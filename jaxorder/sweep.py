@@ -22,8 +22,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
 from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
 from jaxorder.distributed import initialize, is_main_process
@@ -37,12 +35,7 @@ def load_sweep(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file not found: {path}")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{path}: a sweep must be a YAML mapping")
+    spec = config_lib.read_yaml_mapping(path, "a sweep")
     unknown = set(spec) - set(SWEEP_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown sweep keys {sorted(unknown)}; a sweep has {', '.join(SWEEP_KEYS)}")
