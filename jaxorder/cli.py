@@ -39,7 +39,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from jaxorder.train import eval_run
 
     result = eval_run(args.run_dir, args.orders, args.max_windows)
+    if args.generate:
+        from jaxorder.sampling.quality import generation_quality
+
+        result["generate"] = generation_quality(args.run_dir, num_samples=args.num_samples, sampler=args.sampler,
+                                                steps=args.steps, seed=args.seed, judge=args.judge)
     _print_result(result, args.json)
+    if not args.json and "generate" in result:
+        print("  generate: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in result["generate"].items()))
     if not args.json:
         for label, r in result.get("orders", {}).items():
             print(f"  order {label:<10} {r['bpb']:.4f} ± {r['bpb_stderr']:.4f} bits/byte ({r['kind']}, "
@@ -188,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
                                     "passes per window, the any-order models one)")
     p.add_argument("--max-windows", type=int, default=32,
                    help="validation windows used for --orders (default 32)")
+    p.add_argument("--generate", action="store_true",
+                   help="also sample unprompted windows and report sample quality: unigram entropy, NLL under "
+                        "a judge l2r run (--judge, default: the l2r run beside this one on the same data), "
+                        "tokens/s, and for Sudoku data the fraction of valid grids")
+    p.add_argument("--num-samples", type=int, default=16, help="--generate: samples (default 16)")
+    p.add_argument("--sampler", help="--generate: sampler (default: the objective's, see `jaxorder sample`)")
+    p.add_argument("--steps", type=int, help="--generate, mdm: sampling steps (default: the window length)")
+    p.add_argument("--seed", type=int, default=0, help="--generate: sampling seed")
+    p.add_argument("--judge", help="--generate: an l2r run directory to score the samples")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
     p.set_defaults(func=cmd_eval)
 

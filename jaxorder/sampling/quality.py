@@ -1,6 +1,6 @@
 """Sample quality: diversity (unigram entropy) and generative NLL under a judge l2r run.
 
-For ``jaxorder eval --generate`` (wiring not done yet):
+For ``jaxorder eval --generate`` (``generation_quality``):
 - ``unigram_entropy_bits(samples)``: entropy in bits of the pooled unigram distribution of all
   samples' tokens (token-id sequences; a ``str`` counts its UTF-8 bytes). Low = repetitive.
 - ``judge_nll(samples, judge_run_dir)``: the samples' texts re-tokenized with the judge's
@@ -91,4 +91,58 @@ def judge_nll(samples: Sequence[str], judge_run_dir: str | Path) -> dict:
     cfg, params, step = load_params(judge_run_dir)
     result = judge_nll_params(params, cfg, list(samples), run_tokenizer(cfg))
     result.update({"judge": judge_run_dir.name, "judge_step": step})
+    return result
+
+
+def sudoku_grids_valid(texts: Sequence[str]) -> dict:
+    """Valid-grid fraction: every line of exactly 81 characters in the samples is a candidate grid.
+
+    With data.seq_len=82 a window (and an unprompted sample) is one grid plus a newline, so each
+    sample gives one candidate; partial lines at a window's edges are not counted."""
+    from jaxorder.data.synthetic import is_valid_grid
+
+    lines = [line for t in texts for line in t.split("\n") if len(line) == 81]
+    valid = sum(is_valid_grid(line) for line in lines)
+    return {"grids": len(lines), "valid_grids": valid, "valid_grid_fraction": valid / len(lines) if lines else 0.0}
+
+
+def default_judge(run_dir: str | Path) -> Path | None:
+    """The l2r run beside `run_dir` (e.g. in the same sweep) trained on the same data, if any."""
+    from jaxorder import config as config_lib
+
+    run_dir = Path(run_dir)
+    data = config_lib.load_saved(run_dir / "config.yaml").data
+    for sibling in sorted(run_dir.parent.iterdir()):
+        path = sibling / "config.yaml"
+        if sibling == run_dir or not path.is_file():
+            continue
+        cfg = config_lib.load_saved(path)
+        if cfg.objective.name == "l2r" and cfg.data == data and (sibling / "checkpoints").is_dir():
+            return sibling
+    return None
+
+
+def generation_quality(run_dir: str | Path, *, num_samples: int = 16, sampler: str | None = None,
+                       steps: int | None = None, seed: int = 0, judge: str | Path | None = None) -> dict:
+    """`jaxorder eval --generate`: sample unprompted windows and measure their quality.
+
+    Reports the sampler and its speed (generated tokens/s, compilation included), the unigram
+    entropy of the samples (diversity), their NLL under a judge l2r run (`judge`, default: the l2r
+    run beside this one on the same data; omitted if there is none) and, for Sudoku data, the
+    fraction of valid grids."""
+    from jaxorder import config as config_lib
+    from jaxorder.sampling.cli import sample_run
+
+    cfg = config_lib.load_saved(Path(run_dir) / "config.yaml")
+    out = sample_run(run_dir, sampler=sampler, steps=steps or cfg.data.seq_len, num_samples=num_samples, seed=seed)
+    texts = [s["text"] for s in out["samples"]]
+    result = {"sampler": out["sampler"], "steps": out["steps"], "num_samples": num_samples,
+              "tokens_per_s": out["generated_tokens"] / max(out["seconds"], 1e-9),
+              "unigram_entropy_bits": unigram_entropy_bits(texts)}
+    judge = Path(judge) if judge else default_judge(run_dir)
+    if judge is not None:
+        scored = judge_nll(texts, judge)
+        result.update({"judge": scored["judge"], "judge_bpb": scored["bpb"]})
+    if cfg.data.source == "sudoku":
+        result.update(sudoku_grids_valid(texts))
     return result

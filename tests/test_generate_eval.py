@@ -1,0 +1,47 @@
+"""`jaxorder eval --generate`: sample quality of a run (entropy, judge NLL, Sudoku validity)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jaxorder import config as config_lib
+from jaxorder.data.synthetic import grid_to_string, sudoku_grids
+from jaxorder.sampling.quality import default_judge, generation_quality, sudoku_grids_valid
+from jaxorder.train import train
+
+TINY_SUDOKU = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.source=sudoku", "data.seq_len=82",
+               "data.batch_size=8", "data.synthetic_tokens=20000", "train.steps=10", "train.eval_every=10",
+               "train.checkpoint_every=10", "eval.batches=1", "eval.mdm_time_samples=1"]
+
+
+def test_valid_grid_fraction_counts_full_lines_only():
+    good = grid_to_string(sudoku_grids(1, seed=0)[0])
+    bad = good[:40] + ("1" if good[40] != "1" else "2") + good[41:]
+    texts = [good + "\n", bad + "\n", "12345\n" + good[:30]]  # the partial lines are not candidates
+    assert sudoku_grids_valid(texts) == {"grids": 2, "valid_grids": 1, "valid_grid_fraction": 0.5}
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen")
+    for objective in ("mdm", "l2r"):
+        train(config_lib.load(None, TINY_SUDOKU + [f"objective.name={objective}"]), out / objective)
+    return out
+
+
+def test_generation_quality_of_an_mdm_run_with_the_l2r_judge_beside_it(sweep_dir):
+    assert default_judge(sweep_dir / "mdm") == sweep_dir / "l2r"
+    r = generation_quality(sweep_dir / "mdm", num_samples=4, steps=8, seed=1)
+    assert r["sampler"] == "confidence" and r["num_samples"] == 4 and r["judge"] == "l2r"
+    assert 0 < r["unigram_entropy_bits"] <= 8 and r["judge_bpb"] > 0 and r["tokens_per_s"] > 0
+    assert r["grids"] <= 4 and 0.0 <= r["valid_grid_fraction"] <= 1.0
+
+
+def test_eval_generate_cli_json(sweep_dir):
+    proc = subprocess.run([sys.executable, "-m", "jaxorder.cli", "eval", str(sweep_dir / "l2r"), "--generate",
+                           "--num-samples", "2", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["generate"]["sampler"] == "ar" and "judge" not in result["generate"]  # no other l2r run
+    assert "valid_grid_fraction" in result["generate"]
