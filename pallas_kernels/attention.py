@@ -73,6 +73,19 @@ def _iota(n):
 
 
 # ----------------------------------------------------------------------------- forward
+def _kv_tile_scores(cfg, tile, bk, qr, qi, qseg, k_ref, kp_ref, ks_ref, invf):
+    """One key tile against the query block (forward and dq kernels): rotate the keys, scaled
+    scores [bq, bk] float32 and the visibility mask (structure and segments).
+    Returns (slice, rotated keys, s, ok)."""
+    start = pl.multiple_of(tile * bk, bk)
+    sl = pl.ds(start, bk)
+    kr = _rotate(k_ref[sl, :], kp_ref[sl], invf).astype(k_ref.dtype)
+    s = _dot_nt(qr, kr) * cfg.scale
+    kj = start + _iota(bk)[None, :]
+    ok = structural_mask(cfg.spec, qi, kj, cfg.L, cfg.S, xp=jnp) & (qseg == ks_ref[sl][None, :])
+    return sl, kr, s, ok
+
+
 def _fwd_kernel(kv_idx_ref, kv_cnt_ref, invf_ref, q_ref, k_ref, v_ref, qp_ref, kp_ref, qs_ref,
                 ks_ref, o_ref, lse_ref, *, cfg: _Cfg):
     bq, bk = cfg.block_q, cfg.block_k
@@ -85,12 +98,7 @@ def _fwd_kernel(kv_idx_ref, kv_cnt_ref, invf_ref, q_ref, k_ref, v_ref, qp_ref, k
 
     def body(t, carry):
         acc, m, l = carry
-        start = pl.multiple_of(kv_idx_ref[i, t] * bk, bk)
-        sl = pl.ds(start, bk)
-        kr = _rotate(k_ref[sl, :], kp_ref[sl], invf).astype(k_ref.dtype)
-        s = _dot_nt(qr, kr) * cfg.scale
-        kj = start + _iota(bk)[None, :]
-        ok = structural_mask(cfg.spec, qi, kj, cfg.L, cfg.S, xp=jnp) & (qseg == ks_ref[sl][None, :])
+        sl, kr, s, ok = _kv_tile_scores(cfg, kv_idx_ref[i, t], bk, qr, qi, qseg, k_ref, kp_ref, ks_ref, invf)
         s = jnp.where(ok, s, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(s, axis=-1))
         m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
@@ -177,12 +185,7 @@ def _dq_kernel(kv_idx_ref, kv_cnt_ref, invf_ref, q_ref, k_ref, v_ref, qp_ref, kp
     qseg = qs_ref[...][:, None]
 
     def body(t, dq):
-        start = pl.multiple_of(kv_idx_ref[i, t] * bk, bk)
-        sl = pl.ds(start, bk)
-        kr = _rotate(k_ref[sl, :], kp_ref[sl], invf).astype(k_ref.dtype)
-        s = _dot_nt(qr, kr) * cfg.scale
-        kj = start + _iota(bk)[None, :]
-        ok = structural_mask(cfg.spec, qi, kj, cfg.L, cfg.S, xp=jnp) & (qseg == ks_ref[sl][None, :])
+        sl, kr, s, ok = _kv_tile_scores(cfg, kv_idx_ref[i, t], bk, qr, qi, qseg, k_ref, kp_ref, ks_ref, invf)
         p = jnp.where(ok, jnp.exp(s - lse), 0.0)
         dp = _dot_nt(do, v_ref[sl, :])
         ds = p * (dp - delta)
