@@ -79,16 +79,37 @@ def pallas_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarr
 # Incremental decoding (jaxorder.model.decode): per attention layer, a Flax "cache" collection
 # holds the rotated keys and the values of every slot written so far and the next slot to write.
 CACHE_NAMES = ("cached_key", "cached_value", "cache_index")
+# How the L new slots of one decode call see each other (every new slot sees all cached slots):
+#   causal        slot i sees new slots <= i   (prefill / one token per step: the causal model)
+#   bidirectional all new slots                (a block: bd3 noisy block, or a clean block written)
+#   self          only itself                  (L independent candidates of the same next slot)
+DECODE_MASKS = ("causal", "bidirectional", "self")
+
+
+def decode_mask(kind: str, cache_length: int, index, new_length: int) -> jnp.ndarray:
+    """Boolean [L, T]: new slot i (written at index + i) may see cache slot j."""
+    if kind not in DECODE_MASKS:
+        raise ValueError(f"unknown decode mask '{kind}'; use one of {', '.join(DECODE_MASKS)}")
+    slot_T = jnp.arange(cache_length)[None, :]
+    new_L1 = index + jnp.arange(new_length)[:, None]
+    cached_LT = slot_T < index
+    if kind == "causal":
+        return cached_LT | ((slot_T >= index) & (slot_T <= new_L1))
+    if kind == "bidirectional":
+        return jnp.broadcast_to(slot_T < index + new_length, (new_length, cache_length))
+    return cached_LT | (slot_T == new_L1)
 
 
 def cached_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarray,
-                     cached_key, cached_value, cache_index) -> jnp.ndarray:
-    """Causal attention of L new slots over the cache; writes their keys/values at cache_index.
+                     cached_key, cached_value, cache_index, new_mask: str = "causal") -> jnp.ndarray:
+    """Attention of L new slots over the cache; writes their keys/values at cache_index.
 
     q/k are already rotated (RoPE by their own positions). The cache variables hold
     cached_key/cached_value [B, T, H, D] and cache_index (int32 scalar, the slot of the first new
-    token); query i (slot index + i) sees cache slots 0..index + i, i.e. the causal mask of the
-    full sequence, so the result equals full recomputation up to float rounding.
+    token). Every new slot sees cache slots 0..index-1; among the new slots `new_mask`
+    (DECODE_MASKS) applies. With "causal" this is the causal mask of the full sequence, so the
+    result equals full recomputation up to float rounding. A caller that must not keep the new
+    slots (scoring candidates, a bd3 noisy block) discards the returned cache.
     """
     idx = cache_index.value
     T, L = cached_key.value.shape[1], q_BLHD.shape[1]
@@ -97,5 +118,4 @@ def cached_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarr
     cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v_BLHD.astype(cached_value.value.dtype),
                                                       (0, idx, 0, 0))
     cache_index.value = idx + L
-    mask_LT = jnp.arange(T)[None, :] <= idx + jnp.arange(L)[:, None]
-    return xla_attention(q_BLHD, cached_key.value, cached_value.value, mask_LT)
+    return xla_attention(q_BLHD, cached_key.value, cached_value.value, decode_mask(new_mask, T, idx, L))

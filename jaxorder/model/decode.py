@@ -4,10 +4,14 @@
     logits_BLV, cache = decode_step(params, cfg, cache, tokens_BL, positions_BL)
 
 `decode_step` runs the model on L new slots (L = the prompt for a prefill, 1 per generated token),
-attends causally over every slot written so far and appends the new keys/values. Its logits
-equal those of `model.apply(..., "causal")` on the whole sequence up to float rounding (same
-parameters, same math; the attention runs over the cache's max_length slots with the unwritten
-ones masked out). The cache is the Flax "cache" collection of each `Attention` layer
+attends over every slot written so far and appends the new keys/values. With the default
+`new_mask="causal"` its logits equal those of `model.apply(..., "causal")` on the whole sequence
+up to float rounding (same parameters, same math; the attention runs over the cache's
+max_length slots with the unwritten ones masked out). `new_mask` (attention.DECODE_MASKS) says
+how the new slots see each other: "bidirectional" for a block (block diffusion), "self" for L
+independent candidates of one slot (greedy order choice); the cache is a value, so a call whose
+slots must not stay is simply not kept. `target_positions_BL` feeds the any-order model's
+target positions (ao_ar / latent_order runs). The cache is the Flax "cache" collection of each `Attention` layer
 (`cached_key`, `cached_value` [B, T, H, D] in model.dtype, `cache_index` int32); the Attention
 module takes its decode path only when that collection is passed, so training is unchanged.
 
@@ -59,7 +63,8 @@ def init_cache(cfg: ModelConfig, batch: int, max_length: int) -> Cache:
 
 
 def decode_step(params: Any, cfg: ModelConfig, cache: Cache, tokens_BL: jnp.ndarray,
-                positions_BL: jnp.ndarray) -> tuple[jnp.ndarray, Cache]:
+                positions_BL: jnp.ndarray, new_mask: str = "causal",
+                target_positions_BL: jnp.ndarray | None = None) -> tuple[jnp.ndarray, Cache]:
     """Logits [B, L, V] (float32) of L new slots given the cached ones, and the updated cache."""
     from jaxorder.model.transformer import Transformer, _dtype
 
@@ -68,5 +73,8 @@ def decode_step(params: Any, cfg: ModelConfig, cache: Cache, tokens_BL: jnp.ndar
     params = jax.tree.map(lambda p: p.astype(pdt) if jnp.issubdtype(p.dtype, jnp.floating) else p,
                           unrolled_params(params, cfg))
     variables = {"params": params, "cache": cache}
-    logits_BLV, mutated = Transformer(dcfg).apply(variables, tokens_BL, positions_BL, "causal", mutable=["cache"])
+    if target_positions_BL is not None and "target_embed" not in params:
+        raise ValueError("target positions need a model initialized with them (ao_ar / latent_order runs)")
+    logits_BLV, mutated = Transformer(dcfg).apply(variables, tokens_BL, positions_BL, new_mask, target_positions_BL,
+                                                  mutable=["cache"])
     return logits_BLV, mutated["cache"]

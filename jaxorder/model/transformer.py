@@ -96,7 +96,8 @@ class Attention(nn.Module):
         if self.has_variable("cache", "cached_key"):  # incremental decoding: jaxorder.model.decode
             cache = tuple(self.variable("cache", n, lambda: None) for n in CACHE_NAMES)
             o_BLHD = cached_attention(apply_rope(q_BLHD, positions_BL, cfg.rope_base),
-                                      apply_rope(k_BLHD, positions_BL, cfg.rope_base), v_BLHD, *cache)
+                                      apply_rope(k_BLHD, positions_BL, cfg.rope_base), v_BLHD, *cache,
+                                      new_mask=mask_kind)
             return dense(o_BLHD.reshape(B, L, H * D), w_out.astype(dt).reshape(H * D, d))
         if cfg.attention_impl == "pallas":  # RoPE is applied inside the fused kernel
             o_BLHD = pallas_attention(q_BLHD, k_BLHD, v_BLHD, positions_BL, mask_kind, cfg.rope_base,
