@@ -21,6 +21,17 @@ COLUMNS = [  # (key in the result dict, header, format)
     ("slash_dominant_fraction", "slash heads", "{:.2f}"),
 ]
 OPTIONAL = ("entropy_floor_bpb", "slash_dominant_fraction")  # shown only when some run has them
+SAMPLER_COLUMNS = [  # the sampler table: one row per run and sampler (sweep `generate:`)
+    ("run", "run", "{}"),
+    ("objective", "objective", "{}"),
+    ("sampler", "sampler", "{}"),
+    ("steps", "steps", "{}"),
+    ("forward_passes", "forward passes", "{}"),
+    ("judge_bpb", "judge bits/byte", "{:.4f}"),
+    ("unigram_entropy_bits", "unigram entropy", "{:.3f}"),
+    ("valid_grid_fraction", "valid grids", "{:.2f}"),
+    ("tokens_per_s", "tokens/s", "{:,.0f}"),
+]
 
 
 def columns(results: Sequence[dict]) -> list[tuple[str, str, str]]:
@@ -42,23 +53,32 @@ def _cells(result: dict, cols: Sequence[tuple[str, str, str]]) -> list[str]:
     return ["" if _value(result, key) is None else fmt.format(_value(result, key)) for key, _, fmt in cols]
 
 
-def markdown_table(results: Sequence[dict]) -> str:
-    cols = columns(results)
+def sampler_rows(results: Sequence[dict]) -> list[dict]:
+    """One row per run and sampler from the results' `generate` lists."""
+    return [{"run": r.get("run"), "objective": r.get("objective"), **g} for r in results for g in r.get("generate", [])]
+
+
+def sampler_columns(rows: Sequence[dict]) -> list[tuple[str, str, str]]:
+    return [c for c in SAMPLER_COLUMNS if any(row.get(c[0]) is not None for row in rows)]
+
+
+def markdown_table(results: Sequence[dict], cols: Sequence[tuple[str, str, str]] | None = None) -> str:
+    cols = columns(results) if cols is None else cols
     headers = [h for _, h, _ in cols]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(_cells(r, cols)) + " |" for r in results]
     return "\n".join(lines) + "\n"
 
 
-def text_table(results: Sequence[dict]) -> str:
-    cols = columns(results)
+def text_table(results: Sequence[dict], cols: Sequence[tuple[str, str, str]] | None = None) -> str:
+    cols = columns(results) if cols is None else cols
     rows = [[h for _, h, _ in cols]] + [_cells(r, cols) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows) + "\n"
 
 
-def write_csv(results: Sequence[dict], path: Path) -> None:
-    cols = columns(results)
+def write_csv(results: Sequence[dict], path: Path, cols: Sequence[tuple[str, str, str]] | None = None) -> None:
+    cols = columns(results) if cols is None else cols
     with Path(path).open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([key for key, _, _ in cols])
@@ -90,12 +110,26 @@ def plot_curves(run_dirs: dict[str, Path], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def sampler_section(results: Sequence[dict]) -> str:
+    """The Markdown sampler table ('' when no run was sampled)."""
+    rows = sampler_rows(results)
+    if not rows:
+        return ""
+    return ("\n## Samplers\n\nUnprompted samples of each run (`jaxorder eval --generate`): their bits/byte under "
+            "the judge (the l2r run on the same data; lower = more plausible, but repetitive text also scores low), "
+            "the unigram entropy of their tokens in bits (diversity), the valid-grid fraction on Sudoku data, and "
+            "generated tokens/s after compilation on this machine.\n\n" + markdown_table(rows, sampler_columns(rows)))
+
+
 def write_report(results: Sequence[dict], run_dirs: dict[str, Path], out_dir: Path, title: str) -> None:
     out_dir = Path(out_dir)
     (out_dir / "results.md").write_text(
         f"# {title}\n\nValidation bits per byte (lower is better). `kind` says whether a run's number is exact "
         f"or an upper bound on its NLL. `order X` columns score the same model exactly under a fixed generation "
         f"order (on fewer windows); `entropy floor` is the data's exact entropy rate where known.\n\n"
-        f"{markdown_table(results)}\n![curves](val_bpb.png)\n")
+        f"{markdown_table(results)}\n![curves](val_bpb.png)\n{sampler_section(results)}")
     write_csv(results, out_dir / "results.csv")
+    rows = sampler_rows(results)
+    if rows:
+        write_csv(rows, out_dir / "samplers.csv", sampler_columns(rows))
     plot_curves(run_dirs, out_dir / "val_bpb.png", title)

@@ -12,7 +12,13 @@ A sweep file:
     orders: l2r,r2l,random:4,greedy     # optional: fixed-order scores of mdm/ao_ar/latent_order runs
     order_windows: 16                   # validation windows for those scores
     attention_summary: false            # optional: slash-dominant head fraction per run
-Runs live in OUT/<run name>; finished runs are skipped and partial ones resume.
+    generate:                           # optional: the sampler table (jaxorder eval --generate per sampler)
+      num_samples: 8                    #   unprompted samples per run and sampler
+      samplers: [confidence, ar]        #   each run uses those its objective has (default: its default one)
+      steps: 32                         #   denoising steps (default: the window length)
+Runs live in OUT/<run name>; finished runs are skipped and partial ones resume. The extras (fixed
+orders, attention summary, samples) run after all training, so the l2r run that judges the
+samples of the others exists by then.
 """
 from __future__ import annotations
 
@@ -25,10 +31,35 @@ from typing import Sequence
 from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
 from jaxorder.distributed import initialize, is_main_process
-from jaxorder.report import text_table, write_report
+from jaxorder.report import sampler_columns, sampler_rows, text_table, write_report
 from jaxorder.train import eval_run, log, train
 
-SWEEP_KEYS = ("name", "base", "overrides", "axes", "grid", "orders", "order_windows", "attention_summary")
+SWEEP_KEYS = ("name", "base", "overrides", "axes", "grid", "orders", "order_windows", "attention_summary", "generate")
+GENERATE_KEYS = ("num_samples", "samplers", "steps")
+
+
+def _generate_spec(path: Path, value) -> dict | None:
+    """The validated `generate:` mapping (None when absent)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - set(GENERATE_KEYS):
+        raise ConfigError(f"{path}: 'generate' must be a mapping with keys {', '.join(GENERATE_KEYS)}")
+    samplers = value.get("samplers")
+    if samplers is not None and (not isinstance(samplers, list) or not all(isinstance(x, str) for x in samplers)):
+        raise ConfigError(f"{path}: 'generate.samplers' must be a list of sampler names, e.g. [confidence, ar]")
+    if samplers is not None:
+        from jaxorder.sampling.cli import AVAILABLE
+
+        known = sorted({name for names in AVAILABLE.values() for name in names})
+        unknown = sorted(set(samplers) - set(known))
+        if unknown:
+            raise ConfigError(f"{path}: unknown samplers {unknown} in 'generate.samplers'; known: {', '.join(known)}")
+    spec = {"num_samples": value.get("num_samples", 8), "samplers": samplers, "steps": value.get("steps")}
+    for key in ("num_samples", "steps"):
+        v = spec[key]
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ConfigError(f"{path}: 'generate.{key}' must be a positive integer, got {v!r}")
+    return spec
 
 
 def load_sweep(path: Path) -> dict:
@@ -56,7 +87,8 @@ def load_sweep(path: Path) -> dict:
     return {"name": spec.get("name", path.stem), "base": (path.parent / spec["base"]).resolve(),
             "overrides": list(spec.get("overrides") or []), "grid": grid, "axes": axes,
             "orders": orders, "order_windows": int(spec.get("order_windows", 16)),
-            "attention_summary": bool(spec.get("attention_summary", False))}
+            "attention_summary": bool(spec.get("attention_summary", False)),
+            "generate": _generate_spec(path, spec.get("generate"))}
 
 
 def _grid_name(assignment: dict) -> list[str]:
@@ -90,7 +122,8 @@ def _extras(spec: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> dic
 
     cache = run_dir / "sweep_extras.json"
     key = {"orders": spec["orders"], "order_windows": spec["order_windows"],
-           "attention_summary": spec["attention_summary"], "slash_threshold": cfg.eval.slash_threshold}
+           "attention_summary": spec["attention_summary"], "slash_threshold": cfg.eval.slash_threshold,
+           "generate": spec["generate"]}
     if cache.exists():
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
@@ -112,9 +145,30 @@ def _extras(spec: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> dic
         else:
             summary = summarize_run(run_dir, threshold=cfg.eval.slash_threshold)
             extras["slash_dominant_fraction"] = summary["slash_dominant_fraction"]
+    if spec["generate"]:
+        import jax
+
+        if jax.process_count() > 1:
+            log(f"[{name}] sample quality is single-process: run `jaxorder eval RUN_DIR --generate` afterwards")
+        else:
+            extras["generate"] = _sample_quality(spec["generate"], name, cfg, run_dir)
     if is_main_process():
         cache.write_text(json.dumps({"key": key, "extras": extras}) + "\n")
     return extras
+
+
+def _sample_quality(gen: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> list[dict]:
+    """One `generation_quality` row per sampler of `gen` that this run's objective has."""
+    from jaxorder.sampling.cli import AVAILABLE
+    from jaxorder.sampling.quality import generation_quality
+
+    available = AVAILABLE.get(cfg.objective.name, ())
+    samplers = available[:1] if gen["samplers"] is None else [x for x in gen["samplers"] if x in available]
+    rows = []
+    for sampler in samplers:
+        log(f"[{name}] sample quality: {gen['num_samples']} samples with the {sampler} sampler")
+        rows.append(generation_quality(run_dir, num_samples=gen["num_samples"], sampler=sampler, steps=gen["steps"]))
+    return rows
 
 
 def run_sweep(path: Path, out_dir: Path | None = None, overrides: Sequence[str] = (),
@@ -128,12 +182,17 @@ def run_sweep(path: Path, out_dir: Path | None = None, overrides: Sequence[str] 
     results, run_dirs = [], {}
     for name, cfg in runs:
         run_dirs[name] = out_dir / name
-        result = train(cfg, run_dirs[name], name=name)
-        results.append({**result, **_extras(spec, name, cfg, run_dirs[name])})
+        results.append(train(cfg, run_dirs[name], name=name))
+    for result, (name, cfg) in zip(results, runs):  # after training: the judges exist
+        result.update(_extras(spec, name, cfg, run_dirs[name]))
     if not is_main_process():
         return results
     write_report(results, run_dirs, out_dir, f"sweep {spec['name']}")
-    print(text_table(results), end="", file=sys.stderr if table_to_stderr else sys.stdout)
-    print(f"wrote {out_dir / 'results.md'}, {out_dir / 'results.csv'}, {out_dir / 'val_bpb.png'}",
-          file=sys.stderr, flush=True)
+    table_file = sys.stderr if table_to_stderr else sys.stdout
+    print(text_table(results), end="", file=table_file)
+    rows = sampler_rows(results)
+    if rows:
+        print("\n" + text_table(rows, sampler_columns(rows)), end="", file=table_file)
+    print(f"wrote {out_dir / 'results.md'}, {out_dir / 'results.csv'}, {out_dir / 'val_bpb.png'}"
+          + (f", {out_dir / 'samplers.csv'}" if rows else ""), file=sys.stderr, flush=True)
     return results

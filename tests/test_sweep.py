@@ -28,6 +28,9 @@ def test_axes_times_grid_expand_with_names(tmp_path, tiny_config_file):
 
 def test_bad_sweeps(tmp_path, tiny_config_file):
     for body, message in [("axes: {a: []}\n", "axes"), ("orders: sideways\n", "unknown order"),
+                          ("generate: {samplers: [sideways]}\n", "unknown samplers"),
+                          ("generate: {num_samples: 0}\n", "positive integer"),
+                          ("generate: {temperature: 1}\n", "'generate' must be a mapping"),
                           ("axes:\n  - {a: [], b: []}\n  - {a: []}\n", None)]:
         path = write_sweep(tmp_path, tiny_config_file, body)
         if message:
@@ -42,7 +45,8 @@ def test_report_has_order_scores_and_slash_fraction(tmp_path, text_corpus):
     base = tmp_path / "base.yaml"
     base.write_text(tiny_config_yaml(text_corpus, steps=20, checkpoint_every=20, eval_every=20))
     path = write_sweep(tmp_path, base, "axes:\n  - {l2r: [objective.name=l2r], mdm: [objective.name=mdm]}\n"
-                                       "orders: l2r,greedy\norder_windows: 2\nattention_summary: true\n")
+                                       "orders: l2r,greedy\norder_windows: 2\nattention_summary: true\n"
+                                       "generate: {num_samples: 2, samplers: [confidence, ancestral, ar], steps: 8}\n")
     results = run_sweep(path, tmp_path / "out")
     rows = {r["run"]: r for r in csv.DictReader((tmp_path / "out" / "results.csv").open())}
     assert set(rows) == {"l2r", "mdm"}
@@ -52,3 +56,11 @@ def test_report_has_order_scores_and_slash_fraction(tmp_path, text_corpus):
         assert 0.0 <= float(r["slash_dominant_fraction"]) <= 1.0
     assert "order l2r" in (tmp_path / "out" / "results.md").read_text()
     assert results[1]["orders"]["l2r"] > 0
+    # the sampler table: each run with the samplers its objective has; the l2r run judges the mdm samples
+    samplers = [(r["run"], r["sampler"], r.get("judge_bpb", "")) for r in
+                csv.DictReader((tmp_path / "out" / "samplers.csv").open())]
+    assert [(run, sampler) for run, sampler, _ in samplers] == [("l2r", "ar"), ("mdm", "confidence"),
+                                                                ("mdm", "ancestral")]
+    assert samplers[0][2] == "" and all(float(bpb) > 0 for _, _, bpb in samplers[1:])
+    assert "## Samplers" in (tmp_path / "out" / "results.md").read_text()
+    assert all(g["tokens_per_s"] > 0 and g["steps"] == 8 for g in results[1]["generate"])

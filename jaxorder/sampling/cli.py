@@ -44,12 +44,14 @@ def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int = 
                seed: int = 0, prompt: str | None = None, template: str | None = None, length: int | None = None,
                temperature: float = 1.0, threshold: float = 0.9, block_length: int = 0,
                noise: str = "high", fused: bool = False, top_k: int = 0, top_p: float = 1.0,
-               stop_at_eos: bool = True) -> dict:
+               stop_at_eos: bool = True, warmup: bool = False) -> dict:
     """Samples ``num_samples`` sequences from a run's newest checkpoint; returns a JSON-able dict.
 
     `sampler` None = the objective's default (mdm: confidence; l2r/r2l: ar). AR runs use
     temperature/top_k/top_p/stop_at_eos/noise and generate up to `length` tokens incl. the prompt
-    (r2l: the prompt is the end of the text); mdm runs use the rest."""
+    (r2l: the prompt is the end of the text); mdm runs use the rest. ``seconds`` includes
+    compilation unless `warmup`: then the sampler runs once untimed first (same inputs, so the
+    same samples) and ``seconds`` is the steady-state time."""
     from jaxorder import config as config_lib
     from jaxorder.train import load_params
 
@@ -63,15 +65,24 @@ def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int = 
     if cfg.objective.name in AR_OBJECTIVES:
         return _sample_ar(run_dir, cfg, params, step, num_samples=num_samples, seed=seed, prompt=prompt,
                           template=template, length=length, temperature=temperature, top_k=top_k, top_p=top_p,
-                          stop_at_eos=stop_at_eos, noise=noise)
+                          stop_at_eos=stop_at_eos, noise=noise, warmup=warmup)
     return _sample_mdm(run_dir, cfg, params, step, sampler=sampler, steps=steps, num_samples=num_samples, seed=seed,
                        prompt=prompt, template=template, length=length, temperature=temperature,
-                       threshold=threshold, block_length=block_length, noise=noise, fused=fused)
+                       threshold=threshold, block_length=block_length, noise=noise, fused=fused, warmup=warmup)
+
+
+def _timed(run, warmup: bool) -> tuple[Any, float]:
+    """(run(), seconds); with `warmup` a first untimed call compiles (run must return host values)."""
+    if warmup:
+        run()
+    started = time.perf_counter()
+    out = run()
+    return out, time.perf_counter() - started
 
 
 def _sample_ar(run_dir: Path, cfg: Config, params, step: int, *, num_samples: int, seed: int, prompt: str | None,
                template: str | None, length: int | None, temperature: float, top_k: int, top_p: float,
-               stop_at_eos: bool, noise: str) -> dict:
+               stop_at_eos: bool, noise: str, warmup: bool) -> dict:
     import jax
 
     from jaxorder.sampling.ar import ARConfig, generate
@@ -90,9 +101,8 @@ def _sample_ar(run_dir: Path, cfg: Config, params, step: int, *, num_samples: in
     if len(ids) >= length:
         raise ConfigError(f"the prompt is {len(ids)} tokens, leaving nothing to generate in --length {length}; "
                           f"use a longer --length")
-    started = time.perf_counter()
-    out = generate(params, cfg, [ids] * num_samples, length - len(ids), jax.random.key(seed), ac, direction)
-    seconds = time.perf_counter() - started
+    out, seconds = _timed(lambda: generate(params, cfg, [ids] * num_samples, length - len(ids),
+                                           jax.random.key(seed), ac, direction), warmup)
     return {
         "run": run_dir.name, "step": step, "objective": direction, "sampler": "ar",
         "steps": length - len(ids), "steps_taken": out["steps"], "forward_passes": out["nfe"],
@@ -100,14 +110,14 @@ def _sample_ar(run_dir: Path, cfg: Config, params, step: int, *, num_samples: in
         "samples": [{"text": tokenizer.decode(t), "tokens": [int(x) for x in t], "logprob": float(lp),
                      "stopped_at_eos": bool(e)}
                     for t, lp, e in zip(out["tokens"], out["logprob"], out["eos"])],
-        "generated_tokens": int(out["generated"].sum()), "seconds": round(seconds, 3),  # includes compilation
-        "complete": True,
+        "generated_tokens": int(out["generated"].sum()), "seconds": round(seconds, 3),
+        "seconds_include_compilation": not warmup, "complete": True,
     }
 
 
 def _sample_mdm(run_dir: Path, cfg: Config, params, step: int, *, sampler: str, steps: int, num_samples: int,
                 seed: int, prompt: str | None, template: str | None, length: int | None, temperature: float,
-                threshold: float, block_length: int, noise: str, fused: bool) -> dict:
+                threshold: float, block_length: int, noise: str, fused: bool, warmup: bool) -> dict:
     import jax
 
     from jaxorder.sampling.mdm import SamplerConfig, sample
@@ -119,9 +129,7 @@ def _sample_mdm(run_dir: Path, cfg: Config, params, step: int, *, sampler: str, 
     tokenizer = run_tokenizer(cfg)
     row = build_inputs(tokenizer, length, cfg.data.seq_len, cfg.model.max_len, prompt, template)
     tokens_BL = np.tile(row, (num_samples, 1))
-    started = time.perf_counter()
-    out = jax.device_get(sample(params, cfg, tokens_BL, jax.random.key(seed), sc))
-    seconds = time.perf_counter() - started
+    out, seconds = _timed(lambda: jax.device_get(sample(params, cfg, tokens_BL, jax.random.key(seed), sc)), warmup)
     generated = int((row == tokenizer.mask_id).sum()) * num_samples
     return {
         "run": run_dir.name, "step": step, "objective": cfg.objective.name, "sampler": sampler,
@@ -130,6 +138,6 @@ def _sample_mdm(run_dir: Path, cfg: Config, params, step: int, *, sampler: str, 
         "block_length": block_length, "fused": fused,
         "samples": [{"text": tokenizer.decode(t), "tokens": [int(x) for x in t], "logprob": float(lp)}
                     for t, lp in zip(out["tokens"], out["logprob"])],
-        "generated_tokens": generated, "seconds": round(seconds, 3),  # includes compilation
-        "complete": bool(np.all(out["complete"])),
+        "generated_tokens": generated, "seconds": round(seconds, 3),
+        "seconds_include_compilation": not warmup, "complete": bool(np.all(out["complete"])),
     }

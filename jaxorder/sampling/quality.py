@@ -126,18 +126,19 @@ def generation_quality(run_dir: str | Path, *, num_samples: int = 16, sampler: s
                        steps: int | None = None, seed: int = 0, judge: str | Path | None = None) -> dict:
     """`jaxorder eval --generate`: sample unprompted windows and measure their quality.
 
-    Reports the sampler and its speed (generated tokens/s, compilation included), the unigram
-    entropy of the samples (diversity), their NLL under a judge l2r run (`judge`, default: the l2r
-    run beside this one on the same data; omitted if there is none) and, for Sudoku data, the
-    fraction of valid grids."""
+    Reports the sampler, its steps and forward passes, its speed (generated tokens/s in steady
+    state: a first untimed run compiles), the unigram entropy of the samples (diversity), their
+    NLL under a judge l2r run (`judge`, default: the l2r run beside this one on the same data;
+    omitted if there is none) and, for Sudoku data, the fraction of valid grids."""
     from jaxorder import config as config_lib
     from jaxorder.sampling.cli import sample_run
 
     cfg = config_lib.load_saved(Path(run_dir) / "config.yaml")
-    out = sample_run(run_dir, sampler=sampler, steps=steps or cfg.data.seq_len, num_samples=num_samples, seed=seed)
+    out = sample_run(run_dir, sampler=sampler, steps=steps or cfg.data.seq_len, num_samples=num_samples, seed=seed,
+                     warmup=True)
     texts = [s["text"] for s in out["samples"]]
-    result = {"sampler": out["sampler"], "steps": out["steps"], "num_samples": num_samples,
-              "tokens_per_s": out["generated_tokens"] / max(out["seconds"], 1e-9),
+    result = {"sampler": out["sampler"], "steps": out["steps"], "forward_passes": out["forward_passes"],
+              "num_samples": num_samples, "tokens_per_s": out["generated_tokens"] / max(out["seconds"], 1e-9),
               "unigram_entropy_bits": unigram_entropy_bits(texts)}
     judge = Path(judge) if judge else default_judge(run_dir)
     if judge is not None:
