@@ -76,7 +76,15 @@ def filter_logits(logits_BV: jnp.ndarray, temperature: float, top_k: int, top_p:
     return x_BV
 
 
-def _choose(logits_BV: jnp.ndarray, key: jax.Array, ac: ARConfig) -> jnp.ndarray:
+def banned_tokens(mcfg: ModelConfig) -> jnp.ndarray:
+    """Boolean [V]: the ids samplers never generate (PAD, MASK, BOS)."""
+    ids = special_ids(mcfg)
+    return jnp.zeros((mcfg.vocab_size,), bool).at[jnp.array([ids.pad, ids.mask, ids.bos])].set(True)
+
+
+def choose_tokens(logits_BV: jnp.ndarray, key: jax.Array, ac: ARConfig) -> jnp.ndarray:
+    """Token ids [B]: argmax at temperature 0, else Gumbel-max over the filtered logits (ac's
+    temperature / top_k / top_p / noise)."""
     if ac.temperature == 0:
         return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
     x_BV = filter_logits(logits_BV, ac.temperature, ac.top_k, ac.top_p)
@@ -86,7 +94,7 @@ def _choose(logits_BV: jnp.ndarray, key: jax.Array, ac: ARConfig) -> jnp.ndarray
 def _build(mcfg: ModelConfig, ac: ARConfig, prefill: int, collect_logits: bool):
     """run(params, seq_BT, known_B, max_new, key) -> dict; `prefill` = min(known_B) (static)."""
     ids = special_ids(mcfg)
-    banned_V = jnp.zeros((mcfg.vocab_size,), bool).at[jnp.array([ids.pad, ids.mask, ids.bos])].set(True)
+    banned_V = banned_tokens(mcfg)
 
     def run(params, seq_BT, known_B, max_new, key):
         B, T = seq_BT.shape
@@ -120,7 +128,7 @@ def _build(mcfg: ModelConfig, ac: ARConfig, prefill: int, collect_logits: bool):
         def body(st):
             s = st["c"] + 1
             logits_BV = jnp.where(banned_V, -jnp.inf, st["logits"])
-            tok_B = _choose(logits_BV, jax.random.fold_in(key, s), ac)
+            tok_B = choose_tokens(logits_BV, jax.random.fold_in(key, s), ac)
             forced_B = s < known_B
             active_B = ~forced_B & ~done(st)
             prompt_B = jax.lax.dynamic_index_in_dim(st["seq"], s, axis=1, keepdims=False)
