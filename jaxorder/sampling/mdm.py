@@ -100,9 +100,15 @@ def block_schedule(length: int, steps: int, block_length: int, start: int = 0) -
         raise ConfigError(f"{steps} steps cannot fill {nb} blocks of {bl} positions; use --steps >= {nb} "
                           f"or a longer --block-length")
     block_L = np.where(np.arange(length) >= start, (np.arange(length) - start) // bl, -1).astype(np.int32)
-    budget = np.full(nb, steps // nb, np.int32)
-    budget[: steps % nb] += 1
-    return block_L, budget
+    return block_L, split_steps(steps, nb)
+
+
+def split_steps(steps: int, num_blocks: int) -> np.ndarray:
+    """Step budget of each of ``num_blocks`` blocks [nb]: ``steps`` split as evenly as possible, the
+    earlier blocks get the remainder (needs steps >= num_blocks for every block to get one)."""
+    budget = np.full(num_blocks, steps // num_blocks, np.int32)
+    budget[: steps % num_blocks] += 1
+    return budget
 
 
 def final_hidden(params, x_BL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
@@ -131,10 +137,45 @@ def _rule_score(logp_BLV: jnp.ndarray, lp_tok_BL: jnp.ndarray, rule: str) -> jnp
     return jnp.sum(jnp.where(p_BLV > 0, p_BLV * logp_BLV, 0.0), axis=-1)  # -entropy
 
 
+def tokens_per_step(eligible_BL: jnp.ndarray, steps_left) -> jnp.ndarray:
+    """k [B] = ceil(eligible positions left / steps left): what a k-best rule commits this step."""
+    return (eligible_BL.sum(axis=1) + steps_left - 1) // steps_left
+
+
+def commit_step(logp_BLV: jnp.ndarray, eligible_BL: jnp.ndarray, step_key: jax.Array, steps_left,
+                sc: SamplerConfig, threshold) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """One unfused sampler step on given log-probs [B, L, V] (SUBS applied): draws a token at every
+    position and picks the positions to commit among ``eligible_BL`` by the rule of ``sc.name``
+    (module docstring), ``steps_left`` counting this step. Returns (tokens [B, L] int32, commit
+    [B, L] bool, log p of the tokens [B, L]); the noise is drawn for the shape of ``logp_BLV``."""
+    from pallas_kernels.sampling import commit as commit_top_k
+
+    tok_BL = _draw(logp_BLV, step_key, sc)
+    lp_tok_BL = jnp.take_along_axis(logp_BLV, tok_BL[..., None], axis=-1)[..., 0]
+    if sc.name == "ancestral":
+        u_BL = jax.random.uniform(jax.random.fold_in(step_key, 1), eligible_BL.shape)
+        return tok_BL, eligible_BL & (u_BL * steps_left < 1.0), lp_tok_BL  # (t - s) / t = 1 / steps left
+    commit_BL = commit_top_k(_rule_score(logp_BLV, lp_tok_BL, _RULE[sc.name]), eligible_BL,
+                             k=tokens_per_step(eligible_BL, steps_left))
+    if sc.name == "threshold":
+        commit_BL = commit_BL | (eligible_BL & (jnp.exp(lp_tok_BL) >= threshold))
+    return tok_BL, commit_BL, lp_tok_BL
+
+
+def advance(st: dict, tok_BL: jnp.ndarray, commit_BL: jnp.ndarray, lp_tok_BL: jnp.ndarray, nfe) -> dict:
+    """The loop state after a step: committed tokens written into ``x``, unmasked in ``masked``,
+    their log p added to ``logprob``, the commit count recorded in ``commits[step]``; step and nfe
+    advanced."""
+    i = st["step"]
+    return dict(st, x=jnp.where(commit_BL, tok_BL, st["x"]), masked=st["masked"] & ~commit_BL,
+                logprob=st["logprob"] + jnp.sum(jnp.where(commit_BL, lp_tok_BL, 0.0), axis=1),
+                commits=st["commits"].at[i].set(commit_BL.sum(axis=1).astype(jnp.int32)),
+                step=i + 1, nfe=st["nfe"] + nfe)
+
+
 def _build(cfg: Config, sc: SamplerConfig, block_start: int, forced: bool):
     """The sampling loop for static (cfg, sampler, block start); see the module docstring."""
     from pallas_kernels import mdm_sample_step
-    from pallas_kernels.sampling import commit as commit_top_k
 
     mask_id = special_ids(cfg.model).mask
     rule = _RULE.get(sc.name)
@@ -154,8 +195,6 @@ def _build(cfg: Config, sc: SamplerConfig, block_start: int, forced: bool):
         def one_step(st, eligible_BL, steps_left):
             i, x_BL = st["step"], st["x"]
             k_step = jax.random.fold_in(key, i)
-            k_B = (eligible_BL.sum(axis=1) + steps_left - 1) // steps_left  # ceil(left / steps left)
-            st = dict(st)
             if forced:
                 logp_BLV = mdm_objective.masked_log_probs(params, x_BL, cfg)
                 tok_BL = forced_tokens_BL.astype(jnp.int32)
@@ -166,15 +205,13 @@ def _build(cfg: Config, sc: SamplerConfig, block_start: int, forced: bool):
                 logp_BLV = lax.cond(st["dirty"], lambda: mdm_objective.masked_log_probs(params, x_BL, cfg),
                                     lambda: st["logp"])
                 nfe = st["dirty"].astype(jnp.int32)
-                tok_BL = _draw(logp_BLV, k_step, sc)
-                lp_tok_BL = jnp.take_along_axis(logp_BLV, tok_BL[..., None], axis=-1)[..., 0]
-                u_BL = jax.random.uniform(jax.random.fold_in(k_step, 1), (B, L))
-                commit_BL = eligible_BL & (u_BL * steps_left < 1.0)  # probability (t - s) / t = 1 / steps left
-                st["logp"], st["dirty"] = logp_BLV, commit_BL.any()
+                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, sc, threshold)
+                st = dict(st, logp=logp_BLV, dirty=commit_BL.any())
             elif sc.fused:
                 hidden_BLd = final_hidden(params, x_BL, cfg)
                 res = mdm_sample_step(hidden_BLd, params["head"], x_BL, eligible_BL, k_step,
-                                      temperature=float(sc.temperature), rule=rule, k=k_B,
+                                      temperature=float(sc.temperature), rule=rule,
+                                      k=tokens_per_step(eligible_BL, steps_left),
                                       forbidden_ids=(mask_id,), interpret=sc.interpret)
                 tok_BL, commit_BL = res["sampled"].astype(jnp.int32), res["committed"]
                 lp_tok_BL = jnp.log(res["confidence"])
@@ -183,18 +220,9 @@ def _build(cfg: Config, sc: SamplerConfig, block_start: int, forced: bool):
                 nfe = 1
             else:
                 logp_BLV = mdm_objective.masked_log_probs(params, x_BL, cfg)
-                tok_BL = _draw(logp_BLV, k_step, sc)
-                lp_tok_BL = jnp.take_along_axis(logp_BLV, tok_BL[..., None], axis=-1)[..., 0]
-                commit_BL = commit_top_k(_rule_score(logp_BLV, lp_tok_BL, rule), eligible_BL, k=k_B)
-                if sc.name == "threshold":
-                    commit_BL = commit_BL | (eligible_BL & (jnp.exp(lp_tok_BL) >= threshold))
+                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, sc, threshold)
                 nfe = 1
-            st["x"] = jnp.where(commit_BL, tok_BL, x_BL)
-            st["masked"] = st["masked"] & ~commit_BL
-            st["logprob"] = st["logprob"] + jnp.sum(jnp.where(commit_BL, lp_tok_BL, 0.0), axis=1)
-            st["commits"] = st["commits"].at[i].set(commit_BL.sum(axis=1).astype(jnp.int32))
-            st["step"], st["nfe"] = i + 1, st["nfe"] + nfe
-            return st
+            return advance(st, tok_BL, commit_BL, lp_tok_BL, nfe)
 
         def block_body(b, st):
             in_block_L = block_L == b

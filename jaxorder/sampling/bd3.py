@@ -1,0 +1,206 @@
+"""Block-diffusion (bd3) sampling: block by block, diffusion steps inside a block, one jitted loop.
+
+Input as for ``jaxorder.sampling.mdm.sample``: tokens [B, n] where MASK marks the positions to
+generate; every other token is fixed and never changes (prompts, infilling templates). The run's
+objective must be bd3 and n a multiple of its block size b = ``cfg.objective.block_size`` (the
+model was trained on windows of whole blocks; a length that is not a multiple is refused with a
+ConfigError naming the nearest valid lengths, nothing is padded).
+
+The n/b blocks are generated left to right. Inside block k the sampler of ``SamplerConfig.name``
+(ancestral, confidence, margin, entropy, threshold) runs over that block's masked positions
+only, with ``mdm.commit_step`` (the same per-step rule, noise and tie-breaking as the mdm
+samplers). The conditionals are bd3's noisy-half ones, p(. | noisy block k, clean blocks < k)
+with SUBS (MASK logit -inf, ``bd3.noisy_log_probs``):
+
+- ``cache=True``: a KV cache over the finished blocks. A denoising step is one
+  ``decode.decode_step`` of the noisy block (b slots, "bidirectional") over the cache; its
+  cache is not kept. When the block is complete, its clean tokens are written with one more
+  "bidirectional" ``decode_step`` whose cache is kept (nothing follows the last block, so it is
+  not written). A step attends over b new slots and at most n cached ones.
+- ``cache=False``: the uncached reference: every step recomputes ``bd3.noisy_logits`` over the
+  whole training layout [x_t ; x] (2n slots, mask bd3:<b>) with x_t = x = the tokens so far
+  (committed blocks, the current block with its masks, later blocks still masked; the noisy
+  block k sees only itself and clean blocks < k, so the rest does not matter) and takes block k.
+
+Steps: ``sampler.steps`` is the total over the blocks that have a position to generate in some
+row (blocks made only of fixed tokens, e.g. a prompt, get no step and are just written). It is
+split as evenly as possible, earlier blocks get the remainder (``mdm.split_steps``, the rule of
+mdm's semi-autoregressive blocks), so it must be >= the number of such blocks. Inside a block
+with S steps the schedule is mdm's: ancestral reveals each masked position with probability
+1 / (steps left), the k-best rules commit ceil(masked left / steps left), so the block is
+complete after its last step; threshold (and a block whose masks are all filled early) ends the
+block early. Ancestral reuses the block's previous pass when a step reveals nothing in the whole
+batch (as mdm does).
+
+Randomness: the step with global index i (counting over all blocks) uses ``fold_in(key, i)``;
+the Gumbel noise is drawn for the block's shape [B, b, V]. Both paths draw the same noise, so
+they give the same tokens whenever their logits agree (at temperature 0 up to ties within float
+rounding). With b = n (one block) the sampler is ``mdm.sample`` on the bidirectional model of
+x_t: same noise shape, same steps, same rule.
+
+``nfe`` counts the model calls run: denoising passes (each a b-slot decode step with the cache,
+a full 2n-slot pass without) plus, with the cache, the block writes (one per block except the
+last; a block write is a b-slot pass too).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxorder.config import Config, ConfigError
+from jaxorder.model import decode
+from jaxorder.objectives import bd3 as bd3_objective
+from jaxorder.objectives.common import special_ids
+from jaxorder.sampling import mdm
+from jaxorder.sampling.mdm import SamplerConfig
+
+
+def _subs_log_probs(logits_BLV: jnp.ndarray, mask_id: int) -> jnp.ndarray:
+    """log-softmax with the MASK logit at -inf (SUBS), as ``bd3.noisy_log_probs``."""
+    return jax.nn.log_softmax(logits_BLV.at[..., mask_id].set(-jnp.inf), axis=-1)
+
+
+def _build(cfg: Config, sc: SamplerConfig, cache: bool):
+    """run(params, tokens_BL, key, threshold, budget_K) -> dict for static (cfg, sampler, cache)."""
+    mcfg, b = cfg.model, cfg.objective.block_size
+    mask_id = special_ids(mcfg).mask
+    ancestral = sc.name == "ancestral"
+
+    def run(params, tokens_BL, key, threshold, budget_K):
+        B, n = tokens_BL.shape
+        K = n // b
+        st = dict(x=tokens_BL.astype(jnp.int32), masked=tokens_BL == mask_id, logprob=jnp.zeros((B,), jnp.float32),
+                  step=jnp.zeros((), jnp.int32), nfe=jnp.zeros((), jnp.int32),
+                  commits=jnp.zeros((sc.steps, B), jnp.int32))
+        if cache:
+            st["cache"] = decode.init_cache(mcfg, B, n)
+
+        def block_body(k, st):
+            start = k * b
+            pos_Bb = jnp.broadcast_to(start + jnp.arange(b, dtype=jnp.int32), (B, b))
+
+            def block_log_probs(x_Bb):  # p(. | noisy block k, clean blocks < k) [B, b, V]
+                if cache:
+                    logits_BbV, _ = decode.decode_step(params, mcfg, st["cache"], x_Bb, pos_Bb, "bidirectional")
+                else:
+                    x_BL = lax.dynamic_update_slice_in_dim(st["x"], x_Bb, start, axis=1)
+                    logits_BbV = lax.dynamic_slice_in_dim(bd3_objective.noisy_logits(params, x_BL, x_BL, cfg, b),
+                                                          start, b, axis=1)
+                return _subs_log_probs(logits_BbV, mask_id)
+
+            def one_step(s, steps_left):
+                k_step = jax.random.fold_in(key, s["step"])
+                if ancestral:  # a step that revealed nothing left the block unchanged: reuse its pass
+                    logp_BbV = lax.cond(s["dirty"], lambda: block_log_probs(s["x"]), lambda: s["logp"])
+                    nfe = s["dirty"].astype(jnp.int32)
+                else:
+                    logp_BbV, nfe = block_log_probs(s["x"]), 1
+                tok_Bb, commit_Bb, lp_tok_Bb = mdm.commit_step(logp_BbV, s["masked"], k_step, steps_left, sc,
+                                                               threshold)
+                s = mdm.advance(s, tok_Bb, commit_Bb, lp_tok_Bb, nfe)
+                if ancestral:
+                    s = dict(s, logp=logp_BbV, dirty=commit_Bb.any())
+                return s
+
+            def cond(carry):
+                j, s = carry
+                return (j < budget_K[k]) & jnp.any(s["masked"])
+
+            def body(carry):
+                j, s = carry
+                return j + 1, one_step(s, budget_K[k] - j)
+
+            blk = dict(x=lax.dynamic_slice_in_dim(st["x"], start, b, axis=1),
+                       masked=lax.dynamic_slice_in_dim(st["masked"], start, b, axis=1),
+                       logprob=st["logprob"], step=st["step"], nfe=st["nfe"], commits=st["commits"])
+            if ancestral:
+                blk["logp"] = jnp.zeros((B, b, mcfg.vocab_size), jnp.float32)
+                blk["dirty"] = jnp.ones((), bool)
+            blk = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), blk))[1]
+            out = dict(st, x=lax.dynamic_update_slice_in_dim(st["x"], blk["x"], start, axis=1),
+                       masked=lax.dynamic_update_slice_in_dim(st["masked"], blk["masked"], start, axis=1),
+                       logprob=blk["logprob"], step=blk["step"], nfe=blk["nfe"], commits=blk["commits"])
+            if cache:  # the finished block's clean tokens join the cache (not the last one: nothing follows)
+                def write(c):
+                    return decode.decode_step(params, mcfg, c, blk["x"], pos_Bb, "bidirectional")[1]
+
+                last = k == K - 1
+                out["cache"] = lax.cond(last, lambda c: c, write, st["cache"])
+                out["nfe"] = out["nfe"] + (~last).astype(jnp.int32)
+            return out
+
+        st = lax.fori_loop(0, K, block_body, st)
+        return dict(tokens=st["x"], logprob=st["logprob"], nfe=st["nfe"], steps=st["step"],
+                    commits=st["commits"], complete=~st["masked"].any(axis=1))
+
+    return run
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(cfg: Config, sc: SamplerConfig, cache: bool):
+    return jax.jit(_build(cfg, sc, cache))
+
+
+def step_budget(masked_BL: np.ndarray, block_size: int, steps: int) -> np.ndarray:
+    """Steps of each block [n / b]: ``steps`` split over the blocks with a masked position in some
+    row (``mdm.split_steps``), 0 for blocks of fixed tokens only."""
+    has_mask_K = masked_BL.reshape(masked_BL.shape[0], -1, block_size).any(axis=(0, 2))
+    budget_K = np.zeros(has_mask_K.shape, np.int32)
+    nb = int(has_mask_K.sum())
+    if nb > steps:
+        raise ConfigError(f"{steps} steps cannot fill {nb} blocks with positions to generate (block size "
+                          f"{block_size}); use --steps >= {nb}")
+    if nb:
+        budget_K[has_mask_K] = mdm.split_steps(steps, nb)
+    return budget_K
+
+
+def _prepare(cfg: Config, tokens_BL, sampler: SamplerConfig, cache: bool):
+    sampler.validate()
+    if cfg.objective.name != "bd3":
+        raise ConfigError(f"the block-diffusion sampler needs a bd3 run, not '{cfg.objective.name}'")
+    if sampler.fused:
+        raise ConfigError("the fused sampling step is not available for bd3 runs (it needs the full sequence); "
+                          "drop --fused")
+    if sampler.block_length:
+        raise ConfigError(f"--block-length does not apply to bd3 runs: their blocks are the run's "
+                          f"objective.block_size={cfg.objective.block_size}")
+    tokens = np.asarray(tokens_BL, dtype=np.int32)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [B, L], got shape {tokens.shape}")
+    b, n = cfg.objective.block_size, tokens.shape[1]
+    if n % b or n == 0:
+        lo, hi = n // b * b, -(-max(n, 1) // b) * b
+        near = f"{lo} or {hi}" if lo else f"{hi}"
+        raise ConfigError(f"bd3 sampling needs a length that is a multiple of the block size {b}, got {n}; "
+                          f"use {near}")
+    if n > cfg.model.max_len:
+        raise ConfigError(f"length {n} exceeds model.max_len={cfg.model.max_len}")
+    budget_K = step_budget(tokens == special_ids(cfg.model).mask, b, sampler.steps)
+    static = dataclasses.replace(sampler, threshold=0.0)  # the threshold is traced: no recompilation
+    args = (jnp.asarray(tokens), jnp.float32(sampler.threshold), jnp.asarray(budget_K))
+    return _compiled(cfg, static, bool(cache)), args
+
+
+def compile_sample(params, cfg: Config, tokens_BL, key: jax.Array, sampler: SamplerConfig, cache: bool = True):
+    """Ahead-of-time compiled ``sample`` for these inputs: returns ``run() -> dict`` (benchmarks)."""
+    fn, (tokens, threshold, budget) = _prepare(cfg, tokens_BL, sampler, cache)
+    compiled = fn.lower(params, tokens, key, threshold, budget).compile()
+    return lambda: compiled(params, tokens, key, threshold, budget)
+
+
+def sample(params, cfg: Config, tokens_BL, key: jax.Array, sampler: SamplerConfig, cache: bool = True) -> dict:
+    """Fills every MASK of ``tokens_BL`` [B, n] block by block; other tokens are kept.
+
+    Returns a dict like ``mdm.sample``: ``tokens`` [B, n] int32, ``logprob`` [B] (sum of log p of
+    the committed tokens under the model at temperature 1), ``nfe`` (model calls: denoising passes
+    plus, with the cache, block writes), ``steps`` (denoising steps taken, <= sampler.steps),
+    ``commits`` [sampler.steps, B] (positions committed per step and row), ``complete`` [B] bool.
+    """
+    fn, (tokens, threshold, budget) = _prepare(cfg, tokens_BL, sampler, cache)
+    return fn(params, tokens, key, threshold, budget)
