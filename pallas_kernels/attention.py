@@ -16,56 +16,18 @@ queries are masked, and the outputs are sliced back.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+from pallas_kernels import attention_tpu
 from pallas_kernels import reference as _ref
-from pallas_kernels.masks import MaskSpec, as_mask_spec, padded_len, structural_mask, tile_tables
-
-
-@dataclasses.dataclass(frozen=True)
-class _Cfg:
-    spec: MaskSpec
-    L: int
-    S: int
-    scale: float
-    base: float
-    block_q: int
-    block_k: int
-    interpret: bool
-
-
-def _rotate(x, pos, invf, inverse=False):
-    """Half-split RoPE of a [n, D] tile at positions [n] (float32 math, float32 result)."""
-    ang = pos.astype(jnp.float32)[:, None] * invf  # [n, D/2]
-    c, s = jnp.cos(ang), jnp.sin(ang)
-    half = x.shape[-1] // 2
-    xf = x.astype(jnp.float32)
-    x1, x2 = xf[:, :half], xf[:, half:]
-    if inverse:
-        return jnp.concatenate([x1 * c + x2 * s, x2 * c - x1 * s], axis=-1)
-    return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
-
-
-def _dot_nt(a, b):  # a [m, d] . b [n, d]^T -> [m, n] float32
-    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32,
-                           precision=lax.Precision.HIGHEST)
-
-
-def _dot_nn(a, b):  # [m, k] . [k, n]
-    return lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32,
-                           precision=lax.Precision.HIGHEST)
-
-
-def _dot_tn(a, b):  # a [k, m]^T . b [k, n] -> [m, n]
-    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32,
-                           precision=lax.Precision.HIGHEST)
+from pallas_kernels.attention_common import (VARIANTS, Cfg, dot_nn, dot_nt, dot_tn, inv_freq_both_halves, pad_inputs,
+                                              rotate, tables)
+from pallas_kernels.masks import as_mask_spec, structural_mask
 
 
 def _iota(n):
@@ -79,19 +41,19 @@ def _kv_tile_scores(cfg, tile, bk, qr, qi, qseg, k_ref, kp_ref, ks_ref, invf):
     Returns (slice, rotated keys, s, ok)."""
     start = pl.multiple_of(tile * bk, bk)
     sl = pl.ds(start, bk)
-    kr = _rotate(k_ref[sl, :], kp_ref[sl], invf).astype(k_ref.dtype)
-    s = _dot_nt(qr, kr) * cfg.scale
+    kr = rotate(k_ref[sl, :], kp_ref[sl][:, None], invf).astype(k_ref.dtype)
+    s = dot_nt(qr, kr) * cfg.scale
     kj = start + _iota(bk)[None, :]
     ok = structural_mask(cfg.spec, qi, kj, cfg.L, cfg.S, xp=jnp) & (qseg == ks_ref[sl][None, :])
     return sl, kr, s, ok
 
 
 def _fwd_kernel(kv_idx_ref, kv_cnt_ref, invf_ref, q_ref, k_ref, v_ref, qp_ref, kp_ref, qs_ref,
-                ks_ref, o_ref, lse_ref, *, cfg: _Cfg):
+                ks_ref, o_ref, lse_ref, *, cfg: Cfg):
     bq, bk = cfg.block_q, cfg.block_k
     i = pl.program_id(2)
     invf = invf_ref[...]
-    qr = _rotate(q_ref[...], qp_ref[...], invf).astype(q_ref.dtype)
+    qr = rotate(q_ref[...], qp_ref[...][:, None], invf).astype(q_ref.dtype)
     qi = i * bq + _iota(bq)[:, None]
     qseg = qs_ref[...][:, None]
     D = qr.shape[-1]
@@ -105,7 +67,7 @@ def _fwd_kernel(kv_idx_ref, kv_cnt_ref, invf_ref, q_ref, k_ref, v_ref, qp_ref, k
         p = jnp.where(ok, jnp.exp(s - m_safe[:, None]), 0.0)
         alpha = jnp.exp(m - m_safe)
         l = alpha * l + jnp.sum(p, axis=-1)
-        acc = alpha[:, None] * acc + _dot_nn(p.astype(v_ref.dtype), v_ref[sl, :])
+        acc = alpha[:, None] * acc + dot_nn(p.astype(v_ref.dtype), v_ref[sl, :])
         return acc, m_new, l
 
     init = (jnp.zeros((bq, D), jnp.float32), jnp.full((bq,), -jnp.inf, jnp.float32),
@@ -116,39 +78,19 @@ def _fwd_kernel(kv_idx_ref, kv_cnt_ref, invf_ref, q_ref, k_ref, v_ref, qp_ref, k
     lse_ref[...] = jnp.where(pos, m + jnp.log(jnp.where(pos, l, 1.0)), -jnp.inf)
 
 
-def _prep(cfg: _Cfg, q, k, v, q_pos, k_pos, q_seg, k_seg):
-    B, L, H, D = q.shape
-    Lp, Sp = padded_len(L, cfg.block_q), padded_len(cfg.S, cfg.block_k)
-
-    def pad(x, n):
-        return x if x.shape[1] == n else jnp.pad(x, [(0, 0), (0, n - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
-
-    if q_seg is None:
-        q_seg = jnp.zeros(q_pos.shape, jnp.int32)
-        k_seg = jnp.zeros(k_pos.shape, jnp.int32)
-    return (pad(q, Lp), pad(k, Sp), pad(v, Sp), pad(q_pos.astype(jnp.int32), Lp),
-            pad(k_pos.astype(jnp.int32), Sp), pad(q_seg.astype(jnp.int32), Lp),
-            pad(k_seg.astype(jnp.int32), Sp))
-
-
-def _tables(cfg: _Cfg):
-    kv_idx, kv_cnt, q_idx, q_cnt = tile_tables(cfg.spec, cfg.L, cfg.S, cfg.block_q, cfg.block_k)
-    return jnp.asarray(kv_idx), jnp.asarray(kv_cnt), jnp.asarray(q_idx), jnp.asarray(q_cnt)
-
-
 def _full(shape):
     return pl.BlockSpec(shape, lambda *_: (0,) * len(shape))
 
 
-def _forward(cfg: _Cfg, q, k, v, q_pos, k_pos, q_seg, k_seg):
+def _forward(cfg: Cfg, q, k, v, q_pos, k_pos, q_seg, k_seg):
     """Returns padded out [B, Lp, H, D] and lse [B, H, Lp] (float32)."""
-    qp, kp, vp, qpp, kpp, qsp, ksp = _prep(cfg, q, k, v, q_pos, k_pos, q_seg, k_seg)
+    qp, kp, vp, qpp, kpp, qsp, ksp = pad_inputs(cfg, q, k, v, q_pos, k_pos, q_seg, k_seg)
     B, Lp, H, D = qp.shape
     Sp, K = kp.shape[1], kp.shape[2]
     G = H // K
     bq = cfg.block_q
-    kv_idx, kv_cnt, _, _ = _tables(cfg)
-    invf = _ref.inv_freq(D, cfg.base)[None, :]
+    kv_idx, kv_cnt, _, _ = tables(cfg)
+    invf = inv_freq_both_halves(D, cfg.base)
     grid = (B, H, Lp // bq)
     in_specs = [
         _full(kv_idx.shape), _full(kv_cnt.shape), _full(invf.shape),
@@ -172,12 +114,12 @@ def _forward(cfg: _Cfg, q, k, v, q_pos, k_pos, q_seg, k_seg):
 
 # ---------------------------------------------------------------------------- backward
 def _dq_kernel(kv_idx_ref, kv_cnt_ref, invf_ref, q_ref, k_ref, v_ref, qp_ref, kp_ref, qs_ref,
-               ks_ref, do_ref, lse_ref, delta_ref, dq_ref, *, cfg: _Cfg):
+               ks_ref, do_ref, lse_ref, delta_ref, dq_ref, *, cfg: Cfg):
     bq, bk = cfg.block_q, cfg.block_k
     i = pl.program_id(2)
     invf = invf_ref[...]
-    qpos = qp_ref[...]
-    qr = _rotate(q_ref[...], qpos, invf).astype(q_ref.dtype)
+    qpos = qp_ref[...][:, None]
+    qr = rotate(q_ref[...], qpos, invf).astype(q_ref.dtype)
     do = do_ref[...]
     lse = lse_ref[...][:, None]
     delta = delta_ref[...][:, None]
@@ -187,21 +129,21 @@ def _dq_kernel(kv_idx_ref, kv_cnt_ref, invf_ref, q_ref, k_ref, v_ref, qp_ref, kp
     def body(t, dq):
         sl, kr, s, ok = _kv_tile_scores(cfg, kv_idx_ref[i, t], bk, qr, qi, qseg, k_ref, kp_ref, ks_ref, invf)
         p = jnp.where(ok, jnp.exp(s - lse), 0.0)
-        dp = _dot_nt(do, v_ref[sl, :])
+        dp = dot_nt(do, v_ref[sl, :])
         ds = p * (dp - delta)
-        return dq + _dot_nn(ds.astype(k_ref.dtype), kr)
+        return dq + dot_nn(ds.astype(k_ref.dtype), kr)
 
     dq = lax.fori_loop(0, kv_cnt_ref[i], body, jnp.zeros(qr.shape, jnp.float32))
-    dq_ref[...] = _rotate(dq * cfg.scale, qpos, invf, inverse=True).astype(dq_ref.dtype)
+    dq_ref[...] = rotate(dq * cfg.scale, qpos, invf, inverse=True).astype(dq_ref.dtype)
 
 
 def _dkv_kernel(q_idx_ref, q_cnt_ref, invf_ref, q_ref, k_ref, v_ref, qp_ref, kp_ref, qs_ref,
-                ks_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, cfg: _Cfg, G: int):
+                ks_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, cfg: Cfg, G: int):
     bq, bk = cfg.block_q, cfg.block_k
     j = pl.program_id(2)
     invf = invf_ref[...]
-    kpos = kp_ref[...]
-    kr = _rotate(k_ref[...], kpos, invf).astype(k_ref.dtype)
+    kpos = kp_ref[...][:, None]
+    kr = rotate(k_ref[...], kpos, invf).astype(k_ref.dtype)
     vt = v_ref[...]
     kj = j * bk + _iota(bk)[None, :]
     kseg = ks_ref[...][None, :]
@@ -212,26 +154,26 @@ def _dkv_kernel(q_idx_ref, q_cnt_ref, invf_ref, q_ref, k_ref, v_ref, qp_ref, kp_
             dk, dv = carry
             start = pl.multiple_of(q_idx_ref[j, t] * bq, bq)
             sl = pl.ds(start, bq)
-            qr = _rotate(q_ref[sl, g, :], qp_ref[sl], invf).astype(q_ref.dtype)
+            qr = rotate(q_ref[sl, g, :], qp_ref[sl][:, None], invf).astype(q_ref.dtype)
             do = do_ref[sl, g, :]
-            s = _dot_nt(qr, kr) * cfg.scale  # [bq, bk]
+            s = dot_nt(qr, kr) * cfg.scale  # [bq, bk]
             qi = start + _iota(bq)[:, None]
             ok = structural_mask(cfg.spec, qi, kj, cfg.L, cfg.S, xp=jnp) & (qs_ref[sl][:, None] == kseg)
             p = jnp.where(ok, jnp.exp(s - lse_ref[g, sl][:, None]), 0.0)
-            dv = dv + _dot_tn(p.astype(do.dtype), do)
-            dp = _dot_nt(do, vt)
+            dv = dv + dot_tn(p.astype(do.dtype), do)
+            dp = dot_nt(do, vt)
             ds = p * (dp - delta_ref[g, sl][:, None])
-            dk = dk + _dot_tn(ds.astype(q_ref.dtype), qr)
+            dk = dk + dot_tn(ds.astype(q_ref.dtype), qr)
             return dk, dv
 
         dk, dv = lax.fori_loop(0, q_cnt_ref[j], body, (dk, dv))
-    dk_ref[...] = _rotate(dk * cfg.scale, kpos, invf, inverse=True).astype(dk_ref.dtype)
+    dk_ref[...] = rotate(dk * cfg.scale, kpos, invf, inverse=True).astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _backward(cfg: _Cfg, q, k, v, q_pos, k_pos, q_seg, k_seg, o_p, lse_p, do, dlse):
+def _backward(cfg: Cfg, q, k, v, q_pos, k_pos, q_seg, k_seg, o_p, lse_p, do, dlse):
     """Gradients dq, dk, dv given the padded forward outputs and the cotangents."""
-    qp, kp, vp, qpp, kpp, qsp, ksp = _prep(cfg, q, k, v, q_pos, k_pos, q_seg, k_seg)
+    qp, kp, vp, qpp, kpp, qsp, ksp = pad_inputs(cfg, q, k, v, q_pos, k_pos, q_seg, k_seg)
     B, Lp, H, D = qp.shape
     Sp, K = kp.shape[1], kp.shape[2]
     G = H // K
@@ -241,8 +183,8 @@ def _backward(cfg: _Cfg, q, k, v, q_pos, k_pos, q_seg, k_seg, o_p, lse_p, do, dl
     # delta_i = sum_d dO_id O_id - dlse_i  (the lse cotangent enters dS as + P * dlse)
     delta = jnp.sum(do_p.astype(jnp.float32) * o_p.astype(jnp.float32), axis=-1).transpose(0, 2, 1)
     delta = delta - jnp.pad(dlse.astype(jnp.float32).transpose(0, 2, 1), [(0, 0), (0, 0), (0, Lp - L)])
-    kv_idx, kv_cnt, q_idx, q_cnt = _tables(cfg)
-    invf = _ref.inv_freq(D, cfg.base)[None, :]
+    kv_idx, kv_cnt, q_idx, q_cnt = tables(cfg)
+    invf = inv_freq_both_halves(D, cfg.base)
 
     row_q = pl.BlockSpec((None, bq, None, D), lambda b, h, i: (b, i, h, 0))
     full_kv = pl.BlockSpec((None, Sp, None, D), lambda b, h, i: (b, 0, h // G, 0))
@@ -280,24 +222,23 @@ def _backward(cfg: _Cfg, q, k, v, q_pos, k_pos, q_seg, k_seg, o_p, lse_p, do, dl
 
 
 # ---------------------------------------------------------------------- custom_vjp glue
+def _attn_fwd(cfg, q, k, v, q_pos, k_pos, q_seg, k_seg):
+    if cfg.variant == "tpu":
+        out, lse = attention_tpu.forward(cfg, q, k, v, q_pos, k_pos, q_seg, k_seg)
+        return (out, lse), (q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse)
+    o, lse = _forward(cfg, q, k, v, q_pos, k_pos, q_seg, k_seg)  # padded: the backward reuses them
+    L = q.shape[1]
+    return (o[:, :L], lse[:, :, :L].transpose(0, 2, 1)), (q, k, v, q_pos, k_pos, q_seg, k_seg, o, lse)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attn(cfg, q, k, v, q_pos, k_pos, q_seg, k_seg):
-    o, lse = _forward(cfg, q, k, v, q_pos, k_pos, q_seg, k_seg)
-    L = q.shape[1]
-    return o[:, :L], lse[:, :, :L].transpose(0, 2, 1)
-
-
-def _attn_fwd(cfg, q, k, v, q_pos, k_pos, q_seg, k_seg):
-    o, lse = _forward(cfg, q, k, v, q_pos, k_pos, q_seg, k_seg)
-    L = q.shape[1]
-    res = (q, k, v, q_pos, k_pos, q_seg, k_seg, o, lse)
-    return (o[:, :L], lse[:, :, :L].transpose(0, 2, 1)), res
+    return _attn_fwd(cfg, q, k, v, q_pos, k_pos, q_seg, k_seg)[0]
 
 
 def _attn_bwd(cfg, res, cts):
-    q, k, v, q_pos, k_pos, q_seg, k_seg, o_p, lse_p = res
-    do, dlse = cts
-    dq, dk, dv = _backward(cfg, q, k, v, q_pos, k_pos, q_seg, k_seg, o_p, lse_p, do, dlse)
+    backward = attention_tpu.backward if cfg.variant == "tpu" else _backward
+    dq, dk, dv = backward(cfg, *res, *cts)
     return dq, dk, dv, None, None, None, None
 
 
@@ -314,8 +255,21 @@ def use_kernel(interpret) -> tuple[bool, bool]:
     return True, bool(interpret)
 
 
+def kernel_variant(variant: str | None, interpret: bool) -> str:
+    """Kernel structure to run: None = by backend ('tpu' on TPU, else the Triton-style 'gpu')."""
+    backend = jax.default_backend()
+    if variant is None:
+        return "tpu" if backend == "tpu" else "gpu"
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be None or one of {VARIANTS}, got {variant!r}")
+    if variant == "tpu" and not interpret and backend != "tpu":
+        raise ValueError(f"variant='tpu' compiles only on a TPU backend (this is {backend}); "
+                         "use interpret=True to run it in TPU interpret mode")
+    return variant
+
+
 def rope_attention(q, k, v, q_pos, k_pos, *, mask, rope_base=10000.0, scale=None, segment_ids=None,
-                   block_q=128, block_k=128, interpret=None, return_lse=False):
+                   block_q=128, block_k=128, interpret=None, return_lse=False, variant=None):
     """Fused RoPE + flash attention.
 
     Args:
@@ -330,6 +284,10 @@ def rope_attention(q, k, v, q_pos, k_pos, *, mask, rope_base=10000.0, scale=None
       interpret: None = by backend (TPU/GPU kernel; CPU plain-JAX reference), True = Pallas
         interpret mode (CPU tests), False = compiled kernel (TPU/GPU only).
       return_lse: also return the log-sum-exp [B, L, H] float32 (-inf for rows with no key).
+      variant: kernel structure when a kernel runs: None = by backend ('tpu' on TPU, the
+        Triton-style 'gpu' kernel elsewhere), 'tpu' = the Mosaic-style kernel of
+        ``attention_tpu`` (with interpret=True: TPU interpret mode on CPU; needs block_q % 8 == 0
+        and block_k % 128 == 0 unless one block covers the length), 'gpu' = the Triton-style one.
     Returns out [B, L, H, D] in q's dtype (rows with no visible key are 0), and lse if asked.
     Differentiable in q, k, v (and through lse) via custom_vjp with Pallas backward kernels.
     """
@@ -345,8 +303,11 @@ def rope_attention(q, k, v, q_pos, k_pos, *, mask, rope_base=10000.0, scale=None
     if not run_kernel:
         return _ref.rope_attention(q, k, v, q_pos, k_pos, mask=spec, rope_base=rope_base,
                                    scale=scale, segment_ids=segment_ids, return_lse=return_lse)
+    kind = kernel_variant(variant, interp)
+    if kind == "tpu":
+        attention_tpu.check_blocks(L, S, int(block_q), int(block_k))
     q_seg, k_seg = _ref.split_segments(segment_ids, L, S)
-    cfg = _Cfg(spec=spec, L=L, S=S, scale=float(D**-0.5 if scale is None else scale),
-               base=float(rope_base), block_q=int(block_q), block_k=int(block_k), interpret=interp)
+    cfg = Cfg(spec=spec, L=L, S=S, scale=float(D**-0.5 if scale is None else scale), base=float(rope_base),
+              block_q=int(block_q), block_k=int(block_k), interpret=interp, variant=kind)
     out, lse = _attn(cfg, q, k, v, q_pos, k_pos, q_seg, k_seg)
     return (out, lse) if return_lse else out

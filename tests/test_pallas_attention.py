@@ -43,7 +43,7 @@ def _value_and_grads(fn, q, k, v, q_pos, k_pos, do, dlse, **kw):
     return o, lse, grads
 
 
-def _compare(mask, *, block_q, block_k, segments=False, dtype=jnp.float32, tol=F32_TOL, **shape):
+def _compare(mask, *, block_q, block_k, segments=False, dtype=jnp.float32, tol=F32_TOL, variant=None, **shape):
     q, k, v, q_pos, k_pos, do, dlse = _inputs(dtype=dtype, **shape)
     B, L, S = q.shape[0], q.shape[1], k.shape[1]
     kw = dict(mask=mask, rope_base=10000.0)
@@ -53,7 +53,7 @@ def _compare(mask, *, block_q, block_k, segments=False, dtype=jnp.float32, tol=F
         seg = seg + (jnp.arange(L)[None, :] >= (3 * L) // 4)
         kw["segment_ids"] = seg
     got = _value_and_grads(pk.rope_attention, q, k, v, q_pos, k_pos, do, dlse,
-                           block_q=block_q, block_k=block_k, interpret=True, **kw)
+                           block_q=block_q, block_k=block_k, interpret=True, variant=variant, **kw)
     want = _value_and_grads(ref.rope_attention, q, k, v, q_pos, k_pos, do, dlse, **kw)
     names = ["out", "lse", "dq", "dk", "dv"]
     for name, g, w in zip(names, [got[0], got[1], *got[2]], [want[0], want[1], *want[2]]):
