@@ -17,6 +17,12 @@ Section "ar": AR (l2r) decoding tokens/s with vs without the KV cache at 128 and
 tokens (--quick: 128 only), batch 1, `small` model with random weights (jaxorder.sampling.ar:
 one jitted while_loop; cached = one-token decode steps over the KV cache, uncached = a full
 causal forward pass over the whole buffer per generated token).
+
+Section "any_order": any-order AR (ao_ar) sampling tokens/s with vs without the KV cache at 128
+and 512 generated tokens (--quick: 128 only), batch 1, unconditional, `small` model with random
+weights (jaxorder.sampling.any_order): random order cached vs uncached (uncached = a full causal
+pass over the permuted sequence per token), greedy order (most confident position first) cached,
+at 128 only.
 """
 from __future__ import annotations
 
@@ -131,7 +137,46 @@ def bench_ar(quick: bool) -> None:
     print("  ~ flat in the position; the uncached step costs a full forward pass of 1 + N slots every time.")
 
 
-SECTIONS = {"mdm": bench_mdm, "ar": bench_ar}
+def bench_any_order(quick: bool) -> None:
+    """Any-order AR tokens/s with vs without the KV cache (jaxorder.sampling.any_order), `small` model."""
+    from jaxorder.sampling import any_order
+
+    B = 1
+    lengths = (128,) if quick else (128, 512)
+    cfg = config_lib.load(SMALL, ["objective.name=ao_ar"])
+    params = model.init_params(cfg.model, jax.random.key(0), target_positions=True)
+    n_params = model.count_params(params)
+    print("=" * 100)
+    print(f"any-order AR (ao_ar) sampling: `small` model ({cfg.model.d_model} d_model, {cfg.model.n_layers} layers, "
+          f"{cfg.model.n_heads} heads, {n_params / 1e6:.2f}M params, random weights), batch {B}, "
+          f"unconditional (all MASK), T = 1")
+    print("  tokens/s = generated tokens / wall time of one compiled call (compile excluded); nfe = network calls")
+    print("  no cache = every step recomputes the full causal pass over the permuted sequence (ao_ar.order_logits)")
+    print(f"  {'order':>7} {'length':>7} {'cache tok/s':>12} {'no-cache tok/s':>15} {'speedup':>8} {'cache s':>8} "
+          f"{'no-cache s':>11} {'nfe':>5}")
+    for order in ("random", "greedy"):
+        for n in lengths if order != "greedy" else lengths[:1]:  # greedy at 128 only: modest runtime
+            tokens = np.full((B, n), special_ids(cfg.model).mask, np.int32)
+            times = {}
+            for cache in (True, False) if order != "greedy" else (True,):
+                oc = any_order.AnyOrderConfig(order=order, temperature=1.0, cache=cache)
+                run = any_order.compile_sample(params, cfg, tokens, jax.random.key(0), oc)
+                t0 = time.perf_counter()
+                out = jax.block_until_ready(run())
+                times[cache] = time.perf_counter() - t0
+                assert not np.any(np.asarray(out["tokens"]) == special_ids(cfg.model).mask)
+            if False in times:
+                no_cache = (f"{B * n / times[False]:>15.1f} {times[False] / times[True]:>7.1f}x "
+                            f"{times[True]:>8.2f} {times[False]:>11.2f}")
+            else:
+                no_cache = f"{'-':>15} {'-':>8} {times[True]:>8.2f} {'-':>11}"
+            print(f"  {order:>7} {n:>7d} {B * n / times[True]:>12.0f} {no_cache} {int(out['nfe']):>5d}", flush=True)
+    print("  l2r / r2l cost what random costs (same calls). Greedy adds per step one call scoring all n positions")
+    print("  as candidates of the next slot (a [B, n] 'self' decode call over the cache); uncached greedy does one")
+    print("  pass over n copies of the sequence per step (n times a full pass) and is not timed here.")
+
+
+SECTIONS = {"mdm": bench_mdm, "ar": bench_ar, "any_order": bench_any_order}
 
 
 def main() -> None:
@@ -147,6 +192,8 @@ def main() -> None:
         bench_mdm(args.quick, args.run)
     if args.only in (None, "ar"):
         bench_ar(args.quick)
+    if args.only in (None, "any_order"):
+        bench_any_order(args.quick)
 
 
 if __name__ == "__main__":

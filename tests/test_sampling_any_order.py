@@ -172,3 +172,11 @@ def test_clear_errors(tiny):
         sample(params, cfg, FREE, jax.random.key(0), AnyOrderConfig(top_p=0.0))
     with pytest.raises(config_lib.ConfigError, match="max_len"):
         sample(params, cfg, np.full((1, cfg.model.max_len + 1), MASK), jax.random.key(0))
+
+
+def test_nothing_masked_is_returned_unchanged(tiny):
+    cfg, params = tiny
+    full = np.where(RAGGED == MASK, 7, RAGGED)
+    out = _get(sample(params, cfg, full, jax.random.key(0), AnyOrderConfig(order="greedy")))
+    assert np.array_equal(out["tokens"], full) and np.array_equal(out["order"], np.tile(np.arange(L), (3, 1)))
+    assert int(out["steps"]) == 0 and int(out["nfe"]) == 0 and not out["logprob"].any()

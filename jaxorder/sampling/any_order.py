@@ -144,7 +144,7 @@ def _build(cfg: Config, oc: AnyOrderConfig, prefill: int, collect_logits: bool):
                   logprob=jnp.zeros((B,), jnp.float32), nfe=jnp.int32(0), cache=None)
         if oc.cache:
             st["cache"] = _init_cache(mcfg, B, _cache_slots(L, oc.order))
-            if prefill:
+            if 0 < prefill < L:  # (nothing to generate: no call at all)
                 inputs_BL, positions_BL = slot_inputs(x_BL, st["order"], ids.bos)
                 _, st["cache"] = decode.decode_step(params, mcfg, st["cache"], inputs_BL[:, :prefill],
                                                     positions_BL[:, :prefill],
