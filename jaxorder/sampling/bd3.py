@@ -38,6 +38,10 @@ they give the same tokens whenever their logits agree (at temperature 0 up to ti
 rounding). With b = n (one block) the sampler is ``mdm.sample`` on the bidirectional model of
 x_t: same noise shape, same steps, same rule.
 
+The loop (``lax.fori_loop`` over blocks, ``lax.while_loop`` over a block's steps) is jitted once
+per (cfg, sampler without its threshold value, cache) and input shape (``functools.lru_cache``);
+the threshold and each block's step budget are traced arguments.
+
 ``nfe`` counts the model calls run: denoising passes (each a b-slot decode step with the cache,
 a full 2n-slot pass without) plus, with the cache, the block writes (one per block except the
 last; a block write is a b-slot pass too).

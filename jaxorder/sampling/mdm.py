@@ -24,6 +24,9 @@ Samplers (``SamplerConfig.name``):
   of ``steps`` (split as evenly as possible, earlier blocks get the remainder), attending to the
   whole sequence (later blocks still masked). A block whose masks are all filled early ends early.
 
+The per-step commitment on given log-probs (``commit_step``: draw, rule, commit; ``advance``: the
+state update) is shared with the block-diffusion sampler ``jaxorder.sampling.bd3``.
+
 Randomness: step j uses ``fold_in(key, j)``; the Gumbel noise is ``gumbel_noise(step_key,
 [B, L, V], noise)`` (``"high"``: float64-accurate tails; ``"float32"``: the naive 24-bit one).
 Same key -> same output; temperature 0 with a k-best rule uses no randomness at all.
