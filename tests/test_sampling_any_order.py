@@ -2,6 +2,8 @@
 fixed tokens, seeds, latent_order runs, errors. A tiny randomly initialised ao_ar model."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,13 +154,17 @@ def test_seeds_and_filters(tiny):
     _check_filled(RAGGED, top1)
 
 
-def test_latent_order_run_uses_the_same_network(tiny):
-    cfg, params = tiny
-    lo = config_lib.load(None, ("objective.name=latent_order", *TINY))
-    oc = AnyOrderConfig(order="l2r", temperature=0.0)
-    got = _get(sample(params, lo, RAGGED, jax.random.key(3), oc, collect_logits=True))
-    want = _get(sample(params, cfg, RAGGED, jax.random.key(3), oc, collect_logits=True))
-    assert np.array_equal(got["tokens"], want["tokens"]) and np.array_equal(got["order"], want["order"])
+def test_latent_order_run_and_greedy_at_max_len():
+    """A latent_order run samples with the same network; greedy's candidate slots may pass max_len
+    (here L = max_len = 16, a 31-slot cache): cached = uncached still."""
+    cfg = config_lib.load(None, ("objective.name=latent_order", "model.max_len=16", *TINY))
+    params = model.init_params(cfg.model, jax.random.key(1), target_positions=True)
+    oc = AnyOrderConfig(order="greedy", temperature=0.0)
+    a = _get(sample(params, cfg, RAGGED, jax.random.key(3), oc))
+    b = _get(sample(params, cfg, RAGGED, jax.random.key(3), dataclasses.replace(oc, cache=False)))
+    assert np.array_equal(a["tokens"], b["tokens"]) and np.array_equal(a["order"], b["order"])
+    np.testing.assert_allclose(a["logprob"], b["logprob"], atol=1e-4)
+    _check_filled(RAGGED, a)
 
 
 def test_clear_errors(tiny):

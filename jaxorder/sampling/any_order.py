@@ -22,7 +22,8 @@ on, teacher-forced), then the masked positions, one slot per step:
   so the candidate call's cache is discarded and the slot is written by a one-slot call with the
   chosen target (its logits, which the token is drawn from, are that candidate's up to rounding).
   The candidate call writes L scratch slots after the kept ones, so the greedy cache has 2L - 1
-  slots (positions stay < L; only the scratch slots go past it).
+  slots, which may be more than model.max_len: slots are not positions (every position stays < L),
+  so the cache is made with max_len raised to its slot count.
 
 Ragged rows: rows may fix different numbers F_b of tokens. Every row takes exactly L slots, so all
 rows end together: the first P = min_b F_b slots are prefilled in one decode call (P is static,
@@ -41,8 +42,8 @@ over the cache. ``cache=False``: the uncached reference: each step recomputes ``
 (one full causal pass over the permuted sequence) and takes slot c; greedy scores the candidates
 with one full pass over L copies of the sequence, one per candidate target. Both paths draw the
 same noise, so they give the same orders and tokens whenever their logits agree (exactly at
-temperature 0 up to float-rounding ties). ``nfe`` counts network calls: the prefill (cached, P >
-0), then per step one call (greedy: two, the candidate call and the slot).
+temperature 0 up to float-rounding ties). ``nfe`` counts network calls: the prefill (cached,
+0 < P < L), then per step one call (greedy: two, the candidate call and the slot).
 
 Randomness: ``noise_key, order_key = split(key)``; slot c draws its Gumbel noise from
 fold_in(noise_key, c) and the random order comes from order_key. Same key -> same output.
