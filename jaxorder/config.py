@@ -34,7 +34,8 @@ class ModelConfig:
     rope_base: float = 10000.0
     dtype: str = "float32"  # compute dtype: float32 on CPU, bfloat16 on accelerators
     param_dtype: str = "float32"
-    attention_impl: str = "xla"  # xla | pallas (fused RoPE flash attention; on CPU its plain-JAX reference)
+    attention_impl: str = "auto"  # auto | xla | pallas (fused RoPE flash attention; on CPU its plain-JAX
+    # reference). auto: pallas on TPU/GPU if a compile probe at run start passes, else xla
     scan_layers: bool = False  # one compiled layer body under nn.scan (compile time flat in depth)
     remat: str = "none"  # rematerialization per layer: none | full | dots_saveable | dots_with_no_batch_dims_saveable
     pallas_interpret: bool = False  # pallas on CPU: run the kernel itself in Pallas interpret mode (slow; tests)
@@ -160,7 +161,7 @@ DATA_TRANSFORMS = ("none", "swap05")
 MESH_AXES = ("data", "fsdp", "tensor")
 DISTRIBUTED_MODES = ("none", "auto", "explicit")
 DTYPES = ("float32", "bfloat16")
-ATTENTION_IMPLS = ("xla", "pallas")
+ATTENTION_IMPLS = ("auto", "xla", "pallas")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 

@@ -1,11 +1,19 @@
-"""Attention masks the model knows (it knows mask kinds, never orders) and the XLA attention path."""
+"""Attention masks the model knows (it knows mask kinds, never orders), the XLA attention path
+and the choice between it and the fused Pallas kernel (`model.attention_impl`)."""
 from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+if TYPE_CHECKING:
+    from jaxorder.config import ModelConfig
+
 MASK_KINDS = ("causal", "bidirectional", "bd3:<b>")
+KERNEL_BACKENDS = ("tpu", "gpu", "cuda", "rocm")  # where `attention_impl: auto` means the Pallas kernel
 
 
 def bd3_block_size(kind: str) -> int | None:
@@ -74,6 +82,47 @@ def pallas_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarr
         spec = pallas_kernels.as_mask_spec(mask_kind)
     return pallas_kernels.rope_attention(q_BLHD, k_BLHD, v_BLHD, positions_BL, positions_BL, mask=spec,
                                          rope_base=rope_base, interpret=interpret)
+
+
+def resolve_attention_impl(impl: str, backend: str | None = None) -> str:
+    """The attention path to run: 'auto' is 'pallas' on TPU/GPU and 'xla' on CPU (`backend`
+    defaults to jax.default_backend()); 'xla' and 'pallas' are returned as given."""
+    if impl != "auto":
+        return impl
+    return "pallas" if (backend or jax.default_backend()) in KERNEL_BACKENDS else "xla"
+
+
+def probe_pallas_attention(head_dim: int, dtype: str) -> None:
+    """Compiles the fused kernel's forward and backward for every mask kind at a small shape
+    (B=1, L=256, 2 heads) with the model's head dim and compute dtype; raises what compiling raises."""
+    q_BLHD = jax.ShapeDtypeStruct((1, 256, 2, head_dim), jnp.dtype(dtype))
+    positions_BL = jax.ShapeDtypeStruct((1, 256), jnp.int32)
+
+    def loss(q_BLHD, k_BLHD, v_BLHD, positions_BL):
+        return sum(pallas_attention(q_BLHD, k_BLHD, v_BLHD, positions_BL, kind, 10000.0).astype(jnp.float32).sum()
+                   for kind in ("causal", "bidirectional", "bd3:16"))
+
+    jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q_BLHD, q_BLHD, q_BLHD, positions_BL).compile()
+
+
+def settle_attention_impl(model_cfg: ModelConfig, probe: Callable[[int, str], None] = probe_pallas_attention,
+                          backend: str | None = None) -> ModelConfig:
+    """For a run: replaces `attention_impl: auto` by the path to use. On TPU/GPU the kernel is
+    first probe-compiled (`probe`); if that raises, one line says so and the run uses xla."""
+    if model_cfg.attention_impl != "auto":
+        return model_cfg
+    backend = backend or jax.default_backend()
+    impl = resolve_attention_impl("auto", backend)
+    if impl == "pallas":
+        try:
+            probe(model_cfg.head_dim, model_cfg.dtype)
+        except Exception as e:  # noqa: BLE001 - any compile failure means: do not use the kernel
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            print(f"model.attention_impl=auto: the fused Pallas attention kernel failed to compile on {backend} "
+                  f"({type(e).__name__}: {reason}); falling back to xla attention. Force the kernel with "
+                  f"model.attention_impl=pallas, or silence this with model.attention_impl=xla", flush=True)
+            impl = "xla"
+    return dataclasses.replace(model_cfg, attention_impl=impl)
 
 
 # Incremental decoding (jaxorder.model.decode): per attention layer, a Flax "cache" collection

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from jaxorder.config import ModelConfig
 from jaxorder.model.attention import (CACHE_NAMES, attention_mask, cached_attention, pallas_attention,
-                                      xla_attention)
+                                      resolve_attention_impl, xla_attention)
 from jaxorder.model.rope import apply_rope
 
 Params = Any
@@ -99,14 +99,14 @@ class Attention(nn.Module):
                                       apply_rope(k_BLHD, positions_BL, cfg.rope_base), v_BLHD, *cache,
                                       new_mask=mask_kind)
             return dense(o_BLHD.reshape(B, L, H * D), w_out.astype(dt).reshape(H * D, d))
-        if cfg.attention_impl == "pallas":  # RoPE is applied inside the fused kernel
+        if resolve_attention_impl(cfg.attention_impl) == "pallas":  # RoPE is applied inside the fused kernel
             o_BLHD = pallas_attention(q_BLHD, k_BLHD, v_BLHD, positions_BL, mask_kind, cfg.rope_base,
                                       interpret=True if cfg.pallas_interpret else None)
         q_BLHD = apply_rope(q_BLHD, positions_BL, cfg.rope_base)  # dead code for pallas unless captured
         k_BLHD = apply_rope(k_BLHD, positions_BL, cfg.rope_base)
         self.sow("intermediates", "q_post_rope", q_BLHD)
         self.sow("intermediates", "k_post_rope", k_BLHD)
-        if cfg.attention_impl == "xla":
+        if resolve_attention_impl(cfg.attention_impl) == "xla":
             mask_LL = attention_mask(mask_kind, x_BLd.shape[1])
             o_BLHD = xla_attention(q_BLHD, k_BLHD, v_BLHD, mask_LL)
         return dense(o_BLHD.reshape(B, L, H * D), w_out.astype(dt).reshape(H * D, d))
