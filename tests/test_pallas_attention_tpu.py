@@ -88,6 +88,29 @@ def test_grid_runs_only_live_steps(mask, L, bq, bk):
         assert kv_steps < nk and work < nq * kv_steps
 
 
+def test_only_live_tiles_compute(monkeypatch):
+    """Counts the kernel steps that compute (every computing step scores one (q tile, k tile)
+    pair through attention_tpu._scores, counted by a debug callback): forward, dQ and dK/dV each
+    compute exactly the live pairs, once per head, although the grid has more steps."""
+    mask, L, bq, bk = pk.bd3(64), 512, 128, 128
+    pairs = []
+    real = attention_tpu._scores
+
+    def counted(cfg, i, j, *args):
+        jax.debug.callback(lambda i, j: pairs.append((int(i), int(j))), i, j)
+        return real(cfg, i, j, *args)
+    monkeypatch.setattr(attention_tpu, "_scores", counted)
+    q, k, v, q_pos, k_pos, do, dlse = _inputs(B=1, L=L, H=2, K=1, D=16)
+    _value_and_grads(pk.rope_attention, q, k, v, q_pos, k_pos, do, dlse, mask=mask, block_q=bq, block_k=bk,
+                     interpret=True, **TPU)
+    live = pk.tile_live(mask, L, L, bq, bk)
+    want = {(int(i), int(j)) for i, j in zip(*np.nonzero(live))}
+    H, kernels = 2, 3  # forward, dQ, dK/dV
+    assert set(pairs) == want and len(pairs) == kernels * H * live.sum()
+    _, kv_cnt, kv_steps, _, _, _ = attention_tpu.step_tables(mask, L, L, bq, bk)
+    assert H * live.sum() < H * len(kv_cnt) * kv_steps  # forward grid steps that skip compute exist
+
+
 def test_masked_tiles_are_never_loaded():
     """NaN in the values of the bd3 noisy half: clean queries never see noisy keys, so any
     visited noisy tile would poison them (0 * NaN = NaN); their outputs stay finite."""
