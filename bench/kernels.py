@@ -28,6 +28,7 @@ import numpy as np
 
 import pallas_kernels as pk
 from pallas_kernels import reference as ref
+from pallas_kernels.attention_tpu import padded_head_dim, step_tables
 
 # Public peak numbers (bf16 dense matmul, HBM bandwidth) per chip.
 PEAKS = {
@@ -78,6 +79,14 @@ def attention_costs(m, mask_name):
               + 3 * qb + 3 * kvb + 2 * (qb + kvb))        # inputs/grads + RoPE backward pass
     out["bwd"] = dict(fused=(2.5 * dense * live + 2 * rope_fl, fused_bb),
                       unfused=(2.5 * dense + 2 * rope_fl, unf_bb))
+    # TPU variant: the kernels run on head dim Dp (each RoPE half zero-padded, Dp % 128 == 0) in the
+    # [B, H, L, Dp] layout, laid out by XLA passes outside (read unpadded, write padded, and back).
+    f = padded_head_dim(D) / D
+    layout_fwd = (1 + f) * (qb + 2 * kvb) + (1 + f) * qb                  # q, k, v in; out back
+    layout_bwd = (1 + f) * (2 * qb + 2 * kvb) + (1 + f) * (qb + 2 * kvb)  # q, do, k, v in; dq, dk, dv back
+    out["fwd"]["fused-tpu"] = (dense * live * f + rope_fl * f,
+                               f * (fused_b - B * H * L * 4) + B * H * L * 4 + layout_fwd)
+    out["bwd"]["fused-tpu"] = (f * (2.5 * dense * live + 2 * rope_fl), f * fused_bb + layout_bwd)
     return out, live
 
 
@@ -109,14 +118,18 @@ def print_model():
         for mask_name in ("causal", "bd3"):
             costs, live = attention_costs(m, mask_name)
             for phase in ("fwd", "bwd"):
-                for var in ("unfused", "fused"):
+                for var in ("unfused", "fused", "fused-tpu"):
                     fl, by = costs[phase][var]
                     r = _roof(fl, by)
                     what = f"attn/layer {mask_name} {phase}"
                     print(f"{mname:6s} {what:22s} {var:10s} {fl / 1e9:10.2f} {by / 1e6:10.1f} " +
                           " ".join(f"{_fmt_t(r[n]):>12s}" for n in PEAKS))
-            print(f"{'':6s}   tiles skipped ({mask_name}, L={m['seq'] * (1 if mask_name == 'causal' else 2)}): "
-                  f"{1 - live:.3f}")
+            Lm = m['seq'] * (1 if mask_name == 'causal' else 2)
+            _, kv_cnt, kv_steps, _, q_cnt, q_steps = step_tables(
+                pk.causal() if mask_name == "causal" else pk.bd3(16), Lm, Lm, BQ, BK)
+            print(f"{'':6s}   tiles skipped ({mask_name}, L={Lm}): {1 - live:.3f}; TPU variant grid steps per "
+                  f"(batch, head): fwd/dQ {len(kv_cnt) * kv_steps}, dK/dV {len(q_cnt) * q_steps}, "
+                  f"computing {int(kv_cnt.sum())}")
         costs, noise_ops = sampling_costs(m)
         for var in costs:
             fl, by = costs[var]
@@ -125,6 +138,9 @@ def print_model():
                   " ".join(f"{_fmt_t(r[n]):>12s}" for n in PEAKS))
         print(f"{'':6s}   sampling noise: ~{noise_ops / 1e9:.1f} G uint32 vector ops (2 Threefry calls per logit, "
               f"VPU, not in the roofline; unfused jax.random.gumbel needs 1 call per logit)")
+    print("  fused-tpu = the TPU variant (attention_tpu): head dim padded per RoPE half to a multiple of 128 "
+          "(D=32 -> 4x, D=64 -> 2x the\n  matmul FLOPs and tile bytes) plus the XLA layout passes "
+          "([B,L,H,D] <-> padded [B,H,L,Dp]); grid-step overhead not modelled.")
     print("Notes: unfused attention = XLA with [B,H,L,S] f32 scores and bf16 probabilities in HBM "
           "(no tile skipping);\n  fused K/V are re-read once per live q tile (GQA heads re-read "
           "their shared kv head). Unfused sampling writes f32 logits once and reads them twice;\n"
