@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "tokens/s, and for Sudoku data the fraction of valid grids")
     p.add_argument("--num-samples", type=int, default=16, help="--generate: samples (default 16)")
     p.add_argument("--sampler", help="--generate: sampler (default: the objective's, see `jaxorder sample`)")
-    p.add_argument("--steps", type=int, help="--generate, mdm: sampling steps (default: the window length)")
+    p.add_argument("--steps", type=int, help="--generate, mdm/bd3: sampling steps (default: the window length)")
     p.add_argument("--seed", type=int, default=0, help="--generate: sampling seed")
     p.add_argument("--judge", help="--generate: an l2r run directory to score the samples")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
@@ -255,34 +255,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the full tables as one JSON object on stdout")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("sample", help="generate or infill text with a trained run (mdm, l2r, r2l runs)",
+    p = sub.add_parser("sample", help="generate or infill text with a trained run (every objective)",
                        description="Sample from a run directory's newest checkpoint and print the decoded texts. "
-                                   "Masked-diffusion (mdm) runs: samplers ancestral (MDLM), confidence, margin, "
-                                   "entropy (commit the k best masked positions per step, k = ceil(masked left / "
-                                   "steps left)) and threshold (commit every position with confidence >= "
-                                   "--threshold, at least k). l2r / r2l runs: sampler ar (KV-cache decoding with "
-                                   "--temperature, --top-k, --top-p, stopping at EOS; r2l generates right to left "
-                                   "and --prompt is the END of the text). Other objectives: not available yet.",
+                                   "Masked-diffusion (mdm) and block-diffusion (bd3) runs: samplers ancestral "
+                                   "(MDLM), confidence, margin, entropy (commit the k best masked positions per "
+                                   "step, k = ceil(masked left / steps left)) and threshold (commit every position "
+                                   "with confidence >= --threshold, at least k); bd3 runs go block by block with a "
+                                   "KV cache over finished blocks, --steps split over the blocks. l2r / r2l runs: "
+                                   "sampler ar (KV-cache decoding with --temperature, --top-k, --top-p, stopping at "
+                                   "EOS; r2l generates right to left and --prompt is the END of the text). ao_ar / "
+                                   "latent_order runs: the sampler is the generation order, l2r, r2l, random or "
+                                   "greedy (the most confident position next), KV-cache decoding over the permuted "
+                                   "prefix with --temperature, --top-k, --top-p.",
                        epilog="Template syntax: fixed text with masked spans [MASK:n] (n tokens; bytes with the byte "
                               "tokenizer) or [MASK] (one token), e.g. --template 'To be, or [MASK:12] to be'. "
-                              "Fixed tokens never change; every mask is filled.")
+                              "Fixed tokens never change; every mask is filled. Templates work for mdm, bd3, ao_ar "
+                              "and latent_order runs.")
     p.add_argument("run_dir", help="a run directory made by `jaxorder train` or `jaxorder sweep`")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="fixed prefix; the rest up to --length is generated")
     src.add_argument("--template", help="text with [MASK:n] / [MASK] spans to fill (fixes the length)")
     p.add_argument("--sampler", default=None,
-                   help="mdm: ancestral | confidence | margin | entropy | threshold (default confidence); "
-                        "l2r/r2l: ar (the default)")
+                   help="mdm/bd3: ancestral | confidence | margin | entropy | threshold (default confidence); "
+                        "l2r/r2l: ar (the default); ao_ar/latent_order: l2r | r2l | random | greedy (default l2r)")
     p.add_argument("--steps", type=int, default=64,
-                   help="mdm: denoising steps, i.e. forward passes at most (default 64); ar: unused (one per token)")
+                   help="mdm/bd3: denoising steps, i.e. forward passes at most (default 64); ar and any-order: "
+                        "unused (one per token)")
     p.add_argument("--num-samples", type=int, default=1, help="sequences sampled in one batch (default 1)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same samples (default 0)")
     p.add_argument("--length", type=int, help="tokens per sequence incl. the prompt (default: the run's data.seq_len)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = argmax (default 1)")
     p.add_argument("--threshold", type=float, default=0.9, help="threshold sampler: confidence to commit (default 0.9)")
-    p.add_argument("--top-k", type=int, default=0, help="ar: sample among the k most likely tokens (default 0: off)")
+    p.add_argument("--top-k", type=int, default=0,
+                   help="ar, any-order: sample among the k most likely tokens (default 0: off)")
     p.add_argument("--top-p", type=float, default=1.0,
-                   help="ar: nucleus sampling, the smallest set with probability >= p (default 1: off)")
+                   help="ar, any-order: nucleus sampling, the smallest set with probability >= p (default 1: off)")
     p.add_argument("--no-stop-at-eos", action="store_true", help="ar: keep generating after EOS up to --length")
     p.add_argument("--block-length", type=int, default=0,
                    help="semi-autoregressive blocks of this many positions, left to right (default 0: one block)")

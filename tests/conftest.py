@@ -166,6 +166,16 @@ def run_cli(args, env: dict, cwd: Path, timeout: float = SUBPROCESS_TIMEOUT) -> 
 
 # ----------------------------------------------------------------------------- run-dir helpers
 
+def cli_in_process(argv) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `jaxorder ARGV` run in this process (shares compilations)."""
+    from jaxorder.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
 def step_dirs(run_dir: Path) -> list[int]:
     """Finished checkpoint steps of a run directory (Orbax renames tmp dirs to the step at commit)."""
     ckpt = Path(run_dir) / "checkpoints"

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import cli_in_process
 
 from jaxorder import config as config_lib
 from jaxorder import model
@@ -154,14 +155,6 @@ def test_too_long_is_a_clear_error(tiny):
         generate(params, cfg, [[1]], 4, jax.random.key(0), ARConfig(top_p=0.0))
 
 
-def _cli(argv):
-    from jaxorder.cli import main
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
 def test_cli_sample_l2r_and_r2l_runs(tmp_path, repeated_corpus):
     from jaxorder.train import train
     cfg = config_lib.load(None, (*TINY_L2R, "data.source=text", f"data.path={repeated_corpus}", "data.batch_size=8",
@@ -170,7 +163,7 @@ def test_cli_sample_l2r_and_r2l_runs(tmp_path, repeated_corpus):
     run = tmp_path / "l2r"
     with contextlib.redirect_stderr(io.StringIO()):
         train(cfg, run)
-    code, out, _ = _cli(["sample", run, "--prompt", "the cat", "--length", "16", "--num-samples", "2",
+    code, out, _ = cli_in_process(["sample", run, "--prompt", "the cat", "--length", "16", "--num-samples", "2",
                          "--top-k", "20", "--top-p", "0.9", "--seed", "1", "--no-stop-at-eos", "--json"])
     assert code == 0
     res = json.loads(out)
@@ -180,10 +173,10 @@ def test_cli_sample_l2r_and_r2l_runs(tmp_path, repeated_corpus):
     r2l = tmp_path / "r2l"
     shutil.copytree(run, r2l)
     (r2l / "config.yaml").write_text((r2l / "config.yaml").read_text().replace("name: l2r", "name: r2l"))
-    code, out, err = _cli(["sample", r2l, "--prompt", "the mat", "--length", "16", "--num-samples", "2",
+    code, out, err = cli_in_process(["sample", r2l, "--prompt", "the mat", "--length", "16", "--num-samples", "2",
                            "--top-k", "20", "--top-p", "0.9", "--seed", "1", "--no-stop-at-eos"])  # compiled above
     assert code == 0 and out.startswith("--- sample 1/2") and out.count("the mat\n") == 2 and "ar, " in err
-    code, _, err = _cli(["sample", run, "--sampler", "confidence"])
+    code, _, err = cli_in_process(["sample", run, "--sampler", "confidence"])
     assert code == 2 and "unknown sampler 'confidence'; for l2r runs use one of ar" in err
-    code, _, err = _cli(["sample", run, "--template", "a [MASK:3] b"])
-    assert code == 2 and "--template (infilling) needs an mdm run" in err
+    code, _, err = cli_in_process(["sample", run, "--template", "a [MASK:3] b"])
+    assert code == 2 and "--template (infilling) needs an mdm, bd3, ao_ar or latent_order run" in err

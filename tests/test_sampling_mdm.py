@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import cli_in_process
 
 from jaxorder import config as config_lib
 from jaxorder import model
@@ -249,14 +250,6 @@ def test_unigram_entropy_and_judge_nll():
 
 # ----------------------------------------------------------------------------- CLI
 
-def _cli(argv):
-    from jaxorder.cli import main
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
 def test_cli_sample_mdm_run_and_errors(tmp_path, repeated_corpus):
     from jaxorder.train import train
     cfg = config_lib.load(None, (*TINY_MDM, "data.source=text", f"data.path={repeated_corpus}", "data.batch_size=8",
@@ -265,22 +258,22 @@ def test_cli_sample_mdm_run_and_errors(tmp_path, repeated_corpus):
     run = tmp_path / "mdm"
     with contextlib.redirect_stderr(io.StringIO()):
         train(cfg, run)
-    code, out, _ = _cli(["sample", run, "--template", "the [MASK:3] sat on [MASK:4] mat", "--sampler", "margin",
+    code, out, _ = cli_in_process(["sample", run, "--template", "the [MASK:3] sat on [MASK:4] mat", "--sampler", "margin",
                          "--steps", "4", "--num-samples", "2", "--seed", "1", "--json"])
     assert code == 0
     res = json.loads(out)
     assert [s["text"][:4] for s in res["samples"]] == ["the "] * 2 and res["complete"] and res["steps_taken"] <= 4
     assert all(s["text"].endswith(" mat") and len(s["tokens"]) == 23 for s in res["samples"])
-    code, out, err = _cli(["sample", run, "--template", "the [MASK:3] sat on [MASK:4] mat", "--sampler", "margin",
+    code, out, err = cli_in_process(["sample", run, "--template", "the [MASK:3] sat on [MASK:4] mat", "--sampler", "margin",
                            "--steps", "4", "--num-samples", "2", "--seed", "2"])  # same shapes: no recompilation
     assert code == 0 and out.startswith("--- sample 1/2") and "\nthe " in out and " mat\n" in out
     assert "margin, 4 steps" in err
-    code, _, err = _cli(["sample", run, "--sampler", "nope"])
+    code, _, err = cli_in_process(["sample", run, "--sampler", "nope"])
     assert code == 2 and "unknown sampler" in err
-    code, _, err = _cli(["sample", run, "--template", "[MASK:4]", "--length", "8"])
+    code, _, err = cli_in_process(["sample", run, "--template", "[MASK:4]", "--length", "8"])
     assert code == 2 and "template fixes the length" in err
     l2r_dir = tmp_path / "l2r"
     l2r_dir.mkdir()
     (l2r_dir / "config.yaml").write_text("objective: {name: ao_ar}\n")
-    code, _, err = _cli(["sample", l2r_dir, "--steps", "4"])
+    code, _, err = cli_in_process(["sample", l2r_dir, "--steps", "4"])
     assert code == 2 and err.strip() == "error: sampling for objective ao_ar is not available yet"
