@@ -272,8 +272,9 @@ def test_cli_sample_mdm_run_and_errors(tmp_path, repeated_corpus):
     assert code == 2 and "unknown sampler" in err
     code, _, err = cli_in_process(["sample", run, "--template", "[MASK:4]", "--length", "8"])
     assert code == 2 and "template fixes the length" in err
-    l2r_dir = tmp_path / "l2r"
-    l2r_dir.mkdir()
-    (l2r_dir / "config.yaml").write_text("objective: {name: ao_ar}\n")
-    code, _, err = cli_in_process(["sample", l2r_dir, "--steps", "4"])
-    assert code == 2 and err.strip() == "error: sampling for objective ao_ar is not available yet"
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    (untrained / "config.yaml").write_text("objective: {name: ao_ar}\n")
+    code, _, err = cli_in_process(["sample", untrained, "--sampler", "confidence"])  # fails before any restore
+    assert code == 2 and err.strip() == ("error: unknown sampler 'confidence'; for ao_ar runs use one of "
+                                         "l2r, r2l, random, greedy")
