@@ -50,9 +50,12 @@ def unrolled_params(params: Any, cfg: ModelConfig) -> Any:
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_length: int) -> Cache:
-    """An empty cache for `batch` sequences of at most `max_length` slots."""
-    if max_length > cfg.max_len:
-        raise ValueError(f"decoding {max_length} slots exceeds model.max_len={cfg.max_len}")
+    """An empty cache for `batch` sequences of at most `max_length` slots.
+
+    Slots are not positions: model.max_len bounds the position ids the caller feeds (samplers
+    check it), while a cache may hold more slots, e.g. scratch slots for scored candidates."""
+    if max_length < 1:
+        raise ValueError(f"a KV cache needs at least one slot, got {max_length}")
     from jaxorder.model.transformer import _dtype
 
     shape = (batch, max_length, cfg.n_heads, cfg.head_dim)

@@ -50,7 +50,6 @@ fold_in(noise_key, c) and the random order comes from order_key. Same key -> sam
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -58,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxorder.config import Config, ConfigError, ModelConfig
+from jaxorder.config import Config, ConfigError
 from jaxorder.model import decode
 from jaxorder.objectives import ao_ar
 from jaxorder.objectives.common import special_ids
@@ -120,11 +119,6 @@ def _cache_slots(L: int, order: str) -> int:
     return 2 * L - 1 if order == "greedy" else L
 
 
-def _init_cache(mcfg: ModelConfig, batch: int, slots: int) -> decode.Cache:
-    # Slots are not positions: the greedy scratch slots may exceed max_len, positions never do.
-    return decode.init_cache(dataclasses.replace(mcfg, max_len=max(mcfg.max_len, slots)), batch, slots)
-
-
 def _build(cfg: Config, oc: AnyOrderConfig, prefill: int, collect_logits: bool):
     """run(params, tokens_BL, key) -> dict for static (cfg, sampler, prefill = min fixed per row)."""
     mcfg = cfg.model
@@ -144,7 +138,7 @@ def _build(cfg: Config, oc: AnyOrderConfig, prefill: int, collect_logits: bool):
         st = dict(x=x_BL, order=initial_orders(masked_BL, oc.order, order_key), masked=masked_BL,
                   logprob=jnp.zeros((B,), jnp.float32), nfe=jnp.int32(0), cache=None)
         if oc.cache:
-            st["cache"] = _init_cache(mcfg, B, _cache_slots(L, oc.order))
+            st["cache"] = decode.init_cache(mcfg, B, _cache_slots(L, oc.order))  # scratch slots may pass max_len
             if 0 < prefill < L:  # (nothing to generate: no call at all)
                 inputs_BL, positions_BL = slot_inputs(x_BL, st["order"], ids.bos)
                 _, st["cache"] = decode.decode_step(params, mcfg, st["cache"], inputs_BL[:, :prefill],
