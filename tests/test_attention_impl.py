@@ -43,24 +43,24 @@ def _probe_spy(fail: bool):
 def test_settle_on_cpu_uses_xla_without_probing(capsys):
     probe, calls = _probe_spy(fail=True)
     assert attention.settle_attention_impl(_model_cfg(), probe, backend="cpu").attention_impl == "xla"
-    assert calls == [] and capsys.readouterr().out == ""
+    assert calls == [] and capsys.readouterr() == ("", "")
 
 
 def test_settle_on_tpu_probes_and_uses_the_kernel(capsys):
     probe, calls = _probe_spy(fail=False)
     cfg = _model_cfg("model.dtype=bfloat16")
     assert attention.settle_attention_impl(cfg, probe, backend="tpu").attention_impl == "pallas"
-    assert calls == [(16, "bfloat16")] and capsys.readouterr().out == ""
+    assert calls == [(16, "bfloat16")] and capsys.readouterr() == ("", "")
 
 
 def test_settle_falls_back_to_xla_with_one_line_when_the_probe_fails(capsys):
     probe, calls = _probe_spy(fail=True)
     assert attention.settle_attention_impl(_model_cfg(), probe, backend="gpu").attention_impl == "xla"
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1 and calls == [(16, "float32")]
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and calls == [(16, "float32")]
     for part in ("failed to compile on gpu", "RuntimeError: Mosaic lowering failed: unsupported op",
                  "falling back to xla", "model.attention_impl=pallas", "model.attention_impl=xla"):
-        assert part in out
+        assert part in err
 
 
 def test_explicit_choices_are_not_probed():
@@ -113,4 +113,4 @@ def test_runs_save_auto_and_load_params_settles_it(finished_run, monkeypatch, ca
     monkeypatch.setattr(train_lib, "settle_attention_impl", lambda m: real(m, probe, backend="gpu"))
     cfg, _, _ = train_lib.load_params(finished_run.run_dir)
     assert cfg.model.attention_impl == "xla" and len(calls) == 1
-    assert "falling back to xla" in capsys.readouterr().out
+    assert "falling back to xla" in capsys.readouterr().err

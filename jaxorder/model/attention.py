@@ -3,6 +3,7 @@ and the choice between it and the fused Pallas kernel (`model.attention_impl`)."
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import TYPE_CHECKING, Callable
 
 import jax
@@ -108,7 +109,7 @@ def probe_pallas_attention(head_dim: int, dtype: str) -> None:
 def settle_attention_impl(model_cfg: ModelConfig, probe: Callable[[int, str], None] = probe_pallas_attention,
                           backend: str | None = None) -> ModelConfig:
     """For a run: replaces `attention_impl: auto` by the path to use. On TPU/GPU the kernel is
-    first probe-compiled (`probe`); if that raises, one line says so and the run uses xla."""
+    first probe-compiled (`probe`); if that raises, one line on stderr says so and the run uses xla."""
     if model_cfg.attention_impl != "auto":
         return model_cfg
     backend = backend or jax.default_backend()
@@ -118,9 +119,11 @@ def settle_attention_impl(model_cfg: ModelConfig, probe: Callable[[int, str], No
             probe(model_cfg.head_dim, model_cfg.dtype)
         except Exception as e:  # noqa: BLE001 - any compile failure means: do not use the kernel
             reason = (str(e).strip().splitlines() or [""])[0][:200]
-            print(f"model.attention_impl=auto: the fused Pallas attention kernel failed to compile on {backend} "
-                  f"({type(e).__name__}: {reason}); falling back to xla attention. Force the kernel with "
-                  f"model.attention_impl=pallas, or silence this with model.attention_impl=xla", flush=True)
+            if jax.process_index() == 0:  # stderr, like run progress: stdout may carry JSON results
+                print(f"model.attention_impl=auto: the fused Pallas attention kernel failed to compile on {backend} "
+                      f"({type(e).__name__}: {reason}); falling back to xla attention. Force the kernel with "
+                      f"model.attention_impl=pallas, or silence this with model.attention_impl=xla",
+                      file=sys.stderr, flush=True)
             impl = "xla"
     return dataclasses.replace(model_cfg, attention_impl=impl)
 
