@@ -97,6 +97,28 @@ def test_remat_keeps_loss_and_grads(unrolled_params, tokens, reference, scan, po
     chex.assert_trees_all_close(grads1, grads0, atol=TOL, rtol=0)
 
 
+def projection_dots(cfg, params, tokens) -> int:
+    """Dots without batch dims (the q/k/v/out/gate/up/down/head projections and their gradients)
+    in the compiled l2r gradient: recomputed projections under remat add to the count."""
+    objective = objectives.get(cfg.objective.name)
+    grad = jax.jit(jax.grad(lambda p: objective.loss(p, {"tokens": tokens}, jax.random.key(1), cfg)[0]))
+    hlo = grad.lower(params).compile().as_text()
+    return sum(1 for line in hlo.splitlines() if " dot(" in line and "lhs_batch_dims" not in line)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_dots_policies_save_the_projections(unrolled_params, tokens, scan):
+    """The projections are dots inside a custom_vjp (`dense`); their checkpoint name lets the dots_*
+    remat policies keep them, so the backward pass recomputes none of them (only attention's
+    batched dots under dots_with_no_batch_dims_saveable), unlike full remat."""
+    params = stack_layers(unrolled_params, 2) if scan else unrolled_params
+    count = {policy: projection_dots(cfg_of(f"model.scan_layers={str(scan).lower()}", f"model.remat={policy}"),
+                                     params, tokens)
+             for policy in ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")}
+    assert count["full"] > count["none"]
+    assert count["dots_saveable"] == count["dots_with_no_batch_dims_saveable"] == count["none"], count
+
+
 def one_step(cfg, tokens):
     optimizer = make_optimizer(cfg)
     state = init_state(cfg, optimizer)

@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxorder.config import ModelConfig
 from jaxorder.model.attention import (CACHE_NAMES, attention_mask, cached_attention, pallas_attention,
@@ -19,14 +20,23 @@ from jaxorder.model.attention import (CACHE_NAMES, attention_mask, cached_attent
 from jaxorder.model.rope import apply_rope
 
 Params = Any
+DENSE_NAME = "dense"  # checkpoint name of every projection output (see REMAT_POLICIES)
 
 
 def _dtype(name: str) -> Any:
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
-@jax.custom_vjp
 def dense(x_BLi: jnp.ndarray, w_io: jnp.ndarray) -> jnp.ndarray:
+    """x [B, L, i] @ w [i, o] -> [B, L, o], named DENSE_NAME for the remat policies.
+
+    The dot sits inside a custom_vjp (`_dense_dot`), where jax.checkpoint's dots_* policies cannot
+    see it; the name makes the projection outputs saveable under those policies."""
+    return checkpoint_name(_dense_dot(x_BLi, w_io), DENSE_NAME)
+
+
+@jax.custom_vjp
+def _dense_dot(x_BLi: jnp.ndarray, w_io: jnp.ndarray) -> jnp.ndarray:
     """x [B, L, i] @ w [i, o] -> [B, L, o]; an einsum whose backward orders the weight gradient.
 
     Same math as the plain einsum. Its only purpose is the operand order of the weight-gradient
@@ -40,7 +50,7 @@ def dense(x_BLi: jnp.ndarray, w_io: jnp.ndarray) -> jnp.ndarray:
 
 
 def _dense_fwd(x_BLi, w_io):
-    return dense(x_BLi, w_io), (x_BLi, w_io)
+    return _dense_dot(x_BLi, w_io), (x_BLi, w_io)
 
 
 def _dense_bwd(res, dy_BLo):
@@ -53,7 +63,7 @@ def _dense_bwd(res, dy_BLo):
     return dx_BLi, dw_io.astype(w_io.dtype)
 
 
-dense.defvjp(_dense_fwd, _dense_bwd)
+_dense_dot.defvjp(_dense_fwd, _dense_bwd)
 
 
 def _init(std: float, axes: tuple) -> Any:
@@ -142,10 +152,15 @@ class Block(nn.Module):
         return (x_BLd, None) if self.scanned else x_BLd
 
 
-REMAT_POLICIES = {  # model.remat -> what the backward pass may keep from the forward pass of a layer
+_SAVE_DENSE = jax.checkpoint_policies.save_only_these_names(DENSE_NAME)
+# model.remat -> what the backward pass may keep from the forward pass of a layer. The projections
+# (`dense`, no batch dims) count as dots through their checkpoint name.
+REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_saveable": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_saveable, _SAVE_DENSE),
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable, _SAVE_DENSE),
 }
 SCAN_AXIS = "layers"  # logical name of the leading layer axis of scanned parameters (unmapped: replicated)
 
