@@ -60,6 +60,18 @@ def machine_line() -> str:
             f"JAX {jax.__version__} backend '{jax.default_backend()}' ({dev.device_kind}), load average {load}")
 
 
+def timed(run) -> tuple[dict, float]:
+    """(outputs, wall seconds) of one call of a compiled sampler, waiting for the device."""
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(run())
+    return out, time.perf_counter() - t0
+
+
+def model_line(mcfg, params) -> str:
+    return (f"{mcfg.d_model} d_model, {mcfg.n_layers} layers, {mcfg.n_heads} heads, "
+            f"{model.count_params(params) / 1e6:.2f}M params")
+
+
 def bench_mdm(quick: bool, run_dir: str | None = None) -> None:
     B, L = (4, 128) if quick else (8, 128)
     steps_list = (8, 32) if quick else (8, 32, 128)
@@ -72,14 +84,12 @@ def bench_mdm(quick: bool, run_dir: str | None = None) -> None:
         cfg = config_lib.load(SMALL, ["objective.name=mdm", f"data.seq_len={L}"])
         params = model.init_params(cfg.model, jax.random.key(0))
         what = "`small` model"
-    n_params = model.count_params(params)
     tokens = jnp.full((B, L), special_ids(cfg.model).mask, jnp.int32)
     key = jax.random.key(0)
     rows = [("ancestral", {}), ("confidence", {}), ("margin", {}), ("entropy", {}), ("threshold", {}),
             ("confidence", {"fused": True})]
     print("=" * 100)
-    print(f"mdm samplers: {what} ({cfg.model.d_model} d_model, {cfg.model.n_layers} layers, "
-          f"{cfg.model.n_heads} heads, {n_params / 1e6:.2f}M params, "
+    print(f"mdm samplers: {what} ({model_line(cfg.model, params)}, "
           f"{'trained' if run_dir else 'random'} weights), length {L}, batch {B}, "
           f"T = 1, high-precision noise")
     print("  tokens/s = B*L / wall time of one compiled sampling call (compile excluded); s/pass = time / nfe")
@@ -92,10 +102,7 @@ def bench_mdm(quick: bool, run_dir: str | None = None) -> None:
         cells = []
         for steps in steps_list:
             sc = mdm.SamplerConfig(name=name, steps=steps, temperature=1.0, threshold=0.9, **extra)
-            run = mdm.compile_sample(params, cfg, tokens, key, sc)
-            t0 = time.perf_counter()
-            out = jax.block_until_ready(run())
-            dt = time.perf_counter() - t0
+            out, dt = timed(mdm.compile_sample(params, cfg, tokens, key, sc))
             nfe = int(out["nfe"])
             assert bool(np.all(np.asarray(out["complete"])))
             cells.append(f"{B * L / dt:>10.0f} {nfe:>6d} {dt / max(nfe, 1):>8.3f}")
@@ -116,10 +123,8 @@ def bench_ar(quick: bool) -> None:
     lengths = (128,) if quick else (128, 512)
     cfg = config_lib.load(SMALL, ["objective.name=l2r"])
     params = model.init_params(cfg.model, jax.random.key(0))
-    n_params = model.count_params(params)
     print("=" * 100)
-    print(f"ar (l2r) decoding: `small` model ({cfg.model.d_model} d_model, {cfg.model.n_layers} layers, "
-          f"{cfg.model.n_heads} heads, {n_params / 1e6:.2f}M params, random weights), batch {B}, "
+    print(f"ar (l2r) decoding: `small` model ({model_line(cfg.model, params)}, random weights), batch {B}, "
           f"unconditional (BOS only), T = 1, no EOS stop")
     print("  tokens/s = generated tokens / wall time of one compiled call (the whole jitted while_loop; compile "
           "excluded)")
@@ -130,10 +135,8 @@ def bench_ar(quick: bool) -> None:
         times = {}
         for cache in (True, False):
             ac = ar.ARConfig(temperature=1.0, stop_at_eos=False, cache=cache)
-            run = ar.compile_sample(params, cfg, [np.zeros(0, np.int32)] * B, n, jax.random.key(0), ac)
-            t0 = time.perf_counter()
-            out = jax.block_until_ready(run())
-            times[cache] = time.perf_counter() - t0
+            out, times[cache] = timed(ar.compile_sample(params, cfg, [np.zeros(0, np.int32)] * B, n,
+                                                        jax.random.key(0), ac))
             assert int(np.asarray(out["n_gen"]).sum()) == B * n
         print(f"  {n:>10d} {B * n / times[True]:>12.0f} {B * n / times[False]:>15.1f} "
               f"{times[False] / times[True]:>7.1f}x {times[True]:>8.2f} {times[False]:>11.2f}", flush=True)
@@ -149,10 +152,9 @@ def bench_any_order(quick: bool) -> None:
     lengths = (128,) if quick else (128, 512)
     cfg = config_lib.load(SMALL, ["objective.name=ao_ar"])
     params = model.init_params(cfg.model, jax.random.key(0), target_positions=True)
-    n_params = model.count_params(params)
     print("=" * 100)
-    print(f"any-order AR (ao_ar) sampling: `small` model ({cfg.model.d_model} d_model, {cfg.model.n_layers} layers, "
-          f"{cfg.model.n_heads} heads, {n_params / 1e6:.2f}M params, random weights), batch {B}, "
+    print(f"any-order AR (ao_ar) sampling: `small` model ({model_line(cfg.model, params)}, random weights), "
+          f"batch {B}, "
           f"unconditional (all MASK), T = 1")
     print("  tokens/s = generated tokens / wall time of one compiled call (compile excluded); nfe = network calls")
     print("  no cache = every step recomputes the full causal pass over the permuted sequence (ao_ar.order_logits)")
@@ -164,10 +166,7 @@ def bench_any_order(quick: bool) -> None:
             times = {}
             for cache in (True, False) if order != "greedy" else (True,):
                 oc = any_order.AnyOrderConfig(order=order, temperature=1.0, cache=cache)
-                run = any_order.compile_sample(params, cfg, tokens, jax.random.key(0), oc)
-                t0 = time.perf_counter()
-                out = jax.block_until_ready(run())
-                times[cache] = time.perf_counter() - t0
+                out, times[cache] = timed(any_order.compile_sample(params, cfg, tokens, jax.random.key(0), oc))
                 assert not np.any(np.asarray(out["tokens"]) == special_ids(cfg.model).mask)
             if False in times:
                 no_cache = (f"{B * n / times[False]:>15.1f} {times[False] / times[True]:>7.1f}x "
@@ -192,8 +191,7 @@ def bench_bd3(quick: bool) -> None:
     params = model.init_params(mcfg, jax.random.key(0))
     tokens = np.full((B, L), special_ids(mcfg).mask, np.int32)
     print("=" * 100)
-    print(f"bd3 sampling: `small` model ({mcfg.d_model} d_model, {mcfg.n_layers} layers, {mcfg.n_heads} heads, "
-          f"{model.count_params(params) / 1e6:.2f}M params, random weights), length {L}, batch {B}, "
+    print(f"bd3 sampling: `small` model ({model_line(mcfg, params)}, random weights), length {L}, batch {B}, "
           f"unconditional (all MASK), confidence sampler, T = 1")
     print("  tokens/s = B*L / wall time of one compiled call (compile excluded); steps split evenly over the L/b blocks")
     print("  cache = per step one decode call of the noisy block (b slots) over the finished blocks, plus one write "
@@ -205,10 +203,8 @@ def bench_bd3(quick: bool) -> None:
         sc = mdm.SamplerConfig(name="confidence", steps=steps, temperature=1.0)
         times, nfe = {}, {}
         for cache in (True, False):
-            run = bd3.compile_sample(params, cfgs[b], tokens, jax.random.key(0), sc, cache=cache)
-            t0 = time.perf_counter()
-            out = jax.block_until_ready(run())
-            times[cache], nfe[cache] = time.perf_counter() - t0, int(out["nfe"])
+            out, times[cache] = timed(bd3.compile_sample(params, cfgs[b], tokens, jax.random.key(0), sc, cache=cache))
+            nfe[cache] = int(out["nfe"])
             assert bool(np.all(np.asarray(out["complete"])))
         print(f"  {b:>4d} {steps:>6d} {B * L / times[True]:>12.0f} {B * L / times[False]:>15.0f} "
               f"{times[False] / times[True]:>7.1f}x {times[True]:>8.2f} {times[False]:>11.2f} "
@@ -227,16 +223,14 @@ def main() -> None:
     parser.add_argument("--run", help="mdm section: a trained mdm run directory instead of random `small` weights")
     args = parser.parse_args()
     print(f"machine: {machine_line()}")
-    print("  NOTE: the machine is shared and busy (other jobs run concurrently): timings are noisy, "
-          "compare within one run only.")
-    if args.only in (None, "mdm"):
-        bench_mdm(args.quick, args.run)
-    if args.only in (None, "ar"):
-        bench_ar(args.quick)
-    if args.only in (None, "any_order"):
-        bench_any_order(args.quick)
-    if args.only in (None, "bd3"):
-        bench_bd3(args.quick)
+    print("  NOTE: timings drift with the machine's load (above): compare within one run only.")
+    for name, section in SECTIONS.items():
+        if args.only not in (None, name):
+            continue
+        if name == "mdm":
+            bench_mdm(args.quick, args.run)
+        else:
+            section(args.quick)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ class AnyOrderConfig:
 
 def initial_orders(masked_BL: jnp.ndarray, order: str, key: jax.Array) -> jnp.ndarray:
     """Orders [B, L]: fixed positions first (position order), then the masked ones in `order`
-    (greedy: l2r placeholders, replaced as positions are chosen)."""
+    (greedy: l2r to start with; each slot's entry is replaced when its position is chosen)."""
     B, L = masked_BL.shape
     pos_BL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
     if order == "random":
