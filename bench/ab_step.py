@@ -124,6 +124,9 @@ def main() -> None:
                     help="XLA compiler options for A's step only (e.g. xla_cpu_use_onednn=true)")
     ap.add_argument("--b-options", nargs="*", default=[], metavar="FLAG=VALUE", help="the same for B")
     args = ap.parse_args()
+    from jaxorder.host_memory import configure_host_malloc  # this tree's; both trees' steps share the process
+
+    print(f"# host malloc: {configure_host_malloc()}")
     a = build(args.a.resolve(), args.shape, args.objective, args.set, _options(args.a_options))
     b = build(args.b.resolve(), args.shape, args.objective, args.set, _options(args.b_options))
     print(f"# A {args.a} {' '.join(args.a_options)} (compile {a['compile_s']:.1f} s)  "

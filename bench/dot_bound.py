@@ -37,6 +37,7 @@ from train_step import BASE, SHAPES, flops_per_token, matmul_peak  # noqa: E402
 
 from jaxorder import config as config_lib  # noqa: E402
 from jaxorder.data import make_data  # noqa: E402
+from jaxorder.host_memory import configure_host_malloc  # noqa: E402
 from jaxorder.train import compile_train_step, init_state, make_optimizer, make_placement  # noqa: E402
 
 _DEF = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]")
@@ -140,6 +141,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--top", type=int, default=8, help="slowest dot shapes listed per row")
     args = ap.parse_args()
+    print(f"# host malloc: {configure_host_malloc()}")
     for s in args.shapes.split(","):
         r = bound_row(s, args.objective, args.steps)
         gf = r["model_flops"] / 1e9

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pallas_kernels as pk
+from jaxorder.host_memory import configure_host_malloc
 from pallas_kernels import reference as ref
 from pallas_kernels.attention_tpu import padded_head_dim, step_tables
 
@@ -218,6 +219,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="batch 4 instead of 32 for the measured part")
     ap.add_argument("--model-only", action="store_true", help="skip the measured part")
     args = ap.parse_args()
+    print(f"# host malloc: {configure_host_malloc()}")
     print_model()
     if not args.model_only:
         print_measured(args.quick)

@@ -45,6 +45,7 @@ import numpy as np
 
 from jaxorder import config as config_lib
 from jaxorder import model
+from jaxorder.host_memory import configure_host_malloc
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling import mdm
 
@@ -222,7 +223,8 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(SECTIONS), help="run one section")
     parser.add_argument("--run", help="mdm section: a trained mdm run directory instead of random `small` weights")
     args = parser.parse_args()
-    print(f"machine: {machine_line()}")
+    host_malloc = configure_host_malloc()  # before JAX's CPU client exists (machine_line creates it)
+    print(f"machine: {machine_line()}; host malloc: {host_malloc}")
     print("  NOTE: timings drift with the machine's load (above): compare within one run only.")
     for name, section in SECTIONS.items():
         if args.only not in (None, name):

@@ -38,6 +38,7 @@ import numpy as np
 from jaxorder import config as config_lib
 from jaxorder import model
 from jaxorder.data import make_data
+from jaxorder.host_memory import ENV as HOST_MALLOC_ENV, configure_host_malloc
 from jaxorder.train import compile_train_step, init_state, make_optimizer, make_placement
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +149,7 @@ def main() -> None:
     ap.add_argument("--objectives", default="l2r,mdm")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per row and mode (median)")
     args = ap.parse_args()
+    host_malloc = configure_host_malloc()  # before JAX's CPU client exists
     shapes, objs = args.shapes.split(","), args.objectives.split(",")
     for s in shapes:
         if s not in SHAPES:
@@ -162,6 +164,7 @@ def main() -> None:
           f"jax {jax.__version__}; float32")
     print("# FLOPs/token = 6N + 12*n_layers*n_heads*head_dim*T; N = params without the token-embedding "
           "table (lookup); 'device' = batch already on device, 'pipeline' = grain batch + device put each step")
+    print(f"# host malloc ({HOST_MALLOC_ENV}): {host_malloc}")
     for s in shapes:
         print(f"# shape {s}: {SHAPES[s][1]}")
 

@@ -325,6 +325,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    from jaxorder.host_memory import configure_host_malloc
+
+    try:  # before JAX creates its CPU client (see jaxorder.host_memory)
+        configure_host_malloc()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from jaxorder.train import Preempted
 
     try:

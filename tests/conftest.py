@@ -25,6 +25,10 @@ except ImportError:
 import numpy as np
 import pytest
 
+from jaxorder.host_memory import configure_host_malloc
+
+configure_host_malloc()  # before any test creates JAX's CPU client (see jaxorder.host_memory)
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL_YAML = REPO / "configs" / "model" / "tiny.yaml"
 
