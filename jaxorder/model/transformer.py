@@ -17,6 +17,7 @@ from jax.ad_checkpoint import checkpoint_name
 from jaxorder.config import ModelConfig
 from jaxorder.model.attention import (CACHE_NAMES, attention_mask, cached_attention, pallas_attention,
                                       resolve_attention_impl, xla_attention)
+from jaxorder.model.layout import keep_layout
 from jaxorder.model.rope import apply_rope
 
 Params = Any
@@ -59,7 +60,7 @@ def _dense_bwd(res, dy_BLo):
     if x_BLi.shape[-1] <= dy_BLo.shape[-1]:
         dw_io = jnp.einsum("bli,blo->io", x_BLi, dy_BLo)
     else:
-        dw_io = jnp.einsum("blo,bli->oi", dy_BLo, x_BLi).T
+        dw_io = keep_layout(jnp.einsum("blo,bli->oi", dy_BLo, x_BLi)).T  # the dot stays plain (layout.py)
     return dx_BLi, dw_io.astype(w_io.dtype)
 
 
@@ -122,6 +123,30 @@ class Attention(nn.Module):
         return dense(o_BLHD.reshape(B, L, H * D), w_out.astype(dt).reshape(H * D, d))
 
 
+@jax.custom_vjp
+def swiglu(gate_BLF: jnp.ndarray, up_BLF: jnp.ndarray) -> jnp.ndarray:
+    """silu(gate) * up, with a backward pass that keeps only gate and up.
+
+    Autodiff of nn.silu(gate) * up saves sigmoid(gate) and silu(gate) as well, each a separate
+    elementwise pass over [B, L, F] in the forward pass; here the backward recomputes the sigmoid
+    inside its own fusions. Same math; float rounding may differ in the last bit."""
+    return gate_BLF * jax.nn.sigmoid(gate_BLF) * up_BLF
+
+
+def _swiglu_fwd(gate_BLF, up_BLF):
+    return swiglu(gate_BLF, up_BLF), (gate_BLF, up_BLF)
+
+
+def _swiglu_bwd(res, dh_BLF):
+    gate_BLF, up_BLF = res
+    sig_BLF = jax.nn.sigmoid(gate_BLF)
+    d_gate_BLF = dh_BLF * up_BLF * sig_BLF * (1 + gate_BLF * (1 - sig_BLF))
+    return d_gate_BLF, dh_BLF * gate_BLF * sig_BLF
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 class SwiGLU(nn.Module):
     cfg: ModelConfig
 
@@ -133,7 +158,7 @@ class SwiGLU(nn.Module):
         w_in = self.param("gate_up", _init(d ** -0.5, ("embed", None, "mlp")), (d, 2, F), pdt)
         w_out = self.param("down", _init(F ** -0.5 / (2 * cfg.n_layers) ** 0.5, ("mlp", "embed")), (F, d), pdt)
         w_in = w_in.astype(dt)  # gate and up from slices of the fused weight (see Attention)
-        h_BLF = nn.silu(dense(x_BLd, w_in[:, 0])) * dense(x_BLd, w_in[:, 1])
+        h_BLF = swiglu(dense(x_BLd, w_in[:, 0]), dense(x_BLd, w_in[:, 1]))
         h_BLF = nn.with_logical_constraint(h_BLF, ("batch", "length", "mlp"))
         return dense(h_BLF, w_out.astype(dt))
 

@@ -1,0 +1,56 @@
+"""The model's hand-written backward passes (`dense`, `swiglu`) against autodiff of the plain
+formulas, and the operand layouts they are there for (XLA:CPU HLO of the gradient)."""
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxorder.model.transformer import dense, swiglu
+
+
+def _rand(shape, i, dtype=jnp.float32):
+    return jax.random.normal(jax.random.fold_in(jax.random.key(0), i), shape).astype(dtype)
+
+
+@pytest.mark.parametrize("i, o", [(16, 48), (48, 16), (32, 32)])
+def test_dense_gradients_equal_autodiff(i, o):
+    x, w, dy = _rand((3, 5, i), 0), _rand((i, o), 1), _rand((3, 5, o), 2)
+    y, vjp = jax.vjp(dense, x, w)
+    y_ref, vjp_ref = jax.vjp(lambda x, w: jnp.einsum("bli,io->blo", x, w), x, w)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+    for got, want in zip(vjp(dy), vjp_ref(dy)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)])
+def test_swiglu_gradients_equal_autodiff(dtype, tol):
+    """In bfloat16 against the float32 formula on the same inputs (rounding differs per element)."""
+    g, u, dh = (_rand((2, 7, 24), k, dtype) * 3 for k in range(3))
+    h, vjp = jax.vjp(swiglu, g, u)
+    f32 = [x.astype(jnp.float32) for x in (g, u, dh)]
+    h_ref, vjp_ref = jax.vjp(lambda g, u: jax.nn.silu(g) * u, *f32[:2])
+    assert h.dtype == dtype
+    for got, want in zip((h, *vjp(dh)), (h_ref, *vjp_ref(f32[2]))):
+        assert got.dtype == dtype
+        scale = float(jnp.max(jnp.abs(want)))
+        np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tol, atol=tol * scale)
+
+
+def _transposed_lhs_dots(hlo: str) -> list[str]:
+    """Plain (batch-free) dots whose left operand is contracted over its leading dimension."""
+    return [line.strip() for line in hlo.splitlines()
+            if " dot(" in line and "lhs_batch_dims" not in line and re.search(r"lhs_contracting_dims=\{0\}", line)]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU layouts")
+@pytest.mark.parametrize("i, o", [(256, 64), (64, 256)])
+def test_weight_gradient_dot_has_a_row_major_lhs(i, o):
+    """dW = x^T dy: on CPU the compiled gradient must not contain a dot with a transposed-lhs
+    operand (XLA:CPU runs those on a slow fallback instead of YNNPACK; see jaxorder.model.layout)."""
+    x, w = _rand((4, 96, i), 0), _rand((i, o), 1)
+    grad = jax.jit(jax.grad(lambda w: jnp.sum(jnp.sin(dense(x, w))))).lower(w).compile()
+    assert _transposed_lhs_dots(grad.as_text()) == []
