@@ -1,6 +1,6 @@
 """Train-step throughput against this machine's own dense-matmul peak (issue 7).
 
-    python bench/train_step.py                     # shapes a, b, small, smoke; l2r and mdm (~3 min on 2 cores)
+    python bench/train_step.py                     # shapes a, b, small, smoke; l2r and mdm (~5 min on 2 cores)
     python bench/train_step.py --shapes a --objectives l2r --steps 30
 
 In one process: the float32 jnp.dot 2048^3 peak (sampled before every row; the table uses the
@@ -21,6 +21,8 @@ Peak RSS is the process high-water mark during the row (reset per row through
 
 The machine may be shared: ratios to the peak measured in the same run are the numbers to
 compare, not absolute timings. Everything is seeded; the data are the embedded corpus.
+The process first tunes glibc malloc (jaxorder.host_memory; the header says whether it did):
+JAXORDER_HOST_MALLOC=system python bench/train_step.py measures with glibc's defaults.
 """
 from __future__ import annotations
 
