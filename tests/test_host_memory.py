@@ -28,11 +28,12 @@ FAULTS_SCRIPT = textwrap.dedent("""
     x = jnp.linspace(0.0, 1.0, 4096)
     for _ in range(5):
         f(x).block_until_ready()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
+    faults = []  # per call: the tuned heap may still grow (fragmentation) on an occasional call
+    for _ in range(11):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         f(x).block_until_ready()
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
-    print(json.dumps({"status": status, "faults_per_call": faults}))
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(json.dumps({"status": status, "faults_per_call": sorted(faults)[5]}))  # the median
 """)
 
 
@@ -49,7 +50,8 @@ def test_tuned_malloc_reuses_xla_temporaries():
     system, tuned = _run("system"), _run("auto")
     assert system["status"].startswith("system")
     assert tuned["status"].startswith("tuned"), tuned["status"]
-    # glibc's defaults map and unmap the temporaries on every call: >= 64 MB of fresh 4 KiB pages
+    # median call: glibc's defaults map and unmap the temporaries every time (>= 64 MB of fresh
+    # 4 KiB pages); tuned, the heap is reused
     assert system["faults_per_call"] > 10_000, system
     assert tuned["faults_per_call"] < 500, tuned
 
