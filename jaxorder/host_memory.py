@@ -53,9 +53,9 @@ def _glibc() -> ctypes.CDLL | None:
 def _jax_backends_initialized() -> bool:
     if "jax" not in sys.modules:
         return False
-    from jax._src import xla_bridge
+    from jax._src import xla_bridge  # private: if it moves, assume not yet (tuning late only has no effect)
 
-    return xla_bridge.backends_are_initialized()
+    return bool(getattr(xla_bridge, "backends_are_initialized", lambda: False)())
 
 
 def _accelerator_possible() -> str | None:
