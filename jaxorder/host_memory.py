@@ -6,7 +6,7 @@ threads. glibc serves such a request from that thread's arena, whose heaps hold 
 or, above its mmap threshold, with a fresh mmap; either way the buffer is unmapped when freed, so
 the next call faults every page in again (the kernel zeroes each 4 KiB page). Measured on the
 2-core CPU machine: 12,650 page faults and ~20 ms of system time per 38 ms step at shape a,
-346,000 faults and ~1 s of system time per ~2 s step at shape b.
+346,000 faults and 0.8-1.2 s of system time per ~2 s step at shape b.
 
 `configure_host_malloc()` makes glibc keep that memory: one arena (all threads allocate from
 the main heap, which grows without the 64 MB limit), no mmap-served chunks, and no trimming of
@@ -26,7 +26,6 @@ Set JAXORDER_HOST_MALLOC to choose:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import importlib.metadata
 import importlib.util
 import os
@@ -40,11 +39,11 @@ _SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2 ** 31 - 
 
 
 def _glibc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if not sys.platform.startswith("linux") or name is None:
+    """The process's own C library if it is glibc (the symbols already loaded: no library search)."""
+    if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
     except OSError:
         return None
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
