@@ -128,8 +128,10 @@ def swiglu(gate_BLF: jnp.ndarray, up_BLF: jnp.ndarray) -> jnp.ndarray:
     """silu(gate) * up, with a backward pass that keeps only gate and up.
 
     Autodiff of nn.silu(gate) * up saves sigmoid(gate) and silu(gate) as well, each a separate
-    elementwise pass over [B, L, F] in the forward pass; here the backward recomputes the sigmoid
-    inside its own fusions. Same math; float rounding may differ in the last bit."""
+    elementwise pass over [B, L, F] in the forward pass. Here the backward asks for the sigmoid
+    again; in the compiled CPU step XLA shares that one sigmoid pass between the forward and the
+    backward fusions, and silu(gate) is never stored. Same math; float rounding may differ in the
+    last bit."""
     return gate_BLF * jax.nn.sigmoid(gate_BLF) * up_BLF
 
 
