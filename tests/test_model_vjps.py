@@ -1,4 +1,4 @@
-"""The model's hand-written backward passes (`dense`, `swiglu`) against autodiff of the plain
+"""The model's hand-written backward passes (`dense`, `swiglu`, `attention_scores`) against autodiff of the plain
 formulas, and the operand layouts they are there for (XLA:CPU HLO of the gradient)."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxorder.model.attention import attention_mask, attention_scores, xla_attention
 from jaxorder.model.transformer import dense, swiglu
 
 
@@ -40,6 +41,18 @@ def test_swiglu_gradients_equal_autodiff(dtype, tol):
         np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tol, atol=tol * scale)
 
 
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_attention_scores_gradients_equal_autodiff(dtype, tol):
+    q, k, ds = _rand((2, 9, 3, 8), 0, dtype), _rand((2, 7, 3, 8), 1, dtype), _rand((2, 3, 9, 7), 2, dtype)
+    s, vjp = jax.vjp(attention_scores, q, k)
+    s_ref, vjp_ref = jax.vjp(lambda q, k: jnp.einsum("blhd,bshd->bhls", q, k), q, k)
+    for got, want in zip((s, *vjp(ds)), (s_ref, *vjp_ref(ds))):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        scale = float(jnp.max(jnp.abs(want.astype(jnp.float32))))
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                                   rtol=tol, atol=tol * scale)
+
+
 def _transposed_lhs_dots(hlo: str) -> list[str]:
     """Plain (batch-free) dots whose left operand is contracted over its leading dimension."""
     return [line.strip() for line in hlo.splitlines()
@@ -54,3 +67,23 @@ def test_weight_gradient_dot_has_a_row_major_lhs(i, o):
     x, w = _rand((4, 96, i), 0), _rand((i, o), 1)
     grad = jax.jit(jax.grad(lambda w: jnp.sum(jnp.sin(dense(x, w))))).lower(w).compile()
     assert _transposed_lhs_dots(grad.as_text()) == []
+
+
+def _transposed_lhs_batched_dots(hlo: str) -> list[str]:
+    """Dots over batch dims {0,1} whose rank-4 left operand is contracted over dim 2, not its minor dim."""
+    return [line.strip() for line in hlo.splitlines()
+            if " dot(" in line and "lhs_batch_dims={0,1}," in line and "lhs_contracting_dims={2}" in line]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU layouts")
+@pytest.mark.parametrize("kind", ["causal", "bidirectional"])
+def test_attention_backward_has_no_transposed_lhs_batched_dot(kind):
+    """At bench shape a's attention (B=12, L=64, 4 heads of 32), autodiff of the score einsum gave
+    dk = dS^T q with dS contracted over its query axis, which XLA:CPU runs on its slow fallback."""
+    q, k, v, do = (_rand((12, 64, 4, 32), i) for i in range(4))
+    mask = attention_mask(kind, 64)
+
+    def backward(q, k, v, do):
+        return jax.vjp(lambda q, k, v: xla_attention(q, k, v, mask), q, k, v)[1](do)
+
+    assert _transposed_lhs_batched_dots(jax.jit(backward).lower(q, k, v, do).compile().as_text()) == []
