@@ -33,9 +33,10 @@ import sys
 
 ENV = "JAXORDER_HOST_MALLOC"
 MODES = ("auto", "tuned", "system")
-# mallopt(3) parameters (glibc malloc.h)
+# mallopt(3) parameters (glibc malloc.h). A trim threshold of -1 disables trimming completely
+# (mallopt(3)); the largest positive int would still trim a free heap top above 2 GiB.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
 
 
 def _glibc() -> ctypes.CDLL | None:

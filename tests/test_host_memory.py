@@ -56,6 +56,36 @@ def test_tuned_malloc_reuses_xla_temporaries():
     assert tuned["faults_per_call"] < 500, tuned
 
 
+# Frees a 3 GiB heap chunk (address space only: never touched) and reports whether the program
+# break came back down, i.e. whether glibc trimmed the heap top.
+TRIM_SCRIPT = textwrap.dedent("""
+    import ctypes, json
+    from jaxorder.host_memory import configure_host_malloc
+    status = configure_host_malloc("tuned")
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
+    p = libc.malloc(3 << 30)
+    grown = libc.sbrk(0)
+    libc.free(p)
+    print(json.dumps({"status": status, "heap_chunk": p is not None and p < grown,
+                      "trimmed_bytes": grown - libc.sbrk(0)}))
+""")
+
+
+@pytest.mark.skipif(host_memory._glibc() is None, reason="glibc only")
+def test_tuned_malloc_never_trims_the_heap():
+    """mallopt's largest positive trim threshold (2 GiB) would still trim this free top."""
+    env = {k: v for k, v in os.environ.items() if k != host_memory.ENV}
+    out = subprocess.run([sys.executable, "-c", TRIM_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=120, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["status"].startswith("tuned"), result
+    assert result["heap_chunk"], result  # served from the heap (no mmap chunks), not a mapping
+    assert result["trimmed_bytes"] == 0, result
+
+
 def test_modes_and_refusals(monkeypatch):
     monkeypatch.delenv(host_memory.ENV, raising=False)
     assert host_memory.configure_host_malloc("system") == f"system: {host_memory.ENV}=system"
