@@ -36,7 +36,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from jaxorder.train import eval_run
+    from jaxorder.runs import eval_run
 
     result = eval_run(args.run_dir, args.orders, args.max_windows)
     if args.generate:

@@ -32,7 +32,8 @@ from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
 from jaxorder.distributed import initialize, is_main_process
 from jaxorder.report import sampler_columns, sampler_rows, text_table, write_report
-from jaxorder.train import eval_run, log, train
+from jaxorder.runs import eval_run
+from jaxorder.train import log, train
 
 SWEEP_KEYS = ("name", "base", "overrides", "axes", "grid", "orders", "order_windows", "attention_summary", "generate")
 GENERATE_KEYS = ("num_samples", "samplers", "steps")

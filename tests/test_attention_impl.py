@@ -107,10 +107,10 @@ def test_runs_save_auto_and_load_params_settles_it(finished_run, monkeypatch, ca
     settles it, here on a patched GPU backend whose probe fails."""
     saved = yaml.safe_load((finished_run.run_dir / "config.yaml").read_text())
     assert saved["model"]["attention_impl"] == "auto"
-    from jaxorder import train as train_lib
+    from jaxorder import runs
     probe, calls = _probe_spy(fail=True)
-    real = train_lib.settle_attention_impl
-    monkeypatch.setattr(train_lib, "settle_attention_impl", lambda m: real(m, probe, backend="gpu"))
-    cfg, _, _ = train_lib.load_params(finished_run.run_dir)
+    real = runs.settle_attention_impl
+    monkeypatch.setattr(runs, "settle_attention_impl", lambda m: real(m, probe, backend="gpu"))
+    cfg, _, _ = runs.load_params(finished_run.run_dir)
     assert cfg.model.attention_impl == "xla" and len(calls) == 1
     assert "falling back to xla" in capsys.readouterr().err

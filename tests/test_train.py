@@ -25,7 +25,8 @@ from conftest import (SENTENCE, SUBPROCESS_STEPS, SUBPROCESS_TIMEOUT, TINY, cli_
 from jaxorder import cli
 from jaxorder import config as config_lib
 from jaxorder.metrics import read_metrics
-from jaxorder.train import Preempted, load_params, train
+from jaxorder.runs import load_params
+from jaxorder.train import Preempted, train
 
 
 def tiny_cfg(data_path: Path, objective: str = "l2r", steps: int = 40, **train_fields) -> config_lib.Config:

@@ -268,7 +268,7 @@ def analyze_run(run_dir: str | Path, inputs: str = "corpus", max_offset: int = D
                 windows: int = DEFAULT_WINDOWS, mask_rate: float = 0.0, seed: int = 0,
                 threshold: float = DEFAULT_SLASH_THRESHOLD) -> AttentionAnalysis:
     """Loads a run's newest checkpoint and measures its attention on `windows` windows of `inputs`."""
-    from jaxorder.train import load_params
+    from jaxorder.runs import load_params
 
     if inputs not in INPUTS:
         raise ConfigError(f"--inputs '{inputs}' is not one of: {', '.join(INPUTS)}")
