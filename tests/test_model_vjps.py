@@ -17,6 +17,12 @@ def _rand(shape, i, dtype=jnp.float32):
     return jax.random.normal(jax.random.fold_in(jax.random.key(0), i), shape).astype(dtype)
 
 
+def _assert_close_at_scale(got, want, tol: float) -> None:
+    """Elementwise within tol, relative and as a fraction of want's largest magnitude (in float32)."""
+    want = np.asarray(want, np.float32)
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tol, atol=tol * float(np.max(np.abs(want))))
+
+
 @pytest.mark.parametrize("i, o", [(16, 48), (48, 16), (32, 32)])
 def test_dense_gradients_equal_autodiff(i, o):
     x, w, dy = _rand((3, 5, i), 0), _rand((i, o), 1), _rand((3, 5, o), 2)
@@ -37,8 +43,7 @@ def test_swiglu_gradients_equal_autodiff(dtype, tol):
     assert h.dtype == dtype
     for got, want in zip((h, *vjp(dh)), (h_ref, *vjp_ref(f32[2]))):
         assert got.dtype == dtype
-        scale = float(jnp.max(jnp.abs(want)))
-        np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tol, atol=tol * scale)
+        _assert_close_at_scale(got, want, tol)
 
 
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
@@ -48,9 +53,7 @@ def test_attention_scores_gradients_equal_autodiff(dtype, tol):
     s_ref, vjp_ref = jax.vjp(lambda q, k: jnp.einsum("blhd,bshd->bhls", q, k), q, k)
     for got, want in zip((s, *vjp(ds)), (s_ref, *vjp_ref(ds))):
         assert got.shape == want.shape and got.dtype == want.dtype
-        scale = float(jnp.max(jnp.abs(want.astype(jnp.float32))))
-        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
-                                   rtol=tol, atol=tol * scale)
+        _assert_close_at_scale(got, want, tol)
 
 
 def _transposed_lhs_dots(hlo: str) -> list[str]:
