@@ -1,4 +1,6 @@
 """Model: shapes, RoPE, masks, logical axes."""
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -31,15 +33,37 @@ def test_shapes_dtypes_and_logical_axes():
 def test_rope_matches_complex_rotation_and_is_relative():
     x = jax.random.normal(jax.random.key(0), (1, 5, 2, 8))
     pos = jnp.asarray([[0, 3, 1, 7, 2]])
-    out = np.asarray(apply_rope(x, pos, 10000.0))
+    out = np.asarray(apply_rope(x, pos, 10000.0, 8))
     xc = np.asarray(x[..., :4]) + 1j * np.asarray(x[..., 4:])
     freq = 10000.0 ** (-np.arange(4) * 2 / 8)
     rot = xc * np.exp(1j * np.asarray(pos)[..., None, None] * freq)
     np.testing.assert_allclose(out, np.concatenate([rot.real, rot.imag], -1), atol=1e-5)
     q, k = jax.random.normal(jax.random.key(1), (2, 1, 1, 1, 8))
-    dots = [float(jnp.sum(apply_rope(q, jnp.asarray([[p + 5]]), 1e4) * apply_rope(k, jnp.asarray([[p]]), 1e4)))
+    dots = [float(jnp.sum(apply_rope(q, jnp.asarray([[p + 5]]), 1e4, 32) * apply_rope(k, jnp.asarray([[p]]), 1e4, 32)))
             for p in (0, 11)]
     np.testing.assert_allclose(dots[0], dots[1], rtol=1e-4)
+
+
+def test_rope_positions_outside_the_table_give_nan():
+    x = jnp.ones((1, 3, 1, 4))
+    out = np.asarray(apply_rope(x, jnp.asarray([[0, 7, 8]]), 1e4, 8))
+    assert np.isfinite(out[0, :2]).all() and np.isnan(out[0, 2]).all()
+
+
+def test_compiled_cpu_gradient_evaluates_rope_cos_in_one_fusion():
+    """The position table keeps XLA:CPU from re-evaluating cos/sin inside every RoPE fusion (rope_angles)."""
+    c = cfg()
+    params = model.init_params(c, jax.random.key(0))
+    tokens = jnp.zeros((2, 16), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(16), (2, 16))
+
+    def loss(p):
+        return jnp.sum(model.apply(p, c, tokens, positions, "causal"))
+
+    hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    bodies = re.findall(r"^(%\S+) .*?\{\n(.*?)\n\}", hlo, re.MULTILINE | re.DOTALL)
+    with_cos = [name for name, body in bodies if re.search(r"= f32\[[^]]*\]\{?[^ ]* cosine\(", body)]
+    assert len(with_cos) == 1, with_cos  # the lookup; without the table: one per RoPE fusion (8 here)
 
 
 def test_causal_vs_bidirectional_masks():

@@ -108,7 +108,7 @@ def test_reference_rope_is_the_models_rope():
     for base in (10000.0, 500000.0):
         for x in (q, k, q.astype(jnp.bfloat16)):
             np.testing.assert_array_equal(np.asarray(ref.rope(x, pos, base), np.float32),
-                                          np.asarray(rope_mod.apply_rope(x, pos, base), np.float32))
+                                          np.asarray(rope_mod.apply_rope(x, pos, base, 5000), np.float32))
 
 
 def test_reference_equals_naive_softmax_attention():

@@ -106,15 +106,15 @@ class Attention(nn.Module):
         self.sow("intermediates", "k_pre_rope", k_BLHD)
         if self.has_variable("cache", "cached_key"):  # incremental decoding: jaxorder.model.decode
             cache = tuple(self.variable("cache", n, lambda: None) for n in CACHE_NAMES)
-            o_BLHD = cached_attention(apply_rope(q_BLHD, positions_BL, cfg.rope_base),
-                                      apply_rope(k_BLHD, positions_BL, cfg.rope_base), v_BLHD, *cache,
+            o_BLHD = cached_attention(apply_rope(q_BLHD, positions_BL, cfg.rope_base, cfg.max_len),
+                                      apply_rope(k_BLHD, positions_BL, cfg.rope_base, cfg.max_len), v_BLHD, *cache,
                                       new_mask=mask_kind)
             return dense(o_BLHD.reshape(B, L, H * D), w_out.astype(dt).reshape(H * D, d))
         if resolve_attention_impl(cfg.attention_impl) == "pallas":  # RoPE is applied inside the fused kernel
             o_BLHD = pallas_attention(q_BLHD, k_BLHD, v_BLHD, positions_BL, mask_kind, cfg.rope_base,
                                       interpret=True if cfg.pallas_interpret else None)
-        q_BLHD = apply_rope(q_BLHD, positions_BL, cfg.rope_base)  # dead code for pallas unless captured
-        k_BLHD = apply_rope(k_BLHD, positions_BL, cfg.rope_base)
+        q_BLHD = apply_rope(q_BLHD, positions_BL, cfg.rope_base, cfg.max_len)  # dead code for pallas unless captured
+        k_BLHD = apply_rope(k_BLHD, positions_BL, cfg.rope_base, cfg.max_len)
         self.sow("intermediates", "q_post_rope", q_BLHD)
         self.sow("intermediates", "k_post_rope", k_BLHD)
         if resolve_attention_impl(cfg.attention_impl) == "xla":
