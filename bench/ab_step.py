@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
+from types import SimpleNamespace
 import statistics
 import sys
 import time
@@ -44,7 +46,7 @@ def build(tree: Path, shape: str, objective: str, overrides: list[str], options:
     try:
         config_lib = importlib.import_module("jaxorder.config")
         data_lib = importlib.import_module("jaxorder.data")
-        train = importlib.import_module("jaxorder.train")
+        train = _training_api()
         shapes = _shapes()
         cfg = config_lib.load(tree / "configs" / "experiments" / "smoke.yaml",
                               shapes[shape].split() + [f"objective.name={objective}"] + overrides)
@@ -61,6 +63,16 @@ def build(tree: Path, shape: str, objective: str, overrides: list[str], options:
         sys.path.remove(str(tree))
         _purge()
     return {"step": step, "init": init, "tokens": tokens, "compile_s": compile_s}
+
+
+def _training_api() -> SimpleNamespace:
+    """make_optimizer, make_placement, init_state, compile_train_step of the imported tree (the
+    jaxorder.training package, or the single jaxorder.train module of trees before it)."""
+    if importlib.util.find_spec("jaxorder.training") is None:
+        return importlib.import_module("jaxorder.train")
+    return SimpleNamespace(**{name: getattr(importlib.import_module(f"jaxorder.training.{mod}"), name)
+                              for mod, name in (("optimizer", "make_optimizer"), ("state", "make_placement"),
+                                                ("state", "init_state"), ("step", "compile_train_step"))})
 
 
 def _shapes() -> dict:
@@ -124,7 +136,7 @@ def main() -> None:
                     help="XLA compiler options for A's step only (e.g. xla_cpu_use_onednn=true)")
     ap.add_argument("--b-options", nargs="*", default=[], metavar="FLAG=VALUE", help="the same for B")
     args = ap.parse_args()
-    from jaxorder.host_memory import configure_host_malloc  # this tree's; both trees' steps share the process
+    from jaxorder.platform.host_memory import configure_host_malloc  # this tree's; both trees' steps share the process
 
     print(f"# host malloc: {configure_host_malloc()}")
     a = build(args.a.resolve(), args.shape, args.objective, args.set, _options(args.a_options))

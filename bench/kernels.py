@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pallas_kernels as pk
-from jaxorder.host_memory import configure_host_malloc
+from jaxorder.platform.host_memory import configure_host_malloc
 from pallas_kernels import reference as ref
 from pallas_kernels.attention_tpu import padded_head_dim, step_tables
 

@@ -45,7 +45,7 @@ import numpy as np
 
 from jaxorder import config as config_lib
 from jaxorder import model
-from jaxorder.host_memory import configure_host_malloc
+from jaxorder.platform.host_memory import configure_host_malloc
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling import mdm
 
@@ -77,7 +77,7 @@ def bench_mdm(quick: bool, run_dir: str | None = None) -> None:
     B, L = (4, 128) if quick else (8, 128)
     steps_list = (8, 32) if quick else (8, 32, 128)
     if run_dir:  # a trained mdm run instead of random weights (the threshold sampler then stops early)
-        from jaxorder.runs import load_params
+        from jaxorder.evaluation.runs import load_params
         cfg, params, _ = load_params(Path(run_dir))
         L = min(L, cfg.model.max_len)
         what = f"run {Path(run_dir).name}"

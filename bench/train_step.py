@@ -21,7 +21,7 @@ Peak RSS is the process high-water mark during the row (reset per row through
 
 The machine may be shared: ratios to the peak measured in the same run are the numbers to
 compare, not absolute timings. Everything is seeded; the data are the embedded corpus.
-The process first tunes glibc malloc (jaxorder.host_memory; the header says whether it did):
+The process first tunes glibc malloc (jaxorder.platform.host_memory; the header says whether it did):
 JAXORDER_HOST_MALLOC=system python bench/train_step.py measures with glibc's defaults.
 """
 from __future__ import annotations
@@ -40,8 +40,10 @@ import numpy as np
 from jaxorder import config as config_lib
 from jaxorder import model
 from jaxorder.data import make_data
-from jaxorder.host_memory import ENV as HOST_MALLOC_ENV, configure_host_malloc
-from jaxorder.train import compile_train_step, init_state, make_optimizer, make_placement
+from jaxorder.platform.host_memory import ENV as HOST_MALLOC_ENV, configure_host_malloc
+from jaxorder.training.step import compile_train_step
+from jaxorder.training.state import init_state, make_placement
+from jaxorder.training.optimizer import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "experiments" / "smoke.yaml"

@@ -24,8 +24,8 @@ def _default_run_dir(config_path: str, overrides: list[str]) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from jaxorder import config as config_lib
-    from jaxorder.distributed import initialize
-    from jaxorder.train import train
+    from jaxorder.platform.distributed import initialize
+    from jaxorder.training.loop import train
 
     cfg = config_lib.load(args.config, args.overrides)
     initialize(cfg.distributed)
@@ -36,11 +36,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from jaxorder.runs import eval_run
+    from jaxorder.evaluation.runs import eval_run
 
     result = eval_run(args.run_dir, args.orders, args.max_windows)
     if args.generate:
-        from jaxorder.sampling.quality import generation_quality
+        from jaxorder.evaluation.sample_quality import generation_quality
 
         result["generate"] = generation_quality(args.run_dir, num_samples=args.num_samples, sampler=args.sampler,
                                                 steps=args.steps, seed=args.seed, judge=args.judge)
@@ -56,7 +56,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from jaxorder.sweep import run_sweep
+    from jaxorder.experiments.sweep import run_sweep
 
     results = run_sweep(Path(args.sweep), Path(args.out) if args.out else None, args.overrides,
                         table_to_stderr=args.json)
@@ -66,8 +66,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from jaxorder.analysis import analyze_run
-    from jaxorder.analysis.outputs import summary_text, write_compare, write_outputs
+    from jaxorder.experiments.analysis import analyze_run
+    from jaxorder.experiments.analysis.outputs import summary_text, write_compare, write_outputs
 
     options = dict(inputs=args.inputs, max_offset=args.max_offset, windows=args.windows,
                    mask_rate=args.mask_rate, seed=args.seed, threshold=args.slash_threshold)
@@ -135,7 +135,7 @@ def json_safe(value):
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from jaxorder import config as config_lib
-    from jaxorder.aot import run_in_subprocess
+    from jaxorder.platform.aot import run_in_subprocess
 
     config_lib.load(args.config, args.overrides)  # a bad config fails here, in one line
     if args.devices < 1:
@@ -325,14 +325,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    from jaxorder.host_memory import configure_host_malloc
+    from jaxorder.platform.host_memory import configure_host_malloc
 
-    try:  # before JAX creates its CPU client (see jaxorder.host_memory)
+    try:  # before JAX creates its CPU client (see jaxorder.platform.host_memory)
         configure_host_malloc()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from jaxorder.train import Preempted
+    from jaxorder.training.loop import Preempted
 
     try:
         return args.func(args)

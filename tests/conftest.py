@@ -25,9 +25,9 @@ except ImportError:
 import numpy as np
 import pytest
 
-from jaxorder.host_memory import configure_host_malloc
+from jaxorder.platform.host_memory import configure_host_malloc
 
-configure_host_malloc()  # before any test creates JAX's CPU client (see jaxorder.host_memory)
+configure_host_malloc()  # before any test creates JAX's CPU client (see jaxorder.platform.host_memory)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL_YAML = REPO / "configs" / "model" / "tiny.yaml"
@@ -133,7 +133,7 @@ class FinishedRun:
 def finished_run(tmp_path_factory, tiny_config_file) -> FinishedRun:
     """A finished 30-step l2r run (checkpoints at 10, 20, 30; val at 20, 30). Read-only: copy it to mutate."""
     from jaxorder import config as config_lib
-    from jaxorder.train import train
+    from jaxorder.training.loop import train
 
     run_dir = tmp_path_factory.mktemp("finished") / "run"
     cfg = config_lib.load(tiny_config_file)

@@ -1,4 +1,4 @@
-"""Attention diagnostics (jaxorder.analysis): exact slash scores on synthetic maps, rank-one-ness of a
+"""Attention diagnostics (jaxorder.experiments.analysis): exact slash scores on synthetic maps, rank-one-ness of a
 rank-one construction, capture leaves the model unchanged and reproduces its attention, and
 `jaxorder analyze attention` end to end on tiny trained runs (files, --compare, one-line errors)."""
 from __future__ import annotations
@@ -19,9 +19,9 @@ import pytest
 from jaxorder import cli
 from jaxorder import config as config_lib
 from jaxorder import model
-from jaxorder.analysis import (analyze_capture, capture_attention, dominant_offset, entropy_and_sink, mask_kind_for,
+from jaxorder.experiments.analysis import (analyze_capture, capture_attention, dominant_offset, entropy_and_sink, model_inputs,
                                rank_one_ness, slash_dominant_fraction, slash_scores)
-from jaxorder.analysis.attention import uniform_baseline
+from jaxorder.experiments.analysis.attention import uniform_baseline
 from jaxorder.config import ConfigError, ModelConfig
 from jaxorder.model import transformer
 from jaxorder.model.attention import attention_mask
@@ -83,9 +83,14 @@ def test_entropy_sink_and_uniform_baseline():
 
 
 def test_unsupported_objective_is_a_config_error():
-    assert mask_kind_for("mdm") == "bidirectional" and mask_kind_for("r2l") == "causal"
+    tokens_NL = np.arange(16, dtype=np.int32).reshape(2, 8)
+    cfg = {name: config_lib.load(None, [f"objective.name={name}", "data.seq_len=8"]) for name in ("mdm", "r2l", "bd3")}
+    inputs, kind, rate = model_inputs(tokens_NL, cfg["mdm"], 0.5, 0)
+    assert kind == "bidirectional" and rate == 0.5 and (inputs == cfg["mdm"].model.vocab_size - 3).any()
+    inputs, kind, rate = model_inputs(tokens_NL, cfg["r2l"], 0.5, 0)
+    assert kind == "causal" and rate == 0.0 and inputs[0, 1] == tokens_NL[0, -1]  # BOS, then x_{L-1}
     with pytest.raises(ConfigError, match="bd3"):
-        mask_kind_for("bd3")
+        model_inputs(tokens_NL, cfg["bd3"])
 
 
 # ----------------------------------------------------------------------------- capture on a model
@@ -157,7 +162,7 @@ def _write_corpus(path: Path) -> Path:
 def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     """A 10-step l2r run, and a copy relabelled objective mdm (same parameter tree: analysed with the
     bidirectional mask), so the CLI sees both mask kinds for the cost of one training run."""
-    from jaxorder.train import train
+    from jaxorder.training.loop import train
 
     root = tmp_path_factory.mktemp("analysis_runs")
     corpus = _write_corpus(root / "corpus.txt")

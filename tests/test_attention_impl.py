@@ -107,7 +107,7 @@ def test_runs_save_auto_and_load_params_settles_it(finished_run, monkeypatch, ca
     settles it, here on a patched GPU backend whose probe fails."""
     saved = yaml.safe_load((finished_run.run_dir / "config.yaml").read_text())
     assert saved["model"]["attention_impl"] == "auto"
-    from jaxorder import runs
+    from jaxorder.evaluation import runs
     probe, calls = _probe_spy(fail=True)
     real = runs.settle_attention_impl
     monkeypatch.setattr(runs, "settle_attention_impl", lambda m: real(m, probe, backend="gpu"))

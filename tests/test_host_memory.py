@@ -1,4 +1,4 @@
-"""jaxorder.host_memory: glibc malloc tuned so XLA:CPU reuses its temporaries instead of
+"""jaxorder.platform.host_memory: glibc malloc tuned so XLA:CPU reuses its temporaries instead of
 page-faulting them in on every call. The effect is checked in fresh processes (the settings must
 precede JAX's CPU client), counting minor page faults of a jitted function with a large temporary."""
 from __future__ import annotations
@@ -11,12 +11,12 @@ import textwrap
 
 import pytest
 
-from jaxorder import host_memory
+from jaxorder.platform import host_memory
 
 # A jitted function whose XLA temporaries (~200 MB) exceed a glibc thread arena's 64 MB heaps.
 FAULTS_SCRIPT = textwrap.dedent("""
     import json, resource, sys
-    from jaxorder.host_memory import configure_host_malloc
+    from jaxorder.platform.host_memory import configure_host_malloc
     status = configure_host_malloc()
     import jax, jax.numpy as jnp
 
@@ -60,7 +60,7 @@ def test_tuned_malloc_reuses_xla_temporaries():
 # break came back down, i.e. whether glibc trimmed the heap top.
 TRIM_SCRIPT = textwrap.dedent("""
     import ctypes, json
-    from jaxorder.host_memory import configure_host_malloc
+    from jaxorder.platform.host_memory import configure_host_malloc
     status = configure_host_malloc("tuned")
     libc = ctypes.CDLL(None)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]

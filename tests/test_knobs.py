@@ -13,9 +13,11 @@ import pytest
 
 from jaxorder import config as config_lib
 from jaxorder import model, objectives
-from jaxorder.analysis.attention import capture_attention
+from jaxorder.experiments.analysis.attention import capture_attention
 from jaxorder.model.transformer import stack_layers, unstack_layers
-from jaxorder.train import init_state, make_optimizer, make_train_step
+from jaxorder.training.state import init_state
+from jaxorder.training.optimizer import make_optimizer
+from jaxorder.training.step import make_train_step
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.max_len=32", "data.seq_len=16",
@@ -76,7 +78,7 @@ def test_scan_logical_axes_have_a_layers_axis():
 
 
 def test_weight_decay_mask_ignores_the_layer_axis(unrolled_params):
-    from jaxorder.train import _is_matrix
+    from jaxorder.training.optimizer import _is_matrix
 
     stacked = stack_layers(unrolled_params, 2)
     mask_u = jax.tree_util.tree_map_with_path(_is_matrix, unrolled_params)

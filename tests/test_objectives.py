@@ -42,8 +42,8 @@ def test_l2r_loss_equals_hand_computed_cross_entropy(setup):
     expected = -np.mean([[logp[b, i, int(tokens[b, i])] for i in range(8)] for b in range(3)])
     value, metrics = l2r.loss(params, {"tokens": tokens}, jax.random.key(0), cfg)
     np.testing.assert_allclose(float(value), expected, rtol=1e-5)
-    nll_B, exact = l2r.nll(params, {"tokens": tokens}, jax.random.key(0), cfg)
-    assert exact
+    nll_B = l2r.nll(params, {"tokens": tokens}, jax.random.key(0), cfg)
+    assert objectives.get("l2r").exact
     np.testing.assert_allclose(np.asarray(nll_B).mean() / 8, expected, rtol=1e-5)
 
 
@@ -64,8 +64,8 @@ def test_r2l_equals_l2r_on_reversed_sequence(setup):
     l2r_loss, _ = l2r.loss(params, {"tokens": tokens[:, ::-1]}, rng, cfg)
     np.testing.assert_allclose(float(r2l_loss), float(l2r_loss), rtol=1e-6)
     assert not np.isclose(float(r2l_loss), float(l2r.loss(params, {"tokens": tokens}, rng, cfg)[0]))
-    np.testing.assert_allclose(r2l.nll(params, {"tokens": tokens}, rng, cfg)[0],
-                               l2r.nll(params, {"tokens": tokens[:, ::-1]}, rng, cfg)[0], rtol=1e-6)
+    np.testing.assert_allclose(r2l.nll(params, {"tokens": tokens}, rng, cfg),
+                               l2r.nll(params, {"tokens": tokens[:, ::-1]}, rng, cfg), rtol=1e-6)
 
 
 def test_mdm_never_predicts_mask_and_scores_only_masked_positions(setup):
@@ -157,8 +157,9 @@ def test_mdm_loss_monte_carlo_matches_exact_time_average(enum_setup):
 
 def test_registry_exposes_the_interface():
     for name in ("l2r", "r2l", "mdm"):
-        module = objectives.get(name)
-        assert callable(module.loss) and callable(module.nll) and isinstance(module.EXACT, bool)
+        objective = objectives.get(name)
+        assert objective.name == name and callable(objective.loss) and callable(objective.nll)
+        assert isinstance(objective.exact, bool)
     with pytest.raises(ValueError, match="unknown objective"):
         objectives.get("nope")
 
@@ -166,7 +167,7 @@ def test_registry_exposes_the_interface():
 # ---------------------------------------------------------------- fixed-order scoring of an mdm model
 
 def test_fixed_order_chain_rule_over_all_orders_matches_enumeration(enum_setup):
-    from jaxorder.fixed_orders import chain_rule_nll
+    from jaxorder.objectives.mdm import chain_rule_nll
 
     cfg, params, x = enum_setup
     orders = jnp.asarray(list(itertools.permutations(range(N))))
@@ -187,7 +188,7 @@ def test_greedy_order_reveals_most_confident_position_first(enum_setup):
     From the all-masked start the confidences tie (up to float noise), so any order that is greedy
     within 1e-4 at every step is accepted; later steps are not ties.
     """
-    from jaxorder.fixed_orders import chain_rule_nll
+    from jaxorder.objectives.mdm import chain_rule_nll
 
     cfg, params, x = enum_setup
     mask_id = special_ids(cfg.model).mask
@@ -209,7 +210,7 @@ def test_greedy_order_reveals_most_confident_position_first(enum_setup):
 
 def test_parse_orders():
     from jaxorder.config import ConfigError
-    from jaxorder.fixed_orders import parse_orders
+    from jaxorder.evaluation.fixed_orders import parse_orders
 
     assert [s.label for s in parse_orders("l2r, r2l,random:8,greedy")] == ["l2r", "r2l", "random:8", "greedy"]
     for bad in ("random", "random:0", "l2r:3", "sideways", ""):
@@ -219,9 +220,10 @@ def test_parse_orders():
 
 def test_fixed_order_scores_of_an_any_order_model():
     """ao_ar: the l2r order score equals the yardstick; the K-order bound is below the orders' mean."""
-    from jaxorder.evaluate import evaluate
-    from jaxorder.fixed_orders import parse_orders, score_orders
-    from jaxorder.train import init_state, make_optimizer
+    from jaxorder.evaluation.yardstick import evaluate
+    from jaxorder.evaluation.fixed_orders import parse_orders, score_orders
+    from jaxorder.training.state import init_state
+    from jaxorder.training.optimizer import make_optimizer
 
     cfg = tiny_cfg(**{"objective.name": "ao_ar"})
     params = init_state(cfg, make_optimizer(cfg))["params"]

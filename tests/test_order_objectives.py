@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from jaxorder import config as config_lib
-from jaxorder import model, objectives, train
+from jaxorder import model, objectives
+from jaxorder.training.optimizer import make_optimizer
+from jaxorder.training.state import init_state
+from jaxorder.training.step import make_train_step
 from jaxorder.model.attention import attention_mask
 from jaxorder.objectives import ao_ar, bd3, latent_order, mdm
 from jaxorder.objectives.common import special_ids
@@ -230,8 +233,8 @@ def test_ao_ar_one_pass_nll_equals_brute_force_chain_rule(ao_setup):
                          for b in range(x.shape[0])])
     np.testing.assert_allclose(one_pass, brute, rtol=1e-5)
     assert brute.std(axis=1).min() > 1e-3  # orders genuinely differ
-    nll_B, exact = jax.jit(ao_ar.nll, static_argnums=(3,))(params, {"tokens": x}, jax.random.key(0), cfg)
-    assert bool(exact)
+    nll_B = jax.jit(ao_ar.nll, static_argnums=(3,))(params, {"tokens": x}, jax.random.key(0), cfg)
+    assert objectives.get("ao_ar").exact
     np.testing.assert_allclose(np.asarray(nll_B), brute[:, 0], rtol=1e-5)  # identity = orders[0]
 
 
@@ -335,8 +338,8 @@ def test_latent_order_candidates_and_posterior_weights(latent_setup):
     # the l2r/r2l weights are the posterior of candidates 0/1, computed from exact order likelihoods
     l_fixed = np.stack([l[:, 0], l[:, -1]], 1)  # orders[0] = identity, orders[-1] = reversal
     assert np.all(np.isfinite(l_fixed))
-    nll_B = jax.jit(lambda p, t, r: latent_order.nll(p, {"tokens": t}, r, cfg4)[0])(params, x, jax.random.key(2))
-    assert not latent_order.EXACT and nll_B.shape == (3,)
+    nll_B = jax.jit(lambda p, t, r: latent_order.nll(p, {"tokens": t}, r, cfg4))(params, x, jax.random.key(2))
+    assert not objectives.get("latent_order").exact and nll_B.shape == (3,)
 
 
 # ------------------------------------------------------------------------------ every objective
@@ -350,17 +353,17 @@ def test_registry_interface_and_training(name):
     ao_ar / latent_order); nll has the interface; a few jitted train steps on a fixed, learnable
     batch give a finite loss that falls by > 30%."""
     module = objectives.get(name)
-    assert callable(module.loss) and callable(module.nll) and isinstance(module.EXACT, bool)
+    assert callable(module.loss) and callable(module.nll) and isinstance(module.exact, bool)
     cfg = tiny_cfg(8, **{"objective.name": name, "optimizer.lr": 1e-2, "optimizer.warmup_steps": 0,
                          "train.steps": 25})
-    optimizer = train.make_optimizer(cfg)
-    state = train.init_state(cfg, optimizer)
+    optimizer = make_optimizer(cfg)
+    state = init_state(cfg, optimizer)
     assert ("target_embed" in state["params"]) == (name in ("ao_ar", "latent_order"))
     tokens = jnp.tile(jnp.arange(8, dtype=jnp.int32) % SYMBOLS, (8, 1))  # a fixed, learnable batch
-    nll_fn = jax.jit(lambda p, t, r: module.nll(p, {"tokens": t}, r, cfg)[0])
+    nll_fn = jax.jit(lambda p, t, r: module.nll(p, {"tokens": t}, r, cfg))
     nll_B = np.asarray(nll_fn(state["params"], tokens, jax.random.key(1)))
     assert nll_B.shape == (8,) and np.all(np.isfinite(nll_B))
-    step = jax.jit(train.make_train_step(cfg, optimizer))
+    step = jax.jit(make_train_step(cfg, optimizer))
     losses = []
     for _ in range(25):
         state, metrics = step(state, tokens)

@@ -5,7 +5,9 @@ import pytest
 
 from jaxorder import config as config_lib
 from jaxorder import model
-from jaxorder.train import init_state, make_optimizer, make_train_step
+from jaxorder.training.state import init_state
+from jaxorder.training.optimizer import make_optimizer
+from jaxorder.training.step import make_train_step
 
 
 def cfg_for(impl: str, objective: str):

@@ -348,7 +348,7 @@ def test_cli_data_prepare_byte_markov_and_train_vocab_check(tmp_path, capsys):
     assert rc == 2 and err.startswith("error:") and err.count("\n") == 1
     # training refuses a model whose vocabulary does not match the prepared tokenizer
     from jaxorder import config as config_lib
-    from jaxorder.train import train
+    from jaxorder.training.loop import train
 
     cfg = config_lib.load(None, ["data.source=prepared", f"data.path={out}", "data.seq_len=64",
                                  "model.vocab_size=300"])

@@ -9,7 +9,7 @@ import pytest
 from conftest import cli_in_process
 
 from jaxorder import config as config_lib
-from jaxorder.train import train
+from jaxorder.training.loop import train
 
 TINY = ("model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.seq_len=16", "data.batch_size=8",
         "train.steps=3", "train.eval_every=3", "train.checkpoint_every=3", "train.async_checkpointing=false",

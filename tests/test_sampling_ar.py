@@ -156,7 +156,7 @@ def test_too_long_is_a_clear_error(tiny):
 
 
 def test_cli_sample_l2r_and_r2l_runs(tmp_path, repeated_corpus):
-    from jaxorder.train import train
+    from jaxorder.training.loop import train
     cfg = config_lib.load(None, (*TINY_L2R, "data.source=text", f"data.path={repeated_corpus}", "data.batch_size=8",
                                  "train.steps=3", "train.eval_every=3", "train.checkpoint_every=3",
                                  "train.async_checkpointing=false", "eval.batches=1"))

@@ -22,12 +22,12 @@ from jaxorder import config as config_lib
 from jaxorder import model
 from jaxorder.config import ConfigError
 from jaxorder.data import ByteTokenizer
-from jaxorder.fixed_orders import chain_rule_nll
+from jaxorder.objectives.mdm import chain_rule_nll
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling import noise as noise_lib
 from jaxorder.sampling.mdm import SamplerConfig, block_schedule, sample, score_path
 from jaxorder.sampling.prompts import build_inputs, parse_template
-from jaxorder.sampling.quality import judge_nll_params, unigram_entropy_bits
+from jaxorder.evaluation.sample_quality import judge_nll_params, unigram_entropy_bits
 
 TINY_MDM = ("objective.name=mdm", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.seq_len=32")
 TOK = ByteTokenizer()
@@ -251,7 +251,7 @@ def test_unigram_entropy_and_judge_nll():
 # ----------------------------------------------------------------------------- CLI
 
 def test_cli_sample_mdm_run_and_errors(tmp_path, repeated_corpus):
-    from jaxorder.train import train
+    from jaxorder.training.loop import train
     cfg = config_lib.load(None, (*TINY_MDM, "data.source=text", f"data.path={repeated_corpus}", "data.batch_size=8",
                                  "train.steps=10", "train.eval_every=10", "train.checkpoint_every=10",
                                  "train.async_checkpointing=false", "eval.batches=1", "eval.mdm_time_samples=1"))

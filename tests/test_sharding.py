@@ -10,7 +10,7 @@ import pytest
 
 from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
-from jaxorder.sharding import mesh_shape
+from jaxorder.platform.sharding import mesh_shape
 
 SCRIPTS = Path(__file__).parent / "scripts"
 

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import tiny_config_yaml
 from jaxorder.config import ConfigError
-from jaxorder.sweep import expand, load_sweep, run_sweep
+from jaxorder.experiments.sweep import expand, load_sweep, run_sweep
 
 
 def write_sweep(tmp_path, base, body: str):

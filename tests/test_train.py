@@ -24,9 +24,9 @@ from conftest import (SENTENCE, SUBPROCESS_STEPS, SUBPROCESS_TIMEOUT, TINY, cli_
                       read_tensorboard_scalars, run_cli, step_dirs)
 from jaxorder import cli
 from jaxorder import config as config_lib
-from jaxorder.metrics import read_metrics
-from jaxorder.runs import load_params
-from jaxorder.train import Preempted, train
+from jaxorder.training.metrics import read_metrics
+from jaxorder.evaluation.runs import load_params
+from jaxorder.training.loop import Preempted, train
 
 
 def tiny_cfg(data_path: Path, objective: str = "l2r", steps: int = 40, **train_fields) -> config_lib.Config:
@@ -189,7 +189,7 @@ def test_sigterm_saves_checkpoint_exits_143_and_resumes(tmp_path, tiny_config_fi
 
 def test_sigterm_during_checkpoint_step_still_preempts_cleanly(tmp_path, repeated_corpus, monkeypatch):
     """Deterministic: SIGTERM lands right after the periodic save at step 10 (in the same step)."""
-    from jaxorder import checkpoint as checkpoint_lib
+    from jaxorder.training import checkpoint as checkpoint_lib
 
     original_save = checkpoint_lib.Checkpointer.save
 

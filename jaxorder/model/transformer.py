@@ -2,7 +2,7 @@
 
 The model receives token ids, position ids and an attention-mask kind and returns logits; it never
 knows which objective calls it. Parameters carry logical axis names (`embed`, `heads`, `kv`, `mlp`,
-`vocab`); `jaxorder.sharding` alone maps them to mesh axes.
+`vocab`); `jaxorder.platform.sharding` alone maps them to mesh axes.
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ class Attention(nn.Module):
         w_qkv = w_qkv.astype(dt)
         q_BLHD, k_BLHD, v_BLHD = (dense(x_BLd, w_qkv[:, t].reshape(d, H * D)).reshape(B, L, H, D)
                                   for t in range(3))
-        # Analysis capture (jaxorder.analysis); a no-op unless "intermediates" is mutable in apply.
+        # Analysis capture (jaxorder.experiments.analysis); a no-op unless "intermediates" is mutable in apply.
         self.sow("intermediates", "q_pre_rope", q_BLHD)
         self.sow("intermediates", "k_pre_rope", k_BLHD)
         if self.has_variable("cache", "cached_key"):  # incremental decoding: jaxorder.model.decode

@@ -19,7 +19,7 @@ position id inside [0, max_len) for table-based RoPE or kernels).
 Conditioning on the target position (the choice recorded here): a learned absolute embedding
 `target_embed` [max_len, d_model] of sigma_j, added to the token embedding of slot j before the
 first layer (the model's optional `target_positions_BL` input; the parameter exists only when
-the model is initialized with target positions, see TARGET_POSITIONS). Why:
+the model is initialized with target positions: the Objective's `target_positions`). Why:
   - sigma-GPT does exactly this (a second positional encoding, of the next token's position,
     alongside the current token's), so results are comparable to the paper;
   - it is the cheapest option: one table lookup, d_model * max_len parameters, no per-layer
@@ -35,7 +35,7 @@ Order distribution (cfg.objective): with probability l2r_fraction the identity, 
 r2l_fraction the reversal, otherwise a uniform random permutation, independently per sequence
 (AO-GPT found a share of fixed-order sequences helps the l2r likelihood).
 
-Yardstick: `nll` is the exact NLL of the model read in the l2r order (EXACT = True: a proper
+Yardstick: `nll` is the exact NLL of the model read in the l2r order (exact: a proper
 normalized likelihood of one model, directly comparable to l2r). `order_nll` scores any given
 orders in one pass (used by fixed-order evaluation and by latent_order).
 """
@@ -45,12 +45,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxorder import model
-from jaxorder.config import Config
+from jaxorder.config import Config, ConfigError
+from jaxorder.objectives.base import Objective, OrderScoring, register
 from jaxorder.objectives.common import special_ids, token_nll
-
-EXACT = True
-NLL_KIND = "exact (l2r order)"  # how the yardstick labels nll()
-TARGET_POSITIONS = True  # the model takes target positions: init creates the target-position embedding
 
 
 def identity_orders(batch_size: int, n: int) -> jnp.ndarray:
@@ -94,11 +91,11 @@ def order_nll(params, tokens_BL: jnp.ndarray, order_BL: jnp.ndarray, cfg: Config
     return order_token_nll(params, tokens_BL, order_BL, cfg).sum(axis=1)
 
 
-def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, bool]:
+def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> jnp.ndarray:
     """Exact per-sequence NLL in nats [B] of the model read left to right."""
     del rng
     tokens_BL = batch["tokens"]
-    return order_nll(params, tokens_BL, identity_orders(*tokens_BL.shape), cfg), EXACT
+    return order_nll(params, tokens_BL, identity_orders(*tokens_BL.shape), cfg)
 
 
 def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, dict]:
@@ -107,3 +104,15 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     order_BL = sample_orders(rng, *tokens_BL.shape, o.l2r_fraction, o.r2l_fraction)
     value = order_token_nll(params, tokens_BL, order_BL, cfg).mean()
     return value, {"loss": value, "nll_per_token": value}
+
+
+def validate_config(cfg: Config) -> None:
+    o = cfg.objective
+    if o.l2r_fraction < 0 or o.r2l_fraction < 0 or o.l2r_fraction + o.r2l_fraction > 1:
+        raise ConfigError("objective.l2r_fraction and r2l_fraction must be >= 0 and sum to <= 1")
+
+
+OBJECTIVE = register(Objective(
+    name="ao_ar", loss=loss, nll=nll, exact=True, yardstick="exact (l2r order)", sampling="any_order",
+    default_sampler="l2r", target_positions=True,
+    order_scoring=OrderScoring(order_nll=order_nll, mixture_bound=True), validate_config=validate_config))

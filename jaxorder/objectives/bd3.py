@@ -17,7 +17,7 @@ t_k ~ U[noise_min, noise_max] (BD3-LM's clipped schedule, variance reduction), c
 cfg.objective.mdm_eps, and stratified across the batch per block when cfg.objective.antithetic.
 The clipped-schedule loss is a training signal only: `nll` (the yardstick) uses the full
 schedule t ~ U(mdm_eps, 1) and averages cfg.eval.mdm_time_samples draws, so it is an upper bound
-on the NLL (EXACT = False), comparable to the mdm ELBO.
+on the NLL, comparable to the mdm ELBO.
 
 Limits: b = 1 makes every block one token, whose conditional sees exactly the clean x_<i (and
 the MASK at its own position), so E_mask[ELBO] = sum_i -log p(x_i | x_<i): the exact chain rule
@@ -30,10 +30,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxorder import model
-from jaxorder.config import Config
+from jaxorder.config import Config, ConfigError
+from jaxorder.objectives.base import Objective, register
 from jaxorder.objectives.common import positions_like, special_ids
-
-EXACT = False  # the ELBO is an upper bound on the NLL
 
 
 def mask_kind(block_size: int) -> str:
@@ -108,13 +107,13 @@ def weighted_nll(params, tokens_BL: jnp.ndarray, rng: jax.Array, cfg: Config, lo
     return elbo_from(params, tokens_BL, x_t_BL, is_masked_BL, t_BK, cfg, b), t_BK
 
 
-def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, bool]:
+def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> jnp.ndarray:
     """ELBO per sequence in nats [B] under the full schedule t ~ U(mdm_eps, 1), averaged over
     cfg.eval.mdm_time_samples draws (an upper bound on the NLL, like the mdm ELBO)."""
     rngs = jax.random.split(rng, cfg.eval.mdm_time_samples)
     eps = cfg.objective.mdm_eps
     elbo_SB = jax.lax.map(lambda r: weighted_nll(params, batch["tokens"], r, cfg, eps, 1.0)[0], rngs)
-    return elbo_SB.mean(axis=0), EXACT
+    return elbo_SB.mean(axis=0)
 
 
 def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, dict]:
@@ -123,3 +122,20 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     elbo_B, t_BK = weighted_nll(params, tokens_BL, rng, cfg, o.noise_min, o.noise_max)
     value = elbo_B.mean() / tokens_BL.shape[1]
     return value, {"loss": value, "nll_per_token": value, "mask_rate": t_BK.mean()}
+
+
+def validate_config(cfg: Config) -> None:
+    o, d, m = cfg.objective, cfg.data, cfg.model
+    if o.block_size < 1 or d.seq_len % o.block_size:
+        raise ConfigError(f"objective.block_size={o.block_size} must divide data.seq_len={d.seq_len}")
+    if 2 * d.seq_len > m.max_len:
+        raise ConfigError(f"bd3 trains on 2 x data.seq_len={2 * d.seq_len} tokens > model.max_len={m.max_len}; "
+                          f"raise model.max_len")
+    if not 0 <= o.noise_min < o.noise_max <= 1:
+        raise ConfigError(f"need 0 <= objective.noise_min < objective.noise_max <= 1, "
+                          f"got {o.noise_min}, {o.noise_max}")
+
+
+OBJECTIVE = register(Objective(
+    name="bd3", loss=loss, nll=nll, exact=False, yardstick="upper bound (ELBO)", sampling="block",
+    default_sampler="confidence", validate_config=validate_config))

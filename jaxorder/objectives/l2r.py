@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxorder import model
 from jaxorder.config import Config
+from jaxorder.objectives.base import Objective, register
 from jaxorder.objectives.common import positions_like, special_ids, token_nll
-
-EXACT = True
 
 
 def sequence_token_nll(params, tokens_BL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
@@ -23,10 +23,10 @@ def sequence_token_nll(params, tokens_BL: jnp.ndarray, cfg: Config) -> jnp.ndarr
     return token_nll(logits_BLV, tokens_BL)
 
 
-def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, bool]:
+def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> jnp.ndarray:
     """Exact per-sequence NLL in nats [B]."""
     del rng
-    return sequence_token_nll(params, batch["tokens"], cfg).sum(axis=1), EXACT
+    return sequence_token_nll(params, batch["tokens"], cfg).sum(axis=1)
 
 
 def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, dict]:
@@ -34,3 +34,15 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     nll_BL = sequence_token_nll(params, batch["tokens"], cfg)
     value = nll_BL.mean()
     return value, {"loss": value, "nll_per_token": value}
+
+
+def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float, seed: int) -> tuple[np.ndarray, str, float]:
+    """The training input [BOS, x_0..x_{L-2}] under the causal mask (mask_rate does not apply)."""
+    del mask_rate, seed
+    bos_N1 = np.full_like(tokens_NL[:, :1], special_ids(cfg.model).bos)
+    return np.concatenate([bos_N1, tokens_NL[:, :-1]], axis=1).astype(np.int32), "causal", 0.0
+
+
+OBJECTIVE = register(Objective(
+    name="l2r", loss=loss, nll=nll, exact=True, yardstick="exact", sampling="ar", default_sampler="ar",
+    judge=True, analysis_inputs=analysis_inputs))

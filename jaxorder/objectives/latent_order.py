@@ -22,7 +22,7 @@ model of x. Because E[(1/K) sum_k p(x | sigma_k)] = p_mix(x) (the fixed candidat
 exactly their share), Jensen gives E[L_K(x)] >= -log p_mix(x): `nll` is a stochastic upper bound
 (IWAE-style; not unbiased for any single draw) on the NLL of the order-mixture model, which
 tightens in expectation as K grows for iid random candidates and equals -log p_mix(x) in the
-limit. Orders are drawn from the eval rng with the training K (EXACT = False). Note that p_mix
+limit. Orders are drawn from the eval rng with the training K (not exact). Note that p_mix
 depends on K when fixed orders are included (their mixture weight is 1/K each).
 """
 from __future__ import annotations
@@ -30,12 +30,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxorder.config import Config
+from jaxorder.config import Config, ConfigError
 from jaxorder.objectives import ao_ar
-
-EXACT = False  # a (stochastic, IWAE-style) upper bound on -log p_mix(x)
-NLL_KIND = "upper bound (K-order log-mean-exp)"  # how the yardstick labels nll()
-TARGET_POSITIONS = True  # same network inputs as ao_ar
+from jaxorder.objectives.base import Objective, OrderScoring, register
 
 
 def candidate_orders(rng: jax.Array, batch_size: int, n: int, num_orders: int,
@@ -73,9 +70,9 @@ def _sampled(params, tokens_BL: jnp.ndarray, rng: jax.Array, cfg: Config) -> tup
     return orders_nll(params, tokens_BL, orders_BKL, cfg)
 
 
-def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, bool]:
+def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> jnp.ndarray:
     """K-order log-mean-exp bound per sequence in nats [B] (upper bound in expectation, see above)."""
-    return _sampled(params, batch["tokens"], rng, cfg)[0], EXACT
+    return _sampled(params, batch["tokens"], rng, cfg)[0]
 
 
 def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, dict]:
@@ -93,3 +90,15 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     if l_BK.shape[1] > first_random:
         metrics["w_random"] = w_BK[:, first_random:].mean()
     return value, metrics
+
+
+def validate_config(cfg: Config) -> None:
+    o = cfg.objective
+    if o.num_orders < 1 or (o.include_fixed_orders and o.num_orders < 2):
+        raise ConfigError(f"objective.num_orders={o.num_orders} must be >= 1 (>= 2 with include_fixed_orders)")
+
+
+OBJECTIVE = register(Objective(  # same network and inputs as ao_ar: a (stochastic, IWAE-style) bound
+    name="latent_order", loss=loss, nll=nll, exact=False, yardstick="upper bound (K-order log-mean-exp)",
+    sampling="any_order", default_sampler="l2r", target_positions=True,
+    order_scoring=OrderScoring(order_nll=ao_ar.order_nll, mixture_bound=True), validate_config=validate_config))

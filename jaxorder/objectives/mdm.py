@@ -5,17 +5,23 @@ Each token is masked independently with probability t, t ~ U(eps, 1); the loss i
 which equals the average over uniformly random reveal orders of the any-order chain-rule NLL and
 upper-bounds -log p(x) / n. SUBS: the MASK logit is -inf and unmasked positions carry over
 (zero loss), so only masked positions are scored.
+
+Fixed orders: for an order sigma, log p_sigma(x) = sum_j log p(x_sigma_j | x_sigma_<j), each
+conditional the bidirectional model with x_sigma_<j revealed and the rest masked (`chain_rule_nll`,
+n forward passes; every order of a batch shares each pass). `greedy` reveals, at each step, the
+masked position where the model is most confident (largest max-probability): the model's own
+choice, never the data's.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxorder import model
 from jaxorder.config import Config
+from jaxorder.objectives.base import Objective, OrderScoring, register
 from jaxorder.objectives.common import positions_like, special_ids
-
-EXACT = False  # the ELBO is an upper bound on the NLL
 
 
 def sample_times(rng: jax.Array, batch_size: int, eps: float, antithetic: bool) -> jnp.ndarray:
@@ -58,11 +64,11 @@ def weighted_nll(params, tokens_BL: jnp.ndarray, rng: jax.Array, cfg: Config) ->
     return nll_BL.sum(axis=1) / t_B, t_B
 
 
-def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, bool]:
+def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> jnp.ndarray:
     """ELBO per sequence in nats [B], averaged over cfg.eval.mdm_time_samples draws of t."""
     rngs = jax.random.split(rng, cfg.eval.mdm_time_samples)
     elbo_SB = jax.lax.map(lambda r: weighted_nll(params, batch["tokens"], r, cfg)[0], rngs)
-    return elbo_SB.mean(axis=0), EXACT
+    return elbo_SB.mean(axis=0)
 
 
 def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, dict]:
@@ -70,3 +76,43 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     elbo_B, t_B = weighted_nll(params, tokens_BL, rng, cfg)
     value = elbo_B.mean() / tokens_BL.shape[1]
     return value, {"loss": value, "nll_per_token": value, "mask_rate": t_B.mean()}
+
+
+def chain_rule_nll(params, tokens_BL: jnp.ndarray, orders_BL: jnp.ndarray | None, cfg: Config) -> jnp.ndarray:
+    """Per-sequence NLL [B] of revealing tokens in `orders_BL` (position revealed at each step;
+    None = greedy by confidence). One forward pass per step; the step's target is the position
+    revealed at that step."""
+    batch, length = tokens_BL.shape
+    mask_id = special_ids(cfg.model).mask
+    rows_B = jnp.arange(batch)
+
+    def step(carry, j):
+        x_t_BL, nll_B = carry
+        logp_BLV = masked_log_probs(params, x_t_BL, cfg)
+        if orders_BL is None:
+            confidence_BL = jnp.where(x_t_BL == mask_id, logp_BLV.max(axis=-1), -jnp.inf)
+            pos_B = jnp.argmax(confidence_BL, axis=1)
+        else:
+            pos_B = orders_BL[:, j]
+        target_B = tokens_BL[rows_B, pos_B]
+        nll_B = nll_B - logp_BLV[rows_B, pos_B, target_B]
+        return (x_t_BL.at[rows_B, pos_B].set(target_B), nll_B), None
+
+    init = (jnp.full_like(tokens_BL, mask_id), jnp.zeros((batch,), jnp.float32))
+    (_, nll_B), _ = jax.lax.scan(step, init, jnp.arange(length))
+    return nll_B
+
+
+def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float, seed: int) -> tuple[np.ndarray, str, float]:
+    """The window with each token replaced by MASK with probability `mask_rate` (0 = clean)."""
+    rng = np.random.default_rng(seed)
+    masked_NL = np.where(rng.random(tokens_NL.shape) < mask_rate, special_ids(cfg.model).mask, tokens_NL)
+    return masked_NL.astype(np.int32), "bidirectional", mask_rate
+
+
+OBJECTIVE = register(Objective(
+    name="mdm", loss=loss, nll=nll, exact=False, yardstick="upper bound (ELBO)", sampling="masked",
+    default_sampler="confidence",
+    order_scoring=OrderScoring(order_nll=chain_rule_nll,
+                               greedy_nll=lambda params, tokens_BL, cfg: chain_rule_nll(params, tokens_BL, None, cfg)),
+    analysis_inputs=analysis_inputs))

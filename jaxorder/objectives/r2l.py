@@ -3,20 +3,30 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxorder.config import Config
 from jaxorder.objectives import l2r
-
-EXACT = True
+from jaxorder.objectives.base import Objective, register
 
 
 def _reversed(batch: dict) -> dict:
     return {**batch, "tokens": jnp.flip(batch["tokens"], axis=1)}
 
 
-def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, bool]:
+def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> jnp.ndarray:
     return l2r.nll(params, _reversed(batch), rng, cfg)
 
 
 def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, dict]:
     return l2r.loss(params, _reversed(batch), rng, cfg)
+
+
+def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float, seed: int) -> tuple[np.ndarray, str, float]:
+    """l2r's input on the reversed window."""
+    return l2r.analysis_inputs(tokens_NL[:, ::-1], cfg, mask_rate, seed)
+
+
+OBJECTIVE = register(Objective(
+    name="r2l", loss=loss, nll=nll, exact=True, yardstick="exact", sampling="ar", default_sampler="ar",
+    reading_order="r2l", analysis_inputs=analysis_inputs))

@@ -58,7 +58,7 @@ def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int = 
     compilation unless `warmup`: then the sampler runs once untimed first (same inputs, so the
     same samples) and ``seconds`` is the steady-state time."""
     from jaxorder import config as config_lib
-    from jaxorder.runs import load_params
+    from jaxorder.evaluation.runs import load_params
 
     run_dir = Path(run_dir)
     if (run_dir / "config.yaml").is_file():  # fail fast, before restoring a checkpoint

@@ -39,7 +39,7 @@ tokens as the plain path.
 
 ``score_path``: the sampler's loop with the commitment forced (one given position per step) and
 the tokens teacher-forced; it returns log p of the path, which for an order sigma is the exact
-chain rule sum_j log p(x_sigma_j | x_sigma_<j) of ``jaxorder.fixed_orders.chain_rule_nll``.
+chain rule sum_j log p(x_sigma_j | x_sigma_<j) of ``jaxorder.evaluation.fixed_orders.chain_rule_nll``.
 """
 from __future__ import annotations
 

@@ -7,35 +7,33 @@ preemption) saves a checkpoint and raises `Preempted`.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import signal
-import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
-from etils import epath
 import jax
-import jax.numpy as jnp
 import optax
+from etils import epath
 
 from jaxorder import config as config_lib
-from jaxorder import model, objectives, sharding
-from jaxorder.checkpoint import Checkpointer
+from jaxorder import model
 from jaxorder.config import Config, ConfigError
 from jaxorder.data import make_data, save_tokenizer
-from jaxorder.distributed import is_main_process
-from jaxorder.evaluate import evaluate, make_nll_fn
-from jaxorder.metrics import MetricsWriter
+from jaxorder.evaluation.yardstick import evaluate, make_nll_fn
 from jaxorder.model.attention import settle_attention_impl
 from jaxorder.objectives.common import special_ids
+from jaxorder.platform.distributed import is_main_process, log
+from jaxorder.training.checkpoint import Checkpointer
+from jaxorder.training.metrics import MetricsWriter
+from jaxorder.training.optimizer import make_optimizer
+from jaxorder.training.state import Placement, init_state, make_placement
+from jaxorder.training.step import compile_train_step
 
 # Fields that may change when a run directory is resumed (they do not change what is computed).
 # A checkpoint restores onto any mesh, so mesh and process layout may change too.
@@ -46,132 +44,6 @@ RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.checkpoint_ev
 
 class Preempted(Exception):
     """Training stopped by SIGTERM after saving a checkpoint; re-run the same command to resume."""
-
-
-def log(message: str) -> None:
-    """Progress on stderr, from process 0 only."""
-    if is_main_process():
-        print(message, file=sys.stderr, flush=True)
-
-
-def make_optimizer(cfg: Config) -> optax.GradientTransformation:
-    o = cfg.optimizer
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=o.lr, warmup_steps=min(o.warmup_steps, cfg.train.steps - 1),
-        decay_steps=cfg.train.steps, end_value=o.lr * o.min_lr_ratio)
-    decay_mask = lambda params: jax.tree_util.tree_map_with_path(_is_matrix, params)  # noqa: E731 - no decay on norms
-    chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-    chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
-    return optax.chain(*chain)
-
-
-def _is_matrix(path, p) -> bool:
-    """Weight matrices (decayed) vs vectors (norm scales); the stacked layer axis of scanned params
-    (model.scan_layers, under "layers") does not count."""
-    stacked = any(getattr(k, "key", None) == "layers" for k in path)
-    return p.ndim - stacked >= 2
-
-
-def init_boxed_state(cfg: Config, optimizer: optax.GradientTransformation) -> dict:
-    """Train state whose parameter-shaped leaves carry logical axis names (nn.LogicallyPartitioned)."""
-    target_positions = getattr(objectives.get(cfg.objective.name), "TARGET_POSITIONS", False)  # ao_ar, latent_order
-    params = model.init_boxed_params(cfg.model, jax.random.key(cfg.train.seed), cfg.data.seq_len, target_positions)
-    return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
-
-
-def init_state(cfg: Config, optimizer: optax.GradientTransformation) -> dict:
-    return nn.meta.unbox(init_boxed_state(cfg, optimizer))
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a run lives: its mesh, logical rules and the shardings of state and batches."""
-    mesh: Any
-    rules: tuple
-    state: Any  # pytree of NamedShardings matching init_state
-    batch: Any  # NamedSharding of [B, L] token batches
-    replicated: Any
-
-    @contextlib.contextmanager
-    def active(self):
-        """Mesh and logical-axis rules in force while tracing (activation sharding constraints)."""
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(list(self.rules)):
-            yield
-
-    def abstract_state(self, cfg: Config, optimizer: optax.GradientTransformation) -> Any:
-        shapes = jax.eval_shape(lambda: init_state(cfg, optimizer))
-        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, self.state)
-
-    def put_batch(self, local_BL) -> jax.Array:
-        return sharding.global_batch(local_BL, self.batch)
-
-
-def make_placement(cfg: Config, optimizer: optax.GradientTransformation, devices: list | None = None) -> Placement:
-    mesh = sharding.make_mesh(cfg.mesh, devices)
-    sharding.check_divisible(cfg.data.batch_size, mesh)
-    rules = cfg.mesh.rules
-    state = sharding.state_shardings(lambda: init_boxed_state(cfg, optimizer), mesh, rules)
-    return Placement(mesh, rules, state, sharding.batch_sharding(mesh), sharding.replicated(mesh))
-
-
-def compile_train_step(cfg: Config, optimizer: optax.GradientTransformation, placement: Placement):
-    """The jitted step with explicit in/out shardings and the state donated."""
-    return jax.jit(make_train_step(cfg, optimizer), in_shardings=(placement.state, placement.batch),
-                   out_shardings=(placement.state, placement.replicated), donate_argnums=(0,))
-
-
-def make_train_step(cfg: Config, optimizer: optax.GradientTransformation):
-    """Pure (state, tokens [B, L]) -> (state, metrics); the step's rng is derived from the step.
-
-    Dtypes. The state stores float32 parameters ("master weights") and float32 optimizer state
-    whatever model.param_dtype is; the optimizer updates the float32 copy. The forward pass
-    (model.apply) casts the parameters to model.param_dtype, and each matmul casts its weight and
-    activations to model.dtype (the compute dtype); RMSNorm statistics, softmax and the logits /
-    loss are float32. Gradients flow back through the casts, so they reach the optimizer as float32.
-
-    Gradient accumulation (train.grad_accum_steps = k > 1). The global batch [B, L] is split into
-    k micro-batches [B/k, L] (micro-batch i = rows i, i+k, i+2k, ..., so each device keeps its own
-    rows when B is sharded), the gradients are computed one micro-batch at a time under
-    jax.lax.scan and averaged, as are the metrics; then one optimizer update. Micro-batch i draws
-    its randomness from fold_in(step rng, i). For losses that are a mean over equally many tokens
-    per row (l2r, r2l) the result equals the one-batch step up to float rounding; for objectives
-    that draw per-row randomness from the rng (mdm's antithetic noise levels, ao_ar/latent_order
-    orders, bd3) the draws differ from the one-batch step (same distribution, different samples).
-    """
-    objective = objectives.get(cfg.objective.name)
-    base_rng = jax.random.key(cfg.train.seed + 1)
-    k = cfg.train.grad_accum_steps
-
-    def grads_of(params, tokens_BL, rng):
-        grad_fn = jax.value_and_grad(lambda p: objective.loss(p, {"tokens": tokens_BL}, rng, cfg), has_aux=True)
-        (_, metrics), grads = grad_fn(params)
-        return grads, metrics
-
-    def accumulated(params, tokens_BL, rng):
-        B, L = tokens_BL.shape
-        micro_kBL = tokens_BL.reshape(B // k, k, L).swapaxes(0, 1)
-
-        def body(acc, xs):
-            i, micro_BL = xs
-            grads, metrics = grads_of(params, micro_BL, jax.random.fold_in(rng, i))
-            return jax.tree.map(jnp.add, acc, (grads, metrics)), None
-
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grads_of, params, micro_kBL[0], rng))
-        total, _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro_kBL))
-        return jax.tree.map(lambda x: x / k, total)
-
-    def step_fn(state: dict, tokens_BL: jnp.ndarray) -> tuple[dict, dict]:
-        rng = jax.random.fold_in(base_rng, state["step"])
-        if k == 1:
-            grads, metrics = grads_of(state["params"], tokens_BL, rng)
-        else:
-            grads, metrics = accumulated(state["params"], tokens_BL, rng)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
-        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
-
-    return step_fn
 
 
 def prepare_run_dir(cfg: Config, run_dir: epath.Path) -> None:

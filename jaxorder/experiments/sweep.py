@@ -30,10 +30,11 @@ from typing import Sequence
 
 from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
-from jaxorder.distributed import initialize, is_main_process
-from jaxorder.report import sampler_columns, sampler_rows, text_table, write_report
-from jaxorder.runs import eval_run
-from jaxorder.train import log, train
+from jaxorder.platform.distributed import initialize, is_main_process
+from jaxorder.experiments.report import sampler_columns, sampler_rows, text_table, write_report
+from jaxorder.evaluation.runs import eval_run
+from jaxorder.platform.distributed import log
+from jaxorder.training.loop import train
 
 SWEEP_KEYS = ("name", "base", "overrides", "axes", "grid", "orders", "order_windows", "attention_summary", "generate")
 GENERATE_KEYS = ("num_samples", "samplers", "steps")
@@ -82,7 +83,7 @@ def load_sweep(path: Path) -> dict:
         raise ConfigError(f"{path}: 'axes' must be a list of mappings from run-name parts to override lists")
     orders = spec.get("orders")
     if orders is not None:
-        from jaxorder.fixed_orders import parse_orders
+        from jaxorder.evaluation.fixed_orders import parse_orders
 
         parse_orders(str(orders))
     return {"name": spec.get("name", path.stem), "base": (path.parent / spec["base"]).resolve(),
@@ -119,7 +120,7 @@ def expand(spec: dict, extra_overrides: Sequence[str] = ()) -> list[tuple[str, c
 
 def _extras(spec: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> dict:
     """Fixed-order scores and the attention summary of one finished run, cached in the run dir."""
-    from jaxorder.fixed_orders import ORDER_SCORED
+    from jaxorder.evaluation.fixed_orders import ORDER_SCORED
 
     cache = run_dir / "sweep_extras.json"
     key = {"orders": spec["orders"], "order_windows": spec["order_windows"],
@@ -137,7 +138,7 @@ def _extras(spec: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> dic
         scored = eval_run(run_dir, orders, spec["order_windows"])["orders"]
         extras["orders"] = {label: r["bpb"] for label, r in scored.items()}
     if spec["attention_summary"]:
-        from jaxorder.analysis.attention import mask_kind_for, summarize_run
+        from jaxorder.experiments.analysis.attention import mask_kind_for, summarize_run
 
         try:
             mask_kind_for(cfg.objective.name)
@@ -161,7 +162,7 @@ def _extras(spec: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> dic
 def _sample_quality(gen: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> list[dict]:
     """One `generation_quality` row per sampler of `gen` that this run's objective has."""
     from jaxorder.sampling.cli import AVAILABLE
-    from jaxorder.sampling.quality import generation_quality
+    from jaxorder.evaluation.sample_quality import generation_quality
 
     available = AVAILABLE.get(cfg.objective.name, ())
     samplers = available[:1] if gen["samplers"] is None else [x for x in gen["samplers"] if x in available]

@@ -5,7 +5,7 @@ import csv
 from pathlib import Path
 from typing import Sequence
 
-from jaxorder.metrics import read_metrics
+from jaxorder.training.metrics import read_metrics
 
 COLUMNS = [  # (key in the result dict, header, format)
     ("run", "run", "{}"),

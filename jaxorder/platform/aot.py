@@ -23,7 +23,9 @@ def compile_report(config_path: str, overrides: list[str]) -> dict:
 
     from jaxorder import config as config_lib
     from jaxorder import model
-    from jaxorder.train import compile_train_step, make_optimizer, make_placement
+    from jaxorder.training.step import compile_train_step
+    from jaxorder.training.optimizer import make_optimizer
+    from jaxorder.training.state import make_placement
 
     cfg = config_lib.load(config_path, overrides)
     optimizer = make_optimizer(cfg)
@@ -95,12 +97,12 @@ def run_in_subprocess(config_path: str, overrides: list[str], devices: int, as_j
     flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
     env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
     env["JAX_PLATFORMS"] = "cpu"
-    cmd = [sys.executable, "-m", "jaxorder.aot", config_path, *overrides] + (["--json"] if as_json else [])
+    cmd = [sys.executable, "-m", "jaxorder.platform.aot", config_path, *overrides] + (["--json"] if as_json else [])
     return subprocess.call(cmd, env=env)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxorder.aot")
+    parser = argparse.ArgumentParser(prog="python -m jaxorder.platform.aot")
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--json", action="store_true")

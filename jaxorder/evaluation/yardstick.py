@@ -1,4 +1,4 @@
-"""The likelihood yardstick: validation bits per byte, exact (l2r, r2l) or an upper bound (mdm ELBO)."""
+"""The likelihood yardstick: validation bits per byte of a run's objective nll, exact or an upper bound."""
 from __future__ import annotations
 
 import math
@@ -18,8 +18,8 @@ def make_nll_fn(cfg: Config, out_sharding: Any = None) -> Callable[[Any, Any, ja
 
     `out_sharding` (replicated, under a mesh) lets every process read all rows' results.
     """
-    objective = objectives.get(cfg.objective.name)
-    return jax.jit(lambda params, tokens_BL, rng: objective.nll(params, {"tokens": tokens_BL}, rng, cfg)[0],
+    objective = objectives.of(cfg)
+    return jax.jit(lambda params, tokens_BL, rng: objective.nll(params, {"tokens": tokens_BL}, rng, cfg),
                    out_shardings=out_sharding)
 
 
@@ -35,7 +35,7 @@ def evaluate(params: Any, cfg: Config, val_batches: Sequence[np.ndarray], bytes_
     `put_batch` places a process's rows on the mesh (see train.Placement); a batch is padded to a
     multiple of the local batch shards and the padding rows are dropped from the statistics.
     """
-    objective = objectives.get(cfg.objective.name)
+    objective = objectives.of(cfg)
     nll_fn = nll_fn or make_nll_fn(cfg)
     rng = jax.random.key(cfg.eval.seed)
     local_shards = max(1, jax.local_device_count()) if put_batch else 1
@@ -56,7 +56,7 @@ def evaluate(params: Any, cfg: Config, val_batches: Sequence[np.ndarray], bytes_
         "bpb": float(per_token_N.mean() * to_bpb),
         "bpb_stderr": stderr * to_bpb,
         "nll_per_token": float(per_token_N.mean()),
-        "kind": getattr(objective, "NLL_KIND", "exact" if objective.EXACT else "upper bound (ELBO)"),
+        "kind": objective.yardstick,
         "windows": int(len(per_token_N)),
         "tokens": int(len(per_token_N) * tokens_per_window),
     }

@@ -10,12 +10,13 @@ from etils import epath
 import jax
 
 from jaxorder import config as config_lib
-from jaxorder.checkpoint import Checkpointer, require_checkpoint
+from jaxorder.training.checkpoint import Checkpointer, require_checkpoint
 from jaxorder.config import Config, ConfigError
 from jaxorder.data import make_data
-from jaxorder.evaluate import evaluate
+from jaxorder.evaluation.yardstick import evaluate
 from jaxorder.model.attention import settle_attention_impl
-from jaxorder.train import make_optimizer, make_placement
+from jaxorder.training.optimizer import make_optimizer
+from jaxorder.training.state import make_placement
 
 
 def load_params(run_dir: str | os.PathLike) -> tuple[Config, Any, int]:
@@ -47,7 +48,7 @@ def eval_run(run_dir: str | os.PathLike, orders: str | None = None, max_windows:
     `orders` (e.g. 'l2r,r2l,random:8,greedy') adds exact fixed-order scores of an mdm, ao_ar or
     latent_order model under result["orders"]; `max_windows` limits the windows used for them.
     """
-    from jaxorder.fixed_orders import parse_orders, score_orders
+    from jaxorder.evaluation.fixed_orders import parse_orders, score_orders
 
     specs = parse_orders(orders) if orders else []
     cfg, params, step = load_params(run_dir)

@@ -45,13 +45,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxorder import objectives
 from jaxorder.config import Config, ConfigError, ModelConfig
+from jaxorder.data import make_data
+from jaxorder.evaluation.runs import load_params
 from jaxorder.model.attention import attention_mask
 from jaxorder.model.transformer import Transformer, cast_params
 
-# Mask kind each objective trains with. bd3 (block-diffusion mask on [x_t; x]), ao_ar (permutation
-# with target positions) and latent_order need their own mask kinds / inputs: not supported yet.
-MASK_KIND_BY_OBJECTIVE = {"l2r": "causal", "r2l": "causal", "mdm": "bidirectional"}
 INPUTS = ("corpus", "random")
 DEFAULT_MAX_OFFSET = 16
 DEFAULT_WINDOWS = 32
@@ -60,12 +60,18 @@ DEFAULT_WINDOWS = 32
 DEFAULT_SLASH_THRESHOLD = 0.5
 
 
-def mask_kind_for(objective: str) -> str:
-    """The attention-mask kind a run of `objective` uses; ConfigError (one line) if unsupported."""
-    if objective not in MASK_KIND_BY_OBJECTIVE:
-        raise ConfigError(f"attention analysis supports l2r/r2l (causal) and mdm (bidirectional) runs; objective "
-                          f"'{objective}' needs its own mask kind (block-diffusion/permutation), not supported yet")
-    return MASK_KIND_BY_OBJECTIVE[objective]
+def supported(cfg: Config) -> bool:
+    """Whether the attention analysis knows the network input of cfg's objective."""
+    return objectives.of(cfg).analysis_inputs is not None
+
+
+def _analysis_inputs(cfg: Config):
+    view = objectives.of(cfg).analysis_inputs
+    if view is None:
+        able = [o.name for o in objectives.all_objectives() if o.analysis_inputs is not None]
+        raise ConfigError(f"attention analysis supports runs of {', '.join(able)}; objective "
+                          f"'{cfg.objective.name}' has no analysis input (block-diffusion/permutation layouts)")
+    return view
 
 
 # ----------------------------------------------------------------------------- capture
@@ -182,22 +188,12 @@ def slash_dominant_fraction(heads: Sequence[dict] | dict, threshold: float = DEF
 
 # ----------------------------------------------------------------------------- inputs and runs
 
-def model_inputs(tokens_BL: np.ndarray, cfg: Config, mask_rate: float = 0.0, seed: int = 0) -> np.ndarray:
-    """The model's input for windows `tokens_BL` as the run's objective builds it in training:
-    l2r [BOS, x_0..x_{L-2}]; r2l the same on the reversed window; mdm the window with each token
-    replaced by MASK with probability `mask_rate` (0 = clean)."""
-    from jaxorder.objectives.common import special_ids
-
-    ids = special_ids(cfg.model)
-    tokens = np.asarray(tokens_BL, dtype=np.int32)
-    name = cfg.objective.name
-    mask_kind_for(name)
-    if name in ("l2r", "r2l"):
-        if name == "r2l":
-            tokens = tokens[:, ::-1]
-        return np.concatenate([np.full_like(tokens[:, :1], ids.bos), tokens[:, :-1]], axis=1)
-    rng = np.random.default_rng(seed)
-    return np.where(rng.random(tokens.shape) < mask_rate, ids.mask, tokens).astype(np.int32)
+def model_inputs(tokens_BL: np.ndarray, cfg: Config, mask_rate: float = 0.0,
+                 seed: int = 0) -> tuple[np.ndarray, str, float]:
+    """The model's input for windows `tokens_BL` as the run's objective builds it in training, its
+    mask kind and the mask rate applied (the objective's `analysis_inputs`; e.g. mdm replaces tokens
+    by MASK with probability `mask_rate`, causal runs see clean windows: rate 0)."""
+    return _analysis_inputs(cfg)(np.asarray(tokens_BL, dtype=np.int32), cfg, mask_rate, seed)
 
 
 def input_windows(cfg: Config, inputs: str, windows: int, seed: int = 0) -> np.ndarray:
@@ -207,8 +203,6 @@ def input_windows(cfg: Config, inputs: str, windows: int, seed: int = 0) -> np.n
     if inputs == "random":
         n_regular = cfg.model.vocab_size - 4  # the last four ids are PAD, MASK, BOS, EOS
         return np.random.default_rng(seed).integers(0, n_regular, size=(windows, L), dtype=np.int32)
-    from jaxorder.data import make_data
-
     data = make_data(cfg.data)
     batches = data.val_batches(max(1, -(-windows // data.global_batch_size)))
     return np.concatenate(batches, axis=0)[:windows]
@@ -268,8 +262,6 @@ def analyze_run(run_dir: str | Path, inputs: str = "corpus", max_offset: int = D
                 windows: int = DEFAULT_WINDOWS, mask_rate: float = 0.0, seed: int = 0,
                 threshold: float = DEFAULT_SLASH_THRESHOLD) -> AttentionAnalysis:
     """Loads a run's newest checkpoint and measures its attention on `windows` windows of `inputs`."""
-    from jaxorder.runs import load_params
-
     if inputs not in INPUTS:
         raise ConfigError(f"--inputs '{inputs}' is not one of: {', '.join(INPUTS)}")
     if max_offset < 1:
@@ -280,11 +272,9 @@ def analyze_run(run_dir: str | Path, inputs: str = "corpus", max_offset: int = D
         raise ConfigError(f"--mask-rate must be in [0, 1), got {mask_rate}")
     run_dir = Path(run_dir)
     cfg, params, step = load_params(run_dir)
-    mask_kind = mask_kind_for(cfg.objective.name)
-    if mask_kind != "bidirectional":
-        mask_rate = 0.0  # masking is an mdm input; causal runs (also in --compare) see clean windows
+    _analysis_inputs(cfg)  # fails before the data is read
     tokens = input_windows(cfg, inputs, windows, seed)
-    model_in = model_inputs(tokens, cfg, mask_rate, seed)
+    model_in, mask_kind, mask_rate = model_inputs(tokens, cfg, mask_rate, seed)
     positions = np.broadcast_to(np.arange(model_in.shape[1], dtype=np.int32), model_in.shape)
     cap = capture_attention(params, cfg.model, model_in, positions, mask_kind)
     result = analyze_capture(cap, max_offset, threshold)

@@ -6,6 +6,8 @@ coordinator (host:port of process 0), the process count and this process's id (l
 """
 from __future__ import annotations
 
+import sys
+
 import jax
 
 from jaxorder.config import ConfigError, DistributedConfig
@@ -30,3 +32,9 @@ def initialize(cfg: DistributedConfig) -> None:
 def is_main_process() -> bool:
     """Process 0 writes logs, metrics and reports; every process writes its checkpoint shards."""
     return jax.process_index() == 0
+
+
+def log(message: str) -> None:
+    """Progress on stderr, from process 0 only."""
+    if is_main_process():
+        print(message, file=sys.stderr, flush=True)

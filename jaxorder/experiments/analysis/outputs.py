@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxorder.analysis.attention import AttentionAnalysis
+from jaxorder.experiments.analysis.attention import AttentionAnalysis
 
 CSV_COLUMNS = ("layer", "head", "dominant_offset", "dominant_score", "self_score", "rank1_q", "rank1_k",
                "entropy", "entropy_norm", "sink_mass", "slash_dominant")

@@ -1,13 +1,11 @@
 """Scoring a model under fixed generation orders (exact chain rule of its conditionals).
 
-For an order sigma, log p_sigma(x) = sum_j log p(x_sigma_j | x_sigma_<j).
-- mdm: each conditional is the bidirectional model with x_sigma_<j revealed and the rest masked,
-  so an order takes n forward passes; all requested orders of a batch share each pass (the batch
-  is the orders stacked): K orders cost n passes of K x B sequences, not K x n passes. `greedy`
-  reveals, at each step, the masked position where the model is most confident (largest
-  max-probability): the model's own choice, never the data's.
-- ao_ar / latent_order: one causal pass over the permuted sequence gives an order's exact NLL;
-  random:K also reports the K-order log-mean-exp bound -log (1/K) sum_k p(x | sigma_k).
+For an order sigma, log p_sigma(x) = sum_j log p(x_sigma_j | x_sigma_<j). How a family computes it
+is its `Objective.order_scoring` (e.g. mdm: n passes of the masked model; any-order models: one
+causal pass over the permuted window). All requested orders of a batch are scored together (the
+batch is the orders stacked). `greedy` (where the family has it) lets the model pick the next
+position. Families with `mixture_bound` also report, for random:K, the K-order log-mean-exp bound
+-log (1/K) sum_k p(x | sigma_k).
 """
 from __future__ import annotations
 
@@ -19,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxorder import objectives
 from jaxorder.config import Config, ConfigError
-from jaxorder.objectives import ao_ar, latent_order, mdm
-from jaxorder.objectives.common import special_ids
+from jaxorder.objectives.latent_order import mixture_nll
 
 
 @dataclass(frozen=True)
@@ -64,50 +62,33 @@ def order_matrix(spec: OrderSpec, batch: int, length: int, rng: jax.Array) -> np
     raise ValueError(f"order kind '{spec.kind}' has no fixed matrix")
 
 
-def chain_rule_nll(params, tokens_BL: jnp.ndarray, orders_BL: jnp.ndarray | None, cfg: Config) -> jnp.ndarray:
-    """Per-sequence NLL [B] of revealing tokens in `orders_BL` (None = greedy by confidence).
-
-    One forward pass per step; the step's target is the position revealed at that step.
-    """
-    batch, length = tokens_BL.shape
-    mask_id = special_ids(cfg.model).mask
-    rows_B = jnp.arange(batch)
-
-    def step(carry, j):
-        x_t_BL, nll_B = carry
-        logp_BLV = mdm.masked_log_probs(params, x_t_BL, cfg)
-        if orders_BL is None:
-            confidence_BL = jnp.where(x_t_BL == mask_id, logp_BLV.max(axis=-1), -jnp.inf)
-            pos_B = jnp.argmax(confidence_BL, axis=1)
-        else:
-            pos_B = orders_BL[:, j]
-        target_B = tokens_BL[rows_B, pos_B]
-        nll_B = nll_B - logp_BLV[rows_B, pos_B, target_B]
-        return (x_t_BL.at[rows_B, pos_B].set(target_B), nll_B), None
-
-    init = (jnp.full_like(tokens_BL, mask_id), jnp.zeros((batch,), jnp.float32))
-    (_, nll_B), _ = jax.lax.scan(step, init, jnp.arange(length))
-    return nll_B
+def scorable(cfg: Config) -> bool:
+    """Whether runs of cfg's objective can be scored under fixed orders."""
+    return objectives.of(cfg).order_scoring is not None
 
 
-ORDER_SCORED = ("mdm", "ao_ar", "latent_order")
+def supported_specs(cfg: Config, specs: Sequence[OrderSpec]) -> list[OrderSpec]:
+    """The specs cfg's objective can score (greedy only where the family defines it)."""
+    scoring = require_order_scoring(cfg)
+    return [s for s in specs if s.kind != "greedy" or scoring.greedy_nll is not None]
+
+
+def require_order_scoring(cfg: Config) -> objectives.OrderScoring:
+    scoring = objectives.of(cfg).order_scoring
+    if scoring is None:
+        able = [o.name for o in objectives.all_objectives() if o.order_scoring is not None]
+        raise ConfigError(f"fixed-order scoring needs a run of {', '.join(able)}, not '{cfg.objective.name}'")
+    return scoring
 
 
 def score_orders(params, cfg: Config, val_batches: Sequence[np.ndarray], bytes_per_token: float,
                  specs: Sequence[OrderSpec], seed: int = 0) -> dict[str, dict]:
     """Bits/byte of the model under each order spec, over the given validation windows."""
-    name = cfg.objective.name
-    if name not in ORDER_SCORED:
-        raise ConfigError(f"fixed-order scoring needs an mdm, ao_ar or latent_order run, not '{name}'")
-    any_order = name != "mdm"
-    if any_order and any(s.kind == "greedy" for s in specs):
-        raise ConfigError("the greedy order is defined for mdm runs (most confident masked position first); "
-                          "drop it from --orders for ao_ar/latent_order runs")
-    if any_order:
-        fixed = jax.jit(lambda p, t, o: ao_ar.order_nll(p, t, o, cfg))
-    else:
-        fixed = jax.jit(lambda p, t, o: chain_rule_nll(p, t, o, cfg))
-    greedy = jax.jit(lambda p, t: chain_rule_nll(p, t, None, cfg))
+    scoring = require_order_scoring(cfg)
+    if scoring.greedy_nll is None and any(s.kind == "greedy" for s in specs):
+        raise ConfigError(f"the greedy order is not defined for {cfg.objective.name} runs; drop it from --orders")
+    fixed = jax.jit(lambda p, t, o: scoring.order_nll(p, t, o, cfg))
+    greedy = jax.jit(lambda p, t: scoring.greedy_nll(p, t, cfg)) if scoring.greedy_nll else None
     to_bpb = 1.0 / (math.log(2.0) * bytes_per_token)
     rng = jax.random.key(seed)
     results = {}
@@ -129,8 +110,8 @@ def score_orders(params, cfg: Config, val_batches: Sequence[np.ndarray], bytes_p
             stacked = np.tile(tokens_BL, (len(orders) // batch, 1))  # row k * B + b
             nll_KB = np.asarray(fixed(params, jnp.asarray(stacked), jnp.asarray(orders))).reshape(-1, batch)
             per_window.append(nll_KB.mean(axis=0) / length)  # average over the spec's orders
-            if any_order and spec.kind == "random":
-                bound_per_window.append(np.asarray(latent_order.mixture_nll(-jnp.asarray(nll_KB.T))) / length)
+            if scoring.mixture_bound and spec.kind == "random":
+                bound_per_window.append(np.asarray(mixture_nll(-jnp.asarray(nll_KB.T))) / length)
         kind = "exact" if spec.kind != "random" else f"exact, mean of {spec.count} orders"
         results[spec.label] = summarize(per_window, kind)
         if bound_per_window:

@@ -1,9 +1,9 @@
 """Analyses of trained runs (attention diagnostics: slash heads, rank-one q/k, entropy, sinks)."""
-from jaxorder.analysis.attention import (DEFAULT_SLASH_THRESHOLD, AttentionAnalysis, Capture, analyze_capture,
+from jaxorder.experiments.analysis.attention import (DEFAULT_SLASH_THRESHOLD, AttentionAnalysis, Capture, analyze_capture,
                                          analyze_run, attention_probs, capture_attention, dominant_offset,
-                                         entropy_and_sink, mask_kind_for, rank_one_ness, slash_dominant_fraction,
+                                         entropy_and_sink, model_inputs, supported, rank_one_ness, slash_dominant_fraction,
                                          slash_scores, summarize_run)
 
 __all__ = ["DEFAULT_SLASH_THRESHOLD", "AttentionAnalysis", "Capture", "analyze_capture", "analyze_run",
-           "attention_probs", "capture_attention", "dominant_offset", "entropy_and_sink", "mask_kind_for",
+           "attention_probs", "capture_attention", "dominant_offset", "entropy_and_sink", "model_inputs", "supported",
            "rank_one_ness", "slash_dominant_fraction", "slash_scores", "summarize_run"]

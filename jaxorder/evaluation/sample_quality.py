@@ -81,7 +81,7 @@ def judge_nll(samples: Sequence[str], judge_run_dir: str | Path) -> dict:
     per_sample_bpb, window, judge, judge_step)."""
     from jaxorder import config as config_lib
     from jaxorder.sampling.cli import run_tokenizer
-    from jaxorder.runs import load_params
+    from jaxorder.evaluation.runs import load_params
 
     judge_run_dir = Path(judge_run_dir)
     if (judge_run_dir / "config.yaml").is_file():  # fail fast on a non-l2r judge

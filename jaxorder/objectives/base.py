@@ -1,0 +1,90 @@
+"""The order-family contract: one `Objective` value per family, registered by the family's own file.
+
+Everything that varies by family lives in its value and is reached through it: nothing outside
+`jaxorder.objectives` compares objective names. A new order family is one file that defines its
+loss and nll and ends with `register(Objective(...))`, plus its import in `objectives/__init__.py`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+
+from jaxorder.config import Config
+from jaxorder.registry import OBJECTIVES
+
+Params = Any
+# loss(params, batch, rng, cfg) -> (scalar to minimize, metrics); batch = {"tokens": [B, L] int32}
+LossFn = Callable[[Params, dict, jax.Array, Config], tuple[jax.Array, dict]]
+# nll(params, batch, rng, cfg) -> per-sequence NLL in nats [B] (exact, or an upper bound: see `exact`)
+NllFn = Callable[[Params, dict, jax.Array, Config], jax.Array]
+# order_nll(params, tokens [B, L], orders [B, L], cfg) -> exact -log p(x | order) in nats [B]
+OrderNllFn = Callable[[Params, jax.Array, jax.Array, Config], jax.Array]
+# analysis_inputs(tokens [N, L], cfg, mask_rate, seed) -> (model input tokens [N, L], mask kind, the
+# mask rate applied: 0 for families whose input has no MASK tokens)
+AnalysisInputsFn = Callable[[np.ndarray, Config, float, int], tuple[np.ndarray, str, float]]
+
+
+@dataclass(frozen=True)
+class OrderScoring:
+    """How a family's trained network is scored exactly under a fixed generation order."""
+
+    order_nll: OrderNllFn
+    greedy_nll: Optional[Callable[[Params, jax.Array, Config], jax.Array]] = None  # the model's own order
+    mixture_bound: bool = False  # also report -log mean_k p(x | order_k) over random:K orders
+
+
+def _no_checks(cfg: Config) -> None:
+    del cfg
+
+
+@dataclass(frozen=True)
+class Objective:
+    """An order family as the rest of jaxorder sees it.
+
+    - `loss`, `nll`: see LossFn / NllFn; `exact` says whether nll is the exact NLL (True) or an
+      upper bound on it (False); `yardstick` is how reports label it.
+    - `target_positions`: the network takes target positions (any-order models), so the model is
+      initialized with the target-position embedding.
+    - `sampling`: the sampler family that can decode its runs (samplers register for a family:
+      "ar", "masked", "block", "any_order"); `default_sampler` names the one used when none is given.
+    - `reading_order`: "l2r" or "r2l" for causal families (the AR sampler generates in it).
+    - `order_scoring`: fixed-order scoring (`jaxorder eval --orders`), None if unsupported.
+    - `judge`: its exact nll is the left-to-right likelihood sample quality is judged with.
+    - `analysis_inputs`: the network's input for attention analysis, None if unsupported.
+    - `validate_config`: the family's own config checks (ConfigError with the fix).
+    """
+
+    name: str
+    loss: LossFn
+    nll: NllFn
+    exact: bool
+    yardstick: str
+    sampling: str
+    default_sampler: str
+    target_positions: bool = False
+    reading_order: str = "l2r"
+    order_scoring: Optional[OrderScoring] = None
+    judge: bool = False
+    analysis_inputs: Optional[AnalysisInputsFn] = None
+    validate_config: Callable[[Config], None] = _no_checks
+
+
+def register(objective: Objective) -> Objective:
+    return OBJECTIVES.register(objective)
+
+
+def get(name: str) -> Objective:
+    """The registered objective `name` (ConfigError naming the known ones otherwise)."""
+    return OBJECTIVES.get(name)
+
+
+def all_objectives() -> tuple[Objective, ...]:
+    return OBJECTIVES.values()
+
+
+def of(cfg: Config) -> Objective:
+    """The objective a config trains."""
+    return OBJECTIVES.get(cfg.objective.name)
