@@ -4,7 +4,8 @@ from jaxorder.data.errors import DataError
 from jaxorder.data.tokenizer import ByteTokenizer, load_tokenizer, make_tokenizer, save_tokenizer
 from jaxorder.data.documents import Document
 from jaxorder.data.sources import load_documents
-from jaxorder.data.pipeline import DataBundle, StepIterator, make_data
+from jaxorder.data.bundle import DataBundle, StepIterator
+from jaxorder.data.pipeline import make_data
 from jaxorder.data.iterator_state import load_iterator_state, restore_iterator
 from jaxorder.data.synthetic import is_valid_grid, markov_entropy_rate_bits, swap05
 
