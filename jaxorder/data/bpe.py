@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from jaxorder.data.tokenizer import DataError
+from jaxorder.data.errors import DataError
 
 SPECIALS = ("<|pad|>", "<|mask|>", "<|bos|>", "<|eos|>")  # ids V-4, V-3, V-2, V-1
 MIN_VOCAB = 256 + len(SPECIALS)

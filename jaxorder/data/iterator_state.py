@@ -20,7 +20,7 @@ from typing import Any
 
 from etils import epath
 
-from jaxorder.data.tokenizer import DataError
+from jaxorder.data.errors import DataError
 
 _FILE = re.compile(r"^process_(\d+)-of-(\d+)\.json$")
 

@@ -38,7 +38,12 @@ from typing import Any
 import numpy as np
 
 from jaxorder.config import DataConfig
-from jaxorder.data.tokenizer import DataError, load_tokenizer, make_tokenizer, save_tokenizer
+from jaxorder.data.bundle import DataBundle, too_little_val
+from jaxorder.data.documents import cut_windows, document_texts, pack_documents
+from jaxorder.data.errors import DataError
+from jaxorder.data.sources import load_documents
+from jaxorder.data.synthetic import apply_transform, markov_entropy_rate_bits
+from jaxorder.data.tokenizer import load_tokenizer, make_tokenizer, save_tokenizer
 
 FORMAT = "jaxorder-prepared"
 FORMAT_VERSION = 1
@@ -90,17 +95,8 @@ def _builder_class():
     return JaxorderWindows
 
 
-def _windows(stream: np.ndarray, seq_len: int) -> np.ndarray:
-    n = len(stream) // seq_len
-    return stream[:n * seq_len].reshape(n, seq_len)
-
-
 def prepare_dataset(cfg: DataConfig, out: str | os.PathLike) -> dict[str, Any]:
     """Builds the prepared dataset of ``cfg`` in the new directory ``out``; returns its metadata."""
-    from jaxorder.data.pipeline import document_texts, pack_documents
-    from jaxorder.data.sources import load_documents
-    from jaxorder.data.synthetic import markov_entropy_rate_bits
-
     if cfg.source == "prepared":
         raise DataError("data prepare needs a document source (data.source=shakespeare, text, markov or sudoku), "
                         "not data.source=prepared")
@@ -116,7 +112,7 @@ def prepare_dataset(cfg: DataConfig, out: str | os.PathLike) -> dict[str, Any]:
     tokenizer = make_tokenizer(cfg, document_texts(train_docs) if cfg.tokenizer != "byte" else None)
     train_stream = pack_documents(train_docs, tokenizer)
     val_stream = pack_documents(val_docs, tokenizer)
-    windows = {"train": _windows(train_stream, L), "validation": _windows(val_stream, L)}
+    windows = {"train": cut_windows(train_stream, L), "validation": cut_windows(val_stream, L)}
     for split, stream in (("train", train_stream), ("validation", val_stream)):
         if len(windows[split]) == 0:
             raise DataError(f"the {split} text has {len(stream)} tokens, less than one window of data.seq_len={L}; "
@@ -211,8 +207,6 @@ class RecordWindows:
         return (len(self), self._seq_len)
 
     def __getitem__(self, idx: Any) -> np.ndarray:
-        from jaxorder.data.synthetic import apply_transform
-
         arr = np.asarray(idx)
         if arr.ndim == 0:
             return self[arr[None]][0]
@@ -260,11 +254,9 @@ def check_compatible(cfg: DataConfig, meta: dict[str, Any]) -> None:
                         f"of {where}; set data.bpe_vocab_size={meta['vocab_size']}")
 
 
-def make_prepared_data(cfg: DataConfig, process_index: int = 0, process_count: int = 1):
+def make_prepared_data(cfg: DataConfig, process_index: int = 0, process_count: int = 1) -> DataBundle:
     """The DataBundle of ``data.source=prepared``: the same batches as ``make_data`` on the source the
     dataset was prepared from (same tokenizer, seq_len, seed and batch size)."""
-    from jaxorder.data.pipeline import DataBundle, _too_little_val
-
     B, L = cfg.batch_size, cfg.seq_len
     meta = read_metadata(cfg.path)
     check_compatible(cfg, meta)
@@ -278,7 +270,7 @@ def make_prepared_data(cfg: DataConfig, process_index: int = 0, process_count: i
         raise DataError(f"the prepared training split of {cfg.path} has {len(train)} windows of seq_len={L}, "
                         f"fewer than one batch of data.batch_size={B}; lower data.batch_size (or prepare more text)")
     if len(val) < process_count:
-        raise DataError(_too_little_val(meta["val_tokens"], len(val), L, process_count))
+        raise DataError(too_little_val(meta["val_tokens"], len(val), L, process_count))
     info = {
         "source": "prepared",
         "path": str(cfg.path),

@@ -42,8 +42,8 @@ import math
 import numpy as np
 
 from jaxorder.config import DataConfig
-from jaxorder.data.sources import Document
-from jaxorder.data.tokenizer import DataError
+from jaxorder.data.documents import Document
+from jaxorder.data.errors import DataError
 
 MARKOV_MIN_DOCS = 20
 MARKOV_DOC_TOKENS = 16384  # longest Markov document; more documents = more chains sampled in parallel

@@ -12,11 +12,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jaxorder.config import ConfigError, DataConfig
-
-
-class DataError(ConfigError):
-    """Bad or missing data (path, corpus package, too little text); the message names the fix."""
+from jaxorder.config import DataConfig
+from jaxorder.data.bpe import BPETokenizer, bpe_for_documents, is_bpe_json
+from jaxorder.data.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,6 @@ def make_tokenizer(cfg: DataConfig, train_texts: Sequence[str] | None = None, us
         if train_texts is None:
             raise DataError("data.tokenizer=bpe is learned from the training documents: build it with make_data "
                             "or `jaxorder data prepare` (or use data.tokenizer=byte)")
-        from jaxorder.data.bpe import bpe_for_documents
         return bpe_for_documents(train_texts, cfg.bpe_vocab_size, use_cache=use_cache)
     raise DataError(f"data.tokenizer='{cfg.tokenizer}' is not one of: {', '.join(TOKENIZERS)}; "
                     f"use data.tokenizer=byte or data.tokenizer=bpe")
@@ -88,7 +85,6 @@ def load_tokenizer(path: str | os.PathLike):
         raise DataError(f"{path} is not JSON; prepare the data again") from None
     if obj == BYTE_TOKENIZER_JSON:
         return ByteTokenizer()
-    from jaxorder.data.bpe import BPETokenizer, is_bpe_json
     if not is_bpe_json(text):
         raise DataError(f"{path} is neither a byte nor a BPE tokenizer; prepare the data again")
     return BPETokenizer.from_json(text)
