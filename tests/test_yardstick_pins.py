@@ -14,8 +14,8 @@ import pytest
 
 from jaxorder import config as config_lib
 from jaxorder import model, objectives
-from jaxorder.evaluate import evaluate
-from jaxorder.fixed_orders import OrderSpec, order_matrix, parse_orders, score_orders
+from jaxorder.evaluation.yardstick import evaluate
+from jaxorder.evaluation.fixed_orders import OrderSpec, order_matrix, parse_orders, score_orders
 from jaxorder.objectives import ao_ar, mdm
 from jaxorder.objectives.common import special_ids
 
@@ -92,7 +92,7 @@ def test_evaluate_bpb_and_stderr_equal_hand_computation(models, name):
     """
     cfg, params = models[name]
     batches = val_batches()
-    nll_fn = jax.jit(lambda p, t, r: objectives.get(name).nll(p, {"tokens": t}, r, cfg)[0])
+    nll_fn = jax.jit(lambda p, t, r: objectives.get(name).nll(p, {"tokens": t}, r, cfg))
     key = jax.random.key(cfg.eval.seed)
     nll_N = np.concatenate([np.asarray(nll_fn(params, jnp.asarray(t), jax.random.fold_in(key, i)))
                             for i, t in enumerate(batches)])
