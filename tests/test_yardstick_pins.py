@@ -40,7 +40,7 @@ def tiny_cfg(objective: str) -> config_lib.Config:
 def tiny_params(cfg: config_lib.Config):
     """One compiled init for every objective (the model config is shared); drops unused target positions."""
     params = _init_params(cfg.model, jax.random.key(0), LENGTH, True)
-    if getattr(objectives.get(cfg.objective.name), "TARGET_POSITIONS", False):
+    if objectives.of(cfg).target_positions:
         return params
     return {k: v for k, v in params.items() if k != "target_embed"}
 
