@@ -10,6 +10,9 @@ from pathlib import Path
 
 from jaxorder.config import ConfigError
 
+# `jaxorder sample` flags that are SamplerOptions fields; unset flags stay out of the options, so an
+# inapplicable one is an error only when it is given
+SAMPLER_FLAGS = ("steps", "temperature", "threshold", "top_k", "top_p", "block_length", "noise", "fused")
 EPILOG_OVERRIDES = ("Overrides are section.field=value pairs applied after the config file, e.g. "
                     "model.n_layers=4 train.steps=500 objective.name=mdm data.source=text data.path=my.txt")
 
@@ -42,8 +45,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.generate:
         from jaxorder.evaluation.sample_quality import generation_quality
 
+        options = {"steps": args.steps} if args.steps is not None else {}
         result["generate"] = generation_quality(args.run_dir, num_samples=args.num_samples, sampler=args.sampler,
-                                                steps=args.steps, seed=args.seed, judge=args.judge)
+                                                options=options, seed=args.seed, judge=args.judge)
     _print_result(result, args.json)
     if not args.json and "generate" in result:
         print("  generate: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -144,13 +148,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from jaxorder.sampling.cli import sample_run
+    from jaxorder.evaluation.runs import sample_run
 
-    result = sample_run(args.run_dir, sampler=args.sampler, steps=args.steps, num_samples=args.num_samples,
-                        seed=args.seed, prompt=args.prompt, template=args.template, length=args.length,
-                        temperature=args.temperature, threshold=args.threshold, block_length=args.block_length,
-                        noise=args.noise, fused=args.fused, top_k=args.top_k, top_p=args.top_p,
-                        stop_at_eos=not args.no_stop_at_eos)
+    given = {name: getattr(args, name) for name in SAMPLER_FLAGS if getattr(args, name) is not None}
+    if args.no_stop_at_eos:
+        given["stop_at_eos"] = False
+    result = sample_run(args.run_dir, sampler=args.sampler, options=given, num_samples=args.num_samples,
+                        seed=args.seed, prompt=args.prompt, template=args.template, length=args.length)
     if args.json:
         print(json.dumps(json_safe(result), allow_nan=False))
         return 0
@@ -278,24 +282,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default=None,
                    help="mdm/bd3: ancestral | confidence | margin | entropy | threshold (default confidence); "
                         "l2r/r2l: ar (the default); ao_ar/latent_order: l2r | r2l | random | greedy (default l2r)")
-    p.add_argument("--steps", type=int, default=64,
+    p.add_argument("--steps", type=int, default=None,
                    help="mdm/bd3: denoising steps, i.e. forward passes at most (default 64); ar and any-order: "
                         "unused (one per token)")
     p.add_argument("--num-samples", type=int, default=1, help="sequences sampled in one batch (default 1)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same samples (default 0)")
     p.add_argument("--length", type=int, help="tokens per sequence incl. the prompt (default: the run's data.seq_len)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = argmax (default 1)")
-    p.add_argument("--threshold", type=float, default=0.9, help="threshold sampler: confidence to commit (default 0.9)")
-    p.add_argument("--top-k", type=int, default=0,
+    p.add_argument("--temperature", type=float, default=None, help="0 = argmax (default 1)")
+    p.add_argument("--threshold", type=float, default=None, help="threshold sampler: confidence to commit (default 0.9)")
+    p.add_argument("--top-k", type=int, default=None,
                    help="ar, any-order: sample among the k most likely tokens (default 0: off)")
-    p.add_argument("--top-p", type=float, default=1.0,
+    p.add_argument("--top-p", type=float, default=None,
                    help="ar, any-order: nucleus sampling, the smallest set with probability >= p (default 1: off)")
     p.add_argument("--no-stop-at-eos", action="store_true", help="ar: keep generating after EOS up to --length")
-    p.add_argument("--block-length", type=int, default=0,
+    p.add_argument("--block-length", type=int, default=None,
                    help="semi-autoregressive blocks of this many positions, left to right (default 0: one block)")
-    p.add_argument("--noise", default="high", choices=["high", "float32"],
+    p.add_argument("--noise", default=None, choices=["high", "float32"],
                    help="Gumbel noise: high (float64-accurate tails, default) or float32 (naive 24-bit)")
-    p.add_argument("--fused", action="store_true",
+    p.add_argument("--fused", action="store_true", default=None,
                    help="commitment step through pallas_kernels.mdm_sample_step (CPU: its reference)")
     p.add_argument("--json", action="store_true", help="print the samples and settings as one JSON object on stdout")
     p.set_defaults(func=cmd_sample)

@@ -17,17 +17,18 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """name -> value; names are unique, lookups of unknown names are one-line ConfigErrors."""
+    """key -> value (the key is the value's `key` attribute if it has one, else its `name`); keys are
+    unique, lookups of unknown keys are one-line ConfigErrors."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._values: dict[str, T] = {}
 
     def register(self, value: T) -> T:
-        name = getattr(value, "name")
-        if name in self._values:
-            raise ValueError(f"{self.kind} '{name}' is already registered")
-        self._values[name] = value
+        key = _key(value)
+        if key in self._values:
+            raise ValueError(f"{self.kind} '{key}' is already registered")
+        self._values[key] = value
         return value
 
     def unregister(self, name: str) -> None:
@@ -40,7 +41,7 @@ class Registry(Generic[T]):
         try:
             yield value
         finally:
-            self.unregister(getattr(value, "name"))
+            self.unregister(_key(value))
 
     def get(self, name: str) -> T:
         if name not in self._values:
@@ -55,6 +56,10 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: Any) -> bool:
         return name in self._values
+
+
+def _key(value: Any) -> str:
+    return getattr(value, "key", None) or getattr(value, "name")
 
 
 OBJECTIVES: Registry[Any] = Registry("objective")

@@ -8,6 +8,7 @@ the second process with the same config skips compilation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import shutil
@@ -22,7 +23,6 @@ try:  # the repo root, when pytest runs without the package installed
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 import pytest
 
 from jaxorder.platform.host_memory import configure_host_malloc
@@ -204,3 +204,39 @@ def read_tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]
             for v in event.summary.value:
                 out.setdefault(v.tag, []).append((event.step, v.simple_value))
     return out
+
+
+# ----------------------------------------------------------------------------- samplers
+# Tests name a sampler and its options as a pair (name, SamplerOptions) and run it through the one
+# lifecycle, jaxorder.sampling.sample.
+
+def spec(name: str, **options) -> tuple:
+    from jaxorder.sampling import SamplerOptions
+
+    return name, SamplerOptions(**options)
+
+
+def with_options(sampler_spec: tuple, **changes) -> tuple:
+    return sampler_spec[0], dataclasses.replace(sampler_spec[1], **changes)
+
+
+def run_sampler(params, cfg, tokens_BL, key, sampler_spec: tuple) -> dict:
+    from jaxorder import sampling
+
+    return sampling.sample(params, cfg, tokens_BL, key, sampler_spec[0], sampler_spec[1])
+
+
+def ar_rows(cfg, prompts, max_new: int) -> np.ndarray:
+    """Rows [B, max prompt + max_new] for AR sampling: prompt, max_new MASKs, PAD (in reading order:
+    runs generating right to left get MASKs, then the prompt as the end, with PAD in front)."""
+    from jaxorder import objectives
+    from jaxorder.objectives.common import special_ids
+
+    ids = special_ids(cfg.model)
+    rows = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
+    L = max(len(r) for r in rows) + max_new
+    out = np.full((len(rows), L), ids.pad, np.int32)
+    for b, r in enumerate(rows):
+        out[b, :len(r)] = r[::-1] if objectives.of(cfg).reading_order == "r2l" else r
+        out[b, len(r):len(r) + max_new] = ids.mask
+    return out[:, ::-1].copy() if objectives.of(cfg).reading_order == "r2l" else out

@@ -14,12 +14,14 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import run_sampler, spec, with_options
+
 from jaxorder import config as config_lib
 from jaxorder import model
 from jaxorder.config import ConfigError
 from jaxorder.objectives.common import special_ids
-from jaxorder.sampling import bd3, mdm
-from jaxorder.sampling.mdm import SamplerConfig
+from jaxorder import sampling
+from jaxorder.sampling import bd3
 
 TINY = ("model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.seq_len=16")
 N, B_SIZE = 16, 4
@@ -40,7 +42,7 @@ def _rows(cfg, batch: int = 3) -> np.ndarray:
 
 
 def _run(params, cfg, rows, key, sc, cache=True) -> dict:
-    return jax.device_get(bd3.sample(params, cfg, rows, jax.random.key(key), sc, cache=cache))
+    return jax.device_get(run_sampler(params, cfg, rows, jax.random.key(key), with_options(sc, cache=cache)))
 
 
 @pytest.mark.parametrize("name,temperature", [("confidence", 0.0), ("ancestral", 1.0), ("threshold", 1.0)])
@@ -49,7 +51,7 @@ def test_cached_equals_uncached(tiny, name, temperature):
     same steps, and the summed log p of the committed tokens (one per step's logits) agree."""
     cfg, params = tiny
     rows = _rows(cfg)
-    sc = SamplerConfig(name, steps=7, temperature=temperature, threshold=0.0045)
+    sc = spec(name, steps=7, temperature=temperature, **({"threshold": 0.0045} if name == "threshold" else {}))
     got = _run(params, cfg, rows, 1, sc, cache=True)
     want = _run(params, cfg, rows, 1, sc, cache=False)
     assert np.array_equal(got["tokens"], want["tokens"])
@@ -68,7 +70,7 @@ def test_fixed_tokens_kept_every_mask_filled_and_seeds(tiny, name, temperature):
     mask_id = special_ids(cfg.model).mask
     rows = _rows(cfg)
     fixed = rows != mask_id
-    sc = SamplerConfig(name, steps=7, temperature=temperature)
+    sc = spec(name, steps=7, temperature=temperature)
     a = _run(params, cfg, rows, 5, sc)
     assert np.array_equal(a["tokens"][fixed], rows[fixed]), "a fixed token changed"
     assert not np.any(a["tokens"] == mask_id) and np.all(a["complete"]), "a mask was left or MASK sampled"
@@ -92,12 +94,12 @@ def test_blocks_depend_only_on_earlier_blocks(tiny):
     regenerates the same last two blocks."""
     cfg, params = tiny
     mask_id = special_ids(cfg.model).mask
-    sc = SamplerConfig("confidence", steps=7, temperature=0.0)
+    sc = spec("confidence", steps=7, temperature=0.0)
     full = _run(params, cfg, np.full((3, N), mask_id, np.int32), 0, sc)
     assert not np.all(full["tokens"] == full["tokens"][0, 0])
     prompt = np.array(full["tokens"])
     prompt[:, 2 * B_SIZE:] = mask_id
-    again = _run(params, cfg, prompt, 0, dataclasses.replace(sc, steps=3))
+    again = _run(params, cfg, prompt, 0, with_options(sc, steps=3))
     assert np.array_equal(again["tokens"], full["tokens"])
 
 
@@ -110,8 +112,8 @@ def test_one_block_is_the_mdm_sampler(tiny, name, temperature):
     cfg = config_lib.load(None, ("objective.name=bd3", f"objective.block_size={N}", *TINY))
     mdm_cfg = config_lib.load(None, ("objective.name=mdm", *TINY))
     rows = _rows(cfg)
-    sc = SamplerConfig(name, steps=7, temperature=temperature, threshold=0.0045)
-    want = jax.device_get(mdm.sample(params, mdm_cfg, rows, jax.random.key(2), sc))
+    sc = spec(name, steps=7, temperature=temperature, **({"threshold": 0.0045} if name == "threshold" else {}))
+    want = jax.device_get(run_sampler(params, mdm_cfg, rows, jax.random.key(2), sc))
     got = _run(params, cfg, rows, 2, sc)
     assert np.array_equal(got["tokens"], want["tokens"]) and np.array_equal(got["commits"], want["commits"])
     assert int(got["nfe"]) == int(want["nfe"]) and int(got["steps"]) == int(want["steps"])
@@ -131,17 +133,18 @@ def test_step_budget():
 def test_bad_inputs(tiny):
     cfg, params = tiny
     rows = _rows(cfg)
-    sc = SamplerConfig("confidence", steps=4)
+    sc = spec("confidence", steps=4)
     key = jax.random.key(0)
-    with pytest.raises(ConfigError, match="needs a bd3 run"):
-        bd3.sample(params, config_lib.load(None, ("objective.name=mdm", *TINY)), rows, key, sc)
+    block_confidence = sampling.resolve(cfg, "confidence")
+    with pytest.raises(ConfigError, match="decodes block runs, not mdm"):
+        sampling.sample(params, config_lib.load(None, ("objective.name=mdm", *TINY)), rows, key, block_confidence)
     with pytest.raises(ConfigError, match="multiple of the block size 4, got 14; use 12 or 16"):
-        bd3.sample(params, cfg, rows[:, :14], key, sc)
-    with pytest.raises(ConfigError, match="--block-length"):
-        bd3.sample(params, cfg, rows, key, dataclasses.replace(sc, block_length=4))
-    with pytest.raises(ConfigError, match="fused"):
-        bd3.sample(params, cfg, rows, key, dataclasses.replace(sc, fused=True))
+        run_sampler(params, cfg, rows[:, :14], key, sc)
+    with pytest.raises(ConfigError, match="does not take 'block_length'"):
+        run_sampler(params, cfg, rows, key, with_options(sc, block_length=4))
+    with pytest.raises(ConfigError, match="does not take 'fused'"):
+        run_sampler(params, cfg, rows, key, with_options(sc, fused=True))
     with pytest.raises(ConfigError, match="use --steps >= 3"):
-        bd3.sample(params, cfg, rows, key, dataclasses.replace(sc, steps=2))
-    with pytest.raises(ConfigError, match="unknown mdm sampler"):
-        bd3.sample(params, cfg, rows, key, dataclasses.replace(sc, name="nope"))
+        run_sampler(params, cfg, rows, key, with_options(sc, steps=2))
+    with pytest.raises(ConfigError, match="unknown sampler 'nope'; for bd3 runs"):
+        run_sampler(params, cfg, rows, key, ("nope", sc[1]))

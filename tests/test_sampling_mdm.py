@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cli_in_process
+from conftest import cli_in_process, spec, with_options
+from conftest import run_sampler as sample
 
 from jaxorder import config as config_lib
 from jaxorder import model
@@ -25,7 +26,7 @@ from jaxorder.data import ByteTokenizer
 from jaxorder.objectives.mdm import chain_rule_nll
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling import noise as noise_lib
-from jaxorder.sampling.mdm import SamplerConfig, block_schedule, sample, score_path
+from jaxorder.sampling.mdm import block_schedule, score_path
 from jaxorder.sampling.prompts import build_inputs, parse_template
 from jaxorder.evaluation.sample_quality import judge_nll_params, unigram_entropy_bits
 
@@ -65,7 +66,7 @@ def test_free_sampler_with_n_steps_commits_one_per_step_and_scores_its_own_path(
     cfg, params = tiny
     B, L = 2, 16
     start = np.full((B, L), special_ids(cfg.model).mask)
-    out = sample(params, cfg, start, jax.random.key(0), SamplerConfig("confidence", steps=L, temperature=0.0))
+    out = sample(params, cfg, start, jax.random.key(0), spec("confidence", steps=L, temperature=0.0))
     assert np.all(np.asarray(out["commits"]) == 1) and int(out["steps"]) == L == int(out["nfe"])
     greedy = np.asarray(chain_rule_nll(params, out["tokens"], None, cfg))
     np.testing.assert_allclose(-np.asarray(out["logprob"]), greedy, rtol=1e-5)
@@ -79,7 +80,7 @@ def test_infilling_keeps_template_fills_every_mask_and_respects_seeds(tiny, name
     mask_id = special_ids(cfg.model).mask
     rows = _template_rows(4)
     fixed = rows != mask_id
-    sc = SamplerConfig(name, steps=4, temperature=1.0, threshold=0.5, block_length=8 if name == "confidence" else 0)
+    sc = spec(name, steps=4, temperature=1.0, **({"threshold": 0.5} if name == "threshold" else {}), block_length=8 if name == "confidence" else 0)
     a = jax.device_get(sample(params, cfg, rows, jax.random.key(5), sc))
     assert np.array_equal(a["tokens"][fixed], rows[fixed]), "a fixed template token changed"
     assert not np.any(a["tokens"] == mask_id) and np.all(a["complete"]), "a mask was left or MASK sampled"
@@ -95,7 +96,7 @@ def test_infilling_keeps_template_fills_every_mask_and_respects_seeds(tiny, name
 def test_temperature_zero_is_deterministic_across_seeds(tiny):
     cfg, params = tiny
     rows = _template_rows(2)
-    sc = SamplerConfig("margin", steps=3, temperature=0.0)
+    sc = spec("margin", steps=3, temperature=0.0)
     a, b = (jax.device_get(sample(params, cfg, rows, jax.random.key(s), sc)) for s in (0, 1))
     assert np.array_equal(a["tokens"], b["tokens"])
     assert np.array_equal(a["tokens"][0], a["tokens"][1])  # identical inputs, no noise: identical rows
@@ -109,16 +110,16 @@ def test_threshold_commits_at_least_one_per_step_and_stops_early(tiny):
     B, L, steps = 3, 24, 6
     start = np.full((B, L), mask_id)
     # random weights: every confidence is ~1/256, far below 0.9 -> exactly k = ceil(left / steps left)
-    hi = jax.device_get(sample(params, cfg, start, jax.random.key(0), SamplerConfig("threshold", steps=steps,
+    hi = jax.device_get(sample(params, cfg, start, jax.random.key(0), spec("threshold", steps=steps,
                                                                                      threshold=0.9)))
     assert int(hi["steps"]) == steps and np.all(hi["commits"] == L // steps) and np.all(hi["complete"])
     # a threshold below every confidence commits everything in the first step
-    lo = jax.device_get(sample(params, cfg, start, jax.random.key(0), SamplerConfig("threshold", steps=steps,
+    lo = jax.device_get(sample(params, cfg, start, jax.random.key(0), spec("threshold", steps=steps,
                                                                                      threshold=1e-4)))
     assert int(lo["steps"]) == 1 == int(lo["nfe"]) and np.all(lo["commits"][0] == L) and np.all(lo["complete"])
     # in between: >= 1 per step until a row is complete, never more than `steps` steps
     mid_thr = float(np.median(np.exp(hi["logprob"] / L)))
-    mid = jax.device_get(sample(params, cfg, start, jax.random.key(0), SamplerConfig("threshold", steps=steps,
+    mid = jax.device_get(sample(params, cfg, start, jax.random.key(0), spec("threshold", steps=steps,
                                                                                       threshold=mid_thr)))
     assert 1 <= int(mid["steps"]) <= steps and np.all(mid["complete"])
     for b in range(B):
@@ -134,7 +135,7 @@ def test_block_schedule_and_semi_autoregressive_order(tiny):
         block_schedule(16, 3, 4)
     cfg, params = tiny
     B, L = 2, 16
-    sc = SamplerConfig("entropy", steps=4, temperature=1.0, block_length=4)
+    sc = spec("entropy", steps=4, temperature=1.0, block_length=4)
     out = jax.device_get(sample(params, cfg, np.full((B, L), special_ids(cfg.model).mask), jax.random.key(3), sc))
     assert np.all(out["commits"] == 4) and np.all(out["complete"])  # one block of 4 per step
 
@@ -148,9 +149,9 @@ def test_fused_step_gives_the_same_tokens_as_the_plain_path(tiny, name, temperat
     cfg, params = tiny
     rows = _template_rows(4)
     key = jax.random.key(11)
-    sc = SamplerConfig(name, steps=4, temperature=temperature, threshold=0.004, block_length=block)
+    sc = spec(name, steps=4, temperature=temperature, **({"threshold": 0.004} if name == "threshold" else {}), block_length=block)
     plain = jax.device_get(sample(params, cfg, rows, key, sc))
-    fused = jax.device_get(sample(params, cfg, rows, key, dataclasses.replace(sc, fused=True)))
+    fused = jax.device_get(sample(params, cfg, rows, key, with_options(sc, fused=True)))
     if name == "threshold":  # the threshold really commits extra positions here
         assert plain["commits"][0].min() > int(np.ceil(8 / 4))
     assert np.array_equal(plain["tokens"], fused["tokens"])
@@ -164,9 +165,9 @@ def test_fused_pallas_interpret_mode_gives_the_same_tokens(tiny, name, temperatu
     """The Pallas kernel itself (interpret mode on CPU, ~10 s per sampler) vs the plain path."""
     cfg, params = tiny
     rows = _template_rows(2)
-    sc = SamplerConfig(name, steps=4, temperature=temperature)
+    sc = spec(name, steps=4, temperature=temperature)
     plain = jax.device_get(sample(params, cfg, rows, jax.random.key(3), sc))
-    kern = jax.device_get(sample(params, cfg, rows, jax.random.key(3), dataclasses.replace(sc, fused=True,
+    kern = jax.device_get(sample(params, cfg, rows, jax.random.key(3), with_options(sc, fused=True,
                                                                                           interpret=True)))
     assert np.array_equal(plain["tokens"], kern["tokens"])
     np.testing.assert_allclose(plain["logprob"], kern["logprob"], rtol=1e-5)

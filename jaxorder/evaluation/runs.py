@@ -1,21 +1,27 @@
-"""Finished run directories: the newest checkpoint's config and params, and their evaluation
-(`jaxorder eval`, sweeps, sampling and analysis read runs through here)."""
+"""Finished run directories: the newest checkpoint's config and params, their evaluation
+(`jaxorder eval`) and sampling (`jaxorder sample`); sweeps and analysis read runs through here."""
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+import time
+from pathlib import Path
+from typing import Any, Mapping
 
 from etils import epath
 import jax
 
+import numpy as np
+
 from jaxorder import config as config_lib
+from jaxorder import objectives, sampling
 from jaxorder.training.checkpoint import Checkpointer, require_checkpoint
 from jaxorder.config import Config, ConfigError
-from jaxorder.data import make_data
+from jaxorder.data import ByteTokenizer, make_data
 from jaxorder.evaluation.yardstick import evaluate
 from jaxorder.model.attention import settle_attention_impl
 from jaxorder.training.optimizer import make_optimizer
+from jaxorder.sampling.prompts import build_inputs
 from jaxorder.training.state import make_placement
 
 
@@ -73,3 +79,67 @@ def _first_windows(batches: list, count: int) -> list:
         out.append(b[:left])
         left -= len(out[-1])
     return out
+
+
+def run_tokenizer(cfg: Config) -> Any:
+    """The run's tokenizer (the byte tokenizer needs no data; others are rebuilt from the data)."""
+    if cfg.data.tokenizer == "byte":
+        return ByteTokenizer()
+    return make_data(cfg.data).tokenizer
+
+
+def _timed(run, warmup: bool) -> tuple[Any, float]:
+    """(run(), seconds); with `warmup` a first untimed call compiles (run must return host values)."""
+    if warmup:
+        run()
+    started = time.perf_counter()
+    out = run()
+    return out, time.perf_counter() - started
+
+
+def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, options: Mapping[str, Any] = {},
+               num_samples: int = 1, seed: int = 0, prompt: str | None = None, template: str | None = None,
+               length: int | None = None, warmup: bool = False) -> dict:
+    """Samples `num_samples` sequences from a run's newest checkpoint; returns a JSON-able dict.
+
+    `sampler` None = the objective's default; `options` are explicit SamplerOptions settings (an
+    unknown or inapplicable one is a ConfigError naming the valid ones). A prompt is a prefix (the
+    end of the text for runs generating right to left), a template fixes the length. ``seconds``
+    includes compilation unless `warmup`: then the sampler runs once untimed first (same inputs, so
+    the same samples) and ``seconds`` is the steady-state time."""
+    run_dir = Path(run_dir)
+    if (run_dir / "config.yaml").is_file():  # fail fast, before restoring a checkpoint
+        saved = config_lib.load(run_dir / "config.yaml")
+        sampling.make_options(sampling.resolve(saved, sampler), options)
+    if num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
+    cfg, params, step = load_params(run_dir)
+    chosen = sampling.resolve(cfg, sampler)
+    opts = sampling.make_options(chosen, options)
+    tokenizer = run_tokenizer(cfg)
+    row = build_inputs(tokenizer, length, cfg.data.seq_len, cfg.model.max_len, prompt, template,
+                       prompt_at_end=objectives.of(cfg).reading_order == "r2l")
+    tokens_BL = np.tile(row, (num_samples, 1))
+    out, seconds = _timed(lambda: jax.device_get(
+        sampling.sample(params, cfg, tokens_BL, jax.random.key(seed), chosen, opts)), warmup)
+    pad = tokenizer.pad_id
+    samples = []
+    for b in range(num_samples):
+        ids = np.asarray(out["tokens"][b])
+        if "eos" in out:  # rows that stop early end in PAD
+            ids = ids[ids != pad]
+        sample = {"text": tokenizer.decode(ids), "tokens": [int(x) for x in ids], "logprob": float(out["logprob"][b])}
+        if "eos" in out:
+            sample["stopped_at_eos"] = bool(out["eos"][b])
+        if "order" in out:
+            sample["order"] = [int(x) for x in out["order"][b]]
+        samples.append(sample)
+    generated = int(np.sum(out["generated"])) if "generated" in out else int((row == tokenizer.mask_id).sum()) * num_samples
+    settings = {k: getattr(opts, k) for k in chosen.options}
+    return {
+        "run": run_dir.name, "step": step, "objective": cfg.objective.name, "sampler": chosen.name, **settings,
+        "steps": opts.steps if "steps" in chosen.options else int(out["steps"]), "steps_taken": int(out["steps"]),
+        "forward_passes": int(out["nfe"]), "seed": seed, "length": int(len(row)), "samples": samples,
+        "generated_tokens": generated, "seconds": round(seconds, 3), "seconds_include_compilation": not warmup,
+        "complete": bool(np.all(out["complete"])) if "complete" in out else True,
+    }

@@ -1,10 +1,11 @@
-"""Sample quality: diversity (unigram entropy) and generative NLL under a judge l2r run.
+"""Sample quality: diversity (unigram entropy) and generative NLL under a judge run.
 
 For ``jaxorder eval --generate`` (``generation_quality``):
 - ``unigram_entropy_bits(samples)``: entropy in bits of the pooled unigram distribution of all
   samples' tokens (token-id sequences; a ``str`` counts its UTF-8 bytes). Low = repetitive.
 - ``judge_nll(samples, judge_run_dir)``: the samples' texts re-tokenized with the judge's
-  tokenizer and scored exactly by ``jaxorder.objectives.l2r.nll`` (generative NLL), reported in
+  tokenizer and scored exactly by the judge's objective nll (a run whose Objective has ``judge``:
+  the exact left-to-right likelihood of l2r runs; generative NLL), reported in
   bits per UTF-8 byte like the training yardstick. A sample longer than the judge's
   ``data.seq_len`` is cut into consecutive windows of that length, each scored from BOS (as the
   yardstick scores validation windows). Lower = more plausible to the judge; note that
@@ -15,11 +16,18 @@ from __future__ import annotations
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+import jax
+import jax.numpy as jnp
+
+from jaxorder import config as config_lib
+from jaxorder import objectives, sampling
 from jaxorder.config import Config, ConfigError
+from jaxorder.data.synthetic import is_valid_grid
+from jaxorder.evaluation.runs import load_params, run_tokenizer, sample_run
 
 
 def _ids(sample: Any) -> np.ndarray:
@@ -44,13 +52,7 @@ def unigram_entropy_bits(samples: Iterable[Any], exclude: Sequence[int] = ()) ->
 
 def judge_nll_params(params, cfg: Config, texts: Sequence[str], tokenizer: Any) -> dict:
     """``judge_nll`` with the judge already loaded (params, cfg, tokenizer)."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxorder.objectives import l2r
-
-    if cfg.objective.name != "l2r":
-        raise ConfigError(f"the judge must be an l2r run (exact left-to-right NLL), not '{cfg.objective.name}'")
+    _require_judge(cfg)
     window = int(min(cfg.data.seq_len, cfg.model.max_len))
     chunks: dict[int, list[tuple[int, np.ndarray]]] = {}  # length -> [(sample index, tokens)]
     bytes_per_sample = np.zeros(len(texts), np.int64)
@@ -60,7 +62,8 @@ def judge_nll_params(params, cfg: Config, texts: Sequence[str], tokenizer: Any) 
         for s in range(0, len(ids), window):
             piece = ids[s:s + window]
             chunks.setdefault(len(piece), []).append((i, piece))
-    score = jax.jit(lambda p, t: l2r.nll(p, {"tokens": t}, jax.random.key(0), cfg)[0])
+    judge_objective = objectives.of(cfg)
+    score = jax.jit(lambda p, t: judge_objective.nll(p, {"tokens": t}, jax.random.key(0), cfg))
     nats = np.zeros(len(texts), np.float64)
     for _, items in sorted(chunks.items()):
         owners = np.array([i for i, _ in items])
@@ -74,20 +77,21 @@ def judge_nll_params(params, cfg: Config, texts: Sequence[str], tokenizer: Any) 
             "per_sample_bpb": per_sample, "window": window}
 
 
+def _require_judge(cfg: Config) -> None:
+    if not objectives.of(cfg).judge:
+        judges = [o.name for o in objectives.all_objectives() if o.judge]
+        raise ConfigError(f"the judge must be a run of {', '.join(judges)} (exact left-to-right NLL), "
+                          f"not '{cfg.objective.name}'")
+
+
 def judge_nll(samples: Sequence[str], judge_run_dir: str | Path) -> dict:
-    """Generative NLL of sample texts under the newest checkpoint of an l2r run, in bits/byte.
+    """Generative NLL of sample texts under the newest checkpoint of a judge run, in bits/byte.
 
     Returns dict(bpb (all samples pooled: total NLL / total bytes), nll_nats, bytes, samples,
     per_sample_bpb, window, judge, judge_step)."""
-    from jaxorder import config as config_lib
-    from jaxorder.sampling.cli import run_tokenizer
-    from jaxorder.evaluation.runs import load_params
-
     judge_run_dir = Path(judge_run_dir)
-    if (judge_run_dir / "config.yaml").is_file():  # fail fast on a non-l2r judge
-        name = config_lib.load(judge_run_dir / "config.yaml").objective.name
-        if name != "l2r":
-            raise ConfigError(f"the judge must be an l2r run (exact left-to-right NLL), not '{name}'")
+    if (judge_run_dir / "config.yaml").is_file():  # fail fast on a run that cannot judge
+        _require_judge(config_lib.load(judge_run_dir / "config.yaml"))
     cfg, params, step = load_params(judge_run_dir)
     result = judge_nll_params(params, cfg, list(samples), run_tokenizer(cfg))
     result.update({"judge": judge_run_dir.name, "judge_step": step})
@@ -99,17 +103,13 @@ def sudoku_grids_valid(texts: Sequence[str]) -> dict:
 
     With data.seq_len=82 a window (and an unprompted sample) is one grid plus a newline, so each
     sample gives one candidate; partial lines at a window's edges are not counted."""
-    from jaxorder.data.synthetic import is_valid_grid
-
     lines = [line for t in texts for line in t.split("\n") if len(line) == 81]
     valid = sum(is_valid_grid(line) for line in lines)
     return {"grids": len(lines), "valid_grids": valid, "valid_grid_fraction": valid / len(lines) if lines else 0.0}
 
 
 def default_judge(run_dir: str | Path) -> Path | None:
-    """The l2r run beside `run_dir` (e.g. in the same sweep) trained on the same data, if any."""
-    from jaxorder import config as config_lib
-
+    """The judge run (l2r) beside `run_dir` (e.g. in the same sweep) trained on the same data, if any."""
     run_dir = Path(run_dir)
     data = config_lib.load_saved(run_dir / "config.yaml").data
     for sibling in sorted(run_dir.parent.iterdir()):
@@ -117,25 +117,26 @@ def default_judge(run_dir: str | Path) -> Path | None:
         if sibling == run_dir or not path.is_file():
             continue
         cfg = config_lib.load_saved(path)
-        if cfg.objective.name == "l2r" and cfg.data == data and (sibling / "checkpoints").is_dir():
+        if objectives.of(cfg).judge and cfg.data == data and (sibling / "checkpoints").is_dir():
             return sibling
     return None
 
 
 def generation_quality(run_dir: str | Path, *, num_samples: int = 16, sampler: str | None = None,
-                       steps: int | None = None, seed: int = 0, judge: str | Path | None = None) -> dict:
+                       options: Mapping[str, Any] = {}, seed: int = 0, judge: str | Path | None = None) -> dict:
     """`jaxorder eval --generate`: sample unprompted windows and measure their quality.
 
-    Reports the sampler, its steps and forward passes, its speed (generated tokens/s in steady
-    state: a first untimed run compiles), the unigram entropy of the samples (diversity), their
-    NLL under a judge l2r run (`judge`, default: the l2r run beside this one on the same data;
-    omitted if there is none) and, for Sudoku data, the fraction of valid grids."""
-    from jaxorder import config as config_lib
-    from jaxorder.sampling.cli import sample_run
-
+    `options` are explicit sampler settings; a sampler that takes `steps` defaults to the window
+    length. Reports the sampler, its settings, steps and forward passes, its speed (generated
+    tokens/s in steady state: a first untimed run compiles), the unigram entropy of the samples
+    (diversity), their NLL under a judge run (`judge`, default: the l2r run beside this one on the
+    same data; omitted if there is none) and, for Sudoku data, the fraction of valid grids."""
     cfg = config_lib.load_saved(Path(run_dir) / "config.yaml")
-    out = sample_run(run_dir, sampler=sampler, steps=steps or cfg.data.seq_len, num_samples=num_samples, seed=seed,
-                     warmup=True)
+    chosen = sampling.resolve(cfg, sampler)
+    options = dict(options)
+    if "steps" in chosen.options:
+        options.setdefault("steps", cfg.data.seq_len)
+    out = sample_run(run_dir, sampler=chosen.name, options=options, num_samples=num_samples, seed=seed, warmup=True)
     texts = [s["text"] for s in out["samples"]]
     result = {"sampler": out["sampler"], "steps": out["steps"], "forward_passes": out["forward_passes"],
               "num_samples": num_samples, "tokens_per_s": out["generated_tokens"] / max(out["seconds"], 1e-9),

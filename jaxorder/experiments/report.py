@@ -25,6 +25,7 @@ SAMPLER_COLUMNS = [  # the sampler table: one row per run and sampler (sweep `ge
     ("run", "run", "{}"),
     ("objective", "objective", "{}"),
     ("sampler", "sampler", "{}"),
+    ("setting", "setting", "{}"),
     ("steps", "steps", "{}"),
     ("forward_passes", "forward passes", "{}"),
     ("judge_bpb", "judge bits/byte", "{:.4f}"),

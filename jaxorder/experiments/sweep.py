@@ -15,7 +15,9 @@ A sweep file:
     generate:                           # optional: the sampler table (jaxorder eval --generate per sampler)
       num_samples: 8                    #   unprompted samples per run and sampler
       samplers: [confidence, ar]        #   each run uses those its objective has (default: its default one)
-      steps: 32                         #   denoising steps (default: the window length)
+      steps: [16, 32]                   #   any sampler option (jaxorder.sampling.SamplerOptions), a value
+      threshold: 0.8                    #   or a list; a sampler gets the options it takes, one table row
+                                        #   per combination of the listed values (steps default: the window)
 Runs live in OUT/<run name>; finished runs are skipped and partial ones resume. The extras (fixed
 orders, attention summary, samples) run after all training, so the l2r run that judges the
 samples of the others exists by then.
@@ -29,7 +31,11 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxorder import config as config_lib
+from jaxorder import sampling
 from jaxorder.config import ConfigError
+from jaxorder.evaluation.fixed_orders import parse_orders, scorable, supported_specs
+from jaxorder.evaluation.sample_quality import generation_quality
+from jaxorder.experiments.analysis.attention import summarize_run, supported
 from jaxorder.platform.distributed import initialize, is_main_process
 from jaxorder.experiments.report import sampler_columns, sampler_rows, text_table, write_report
 from jaxorder.evaluation.runs import eval_run
@@ -37,31 +43,42 @@ from jaxorder.platform.distributed import log
 from jaxorder.training.loop import train
 
 SWEEP_KEYS = ("name", "base", "overrides", "axes", "grid", "orders", "order_windows", "attention_summary", "generate")
-GENERATE_KEYS = ("num_samples", "samplers", "steps")
+GENERATE_KEYS = ("num_samples", "samplers")  # plus any sampler option name
 
 
 def _generate_spec(path: Path, value) -> dict | None:
-    """The validated `generate:` mapping (None when absent)."""
+    """The validated `generate:` mapping (None when absent): num_samples, samplers and options, each
+    option a list of values."""
     if value is None:
         return None
-    if not isinstance(value, dict) or set(value) - set(GENERATE_KEYS):
-        raise ConfigError(f"{path}: 'generate' must be a mapping with keys {', '.join(GENERATE_KEYS)}")
+    keys = GENERATE_KEYS + sampling.OPTION_NAMES
+    if not isinstance(value, dict) or set(value) - set(keys):
+        unknown = sorted(set(value) - set(keys)) if isinstance(value, dict) else value
+        raise ConfigError(f"{path}: 'generate' must be a mapping of {', '.join(keys)}; got {unknown}")
     samplers = value.get("samplers")
     if samplers is not None and (not isinstance(samplers, list) or not all(isinstance(x, str) for x in samplers)):
         raise ConfigError(f"{path}: 'generate.samplers' must be a list of sampler names, e.g. [confidence, ar]")
-    if samplers is not None:
-        from jaxorder.sampling.cli import AVAILABLE
-
-        known = sorted({name for names in AVAILABLE.values() for name in names})
-        unknown = sorted(set(samplers) - set(known))
-        if unknown:
-            raise ConfigError(f"{path}: unknown samplers {unknown} in 'generate.samplers'; known: {', '.join(known)}")
-    spec = {"num_samples": value.get("num_samples", 8), "samplers": samplers, "steps": value.get("steps")}
-    for key in ("num_samples", "steps"):
-        v = spec[key]
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ConfigError(f"{path}: 'generate.{key}' must be a positive integer, got {v!r}")
-    return spec
+    known = sampling.sampler_names()
+    unknown = sorted(set(samplers or ()) - set(known))
+    if unknown:
+        raise ConfigError(f"{path}: unknown samplers {unknown} in 'generate.samplers'; known: {', '.join(known)}")
+    num_samples = value.get("num_samples", 8)
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise ConfigError(f"{path}: 'generate.num_samples' must be a positive integer, got {num_samples!r}")
+    candidates = [s for s in sampling.all_samplers() if samplers is None or s.name in samplers]
+    options = {}
+    for name in sampling.OPTION_NAMES:
+        if name not in value:
+            continue
+        values = value[name] if isinstance(value[name], list) else [value[name]]
+        takers = [s for s in candidates if name in s.options]
+        if not values or not takers:
+            raise ConfigError(f"{path}: 'generate.{name}' needs a value (or a list) and a sampler that takes it; "
+                              f"none of {', '.join(sorted({s.name for s in candidates}))} does")
+        for v in values:  # each value must be a valid setting for the samplers that take it
+            sampling.make_options(takers[0], {name: v})
+        options[name] = values
+    return {"num_samples": num_samples, "samplers": samplers, "options": options}
 
 
 def load_sweep(path: Path) -> dict:
@@ -83,8 +100,6 @@ def load_sweep(path: Path) -> dict:
         raise ConfigError(f"{path}: 'axes' must be a list of mappings from run-name parts to override lists")
     orders = spec.get("orders")
     if orders is not None:
-        from jaxorder.evaluation.fixed_orders import parse_orders
-
         parse_orders(str(orders))
     return {"name": spec.get("name", path.stem), "base": (path.parent / spec["base"]).resolve(),
             "overrides": list(spec.get("overrides") or []), "grid": grid, "axes": axes,
@@ -120,8 +135,6 @@ def expand(spec: dict, extra_overrides: Sequence[str] = ()) -> list[tuple[str, c
 
 def _extras(spec: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> dict:
     """Fixed-order scores and the attention summary of one finished run, cached in the run dir."""
-    from jaxorder.evaluation.fixed_orders import ORDER_SCORED
-
     cache = run_dir / "sweep_extras.json"
     key = {"orders": spec["orders"], "order_windows": spec["order_windows"],
            "attention_summary": spec["attention_summary"], "slash_threshold": cfg.eval.slash_threshold,
@@ -131,22 +144,14 @@ def _extras(spec: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> dic
         if saved.get("key") == key:
             return saved["extras"]
     extras: dict = {}
-    if spec["orders"] and cfg.objective.name in ORDER_SCORED:
-        orders = ",".join(o for o in str(spec["orders"]).split(",")
-                          if cfg.objective.name == "mdm" or o.strip() != "greedy")
+    if spec["orders"] and scorable(cfg):
+        orders = ",".join(o.label for o in supported_specs(cfg, parse_orders(str(spec["orders"]))))
         log(f"[{name}] fixed-order scores ({orders}) on {spec['order_windows']} windows")
         scored = eval_run(run_dir, orders, spec["order_windows"])["orders"]
         extras["orders"] = {label: r["bpb"] for label, r in scored.items()}
-    if spec["attention_summary"]:
-        from jaxorder.experiments.analysis.attention import mask_kind_for, summarize_run
-
-        try:
-            mask_kind_for(cfg.objective.name)
-        except ConfigError:
-            pass  # no attention analysis for this mask kind
-        else:
-            summary = summarize_run(run_dir, threshold=cfg.eval.slash_threshold)
-            extras["slash_dominant_fraction"] = summary["slash_dominant_fraction"]
+    if spec["attention_summary"] and supported(cfg):
+        summary = summarize_run(run_dir, threshold=cfg.eval.slash_threshold)
+        extras["slash_dominant_fraction"] = summary["slash_dominant_fraction"]
     if spec["generate"]:
         import jax
 
@@ -159,17 +164,24 @@ def _extras(spec: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> dic
     return extras
 
 
-def _sample_quality(gen: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> list[dict]:
-    """One `generation_quality` row per sampler of `gen` that this run's objective has."""
-    from jaxorder.sampling.cli import AVAILABLE
-    from jaxorder.evaluation.sample_quality import generation_quality
+def _settings(sampler: sampling.Sampler, options: dict) -> list[dict]:
+    """One dict of option values per combination of the listed values of the options `sampler` takes."""
+    taken = {k: v for k, v in options.items() if k in sampler.options}
+    return [dict(zip(taken, values)) for values in itertools.product(*taken.values())]
 
-    available = AVAILABLE.get(cfg.objective.name, ())
-    samplers = available[:1] if gen["samplers"] is None else [x for x in gen["samplers"] if x in available]
+
+def _sample_quality(gen: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> list[dict]:
+    """One `generation_quality` row per sampler of `gen` that this run's objective has, and per setting."""
+    available = sampling.for_config(cfg)
+    chosen = available[:1] if gen["samplers"] is None else [s for s in available if s.name in gen["samplers"]]
     rows = []
-    for sampler in samplers:
-        log(f"[{name}] sample quality: {gen['num_samples']} samples with the {sampler} sampler")
-        rows.append(generation_quality(run_dir, num_samples=gen["num_samples"], sampler=sampler, steps=gen["steps"]))
+    for sampler in chosen:
+        for setting in _settings(sampler, gen["options"]):
+            label = ", ".join(f"{k}={v}" for k, v in setting.items() if len(gen["options"][k]) > 1)
+            log(f"[{name}] sample quality: {gen['num_samples']} samples with the {sampler.name} sampler"
+                + (f" ({label})" if label else ""))
+            row = generation_quality(run_dir, num_samples=gen["num_samples"], sampler=sampler.name, options=setting)
+            rows.append({**row, "setting": label} if label else row)
     return rows
 
 

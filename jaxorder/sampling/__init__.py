@@ -1,8 +1,19 @@
-"""Sampling from trained runs, one module per family, each a jitted loop with a plain reference path:
-AR (l2r/r2l) with a KV cache (``ar``), masked-diffusion samplers (``mdm``), block diffusion block
-by block with a KV cache over finished blocks (``bd3``), any-order AR in a chosen or greedy order
-with a KV cache over the permuted prefix (``any_order``, for ao_ar and latent_order runs), Gumbel
-noise with float64-accurate tails (``noise``), prompts and infilling templates (``prompts``),
-sample-quality measures (``quality``) and the glue of ``jaxorder sample`` (``cli``).
+"""Samplers, registered by family (see `base` for the contract and the one lifecycle):
+
+- ``ar``: KV-cache decoding of l2r / r2l runs in their reading order;
+- ``mdm``: masked-diffusion rules (ancestral, confidence, margin, entropy, threshold), optionally in
+  semi-autoregressive blocks and with the fused Pallas step;
+- ``bd3``: block diffusion block by block with a KV cache over finished blocks;
+- ``any_order``: any-order AR in a chosen (l2r, r2l, random) or greedy order, KV cache over the
+  permuted prefix;
+plus Gumbel noise with float64-accurate tails (``noise``) and prompts / infilling templates
+(``prompts``). This import list is the table of contents: a new sampler file is added here.
 """
 from __future__ import annotations
+
+from jaxorder.sampling import any_order, ar, bd3, mdm  # noqa: F401  (registration)
+from jaxorder.sampling.base import (OPTION_NAMES, Sampler, SamplerOptions, all_samplers, compile_sample, for_config,
+                                    make_options, register, resolve, sample, sampler_names)
+
+__all__ = ["OPTION_NAMES", "Sampler", "SamplerOptions", "all_samplers", "compile_sample", "for_config", "make_options",
+           "register", "resolve", "sample", "sampler_names"]

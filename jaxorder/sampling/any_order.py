@@ -7,7 +7,7 @@ at position 0 (j = 0) or x_sigma_{j-1} at position sigma_{j-1} (RoPE), and the t
 sigma_j (target embedding); slots are causal, and the logits of slot j are p(x_sigma_j | x_sigma_<j).
 A row of L tokens takes L slots; the token of the last one is never fed.
 
-The order (``AnyOrderConfig.order``): the fixed tokens come first, in position order (conditioned
+The order (the sampler's name; samplers of family "any_order"): the fixed tokens come first, in position order (conditioned
 on, teacher-forced), then the masked positions, one slot per step:
 - ``l2r`` / ``r2l``: by increasing / decreasing position;
 - ``random``: a uniform random permutation of the row's masked positions (``ao_ar.random_orders``
@@ -61,32 +61,19 @@ from jaxorder.config import Config, ConfigError
 from jaxorder.model import decode
 from jaxorder.objectives import ao_ar
 from jaxorder.objectives.common import special_ids
-from jaxorder.sampling.ar import ARConfig, banned_tokens, choose_tokens
+from jaxorder.sampling.ar import banned_tokens, choose_tokens
+from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
 
 ORDERS = ("l2r", "r2l", "random", "greedy")
-OBJECTIVES = ("ao_ar", "latent_order")  # runs with the any-order network (target positions)
 
 
 @dataclass(frozen=True)
-class AnyOrderConfig:
-    """An any-order sampler (hashable: it is a static argument of the compiled loop)."""
+class Loop:
+    """What the compiled loop is specialized on."""
 
-    order: str = "l2r"  # l2r | r2l | random | greedy (most confident position first)
-    temperature: float = 1.0  # 0 = argmax
-    top_k: int = 0  # keep the k most likely tokens (0 = off)
-    top_p: float = 1.0  # keep the smallest set with probability >= p (1 = off)
-    noise: str = "high"  # Gumbel noise precision, see jaxorder.sampling.noise
-    cache: bool = True  # False: recompute the full pass over the permuted sequence every step (reference)
-
-    def token_config(self) -> ARConfig:
-        """The token-choice part, in the form ``ar.choose_tokens`` takes."""
-        return ARConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                        stop_at_eos=False, cache=self.cache, noise=self.noise)
-
-    def validate(self) -> None:
-        if self.order not in ORDERS:
-            raise ConfigError(f"unknown any-order generation order '{self.order}'; use one of {', '.join(ORDERS)}")
-        self.token_config().validate()
+    order: str
+    options: SamplerOptions
+    prefill: int  # min over rows of the fixed tokens: prefilled in one call
 
 
 def initial_orders(masked_BL: jnp.ndarray, order: str, key: jax.Array) -> jnp.ndarray:
@@ -119,15 +106,15 @@ def _cache_slots(L: int, order: str) -> int:
     return 2 * L - 1 if order == "greedy" else L
 
 
-def _build(cfg: Config, oc: AnyOrderConfig, prefill: int, collect_logits: bool):
-    """run(params, tokens_BL, key) -> dict for static (cfg, sampler, prefill = min fixed per row)."""
+def build(cfg: Config, loop: Loop):
+    """run(params, key, tokens_BL) -> dict for a static (cfg, loop)."""
     mcfg = cfg.model
     ids = special_ids(mcfg)
-    tc = oc.token_config()
-    greedy = oc.order == "greedy"
+    tc, prefill, collect_logits = loop.options, loop.prefill, loop.options.collect_logits
+    greedy = loop.order == "greedy"
     calls_per_step = 2 if greedy else 1
 
-    def run(params, tokens_BL, key):
+    def run(params, key, tokens_BL):
         B, L = tokens_BL.shape
         x_BL = tokens_BL.astype(jnp.int32)
         masked_BL = x_BL == ids.mask
@@ -135,10 +122,10 @@ def _build(cfg: Config, oc: AnyOrderConfig, prefill: int, collect_logits: bool):
         noise_key, order_key = jax.random.split(key)
         banned_V = banned_tokens(mcfg)
         pos_L = jnp.arange(L, dtype=jnp.int32)
-        st = dict(x=x_BL, order=initial_orders(masked_BL, oc.order, order_key), masked=masked_BL,
+        st = dict(x=x_BL, order=initial_orders(masked_BL, loop.order, order_key), masked=masked_BL,
                   logprob=jnp.zeros((B,), jnp.float32), nfe=jnp.int32(0), cache=None)
-        if oc.cache:
-            st["cache"] = decode.init_cache(mcfg, B, _cache_slots(L, oc.order))  # scratch slots may pass max_len
+        if loop.options.cache:
+            st["cache"] = decode.init_cache(mcfg, B, _cache_slots(L, loop.order))  # scratch slots may pass max_len
             if 0 < prefill < L:  # (nothing to generate: no call at all)
                 inputs_BL, positions_BL = slot_inputs(x_BL, st["order"], ids.bos)
                 _, st["cache"] = decode.decode_step(params, mcfg, st["cache"], inputs_BL[:, :prefill],
@@ -150,7 +137,7 @@ def _build(cfg: Config, oc: AnyOrderConfig, prefill: int, collect_logits: bool):
 
         def candidate_logits(st, c, tok_B, pos_B):  # [B, L, V]: slot c with every position as its target
             targets_BL = jnp.broadcast_to(pos_L, (B, L))
-            if oc.cache:
+            if loop.options.cache:
                 logits_BLV, _ = decode.decode_step(params, mcfg, st["cache"], jnp.repeat(tok_B[:, None], L, 1),
                                                    jnp.repeat(pos_B[:, None], L, 1), "self",
                                                    target_positions_BL=targets_BL)
@@ -161,7 +148,7 @@ def _build(cfg: Config, oc: AnyOrderConfig, prefill: int, collect_logits: bool):
             return logits_NLV[:, c].reshape(B, L, -1)
 
         def slot_logits(st, c, tok_B, pos_B, target_B):  # [B, V] of slot c, and the cache with it written
-            if oc.cache:
+            if loop.options.cache:
                 logits_B1V, cache = decode.decode_step(params, mcfg, st["cache"], tok_B[:, None], pos_B[:, None],
                                                        target_positions_BL=target_B[:, None])
                 return logits_B1V[:, 0], cache
@@ -204,40 +191,16 @@ def _build(cfg: Config, oc: AnyOrderConfig, prefill: int, collect_logits: bool):
     return run
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled(cfg: Config, oc: AnyOrderConfig, prefill: int, collect_logits: bool):
-    return jax.jit(_build(cfg, oc, prefill, collect_logits))
+def prepare_order(order: str):
+    """prepare(cfg, tokens_BL, options) of the sampler generating in `order`."""
+
+    def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions) -> Prepared:
+        prefill = int((tokens_BL != special_ids(cfg.model).mask).sum(axis=1).min())
+        return Prepared(Loop(order, options, prefill), (jnp.asarray(tokens_BL),))
+
+    return prepare
 
 
-def _prepare(cfg: Config, tokens_BL, oc: AnyOrderConfig, collect_logits: bool):
-    oc.validate()
-    if cfg.objective.name not in OBJECTIVES:
-        raise ConfigError(f"the any-order sampler needs an ao_ar or latent_order run, not '{cfg.objective.name}'")
-    tokens = np.asarray(tokens_BL, dtype=np.int32)
-    if tokens.ndim != 2 or tokens.shape[1] < 1:
-        raise ConfigError(f"tokens must be [batch, length >= 1], got shape {tokens.shape}")
-    if tokens.shape[1] > cfg.model.max_len:
-        raise ConfigError(f"length {tokens.shape[1]} exceeds model.max_len={cfg.model.max_len}")
-    prefill = int((tokens != special_ids(cfg.model).mask).sum(axis=1).min())
-    return _compiled(cfg, oc, prefill, collect_logits), jnp.asarray(tokens)
-
-
-def compile_sample(params, cfg: Config, tokens_BL, key: jax.Array, oc: AnyOrderConfig):
-    """Ahead-of-time compiled ``sample`` for these inputs: returns ``run() -> dict`` (benchmarks)."""
-    fn, tokens = _prepare(cfg, tokens_BL, oc, False)
-    compiled = fn.lower(params, tokens, key).compile()
-    return lambda: compiled(params, tokens, key)
-
-
-def sample(params, cfg: Config, tokens_BL, key: jax.Array, oc: AnyOrderConfig = AnyOrderConfig(),
-           collect_logits: bool = False) -> dict:
-    """Fills every MASK of ``tokens_BL`` [B, L] in the order ``oc.order``; other tokens are kept.
-
-    Returns a dict of arrays: ``tokens`` [B, L] (reading order, no MASK left), ``order`` [B, L]
-    (the positions in generation order, fixed ones first), ``logprob`` [B] (sum of log p of the
-    generated tokens, temperature 1, unfiltered), ``nfe`` (network calls), ``steps`` (slots decoded
-    after the prefill) and, with `collect_logits`, ``logits`` [B, L, V] (float32, slot order: slot c
-    holds the logits that chose the token at order[c], for c >= the prefill; zeros before).
-    """
-    fn, tokens = _prepare(cfg, tokens_BL, oc, collect_logits)
-    return fn(params, tokens, key)
+for _order in ORDERS:
+    register(Sampler(name=_order, family="any_order", prepare=prepare_order(_order), build=build,
+                     options=("temperature", "top_k", "top_p", "noise", "cache", "collect_logits")))

@@ -1,62 +1,43 @@
-"""Autoregressive sampling (objectives l2r and r2l) with a KV cache, in one jitted loop.
+"""Autoregressive sampling (runs of family "ar": l2r, r2l) with a KV cache, in one jitted loop.
 
-The l2r model reads [BOS, x_0, x_1, ...] at positions 0, 1, ...: the logits of slot s predict
-slot s + 1. A batch of prompts of different lengths shares one buffer [B, T] with slot 0 = BOS,
-slots 1..p_b = row b's prompt and T = 1 + max p_b + max_new. The shortest prompt is prefilled
-in one call; after that every step decodes one slot for all rows at once: a row still inside
-its prompt takes its prompt token (teacher forcing), the others sample. A row stops after
-`max_new` generated tokens or at EOS (`stop_at_eos`); the loop (`lax.while_loop`) ends when
-every row has stopped. With `cache=True` each step feeds one token through
-`jaxorder.model.decode` (O(T) attention over the cache); with `cache=False` each step recomputes
-the full causal forward pass over the whole buffer (the reference, O(T^2) per step) and takes
-the logits of the current slot. Both use the same noise, so they give the same tokens whenever
-their logits agree (exactly at temperature 0 up to ties within float rounding).
+Rows [B, L] hold a prompt followed by MASK (r2l runs: MASK, then the prompt as the *end* of the
+text), optionally followed by PAD: rows of different lengths end at their last MASK. A row is
+filled to its end unless it stops at EOS (`stop_at_eos`). The l2r model reads
+[BOS, x_0, x_1, ...] at positions 0, 1, ...: the logits of slot s predict slot s + 1. The batch
+shares one buffer [B, T = L + 1] with slot 0 = BOS and slots 1..p_b = row b's prompt. The shortest
+prompt is prefilled in one call; after that every step decodes one slot for all rows at once: a
+row still inside its prompt takes its prompt token (teacher forcing), the others sample. The loop
+(`lax.while_loop`) ends when every row has stopped. With `cache=True` each step feeds one token
+through `jaxorder.model.decode` (O(T) attention over the cache); with `cache=False` each step
+recomputes the full causal forward pass over the whole buffer (the reference, O(T^2) per step)
+and takes the logits of the current slot. Both use the same noise, so they give the same tokens
+whenever their logits agree (exactly at temperature 0 up to ties within float rounding).
 
-r2l is l2r on the reversed sequence: the prompt is the *end* of the text (a suffix), it is fed
-reversed, tokens are generated right to left and `generate` returns every row in reading order.
+r2l is l2r on the reversed sequence: rows are fed reversed, generated right to left and returned
+in reading order (the objective's `reading_order`).
 
 Sampling per step: logits / temperature, then top-k (k > 0) and top-p (nucleus, p < 1)
 filtering, then Gumbel-max with `noise.gumbel_noise` (high-precision tails); temperature 0 is
 argmax. PAD, MASK and BOS are never generated. `logprob` sums the model's log p (temperature 1,
-unfiltered) of the generated tokens, EOS included.
+unfiltered) of the generated tokens, EOS included. Output: ``tokens`` [B, L] in reading order with
+PAD at EOS and after it, ``generated`` [B] (new tokens, EOS included), ``eos`` [B], ``seq`` (the
+raw buffer in generation order) and, with `collect_logits`, ``logits`` [B, T, V] (slot s holds the
+logits that chose slot s, generation order, for s >= the prefill).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxorder import model
+from jaxorder import model, objectives
 from jaxorder.config import Config, ConfigError, ModelConfig
 from jaxorder.model import decode
 from jaxorder.objectives.common import special_ids
-from jaxorder.sampling.noise import PRECISIONS, gumbel_noise
-
-DIRECTIONS = ("l2r", "r2l")
-
-
-@dataclasses.dataclass(frozen=True)
-class ARConfig:
-    temperature: float = 1.0  # 0 = argmax
-    top_k: int = 0  # keep the k most likely tokens (0 = off)
-    top_p: float = 1.0  # keep the smallest set with probability >= p (1 = off)
-    stop_at_eos: bool = True
-    cache: bool = True  # False: recompute the full forward pass every step (reference, slow)
-    noise: str = "high"  # Gumbel noise precision, see jaxorder.sampling.noise
-
-    def validate(self) -> None:
-        if not self.temperature >= 0:
-            raise ConfigError(f"--temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ConfigError(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"--top-p must be in (0, 1] (1 = off), got {self.top_p}")
-        if self.noise not in PRECISIONS:
-            raise ConfigError(f"--noise must be one of {', '.join(PRECISIONS)}, got {self.noise}")
+from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
+from jaxorder.sampling.noise import gumbel_noise
 
 
 def filter_logits(logits_BV: jnp.ndarray, temperature: float, top_k: int, top_p: float) -> jnp.ndarray:
@@ -82,7 +63,7 @@ def banned_tokens(mcfg: ModelConfig) -> jnp.ndarray:
     return jnp.zeros((mcfg.vocab_size,), bool).at[jnp.array([ids.pad, ids.mask, ids.bos])].set(True)
 
 
-def choose_tokens(logits_BV: jnp.ndarray, key: jax.Array, ac: ARConfig) -> jnp.ndarray:
+def choose_tokens(logits_BV: jnp.ndarray, key: jax.Array, ac: SamplerOptions) -> jnp.ndarray:
     """Token ids [B]: argmax at temperature 0, else Gumbel-max over the filtered logits (ac's
     temperature / top_k / top_p / noise)."""
     if ac.temperature == 0:
@@ -91,15 +72,25 @@ def choose_tokens(logits_BV: jnp.ndarray, key: jax.Array, ac: ARConfig) -> jnp.n
     return jnp.argmax(x_BV + gumbel_noise(key, x_BV.shape, ac.noise), axis=-1).astype(jnp.int32)
 
 
-def _build(mcfg: ModelConfig, ac: ARConfig, prefill: int, collect_logits: bool):
-    """run(params, seq_BT, known_B, max_new, key) -> dict; `prefill` = min(known_B) (static)."""
+@dataclasses.dataclass(frozen=True)
+class Loop:
+    """What the compiled loop is specialized on."""
+
+    options: SamplerOptions
+    prefill: int  # min over rows of the known slots (BOS + prompt): prefilled in one call
+    reverse: bool  # r2l runs: rows are generated right to left and returned in reading order
+
+
+def build(cfg: Config, loop: Loop):
+    """run(params, key, seq_BT, known_B, end_B) -> dict: the buffer is [BOS, prompt in generation order,
+    PAD]; a row's slots are known up to known_B and generated up to end_B (exclusive)."""
+    mcfg, ac, prefill, collect_logits = cfg.model, loop.options, loop.prefill, loop.options.collect_logits
     ids = special_ids(mcfg)
     banned_V = banned_tokens(mcfg)
 
-    def run(params, seq_BT, known_B, max_new, key):
+    def run(params, key, seq_BT, known_B, end_B):
         B, T = seq_BT.shape
         seq_BT = seq_BT.astype(jnp.int32)
-        end_B = known_B + max_new  # first slot past the row's last token
         positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
 
         def full_logits(seq):  # uncached reference: the whole causal forward pass, [B, T - 1, V]
@@ -154,78 +145,45 @@ def _build(mcfg: ModelConfig, ac: ARConfig, prefill: int, collect_logits: bool):
             return out
 
         st = jax.lax.while_loop(cond, body, st)
-        result = dict(seq=st["seq"], n_gen=st["n_gen"], eos=st["eos"], logprob=st["logprob"],
-                      steps=st["steps"], nfe=st["steps"] + 1)
-        if collect_logits:
+        slot_L = jnp.arange(1, T)
+        kept_BL = slot_L[None, :] < (known_B + st["n_gen"] - st["eos"])[:, None]  # EOS itself is dropped
+        tokens_BL = jnp.where(kept_BL, st["seq"][:, 1:], ids.pad)
+        result = dict(tokens=tokens_BL[:, ::-1] if loop.reverse else tokens_BL, generated=st["n_gen"],
+                      eos=st["eos"], logprob=st["logprob"], steps=st["steps"], nfe=st["steps"] + 1,
+                      seq=st["seq"])
+        if collect_logits:  # slot s's logits chose slot s (generation order), for s >= the prefill
             result["logits"] = st["all_logits"]
         return result
 
     return run
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled(mcfg: ModelConfig, ac: ARConfig, prefill: int, collect_logits: bool):
-    return jax.jit(_build(mcfg, ac, prefill, collect_logits))  # l2r and r2l runs of one model share it
-
-
-def prepare(cfg: Config, prompts: Sequence[np.ndarray], max_new: int, direction: str = "l2r"):
-    """The buffer [B, T] (BOS, prompts in generation order, PAD), known slots per row [B], prefill."""
-    if direction not in DIRECTIONS:
-        raise ConfigError(f"unknown AR direction '{direction}'; use one of {', '.join(DIRECTIONS)}")
-    if max_new < 1:
-        raise ConfigError(f"the number of tokens to generate must be >= 1, got {max_new}")
-    if not len(prompts):
-        raise ConfigError("no prompts to sample from")
+def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions) -> Prepared:
+    """Rows [B, L]: a prompt (any length, l2r: a prefix; r2l: a suffix), then MASK, then optionally PAD."""
+    reverse = objectives.of(cfg).reading_order == "r2l"
     ids = special_ids(cfg.model)
-    rows = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
-    if direction == "r2l":
-        rows = [r[::-1] for r in rows]
-    P = max(len(r) for r in rows)
-    T = 1 + P + max_new
-    if T - 1 > cfg.model.max_len:
-        raise ConfigError(f"prompt ({P} tokens) + {max_new} new tokens need {T - 1} positions, more than the "
-                          f"model's max_len={cfg.model.max_len}; generate fewer tokens")
-    seq = np.full((len(rows), T), ids.pad, np.int32)
-    seq[:, 0] = ids.bos
-    for b, r in enumerate(rows):
-        seq[b, 1:1 + len(r)] = r
-    known = np.array([1 + len(r) for r in rows], np.int32)
-    return seq, known, int(known.min())
+    rows_BL = tokens_BL[:, ::-1] if reverse else tokens_BL
+    masked_BL, pad_BL = rows_BL == ids.mask, rows_BL == ids.pad
+    prompt_B, new_B = np.argmax(masked_BL, axis=1), masked_BL.sum(axis=1)
+    if not masked_BL.any(axis=1).all():
+        raise ConfigError("a row has no MASK left to generate; give a longer length than the prompt")
+    slot_L = np.arange(rows_BL.shape[1])
+    in_mask_run_BL = (slot_L >= prompt_B[:, None]) & (slot_L < (prompt_B + new_B)[:, None])
+    after_BL = slot_L >= (prompt_B + new_B)[:, None]
+    if (masked_BL != in_mask_run_BL).any() or (after_BL & ~pad_BL).any():
+        where = "a suffix (the end of the text)" if reverse else "a prefix"
+        raise ConfigError(f"AR runs continue a prompt, which must be {where}, with every other token masked; "
+                          f"infilling templates need an mdm, bd3 or any-order run")
+    B, L = rows_BL.shape
+    seq_BT = np.full((B, L + 1), ids.pad, np.int32)
+    seq_BT[:, 0] = ids.bos
+    seq_BT[:, 1:] = np.where(masked_BL, ids.pad, rows_BL)
+    known_B = (1 + prompt_B).astype(np.int32)
+    end_B = (known_B + new_B).astype(np.int32)
+    return Prepared(Loop(options, int(known_B.min()), reverse),
+                    (jnp.asarray(seq_BT), jnp.asarray(known_B), jnp.asarray(end_B)))
 
 
-def compile_sample(params, cfg: Config, prompts: Sequence[np.ndarray], max_new: int, key: jax.Array,
-                   ac: ARConfig, direction: str = "l2r", collect_logits: bool = False):
-    """A zero-argument callable running the compiled sampler (compiled here; for benchmarks)."""
-    ac.validate()
-    seq, known, prefill = prepare(cfg, prompts, max_new, direction)
-    args = (params, jnp.asarray(seq), jnp.asarray(known), jnp.int32(max_new), key)
-    compiled = _compiled(cfg.model, ac, prefill, collect_logits).lower(*args).compile()
-    return lambda: compiled(*args)
-
-
-def generate(params, cfg: Config, prompts: Sequence[np.ndarray], max_new: int, key: jax.Array,
-             ac: ARConfig = ARConfig(), direction: str = "l2r", collect_logits: bool = False) -> dict[str, Any]:
-    """Samples up to `max_new` tokens after (l2r) or before (r2l) each prompt.
-
-    `prompts`: token-id arrays, any lengths (empty = unconditional). Returns ``tokens``: per row
-    the prompt and the generated tokens in reading order (EOS excluded), ``generated`` [B] (new
-    tokens, EOS included), ``eos`` [B], ``logprob`` [B], ``steps``/``nfe`` (loop steps; forward
-    calls incl. the prefill), ``seq`` the raw buffer [B, T] in generation order and, with
-    `collect_logits`, ``logits`` [B, T, V] (float32; slot s holds the logits that chose slot s,
-    for s >= the prefill length).
-    """
-    ac.validate()
-    seq, known, prefill = prepare(cfg, prompts, max_new, direction)
-    out = jax.device_get(_compiled(cfg.model, ac, prefill, collect_logits)(
-        params, jnp.asarray(seq), jnp.asarray(known), jnp.int32(max_new), key))
-    tokens = []
-    for b in range(len(known)):
-        n = int(known[b]) - 1 + int(out["n_gen"][b]) - int(out["eos"][b])
-        row = np.asarray(out["seq"][b, 1:1 + n])
-        tokens.append(row[::-1].copy() if direction == "r2l" else row)
-    result = dict(tokens=tokens, generated=np.asarray(out["n_gen"]), eos=np.asarray(out["eos"]),
-                  logprob=np.asarray(out["logprob"]), steps=int(out["steps"]), nfe=int(out["nfe"]),
-                  seq=np.asarray(out["seq"]), prompt_lengths=known - 1)
-    if collect_logits:
-        result["logits"] = np.asarray(out["logits"])
-    return result
+register(Sampler(name="ar", family="ar", prepare=prepare, build=build,
+                 options=("temperature", "top_k", "top_p", "noise", "cache", "stop_at_eos", "collect_logits"),
+                 description="KV-cache decoding in the run's reading order, stopping at EOS"))

@@ -6,8 +6,8 @@ objective must be bd3 and n a multiple of its block size b = ``cfg.objective.blo
 model was trained on windows of whole blocks; a length that is not a multiple is refused with a
 ConfigError naming the nearest valid lengths, nothing is padded).
 
-The n/b blocks are generated left to right. Inside block k the sampler of ``SamplerConfig.name``
-(ancestral, confidence, margin, entropy, threshold) runs over that block's masked positions
+The n/b blocks are generated left to right. Inside block k the rule of the sampler (registered
+here for family "block": ancestral, confidence, margin, entropy, threshold) runs over that block's masked positions
 only, with ``mdm.commit_step`` (the same per-step rule, noise and tie-breaking as the mdm
 samplers). The conditionals are bd3's noisy-half ones, p(. | noisy block k, clean blocks < k)
 with SUBS (MASK logit -inf, ``bd3.noisy_log_probs``):
@@ -38,9 +38,9 @@ they give the same tokens whenever their logits agree (at temperature 0 up to ti
 rounding). With b = n (one block) the sampler is ``mdm.sample`` on the bidirectional model of
 x_t: same noise shape, same steps, same rule.
 
-The loop (``lax.fori_loop`` over blocks, ``lax.while_loop`` over a block's steps) is jitted once
-per (cfg, sampler without its threshold value, cache) and input shape (``functools.lru_cache``);
-the threshold and each block's step budget are traced arguments.
+The loop (``lax.fori_loop`` over blocks, ``lax.while_loop`` over a block's steps) is compiled once
+per (cfg, rule, options without the threshold value) and input shape; the threshold and each
+block's step budget are traced arguments.
 
 ``nfe`` counts the model calls run: denoising passes (each a b-slot decode step with the cache,
 a full 2n-slot pass without) plus, with the cache, the block writes (one per block except the
@@ -49,7 +49,6 @@ last; a block write is a b-slot pass too).
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +60,7 @@ from jaxorder.model import decode
 from jaxorder.objectives import bd3 as bd3_objective
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling import mdm
-from jaxorder.sampling.mdm import SamplerConfig
+from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
 
 
 def _subs_log_probs(logits_BLV: jnp.ndarray, mask_id: int) -> jnp.ndarray:
@@ -69,13 +68,14 @@ def _subs_log_probs(logits_BLV: jnp.ndarray, mask_id: int) -> jnp.ndarray:
     return jax.nn.log_softmax(logits_BLV.at[..., mask_id].set(-jnp.inf), axis=-1)
 
 
-def _build(cfg: Config, sc: SamplerConfig, cache: bool):
-    """run(params, tokens_BL, key, threshold, budget_K) -> dict for static (cfg, sampler, cache)."""
+def build(cfg: Config, loop: mdm.Loop):
+    """run(params, key, tokens_BL, threshold, budget_K) -> dict for a static (cfg, loop)."""
     mcfg, b = cfg.model, cfg.objective.block_size
     mask_id = special_ids(mcfg).mask
-    ancestral = sc.name == "ancestral"
+    sc, cache = loop.options, loop.options.cache
+    ancestral = loop.rule == "ancestral"
 
-    def run(params, tokens_BL, key, threshold, budget_K):
+    def run(params, key, tokens_BL, threshold, budget_K):
         B, n = tokens_BL.shape
         K = n // b
         st = dict(x=tokens_BL.astype(jnp.int32), masked=tokens_BL == mask_id, logprob=jnp.zeros((B,), jnp.float32),
@@ -104,8 +104,8 @@ def _build(cfg: Config, sc: SamplerConfig, cache: bool):
                     nfe = s["dirty"].astype(jnp.int32)
                 else:
                     logp_BbV, nfe = block_log_probs(s["x"]), 1
-                tok_Bb, commit_Bb, lp_tok_Bb = mdm.commit_step(logp_BbV, s["masked"], k_step, steps_left, sc,
-                                                               threshold)
+                tok_Bb, commit_Bb, lp_tok_Bb = mdm.commit_step(logp_BbV, s["masked"], k_step, steps_left,
+                                                               loop.rule, sc, threshold)
                 s = mdm.advance(s, tok_Bb, commit_Bb, lp_tok_Bb, nfe)
                 if ancestral:
                     s = dict(s, logp=logp_BbV, dirty=commit_Bb.any())
@@ -145,11 +145,6 @@ def _build(cfg: Config, sc: SamplerConfig, cache: bool):
     return run
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled(cfg: Config, sc: SamplerConfig, cache: bool):
-    return jax.jit(_build(cfg, sc, cache))
-
-
 def step_budget(masked_BL: np.ndarray, block_size: int, steps: int) -> np.ndarray:
     """Steps of each block [n / b]: ``steps`` split over the blocks with a masked position in some
     row (``mdm.split_steps``), 0 for blocks of fixed tokens only."""
@@ -164,47 +159,28 @@ def step_budget(masked_BL: np.ndarray, block_size: int, steps: int) -> np.ndarra
     return budget_K
 
 
-def _prepare(cfg: Config, tokens_BL, sampler: SamplerConfig, cache: bool):
-    sampler.validate()
-    if cfg.objective.name != "bd3":
-        raise ConfigError(f"the block-diffusion sampler needs a bd3 run, not '{cfg.objective.name}'")
-    if sampler.fused:
-        raise ConfigError("the fused sampling step is not available for bd3 runs (it needs the full sequence); "
-                          "drop --fused")
-    if sampler.block_length:
-        raise ConfigError(f"--block-length does not apply to bd3 runs: their blocks are the run's "
-                          f"objective.block_size={cfg.objective.block_size}")
-    tokens = np.asarray(tokens_BL, dtype=np.int32)
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be [B, L], got shape {tokens.shape}")
-    b, n = cfg.objective.block_size, tokens.shape[1]
-    if n % b or n == 0:
-        lo, hi = n // b * b, -(-max(n, 1) // b) * b
-        near = f"{lo} or {hi}" if lo else f"{hi}"
-        raise ConfigError(f"bd3 sampling needs a length that is a multiple of the block size {b}, got {n}; "
-                          f"use {near}")
-    if n > cfg.model.max_len:
-        raise ConfigError(f"length {n} exceeds model.max_len={cfg.model.max_len}")
-    budget_K = step_budget(tokens == special_ids(cfg.model).mask, b, sampler.steps)
-    static = dataclasses.replace(sampler, threshold=0.0)  # the threshold is traced: no recompilation
-    args = (jnp.asarray(tokens), jnp.float32(sampler.threshold), jnp.asarray(budget_K))
-    return _compiled(cfg, static, bool(cache)), args
+def prepare_rule(rule: str):
+    """prepare(cfg, tokens_BL, options) of the block sampler committing by `rule`."""
+
+    def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions) -> Prepared:
+        b, n = cfg.objective.block_size, tokens_BL.shape[1]
+        if n % b:
+            lo, hi = n // b * b, -(-n // b) * b
+            near = f"{lo} or {hi}" if lo else f"{hi}"
+            raise ConfigError(f"bd3 sampling needs a length that is a multiple of the block size {b}, got {n}; "
+                              f"use {near}")
+        budget_K = step_budget(tokens_BL == special_ids(cfg.model).mask, b, options.steps)
+        static = dataclasses.replace(options, threshold=SamplerOptions.threshold)  # traced
+        return Prepared(mdm.Loop(rule, static),
+                        (jnp.asarray(tokens_BL), jnp.float32(options.threshold), jnp.asarray(budget_K)))
+
+    return prepare
 
 
-def compile_sample(params, cfg: Config, tokens_BL, key: jax.Array, sampler: SamplerConfig, cache: bool = True):
-    """Ahead-of-time compiled ``sample`` for these inputs: returns ``run() -> dict`` (benchmarks)."""
-    fn, (tokens, threshold, budget) = _prepare(cfg, tokens_BL, sampler, cache)
-    compiled = fn.lower(params, tokens, key, threshold, budget).compile()
-    return lambda: compiled(params, tokens, key, threshold, budget)
-
-
-def sample(params, cfg: Config, tokens_BL, key: jax.Array, sampler: SamplerConfig, cache: bool = True) -> dict:
-    """Fills every MASK of ``tokens_BL`` [B, n] block by block; other tokens are kept.
-
-    Returns a dict like ``mdm.sample``: ``tokens`` [B, n] int32, ``logprob`` [B] (sum of log p of
-    the committed tokens under the model at temperature 1), ``nfe`` (model calls: denoising passes
-    plus, with the cache, block writes), ``steps`` (denoising steps taken, <= sampler.steps),
-    ``commits`` [sampler.steps, B] (positions committed per step and row), ``complete`` [B] bool.
-    """
-    fn, (tokens, threshold, budget) = _prepare(cfg, tokens_BL, sampler, cache)
-    return fn(params, tokens, key, threshold, budget)
+# fused and block_length do not apply: the fused step needs the full sequence, and the blocks are
+# the run's objective.block_size
+OPTIONS = ("steps", "temperature", "noise", "cache")
+for _rule in mdm.RULES:
+    register(Sampler(name=_rule, family="block",
+                     options=OPTIONS + (("threshold",) if _rule == "threshold" else ()),
+                     prepare=prepare_rule(_rule), build=build))

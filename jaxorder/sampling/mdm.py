@@ -5,7 +5,7 @@ never changes (prompts, infilling templates). The conditionals p(. | x_t) are
 ``jaxorder.objectives.mdm.masked_log_probs`` (SUBS: MASK has probability 0, so it is never
 sampled); the fused path computes the same conditionals inside ``pallas_kernels``.
 
-Samplers (``SamplerConfig.name``):
+Samplers (registered at the end of this file, family "masked"; the rule is the sampler's name):
 - ``ancestral`` (MDLM, log-linear schedule): going from time t to s < t every masked position
   is revealed with probability (t - s) / t and its token drawn from p(. | x_t); revealed tokens
   carry over (SUBS). On the uniform time grid t_j = (S - j) / S of a block with S steps that
@@ -54,44 +54,28 @@ import numpy as np
 from jax import lax
 
 from jaxorder import model
+from pallas_kernels import mdm_sample_step
+from pallas_kernels.sampling import commit as commit_top_k
 from jaxorder.config import Config, ConfigError
 from jaxorder.objectives import mdm as mdm_objective
 from jaxorder.objectives.common import positions_like, special_ids
-from jaxorder.sampling.noise import PRECISIONS, gumbel_noise
+from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
+from jaxorder.sampling.noise import gumbel_noise
 
-SAMPLERS = ("ancestral", "confidence", "margin", "entropy", "threshold")
-_RULE = {"confidence": "confidence", "margin": "margin", "entropy": "entropy", "threshold": "confidence"}
+RULES = ("ancestral", "confidence", "margin", "entropy", "threshold")
+_SCORE = {"confidence": "confidence", "margin": "margin", "entropy": "entropy", "threshold": "confidence"}
+OPTIONS = ("steps", "temperature", "block_length", "noise", "fused", "interpret")  # threshold: + "threshold"
 
 
 @dataclass(frozen=True)
-class SamplerConfig:
-    """A masked-diffusion sampler (hashable: it is a static argument of the compiled loop)."""
+class Loop:
+    """What the compiled loop is specialized on: the rule and the static options (the threshold
+    value is traced, so changing it does not recompile)."""
 
-    name: str = "confidence"  # ancestral | confidence | margin | entropy | threshold
-    steps: int = 64  # denoising steps (forward passes at most) over the whole sequence
-    temperature: float = 1.0  # 0 = argmax
-    threshold: float = 0.9  # threshold sampler: commit every masked position with confidence >= this
-    block_length: int = 0  # semi-autoregressive blocks of this many positions (0 = one block)
-    noise: str = "high"  # Gumbel noise: high (float64-accurate tails) | float32 (naive 24-bit)
-    fused: bool = False  # use pallas_kernels.mdm_sample_step for the commitment step
-    interpret: bool | None = None  # fused path: None = by backend (CPU: reference), True = Pallas interpret
-
-    def validate(self) -> None:
-        if self.name not in SAMPLERS:
-            raise ConfigError(f"unknown mdm sampler '{self.name}'; use one of {', '.join(SAMPLERS)}")
-        if self.steps < 1:
-            raise ConfigError(f"--steps must be >= 1, got {self.steps}")
-        if not self.temperature >= 0 or not math.isfinite(self.temperature):
-            raise ConfigError(f"--temperature must be a finite number >= 0, got {self.temperature}")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ConfigError(f"--threshold must be in (0, 1], got {self.threshold}")
-        if self.block_length < 0:
-            raise ConfigError(f"--block-length must be >= 0 (0 = no blocks), got {self.block_length}")
-        if self.noise not in PRECISIONS:
-            raise ConfigError(f"noise must be one of {', '.join(PRECISIONS)}, got '{self.noise}'")
-        if self.fused and self.name == "ancestral":
-            raise ConfigError("the fused step commits by a rule (confidence, margin, entropy, threshold); "
-                              "the ancestral sampler has no fused path")
+    rule: str
+    options: SamplerOptions
+    block_start: int = 0
+    forced: bool = False
 
 
 def block_schedule(length: int, steps: int, block_length: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -123,11 +107,11 @@ def final_hidden(params, x_BL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
     return state["intermediates"]["final_norm"]["__call__"][0]
 
 
-def _draw(logp_BLV: jnp.ndarray, key: jax.Array, sc: SamplerConfig) -> jnp.ndarray:
-    if sc.temperature == 0:
+def _draw(logp_BLV: jnp.ndarray, key: jax.Array, opts: SamplerOptions) -> jnp.ndarray:
+    if opts.temperature == 0:
         return jnp.argmax(logp_BLV, axis=-1).astype(jnp.int32)
-    g_BLV = gumbel_noise(key, logp_BLV.shape, sc.noise)
-    return jnp.argmax(logp_BLV * (1.0 / sc.temperature) + g_BLV, axis=-1).astype(jnp.int32)
+    g_BLV = gumbel_noise(key, logp_BLV.shape, opts.noise)
+    return jnp.argmax(logp_BLV * (1.0 / opts.temperature) + g_BLV, axis=-1).astype(jnp.int32)
 
 
 def _rule_score(logp_BLV: jnp.ndarray, lp_tok_BL: jnp.ndarray, rule: str) -> jnp.ndarray:
@@ -146,21 +130,19 @@ def tokens_per_step(eligible_BL: jnp.ndarray, steps_left) -> jnp.ndarray:
 
 
 def commit_step(logp_BLV: jnp.ndarray, eligible_BL: jnp.ndarray, step_key: jax.Array, steps_left,
-                sc: SamplerConfig, threshold) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+                rule: str, opts: SamplerOptions, threshold) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """One unfused sampler step on given log-probs [B, L, V] (SUBS applied): draws a token at every
-    position and picks the positions to commit among ``eligible_BL`` by the rule of ``sc.name``
+    position and picks the positions to commit among ``eligible_BL`` by ``rule``
     (module docstring), ``steps_left`` counting this step. Returns (tokens [B, L] int32, commit
     [B, L] bool, log p of the tokens [B, L]); the noise is drawn for the shape of ``logp_BLV``."""
-    from pallas_kernels.sampling import commit as commit_top_k
-
-    tok_BL = _draw(logp_BLV, step_key, sc)
+    tok_BL = _draw(logp_BLV, step_key, opts)
     lp_tok_BL = jnp.take_along_axis(logp_BLV, tok_BL[..., None], axis=-1)[..., 0]
-    if sc.name == "ancestral":
+    if rule == "ancestral":
         u_BL = jax.random.uniform(jax.random.fold_in(step_key, 1), eligible_BL.shape)
         return tok_BL, eligible_BL & (u_BL * steps_left < 1.0), lp_tok_BL  # (t - s) / t = 1 / steps left
-    commit_BL = commit_top_k(_rule_score(logp_BLV, lp_tok_BL, _RULE[sc.name]), eligible_BL,
+    commit_BL = commit_top_k(_rule_score(logp_BLV, lp_tok_BL, _SCORE[rule]), eligible_BL,
                              k=tokens_per_step(eligible_BL, steps_left))
-    if sc.name == "threshold":
+    if rule == "threshold":
         commit_BL = commit_BL | (eligible_BL & (jnp.exp(lp_tok_BL) >= threshold))
     return tok_BL, commit_BL, lp_tok_BL
 
@@ -176,14 +158,13 @@ def advance(st: dict, tok_BL: jnp.ndarray, commit_BL: jnp.ndarray, lp_tok_BL: jn
                 step=i + 1, nfe=st["nfe"] + nfe)
 
 
-def _build(cfg: Config, sc: SamplerConfig, block_start: int, forced: bool):
-    """The sampling loop for static (cfg, sampler, block start); see the module docstring."""
-    from pallas_kernels import mdm_sample_step
-
+def build(cfg: Config, loop: Loop):
+    """The sampling loop run(params, key, tokens_BL, threshold[, forced order, forced tokens])."""
     mask_id = special_ids(cfg.model).mask
-    rule = _RULE.get(sc.name)
+    rule, sc, block_start, forced = loop.rule, loop.options, loop.block_start, loop.forced
+    score_rule = _SCORE.get(rule)
 
-    def run(params, tokens_BL, key, threshold, forced_order_BL=None, forced_tokens_BL=None):
+    def run(params, key, tokens_BL, threshold, forced_order_BL=None, forced_tokens_BL=None):
         B, L = tokens_BL.shape
         block_np, budget_np = block_schedule(L, sc.steps, sc.block_length, block_start)
         block_L, budget = jnp.asarray(block_np), jnp.asarray(budget_np)
@@ -191,7 +172,7 @@ def _build(cfg: Config, sc: SamplerConfig, block_start: int, forced: bool):
         st = dict(x=tokens_BL.astype(jnp.int32), masked=tokens_BL == mask_id, logprob=jnp.zeros((B,), jnp.float32),
                   step=jnp.zeros((), jnp.int32), nfe=jnp.zeros((), jnp.int32),
                   commits=jnp.zeros((sc.steps, B), jnp.int32))
-        if sc.name == "ancestral" and not forced:
+        if rule == "ancestral" and not forced:
             st["logp"] = jnp.zeros((B, L, cfg.model.vocab_size), jnp.float32)
             st["dirty"] = jnp.ones((), bool)
 
@@ -204,26 +185,28 @@ def _build(cfg: Config, sc: SamplerConfig, block_start: int, forced: bool):
                 commit_BL = eligible_BL & (pos_L[None, :] == forced_order_BL[:, i][:, None])
                 lp_tok_BL = jnp.take_along_axis(logp_BLV, tok_BL[..., None], axis=-1)[..., 0]
                 nfe = 1
-            elif sc.name == "ancestral":
+            elif rule == "ancestral":
                 logp_BLV = lax.cond(st["dirty"], lambda: mdm_objective.masked_log_probs(params, x_BL, cfg),
                                     lambda: st["logp"])
                 nfe = st["dirty"].astype(jnp.int32)
-                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, sc, threshold)
+                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, rule, sc,
+                                                           threshold)
                 st = dict(st, logp=logp_BLV, dirty=commit_BL.any())
             elif sc.fused:
                 hidden_BLd = final_hidden(params, x_BL, cfg)
                 res = mdm_sample_step(hidden_BLd, params["head"], x_BL, eligible_BL, k_step,
-                                      temperature=float(sc.temperature), rule=rule,
+                                      temperature=float(sc.temperature), rule=score_rule,
                                       k=tokens_per_step(eligible_BL, steps_left),
                                       forbidden_ids=(mask_id,), interpret=sc.interpret)
                 tok_BL, commit_BL = res["sampled"].astype(jnp.int32), res["committed"]
                 lp_tok_BL = jnp.log(res["confidence"])
-                if sc.name == "threshold":
+                if rule == "threshold":
                     commit_BL = commit_BL | (eligible_BL & (res["confidence"] >= threshold))
                 nfe = 1
             else:
                 logp_BLV = mdm_objective.masked_log_probs(params, x_BL, cfg)
-                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, sc, threshold)
+                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, rule, sc,
+                                                           threshold)
                 nfe = 1
             return advance(st, tok_BL, commit_BL, lp_tok_BL, nfe)
 
@@ -247,43 +230,19 @@ def _build(cfg: Config, sc: SamplerConfig, block_start: int, forced: bool):
     return run
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled(cfg: Config, sc: SamplerConfig, block_start: int, forced: bool):
-    return jax.jit(_build(cfg, sc, block_start, forced))
+def prepare_rule(rule: str):
+    """prepare(cfg, tokens_BL, options) of the sampler committing by `rule`."""
 
+    def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions) -> Prepared:
+        if options.fused and rule == "ancestral":
+            raise ConfigError("the fused step commits by a rule (confidence, margin, entropy, threshold); "
+                              "the ancestral sampler has no fused path")
+        masked = tokens_BL == special_ids(cfg.model).mask
+        start = int(np.argmax(masked.any(axis=0))) if (options.block_length and masked.any()) else 0
+        static = dataclasses.replace(options, threshold=SamplerOptions.threshold)  # traced, see Loop
+        return Prepared(Loop(rule, static, start), (jnp.asarray(tokens_BL), jnp.float32(options.threshold)))
 
-def _prepare(cfg: Config, tokens_BL, sampler: SamplerConfig):
-    sampler.validate()
-    if cfg.objective.name != "mdm":
-        raise ConfigError(f"the masked-diffusion samplers need an mdm run, not '{cfg.objective.name}'")
-    tokens = np.asarray(tokens_BL, dtype=np.int32)
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be [B, L], got shape {tokens.shape}")
-    if tokens.shape[1] > cfg.model.max_len:
-        raise ConfigError(f"length {tokens.shape[1]} exceeds model.max_len={cfg.model.max_len}")
-    masked = tokens == special_ids(cfg.model).mask
-    start = int(np.argmax(masked.any(axis=0))) if (sampler.block_length and masked.any()) else 0
-    static = dataclasses.replace(sampler, threshold=0.0)  # the threshold is traced: no recompilation
-    return _compiled(cfg, static, start, False), jnp.asarray(tokens), jnp.float32(sampler.threshold)
-
-
-def compile_sample(params, cfg: Config, tokens_BL, key: jax.Array, sampler: SamplerConfig):
-    """Ahead-of-time compiled ``sample`` for these inputs: returns ``run() -> dict`` (benchmarks)."""
-    fn, tokens, threshold = _prepare(cfg, tokens_BL, sampler)
-    compiled = fn.lower(params, tokens, key, threshold).compile()
-    return lambda: compiled(params, tokens, key, threshold)
-
-
-def sample(params, cfg: Config, tokens_BL, key: jax.Array, sampler: SamplerConfig) -> dict:
-    """Fills every MASK of ``tokens_BL`` [B, L]; other tokens are kept.
-
-    Returns a dict: ``tokens`` [B, L] int32 (no MASK left), ``logprob`` [B] (sum of
-    log p(token | x_t) of the committed tokens, under the model at temperature 1), ``nfe``
-    (forward passes run), ``steps`` (steps taken; <= sampler.steps), ``commits`` [steps, B]
-    (positions committed per step and row; rows past ``steps`` are 0), ``complete`` [B] bool.
-    """
-    fn, tokens, threshold = _prepare(cfg, tokens_BL, sampler)
-    return fn(params, tokens, key, threshold)
+    return prepare
 
 
 def score_path(params, cfg: Config, tokens_BL, order_BL) -> jnp.ndarray:
@@ -292,8 +251,13 @@ def score_path(params, cfg: Config, tokens_BL, order_BL) -> jnp.ndarray:
     forced and the tokens teacher-forced. Equals -``fixed_orders.chain_rule_nll`` for that order."""
     tokens = jnp.asarray(tokens_BL, jnp.int32)
     B, L = tokens.shape
-    sc = SamplerConfig(name="confidence", steps=L, temperature=0.0)
+    loop = Loop("confidence", SamplerOptions(steps=L, temperature=0.0), forced=True)
     start = jnp.full((B, L), special_ids(cfg.model).mask, jnp.int32)
-    out = _compiled(cfg, sc, 0, True)(params, start, jax.random.key(0), jnp.float32(1.0),
-                                      jnp.asarray(order_BL, jnp.int32), tokens)
+    out = jax.jit(build(cfg, loop))(params, jax.random.key(0), start, jnp.float32(1.0),
+                                    jnp.asarray(order_BL, jnp.int32), tokens)
     return out["logprob"]
+
+
+for _rule in RULES:
+    register(Sampler(name=_rule, family="masked", options=OPTIONS + (("threshold",) if _rule == "threshold" else ()),
+                     prepare=prepare_rule(_rule), build=build))

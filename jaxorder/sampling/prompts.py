@@ -39,17 +39,19 @@ def parse_template(template: str, tokenizer: Any) -> np.ndarray:
     return np.concatenate(pieces)
 
 
-def prompt_tokens(prompt: str, tokenizer: Any, length: int) -> np.ndarray:
-    """Token ids [length]: the prompt's tokens, then MASK up to ``length``."""
+def prompt_tokens(prompt: str, tokenizer: Any, length: int, at_end: bool = False) -> np.ndarray:
+    """Token ids [length]: the prompt's tokens, then MASK up to ``length`` (``at_end``: MASK first,
+    the prompt as the end of the text, for runs generating right to left)."""
     ids = np.asarray(tokenizer.encode(prompt), np.int32) if prompt else np.zeros(0, np.int32)
     if len(ids) >= length:
         raise ConfigError(f"the prompt is {len(ids)} tokens, leaving nothing to generate in --length {length}; "
                           f"use a longer --length")
-    return np.concatenate([ids, np.full(length - len(ids), tokenizer.mask_id, np.int32)])
+    masks = np.full(length - len(ids), tokenizer.mask_id, np.int32)
+    return np.concatenate([masks, ids] if at_end else [ids, masks])
 
 
 def build_inputs(tokenizer: Any, length: int | None, default_length: int, max_len: int,
-                 prompt: str | None = None, template: str | None = None) -> np.ndarray:
+                 prompt: str | None = None, template: str | None = None, prompt_at_end: bool = False) -> np.ndarray:
     """The input row [L] for a prompt, a template or unconditional sampling (all MASK)."""
     if prompt is not None and template is not None:
         raise ConfigError("give either --prompt or --template, not both")
@@ -61,7 +63,7 @@ def build_inputs(tokenizer: Any, length: int | None, default_length: int, max_le
         length = default_length if length is None else length
         if length < 1:
             raise ConfigError(f"--length must be >= 1, got {length}")
-        ids = prompt_tokens(prompt or "", tokenizer, length)
+        ids = prompt_tokens(prompt or "", tokenizer, length, prompt_at_end)
     if len(ids) > max_len:
         raise ConfigError(f"the sequence is {len(ids)} tokens, more than the model's max_len={max_len}")
     return ids
