@@ -5,8 +5,9 @@ A mask is a small frozen dataclass: ``MaskSpec("causal")``, ``MaskSpec("bidirect
 Indices are positions in the sequence *as laid out* (not position ids):
   - causal: key j visible to query i iff j <= i.
   - bidirectional: always.
-  - bd3(b): the 2n layout [x_t ; x] of design.md §5 (requires L == S == 2n, n % b == 0 is not
-    required). Noisy half = indices < n, clean half = indices >= n, block(i) = (i mod n) // b.
+  - bd3(b): the 2n layout [x_t ; x] of docs/design.md, 'Block diffusion' (requires L == S == 2n,
+    n % b == 0 is not required). Noisy half = indices < n, clean half = indices >= n,
+    block(i) = (i mod n) // b.
     noisy->noisy iff same block; noisy->clean iff block(key) < block(query);
     clean->clean iff block(key) <= block(query); clean->noisy never.
 Segment ids (optional) further restrict attention to equal segment ids; they are data, not part

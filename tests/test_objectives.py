@@ -1,4 +1,5 @@
-"""Objectives against hand computations and the any-order identity of design.md §5."""
+"""Objectives against hand computations and the any-order identity of docs/design.md,
+'Identities the tests check'."""
 import itertools
 import math
 

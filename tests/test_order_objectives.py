@@ -62,7 +62,7 @@ def subs_log_softmax_np(logits, mask_id):
 # ------------------------------------------------------------------------------------------ bd3
 
 def _bd3_reference_mask(n: int, b: int) -> np.ndarray:
-    """The four-part definition of design.md §5, written out element by element."""
+    """The four-part definition of docs/design.md, 'Block diffusion', written out element by element."""
     out = np.zeros((2 * n, 2 * n), bool)
     for i in range(2 * n):
         for j in range(2 * n):

@@ -35,7 +35,8 @@ def bd3_block_size(kind: str) -> int | None:
 def attention_mask(kind: str, length: int) -> jnp.ndarray:
     """Boolean [L, L] mask, True where query i may attend to key j.
 
-    'bd3:<b>' is the BD3-LM training layout [x_t ; x] of length L = 2n (design.md §5), with
+    'bd3:<b>' is the BD3-LM training layout [x_t ; x] of length L = 2n (docs/design.md,
+    'Block diffusion'), with
     half(i) = noisy if i < n else clean and block(i) = (i mod n) // b:
       noisy -> noisy  iff same block;   noisy -> clean iff block(key) <  block(query);
       clean -> clean  iff block(key) <= block(query);   clean -> noisy never.

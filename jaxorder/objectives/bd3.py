@@ -3,9 +3,10 @@
 With block size b (cfg.objective.block_size, dividing n), the window x = (x_0..x_{n-1}) is split
 into n/b blocks. Each block k of each sequence gets its own noise level t_k; its tokens are masked
 independently with probability t_k, giving x_t. One vectorized pass over [x_t ; x] (length 2n,
-positions 0..n-1 in both halves) with the four-part mask 'bd3:<b>' of design.md §5
-(noisy->noisy same block, noisy->clean strictly earlier blocks, clean->clean block-causal,
-clean->noisy never) gives, in the noisy half, p(x_i | x_t[block(i)], x[blocks < block(i)]).
+positions 0..n-1 in both halves) with the four-part mask 'bd3:<b>' of docs/design.md, 'Block
+diffusion' (noisy->noisy same block, noisy->clean strictly earlier blocks, clean->clean
+block-causal, clean->noisy never) gives, in the noisy half,
+p(x_i | x_t[block(i)], x[blocks < block(i)]).
 Only the noisy half's logits are scored (SUBS: MASK logit -inf, unmasked tokens carry over with
 zero loss). Per sequence,
 

@@ -5,7 +5,7 @@ whose scaled logit is D below the best one is chosen only when its noise exceeds
 D, an event of probability ~exp(-D). A float32 uniform built from 24 random bits has
 u <= 1 - 2^-24, so g <= 16.64 (jax.random.gumbel in float32 stops at 15.94): every event beyond
 that has probability 0 instead of ~6e-8, which lowers the effective temperature (Zheng et al.
-2024, design.md §5). float64 (53 bits) reaches 36.7.
+2024; docs/design.md, 'Sampling noise'). float64 (53 bits) reaches 36.7.
 
 ``gumbel_noise(key, shape, precision)``:
 - ``"high"`` (default): the bit-level construction of ``pallas_kernels.noise`` (three 32-bit
