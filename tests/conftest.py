@@ -23,6 +23,7 @@ try:  # the repo root, when pytest runs without the package installed
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import pytest
 
 from jaxorder.platform.host_memory import configure_host_malloc

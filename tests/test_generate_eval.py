@@ -32,7 +32,7 @@ def sweep_dir(tmp_path_factory):
 
 def test_generation_quality_of_an_mdm_run_with_the_l2r_judge_beside_it(sweep_dir):
     assert default_judge(sweep_dir / "mdm") == sweep_dir / "l2r"
-    r = generation_quality(sweep_dir / "mdm", num_samples=4, steps=8, seed=1)
+    r = generation_quality(sweep_dir / "mdm", num_samples=4, options={"steps": 8}, seed=1)
     assert r["sampler"] == "confidence" and r["num_samples"] == 4 and r["judge"] == "l2r"
     assert 0 < r["unigram_entropy_bits"] <= 8 and r["judge_bpb"] > 0 and r["tokens_per_s"] > 0
     assert r["grids"] <= 4 and 0.0 <= r["valid_grid_fraction"] <= 1.0

@@ -21,13 +21,31 @@ from jaxorder import model
 from jaxorder.data import ByteTokenizer
 from jaxorder.model import decode
 from jaxorder.objectives.common import special_ids
-from jaxorder.sampling.ar import ARConfig, filter_logits, generate
+from jaxorder import sampling
+from jaxorder.sampling import SamplerOptions as ARConfig
+from jaxorder.sampling.ar import filter_logits
 
 TINY_L2R = ("objective.name=l2r", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.seq_len=32")
 TOK = ByteTokenizer()
 PROMPTS = [TOK.encode("To be"), [], TOK.encode("or not to")]  # different lengths, one empty
 GREEDY = ARConfig(temperature=0.0, stop_at_eos=False)
 N = 10  # generated tokens (one shape: the tests share compilations)
+
+
+def generate(params, cfg, prompts, max_new: int, key, options: ARConfig, direction: str = "l2r",
+             collect_logits: bool = False) -> dict:
+    """The ar sampler on rows of `prompts` + `max_new` MASKs (ragged rows end in PAD), for a run of
+    `direction`; ``tokens`` as lists of the kept ids (prompt and generated, reading order)."""
+    import dataclasses
+
+    from conftest import ar_rows
+
+    cfg = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, name=direction))
+    options = dataclasses.replace(options, collect_logits=collect_logits)
+    out = jax.device_get(sampling.sample(params, cfg, ar_rows(cfg, prompts, max_new), key, "ar", options))
+    pad = special_ids(cfg.model).pad
+    out["tokens"] = [np.asarray(row)[np.asarray(row) != pad] for row in out["tokens"]]
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +169,7 @@ def test_too_long_is_a_clear_error(tiny):
     cfg, params = tiny
     with pytest.raises(config_lib.ConfigError, match="max_len"):
         generate(params, cfg, [[1, 2, 3]], cfg.model.max_len, jax.random.key(0), GREEDY)
-    with pytest.raises(config_lib.ConfigError, match="top-p"):
+    with pytest.raises(config_lib.ConfigError, match="top_p"):
         generate(params, cfg, [[1]], 4, jax.random.key(0), ARConfig(top_p=0.0))
 
 
@@ -179,4 +197,4 @@ def test_cli_sample_l2r_and_r2l_runs(tmp_path, repeated_corpus):
     code, _, err = cli_in_process(["sample", run, "--sampler", "confidence"])
     assert code == 2 and "unknown sampler 'confidence'; for l2r runs use one of ar" in err
     code, _, err = cli_in_process(["sample", run, "--template", "a [MASK:3] b"])
-    assert code == 2 and "--template (infilling) needs an mdm, bd3, ao_ar or latent_order run" in err
+    assert code == 2 and "infilling templates need an mdm, bd3 or any-order run" in err
