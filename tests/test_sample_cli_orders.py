@@ -36,7 +36,7 @@ def test_bd3_run_fills_a_template_block_by_block(tmp_path, repeated_corpus):
     code, _, err = cli_in_process(["sample", run, "--template", "the [MASK:6]at on"])
     assert code == 2 and "multiple of the block size 4, got 15" in err
     code, _, err = cli_in_process(["sample", run, "--block-length", "4"])
-    assert code == 2 and "--block-length does not apply to bd3 runs" in err
+    assert code == 2 and "the confidence sampler does not take 'block_length'" in err
 
 
 @pytest.mark.parametrize("objective", ["ao_ar", "latent_order"])
