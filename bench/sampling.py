@@ -47,7 +47,7 @@ from jaxorder import config as config_lib
 from jaxorder import model
 from jaxorder.platform.host_memory import configure_host_malloc
 from jaxorder.objectives.common import special_ids
-from jaxorder.sampling import mdm
+from jaxorder.sampling import SamplerOptions, compile_sample
 
 SMALL = Path(__file__).resolve().parents[1] / "configs" / "model" / "small.yaml"
 
@@ -102,8 +102,8 @@ def bench_mdm(quick: bool, run_dir: str | None = None) -> None:
                         else " (fused)" if extra.get("fused") else "")
         cells = []
         for steps in steps_list:
-            sc = mdm.SamplerConfig(name=name, steps=steps, temperature=1.0, threshold=0.9, **extra)
-            out, dt = timed(mdm.compile_sample(params, cfg, tokens, key, sc))
+            opts = SamplerOptions(steps=steps, temperature=1.0, **extra, **({"threshold": 0.9} if name == "threshold" else {}))
+            out, dt = timed(compile_sample(params, cfg, tokens, key, name, opts))
             nfe = int(out["nfe"])
             assert bool(np.all(np.asarray(out["complete"])))
             cells.append(f"{B * L / dt:>10.0f} {nfe:>6d} {dt / max(nfe, 1):>8.3f}")
@@ -118,7 +118,6 @@ def bench_mdm(quick: bool, run_dir: str | None = None) -> None:
 
 def bench_ar(quick: bool) -> None:
     """AR decode tokens/s with vs without the KV cache (jaxorder.sampling.ar), `small` model."""
-    from jaxorder.sampling import ar
 
     B = 1
     lengths = (128,) if quick else (128, 512)
@@ -135,10 +134,10 @@ def bench_ar(quick: bool) -> None:
     for n in lengths:
         times = {}
         for cache in (True, False):
-            ac = ar.ARConfig(temperature=1.0, stop_at_eos=False, cache=cache)
-            out, times[cache] = timed(ar.compile_sample(params, cfg, [np.zeros(0, np.int32)] * B, n,
-                                                        jax.random.key(0), ac))
-            assert int(np.asarray(out["n_gen"]).sum()) == B * n
+            opts = SamplerOptions(temperature=1.0, stop_at_eos=False, cache=cache)
+            rows = np.full((B, n), special_ids(cfg.model).mask, np.int32)  # unprompted: n tokens per row
+            out, times[cache] = timed(compile_sample(params, cfg, rows, jax.random.key(0), "ar", opts))
+            assert int(np.asarray(out["generated"]).sum()) == B * n
         print(f"  {n:>10d} {B * n / times[True]:>12.0f} {B * n / times[False]:>15.1f} "
               f"{times[False] / times[True]:>7.1f}x {times[True]:>8.2f} {times[False]:>11.2f}", flush=True)
     print("  The cached step attends over the whole cache (max length slots, unwritten ones masked): its cost is")
@@ -147,7 +146,6 @@ def bench_ar(quick: bool) -> None:
 
 def bench_any_order(quick: bool) -> None:
     """Any-order AR tokens/s with vs without the KV cache (jaxorder.sampling.any_order), `small` model."""
-    from jaxorder.sampling import any_order
 
     B = 1
     lengths = (128,) if quick else (128, 512)
@@ -166,8 +164,8 @@ def bench_any_order(quick: bool) -> None:
             tokens = np.full((B, n), special_ids(cfg.model).mask, np.int32)
             times = {}
             for cache in (True, False) if order != "greedy" else (True,):
-                oc = any_order.AnyOrderConfig(order=order, temperature=1.0, cache=cache)
-                out, times[cache] = timed(any_order.compile_sample(params, cfg, tokens, jax.random.key(0), oc))
+                opts = SamplerOptions(temperature=1.0, cache=cache)
+                out, times[cache] = timed(compile_sample(params, cfg, tokens, jax.random.key(0), order, opts))
                 assert not np.any(np.asarray(out["tokens"]) == special_ids(cfg.model).mask)
             if False in times:
                 no_cache = (f"{B * n / times[False]:>15.1f} {times[False] / times[True]:>7.1f}x "
@@ -182,7 +180,6 @@ def bench_any_order(quick: bool) -> None:
 
 def bench_bd3(quick: bool) -> None:
     """Block-diffusion (bd3) tokens/s with vs without the KV cache (jaxorder.sampling.bd3), `small` model."""
-    from jaxorder.sampling import bd3
 
     B, L = (2, 128) if quick else (4, 128)
     settings = ((4, 32), (16, 32)) if quick else ((4, 32), (4, 128), (16, 32), (16, 128))  # (block size, steps)
@@ -201,10 +198,10 @@ def bench_bd3(quick: bool) -> None:
     print(f"  {'b':>4} {'steps':>6} {'cache tok/s':>12} {'no-cache tok/s':>15} {'speedup':>8} {'cache s':>8} "
           f"{'no-cache s':>11} {'nfe cache/no':>13}")
     for b, steps in settings:
-        sc = mdm.SamplerConfig(name="confidence", steps=steps, temperature=1.0)
         times, nfe = {}, {}
         for cache in (True, False):
-            out, times[cache] = timed(bd3.compile_sample(params, cfgs[b], tokens, jax.random.key(0), sc, cache=cache))
+            opts = SamplerOptions(steps=steps, temperature=1.0, cache=cache)
+            out, times[cache] = timed(compile_sample(params, cfgs[b], tokens, jax.random.key(0), "confidence", opts))
             nfe[cache] = int(out["nfe"])
             assert bool(np.all(np.asarray(out["complete"])))
         print(f"  {b:>4d} {steps:>6d} {B * L / times[True]:>12.0f} {B * L / times[False]:>15.0f} "
