@@ -14,7 +14,7 @@ from jaxorder.checkpoint import Checkpointer, require_checkpoint
 from jaxorder.config import Config, ConfigError
 from jaxorder.data import make_data
 from jaxorder.evaluate import evaluate
-from jaxorder.model.attention import settle_attention_impl
+from jaxorder.model.attention import settle_model_config
 from jaxorder.train import make_optimizer, make_placement
 
 
@@ -23,7 +23,7 @@ def load_params(run_dir: str | os.PathLike) -> tuple[Config, Any, int]:
     run_dir = epath.Path(run_dir)
     ckpt_dir = require_checkpoint(run_dir)
     cfg = config_lib.load_saved(run_dir / "config.yaml")
-    cfg = dataclasses.replace(cfg, model=settle_attention_impl(cfg.model))
+    cfg = dataclasses.replace(cfg, model=settle_model_config(cfg.model))
     optimizer = make_optimizer(cfg)
     try:
         placement = make_placement(cfg, optimizer)

@@ -56,10 +56,10 @@ def init_cache(cfg: ModelConfig, batch: int, max_length: int) -> Cache:
     check it), while a cache may hold more slots, e.g. scratch slots for scored candidates."""
     if max_length < 1:
         raise ValueError(f"a KV cache needs at least one slot, got {max_length}")
-    from jaxorder.model.transformer import _dtype
+    from jaxorder.model.transformer import jnp_dtype
 
     shape = (batch, max_length, cfg.n_heads, cfg.head_dim)
-    dt = _dtype(cfg.dtype)
+    dt = jnp_dtype(cfg.dtype)
     return {f"layer_{i}": {"attn": {"cached_key": jnp.zeros(shape, dt), "cached_value": jnp.zeros(shape, dt),
                                     "cache_index": jnp.zeros((), jnp.int32)}}
             for i in range(cfg.n_layers)}
@@ -69,10 +69,10 @@ def decode_step(params: Any, cfg: ModelConfig, cache: Cache, tokens_BL: jnp.ndar
                 positions_BL: jnp.ndarray, new_mask: str = "causal",
                 target_positions_BL: jnp.ndarray | None = None) -> tuple[jnp.ndarray, Cache]:
     """Logits [B, L, V] (float32) of L new slots given the cached ones, and the updated cache."""
-    from jaxorder.model.transformer import Transformer, _dtype
+    from jaxorder.model.transformer import Transformer, jnp_dtype
 
     dcfg = decode_config(cfg)
-    pdt = _dtype(cfg.param_dtype)  # the forward pass's parameter dtype (float32 master weights)
+    pdt = jnp_dtype(cfg.param_dtype)  # the forward pass's parameter dtype (float32 master weights)
     params = jax.tree.map(lambda p: p.astype(pdt) if jnp.issubdtype(p.dtype, jnp.floating) else p,
                           unrolled_params(params, cfg))
     variables = {"params": params, "cache": cache}
