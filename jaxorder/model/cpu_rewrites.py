@@ -48,7 +48,8 @@ def keep_layout(x: jax.Array) -> jax.Array:
     row-major), XLA:CPU's YNNPACK path declines and a slower fallback runs it. Putting the dot's
     result behind the barrier, before its transpose (the backwards of `dense` and
     `attention_scores`), keeps the transpose a separate small copy and the dot plain. TPU and GPU
-    compilers choose operand layouts themselves; only the rewrites, off CPU by default, use it."""
+    compilers choose operand layouts themselves: there the rewrites, and with them the barrier, are
+    off by default."""
     return jax.lax.optimization_barrier(x)
 
 
