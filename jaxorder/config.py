@@ -37,6 +37,8 @@ class ModelConfig:
     param_dtype: str = "float32"
     attention_impl: str = "auto"  # auto | xla | pallas (fused RoPE flash attention; on CPU its plain-JAX
     # reference). auto: pallas on TPU/GPU if a compile probe at run start passes, else xla
+    backward_rewrites: str = "auto"  # auto | cpu | none: backward passes rewritten for XLA:CPU (same math;
+    # jaxorder/model/cpu_rewrites.py) or JAX's autodiff of the plain formulas. auto: cpu on CPU, else none
     scan_layers: bool = False  # one compiled layer body under nn.scan (compile time flat in depth)
     remat: str = "none"  # rematerialization per layer: none | full | dots_saveable | dots_with_no_batch_dims_saveable
     pallas_interpret: bool = False  # pallas on CPU: run the kernel itself in Pallas interpret mode (slow; tests)
@@ -162,6 +164,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 DISTRIBUTED_MODES = ("none", "auto", "explicit")
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("auto", "xla", "pallas")
+BACKWARD_REWRITES = ("auto", "cpu", "none")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 
@@ -374,6 +377,7 @@ def validate(cfg: Config) -> None:
     _choice(m.dtype, DTYPES, "model.dtype")
     _choice(m.param_dtype, DTYPES, "model.param_dtype")
     _choice(m.attention_impl, ATTENTION_IMPLS, "model.attention_impl")
+    _choice(m.backward_rewrites, BACKWARD_REWRITES, "model.backward_rewrites")
     _choice(m.remat, REMAT_POLICIES, "model.remat")
     if t.grad_accum_steps < 1 or d.batch_size % t.grad_accum_steps:
         raise ConfigError(f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1 and divide "

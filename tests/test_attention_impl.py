@@ -1,5 +1,6 @@
 """`model.attention_impl: auto` (the default): resolution by backend, the compile probe and its
-fallback to xla (on CPU, with the backend and the probe monkeypatched)."""
+fallback to xla (on CPU, with the backend and the probe monkeypatched); `settle_model_config`
+settles it together with `model.backward_rewrites`."""
 import jax
 import numpy as np
 import pytest
@@ -71,6 +72,25 @@ def test_explicit_choices_are_not_probed():
     assert calls == []
 
 
+@pytest.mark.parametrize("backend, impl, rewrites", [("cpu", "xla", "cpu"), ("tpu", "pallas", "none"),
+                                                    ("gpu", "pallas", "none")])
+def test_settle_model_config_settles_every_auto_choice_by_backend(backend, impl, rewrites):
+    probe, calls = _probe_spy(fail=False)
+    settled = attention.settle_model_config(_model_cfg(), probe, backend=backend)
+    assert (settled.attention_impl, settled.backward_rewrites) == (impl, rewrites)
+    assert attention.settle_model_config(settled, probe, backend=backend) is settled
+    resolved = attention.resolve_model_config(_model_cfg(), backend)  # the model's fallback: no probe
+    assert (resolved.attention_impl, resolved.backward_rewrites) == (impl, rewrites)
+    assert len(calls) == (impl == "pallas")
+
+
+def test_settle_model_config_keeps_explicit_backward_rewrites():
+    for choice in ("cpu", "none"):
+        for backend in ("cpu", "tpu"):
+            cfg = _model_cfg(f"model.backward_rewrites={choice}", "model.attention_impl=xla")
+            assert attention.settle_model_config(cfg, backend=backend) is cfg
+
+
 def test_probe_compiles_forward_and_backward_and_raises_compile_errors(monkeypatch):
     attention.probe_pallas_attention(16, "float32")  # on CPU: the kernel's plain-JAX reference path
     import pallas_kernels
@@ -109,8 +129,9 @@ def test_runs_save_auto_and_load_params_settles_it(finished_run, monkeypatch, ca
     assert saved["model"]["attention_impl"] == "auto"
     from jaxorder.evaluation import runs
     probe, calls = _probe_spy(fail=True)
-    real = runs.settle_attention_impl
-    monkeypatch.setattr(runs, "settle_attention_impl", lambda m: real(m, probe, backend="gpu"))
+    real = runs.settle_model_config
+    monkeypatch.setattr(runs, "settle_model_config", lambda m: real(m, probe, backend="gpu"))
     cfg, _, _ = runs.load_params(finished_run.run_dir)
     assert cfg.model.attention_impl == "xla" and len(calls) == 1
+    assert saved["model"]["backward_rewrites"] == "auto" and cfg.model.backward_rewrites == "none"
     assert "falling back to xla" in capsys.readouterr().err

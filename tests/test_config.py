@@ -39,6 +39,7 @@ def test_repo_configs_load():
     (["model.d_model=130"], "not divisible by model.n_heads"),
     (["data.seq_len=1024"], "longer than model.max_len"),
     (["objective.name=foo"], "objective.name='foo' is not one of"),
+    (["model.backward_rewrites=fast"], "model.backward_rewrites='fast' is not one of: auto, cpu, none"),
     (["data.source=text"], "needs data.path"),
     (["train.max_to_keep=1"], "max_to_keep must be >= 2"),
     (["steps=3"], "section.field"),

@@ -108,14 +108,15 @@ def projection_dots(cfg, params, tokens) -> int:
     return sum(1 for line in hlo.splitlines() if " dot(" in line and "lhs_batch_dims" not in line)
 
 
-@pytest.mark.parametrize("scan", [False, True])
-def test_dots_policies_save_the_projections(unrolled_params, tokens, scan):
-    """The projections are dots inside a custom_vjp (`dense`); their checkpoint name lets the dots_*
-    remat policies keep them, so the backward pass recomputes none of them (only attention's
-    batched dots under dots_with_no_batch_dims_saveable), unlike full remat."""
+@pytest.mark.parametrize("scan, rewrites", [(False, "cpu"), (True, "cpu"), (False, "none")])
+def test_dots_policies_save_the_projections(unrolled_params, tokens, scan, rewrites):
+    """The dots_* remat policies keep the projections, so the backward pass recomputes none of them
+    (only attention's batched dots under dots_with_no_batch_dims_saveable), unlike full remat. The
+    rewritten projections (backward_rewrites=cpu) are dots inside a custom_vjp, kept through their
+    checkpoint name; the plain ones (none) are dots the policies see."""
     params = stack_layers(unrolled_params, 2) if scan else unrolled_params
-    count = {policy: projection_dots(cfg_of(f"model.scan_layers={str(scan).lower()}", f"model.remat={policy}"),
-                                     params, tokens)
+    count = {policy: projection_dots(cfg_of(f"model.scan_layers={str(scan).lower()}", f"model.remat={policy}",
+                                            f"model.backward_rewrites={rewrites}"), params, tokens)
              for policy in ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")}
     assert count["full"] > count["none"]
     assert count["dots_saveable"] == count["dots_with_no_batch_dims_saveable"] == count["none"], count

@@ -1,5 +1,6 @@
-"""The model's hand-written backward passes (`dense`, `swiglu`, `attention_scores`) against autodiff of the plain
-formulas, and the operand layouts they are there for (XLA:CPU HLO of the gradient)."""
+"""The model's CPU rewrites (`jaxorder.model.cpu_rewrites`: `dense`, `swiglu`, `attention_scores`) against
+autodiff of the plain formulas, the operand layouts they are there for (XLA:CPU HLO of the gradient), and
+the model under `model.backward_rewrites` cpu and none."""
 from __future__ import annotations
 
 import re
@@ -9,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxorder.model.attention import attention_mask, attention_scores, xla_attention
-from jaxorder.model.transformer import dense, swiglu
+from jaxorder import config as config_lib
+from jaxorder import model
+from jaxorder.model.attention import attention_mask, xla_attention
+from jaxorder.model.cpu_rewrites import PLAIN, REWRITTEN, attention_scores, dense, swiglu
 
 
 def _rand(shape, i, dtype=jnp.float32):
@@ -66,7 +69,7 @@ def _transposed_lhs_dots(hlo: str) -> list[str]:
 @pytest.mark.parametrize("i, o", [(256, 64), (64, 256)])
 def test_weight_gradient_dot_has_a_row_major_lhs(i, o):
     """dW = x^T dy: on CPU the compiled gradient must not contain a dot with a transposed-lhs
-    operand (XLA:CPU runs those on a slow fallback instead of YNNPACK; see jaxorder.model.layout)."""
+    operand (XLA:CPU runs those on a slow fallback instead of YNNPACK; see cpu_rewrites.keep_layout)."""
     x, w = _rand((4, 96, i), 0), _rand((i, o), 1)
     grad = jax.jit(jax.grad(lambda w: jnp.sum(jnp.sin(dense(x, w))))).lower(w).compile()
     assert _transposed_lhs_dots(grad.as_text()) == []
@@ -87,6 +90,60 @@ def test_attention_backward_has_no_transposed_lhs_batched_dot(kind):
     mask = attention_mask(kind, 64)
 
     def backward(q, k, v, do):
-        return jax.vjp(lambda q, k, v: xla_attention(q, k, v, mask), q, k, v)[1](do)
+        return jax.vjp(lambda q, k, v: xla_attention(q, k, v, mask, REWRITTEN), q, k, v)[1](do)
 
     assert _transposed_lhs_batched_dots(jax.jit(backward).lower(q, k, v, do).compile().as_text()) == []
+
+
+# shapes of each op's operands and output cotangent: dense (o > i and o < i), swiglu, attention scores
+OP_SHAPES = {"dense": [((2, 5, 16), (16, 24), (2, 5, 24)), ((2, 5, 24), (24, 8), (2, 5, 8))],
+             "swiglu": [((2, 5, 24), (2, 5, 24), (2, 5, 24))],
+             "attention_scores": [((2, 9, 3, 8), (2, 7, 3, 8), (2, 3, 9, 7))]}
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+@pytest.mark.parametrize("name, shapes", [(n, s) for n, cases in OP_SHAPES.items() for s in cases])
+def test_each_rewrite_equals_the_plain_math(name, shapes, dtype, tol):
+    """Forward and both gradients of REWRITTEN.<op> (backward_rewrites=cpu) against PLAIN.<op> (=none)
+    under autodiff, on the same inputs in the same dtype."""
+    a, b, dy = (_rand(shape, i, dtype) for i, shape in enumerate(shapes))
+    y, vjp = jax.vjp(getattr(REWRITTEN, name), a, b)
+    y_ref, vjp_ref = jax.vjp(getattr(PLAIN, name), a, b)
+    for got, want in zip((y, *vjp(dy)), (y_ref, *vjp_ref(dy))):
+        assert got.shape == want.shape and got.dtype == want.dtype == dtype
+        _assert_close_at_scale(got, want, tol)
+
+
+def _model_cfg(rewrites: str):
+    tiny = ["model.d_model=32", "model.n_heads=2", "model.n_layers=2", "model.max_len=16", "data.seq_len=16"]
+    return config_lib.load(None, [*tiny, f"model.backward_rewrites={rewrites}"]).model
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    return jax.jit(lambda: model.init_params(_model_cfg("none"), jax.random.key(0)))()
+
+
+def _loss_and_grads(cfg):
+    tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 256)
+    positions = jnp.broadcast_to(jnp.arange(16), (2, 16))
+
+    def loss(p):
+        return jnp.mean(jax.nn.log_softmax(model.apply(p, cfg, tokens, positions, "causal"))[..., 0])
+    return jax.jit(jax.value_and_grad(loss))
+
+
+def test_rewrites_none_gives_a_gradient_without_optimization_barriers(tiny_params):
+    """keep_layout's barriers come only with the rewrites; `none` leaves the whole backward to XLA.
+    (The program handed to the compiler: XLA removes the barriers late in compilation.)"""
+    for rewrites, barriers in (("cpu", True), ("none", False)):
+        lowered = _loss_and_grads(_model_cfg(rewrites)).lower(tiny_params)
+        assert ("optimization_barrier" in lowered.as_text()) == barriers, rewrites
+
+
+def test_rewrites_none_and_cpu_give_the_same_loss_and_gradients(tiny_params):
+    loss_cpu, grads_cpu = _loss_and_grads(_model_cfg("cpu"))(tiny_params)
+    loss_none, grads_none = _loss_and_grads(_model_cfg("none"))(tiny_params)
+    np.testing.assert_allclose(loss_none, loss_cpu, rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(grads_none), jax.tree.leaves(grads_cpu)):
+        _assert_close_at_scale(got, want, 1e-5)

@@ -19,7 +19,7 @@ from jaxorder.training.checkpoint import Checkpointer, require_checkpoint
 from jaxorder.config import Config, ConfigError
 from jaxorder.data import ByteTokenizer, make_data
 from jaxorder.evaluation.yardstick import evaluate
-from jaxorder.model.attention import settle_attention_impl
+from jaxorder.model.attention import settle_model_config
 from jaxorder.training.optimizer import make_optimizer
 from jaxorder.sampling.prompts import build_inputs
 from jaxorder.training.state import make_placement
@@ -30,7 +30,7 @@ def load_params(run_dir: str | os.PathLike) -> tuple[Config, Any, int]:
     run_dir = epath.Path(run_dir)
     ckpt_dir = require_checkpoint(run_dir)
     cfg = config_lib.load_saved(run_dir / "config.yaml")
-    cfg = dataclasses.replace(cfg, model=settle_attention_impl(cfg.model))
+    cfg = dataclasses.replace(cfg, model=settle_model_config(cfg.model))
     optimizer = make_optimizer(cfg)
     try:
         placement = make_placement(cfg, optimizer)

@@ -1,5 +1,6 @@
-"""Attention masks the model knows (it knows mask kinds, never orders), the XLA attention path
-and the choice between it and the fused Pallas kernel (`model.attention_impl`)."""
+"""Attention masks the model knows (it knows mask kinds, never orders), the XLA attention path,
+the choice between it and the fused Pallas kernel (`model.attention_impl`) and the settling of
+the model's backend-dependent `auto` choices at run start (`settle_model_config`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxorder.model.layout import keep_layout
+from jaxorder.model import cpu_rewrites
+from jaxorder.model.cpu_rewrites import PLAIN, Ops
 
 if TYPE_CHECKING:
     from jaxorder.config import ModelConfig
@@ -61,34 +63,11 @@ def attention_mask(kind: str, length: int) -> jnp.ndarray:
     raise ValueError(f"unknown attention mask kind '{kind}'; known: {', '.join(MASK_KINDS)}")
 
 
-@jax.custom_vjp
-def attention_scores(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray) -> jnp.ndarray:
-    """Unscaled q . k per head, [B, H, L, S]. Its backward computes dk transposed (as
-    q^T dS, kept apart from its transpose by `keep_layout`): autodiff's dS^T q contracts dS over
-    its leading query axis, a batched dot XLA:CPU runs on a slow fallback instead of YNNPACK
-    (measured at bench shape a: 0.37-0.42 ms per layer for a 12.6 MFLOP dot)."""
-    return jnp.einsum("blhd,bshd->bhls", q_BLHD, k_BLHD)
-
-
-def _attention_scores_fwd(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray):
-    return attention_scores(q_BLHD, k_BLHD), (q_BLHD, k_BLHD)
-
-
-def _attention_scores_bwd(residuals, ds_BHLS: jnp.ndarray):
-    q_BLHD, k_BLHD = residuals
-    dq_BLHD = jnp.einsum("bhls,bshd->blhd", ds_BHLS, k_BLHD)
-    dk_BHDS = keep_layout(jnp.einsum("blhd,bhls->bhds", q_BLHD, ds_BHLS))
-    return dq_BLHD, dk_BHDS.transpose(0, 3, 1, 2)
-
-
-attention_scores.defvjp(_attention_scores_fwd, _attention_scores_bwd)
-
-
-def xla_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarray,
-                  mask_LL: jnp.ndarray) -> jnp.ndarray:
-    """Softmax attention with scale 1/sqrt(D); softmax in float32."""
+def xla_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarray, mask_LL: jnp.ndarray,
+                  ops: Ops = PLAIN) -> jnp.ndarray:
+    """Softmax attention with scale 1/sqrt(D); softmax in float32. q . k is `ops.attention_scores`."""
     scale = q_BLHD.shape[-1] ** -0.5
-    logits_BHLL = attention_scores(q_BLHD, k_BLHD).astype(jnp.float32) * scale
+    logits_BHLL = ops.attention_scores(q_BLHD, k_BLHD).astype(jnp.float32) * scale
     logits_BHLL = jnp.where(mask_LL, logits_BHLL, jnp.finfo(jnp.float32).min)
     probs_BHLL = jax.nn.softmax(logits_BHLL, axis=-1).astype(v_BLHD.dtype)
     return jnp.einsum("bhls,bshd->blhd", probs_BHLL, v_BLHD)
@@ -152,6 +131,29 @@ def settle_attention_impl(model_cfg: ModelConfig, probe: Callable[[int, str], No
                       file=sys.stderr, flush=True)
             impl = "xla"
     return dataclasses.replace(model_cfg, attention_impl=impl)
+
+
+def resolve_model_config(model_cfg: ModelConfig, backend: str | None = None) -> ModelConfig:
+    """`model_cfg` with its `auto` choices (attention_impl, backward_rewrites) replaced as on `backend`
+    (default jax.default_backend()), without the kernel's compile probe: the model runs a config no
+    run start settled (direct `apply` calls in tests and benches) this way."""
+    impl = resolve_attention_impl(model_cfg.attention_impl, backend)
+    rewrites = cpu_rewrites.resolve(model_cfg.backward_rewrites, backend)
+    if (impl, rewrites) == (model_cfg.attention_impl, model_cfg.backward_rewrites):
+        return model_cfg
+    return dataclasses.replace(model_cfg, attention_impl=impl, backward_rewrites=rewrites)
+
+
+def settle_model_config(model_cfg: ModelConfig, probe: Callable[[int, str], None] = probe_pallas_attention,
+                        backend: str | None = None) -> ModelConfig:
+    """For a run, once per process: replaces every `auto` choice of the model by what to use on this
+    backend: attention_impl as `settle_attention_impl` (with its compile probe), backward_rewrites
+    'cpu' on CPU and 'none' elsewhere."""
+    model_cfg = settle_attention_impl(model_cfg, probe, backend)
+    rewrites = cpu_rewrites.resolve(model_cfg.backward_rewrites, backend)
+    if rewrites == model_cfg.backward_rewrites:
+        return model_cfg
+    return dataclasses.replace(model_cfg, backward_rewrites=rewrites)
 
 
 # Incremental decoding (jaxorder.model.decode): per attention layer, a Flax "cache" collection

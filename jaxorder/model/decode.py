@@ -25,10 +25,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from jaxorder.config import ModelConfig
+from jaxorder.model.transformer import Transformer, cast_params, jnp_dtype, unstack_layers
 
 Cache = Any
 
@@ -38,17 +38,6 @@ def decode_config(cfg: ModelConfig) -> ModelConfig:
     return dataclasses.replace(cfg, scan_layers=False, remat="none", attention_impl="xla")
 
 
-def unrolled_params(params: Any, cfg: ModelConfig) -> Any:
-    """Params with per-layer entries layer_0..layer_{n-1} (splits scanned 'layers' stacks)."""
-    if "layers" not in params:
-        return params
-    params = dict(params)
-    layers = params.pop("layers")
-    for i in range(cfg.n_layers):
-        params[f"layer_{i}"] = jax.tree.map(lambda x, i=i: x[i], layers)
-    return params
-
-
 def init_cache(cfg: ModelConfig, batch: int, max_length: int) -> Cache:
     """An empty cache for `batch` sequences of at most `max_length` slots.
 
@@ -56,10 +45,8 @@ def init_cache(cfg: ModelConfig, batch: int, max_length: int) -> Cache:
     check it), while a cache may hold more slots, e.g. scratch slots for scored candidates."""
     if max_length < 1:
         raise ValueError(f"a KV cache needs at least one slot, got {max_length}")
-    from jaxorder.model.transformer import _dtype
-
     shape = (batch, max_length, cfg.n_heads, cfg.head_dim)
-    dt = _dtype(cfg.dtype)
+    dt = jnp_dtype(cfg.dtype)
     return {f"layer_{i}": {"attn": {"cached_key": jnp.zeros(shape, dt), "cached_value": jnp.zeros(shape, dt),
                                     "cache_index": jnp.zeros((), jnp.int32)}}
             for i in range(cfg.n_layers)}
@@ -69,12 +56,10 @@ def decode_step(params: Any, cfg: ModelConfig, cache: Cache, tokens_BL: jnp.ndar
                 positions_BL: jnp.ndarray, new_mask: str = "causal",
                 target_positions_BL: jnp.ndarray | None = None) -> tuple[jnp.ndarray, Cache]:
     """Logits [B, L, V] (float32) of L new slots given the cached ones, and the updated cache."""
-    from jaxorder.model.transformer import Transformer, _dtype
-
     dcfg = decode_config(cfg)
-    pdt = _dtype(cfg.param_dtype)  # the forward pass's parameter dtype (float32 master weights)
-    params = jax.tree.map(lambda p: p.astype(pdt) if jnp.issubdtype(p.dtype, jnp.floating) else p,
-                          unrolled_params(params, cfg))
+    if "layers" in params:  # a scan_layers run: decoded by the equivalent unrolled model
+        params = unstack_layers(params, cfg.n_layers)
+    params = cast_params(params, cfg)  # the forward pass's parameter dtype (float32 master weights)
     variables = {"params": params, "cache": cache}
     if target_positions_BL is not None and "target_embed" not in params:
         raise ValueError("target positions need a model initialized with them (ao_ar / latent_order runs)")

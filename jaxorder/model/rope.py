@@ -20,8 +20,7 @@ def rope_angles(positions_BL: jnp.ndarray, head_dim: int, base: float,
     lookup is there for XLA:CPU: given cos(positions * inv_freq), it fuses the cos and sin into
     every consumer, so each RoPE fusion of every layer, forward and backward, re-evaluates them
     per head. It does not duplicate a gather, so cos and sin are computed once per step, [B, L, D/2]
-    of them. Measured on the 2-core CPU: 0.978x the train step at bench shape a (0.966x for mdm),
-    0.970x at shape b, with bit-identical parameters after 3 steps."""
+    of them (measured: docs/performance.md)."""
     half = head_dim // 2
     inv_freq_F = base ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / head_dim)
     angle_PF = jnp.arange(max_len, dtype=jnp.float32)[:, None] * inv_freq_F

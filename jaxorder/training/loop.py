@@ -26,7 +26,7 @@ from jaxorder import model
 from jaxorder.config import Config, ConfigError
 from jaxorder.data import make_data, save_tokenizer
 from jaxorder.evaluation.yardstick import evaluate, make_nll_fn
-from jaxorder.model.attention import settle_attention_impl
+from jaxorder.model.attention import settle_model_config
 from jaxorder.objectives.common import special_ids
 from jaxorder.platform.distributed import is_main_process, log
 from jaxorder.training.checkpoint import Checkpointer
@@ -39,7 +39,7 @@ from jaxorder.training.step import compile_train_step
 # A checkpoint restores onto any mesh, so mesh and process layout may change too.
 RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.checkpoint_every",
                      "train.async_checkpointing", "eval.", "mesh.", "distributed.", "data.num_workers",
-                     "model.attention_impl")
+                     "model.attention_impl", "model.backward_rewrites")
 
 
 class Preempted(Exception):
@@ -119,8 +119,8 @@ def train(cfg: Config, run_dir: str | os.PathLike, name: str | None = None) -> d
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} does not match the {cfg.data.tokenizer} "
                           f"tokenizer's vocabulary of {tok.vocab_size}; set model.vocab_size={tok.vocab_size}")
     val_batches = data.val_batches(cfg.eval.batches)
-    prepare_run_dir(cfg, run_dir)  # saves the config as given (attention_impl: auto stays auto)
-    cfg = dataclasses.replace(cfg, model=settle_attention_impl(cfg.model))
+    prepare_run_dir(cfg, run_dir)  # saves the config as given (`auto` choices stay auto)
+    cfg = dataclasses.replace(cfg, model=settle_model_config(cfg.model))
     if is_main_process():  # the run carries its tokenizer (JSON)
         save_tokenizer(tok, run_dir / "tokenizer.json")
 
