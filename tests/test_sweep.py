@@ -30,7 +30,9 @@ def test_bad_sweeps(tmp_path, tiny_config_file):
     for body, message in [("axes: {a: []}\n", "axes"), ("orders: sideways\n", "unknown order"),
                           ("generate: {samplers: [sideways]}\n", "unknown samplers"),
                           ("generate: {num_samples: 0}\n", "positive integer"),
-                          ("generate: {temperature: 1}\n", "'generate' must be a mapping"),
+                          ("generate: {sideways: 1}\n", "'generate' must be a mapping"),
+                          ("generate: {samplers: [ar], steps: 4}\n", "a sampler that takes it"),
+                          ("generate: {threshold: [0.5, 2.0]}\n", "threshold must be in"),
                           ("axes:\n  - {a: [], b: []}\n  - {a: []}\n", None)]:
         path = write_sweep(tmp_path, tiny_config_file, body)
         if message:

@@ -47,7 +47,7 @@ def unigram_entropy_bits(samples: Iterable[Any], exclude: Sequence[int] = ()) ->
     if not total:
         return 0.0
     p = np.array(list(counts.values()), np.float64) / total
-    return float(-(p * np.log2(p)).sum())
+    return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0: one symbol gives 0.0, not -0.0
 
 
 def judge_nll_params(params, cfg: Config, texts: Sequence[str], tokenizer: Any) -> dict:
