@@ -1,10 +1,10 @@
 """Sampling throughput on this machine.
 
-    python bench/sampling.py            # mdm: steps 8, 32, 128 at length 128, batch 8, every rule
+    python bench/sampling.py            # masked: steps 8, 32, 128 at length 128, batch 8, every rule
     python bench/sampling.py --quick    # steps 8, 32 at batch 4; ar at 128 tokens only
     python bench/sampling.py --only ar  # one section
 
-Section "mdm": tokens/s of the masked-diffusion samplers (jaxorder.sampling.mdm) vs the number
+Section "masked": tokens/s of the masked-diffusion samplers (jaxorder.sampling.mdm) vs the number
 of steps, on the `small` model size (configs/model/small.yaml: d_model 256, 6 layers, 8 heads)
 with randomly initialised weights (speed does not depend on the weights, except for the
 threshold sampler, see its note). Generated tokens / wall time of one compiled call (the loop
@@ -24,7 +24,7 @@ weights (jaxorder.sampling.any_order): random order cached vs uncached (uncached
 pass over the permuted sequence per token), greedy order (most confident position first) cached,
 at 128 only.
 
-Section "bd3": block-diffusion sampling tokens/s with vs without the KV cache over finished blocks
+Section "block": block-diffusion sampling tokens/s with vs without the KV cache over finished blocks
 (jaxorder.sampling.bd3), `small` model with random weights, length 128, batch 4 (--quick: 2),
 unconditional, confidence sampler, block sizes 4 and 16 at 32 and 128 steps (--quick: 32 only).
 """
@@ -211,14 +211,15 @@ def bench_bd3(quick: bool) -> None:
     print("  L/b - 1 block writes are b-slot passes too (nfe cache = steps + L/b - 1).")
 
 
-SECTIONS = {"mdm": bench_mdm, "ar": bench_ar, "any_order": bench_any_order, "bd3": bench_bd3}
+# sections by sampling family (an Objective's `sampling`): the samplers each one times
+SECTIONS = {"masked": bench_mdm, "ar": bench_ar, "any_order": bench_any_order, "block": bench_bd3}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps, smaller batch")
     parser.add_argument("--only", choices=sorted(SECTIONS), help="run one section")
-    parser.add_argument("--run", help="mdm section: a trained mdm run directory instead of random `small` weights")
+    parser.add_argument("--run", help="masked section: a trained mdm run directory instead of random `small` weights")
     args = parser.parse_args()
     host_malloc = configure_host_malloc()  # before JAX's CPU client exists (machine_line creates it)
     print(f"machine: {machine_line()}; host malloc: {host_malloc}")
@@ -226,8 +227,8 @@ def main() -> None:
     for name, section in SECTIONS.items():
         if args.only not in (None, name):
             continue
-        if name == "mdm":
-            bench_mdm(args.quick, args.run)
+        if section is bench_mdm:  # the one section that can time a trained run's weights
+            section(args.quick, args.run)
         else:
             section(args.quick)
 
