@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-from types import SimpleNamespace
 import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -136,7 +136,8 @@ def main() -> None:
                     help="XLA compiler options for A's step only (e.g. xla_cpu_use_onednn=true)")
     ap.add_argument("--b-options", nargs="*", default=[], metavar="FLAG=VALUE", help="the same for B")
     args = ap.parse_args()
-    from jaxorder.platform.host_memory import configure_host_malloc  # this tree's; both trees' steps share the process
+    # this tree's host_memory: both trees' steps share the process
+    from jaxorder.platform.host_memory import configure_host_malloc
 
     print(f"# host malloc: {configure_host_malloc()}")
     a = build(args.a.resolve(), args.shape, args.objective, args.set, _options(args.a_options))

@@ -38,9 +38,9 @@ from train_step import BASE, SHAPES, flops_per_token, matmul_peak  # noqa: E402
 from jaxorder import config as config_lib  # noqa: E402
 from jaxorder.data import make_data  # noqa: E402
 from jaxorder.platform.host_memory import configure_host_malloc  # noqa: E402
-from jaxorder.training.step import compile_train_step  # noqa: E402
-from jaxorder.training.state import init_state, make_placement  # noqa: E402
 from jaxorder.training.optimizer import make_optimizer  # noqa: E402
+from jaxorder.training.state import init_state, make_placement  # noqa: E402
+from jaxorder.training.step import compile_train_step  # noqa: E402
 
 _DEF = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]")
 _DOT = re.compile(r"^\s*(?:ROOT )?%[\w.\-]+ = \w+\[[\d,]*\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)(.*)$")

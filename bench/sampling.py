@@ -45,8 +45,8 @@ import numpy as np
 
 from jaxorder import config as config_lib
 from jaxorder import model
-from jaxorder.platform.host_memory import configure_host_malloc
 from jaxorder.objectives.common import special_ids
+from jaxorder.platform.host_memory import configure_host_malloc
 from jaxorder.sampling import SamplerOptions, compile_sample
 
 SMALL = Path(__file__).resolve().parents[1] / "configs" / "model" / "small.yaml"

@@ -35,15 +35,15 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxorder import config as config_lib
 from jaxorder import model
 from jaxorder.data import make_data
-from jaxorder.platform.host_memory import ENV as HOST_MALLOC_ENV, configure_host_malloc
-from jaxorder.training.step import compile_train_step
-from jaxorder.training.state import init_state, make_placement
+from jaxorder.platform.host_memory import ENV as HOST_MALLOC_ENV
+from jaxorder.platform.host_memory import configure_host_malloc
 from jaxorder.training.optimizer import make_optimizer
+from jaxorder.training.state import init_state, make_placement
+from jaxorder.training.step import compile_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "experiments" / "smoke.yaml"

@@ -25,8 +25,17 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels import attention_tpu
 from pallas_kernels import reference as _ref
-from pallas_kernels.attention_common import (VARIANTS, Cfg, dot_nn, dot_nt, dot_tn, inv_freq_both_halves, pad_inputs,
-                                              rotate, tables)
+from pallas_kernels.attention_common import (
+    VARIANTS,
+    Cfg,
+    dot_nn,
+    dot_nt,
+    dot_tn,
+    inv_freq_both_halves,
+    pad_inputs,
+    rotate,
+    tables,
+)
 from pallas_kernels.masks import as_mask_spec, structural_mask
 
 

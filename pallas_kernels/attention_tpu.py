@@ -38,8 +38,16 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.attention_common import (Cfg, delta_rows, dot_nn, dot_nt, dot_tn, inv_freq_both_halves,
-                                              pad_inputs, rotate)
+from pallas_kernels.attention_common import (
+    Cfg,
+    delta_rows,
+    dot_nn,
+    dot_nt,
+    dot_tn,
+    inv_freq_both_halves,
+    pad_inputs,
+    rotate,
+)
 from pallas_kernels.masks import MaskSpec, padded_len, structural_mask, tile_tables
 
 LANES, SUBLANES = 128, 8

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels import noise as _noise
-from pallas_kernels.masks import MaskSpec, as_mask_spec, structural_mask
+from pallas_kernels.masks import as_mask_spec, structural_mask
 
 RULES = ("confidence", "margin", "entropy", "random")
 

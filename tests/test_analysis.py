@@ -16,13 +16,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxorder import cli
+from jaxorder import cli, model
 from jaxorder import config as config_lib
-from jaxorder import model
-from jaxorder.experiments.analysis import (analyze_capture, capture_attention, dominant_offset, entropy_and_sink, model_inputs,
-                               rank_one_ness, slash_dominant_fraction, slash_scores)
-from jaxorder.experiments.analysis.attention import uniform_baseline
 from jaxorder.config import ConfigError, ModelConfig
+from jaxorder.experiments.analysis import (
+    analyze_capture,
+    capture_attention,
+    dominant_offset,
+    entropy_and_sink,
+    model_inputs,
+    rank_one_ness,
+    slash_dominant_fraction,
+    slash_scores,
+)
+from jaxorder.experiments.analysis.attention import uniform_baseline
 from jaxorder.model import transformer
 from jaxorder.model.attention import attention_mask
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (SENTENCE, SUBPROCESS_STEPS, TINY, TINY_MODEL_YAML, run_cli, step_dirs, tiny_config_yaml)
 from jaxorder import cli
 from jaxorder.config import DataConfig
-from jaxorder.data import DataError, load_documents
-from jaxorder.data import sources
+from jaxorder.data import DataError, load_documents, sources
+
+from conftest import SENTENCE, SUBPROCESS_STEPS, TINY, TINY_MODEL_YAML, run_cli, step_dirs, tiny_config_yaml
 
 
 def jaxorder_script() -> list[str]:

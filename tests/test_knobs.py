@@ -15,8 +15,8 @@ from jaxorder import config as config_lib
 from jaxorder import model, objectives
 from jaxorder.experiments.analysis.attention import capture_attention
 from jaxorder.model.transformer import stack_layers, unstack_layers
-from jaxorder.training.state import init_state
 from jaxorder.training.optimizer import make_optimizer
+from jaxorder.training.state import init_state
 from jaxorder.training.step import make_train_step
 
 REPO = Path(__file__).resolve().parents[1]

@@ -221,10 +221,10 @@ def test_parse_orders():
 
 def test_fixed_order_scores_of_an_any_order_model():
     """ao_ar: the l2r order score equals the yardstick; the K-order bound is below the orders' mean."""
-    from jaxorder.evaluation.yardstick import evaluate
     from jaxorder.evaluation.fixed_orders import parse_orders, score_orders
-    from jaxorder.training.state import init_state
+    from jaxorder.evaluation.yardstick import evaluate
     from jaxorder.training.optimizer import make_optimizer
+    from jaxorder.training.state import init_state
 
     cfg = tiny_cfg(**{"objective.name": "ao_ar"})
     params = init_state(cfg, make_optimizer(cfg))["params"]

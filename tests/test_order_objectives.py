@@ -4,7 +4,6 @@ Vocabulary: 4 symbols + PAD, MASK, BOS, EOS; windows of n = 3 or 4 tokens; rando
 parameters, so every conditional is a non-trivial function of its inputs.
 """
 import itertools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -13,12 +12,12 @@ import pytest
 
 from jaxorder import config as config_lib
 from jaxorder import model, objectives
-from jaxorder.training.optimizer import make_optimizer
-from jaxorder.training.state import init_state
-from jaxorder.training.step import make_train_step
 from jaxorder.model.attention import attention_mask
 from jaxorder.objectives import ao_ar, bd3, latent_order, mdm
 from jaxorder.objectives.common import special_ids
+from jaxorder.training.optimizer import make_optimizer
+from jaxorder.training.state import init_state
+from jaxorder.training.step import make_train_step
 
 SYMBOLS = 4
 VOCAB = SYMBOLS + 4

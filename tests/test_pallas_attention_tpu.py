@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_pallas_attention import BF16_TOL, F32_TOL, _compare, _inputs, _value_and_grads
 
 import pallas_kernels as pk
 from pallas_kernels import attention as attention_mod
 from pallas_kernels import attention_tpu
 from pallas_kernels import reference as ref
-from test_pallas_attention import BF16_TOL, F32_TOL, _compare, _inputs, _value_and_grads
 
 TPU = dict(variant="tpu")
 

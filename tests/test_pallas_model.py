@@ -5,8 +5,8 @@ import pytest
 
 from jaxorder import config as config_lib
 from jaxorder import model
-from jaxorder.training.state import init_state
 from jaxorder.training.optimizer import make_optimizer
+from jaxorder.training.state import init_state
 from jaxorder.training.step import make_train_step
 
 

@@ -12,7 +12,8 @@ from jax.extend.random import threefry_2x32
 from scipy import stats
 
 import pallas_kernels as pk
-from pallas_kernels import noise, reference as ref
+from pallas_kernels import noise
+from pallas_kernels import reference as ref
 from pallas_kernels.sampling import commit, position_stats
 
 STAT_TOL = 2e-5  # confidence / margin / entropy: float32 kernel vs float64 reference

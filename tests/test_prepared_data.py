@@ -15,8 +15,16 @@ import numpy as np
 import pytest
 
 from jaxorder.config import ConfigError, DataConfig
-from jaxorder.data import (DataError, load_documents, load_iterator_state, load_tokenizer, make_data,
-                           make_tokenizer, restore_iterator, save_tokenizer)
+from jaxorder.data import (
+    DataError,
+    load_documents,
+    load_iterator_state,
+    load_tokenizer,
+    make_data,
+    make_tokenizer,
+    restore_iterator,
+    save_tokenizer,
+)
 from jaxorder.data.bpe import SPECIALS, BPETokenizer, train_bpe
 from jaxorder.data.prepared import prepare_dataset, read_metadata
 
@@ -103,8 +111,8 @@ def test_bpe_specials_are_the_last_four_ids_in_the_saved_json(bpe, tmp_path):
     V = BPE_VOCAB
     assert added == {SPECIALS[0]: V - 4, SPECIALS[1]: V - 3, SPECIALS[2]: V - 2, SPECIALS[3]: V - 1}
     assert obj["model"]["type"] == "BPE" and len(obj["model"]["vocab"]) == V - 4
-    from jaxorder.objectives.common import special_ids
     from jaxorder.config import ModelConfig
+    from jaxorder.objectives.common import special_ids
     ids = special_ids(ModelConfig(vocab_size=V))
     assert (ids.mask, ids.bos) == (bpe.mask_id, bpe.bos_id)
 

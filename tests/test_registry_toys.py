@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cli_in_process, tiny_config_yaml
 
 from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
@@ -21,6 +20,8 @@ from jaxorder.registry import OBJECTIVES, SAMPLERS
 from jaxorder.sampling import Sampler
 from jaxorder.sampling.base import Prepared
 from jaxorder.training.loop import train
+
+from conftest import cli_in_process, tiny_config_yaml
 
 SMOOTHING = 0.1
 

@@ -6,10 +6,11 @@ import io
 import json
 
 import pytest
-from conftest import cli_in_process
 
 from jaxorder import config as config_lib
 from jaxorder.training.loop import train
+
+from conftest import cli_in_process
 
 TINY = ("model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.seq_len=16", "data.batch_size=8",
         "train.steps=3", "train.eval_every=3", "train.checkpoint_every=3", "train.async_checkpointing=false",

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 
 from jaxorder import config as config_lib
-from jaxorder import model
+from jaxorder import model, sampling
 from jaxorder.objectives import ao_ar
 from jaxorder.objectives.common import special_ids
-from conftest import with_options
-
-from jaxorder import sampling
 from jaxorder.sampling import SamplerOptions
 from jaxorder.sampling.any_order import ORDERS
+
+from conftest import with_options
 
 
 def AnyOrderConfig(order: str = "l2r", **options) -> tuple:  # noqa: N802 - reads like the spec it builds

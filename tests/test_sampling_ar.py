@@ -14,16 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cli_in_process
 
 from jaxorder import config as config_lib
-from jaxorder import model
+from jaxorder import model, sampling
 from jaxorder.data import ByteTokenizer
 from jaxorder.model import decode
 from jaxorder.objectives.common import special_ids
-from jaxorder import sampling
 from jaxorder.sampling import SamplerOptions as ARConfig
 from jaxorder.sampling.ar import filter_logits
+
+from conftest import cli_in_process
 
 TINY_L2R = ("objective.name=l2r", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.seq_len=32")
 TOK = ByteTokenizer()

@@ -8,20 +8,17 @@ and each compiles once per module. margin and entropy are not repeated here: the
 """
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import numpy as np
 import pytest
 
-from conftest import run_sampler, spec, with_options
-
 from jaxorder import config as config_lib
-from jaxorder import model
+from jaxorder import model, sampling
 from jaxorder.config import ConfigError
 from jaxorder.objectives.common import special_ids
-from jaxorder import sampling
 from jaxorder.sampling import bd3
+
+from conftest import run_sampler, spec, with_options
 
 TINY = ("model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.seq_len=16")
 N, B_SIZE = 16, 4

@@ -7,7 +7,6 @@ sampler) and is reused within the module.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import math
@@ -16,19 +15,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cli_in_process, spec, with_options
-from conftest import run_sampler as sample
 
 from jaxorder import config as config_lib
 from jaxorder import model
 from jaxorder.config import ConfigError
 from jaxorder.data import ByteTokenizer
-from jaxorder.objectives.mdm import chain_rule_nll
+from jaxorder.evaluation.sample_quality import judge_nll_params, unigram_entropy_bits
 from jaxorder.objectives.common import special_ids
+from jaxorder.objectives.mdm import chain_rule_nll
 from jaxorder.sampling import noise as noise_lib
 from jaxorder.sampling.mdm import block_schedule, score_path
 from jaxorder.sampling.prompts import build_inputs, parse_template
-from jaxorder.evaluation.sample_quality import judge_nll_params, unigram_entropy_bits
+
+from conftest import cli_in_process, spec, with_options
+from conftest import run_sampler as sample
 
 TINY_MDM = ("objective.name=mdm", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.seq_len=32")
 TOK = ByteTokenizer()

@@ -3,9 +3,10 @@ import csv
 
 import pytest
 
-from conftest import tiny_config_yaml
 from jaxorder.config import ConfigError
 from jaxorder.experiments.sweep import expand, load_sweep, run_sweep
+
+from conftest import tiny_config_yaml
 
 
 def write_sweep(tmp_path, base, body: str):

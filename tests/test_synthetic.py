@@ -16,8 +16,16 @@ import numpy as np
 import pytest
 
 from jaxorder.config import DataConfig
-from jaxorder.data import Document, is_valid_grid, load_documents, make_data, markov_entropy_rate_bits, swap05
-from jaxorder.data import sources, synthetic
+from jaxorder.data import (
+    Document,
+    is_valid_grid,
+    load_documents,
+    make_data,
+    markov_entropy_rate_bits,
+    sources,
+    swap05,
+    synthetic,
+)
 
 
 def _markov(**kw) -> DataConfig:

@@ -20,13 +20,22 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import (SENTENCE, SUBPROCESS_STEPS, SUBPROCESS_TIMEOUT, TINY, cli_command,
-                      read_tensorboard_scalars, run_cli, step_dirs)
 from jaxorder import cli
 from jaxorder import config as config_lib
-from jaxorder.training.metrics import read_metrics
 from jaxorder.evaluation.runs import load_params
 from jaxorder.training.loop import Preempted, train
+from jaxorder.training.metrics import read_metrics
+
+from conftest import (
+    SENTENCE,
+    SUBPROCESS_STEPS,
+    SUBPROCESS_TIMEOUT,
+    TINY,
+    cli_command,
+    read_tensorboard_scalars,
+    run_cli,
+    step_dirs,
+)
 
 
 def tiny_cfg(data_path: Path, objective: str = "l2r", steps: int = 40, **train_fields) -> config_lib.Config:

@@ -14,8 +14,8 @@ import pytest
 
 from jaxorder import config as config_lib
 from jaxorder import model, objectives
-from jaxorder.evaluation.yardstick import evaluate
 from jaxorder.evaluation.fixed_orders import OrderSpec, order_matrix, parse_orders, score_orders
+from jaxorder.evaluation.yardstick import evaluate
 from jaxorder.objectives import ao_ar, mdm
 from jaxorder.objectives.common import special_ids
 

@@ -8,20 +8,19 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from etils import epath
 import jax
-
 import numpy as np
+from etils import epath
 
 from jaxorder import config as config_lib
 from jaxorder import objectives, sampling
-from jaxorder.training.checkpoint import Checkpointer, require_checkpoint
 from jaxorder.config import Config, ConfigError
 from jaxorder.data import ByteTokenizer, make_data
 from jaxorder.evaluation.yardstick import evaluate
 from jaxorder.model.attention import settle_model_config
-from jaxorder.training.optimizer import make_optimizer
 from jaxorder.sampling.prompts import build_inputs
+from jaxorder.training.checkpoint import Checkpointer, require_checkpoint
+from jaxorder.training.optimizer import make_optimizer
 from jaxorder.training.state import make_placement
 
 

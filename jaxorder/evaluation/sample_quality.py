@@ -18,10 +18,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxorder import config as config_lib
 from jaxorder import objectives, sampling

@@ -34,12 +34,11 @@ from jaxorder import config as config_lib
 from jaxorder import sampling
 from jaxorder.config import ConfigError
 from jaxorder.evaluation.fixed_orders import parse_orders, scorable, supported_specs
+from jaxorder.evaluation.runs import eval_run
 from jaxorder.evaluation.sample_quality import generation_quality
 from jaxorder.experiments.analysis.attention import summarize_run, supported
-from jaxorder.platform.distributed import initialize, is_main_process
 from jaxorder.experiments.report import sampler_columns, sampler_rows, text_table, write_report
-from jaxorder.evaluation.runs import eval_run
-from jaxorder.platform.distributed import log
+from jaxorder.platform.distributed import initialize, is_main_process, log
 from jaxorder.training.loop import train
 
 SWEEP_KEYS = ("name", "base", "overrides", "axes", "grid", "orders", "order_windows", "attention_summary", "generate")

@@ -1,7 +1,13 @@
 from jaxorder.model.attention import MASK_KINDS, attention_mask
 from jaxorder.model.rope import apply_rope
-from jaxorder.model.transformer import (Transformer, apply, count_params, init_boxed_params, init_params,
-                                        logical_axes)
+from jaxorder.model.transformer import (
+                                        Transformer,
+                                        apply,
+                                        count_params,
+                                        init_boxed_params,
+                                        init_params,
+                                        logical_axes,
+)
 
 __all__ = ["MASK_KINDS", "attention_mask", "apply_rope", "Transformer", "apply", "count_params",
            "init_boxed_params", "init_params", "logical_axes"]

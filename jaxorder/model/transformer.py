@@ -17,8 +17,14 @@ import jax.numpy as jnp
 
 from jaxorder.config import ModelConfig
 from jaxorder.model import cpu_rewrites
-from jaxorder.model.attention import (CACHE_NAMES, attention_mask, cached_attention, pallas_attention,
-                                      resolve_model_config, xla_attention)
+from jaxorder.model.attention import (
+    CACHE_NAMES,
+    attention_mask,
+    cached_attention,
+    pallas_attention,
+    resolve_model_config,
+    xla_attention,
+)
 from jaxorder.model.rope import apply_rope
 
 Params = Any

@@ -23,9 +23,9 @@ def compile_report(config_path: str, overrides: list[str]) -> dict:
 
     from jaxorder import config as config_lib
     from jaxorder import model
-    from jaxorder.training.step import compile_train_step
     from jaxorder.training.optimizer import make_optimizer
     from jaxorder.training.state import make_placement
+    from jaxorder.training.step import compile_train_step
 
     cfg = config_lib.load(config_path, overrides)
     optimizer = make_optimizer(cfg)

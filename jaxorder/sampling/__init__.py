@@ -12,8 +12,19 @@ plus Gumbel noise with float64-accurate tails (``noise``) and prompts / infillin
 from __future__ import annotations
 
 from jaxorder.sampling import any_order, ar, bd3, mdm  # noqa: F401  (registration)
-from jaxorder.sampling.base import (OPTION_NAMES, Sampler, SamplerOptions, all_samplers, compile_sample, for_config,
-                                    make_options, register, resolve, sample, sampler_names)
+from jaxorder.sampling.base import (
+                                    OPTION_NAMES,
+                                    Sampler,
+                                    SamplerOptions,
+                                    all_samplers,
+                                    compile_sample,
+                                    for_config,
+                                    make_options,
+                                    register,
+                                    resolve,
+                                    sample,
+                                    sampler_names,
+)
 
 __all__ = ["OPTION_NAMES", "Sampler", "SamplerOptions", "all_samplers", "compile_sample", "for_config", "make_options",
            "register", "resolve", "sample", "sampler_names"]

@@ -50,14 +50,13 @@ fold_in(noise_key, c) and the random order comes from order_key. Same key -> sam
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxorder.config import Config, ConfigError
+from jaxorder.config import Config
 from jaxorder.model import decode
 from jaxorder.objectives import ao_ar
 from jaxorder.objectives.common import special_ids

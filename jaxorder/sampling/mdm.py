@@ -44,8 +44,6 @@ chain rule sum_j log p(x_sigma_j | x_sigma_<j) of ``jaxorder.evaluation.fixed_or
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 from dataclasses import dataclass
 
 import jax
@@ -54,13 +52,13 @@ import numpy as np
 from jax import lax
 
 from jaxorder import model
-from pallas_kernels import mdm_sample_step
-from pallas_kernels.sampling import commit as commit_top_k
 from jaxorder.config import Config, ConfigError
 from jaxorder.objectives import mdm as mdm_objective
 from jaxorder.objectives.common import positions_like, special_ids
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
 from jaxorder.sampling.noise import gumbel_noise
+from pallas_kernels import mdm_sample_step
+from pallas_kernels.sampling import commit as commit_top_k
 
 RULES = ("ancestral", "confidence", "margin", "entropy", "threshold")
 _SCORE = {"confidence": "confidence", "margin": "margin", "entropy": "entropy", "threshold": "confidence"}

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxorder.config import Config
 from jaxorder import model, objectives
+from jaxorder.config import Config
 from jaxorder.platform import sharding
 
 

@@ -13,9 +13,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxorder import config as config_lib  # noqa: E402
-from jaxorder.training.step import compile_train_step  # noqa: E402
-from jaxorder.training.state import init_state, make_placement  # noqa: E402
 from jaxorder.training.optimizer import make_optimizer  # noqa: E402
+from jaxorder.training.state import init_state, make_placement  # noqa: E402
+from jaxorder.training.step import compile_train_step  # noqa: E402
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)]
 STEPS = 10

@@ -8,8 +8,8 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 from jaxorder import config as config_lib  # noqa: E402
-from jaxorder.training.metrics import read_metrics  # noqa: E402
 from jaxorder.training.loop import train  # noqa: E402
+from jaxorder.training.metrics import read_metrics  # noqa: E402
 
 
 def main() -> None:

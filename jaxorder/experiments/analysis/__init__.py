@@ -1,8 +1,21 @@
 """Analyses of trained runs (attention diagnostics: slash heads, rank-one q/k, entropy, sinks)."""
-from jaxorder.experiments.analysis.attention import (DEFAULT_SLASH_THRESHOLD, AttentionAnalysis, Capture, analyze_capture,
-                                         analyze_run, attention_probs, capture_attention, dominant_offset,
-                                         entropy_and_sink, model_inputs, supported, rank_one_ness, slash_dominant_fraction,
-                                         slash_scores, summarize_run)
+from jaxorder.experiments.analysis.attention import (
+                                         DEFAULT_SLASH_THRESHOLD,
+                                         AttentionAnalysis,
+                                         Capture,
+                                         analyze_capture,
+                                         analyze_run,
+                                         attention_probs,
+                                         capture_attention,
+                                         dominant_offset,
+                                         entropy_and_sink,
+                                         model_inputs,
+                                         rank_one_ness,
+                                         slash_dominant_fraction,
+                                         slash_scores,
+                                         summarize_run,
+                                         supported,
+)
 
 __all__ = ["DEFAULT_SLASH_THRESHOLD", "AttentionAnalysis", "Capture", "analyze_capture", "analyze_run",
            "attention_probs", "capture_attention", "dominant_offset", "entropy_and_sink", "model_inputs", "supported",
