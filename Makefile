@@ -27,5 +27,10 @@ lint: install
 test-all: install
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
+# each curated bug of tools/mutations.py, on a copy of the repo, must fail its tests (docs/testing.md)
+.PHONY: mutate
+mutate: install
+	$(BIN)/python tools/mutate.py $(MUTATE_ARGS)
+
 clean:
 	rm -rf runs

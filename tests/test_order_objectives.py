@@ -190,6 +190,26 @@ def test_bd3_times_are_clipped_and_stratified():
     assert np.asarray(bd3.block_times(jax.random.key(0), 4, 2, 0.0, 1e-6, 1e-3, False)).min() >= 1e-3
 
 
+def test_bd3_corrupt_and_elbo_use_each_tokens_own_block_time(bd3_setup):
+    """n = 4, b = 2: token i is in block i // 2, so it is masked with probability t_{i // 2} and its NLL
+    is weighted by 1 / t_{i // 2}. (The b = 1 and b = n tests cannot tell blocks apart: there the
+    per-token times of a repeat and of a tile coincide.)"""
+    cfg, params, x = bd3_setup
+    mask_id = special_ids(cfg.model).mask
+    t01 = jnp.asarray([[0.0, 1.0], [1.0, 0.0]])  # u ~ U[0, 1): t = 0 never masks, t = 1 always does
+    x_t, is_masked = bd3.corrupt(x, t01, jax.random.key(0), mask_id, 2)
+    want = np.array([[False, False, True, True], [True, True, False, False]])
+    np.testing.assert_array_equal(np.asarray(is_masked), want)
+    np.testing.assert_array_equal(np.asarray(x_t), np.where(want, mask_id, np.asarray(x)))
+
+    everything = jnp.ones(x.shape, bool)
+    x_all = jnp.full_like(x, mask_id)
+    nll = np.asarray(bd3_masked_token_nll(params, x, x_all, everything, cfg, 2), np.float64)
+    t = np.array([[0.25, 0.5], [0.8, 0.1]])
+    elbo = np.asarray(bd3_elbo_from(params, x, x_all, everything, jnp.asarray(t, jnp.float32), cfg, 2))
+    np.testing.assert_allclose(elbo, (nll / t[:, [0, 0, 1, 1]]).sum(axis=1), rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------- ao_ar
 
 @pytest.fixture(scope="module")

@@ -144,6 +144,26 @@ def test_stops_at_eos(tiny, direction):
     assert not on["eos"].any() and on["generated"].tolist() == [N] * 3
 
 
+def test_banned_tokens_are_never_generated(tiny):
+    """Swap the head columns of a banned id (PAD, MASK, BOS) and row 0's first greedy token: the banned
+    id then has the largest logit at that slot, yet greedy decoding (cached or not) never emits it."""
+    cfg, params = tiny
+    ids = special_ids(cfg.model)
+    banned = [ids.pad, ids.mask, ids.bos]
+    first = 1 + len(PROMPTS[0])  # row 0's first generated slot in the buffer
+    tok = int(generate(params, cfg, PROMPTS, N, jax.random.key(0), GREEDY)["seq"][0, first])
+    for bad in banned:
+        head = np.array(params["head"])
+        head[:, [tok, bad]] = head[:, [bad, tok]]
+        swapped = {**params, "head": jnp.asarray(head)}
+        for cache in (True, False):
+            out = generate(swapped, cfg, PROMPTS, N, jax.random.key(0),
+                           ARConfig(temperature=0.0, stop_at_eos=False, cache=cache), collect_logits=True)
+            assert int(np.argmax(out["logits"][0, first])) in banned  # without the ban it would be emitted
+            for r, p in enumerate(PROMPTS):
+                assert not np.isin(out["seq"][r, 1 + len(p):1 + len(p) + N], banned).any(), (bad, cache, r)
+
+
 def test_filter_logits_top_k_top_p():
     logits = jnp.log(jnp.array([[0.5, 0.25, 0.15, 0.1], [0.1, 0.2, 0.3, 0.4]]))
     kept = lambda x: np.isfinite(np.asarray(x)).tolist()  # noqa: E731

@@ -140,6 +140,21 @@ def test_block_schedule_and_semi_autoregressive_order(tiny):
     assert np.all(out["commits"] == 4) and np.all(out["complete"])  # one block of 4 per step
 
 
+def test_tokens_per_step_is_the_ceiling():
+    """k = ceil(masked left / steps left) per row: committing k at every step spreads the masks as
+    evenly as the steps allow (10 over 4 steps: 3, 3, 2, 2) and finishes exactly at the last step."""
+    # imported here, not above: the helper outlives changes to the sampler API used by the other tests
+    from jaxorder.sampling.mdm import tokens_per_step
+
+    left = np.array([10, 4, 1])  # masked positions left in each row
+    per_step = []
+    for steps_left in (4, 3, 2, 1):
+        k = np.asarray(tokens_per_step(jnp.asarray(np.arange(12)[None, :] < left[:, None]), steps_left))
+        per_step.append(k.tolist())
+        left = left - k
+    assert per_step == [[3, 1, 1], [3, 1, 0], [2, 1, 0], [2, 1, 0]] and left.tolist() == [0, 0, 0]
+
+
 # ----------------------------------------------------------------------------- fused kernel path
 
 @pytest.mark.parametrize("name,temperature,block", [("confidence", 0.0, 0), ("confidence", 1.0, 8),

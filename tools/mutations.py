@@ -1,0 +1,218 @@
+"""The mutations of `make mutate` (tools/mutate.py): small plausible bugs and the tests that kill them.
+
+Extend this list with every new objective and sampler (and every new estimator the yardstick
+reports): add at least one realistic one-token bug of its core computation, with the few targeted
+tests that must fail on it. A mutation's `original` must occur exactly once in its file; when the
+code moves, `make mutate` reports it NOT APPLIED, and the snippet is updated here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One bug: `original` (exactly once in `path`) becomes `replacement`; `tests` must fail on it."""
+
+    id: str
+    path: str
+    original: str
+    replacement: str
+    description: str
+    tests: tuple[str, ...]
+
+
+OBJ = "tests/test_objectives.py::"
+ORD = "tests/test_order_objectives.py::"
+PINS = "tests/test_yardstick_pins.py::"
+SAMPLE_MDM = "tests/test_sampling_mdm.py::"
+
+MUTATIONS: tuple[Mutation, ...] = (
+    # ------------------------------------------------------------------ objectives
+    Mutation(
+        "l2r-no-bos", "jaxorder/objectives/l2r.py",
+        "inputs_BL = jnp.concatenate([jnp.full_like(tokens_BL[:, :1], bos), tokens_BL[:, :-1]], axis=1)",
+        "inputs_BL = tokens_BL",
+        "l2r input not shifted (no BOS prepended): slot i sees its own target",
+        (OBJ + "test_l2r_loss_equals_hand_computed_cross_entropy",)),
+    Mutation(
+        "l2r-target-shift", "jaxorder/objectives/l2r.py",
+        "return token_nll(logits_BLV, tokens_BL)",
+        "return token_nll(logits_BLV[:, :-1], tokens_BL[:, 1:])",
+        "l2r targets off by one (slot i scored against x_{i+1}; x_0 never scored)",
+        (OBJ + "test_l2r_loss_equals_hand_computed_cross_entropy",)),
+    Mutation(
+        "r2l-no-flip", "jaxorder/objectives/r2l.py",
+        'return {**batch, "tokens": jnp.flip(batch["tokens"], axis=1)}',
+        'return {**batch, "tokens": batch["tokens"]}',
+        "r2l does not reverse the window (it trains l2r)",
+        (OBJ + "test_r2l_equals_l2r_on_reversed_sequence",)),
+    Mutation(
+        "mdm-no-weight", "jaxorder/objectives/mdm.py",
+        "return nll_BL.sum(axis=1) / t_B, t_B",
+        "return nll_BL.sum(axis=1), t_B",
+        "mdm ELBO without the 1/t weight",
+        (OBJ + "test_mdm_loss_monte_carlo_matches_exact_time_average",)),
+    Mutation(
+        "mdm-weight-t", "jaxorder/objectives/mdm.py",
+        "return nll_BL.sum(axis=1) / t_B, t_B",
+        "return nll_BL.sum(axis=1) * t_B, t_B",
+        "mdm ELBO weighted by t instead of 1/t",
+        (OBJ + "test_mdm_loss_monte_carlo_matches_exact_time_average",)),
+    Mutation(
+        "mdm-no-subs", "jaxorder/objectives/mdm.py",
+        "logits_BLV = logits_BLV.at[..., special_ids(cfg.model).mask].set(-jnp.inf)",
+        "logits_BLV = logits_BLV",
+        "SUBS: the MASK logit is not set to -inf (MASK gets probability mass)",
+        (OBJ + "test_mdm_never_predicts_mask_and_scores_only_masked_positions",)),
+    Mutation(
+        "bd3-corrupt-tile", "jaxorder/objectives/bd3.py",
+        "t_BL = jnp.repeat(t_BK, block_size, axis=1)",
+        "t_BL = jnp.tile(t_BK, (1, block_size))",
+        "bd3 corruption: block times tiled instead of repeated (token i gets block i mod K's t)",
+        (ORD + "test_bd3_corrupt_and_elbo_use_each_tokens_own_block_time",)),
+    Mutation(
+        "bd3-elbo-tile", "jaxorder/objectives/bd3.py",
+        "(nll_BL / jnp.repeat(t_BK, block_size, axis=1))",
+        "(nll_BL / jnp.tile(t_BK, (1, block_size)))",
+        "bd3 ELBO: the 1/t_k weights tiled instead of repeated over each block's tokens",
+        (ORD + "test_bd3_corrupt_and_elbo_use_each_tokens_own_block_time",)),
+    Mutation(
+        "bd3-mask-kind", "jaxorder/objectives/bd3.py",
+        "positions_B2L, mask_kind(block_size))",
+        'positions_B2L, "bidirectional")',
+        "bd3 training pass over [x_t ; x] with a bidirectional mask (the noisy half sees the answer)",
+        (ORD + "test_bd3_noisy_block_sees_no_answer_and_no_future",)),
+    Mutation(
+        "ao-ar-target-shift", "jaxorder/objectives/ao_ar.py",
+        '"causal", target_positions_BL=order_BL)',
+        '"causal", target_positions_BL=positions_BL)',
+        "ao_ar target positions shifted by one slot (the current position instead of sigma_j)",
+        (ORD + "test_ao_ar_one_pass_nll_equals_brute_force_chain_rule",)),
+    Mutation(
+        "latent-no-log-k", "jaxorder/objectives/latent_order.py",
+        "return jnp.log(l_BK.shape[1]) - jax.nn.logsumexp(l_BK, axis=1)",
+        "return -jax.nn.logsumexp(l_BK, axis=1)",
+        "latent_order log-mean-exp without the log K (a log-sum-exp)",
+        (ORD + "test_latent_order_bound_over_all_orders_is_log_mean_exp",)),
+    # ------------------------------------------------------------------ yardstick and order scoring
+    Mutation(
+        "yardstick-bytes-per-token", "jaxorder/evaluation/yardstick.py",
+        "to_bpb = 1.0 / (LN2 * bytes_per_token)",
+        "to_bpb = 1.0 / LN2",
+        "bits/byte without the bytes-per-token factor (bits per token)",
+        (PINS + "test_evaluate_bpb_and_stderr_equal_hand_computation[l2r]",)),
+    Mutation(
+        "yardstick-stderr-nats", "jaxorder/evaluation/yardstick.py",
+        '"bpb_stderr": stderr * to_bpb,',
+        '"bpb_stderr": stderr,',
+        "the standard error left in nats per token (not converted to bits/byte)",
+        (PINS + "test_evaluate_bpb_and_stderr_equal_hand_computation[l2r]",)),
+    Mutation(
+        "random-k-is-l2r", "jaxorder/evaluation/fixed_orders.py",
+        "return np.asarray(jax.vmap(lambda k: jax.random.permutation(k, length))(keys))",
+        "return np.tile(np.arange(length), (spec.count * batch, 1))",
+        "random:K order scoring uses K copies of the l2r order",
+        (PINS + "test_random_order_matrix_gives_each_window_k_distinct_permutations",)),
+    # ------------------------------------------------------------------ model: RoPE and masks
+    Mutation(
+        "rope-sin-sign", "jaxorder/model/rope.py",
+        "[x1 * cos_BL1F - x2 * sin_BL1F, x2 * cos_BL1F + x1 * sin_BL1F]",
+        "[x1 * cos_BL1F + x2 * sin_BL1F, x2 * cos_BL1F - x1 * sin_BL1F]",
+        "RoPE rotates by -angle (sin sign flipped)",
+        ("tests/test_model.py::test_rope_matches_complex_rotation_and_is_relative",)),
+    Mutation(
+        "rope-halves-swapped", "jaxorder/model/rope.py",
+        "x1, x2 = jnp.split(x_BLHD.astype(jnp.float32), 2, axis=-1)",
+        "x2, x1 = jnp.split(x_BLHD.astype(jnp.float32), 2, axis=-1)",
+        "RoPE with the two halves of the head dim swapped",
+        ("tests/test_model.py::test_rope_matches_complex_rotation_and_is_relative",)),
+    Mutation(
+        "causal-mask-strict", "jaxorder/model/attention.py",
+        "return jnp.tril(jnp.ones((length, length), dtype=bool))",
+        "return jnp.tril(jnp.ones((length, length), dtype=bool), k=-1)",
+        "causal mask strictly lower (a slot cannot see itself; slot 0 sees nothing)",
+        ("tests/test_model.py::test_causal_vs_bidirectional_masks",)),
+    Mutation(
+        "bd3-mask-noisy-clean", "jaxorder/model/attention.py",
+        "(~q_clean & k_clean & (kb < qb))",
+        "(~q_clean & k_clean & (kb <= qb))",
+        "bd3 four-part mask: noisy -> clean also sees its own block (the answer)",
+        (ORD + "test_bd3_mask_equals_four_part_definition",)),
+    # ------------------------------------------------------------------ KV caches
+    Mutation(
+        "decode-mask-off-by-one", "jaxorder/model/attention.py",
+        "((slot_T >= index) & (slot_T <= new_L1))",
+        "((slot_T >= index) & (slot_T < new_L1))",
+        "causal decode mask: a new slot does not see itself",
+        ("tests/test_decode.py::test_decode_masks",)),
+    Mutation(
+        "cache-index-stuck", "jaxorder/model/attention.py",
+        "cache_index.value = idx + L",
+        "cache_index.value = idx",
+        "KV cache index not advanced after a decode call",
+        ("tests/test_sampling_ar.py::test_decode_step_matches_full_forward_in_chunks",)),
+    # ------------------------------------------------------------------ samplers
+    Mutation(
+        "mdm-k-floor", "jaxorder/sampling/mdm.py",
+        "(eligible_BL.sum(axis=1) + steps_left - 1) // steps_left",
+        "eligible_BL.sum(axis=1) // steps_left",
+        "k-best samplers commit floor(masked left / steps left) instead of the ceiling",
+        (SAMPLE_MDM + "test_tokens_per_step_is_the_ceiling",)),
+    Mutation(
+        "ancestral-reveal-off-by-one", "jaxorder/sampling/mdm.py",
+        "eligible_BL & (u_BL * steps_left < 1.0)",
+        "eligible_BL & (u_BL * (steps_left + 1) < 1.0)",
+        "ancestral reveal probability 1/(steps left + 1): the last step leaves masks",
+        (SAMPLE_MDM + "test_infilling_keeps_template_fills_every_mask_and_respects_seeds[ancestral]",)),
+    Mutation(
+        "any-order-greedy-argmin", "jaxorder/sampling/any_order.py",
+        "jnp.argmax(conf_BL, axis=1)",
+        "jnp.argmin(conf_BL, axis=1)",
+        "any-order greedy picks the least confident position",
+        ("tests/test_sampling_any_order.py::test_greedy_takes_the_most_confident_position",)),
+    Mutation(
+        "ar-banned-not-applied", "jaxorder/sampling/ar.py",
+        'logits_BV = jnp.where(banned_V, -jnp.inf, st["logits"])',
+        'logits_BV = st["logits"]',
+        "AR sampler may generate PAD/MASK/BOS (banned tokens not masked out)",
+        ("tests/test_sampling_ar.py::test_banned_tokens_are_never_generated",)),
+    Mutation(
+        "bd3-sampler-no-cache-write", "jaxorder/sampling/bd3.py",
+        'out["cache"] = lax.cond(last, lambda c: c, write, st["cache"])',
+        'out["cache"] = st["cache"]',
+        "bd3 sampler never writes finished blocks into the KV cache",
+        ("tests/test_sampling_bd3.py::test_cached_equals_uncached[confidence-0.0]",)),
+    # ------------------------------------------------------------------ training and resume
+    Mutation(
+        "resume-step-not-restored", "jaxorder/training/loop.py",
+        "start_step, state = restored",
+        "_, state = restored",
+        "resume restores the state but restarts the step count at 0",
+        ("tests/test_train.py::test_corrupted_newest_checkpoint_train_resumes_from_previous",)),
+    Mutation(
+        "resume-iterator-not-restored", "jaxorder/training/loop.py",
+        "restored = ckpt.restore_latest(placement.abstract_state(cfg, optimizer), iterator)",
+        "restored = ckpt.restore_latest(placement.abstract_state(cfg, optimizer))",
+        "resume does not restore the data iterator position (replays the first batches)",
+        ("tests/test_train.py::test_corrupted_newest_checkpoint_train_resumes_from_previous",)),
+    Mutation(
+        "step-rng-not-from-step", "jaxorder/training/step.py",
+        'rng = jax.random.fold_in(base_rng, state["step"])',
+        "rng = base_rng",
+        "every train step draws the same randomness (rng not derived from the step)",
+        ("tests/test_train_step.py::test_step_rng_is_folded_from_the_state_step",)),
+)
+
+
+def _check(mutations: tuple[Mutation, ...]) -> None:
+    ids = [m.id for m in mutations]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate mutation ids: {', '.join(duplicates)}")
+    for m in mutations:
+        if m.original == m.replacement or not m.tests:
+            raise ValueError(f"mutation {m.id}: needs a change and at least one test")
+
+
+_check(MUTATIONS)
