@@ -24,7 +24,7 @@ from jaxorder.evaluation.sample_quality import judge_nll_params, unigram_entropy
 from jaxorder.objectives.common import special_ids
 from jaxorder.objectives.mdm import chain_rule_nll
 from jaxorder.sampling import noise as noise_lib
-from jaxorder.sampling.mdm import block_schedule, score_path
+from jaxorder.sampling.mdm import block_schedule, score_path, tokens_per_step
 from jaxorder.sampling.prompts import build_inputs, parse_template
 
 from conftest import cli_in_process, spec, with_options
@@ -143,9 +143,6 @@ def test_block_schedule_and_semi_autoregressive_order(tiny):
 def test_tokens_per_step_is_the_ceiling():
     """k = ceil(masked left / steps left) per row: committing k at every step spreads the masks as
     evenly as the steps allow (10 over 4 steps: 3, 3, 2, 2) and finishes exactly at the last step."""
-    # imported here, not above: the helper outlives changes to the sampler API used by the other tests
-    from jaxorder.sampling.mdm import tokens_per_step
-
     left = np.array([10, 4, 1])  # masked positions left in each row
     per_step = []
     for steps_left in (4, 3, 2, 1):

@@ -202,6 +202,32 @@ MUTATIONS: tuple[Mutation, ...] = (
         "rng = base_rng",
         "every train step draws the same randomness (rng not derived from the step)",
         ("tests/test_train_step.py::test_step_rng_is_folded_from_the_state_step",)),
+    # ------------------------------------------------------------------ the seams (registries, lifecycle)
+    Mutation(
+        "sampler-takes-any-option", "jaxorder/sampling/base.py",
+        "    if stray:\n",
+        "    if False:\n",
+        "the lifecycle silently ignores options the sampler does not read",
+        ("tests/test_sampling_bd3.py::test_bad_inputs",)),
+    Mutation(
+        "ar-ragged-rows-fill-the-buffer", "jaxorder/sampling/ar.py",
+        "end_B = (known_B + new_B).astype(np.int32)",
+        "end_B = np.full_like(known_B, rows_BL.shape[1] + 1)",
+        "AR rows ending in PAD are generated to the buffer's end",
+        ("tests/test_sampling_ar.py::test_cached_equals_uncached_at_temperature_zero",)),
+    Mutation(
+        "any-run-judges", "jaxorder/evaluation/sample_quality.py",
+        "    if not objectives.of(cfg).judge:\n",
+        "    if False:\n",
+        "a run whose nll is not the exact left-to-right likelihood judges samples",
+        (SAMPLE_MDM + "test_unigram_entropy_and_judge_nll",)),
+    Mutation(
+        "family-checks-skipped", "jaxorder/config.py",
+        "    OBJECTIVES.get(o.name).validate_config(cfg)",
+        "    OBJECTIVES.get(o.name)",
+        "config validation skips the chosen family's own checks",
+        ("tests/test_registry_toys.py::test_toy_objective_trains_evaluates_and_samples",
+         "tests/test_config.py::test_bad_overrides_raise_one_line_errors")),
 )
 
 
