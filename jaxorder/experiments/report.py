@@ -129,9 +129,10 @@ def write_report(results: Sequence[dict], run_dirs: dict[str, Path], out_dir: Pa
     out_dir = Path(out_dir)
     (out_dir / "results.md").write_text(
         f"# {title}\n\nValidation bits per byte (lower is better). `kind` says whether a run's number is "
-        f"exact or an upper bound on its NLL. `order X` columns score the same model exactly under a fixed "
-        f"generation order (on fewer windows); `entropy floor` is the data's exact entropy rate where "
-        f"known.\n\n{markdown_table(results)}\n![curves](val_bpb.png)\n{sampler_section(results)}")
+        f"exact or an upper bound on its NLL. `order X` columns score the same model exactly under a "
+        f"fixed generation order (on fewer windows); `entropy floor` is the data's exact entropy rate "
+        f"where known.\n\n"
+        f"{markdown_table(results)}\n![curves](val_bpb.png)\n{sampler_section(results)}")
     write_csv(results, out_dir / "results.csv")
     rows = sampler_rows(results)
     if rows:
