@@ -57,7 +57,8 @@ def build(tree: Path, shape: str, objective: str, overrides: list[str], options:
             tokens = placement.put_batch(next(data_lib.make_data(cfg.data, 0, 1).train_iterator())["tokens"])
             state = init()
             t = time.perf_counter()
-            step = train.compile_train_step(cfg, optimizer, placement).lower(state, tokens).compile(options or None)
+            lowered = train.compile_train_step(cfg, optimizer, placement).lower(state, tokens)
+            step = lowered.compile(options or None)
             compile_s = time.perf_counter() - t
     finally:
         sys.path.remove(str(tree))
@@ -99,14 +100,16 @@ def check_numerics(a: dict, b: dict, steps: int) -> None:
     if jax.tree.structure(sa) != jax.tree.structure(sb):
         print("# numerics: state trees differ; not compared")
         return
-    print(f"# numerics: initial params max |A - B| = "
-          f"{max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(sa['params']), jax.tree.leaves(sb['params']))):.3g}")
+    diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+               for x, y in zip(jax.tree.leaves(sa["params"]), jax.tree.leaves(sb["params"])))
+    print(f"# numerics: initial params max |A - B| = {diff:.3g}")
     for i in range(steps):
         sa, ma = a["step"](sa, a["tokens"])
         sb, mb = b["step"](sb, b["tokens"])
         la, lb = float(ma["loss"]), float(mb["loss"])
         print(f"# numerics: step {i + 1} loss A {la:.7f} B {lb:.7f} |diff| {abs(la - lb):.3g} "
-              f"(rel {abs(la - lb) / abs(la):.2g}); grad_norm A {float(ma['grad_norm']):.6f} B {float(mb['grad_norm']):.6f}")
+              f"(rel {abs(la - lb) / abs(la):.2g}); grad_norm A {float(ma['grad_norm']):.6f} B "
+              f"{float(mb['grad_norm']):.6f}")
     diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
                for x, y in zip(jax.tree.leaves(sa["params"]), jax.tree.leaves(sb["params"])))
     print(f"# numerics: params after {steps} steps max |A - B| = {diff:.3g}")
@@ -143,7 +146,8 @@ def main() -> None:
     a = build(args.a.resolve(), args.shape, args.objective, args.set, _options(args.a_options))
     b = build(args.b.resolve(), args.shape, args.objective, args.set, _options(args.b_options))
     print(f"# A {args.a} {' '.join(args.a_options)} (compile {a['compile_s']:.1f} s)  "
-          f"B {args.b} {' '.join(args.b_options)} (compile {b['compile_s']:.1f} s); shape {args.shape}, {args.objective}")
+          f"B {args.b} {' '.join(args.b_options)} (compile {b['compile_s']:.1f} s); shape "
+          f"{args.shape}, {args.objective}")
     if args.check_steps:
         check_numerics(a, b, args.check_steps)
     sa, sb = a["init"](), b["init"]()
@@ -161,7 +165,8 @@ def main() -> None:
         ratios.append(mb / ma)
         min_ratios.append(min(tb) / min(ta))
         print(f"round {r + 1}: median A {ma * 1e3:.2f} ms  B {mb * 1e3:.2f} ms  B/A {mb / ma:.3f};  "
-              f"min A {min(ta) * 1e3:.2f} ms  B {min(tb) * 1e3:.2f} ms  B/A {min(tb) / min(ta):.3f}", flush=True)
+              f"min A {min(ta) * 1e3:.2f} ms  B {min(tb) * 1e3:.2f} ms  B/A {min(tb) / min(ta):.3f}",
+              flush=True)
     print(f"B/A of medians, median over {args.rounds} rounds: {statistics.median(ratios):.3f} "
           f"(range {min(ratios):.3f}-{max(ratios):.3f}); B/A of minima: {statistics.median(min_ratios):.3f} "
           f"(range {min(min_ratios):.3f}-{max(min_ratios):.3f})")

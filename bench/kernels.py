@@ -34,7 +34,8 @@ from pallas_kernels.attention_tpu import padded_head_dim, step_tables
 PEAKS = {
     "TPU v5p": (459e12, 2765e9, "cloud.google.com/tpu/docs/v5p: 459 TFLOP/s bf16, HBM2e 2765 GB/s"),
     "TPU v6e": (918e12, 1640e9, "cloud.google.com/tpu/docs/v6e: 918 TFLOP/s bf16, HBM 1640 GB/s"),
-    "H100 SXM": (989e12, 3350e9, "NVIDIA H100 datasheet: 989 TFLOP/s bf16 dense (1979 sparse), HBM3 3.35 TB/s"),
+    "H100 SXM": (989e12, 3350e9, "NVIDIA H100 datasheet: 989 TFLOP/s bf16 dense (1979 "
+                                 "sparse), HBM3 3.35 TB/s"),
 }
 
 # Model shapes (from the issue / configs); kv = number of kv heads.
@@ -109,7 +110,8 @@ def print_model():
     print("Part 1: roofline model (per chip, bf16; time = max(FLOPs/peak, bytes/HBM bandwidth))")
     for name, (_, _, src) in PEAKS.items():
         print(f"  {name:9s} {src}")
-    print(f"  attention tiles {BQ}x{BK}; bd3 block size 16 on the 2n layout; sampling 'fused/bn' = row tile bn")
+    print(f"  attention tiles {BQ}x{BK}; bd3 block size 16 on the 2n layout; sampling "
+          f"'fused/bn' = row tile bn")
     hdr = f"{'model':6s} {'what':22s} {'variant':10s} {'GFLOP':>10s} {'MB moved':>10s} " + \
           " ".join(f"{n:>12s}" for n in PEAKS)
     print(hdr)
@@ -127,8 +129,8 @@ def print_model():
             Lm = m['seq'] * (1 if mask_name == 'causal' else 2)
             _, kv_cnt, kv_steps, _, q_cnt, q_steps = step_tables(
                 pk.causal() if mask_name == "causal" else pk.bd3(16), Lm, Lm, BQ, BK)
-            print(f"{'':6s}   tiles skipped ({mask_name}, L={Lm}): {1 - live:.3f}; TPU variant grid steps per "
-                  f"(batch, head): fwd/dQ {len(kv_cnt) * kv_steps}, dK/dV {len(q_cnt) * q_steps}, "
+            print(f"{'':6s}   tiles skipped ({mask_name}, L={Lm}): {1 - live:.3f}; TPU variant grid steps "
+                  f"per (batch, head): fwd/dQ {len(kv_cnt) * kv_steps}, dK/dV {len(q_cnt) * q_steps}, "
                   f"computing {int(kv_cnt.sum())}")
         costs, noise_ops = sampling_costs(m)
         for var in costs:
@@ -136,8 +138,8 @@ def print_model():
             r = _roof(fl, by)
             print(f"{mname:6s} {'mdm_sample_step':22s} {var:10s} {fl / 1e9:10.2f} {by / 1e6:10.1f} " +
                   " ".join(f"{_fmt_t(r[n]):>12s}" for n in PEAKS))
-        print(f"{'':6s}   sampling noise: ~{noise_ops / 1e9:.1f} G uint32 vector ops (2 Threefry calls per logit, "
-              f"VPU, not in the roofline; unfused jax.random.gumbel needs 1 call per logit)")
+        print(f"{'':6s}   sampling noise: ~{noise_ops / 1e9:.1f} G uint32 vector ops (2 Threefry calls per "
+              f"logit, VPU, not in the roofline; unfused jax.random.gumbel needs 1 call per logit)")
     print("  fused-tpu = the TPU variant (attention_tpu): head dim padded per RoPE half to a multiple of 128 "
           "(D=32 -> 4x, D=64 -> 2x the\n  matmul FLOPs and tile bytes) plus the XLA layout passes "
           "([B,L,H,D] <-> padded [B,H,L,Dp]); grid-step overhead not modelled.")
@@ -186,7 +188,10 @@ def print_measured(quick):
     kern = dict(interpret=True) if interp else dict(interpret=None)
     f_k = jax.jit(lambda q, k, v: pk.rope_attention(q, k, v, pos, pos, **kw, **kern))
     f_r = jax.jit(lambda q, k, v: ref.rope_attention(q, k, v, pos, pos, **kw))
-    loss = lambda f: jax.jit(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) ** 2), argnums=(0, 1, 2)))
+
+    def loss(f):
+        return jax.jit(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) ** 2), argnums=(0, 1, 2)))
+
     g_k = loss(lambda q, k, v: pk.rope_attention(q, k, v, pos, pos, **kw, **kern))
     g_r = loss(lambda q, k, v: ref.rope_attention(q, k, v, pos, pos, **kw))
     rows = [("attention fwd", _time(f_k, q, k, v), _time(f_r, q, k, v)),
@@ -204,13 +209,15 @@ def print_measured(quick):
         t64 = _time(s_r64, h, w, ks[1])
     print(f"  shapes: small config, batch {B}: q/k/v [{B},{L},{H},{D}] causal, blocks 128; "
           f"sampling hidden [{B},{L},{d}] vocab {V}")
-    print(f"  {'op':22s} {'kernel' + (' (interpret)' if interp else ''):>22s} {'reference':>12s} {'ratio':>8s}")
+    print(f"  {'op':22s} {'kernel' + (' (interpret)' if interp else ''):>22s} "
+          f"{'reference':>12s} {'ratio':>8s}")
     for name, tk, tr in rows:
         print(f"  {name:22s} {_fmt_t(tk):>22s} {_fmt_t(tr):>12s} {tk / tr:8.1f}x")
     print(f"  {'mdm_sample_step f64 ref':22s} {'':>22s} {_fmt_t(t64):>12s}")
     for mask_name, mask, Lm in (("causal", pk.causal(), L), ("bd3(16)", pk.bd3(16), 2 * L)):
-        print(f"  tiles skipped, {mask_name} L={Lm} blocks 128x128: {pk.tile_skip_fraction(mask, Lm, Lm, 128, 128):.3f}; "
-              f"blocks 32x32: {pk.tile_skip_fraction(mask, Lm, Lm, 32, 32):.3f}")
+        print(f"  tiles skipped, {mask_name} L={Lm} blocks 128x128: "
+              f"{pk.tile_skip_fraction(mask, Lm, Lm, 128, 128):.3f}; blocks 32x32: "
+              f"{pk.tile_skip_fraction(mask, Lm, Lm, 32, 32):.3f}")
 
 
 def main():

@@ -57,8 +57,9 @@ def machine_line() -> str:
     load = "n/a"
     if hasattr(os, "getloadavg"):
         load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} CPU cores visible, "
-            f"JAX {jax.__version__} backend '{jax.default_backend()}' ({dev.device_kind}), load average {load}")
+    return (f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} CPU cores "
+            f"visible, JAX {jax.__version__} backend '{jax.default_backend()}' "
+            f"({dev.device_kind}), load average {load}")
 
 
 def timed(run) -> tuple[dict, float]:
@@ -93,7 +94,8 @@ def bench_mdm(quick: bool, run_dir: str | None = None) -> None:
     print(f"mdm samplers: {what} ({model_line(cfg.model, params)}, "
           f"{'trained' if run_dir else 'random'} weights), length {L}, batch {B}, "
           f"T = 1, high-precision noise")
-    print("  tokens/s = B*L / wall time of one compiled sampling call (compile excluded); s/pass = time / nfe")
+    print("  tokens/s = B*L / wall time of one compiled sampling call (compile "
+          "excluded); s/pass = time / nfe")
     header = f"  {'sampler':<34}" + "".join(f"{f'steps={s}':>26}" for s in steps_list)
     print(header)
     print(f"  {'':<34}" + "".join(f"{'tok/s    nfe   s/pass':>26}" for _ in steps_list))
@@ -102,16 +104,19 @@ def bench_mdm(quick: bool, run_dir: str | None = None) -> None:
                         else " (fused)" if extra.get("fused") else "")
         cells = []
         for steps in steps_list:
-            opts = SamplerOptions(steps=steps, temperature=1.0, **extra, **({"threshold": 0.9} if name == "threshold" else {}))
+            opts = SamplerOptions(steps=steps, temperature=1.0, **extra,
+                                  **({"threshold": 0.9} if name == "threshold" else {}))
             out, dt = timed(compile_sample(params, cfg, tokens, key, name, opts))
             nfe = int(out["nfe"])
             assert bool(np.all(np.asarray(out["complete"])))
             cells.append(f"{B * L / dt:>10.0f} {nfe:>6d} {dt / max(nfe, 1):>8.3f}")
         print(f"  {label:<34}" + "".join(f"{c:>26}" for c in cells), flush=True)
     if not run_dir:
-        print("  note: random weights give every token p ~ 1/256, so `threshold` (0.9) never fires and takes all")
+        print("  note: random weights give every token p ~ 1/256, so `threshold` (0.9) "
+              "never fires and takes all")
         print("  its steps like `confidence`; with a trained model (--run RUN_DIR) it stops early.")
-    print("  Ancestral reuses the last pass (nfe < steps) only when a step reveals nothing in every row of the")
+    print("  Ancestral reuses the last pass (nfe < steps) only when a step reveals "
+          "nothing in every row of the")
     print("  batch (~e^-B at steps = L): rare at B = 8. The fused row on CPU runs pallas_kernels' plain-JAX")
     print("  reference, not the kernel.")
 
@@ -126,8 +131,8 @@ def bench_ar(quick: bool) -> None:
     print("=" * 100)
     print(f"ar (l2r) decoding: `small` model ({model_line(cfg.model, params)}, random weights), batch {B}, "
           f"unconditional (BOS only), T = 1, no EOS stop")
-    print("  tokens/s = generated tokens / wall time of one compiled call (the whole jitted while_loop; compile "
-          "excluded)")
+    print("  tokens/s = generated tokens / wall time of one compiled call (the whole jitted while_loop; "
+          "compile excluded)")
     print("  no cache = every step recomputes the full causal forward pass over the [B, 1 + N] buffer")
     print(f"  {'generated':>10} {'cache tok/s':>12} {'no-cache tok/s':>15} {'speedup':>8} {'cache s':>8} "
           f"{'no-cache s':>11}")
@@ -140,7 +145,8 @@ def bench_ar(quick: bool) -> None:
             assert int(np.asarray(out["generated"]).sum()) == B * n
         print(f"  {n:>10d} {B * n / times[True]:>12.0f} {B * n / times[False]:>15.1f} "
               f"{times[False] / times[True]:>7.1f}x {times[True]:>8.2f} {times[False]:>11.2f}", flush=True)
-    print("  The cached step attends over the whole cache (max length slots, unwritten ones masked): its cost is")
+    print("  The cached step attends over the whole cache (max length slots, unwritten ones "
+          "masked): its cost is")
     print("  ~ flat in the position; the uncached step costs a full forward pass of 1 + N slots every time.")
 
 
@@ -155,10 +161,12 @@ def bench_any_order(quick: bool) -> None:
     print(f"any-order AR (ao_ar) sampling: `small` model ({model_line(cfg.model, params)}, random weights), "
           f"batch {B}, "
           f"unconditional (all MASK), T = 1")
-    print("  tokens/s = generated tokens / wall time of one compiled call (compile excluded); nfe = network calls")
-    print("  no cache = every step recomputes the full causal pass over the permuted sequence (ao_ar.order_logits)")
-    print(f"  {'order':>7} {'length':>7} {'cache tok/s':>12} {'no-cache tok/s':>15} {'speedup':>8} {'cache s':>8} "
-          f"{'no-cache s':>11} {'nfe':>5}")
+    print("  tokens/s = generated tokens / wall time of one compiled call (compile "
+          "excluded); nfe = network calls")
+    print("  no cache = every step recomputes the full causal pass over the permuted sequence "
+          "(ao_ar.order_logits)")
+    print(f"  {'order':>7} {'length':>7} {'cache tok/s':>12} {'no-cache tok/s':>15} {'speedup':>8} "
+          f"{'cache s':>8} {'no-cache s':>11} {'nfe':>5}")
     for order in ("random", "greedy"):
         for n in lengths if order != "greedy" else lengths[:1]:  # greedy at 128 only: modest runtime
             tokens = np.full((B, n), special_ids(cfg.model).mask, np.int32)
@@ -172,9 +180,12 @@ def bench_any_order(quick: bool) -> None:
                             f"{times[True]:>8.2f} {times[False]:>11.2f}")
             else:
                 no_cache = f"{'-':>15} {'-':>8} {times[True]:>8.2f} {'-':>11}"
-            print(f"  {order:>7} {n:>7d} {B * n / times[True]:>12.0f} {no_cache} {int(out['nfe']):>5d}", flush=True)
-    print("  l2r / r2l cost what random costs (same calls). Greedy adds per step one call scoring all n positions")
-    print("  as candidates of the next slot (a [B, n] 'self' decode call over the cache); uncached greedy does one")
+            print(f"  {order:>7} {n:>7d} {B * n / times[True]:>12.0f} {no_cache} {int(out['nfe']):>5d}",
+                  flush=True)
+    print("  l2r / r2l cost what random costs (same calls). Greedy adds per step one call "
+          "scoring all n positions")
+    print("  as candidates of the next slot (a [B, n] 'self' decode call over the cache); "
+          "uncached greedy does one")
     print("  pass over n copies of the sequence per step (n times a full pass) and is not timed here.")
 
 
@@ -182,8 +193,10 @@ def bench_bd3(quick: bool) -> None:
     """Block-diffusion (bd3) tokens/s with vs without the KV cache (jaxorder.sampling.bd3), `small` model."""
 
     B, L = (2, 128) if quick else (4, 128)
-    settings = ((4, 32), (16, 32)) if quick else ((4, 32), (4, 128), (16, 32), (16, 128))  # (block size, steps)
-    cfgs = {b: config_lib.load(SMALL, ["objective.name=bd3", f"objective.block_size={b}", f"data.seq_len={L}"])
+    # (block size, steps)
+    settings = ((4, 32), (16, 32)) if quick else ((4, 32), (4, 128), (16, 32), (16, 128))
+    cfgs = {b: config_lib.load(SMALL, ["objective.name=bd3", f"objective.block_size={b}",
+                                       f"data.seq_len={L}"])
             for b, _ in settings}
     mcfg = next(iter(cfgs.values())).model  # the block size changes the objective only, not the model
     params = model.init_params(mcfg, jax.random.key(0))
@@ -191,9 +204,10 @@ def bench_bd3(quick: bool) -> None:
     print("=" * 100)
     print(f"bd3 sampling: `small` model ({model_line(mcfg, params)}, random weights), length {L}, batch {B}, "
           f"unconditional (all MASK), confidence sampler, T = 1")
-    print("  tokens/s = B*L / wall time of one compiled call (compile excluded); steps split evenly over the L/b blocks")
-    print("  cache = per step one decode call of the noisy block (b slots) over the finished blocks, plus one write "
-          "per block")
+    print("  tokens/s = B*L / wall time of one compiled call (compile excluded); steps split "
+          "evenly over the L/b blocks")
+    print("  cache = per step one decode call of the noisy block (b slots) over the finished blocks, plus "
+          "one write per block")
     print("  no cache = per step a full pass over [x_t ; x] (2L slots, mask bd3:<b>); nfe = model calls")
     print(f"  {'b':>4} {'steps':>6} {'cache tok/s':>12} {'no-cache tok/s':>15} {'speedup':>8} {'cache s':>8} "
           f"{'no-cache s':>11} {'nfe cache/no':>13}")
@@ -201,13 +215,15 @@ def bench_bd3(quick: bool) -> None:
         times, nfe = {}, {}
         for cache in (True, False):
             opts = SamplerOptions(steps=steps, temperature=1.0, cache=cache)
-            out, times[cache] = timed(compile_sample(params, cfgs[b], tokens, jax.random.key(0), "confidence", opts))
+            out, times[cache] = timed(compile_sample(params, cfgs[b], tokens, jax.random.key(0),
+                                                     "confidence", opts))
             nfe[cache] = int(out["nfe"])
             assert bool(np.all(np.asarray(out["complete"])))
         print(f"  {b:>4d} {steps:>6d} {B * L / times[True]:>12.0f} {B * L / times[False]:>15.0f} "
               f"{times[False] / times[True]:>7.1f}x {times[True]:>8.2f} {times[False]:>11.2f} "
               f"{f'{nfe[True]}/{nfe[False]}':>13}", flush=True)
-    print("  A cached step is a b-slot pass attending over the L-slot cache, an uncached one a 2L-slot pass; the")
+    print("  A cached step is a b-slot pass attending over the L-slot cache, an uncached "
+          "one a 2L-slot pass; the")
     print("  L/b - 1 block writes are b-slot passes too (nfe cache = steps + L/b - 1).")
 
 
@@ -219,7 +235,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps, smaller batch")
     parser.add_argument("--only", choices=sorted(SECTIONS), help="run one section")
-    parser.add_argument("--run", help="masked section: a trained mdm run directory instead of random `small` weights")
+    parser.add_argument("--run",
+                        help="masked section: a trained mdm run directory instead of random `small` weights")
     args = parser.parse_args()
     host_malloc = configure_host_malloc()  # before JAX's CPU client exists (machine_line creates it)
     print(f"machine: {machine_line()}; host malloc: {host_malloc}")

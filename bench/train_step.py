@@ -1,6 +1,6 @@
 """Train-step throughput against this machine's own dense-matmul peak (issue 7).
 
-    python bench/train_step.py                     # shapes a, b, small, smoke; l2r and mdm (~5 min on 2 cores)
+    python bench/train_step.py                 # shapes a, b, small, smoke; l2r and mdm (~5 min on 2 cores)
     python bench/train_step.py --shapes a --objectives l2r --steps 30
 
 In one process: the float32 jnp.dot 2048^3 peak (sampled before every row; the table uses the
@@ -159,15 +159,17 @@ def main() -> None:
         if s not in SHAPES:
             raise SystemExit(f"unknown shape {s!r}; known: {', '.join(SHAPES)}")
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = (next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), platform.processor())
+           if Path("/proc/cpuinfo").exists() else platform.processor())
     import os
     avx512 = "avx512f" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
     print(f"# jaxorder train-step bench, {datetime.date.today()}, {cpu}, {os.cpu_count()} cores"
           f"{' (AVX-512)' if avx512 else ''}, {jax.device_count()} {jax.default_backend()} device(s); "
           f"jax {jax.__version__}; float32")
     print("# FLOPs/token = 6N + 12*n_layers*n_heads*head_dim*T; N = params without the token-embedding "
-          "table (lookup); 'device' = batch already on device, 'pipeline' = grain batch + device put each step")
+          "table (lookup); 'device' = batch already on device, 'pipeline' = grain batch + "
+          "device put each step")
     print(f"# host malloc ({HOST_MALLOC_ENV}): {host_malloc}")
     for s in shapes:
         print(f"# shape {s}: {SHAPES[s][1]}")
@@ -178,7 +180,8 @@ def main() -> None:
             peaks.append(matmul_peak())
             rows.append(bench_row(s, o, args.steps))
             r = rows[-1]
-            print(f"#   done {s}/{o}: {r['device_s'] * 1e3:.1f} ms/step (compile {r['compile_s']:.1f} s)", flush=True)
+            print(f"#   done {s}/{o}: {r['device_s'] * 1e3:.1f} ms/step (compile {r['compile_s']:.1f} s)",
+                  flush=True)
     peaks.append(matmul_peak())
     peak = statistics.median(peaks)
     print(f"\njnp.dot float32 2048^3 peak: {peak:.0f} GFLOP/s (median of {len(peaks)} samples, "

@@ -46,8 +46,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from jaxorder.evaluation.sample_quality import generation_quality
 
         options = {"steps": args.steps} if args.steps is not None else {}
-        result["generate"] = generation_quality(args.run_dir, num_samples=args.num_samples, sampler=args.sampler,
-                                                options=options, seed=args.seed, judge=args.judge)
+        result["generate"] = generation_quality(args.run_dir, num_samples=args.num_samples,
+                                                sampler=args.sampler, options=options, seed=args.seed,
+                                                judge=args.judge)
     _print_result(result, args.json)
     if not args.json and "generate" in result:
         print("  generate: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -115,12 +116,14 @@ def cmd_data(args: argparse.Namespace) -> int:
         use.append(f"data.bpe_vocab_size={meta['vocab_size']}")
     use.append(f"model.vocab_size={meta['vocab_size']}")
     if args.json:
-        keys = ("tokenizer", "vocab_size", "seq_len", "val_bytes_per_token", "entropy_floor_bits_per_byte", "source",
-                "train_documents", "val_documents", "train_tokens", "val_tokens", "train_windows", "val_windows")
-        print(json.dumps(json_safe({"out": str(out), **{k: meta[k] for k in keys}, "overrides": use}), allow_nan=False))
+        keys = ("tokenizer", "vocab_size", "seq_len", "val_bytes_per_token", "entropy_floor_bits_per_byte",
+                "source", "train_documents", "val_documents", "train_tokens", "val_tokens", "train_windows",
+                "val_windows")
+        print(json.dumps(json_safe({"out": str(out), **{k: meta[k] for k in keys}, "overrides": use}),
+                         allow_nan=False))
     else:
-        print(f"prepared {out}: {meta['train_windows']} training and {meta['val_windows']} validation windows of "
-              f"{meta['seq_len']} {meta['tokenizer']} tokens (vocabulary {meta['vocab_size']}, "
+        print(f"prepared {out}: {meta['train_windows']} training and {meta['val_windows']} validation "
+              f"windows of {meta['seq_len']} {meta['tokenizer']} tokens (vocabulary {meta['vocab_size']}, "
               f"{meta['val_bytes_per_token']:.3f} bytes/token) from {meta['source']}")
         print(f"train from it with: {' '.join(use)}")
     return 0
@@ -163,7 +166,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         print(s["text"])
     print(f"{result['run']} (step {result['step']}): {result['sampler']}, {result['steps_taken']} steps, "
           f"{result['forward_passes']} forward passes, T={result['temperature']:g}, seed {result['seed']}, "
-          f"{result['generated_tokens']} tokens in {result['seconds']:.2f} s incl. compilation", file=sys.stderr)
+          f"{result['generated_tokens']} tokens in {result['seconds']:.2f} s incl. compilation",
+          file=sys.stderr)
     return 0
 
 
@@ -172,7 +176,8 @@ def _print_result(result: dict, as_json: bool) -> None:
         print(json.dumps(json_safe(result), allow_nan=False))
     else:
         print(f"{result['run']}: {result['bpb']:.4f} ± {result['bpb_stderr']:.4f} bits/byte "
-              f"({result['kind']}, {result['objective']}, step {result['step']}, {result['windows']} windows)")
+              f"({result['kind']}, {result['objective']}, step {result['step']}, "
+              f"{result['windows']} windows)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,42 +187,48 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train (or resume) one run from a YAML config",
-                       description="Train a model from a YAML config. Re-running on an existing run directory "
-                                   "resumes from its newest checkpoint.", epilog=EPILOG_OVERRIDES)
+                       description="Train a model from a YAML config. Re-running on an existing run "
+                                   "directory resumes from its newest checkpoint.", epilog=EPILOG_OVERRIDES)
     p.add_argument("config", help="experiment YAML, e.g. configs/experiments/l2r_tiny.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     p.add_argument("--run-dir", help="where checkpoints, metrics and the resolved config go "
                                      "(default: runs/<config name>[-<hash of overrides>])")
-    p.add_argument("--json", action="store_true", help="print the final evaluation as one JSON object on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="print the final evaluation as one JSON object on stdout")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="validation bits/byte of a run's newest checkpoint",
-                       description="Score a run directory's newest checkpoint on the validation windows: exact "
-                                   "bits/byte for l2r/r2l, the ELBO upper bound for mdm (with its standard error).")
+                       description="Score a run directory's newest checkpoint on the validation windows: "
+                                   "exact bits/byte for l2r/r2l, the ELBO upper bound for mdm (with "
+                                   "its standard error).")
     p.add_argument("run_dir", help="a run directory made by `jaxorder train` or `jaxorder sweep`")
-    p.add_argument("--orders", help="mdm, ao_ar and latent_order runs: also score exactly under fixed orders, a comma "
-                                    "list of l2r, r2l, random:K, greedy (mdm only; mdm takes n forward "
-                                    "passes per window, the any-order models one)")
+    p.add_argument("--orders", help="mdm, ao_ar and latent_order runs: also score exactly under fixed "
+                                    "orders, a comma list of l2r, r2l, random:K, greedy (mdm only; mdm takes "
+                                    "n forward passes per window, the any-order models one)")
     p.add_argument("--max-windows", type=int, default=32,
                    help="validation windows used for --orders (default 32)")
     p.add_argument("--generate", action="store_true",
-                   help="also sample unprompted windows and report sample quality: unigram entropy, NLL under "
-                        "a judge l2r run (--judge, default: the l2r run beside this one on the same data), "
-                        "tokens/s, and for Sudoku data the fraction of valid grids")
+                   help="also sample unprompted windows and report sample quality: unigram entropy, NLL "
+                        "under a judge l2r run (--judge, default: the l2r run beside this one on the same "
+                        "data), tokens/s, and for Sudoku data the fraction of valid grids")
     p.add_argument("--num-samples", type=int, default=16, help="--generate: samples (default 16)")
     p.add_argument("--sampler", help="--generate: sampler (default: the objective's, see `jaxorder sample`)")
-    p.add_argument("--steps", type=int, help="--generate, mdm/bd3: sampling steps (default: the window length)")
+    p.add_argument("--steps", type=int,
+                   help="--generate, mdm/bd3: sampling steps (default: the window length)")
     p.add_argument("--seed", type=int, default=0, help="--generate: sampling seed")
     p.add_argument("--judge", help="--generate: an l2r run directory to score the samples")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("compile", help="compile the train step ahead of time for N devices and print its memory",
-                       description="Lower and compile the train step for N forced host devices without running "
-                                   "it (nothing is allocated), and print per-device parameter, optimizer and "
-                                   "activation memory from the compiled executable, FLOPs per step and compile "
-                                   "time: an out-of-memory config shows up before a pod is rented.",
-                       epilog="Mesh overrides: mesh.data, mesh.fsdp, mesh.tensor (-1 = fill). " + EPILOG_OVERRIDES)
+    p = sub.add_parser("compile",
+                       help="compile the train step ahead of time for N devices and print its memory",
+                       description="Lower and compile the train step for N forced host devices without "
+                                   "running it (nothing is allocated), and print per-device parameter, "
+                                   "optimizer and activation memory from the compiled executable, FLOPs per "
+                                   "step and compile time: an out-of-memory config shows up before a pod is "
+                                   "rented.",
+                       epilog="Mesh overrides: mesh.data, mesh.fsdp, mesh.tensor (-1 = fill). "
+                              + EPILOG_OVERRIDES)
     p.add_argument("config", help="experiment YAML, e.g. configs/experiments/1b.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     p.add_argument("--devices", type=int, default=8, help="number of (forced host) devices (default 8)")
@@ -225,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("sweep", help="run a grid of configs and write results.md/.csv and a plot",
-                       description="Run every grid point of a sweep YAML (finished runs are reused, partial ones "
-                                   "resume), then write results.md, results.csv and val_bpb.png.",
+                       description="Run every grid point of a sweep YAML (finished runs are reused, partial "
+                                   "ones resume), then write results.md, results.csv and val_bpb.png.",
                        epilog="Overrides apply to every run of the sweep. " + EPILOG_OVERRIDES)
     p.add_argument("sweep", help="sweep YAML, e.g. configs/sweeps/orders_smoke.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides for every run")
@@ -235,13 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("analyze", help="diagnostics of a trained run (attention: slash heads, rank-one q/k)",
-                       description="Analyses of a run directory's newest checkpoint. `analyze attention`: per layer "
-                                   "and head, the slash score (mean attention mass on each Δ-diagonal, Δ = key - "
-                                   "query), the dominant Δ != 0 and its score, the rank-one-ness of the pre-RoPE "
-                                   "queries and keys, attention entropy and first-token (sink) mass; writes "
-                                   "heads.json, heads.csv, attention_heads.png and slash_vs_offset.png.")
+                       description="Analyses of a run directory's newest checkpoint. `analyze attention`: "
+                                   "per layer and head, the slash score (mean attention mass on each "
+                                   "Δ-diagonal, Δ = key - query), the dominant Δ != 0 and its score, the "
+                                   "rank-one-ness of the pre-RoPE queries and keys, attention entropy and "
+                                   "first-token (sink) mass; writes heads.json, heads.csv, "
+                                   "attention_heads.png and slash_vs_offset.png.")
     p.add_argument("what", choices=["attention"], help="the analysis (attention)")
-    p.add_argument("run_dir", help="a run directory made by `jaxorder train` or `jaxorder sweep` (l2r, r2l or mdm)")
+    p.add_argument("run_dir",
+                   help="a run directory made by `jaxorder train` or `jaxorder sweep` (l2r, r2l or mdm)")
     p.add_argument("--inputs", default="corpus",
                    help="corpus (validation windows) or random (uniformly random tokens); default corpus")
     p.add_argument("--max-offset", type=int, default=16, help="slash scores for Δ in [-D, D] (default 16)")
@@ -260,62 +273,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("sample", help="generate or infill text with a trained run (every objective)",
-                       description="Sample from a run directory's newest checkpoint and print the decoded texts. "
-                                   "Masked-diffusion (mdm) and block-diffusion (bd3) runs: samplers ancestral "
-                                   "(MDLM), confidence, margin, entropy (commit the k best masked positions per "
-                                   "step, k = ceil(masked left / steps left)) and threshold (commit every position "
-                                   "with confidence >= --threshold, at least k); bd3 runs go block by block with a "
-                                   "KV cache over finished blocks, --steps split over the blocks. l2r / r2l runs: "
-                                   "sampler ar (KV-cache decoding with --temperature, --top-k, --top-p, stopping at "
-                                   "EOS; r2l generates right to left and --prompt is the END of the text). ao_ar / "
-                                   "latent_order runs: the sampler is the generation order, l2r, r2l, random or "
-                                   "greedy (the most confident position next), KV-cache decoding over the permuted "
+                       description="Sample from a run directory's newest checkpoint and print the decoded "
+                                   "texts. Masked-diffusion (mdm) and block-diffusion (bd3) runs: samplers "
+                                   "ancestral (MDLM), confidence, margin, entropy (commit the k best masked "
+                                   "positions per step, k = ceil(masked left / steps left)) and threshold "
+                                   "(commit every position with confidence >= --threshold, at least k); bd3 "
+                                   "runs go block by block with a KV cache over finished blocks, --steps "
+                                   "split over the blocks. l2r / r2l runs: sampler ar (KV-cache decoding "
+                                   "with --temperature, --top-k, --top-p, stopping at EOS; r2l generates "
+                                   "right to left and --prompt is the END of the text). ao_ar / latent_order "
+                                   "runs: the sampler is the generation order, l2r, r2l, random or greedy "
+                                   "(the most confident position next), KV-cache decoding over the permuted "
                                    "prefix with --temperature, --top-k, --top-p.",
-                       epilog="Template syntax: fixed text with masked spans [MASK:n] (n tokens; bytes with the byte "
-                              "tokenizer) or [MASK] (one token), e.g. --template 'To be, or [MASK:12] to be'. "
-                              "Fixed tokens never change; every mask is filled. Templates work for mdm, bd3, ao_ar "
-                              "and latent_order runs.")
+                       epilog="Template syntax: fixed text with masked spans [MASK:n] (n tokens; bytes with "
+                              "the byte tokenizer) or [MASK] (one token), e.g. --template 'To be, or "
+                              "[MASK:12] to be'. Fixed tokens never change; every mask is filled. Templates "
+                              "work for mdm, bd3, ao_ar and latent_order runs.")
     p.add_argument("run_dir", help="a run directory made by `jaxorder train` or `jaxorder sweep`")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="fixed prefix; the rest up to --length is generated")
     src.add_argument("--template", help="text with [MASK:n] / [MASK] spans to fill (fixes the length)")
     p.add_argument("--sampler", default=None,
-                   help="mdm/bd3: ancestral | confidence | margin | entropy | threshold (default confidence); "
-                        "l2r/r2l: ar (the default); ao_ar/latent_order: l2r | r2l | random | greedy (default l2r)")
+                   help="mdm/bd3: ancestral | confidence | margin | entropy | threshold (default "
+                        "confidence); l2r/r2l: ar (the default); ao_ar/latent_order: l2r | r2l | random | "
+                        "greedy (default l2r)")
     p.add_argument("--steps", type=int, default=None,
-                   help="mdm/bd3: denoising steps, i.e. forward passes at most (default 64); ar and any-order: "
-                        "unused (one per token)")
+                   help="mdm/bd3: denoising steps, i.e. forward passes at most (default 64); ar and "
+                        "any-order: unused (one per token)")
     p.add_argument("--num-samples", type=int, default=1, help="sequences sampled in one batch (default 1)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same samples (default 0)")
-    p.add_argument("--length", type=int, help="tokens per sequence incl. the prompt (default: the run's data.seq_len)")
+    p.add_argument("--length", type=int,
+                   help="tokens per sequence incl. the prompt (default: the run's data.seq_len)")
     p.add_argument("--temperature", type=float, default=None, help="0 = argmax (default 1)")
-    p.add_argument("--threshold", type=float, default=None, help="threshold sampler: confidence to commit (default 0.9)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="threshold sampler: confidence to commit (default 0.9)")
     p.add_argument("--top-k", type=int, default=None,
                    help="ar, any-order: sample among the k most likely tokens (default 0: off)")
     p.add_argument("--top-p", type=float, default=None,
-                   help="ar, any-order: nucleus sampling, the smallest set with probability >= p (default 1: off)")
-    p.add_argument("--no-stop-at-eos", action="store_true", help="ar: keep generating after EOS up to --length")
+                   help="ar, any-order: nucleus sampling, the smallest set with probability "
+                        ">= p (default 1: off)")
+    p.add_argument("--no-stop-at-eos", action="store_true",
+                   help="ar: keep generating after EOS up to --length")
     p.add_argument("--block-length", type=int, default=None,
-                   help="semi-autoregressive blocks of this many positions, left to right (default 0: one block)")
+                   help="semi-autoregressive blocks of this many positions, left to right "
+                        "(default 0: one block)")
     p.add_argument("--noise", default=None, choices=["high", "float32"],
                    help="Gumbel noise: high (float64-accurate tails, default) or float32 (naive 24-bit)")
     p.add_argument("--fused", action="store_true", default=None,
                    help="commitment step through pallas_kernels.mdm_sample_step (CPU: its reference)")
-    p.add_argument("--json", action="store_true", help="print the samples and settings as one JSON object on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="print the samples and settings as one JSON object on stdout")
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("data", help="prepare a tokenized TFDS ArrayRecord dataset for training at scale",
-                       description="`data prepare --out DIR`: load the documents picked by the data.* overrides "
-                                   "(embedded corpus, data.source=text data.path=FILE_OR_DIR of .txt/.md/.jsonl "
-                                   "files, or a synthetic task), split them by document, build the tokenizer "
-                                   "(data.tokenizer=bpe: learned from the training documents), pack windows of "
-                                   "data.seq_len tokens and write them as a TFDS dataset in ArrayRecord format with "
-                                   "metadata.json and tokenizer.json. Train from it with data.source=prepared "
-                                   "data.path=DIR.", epilog=EPILOG_OVERRIDES)
+                       description="`data prepare --out DIR`: load the documents picked by the data.* "
+                                   "overrides (embedded corpus, data.source=text data.path=FILE_OR_DIR of "
+                                   ".txt/.md/.jsonl files, or a synthetic task), split them by document, "
+                                   "build the tokenizer (data.tokenizer=bpe: learned from the training "
+                                   "documents), pack windows of data.seq_len tokens and write them as a TFDS "
+                                   "dataset in ArrayRecord format with metadata.json and tokenizer.json. "
+                                   "Train from it with data.source=prepared data.path=DIR.",
+                       epilog=EPILOG_OVERRIDES)
     p.add_argument("what", choices=["prepare"], help="the data command (prepare)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted data.* overrides picking the source")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted data.* overrides picking the source")
     p.add_argument("--out", required=True, help="the new dataset directory (must not exist or be empty)")
     p.add_argument("--config", help="read the data section from this experiment YAML first")
-    p.add_argument("--json", action="store_true", help="print the dataset summary as one JSON object on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="print the dataset summary as one JSON object on stdout")
     p.set_defaults(func=cmd_data)
     return parser
 

@@ -40,8 +40,10 @@ class ModelConfig:
     backward_rewrites: str = "auto"  # auto | cpu | none: backward passes rewritten for XLA:CPU (same math;
     # jaxorder/model/cpu_rewrites.py) or JAX's autodiff of the plain formulas. auto: cpu on CPU, else none
     scan_layers: bool = False  # one compiled layer body under nn.scan (compile time flat in depth)
-    remat: str = "none"  # rematerialization per layer: none | full | dots_saveable | dots_with_no_batch_dims_saveable
-    pallas_interpret: bool = False  # pallas on CPU: run the kernel itself in Pallas interpret mode (slow; tests)
+    remat: str = "none"  # rematerialization per layer: none | full | dots_saveable |
+    # dots_with_no_batch_dims_saveable
+    pallas_interpret: bool = False  # pallas on CPU: run the kernel itself in Pallas interpret mode
+    # (slow; tests)
 
     @property
     def head_dim(self) -> int:
@@ -77,7 +79,8 @@ class DataConfig:
     markov_temperature: float = 1.0  # markov: softmax temperature of the random transition logits
     markov_sparsity: float = 0.0  # markov: share of transitions set to zero probability
     synthetic_tokens: int = 2_000_000  # markov/sudoku: tokens generated (train + validation)
-    bpe_vocab_size: int = 4096  # tokenizer=bpe: vocabulary incl. the 4 specials (set model.vocab_size to match)
+    bpe_vocab_size: int = 4096  # tokenizer=bpe: vocabulary incl. the 4 specials (set model.vocab_size
+    # to match)
     num_workers: int = 0  # grain worker processes for source=prepared (0 = in-process)
     tokenizer: str = "byte"
     seq_len: int = 128  # tokens per training/validation window
@@ -113,7 +116,8 @@ class TrainConfig:
 class EvalConfig:
     batches: int = 4  # validation batches (of data.batch_size windows) per evaluation
     mdm_time_samples: int = 4  # diffusion times per sequence for the MDM ELBO
-    slash_threshold: float = 0.5  # attention analysis: a head is slash-dominant if its best offset != 0 scores >= this
+    slash_threshold: float = 0.5  # attention analysis: a head is slash-dominant if its best offset != 0
+    # scores >= this
     seed: int = 1234
 
 
@@ -236,7 +240,8 @@ def _coerce_rules(value: Any, where: str) -> tuple:
     rules = []
     for rule in value:
         if not (isinstance(rule, (list, tuple)) and len(rule) == 2 and isinstance(rule[0], str)):
-            raise ConfigError(f"{where}: rule {rule!r} must be [logical_axis, mesh_axis | [mesh_axes] | null]")
+            raise ConfigError(f"{where}: rule {rule!r} must be [logical_axis, mesh_axis "
+                              f"| [mesh_axes] | null]")
         logical, target = rule
         targets = [target] if isinstance(target, str) else list(target or [])
         unknown = [t for t in targets if t not in MESH_AXES]
@@ -371,7 +376,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; "
                           f"pick n_heads that divides d_model")
     if m.head_dim % 2:
-        raise ConfigError(f"head dim d_model/n_heads={m.head_dim} must be even for RoPE; change d_model or n_heads")
+        raise ConfigError(f"head dim d_model/n_heads={m.head_dim} must be even for RoPE; "
+                          f"change d_model or n_heads")
     if m.d_ff < 0:
         raise ConfigError(f"model.d_ff must be >= 0 (0 = 8/3 * d_model), got {m.d_ff}")
     _choice(m.dtype, DTYPES, "model.dtype")
@@ -396,12 +402,14 @@ def validate(cfg: Config) -> None:
     _positive(d.markov_temperature, "data.markov_temperature")
     _positive(d.synthetic_tokens, "data.synthetic_tokens")
     if d.source == "text" and not d.path:
-        raise ConfigError("data.source=text needs data.path=FILE_OR_DIR (a text file or a directory of .txt files)")
+        raise ConfigError("data.source=text needs data.path=FILE_OR_DIR (a text file or a "
+                          "directory of .txt files)")
     if d.source == "prepared" and not d.path:
         raise ConfigError("data.source=prepared needs data.path=DIR (made by `jaxorder data prepare`)")
     _choice(d.tokenizer, TOKENIZERS, "data.tokenizer")
     if d.bpe_vocab_size < 260:
-        raise ConfigError(f"data.bpe_vocab_size must be >= 260 (256 bytes + 4 specials), got {d.bpe_vocab_size}")
+        raise ConfigError(f"data.bpe_vocab_size must be >= 260 (256 bytes + 4 specials), "
+                          f"got {d.bpe_vocab_size}")
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
     _positive(d.seq_len, "data.seq_len")
@@ -418,14 +426,16 @@ def validate(cfg: Config) -> None:
     for name in ("log_every", "eval_every", "checkpoint_every"):
         _positive(getattr(t, name), f"train.{name}")
     if t.max_to_keep < 2:
-        raise ConfigError(f"train.max_to_keep must be >= 2 so a corrupted newest checkpoint has a fallback, got {t.max_to_keep}")
+        raise ConfigError(f"train.max_to_keep must be >= 2 so a corrupted newest checkpoint has a "
+                          f"fallback, got {t.max_to_keep}")
     mesh_sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
     if any(x == 0 or x < -1 for x in mesh_sizes) or mesh_sizes.count(-1) > 1 or cfg.mesh.dcn_data < 1:
-        raise ConfigError(f"mesh sizes data/fsdp/tensor={mesh_sizes} must be >= 1 with at most one -1 (fill), "
-                          f"and mesh.dcn_data >= 1")
+        raise ConfigError(f"mesh sizes data/fsdp/tensor={mesh_sizes} must be >= 1 with at most one -1 "
+                          f"(fill), and mesh.dcn_data >= 1")
     _choice(cfg.distributed.mode, DISTRIBUTED_MODES, "distributed.mode")
     if cfg.distributed.mode == "explicit" and not cfg.distributed.coordinator:
-        raise ConfigError("distributed.mode=explicit needs distributed.coordinator=HOST:PORT (process 0's address)")
+        raise ConfigError("distributed.mode=explicit needs distributed.coordinator=HOST:PORT "
+                          "(process 0's address)")
     if not 0 <= cfg.distributed.process_id < max(cfg.distributed.num_processes, 1):
         raise ConfigError(f"distributed.process_id={cfg.distributed.process_id} must be in "
                           f"[0, num_processes={cfg.distributed.num_processes})")

@@ -68,23 +68,23 @@ def _fwd_kernel(kv_idx_ref, kv_cnt_ref, invf_ref, q_ref, k_ref, v_ref, qp_ref, k
     D = qr.shape[-1]
 
     def body(t, carry):
-        acc, m, l = carry
+        acc, m, row_sum = carry
         sl, kr, s, ok = _kv_tile_scores(cfg, kv_idx_ref[i, t], bk, qr, qi, qseg, k_ref, kp_ref, ks_ref, invf)
         s = jnp.where(ok, s, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(s, axis=-1))
         m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
         p = jnp.where(ok, jnp.exp(s - m_safe[:, None]), 0.0)
         alpha = jnp.exp(m - m_safe)
-        l = alpha * l + jnp.sum(p, axis=-1)
+        row_sum = alpha * row_sum + jnp.sum(p, axis=-1)
         acc = alpha[:, None] * acc + dot_nn(p.astype(v_ref.dtype), v_ref[sl, :])
-        return acc, m_new, l
+        return acc, m_new, row_sum
 
     init = (jnp.zeros((bq, D), jnp.float32), jnp.full((bq,), -jnp.inf, jnp.float32),
             jnp.zeros((bq,), jnp.float32))
-    acc, m, l = lax.fori_loop(0, kv_cnt_ref[i], body, init)
-    pos = l > 0
-    o_ref[...] = (acc / jnp.where(pos, l, 1.0)[:, None]).astype(o_ref.dtype)
-    lse_ref[...] = jnp.where(pos, m + jnp.log(jnp.where(pos, l, 1.0)), -jnp.inf)
+    acc, m, row_sum = lax.fori_loop(0, kv_cnt_ref[i], body, init)
+    pos = row_sum > 0
+    o_ref[...] = (acc / jnp.where(pos, row_sum, 1.0)[:, None]).astype(o_ref.dtype)
+    lse_ref[...] = jnp.where(pos, m + jnp.log(jnp.where(pos, row_sum, 1.0)), -jnp.inf)
 
 
 def _full(shape):

@@ -132,9 +132,9 @@ def _fwd_kernel(kv_idx_ref, kv_cnt_ref, invf_ref, q_ref, k_ref, v_ref, qpos_ref,
 
     @pl.when(t == steps - 1)
     def _finalize():
-        l = l_scr[...]
-        pos = l > 0
-        l_safe = jnp.where(pos, l, 1.0)
+        row_sum = l_scr[...]
+        pos = row_sum > 0
+        l_safe = jnp.where(pos, row_sum, 1.0)
         o_ref[...] = (acc_scr[...] / l_safe).astype(o_ref.dtype)
         lse_ref[...] = jnp.where(pos, m_scr[...] + jnp.log(l_safe), -jnp.inf)
 
@@ -212,7 +212,8 @@ def forward(cfg: Cfg, q, k, v, q_pos, k_pos, q_seg, k_seg):
                         pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, Dp), jnp.float32)])
     o, lse = pl.pallas_call(
         functools.partial(_fwd_kernel, cfg=cfg, steps=steps), grid_spec=grid_spec,
-        out_shape=[jax.ShapeDtypeStruct((B, H, Lp, Dp), q.dtype), jax.ShapeDtypeStruct((B, H, Lp, 1), jnp.float32)],
+        out_shape=[jax.ShapeDtypeStruct((B, H, Lp, Dp), q.dtype),
+                   jax.ShapeDtypeStruct((B, H, Lp, 1), jnp.float32)],
         compiler_params=_compiler_params(3, 1), interpret=_interpret(cfg), name="rope_flash_fwd_tpu",
     )(jnp.asarray(kv_idx), jnp.asarray(kv_cnt), invf, qh, kh, vh, qpos, kpos, qseg, kseg)
     return _from_heads(o, L, D), lse[:, :, :L, 0].transpose(0, 2, 1)
@@ -305,14 +306,17 @@ def backward(cfg: Cfg, q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse, do, dlse):
             scratch_shapes=[pltpu.VMEM((bq, Dp), q.dtype), pltpu.VMEM((bq, Dp), jnp.float32)]),
         out_shape=jax.ShapeDtypeStruct(qh.shape, q.dtype),
         compiler_params=_compiler_params(3, 1), interpret=_interpret(cfg), name="rope_flash_dq_tpu",
-    )(jnp.asarray(kv_idx), jnp.asarray(kv_cnt), invf, qh, kh, vh, qpos, kpos, qseg, kseg, doh, lse_col, delta_col)
+    )(jnp.asarray(kv_idx), jnp.asarray(kv_cnt), invf, qh, kh, vh, qpos, kpos, qseg, kseg, doh, lse_col,
+      delta_col)
 
     # dk/dv: grid (B, K, k tiles, G query heads, q steps)
     def q_tile(j, t, qi):
         return qi[j * q_steps + t]
 
-    head_q = pl.BlockSpec((None, None, bq, Dp), lambda b, h, j, g, t, qi, qc: (b, h * G + g, q_tile(j, t, qi), 0))
-    head_stat = pl.BlockSpec((None, None, bq, 1), lambda b, h, j, g, t, qi, qc: (b, h * G + g, q_tile(j, t, qi), 0))
+    head_q = pl.BlockSpec((None, None, bq, Dp),
+                          lambda b, h, j, g, t, qi, qc: (b, h * G + g, q_tile(j, t, qi), 0))
+    head_stat = pl.BlockSpec((None, None, bq, 1),
+                             lambda b, h, j, g, t, qi, qc: (b, h * G + g, q_tile(j, t, qi), 0))
     col_q = pl.BlockSpec((None, bq, 1), lambda b, h, j, g, t, qi, qc: (b, q_tile(j, t, qi), 0))
     kv_own = pl.BlockSpec((None, None, bk, Dp), lambda b, h, j, g, t, qi, qc: (b, h, j, 0))
     dk, dv = pl.pallas_call(
@@ -329,5 +333,6 @@ def backward(cfg: Cfg, q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse, do, dlse):
                             pltpu.VMEM((bk, Dp), jnp.float32)]),
         out_shape=[jax.ShapeDtypeStruct(kh.shape, k.dtype), jax.ShapeDtypeStruct(vh.shape, v.dtype)],
         compiler_params=_compiler_params(3, 2), interpret=_interpret(cfg), name="rope_flash_dkv_tpu",
-    )(jnp.asarray(q_idx), jnp.asarray(q_cnt), invf, qh, kh, vh, qpos, kpos, qseg, kseg, doh, lse_col, delta_col)
+    )(jnp.asarray(q_idx), jnp.asarray(q_cnt), invf, qh, kh, vh, qpos, kpos, qseg, kseg, doh, lse_col,
+      delta_col)
     return _from_heads(dq, L, D), _from_heads(dk, S, D), _from_heads(dv, S, D)

@@ -77,12 +77,13 @@ def rope_attention(q, k, v, q_pos, k_pos, *, mask, rope_base=10000.0, scale=None
     s_m = jnp.where(m, s, -1e30)
     mx = jax.lax.stop_gradient(jnp.max(s_m, axis=-1, keepdims=True))
     p = jnp.where(m, jnp.exp(s_m - mx), 0.0)
-    l = jnp.sum(p, axis=-1, keepdims=True)
-    o = jnp.einsum("bkgls,bskd->blkgd", p / jnp.where(l > 0, l, 1.0), vf, precision="highest")
+    row_sum = jnp.sum(p, axis=-1, keepdims=True)
+    o = jnp.einsum("bkgls,bskd->blkgd", p / jnp.where(row_sum > 0, row_sum, 1.0), vf, precision="highest")
     out = o.reshape(B, L, H, D).astype(q.dtype)
     if not return_lse:
         return out
-    lse = jnp.where(l[..., 0] > 0, jnp.log(jnp.where(l[..., 0] > 0, l[..., 0], 1.0)) + mx[..., 0], -jnp.inf)
+    lse = jnp.where(row_sum[..., 0] > 0,
+                    jnp.log(jnp.where(row_sum[..., 0] > 0, row_sum[..., 0], 1.0)) + mx[..., 0], -jnp.inf)
     return out, lse.reshape(B, H, L).transpose(0, 2, 1)
 
 
@@ -98,7 +99,8 @@ def commit_reference(score_BL, is_masked_BL, *, k=None, threshold=None):
     B, L = score_BL.shape
     s = jnp.where(is_masked_BL, score_BL, -jnp.inf)
     idx = jnp.arange(L)
-    better = (s[:, None, :] > s[:, :, None]) | ((s[:, None, :] == s[:, :, None]) & (idx[None, None, :] < idx[None, :, None]))
+    better = (s[:, None, :] > s[:, :, None]) | ((s[:, None, :] == s[:, :, None])
+                                                & (idx[None, None, :] < idx[None, :, None]))
     rank = jnp.sum(better & is_masked_BL[:, None, :], axis=-1)  # among masked positions
     if threshold is not None:
         return is_masked_BL & ((s >= threshold) | (rank == 0))
@@ -115,7 +117,8 @@ def position_stats(hidden_BLd, unembed_dV, key, *, temperature, forbidden_ids=()
     """
     B, L, _ = hidden_BLd.shape
     V = unembed_dV.shape[1]
-    ft = jnp.float64 if (float64 and jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64) else jnp.float32
+    ft = (jnp.float64 if (float64 and jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64)
+          else jnp.float32)
     z = jnp.einsum("bld,dv->blv", hidden_BLd.astype(ft), unembed_dV.astype(ft), precision="highest")
     forb = np.zeros(V, bool)
     forb[list(forbidden_ids)] = True

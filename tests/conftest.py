@@ -166,7 +166,8 @@ def cli_command(*args: str) -> list[str]:
 
 
 def run_cli(args, env: dict, cwd: Path, timeout: float = SUBPROCESS_TIMEOUT) -> subprocess.CompletedProcess:
-    return subprocess.run(cli_command(*args), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cli_command(*args), env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 # ----------------------------------------------------------------------------- run-dir helpers

@@ -1,6 +1,7 @@
-"""Attention diagnostics (jaxorder.experiments.analysis): exact slash scores on synthetic maps, rank-one-ness of a
-rank-one construction, capture leaves the model unchanged and reproduces its attention, and
-`jaxorder analyze attention` end to end on tiny trained runs (files, --compare, one-line errors)."""
+"""Attention diagnostics (jaxorder.experiments.analysis): exact slash scores on synthetic maps,
+rank-one-ness of a rank-one construction, capture leaves the model unchanged and reproduces its
+attention, and `jaxorder analyze attention` end to end on tiny trained runs (files, --compare,
+one-line errors)."""
 from __future__ import annotations
 
 import contextlib
@@ -52,7 +53,8 @@ def test_slash_scores_exact_on_known_diagonal_bidirectional():
     scores = slash_scores(probs[None, None], mask, D)[0]
     offsets = list(range(-D, D + 1))
     assert scores[offsets.index(3)] == 1.0  # every row that has the +3 diagonal puts all its mass there
-    assert scores[offsets.index(-2)] == pytest.approx(3 / 14, abs=1e-12)  # 3 of the 14 rows with a -2 diagonal
+    # 3 of the 14 rows with a -2 diagonal
+    assert scores[offsets.index(-2)] == pytest.approx(3 / 14, abs=1e-12)
     assert all(scores[offsets.index(d)] == 0.0 for d in offsets if d not in (3, -2))
     best, score = dominant_offset(scores[None], D)
     assert (best[0], score[0]) == (3, 1.0)
@@ -80,7 +82,8 @@ def test_entropy_sink_and_uniform_baseline():
     mask = np.ones((L, L), bool)
     uniform = np.full((1, 1, L, L), 1.0 / L)
     ent, ent_norm, sink = entropy_and_sink(uniform, mask)
-    assert ent[0] == pytest.approx(math.log(L)) and ent_norm[0] == pytest.approx(1.0) and sink[0] == pytest.approx(1 / L)
+    assert (ent[0] == pytest.approx(math.log(L)) and ent_norm[0] == pytest.approx(1.0)
+            and sink[0] == pytest.approx(1 / L))
     np.testing.assert_allclose(uniform_baseline(mask, 3), np.full(7, 1.0 / L))
     causal = np.asarray(attention_mask("causal", L))
     sink_only = np.zeros((1, 1, L, L))
@@ -91,7 +94,8 @@ def test_entropy_sink_and_uniform_baseline():
 
 def test_unsupported_objective_is_a_config_error():
     tokens_NL = np.arange(16, dtype=np.int32).reshape(2, 8)
-    cfg = {name: config_lib.load(None, [f"objective.name={name}", "data.seq_len=8"]) for name in ("mdm", "r2l", "bd3")}
+    cfg = {name: config_lib.load(None, [f"objective.name={name}", "data.seq_len=8"])
+           for name in ("mdm", "r2l", "bd3")}
     inputs, kind, rate = model_inputs(tokens_NL, cfg["mdm"], 0.5, 0)
     assert kind == "bidirectional" and rate == 0.5 and (inputs == cfg["mdm"].model.vocab_size - 3).any()
     inputs, kind, rate = model_inputs(tokens_NL, cfg["r2l"], 0.5, 0)
@@ -123,7 +127,8 @@ def test_rank_one_construction_gives_rank_one_ness_one():
     for h in result.table["heads"]:
         assert abs(h["rank1_q"] - 1.0) < 1e-5 and abs(h["rank1_k"] - 1.0) < 1e-5
     # a random-init model is far from rank one (head_dim 16: isotropic would be ~1/16)
-    plain = capture_attention(model.init_params(TINY_MODEL, jax.random.key(0)), TINY_MODEL, tokens, positions, "causal")
+    plain = capture_attention(model.init_params(TINY_MODEL, jax.random.key(0)), TINY_MODEL, tokens, positions,
+                              "causal")
     assert rank_one_ness(plain.q_pre[0]).max() < 0.5
 
 
@@ -194,8 +199,8 @@ def _main(argv, capsys) -> tuple[int, str, str]:
 
 def test_cli_writes_tables_and_plots(tiny_runs, tmp_path, capsys):
     out = tmp_path / "a"
-    code, stdout, err = _main(["analyze", "attention", tiny_runs["l2r"], "--inputs", "random", "--max-offset", "6",
-                               "--windows", "4", "--out", out, "--json"], capsys)
+    code, stdout, err = _main(["analyze", "attention", tiny_runs["l2r"], "--inputs", "random", "--max-offset",
+                               "6", "--windows", "4", "--out", out, "--json"], capsys)
     assert code == 0, err
     result = json.loads(stdout, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     table = result["runs"][0]
@@ -211,17 +216,21 @@ def test_cli_writes_tables_and_plots(tiny_runs, tmp_path, capsys):
 def test_cli_compare(tiny_runs, tmp_path, capsys):
     out = tmp_path / "cmp"
     code, stdout, err = _main(["analyze", "attention", tiny_runs["l2r"], "--compare", tiny_runs["mdm"],
-                               "--windows", "4", "--max-offset", "3", "--mask-rate", "0.5", "--out", out], capsys)
+                               "--windows", "4", "--max-offset", "3", "--mask-rate", "0.5", "--out", out],
+                              capsys)
     assert code == 0, err
-    assert "slash-dominant heads" in stdout and "l2r (l2r, corpus)" in stdout and "mdm (mdm, corpus, mask 0.5)" in stdout
-    for name in ("compare.json", "compare_offsets.png", "compare_heads.png", "l2r/heads.csv", "mdm/heads.json"):
+    assert ("slash-dominant heads" in stdout and "l2r (l2r, corpus)" in stdout
+            and "mdm (mdm, corpus, mask 0.5)" in stdout)
+    for name in ("compare.json", "compare_offsets.png", "compare_heads.png", "l2r/heads.csv",
+                 "mdm/heads.json"):
         assert (out / name).stat().st_size > 0, name
     runs = json.loads((out / "compare.json").read_text())["runs"]
     assert [r["mask_kind"] for r in runs] == ["causal", "bidirectional"]
     assert [r["mask_rate"] for r in runs] == [0.0, 0.5]
 
 
-@pytest.mark.parametrize("case, expected", [("no_checkpoint", "has no checkpoints"), ("bad_inputs", "--inputs 'noise'")])
+@pytest.mark.parametrize("case, expected", [("no_checkpoint", "has no checkpoints"),
+                                            ("bad_inputs", "--inputs 'noise'")])
 def test_cli_bad_input_is_one_line_error(case, expected, tiny_runs, tmp_path, capsys):
     run = tiny_runs["l2r"]
     if case == "no_checkpoint":

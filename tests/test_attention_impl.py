@@ -13,7 +13,8 @@ from jaxorder.model import attention
 
 
 def _model_cfg(*overrides):
-    return config_lib.load(None, ["model.d_model=32", "model.n_heads=2", "model.n_layers=2", *overrides]).model
+    return config_lib.load(None, ["model.d_model=32", "model.n_heads=2", "model.n_layers=2",
+                                  *overrides]).model
 
 
 def test_auto_is_the_default_and_a_valid_choice():
@@ -24,7 +25,8 @@ def test_auto_is_the_default_and_a_valid_choice():
         _model_cfg("model.attention_impl=triton")
 
 
-@pytest.mark.parametrize("backend,want", [("cpu", "xla"), ("tpu", "pallas"), ("gpu", "pallas"), ("cuda", "pallas")])
+@pytest.mark.parametrize("backend,want", [("cpu", "xla"), ("tpu", "pallas"), ("gpu", "pallas"),
+                                          ("cuda", "pallas")])
 def test_resolve_by_backend(backend, want):
     assert attention.resolve_attention_impl("auto", backend) == want
     assert attention.resolve_attention_impl("xla", backend) == "xla"
@@ -114,7 +116,8 @@ def test_auto_model_runs_xla_on_cpu_and_the_tpu_kernel_on_tpu(monkeypatch):
     import pallas_kernels.attention as kernel_mod
     variants = []
     real_variant = kernel_mod.kernel_variant
-    monkeypatch.setattr(kernel_mod, "kernel_variant", lambda v, i: variants.append(real_variant(v, i)) or variants[-1])
+    monkeypatch.setattr(kernel_mod, "kernel_variant",
+                        lambda v, i: variants.append(real_variant(v, i)) or variants[-1])
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
     cfg_tpu = _model_cfg("model.pallas_interpret=true")
     got = model.apply(params, cfg_tpu, tokens, pos, "causal")

@@ -195,7 +195,8 @@ def test_missing_corpus_package_names_the_install_command(tmp_path, tiny_config_
 
 def test_run_dir_of_a_failed_start_accepts_the_corrected_command(tmp_path, repeated_corpus, capsys):
     run = tmp_path / "run"
-    base = ["train", str(tmp_path / "c.yaml"), "--run-dir", str(run), *TINY, "data.source=text", "train.steps=2"]
+    base = ["train", str(tmp_path / "c.yaml"), "--run-dir", str(run), *TINY, "data.source=text",
+            "train.steps=2"]
     (tmp_path / "c.yaml").write_text("{}\n")
     assert cli.main([*base, f"data.path={tmp_path}/typo.txt"]) == 2
     assert step_dirs(run) == []  # nothing was trained: there is nothing to resume
@@ -231,7 +232,8 @@ def test_eval_json_prints_exactly_one_json_object(finished_run, tmp_path, cli_en
 def test_eval_text_output(finished_run, capsys):
     assert cli.main(["eval", str(finished_run.run_dir)]) == 0
     out = capsys.readouterr().out
-    assert re.fullmatch(r"run: \d+\.\d{4} ± \d+\.\d{4} bits/byte \(exact, l2r, step 30, 8 windows\)\n", out), out
+    assert re.fullmatch(r"run: \d+\.\d{4} ± \d+\.\d{4} bits/byte "
+                        r"\(exact, l2r, step 30, 8 windows\)\n", out), out
 
 
 def test_train_overrides_after_options(tmp_path, tiny_config_file, cli_env):
@@ -255,8 +257,8 @@ def test_train_overrides_after_options(tmp_path, tiny_config_file, cli_env):
         env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stderr
     assert f"already trained ({steps} steps)" in again.stderr
-    assert re.fullmatch(rf"run_x: \d+\.\d{{4}} ± \d+\.\d{{4}} bits/byte \(exact, l2r, step {steps}, \d+ windows\)\n",
-                        again.stdout), again.stdout
+    assert re.fullmatch(rf"run_x: \d+\.\d{{4}} ± \d+\.\d{{4}} bits/byte "
+                        rf"\(exact, l2r, step {steps}, \d+ windows\)\n", again.stdout), again.stdout
 
 
 def test_train_json_is_valid_json_with_a_single_validation_window(tmp_path, capsys):

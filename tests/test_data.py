@@ -66,7 +66,8 @@ def test_tokenizer_round_trip_ascii_and_non_ascii():
 
 def test_tokenizer_decode_skips_specials_and_replaces_bad_bytes():
     tok = ByteTokenizer()
-    ids = np.concatenate([[tok.bos_id], tok.encode("ab"), [tok.mask_id, tok.pad_id], tok.encode("c"), [tok.eos_id]])
+    ids = np.concatenate([[tok.bos_id], tok.encode("ab"), [tok.mask_id, tok.pad_id], tok.encode("c"),
+                          [tok.eos_id]])
     assert tok.decode(ids) == "abc"
     assert tok.decode(list(ids)) == "abc"
     assert tok.num_bytes(ids) == 3

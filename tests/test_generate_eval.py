@@ -10,9 +10,10 @@ from jaxorder.data.synthetic import grid_to_string, sudoku_grids
 from jaxorder.evaluation.sample_quality import default_judge, generation_quality, sudoku_grids_valid
 from jaxorder.training.loop import train
 
-TINY_SUDOKU = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.source=sudoku", "data.seq_len=82",
-               "data.batch_size=8", "data.synthetic_tokens=20000", "train.steps=10", "train.eval_every=10",
-               "train.checkpoint_every=10", "eval.batches=1", "eval.mdm_time_samples=1"]
+TINY_SUDOKU = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.source=sudoku",
+               "data.seq_len=82", "data.batch_size=8", "data.synthetic_tokens=20000", "train.steps=10",
+               "train.eval_every=10", "train.checkpoint_every=10", "eval.batches=1",
+               "eval.mdm_time_samples=1"]
 
 
 def test_valid_grid_fraction_counts_full_lines_only():

@@ -89,7 +89,8 @@ def test_tuned_malloc_never_trims_the_heap():
 def test_modes_and_refusals(monkeypatch):
     monkeypatch.delenv(host_memory.ENV, raising=False)
     assert host_memory.configure_host_malloc("system") == f"system: {host_memory.ENV}=system"
-    with pytest.raises(ValueError, match=r"JAXORDER_HOST_MALLOC='fast' is not a mode; use one of auto, tuned, system"):
+    with pytest.raises(ValueError,
+                       match=r"JAXORDER_HOST_MALLOC='fast' is not a mode; use one of auto, tuned, system"):
         host_memory.configure_host_malloc("fast")
     monkeypatch.setenv(host_memory.ENV, "fast")
     with pytest.raises(ValueError, match="is not a mode"):

@@ -85,7 +85,8 @@ def test_weight_decay_mask_ignores_the_layer_axis(unrolled_params):
     mask_s = jax.tree_util.tree_map_with_path(_is_matrix, stacked)
     assert mask_s["layers"]["mlp_norm"]["scale"] is False and mask_s["layers"]["mlp"]["down"] is True
     assert mask_s["layers"] == mask_u["layer_0"]
-    assert {k: v for k, v in mask_s.items() if k != "layers"} == {k: v for k, v in mask_u.items() if "layer_" not in k}
+    assert ({k: v for k, v in mask_s.items() if k != "layers"}
+            == {k: v for k, v in mask_u.items() if "layer_" not in k})
 
 
 @pytest.mark.parametrize("scan", [False, True])
@@ -182,11 +183,11 @@ def test_attention_analysis_with_scan(unrolled_params, tokens):
 def test_compile_with_scan_and_remat_on_8_devices():
     """`jaxorder compile` (8 forced host devices, 2x2x2 mesh) with scanned, rematerialized layers."""
     config = str(REPO / "configs" / "experiments" / "l2r_tiny.yaml")
-    over = ["model.d_model=64", "model.n_layers=2", "model.n_heads=4", "data.seq_len=32", "data.batch_size=16",
-            "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "model.scan_layers=true", "model.remat=full",
-            "train.grad_accum_steps=2"]
-    proc = subprocess.run([sys.executable, "-m", "jaxorder.cli", "compile", config, "--devices", "8", *over, "--json"],
-                          capture_output=True, text=True, timeout=600)
+    over = ["model.d_model=64", "model.n_layers=2", "model.n_heads=4", "data.seq_len=32",
+            "data.batch_size=16", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "model.scan_layers=true",
+            "model.remat=full", "train.grad_accum_steps=2"]
+    proc = subprocess.run([sys.executable, "-m", "jaxorder.cli", "compile", config, "--devices", "8", *over,
+                           "--json"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["devices"] == 8 and report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}

@@ -25,8 +25,9 @@ def test_shapes_dtypes_and_logical_axes():
     chex.assert_shape(logits, (2, 16, c.vocab_size))
     assert logits.dtype == jnp.float32
     axes = model.logical_axes(c)
-    chex.assert_trees_all_equal_structs(jax.tree.map(lambda x: 0, params),
-                                        jax.tree.map(lambda x: 0, axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)))
+    chex.assert_trees_all_equal_structs(
+        jax.tree.map(lambda x: 0, params),
+        jax.tree.map(lambda x: 0, axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)))
     assert tuple(axes["embed"]) == ("vocab", "embed")
     assert tuple(axes["layer_0"]["mlp"]["down"]) == ("mlp", "embed")
 
@@ -40,7 +41,8 @@ def test_rope_matches_complex_rotation_and_is_relative():
     rot = xc * np.exp(1j * np.asarray(pos)[..., None, None] * freq)
     np.testing.assert_allclose(out, np.concatenate([rot.real, rot.imag], -1), atol=1e-5)
     q, k = jax.random.normal(jax.random.key(1), (2, 1, 1, 1, 8))
-    dots = [float(jnp.sum(apply_rope(q, jnp.asarray([[p + 5]]), 1e4, 32) * apply_rope(k, jnp.asarray([[p]]), 1e4, 32)))
+    dots = [float(jnp.sum(apply_rope(q, jnp.asarray([[p + 5]]), 1e4, 32)
+                          * apply_rope(k, jnp.asarray([[p]]), 1e4, 32)))
             for p in (0, 11)]
     np.testing.assert_allclose(dots[0], dots[1], rtol=1e-4)
 

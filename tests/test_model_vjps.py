@@ -23,7 +23,8 @@ def _rand(shape, i, dtype=jnp.float32):
 def _assert_close_at_scale(got, want, tol: float) -> None:
     """Elementwise within tol, relative and as a fraction of want's largest magnitude (in float32)."""
     want = np.asarray(want, np.float32)
-    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tol, atol=tol * float(np.max(np.abs(want))))
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tol,
+                               atol=tol * float(np.max(np.abs(want))))
 
 
 @pytest.mark.parametrize("i, o", [(16, 48), (48, 16), (32, 32)])
@@ -62,7 +63,8 @@ def test_attention_scores_gradients_equal_autodiff(dtype, tol):
 def _transposed_lhs_dots(hlo: str) -> list[str]:
     """Plain (batch-free) dots whose left operand is contracted over its leading dimension."""
     return [line.strip() for line in hlo.splitlines()
-            if " dot(" in line and "lhs_batch_dims" not in line and re.search(r"lhs_contracting_dims=\{0\}", line)]
+            if " dot(" in line and "lhs_batch_dims" not in line
+            and re.search(r"lhs_contracting_dims=\{0\}", line)]
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU layouts")

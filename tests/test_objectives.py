@@ -38,7 +38,8 @@ def test_l2r_loss_equals_hand_computed_cross_entropy(setup):
     cfg, params, tokens = setup
     bos = special_ids(cfg.model).bos
     inputs = np.concatenate([np.full((3, 1), bos), np.asarray(tokens)[:, :-1]], axis=1)
-    logits = model.apply(params, cfg.model, jnp.asarray(inputs), jnp.broadcast_to(jnp.arange(8), (3, 8)), "causal")
+    logits = model.apply(params, cfg.model, jnp.asarray(inputs), jnp.broadcast_to(jnp.arange(8), (3, 8)),
+                         "causal")
     logp = log_softmax_np(logits)
     expected = -np.mean([[logp[b, i, int(tokens[b, i])] for i in range(8)] for b in range(3)])
     value, metrics = l2r.loss(params, {"tokens": tokens}, jax.random.key(0), cfg)

@@ -24,8 +24,9 @@ VOCAB = SYMBOLS + 4
 
 
 def tiny_cfg(n: int = 4, **over) -> config_lib.Config:
-    ov = [f"model.vocab_size={VOCAB}", "model.d_model=16", "model.n_layers=2", "model.n_heads=2",
-          "model.max_len=16", f"data.seq_len={n}", "data.batch_size=8"] + [f"{k}={v}" for k, v in over.items()]
+    ov = ([f"model.vocab_size={VOCAB}", "model.d_model=16", "model.n_layers=2", "model.n_heads=2",
+           "model.max_len=16", f"data.seq_len={n}", "data.batch_size=8"]
+          + [f"{k}={v}" for k, v in over.items()])
     return config_lib.load(None, ov)
 
 
@@ -81,8 +82,8 @@ def _bd3_reference_mask(n: int, b: int) -> np.ndarray:
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 6, 8])
 def test_bd3_mask_equals_four_part_definition(n):
     for b in [d for d in range(1, n + 1) if n % d == 0]:
-        np.testing.assert_array_equal(np.asarray(attention_mask(f"bd3:{b}", 2 * n)), _bd3_reference_mask(n, b),
-                                      err_msg=f"n={n} b={b}")
+        np.testing.assert_array_equal(np.asarray(attention_mask(f"bd3:{b}", 2 * n)),
+                                      _bd3_reference_mask(n, b), err_msg=f"n={n} b={b}")
     with pytest.raises(ValueError):
         attention_mask("bd3:0", 2 * n)
     with pytest.raises(ValueError):
@@ -132,8 +133,8 @@ def test_bd3_b1_elbo_is_the_chain_rule_of_its_conditionals(bd3_setup):
         np.testing.assert_allclose(per_tok[masks], np.broadcast_to(c[b_idx], masks.shape)[masks], rtol=1e-5)
         assert np.all(per_tok[~masks] == 0)
         for t in (np.full(n, 0.5), np.array([0.1, 0.9, 0.3, 0.7])):
-            elbo = np.asarray(bd3_elbo_from(params, xs, x_t, jnp.asarray(masks), jnp.tile(jnp.asarray(t)[None], (len(masks), 1)),
-                                            cfg, 1))
+            elbo = np.asarray(bd3_elbo_from(params, xs, x_t, jnp.asarray(masks),
+                                            jnp.tile(jnp.asarray(t)[None], (len(masks), 1)), cfg, 1))
             prob = np.prod(np.where(masks, t, 1 - t), axis=1)
             np.testing.assert_allclose((prob * elbo).sum(), c[b_idx].sum(), rtol=1e-5)
 
@@ -173,7 +174,8 @@ def test_bd3_noisy_block_sees_no_answer_and_no_future(bd3_setup):
     x_t_future = x_t.at[:, 3].set(other[:, 3])  # noisy block 1 changed
     c1 = np.asarray(bd3_noisy_logits(params, x_t, x_future, cfg, 2))
     c2 = np.asarray(bd3_noisy_logits(params, x_t_future, x, cfg, 2))
-    np.testing.assert_allclose(c1, base, atol=1e-6)  # no block sees clean block 1 (its own answer / the future)
+    # no block sees clean block 1 (its own answer / the future)
+    np.testing.assert_allclose(c1, base, atol=1e-6)
     np.testing.assert_allclose(c2[:, :2], base[:, :2], atol=1e-6)
     x_past = x.at[:, 0].set(other[:, 0])  # clean block 0 changed: block 1 must notice
     c3 = np.asarray(bd3_noisy_logits(params, x_t, x_past, cfg, 2))
@@ -235,7 +237,8 @@ def _brute_force_order_nll(params, cfg, x, orders) -> np.ndarray:
         prefix = np.take_along_axis(xs, os_[:, :j], axis=1)
         inp = np.concatenate([np.full((len(xs), 1), bos), prefix], axis=1)
         pos = np.concatenate([np.zeros((len(xs), 1), int), os_[:, :j]], axis=1)
-        logits = apply(params, cfg.model, jnp.asarray(inp), jnp.asarray(pos), "causal", jnp.asarray(os_[:, :j + 1]))
+        logits = apply(params, cfg.model, jnp.asarray(inp), jnp.asarray(pos), "causal",
+                       jnp.asarray(os_[:, :j + 1]))
         logp = log_softmax_np(logits[:, -1])
         target = xs[np.arange(len(xs)), os_[:, j]]
         out -= logp[np.arange(len(xs)), target].reshape(B, len(orders))
@@ -248,7 +251,8 @@ def test_ao_ar_one_pass_nll_equals_brute_force_chain_rule(ao_setup):
     cfg, params, x = ao_setup
     orders = np.array(list(itertools.permutations(range(x.shape[1]))))
     brute = _brute_force_order_nll(params, cfg, x, orders)
-    one_pass = np.stack([np.asarray(order_nll(params, jnp.tile(x[b:b + 1], (len(orders), 1)), jnp.asarray(orders), cfg))
+    one_pass = np.stack([np.asarray(order_nll(params, jnp.tile(x[b:b + 1], (len(orders), 1)),
+                                              jnp.asarray(orders), cfg))
                          for b in range(x.shape[0])])
     np.testing.assert_allclose(one_pass, brute, rtol=1e-5)
     assert brute.std(axis=1).min() > 1e-3  # orders genuinely differ
@@ -290,31 +294,31 @@ def test_ao_ar_order_distribution():
 
 @pytest.fixture(scope="module")
 def latent_setup():
-    """n = 3, all 3! = 6 orders, their exact per-order log-likelihoods l [B, 6] (one-pass, float64)."""
+    """n = 3, all 3! = 6 orders, their exact per-order log-likelihoods l_BK [B, 6] (one-pass, float64)."""
     n = 3
     cfg = tiny_cfg(n, **{"objective.name": "latent_order", "objective.num_orders": 6})
     params = init_params(cfg.model, jax.random.key(9), True)
     x = jnp.asarray([[2, 0, 3], [1, 1, 0], [3, 2, 2]], jnp.int32)
     orders = np.array(list(itertools.permutations(range(n))))
-    l = -_brute_force_order_nll(params, cfg, x, orders)
-    return cfg, params, x, orders, l
+    l_BK = -_brute_force_order_nll(params, cfg, x, orders)
+    return cfg, params, x, orders, l_BK
 
 
-def _lme(l, axis=-1):
-    m = l.max(axis, keepdims=True)
-    return (m + np.log(np.exp(l - m).mean(axis, keepdims=True))).squeeze(axis)
+def _lme(a, axis=-1):
+    m = a.max(axis, keepdims=True)
+    return (m + np.log(np.exp(a - m).mean(axis, keepdims=True))).squeeze(axis)
 
 
 def test_latent_order_bound_over_all_orders_is_log_mean_exp(latent_setup):
     """K = n! covering all orders: the objective's bound equals -log (1/n!) sum_sigma p(x | sigma),
     i.e. the exact NLL of the uniform order mixture, and is <= the sum-of-logs average (strictly
     here, since the orders disagree)."""
-    cfg, params, x, orders, l = latent_setup
+    cfg, params, x, orders, l_BK = latent_setup
     orders_BKL = jnp.tile(jnp.asarray(orders)[None], (x.shape[0], 1, 1))
     bound, l_obj = orders_nll(params, x, orders_BKL, cfg)
-    np.testing.assert_allclose(np.asarray(l_obj), l, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(bound), -_lme(l), rtol=1e-5)
-    avg_nll = -l.mean(axis=1)
+    np.testing.assert_allclose(np.asarray(l_obj), l_BK, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(bound), -_lme(l_BK), rtol=1e-5)
+    avg_nll = -l_BK.mean(axis=1)
     assert np.all(np.asarray(bound) < avg_nll - 1e-4)
 
 
@@ -323,7 +327,7 @@ def test_latent_order_bound_tightens_weakly_with_k(latent_setup):
     of the objective's bound, each subset scored by one call with explicit orders. Nested-subset
     Jensen argument: E_K <= E_{K-1}. E_1 is the sum-of-logs average, E_{n!} the log-mean-exp over
     all orders; every single subset's bound is <= its own sum-of-logs average."""
-    cfg, params, x, orders, l = latent_setup
+    cfg, params, x, orders, l_BK = latent_setup
     n_orders = len(orders)
     expected = []
     for k in range(1, n_orders + 1):
@@ -333,29 +337,30 @@ def test_latent_order_bound_tightens_weakly_with_k(latent_setup):
         orders_BKL = jnp.asarray(np.tile(orders[subsets], (x.shape[0], 1, 1)))
         bound, _ = orders_nll(params, tokens, orders_BKL, cfg)
         bound = np.asarray(bound).reshape(x.shape[0], S)
-        avg = -l[:, subsets].mean(axis=2)  # [B, S]
+        avg = -l_BK[:, subsets].mean(axis=2)  # [B, S]
         assert np.all(bound <= avg + 1e-5)
         expected.append(bound.mean(axis=1))
     expected = np.array(expected)  # [K, B]
     assert np.all(np.diff(expected, axis=0) <= 1e-5), expected
     assert np.all(expected[0] - expected[-1] > 1e-3)
-    np.testing.assert_allclose(expected[0], -l.mean(axis=1), rtol=1e-5)
-    np.testing.assert_allclose(expected[-1], -_lme(l), rtol=1e-5)
+    np.testing.assert_allclose(expected[0], -l_BK.mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(expected[-1], -_lme(l_BK), rtol=1e-5)
 
 
 def test_latent_order_candidates_and_posterior_weights(latent_setup):
-    cfg, params, x, orders, l = latent_setup
+    cfg, params, x, orders, l_BK = latent_setup
     o = np.asarray(latent_order.candidate_orders(jax.random.key(0), 5, 7, 4, True))
     assert o.shape == (5, 4, 7)
     assert np.all(o[:, 0] == np.arange(7)) and np.all(o[:, 1] == np.arange(7)[::-1])
     assert np.all(np.sort(o, axis=2) == np.arange(7))
     assert latent_order.candidate_orders(jax.random.key(0), 5, 7, 3, False).shape == (5, 3, 7)
-    cfg4 = config_lib.from_dict({**config_lib.to_dict(cfg), "objective": {"name": "latent_order", "num_orders": 4}})
+    cfg4 = config_lib.from_dict({**config_lib.to_dict(cfg),
+                                 "objective": {"name": "latent_order", "num_orders": 4}})
     value, m = jax.jit(latent_order.loss, static_argnums=(3,))(params, {"tokens": x}, jax.random.key(1), cfg4)
     np.testing.assert_allclose(float(m["w_l2r"] + m["w_r2l"] + 2 * m["w_random"]), 1.0, rtol=1e-5)
     assert float(value) <= float(m["nll_per_token_avg_order"]) + 1e-6
     # the l2r/r2l weights are the posterior of candidates 0/1, computed from exact order likelihoods
-    l_fixed = np.stack([l[:, 0], l[:, -1]], 1)  # orders[0] = identity, orders[-1] = reversal
+    l_fixed = np.stack([l_BK[:, 0], l_BK[:, -1]], 1)  # orders[0] = identity, orders[-1] = reversal
     assert np.all(np.isfinite(l_fixed))
     nll_B = jax.jit(lambda p, t, r: latent_order.nll(p, {"tokens": t}, r, cfg4))(params, x, jax.random.key(2))
     assert not objectives.get("latent_order").exact and nll_B.shape == (3,)

@@ -43,9 +43,10 @@ def _value_and_grads(fn, q, k, v, q_pos, k_pos, do, dlse, **kw):
     return o, lse, grads
 
 
-def _compare(mask, *, block_q, block_k, segments=False, dtype=jnp.float32, tol=F32_TOL, variant=None, **shape):
+def _compare(mask, *, block_q, block_k, segments=False, dtype=jnp.float32, tol=F32_TOL, variant=None,
+             **shape):
     q, k, v, q_pos, k_pos, do, dlse = _inputs(dtype=dtype, **shape)
-    B, L, S = q.shape[0], q.shape[1], k.shape[1]
+    B, L = q.shape[0], q.shape[1]
     kw = dict(mask=mask, rope_base=10000.0)
     if segments:
         # packed rows: segment boundaries at random-ish places (contiguous runs)
@@ -97,7 +98,8 @@ def test_rows_without_visible_keys_give_zero_and_finite_grads():
                                      jnp.zeros_like(dlse), block_q=8, block_k=8, interpret=True, **kw)
     assert np.all(np.asarray(o[:, 8:]) == 0) and np.all(np.isneginf(np.asarray(lse[:, 8:])))
     assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
-    o2, _, grads2 = _value_and_grads(ref.rope_attention, q, k, v, q_pos, k_pos, do, jnp.zeros_like(dlse), **kw)
+    o2, _, grads2 = _value_and_grads(ref.rope_attention, q, k, v, q_pos, k_pos, do, jnp.zeros_like(dlse),
+                                     **kw)
     chex.assert_trees_all_close((o, grads), (o2, grads2), atol=F32_TOL, rtol=F32_TOL)
 
 
@@ -141,7 +143,8 @@ def _bd3_by_rule(n, b):
 def test_bd3_dense_mask_follows_design(n, b):
     np.testing.assert_array_equal(pk.dense_mask(pk.bd3(b), 2 * n, 2 * n), _bd3_by_rule(n, b))
     if b == 1:  # clean half is plain causal
-        np.testing.assert_array_equal(pk.dense_mask(pk.bd3(1), 2 * n, 2 * n)[n:, n:], np.tril(np.ones((n, n), bool)))
+        np.testing.assert_array_equal(pk.dense_mask(pk.bd3(1), 2 * n, 2 * n)[n:, n:],
+                                      np.tril(np.ones((n, n), bool)))
 
 
 @pytest.mark.parametrize("mask,L,S,bq,bk", [
@@ -151,7 +154,8 @@ def test_bd3_dense_mask_follows_design(n, b):
 def test_tile_skip_fraction_counts_dense_mask(mask, L, S, bq, bk):
     dense = pk.dense_mask(mask, L, S)
     nq, nk = -(-L // bq), -(-S // bk)
-    dead = sum(not dense[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk].any() for i in range(nq) for j in range(nk))
+    dead = sum(not dense[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk].any()
+               for i in range(nq) for j in range(nk))
     assert pk.tile_skip_fraction(mask, L, S, bq, bk) == pytest.approx(dead / (nq * nk))
     if mask == pk.causal() and (L, bq, bk) == (64, 16, 16):
         assert pk.tile_skip_fraction(mask, L, S, bq, bk) == pytest.approx(6 / 16)

@@ -25,13 +25,16 @@ TPU = dict(variant="tpu")
 # per-row permuted position ids throughout; GQA where K < H
 _SLOW = pytest.mark.slow
 _CASES = [
-    pytest.param(pk.causal(), (64, 128), dict(B=2, L=256, H=2, K=1, D=32, segments=True), id="causal-gqa-segments"),
+    pytest.param(pk.causal(), (64, 128), dict(B=2, L=256, H=2, K=1, D=32, segments=True),
+                 id="causal-gqa-segments"),
     pytest.param(pk.bidirectional(), (32, 128), dict(B=2, L=256, H=2, K=1, D=32, segments=True),
                  id="bidirectional-gqa-segments-bq32"),
     pytest.param(pk.bd3(32), (64, 128), dict(B=1, L=256, H=4, K=2, D=16), id="bd3-gqa"),
-    pytest.param(pk.bd3(16), (128, 128), dict(B=2, L=256, H=2, K=1, D=32, segments=True), id="bd3-segments-bq128"),
+    pytest.param(pk.bd3(16), (128, 128), dict(B=2, L=256, H=2, K=1, D=32, segments=True),
+                 id="bd3-segments-bq128"),
     pytest.param(pk.causal(), (64, 128), dict(B=1, L=200, H=2, K=1, D=32), id="causal-L200-padded"),
-    pytest.param(pk.bidirectional(), (16, 128), dict(B=1, L=40, S=200, H=2, K=1, D=32), id="bidirectional-L-ne-S"),
+    pytest.param(pk.bidirectional(), (16, 128), dict(B=1, L=40, S=200, H=2, K=1, D=32),
+                 id="bidirectional-L-ne-S"),
     pytest.param(pk.causal(), (8, 64), dict(B=1, L=40, H=2, K=1, D=64), id="causal-one-kv-block-D64"),
     pytest.param(pk.bd3(25), (64, 128), dict(B=1, L=200, H=2, K=1, D=32), id="bd3-L200-padded", marks=_SLOW),
     pytest.param(pk.causal(), (128, 128), dict(B=1, L=256, H=2, K=2, D=128, permute=False),
@@ -66,7 +69,8 @@ def test_rows_without_visible_keys_give_zero_and_finite_grads():
 
 
 @pytest.mark.parametrize("mask,L,bq,bk", [(pk.causal(), 512, 128, 128), (pk.causal(), 512, 64, 128),
-                                          (pk.bd3(16), 512, 64, 128), (pk.bidirectional(), 384, 64, 128)], ids=str)
+                                          (pk.bd3(16), 512, 64, 128), (pk.bidirectional(), 384, 64, 128)],
+                         ids=str)
 def test_grid_runs_only_live_steps(mask, L, bq, bk):
     """The kv (q) step extent of the grid is the largest live count, and steps t < count visit
     exactly the live tiles of the dense mask, in order; the rest repeat the last live tile
@@ -123,7 +127,8 @@ def test_masked_tiles_are_never_loaded():
 
 
 def test_padded_head_dim_and_block_rules():
-    assert [attention_tpu.padded_head_dim(D) for D in (16, 32, 64, 128, 192, 256)] == [128, 128, 128, 128, 256, 256]
+    assert ([attention_tpu.padded_head_dim(D) for D in (16, 32, 64, 128, 192, 256)]
+            == [128, 128, 128, 128, 256, 256])
     attention_tpu.check_blocks(256, 256, 8, 128)
     attention_tpu.check_blocks(40, 40, 40, 40)    # one block each way: equal to the full dims
     with pytest.raises(ValueError, match="block_k=64 must be a multiple of 128"):

@@ -11,10 +11,11 @@ from jaxorder.training.step import make_train_step
 
 
 def cfg_for(impl: str, objective: str):
-    return config_lib.load(None, ["model.d_model=32", "model.n_heads=2", "model.n_layers=2", "model.max_len=64",
-                                  "data.seq_len=16", "data.batch_size=4", f"objective.name={objective}",
-                                  "objective.block_size=4", f"model.attention_impl={impl}",
-                                  "model.pallas_interpret=true", "train.steps=3", "optimizer.warmup_steps=1"])
+    return config_lib.load(None, ["model.d_model=32", "model.n_heads=2", "model.n_layers=2",
+                                  "model.max_len=64", "data.seq_len=16", "data.batch_size=4",
+                                  f"objective.name={objective}", "objective.block_size=4",
+                                  f"model.attention_impl={impl}", "model.pallas_interpret=true",
+                                  "train.steps=3", "optimizer.warmup_steps=1"])
 
 
 @pytest.mark.parametrize("objective", ["l2r", "bd3"])  # mdm: bidirectional, covered by the logits test

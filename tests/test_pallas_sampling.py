@@ -36,7 +36,9 @@ def test_threefry_matches_jax():
 
 
 def test_noise_construction_reaches_far_tails():
-    w = lambda v: jnp.uint32(v)
+    def w(v):
+        return jnp.uint32(v)
+
     top = noise.gumbel_from_words(w(0), w(0), w(0))            # e = 2^-66: u = 1 - e
     bottom = noise.gumbel_from_words(w(1 << 23), w(0), w(0))   # sign bit: u = e = 2^-66
     assert float(top) > 45.0 and float(top) > -np.log(2.0**-53)   # float64's cap is 36.7
@@ -122,7 +124,8 @@ def test_chi_square_at_temperature_one():
 
 def _random_scores(B, L, seed, ties=False):
     r = jax.random.split(jax.random.key(seed), 2)
-    s = jax.random.randint(r[0], (B, L), 0, 5).astype(jnp.float32) if ties else jax.random.uniform(r[0], (B, L))
+    s = (jax.random.randint(r[0], (B, L), 0, 5).astype(jnp.float32) if ties
+         else jax.random.uniform(r[0], (B, L)))
     masked = jax.random.bernoulli(r[1], 0.6, (B, L)).at[0].set(False)  # row 0: nothing masked
     return s, masked
 
@@ -148,7 +151,8 @@ def test_full_step_matches_reference(rule):
     tokens = jnp.where(masked, tokens, 7)
     kw = dict(temperature=1.0, rule=rule, forbidden_ids=(99,))
     for sel in (dict(k=3), dict(threshold=0.3)):
-        got = pk.mdm_sample_step(h, w, tokens, masked, key, vocab_tile=32, row_tile=16, interpret=True, **kw, **sel)
+        got = pk.mdm_sample_step(h, w, tokens, masked, key, vocab_tile=32, row_tile=16, interpret=True, **kw,
+                                 **sel)
         with jax.enable_x64(True):
             want = jax.device_get(ref.mdm_sample_step(h, w, tokens, masked, key, **kw, **sel))
         for name in ("tokens", "is_masked", "committed", "sampled"):

@@ -98,7 +98,8 @@ def test_bpe_round_trip_ascii_and_non_ascii(bpe):
     ids = bpe.encode("the king the king the king")
     assert len(ids) < len("the king the king the king")  # merges learned
     # decode skips specials; num_bytes counts them 0
-    mixed = np.concatenate([[bpe.bos_id], bpe.encode("ab"), [bpe.mask_id, bpe.pad_id], bpe.encode("c"), [bpe.eos_id]])
+    mixed = np.concatenate([[bpe.bos_id], bpe.encode("ab"), [bpe.mask_id, bpe.pad_id], bpe.encode("c"),
+                            [bpe.eos_id]])
     assert bpe.decode(mixed) == "abc" and bpe.num_bytes(mixed) == 3
     # a split multi-byte character decodes with U+FFFD, like the byte tokenizer
     e_acute = [i for i in range(V - 4) if bpe.token_bytes(i) == b"\xc3"]
@@ -340,8 +341,8 @@ def test_cli_data_prepare_byte_markov_and_train_vocab_check(tmp_path, capsys):
     from jaxorder.cli import main
 
     out = tmp_path / "markov_ds"
-    rc = main(["data", "prepare", "--out", str(out), "--json", "data.source=markov", "data.synthetic_tokens=40000",
-               "data.seq_len=64"])
+    rc = main(["data", "prepare", "--out", str(out), "--json", "data.source=markov",
+               "data.synthetic_tokens=40000", "data.seq_len=64"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["tokenizer"] == "byte" and summary["vocab_size"] == 260

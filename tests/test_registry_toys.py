@@ -63,7 +63,8 @@ def test_toy_objective_trains_evaluates_and_samples(tmp_path, text_corpus, toy_o
     with pytest.raises(ConfigError, match="needs an even data.seq_len"):
         config_lib.load(None, ["objective.name=l2r_smooth", "data.seq_len=31"])
     config_file = tmp_path / "toy.yaml"
-    config_file.write_text(tiny_config_yaml(text_corpus, steps=20, checkpoint_every=20, objective="l2r_smooth"))
+    config_file.write_text(tiny_config_yaml(text_corpus, steps=20, checkpoint_every=20,
+                                            objective="l2r_smooth"))
     run_dir = tmp_path / "run"
     result = train(config_lib.load(config_file), run_dir)
     assert result["objective"] == "l2r_smooth" and result["kind"] == "exact (toy)" and 0 < result["bpb"] < 8
@@ -71,8 +72,8 @@ def test_toy_objective_trains_evaluates_and_samples(tmp_path, text_corpus, toy_o
     assert code == 0, err
     evaluated = json.loads(out)
     assert evaluated["kind"] == "exact (toy)" and evaluated["bpb"] == pytest.approx(result["bpb"], rel=1e-6)
-    code, out, err = cli_in_process(["sample", run_dir, "--prompt", "the", "--length", "16", "--temperature", "0",
-                                     "--json"])
+    code, out, err = cli_in_process(["sample", run_dir, "--prompt", "the", "--length", "16", "--temperature",
+                                     "0", "--json"])
     assert code == 0, err
     sampled = json.loads(out)
     assert sampled["sampler"] == "ar" and sampled["samples"][0]["text"].startswith("the")
@@ -103,18 +104,20 @@ def one_pass_build(cfg, static):
         best_BL = jnp.argmax(logp_BLV, axis=-1).astype(jnp.int32)
         masked_BL = tokens_BL == mask_id
         lp_BL = jnp.take_along_axis(logp_BLV, best_BL[..., None], axis=-1)[..., 0]
-        return dict(tokens=jnp.where(masked_BL, best_BL, tokens_BL), logprob=jnp.where(masked_BL, lp_BL, 0.0).sum(1),
-                    nfe=jnp.int32(1), steps=jnp.int32(1))
+        return dict(tokens=jnp.where(masked_BL, best_BL, tokens_BL),
+                    logprob=jnp.where(masked_BL, lp_BL, 0.0).sum(1), nfe=jnp.int32(1), steps=jnp.int32(1))
 
     return run
 
 
-TOY_SAMPLER = Sampler(name="one_pass", family="masked", options=(), prepare=one_pass_prepare, build=one_pass_build)
+TOY_SAMPLER = Sampler(name="one_pass", family="masked", options=(), prepare=one_pass_prepare,
+                      build=one_pass_build)
 
 
 def test_toy_sampler_in_sample_and_in_a_sweep(tmp_path, text_corpus):
     base = tmp_path / "base.yaml"
-    base.write_text(tiny_config_yaml(text_corpus, steps=10, checkpoint_every=10, eval_every=10, objective="mdm"))
+    base.write_text(tiny_config_yaml(text_corpus, steps=10, checkpoint_every=10, eval_every=10,
+                                     objective="mdm"))
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(f"name: toys\nbase: {base}\n"
                      "generate: {num_samples: 2, samplers: [one_pass, confidence], steps: [4, 8]}\n")
@@ -126,7 +129,8 @@ def test_toy_sampler_in_sample_and_in_a_sweep(tmp_path, text_corpus):
         assert code == 0, err
         sampled = json.loads(out)
         assert sampled["sampler"] == "one_pass" and sampled["forward_passes"] == 1 and sampled["complete"]
-        assert sampled["samples"][0]["text"].startswith("the ") and sampled["samples"][0]["text"].endswith(" sat")
+        assert (sampled["samples"][0]["text"].startswith("the ")
+                and sampled["samples"][0]["text"].endswith(" sat"))
         code, _, err = cli_in_process(["sample", run_dir, "--sampler", "one_pass", "--steps", "4"])
         assert code == 2 and "the one_pass sampler does not take 'steps'; it takes: no options" in err
     rows = [(g["sampler"], g.get("setting", ""), g["forward_passes"]) for g in results[0]["generate"]]

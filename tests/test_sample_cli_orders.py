@@ -43,11 +43,12 @@ def test_bd3_run_fills_a_template_block_by_block(tmp_path, repeated_corpus):
 @pytest.mark.parametrize("objective", ["ao_ar", "latent_order"])
 def test_any_order_run_samples_in_the_named_order(tmp_path, repeated_corpus, objective):
     run = _run(tmp_path, repeated_corpus, f"objective.name={objective}")
-    code, out, err = cli_in_process(["sample", run, "--sampler", "greedy", "--prompt", "the cat", "--num-samples", "2",
-                                     "--seed", "3", "--json"])
+    code, out, err = cli_in_process(["sample", run, "--sampler", "greedy", "--prompt", "the cat",
+                                     "--num-samples", "2", "--seed", "3", "--json"])
     assert code == 0, err
     res = json.loads(out)
-    assert res["sampler"] == "greedy" and res["generated_tokens"] == 2 * 9 and res["forward_passes"] == 1 + 2 * 9
+    assert (res["sampler"] == "greedy" and res["generated_tokens"] == 2 * 9
+            and res["forward_passes"] == 1 + 2 * 9)
     for s in res["samples"]:
         assert s["text"].startswith("the cat") and sorted(s["order"]) == list(range(16))
         assert s["order"][:7] == list(range(7))  # the prompt is conditioned on first
@@ -55,4 +56,5 @@ def test_any_order_run_samples_in_the_named_order(tmp_path, repeated_corpus, obj
                                    "--temperature", "0", "--json"])
     assert code == 0 and json.loads(out)["samples"][0]["text"].endswith(" sat on the mat")
     code, _, err = cli_in_process(["sample", run, "--sampler", "ar"])
-    assert code == 2 and f"unknown sampler 'ar'; for {objective} runs use one of l2r, r2l, random, greedy" in err
+    assert code == 2 and (f"unknown sampler 'ar'; for {objective} runs use one of l2r, r2l, random, "
+                          f"greedy") in err

@@ -25,7 +25,8 @@ def AnyOrderConfig(order: str = "l2r", **options) -> tuple:  # noqa: N802 - read
 
 
 def sample(params, cfg, tokens_BL, key, oc: tuple = ("l2r", SamplerOptions()), collect_logits: bool = False):
-    return sampling.sample(params, cfg, tokens_BL, key, oc[0], dataclasses.replace(oc[1], collect_logits=collect_logits))
+    return sampling.sample(params, cfg, tokens_BL, key, oc[0],
+                           dataclasses.replace(oc[1], collect_logits=collect_logits))
 
 TINY = ("model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.seq_len=16")
 L = 16
@@ -79,7 +80,8 @@ def test_cached_equals_uncached_at_temperature_zero(tiny, order):
     """Same orders and tokens exactly, per-step logits within 1e-5, both = order_logits over the result."""
     cfg, params = tiny
     key = jax.random.key(3)
-    a = _get(sample(params, cfg, RAGGED, key, AnyOrderConfig(order=order, temperature=0.0), collect_logits=True))
+    a = _get(sample(params, cfg, RAGGED, key, AnyOrderConfig(order=order, temperature=0.0),
+                    collect_logits=True))
     b = _get(sample(params, cfg, RAGGED, key, AnyOrderConfig(order=order, temperature=0.0, cache=False),
                     collect_logits=True))
     assert np.array_equal(a["tokens"], b["tokens"]) and np.array_equal(a["order"], b["order"])
@@ -146,8 +148,8 @@ def test_logprob_is_the_order_chain_rule(tiny, order):
     tokens, orders = jnp.asarray(out["tokens"]), jnp.asarray(out["order"])
     nll = np.asarray(ao_ar.order_token_nll(params, tokens, orders, cfg))
     np.testing.assert_allclose(out["logprob"], -(nll * _generated_slots(FREE)).sum(axis=1), atol=1e-4)
-    np.testing.assert_allclose(out["logprob"][0], -np.asarray(ao_ar.order_nll(params, tokens, orders, cfg))[0],
-                               atol=1e-4)
+    np.testing.assert_allclose(out["logprob"][0],
+                               -np.asarray(ao_ar.order_nll(params, tokens, orders, cfg))[0], atol=1e-4)
     assert int(out["steps"]) == L and int(out["nfe"]) == L * (2 if order == "greedy" else 1)
 
 

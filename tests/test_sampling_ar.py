@@ -25,7 +25,8 @@ from jaxorder.sampling.ar import filter_logits
 
 from conftest import cli_in_process
 
-TINY_L2R = ("objective.name=l2r", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.seq_len=32")
+TINY_L2R = ("objective.name=l2r", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
+            "data.seq_len=32")
 TOK = ByteTokenizer()
 PROMPTS = [TOK.encode("To be"), [], TOK.encode("or not to")]  # different lengths, one empty
 GREEDY = ARConfig(temperature=0.0, stop_at_eos=False)
@@ -57,7 +58,8 @@ def tiny():
 def _full_logits(params, cfg, seq_BT):
     """Uncached reference: one causal forward pass over the buffer (slot s predicts slot s + 1)."""
     x = jnp.asarray(seq_BT[:, :-1])
-    return np.asarray(model.apply(params, cfg.model, x, jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape), "causal"))
+    return np.asarray(model.apply(params, cfg.model, x, jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape),
+                                  "causal"))
 
 
 def test_decode_step_matches_full_forward_in_chunks(tiny):
@@ -66,7 +68,8 @@ def test_decode_step_matches_full_forward_in_chunks(tiny):
     pos = jnp.broadcast_to(jnp.arange(13), toks.shape)
     want = np.asarray(model.apply(params, cfg.model, toks, pos, "causal"))
     scanned = dict(params)  # the scan_layers layout ("layers": stacked) decodes as well
-    scanned["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[scanned.pop(f"layer_{i}") for i in range(2)])
+    scanned["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs),
+                                     *[scanned.pop(f"layer_{i}") for i in range(2)])
 
     @jax.jit
     def chunked(p):
@@ -94,7 +97,8 @@ def test_cached_equals_uncached_at_temperature_zero(tiny, direction):
     assert all(np.array_equal(x, y) for x, y in zip(a["tokens"], b["tokens"]))
     prefill = 1 + min(len(p) for p in PROMPTS)
     np.testing.assert_allclose(a["logits"][:, prefill:], b["logits"][:, prefill:], atol=1e-5)
-    np.testing.assert_allclose(a["logits"][:, prefill:], _full_logits(params, cfg, a["seq"])[:, prefill - 1:], atol=1e-5)
+    np.testing.assert_allclose(a["logits"][:, prefill:], _full_logits(params, cfg, a["seq"])[:, prefill - 1:],
+                               atol=1e-5)
     assert a["generated"].tolist() == [N] * 3 and a["nfe"] == b["nfe"] == 1 + a["steps"]
     for p, t in zip(PROMPTS, a["tokens"]):  # reading order: l2r continues the prompt, r2l precedes it
         assert len(t) == len(p) + N
@@ -134,10 +138,12 @@ def test_stops_at_eos(tiny, direction):
     head[:, [tok, eos]] = head[:, [eos, tok]]
     swapped = {**params, "head": jnp.asarray(head)}
     for cache in (True, False):
-        out = generate(swapped, cfg, PROMPTS, N, jax.random.key(0), ARConfig(temperature=0.0, cache=cache), direction)
+        out = generate(swapped, cfg, PROMPTS, N, jax.random.key(0), ARConfig(temperature=0.0, cache=cache),
+                       direction)
         assert bool(out["eos"][0]) and int(out["generated"][0]) == j + 1
         assert len(out["tokens"][0]) == p0 + j  # EOS excluded
-        want = np.concatenate([np.asarray(PROMPTS[0][::-1] if direction == "r2l" else PROMPTS[0], np.int32), gen0[:j]])
+        want = np.concatenate([np.asarray(PROMPTS[0][::-1] if direction == "r2l" else PROMPTS[0], np.int32),
+                               gen0[:j]])
         assert np.array_equal(out["tokens"][0], want[::-1] if direction == "r2l" else want)
     # EOS ignored: the row continues with `tok`'s old place taken by EOS
     on = generate(swapped, cfg, PROMPTS, N, jax.random.key(0), GREEDY, direction)
@@ -167,12 +173,17 @@ def test_banned_tokens_are_never_generated(tiny):
 def test_filter_logits_top_k_top_p():
     logits = jnp.log(jnp.array([[0.5, 0.25, 0.15, 0.1], [0.1, 0.2, 0.3, 0.4]]))
     kept = lambda x: np.isfinite(np.asarray(x)).tolist()  # noqa: E731
-    assert kept(filter_logits(logits, 1.0, 2, 1.0)) == [[True, True, False, False], [False, False, True, True]]
-    assert kept(filter_logits(logits, 1.0, 0, 0.5)) == [[True, False, False, False], [False, False, True, True]]
-    assert kept(filter_logits(logits, 1.0, 0, 0.7)) == [[True, True, False, False], [False, False, True, True]]
-    assert kept(filter_logits(logits, 1.0, 0, 1e-6)) == [[True, False, False, False], [False, False, False, True]]
+    assert kept(filter_logits(logits, 1.0, 2, 1.0)) == [[True, True, False, False],
+                                                        [False, False, True, True]]
+    assert kept(filter_logits(logits, 1.0, 0, 0.5)) == [[True, False, False, False],
+                                                        [False, False, True, True]]
+    assert kept(filter_logits(logits, 1.0, 0, 0.7)) == [[True, True, False, False],
+                                                        [False, False, True, True]]
+    assert kept(filter_logits(logits, 1.0, 0, 1e-6)) == [[True, False, False, False],
+                                                         [False, False, False, True]]
     np.testing.assert_allclose(filter_logits(logits, 2.0, 0, 1.0), logits / 2.0)
-    assert kept(filter_logits(logits, 1.0, 3, 0.6)) == [[True, True, False, False], [False, False, True, True]]
+    assert kept(filter_logits(logits, 1.0, 3, 0.6)) == [[True, True, False, False],
+                                                        [False, False, True, True]]
 
 
 def test_seeds_temperature_and_top_k_one(tiny):
@@ -195,14 +206,16 @@ def test_too_long_is_a_clear_error(tiny):
 
 def test_cli_sample_l2r_and_r2l_runs(tmp_path, repeated_corpus):
     from jaxorder.training.loop import train
-    cfg = config_lib.load(None, (*TINY_L2R, "data.source=text", f"data.path={repeated_corpus}", "data.batch_size=8",
-                                 "train.steps=3", "train.eval_every=3", "train.checkpoint_every=3",
-                                 "train.async_checkpointing=false", "eval.batches=1"))
+    cfg = config_lib.load(None, (*TINY_L2R, "data.source=text", f"data.path={repeated_corpus}",
+                                 "data.batch_size=8", "train.steps=3", "train.eval_every=3",
+                                 "train.checkpoint_every=3", "train.async_checkpointing=false",
+                                 "eval.batches=1"))
     run = tmp_path / "l2r"
     with contextlib.redirect_stderr(io.StringIO()):
         train(cfg, run)
-    code, out, _ = cli_in_process(["sample", run, "--prompt", "the cat", "--length", "16", "--num-samples", "2",
-                         "--top-k", "20", "--top-p", "0.9", "--seed", "1", "--no-stop-at-eos", "--json"])
+    code, out, _ = cli_in_process(["sample", run, "--prompt", "the cat", "--length", "16", "--num-samples",
+                                   "2", "--top-k", "20", "--top-p", "0.9", "--seed", "1", "--no-stop-at-eos",
+                                   "--json"])
     assert code == 0
     res = json.loads(out)
     assert res["sampler"] == "ar" and res["generated_tokens"] == 2 * 9 and res["forward_passes"] == 10
@@ -211,8 +224,10 @@ def test_cli_sample_l2r_and_r2l_runs(tmp_path, repeated_corpus):
     r2l = tmp_path / "r2l"
     shutil.copytree(run, r2l)
     (r2l / "config.yaml").write_text((r2l / "config.yaml").read_text().replace("name: l2r", "name: r2l"))
-    code, out, err = cli_in_process(["sample", r2l, "--prompt", "the mat", "--length", "16", "--num-samples", "2",
-                           "--top-k", "20", "--top-p", "0.9", "--seed", "1", "--no-stop-at-eos"])  # compiled above
+    # compiled above
+    code, out, err = cli_in_process(["sample", r2l, "--prompt", "the mat", "--length", "16", "--num-samples",
+                                     "2", "--top-k", "20", "--top-p", "0.9", "--seed", "1",
+                                     "--no-stop-at-eos"])
     assert code == 0 and out.startswith("--- sample 1/2") and out.count("the mat\n") == 2 and "ar, " in err
     code, _, err = cli_in_process(["sample", run, "--sampler", "confidence"])
     assert code == 2 and "unknown sampler 'confidence'; for l2r runs use one of ar" in err

@@ -48,7 +48,8 @@ def test_cached_equals_uncached(tiny, name, temperature):
     same steps, and the summed log p of the committed tokens (one per step's logits) agree."""
     cfg, params = tiny
     rows = _rows(cfg)
-    sc = spec(name, steps=7, temperature=temperature, **({"threshold": 0.0045} if name == "threshold" else {}))
+    sc = spec(name, steps=7, temperature=temperature,
+              **({"threshold": 0.0045} if name == "threshold" else {}))
     got = _run(params, cfg, rows, 1, sc, cache=True)
     want = _run(params, cfg, rows, 1, sc, cache=False)
     assert np.array_equal(got["tokens"], want["tokens"])
@@ -71,7 +72,8 @@ def test_fixed_tokens_kept_every_mask_filled_and_seeds(tiny, name, temperature):
     a = _run(params, cfg, rows, 5, sc)
     assert np.array_equal(a["tokens"][fixed], rows[fixed]), "a fixed token changed"
     assert not np.any(a["tokens"] == mask_id) and np.all(a["complete"]), "a mask was left or MASK sampled"
-    assert a["commits"].sum(axis=0).tolist() == [int((~fixed[0]).sum())] * 3 and np.all(np.isfinite(a["logprob"]))
+    assert (a["commits"].sum(axis=0).tolist() == [int((~fixed[0]).sum())] * 3
+            and np.all(np.isfinite(a["logprob"])))
     # blocks 1..3 have masks (block 0 is prompt only): 7 steps split 3, 2, 2 and each block is
     # complete after its own steps (3, 3 and 4 masks)
     per_block = [a["commits"][0:3].sum(axis=0), a["commits"][3:5].sum(axis=0), a["commits"][5:7].sum(axis=0)]
@@ -80,7 +82,8 @@ def test_fixed_tokens_kept_every_mask_filled_and_seeds(tiny, name, temperature):
     if temperature == 0:  # k-best at T = 0: no randomness at all, identical rows give identical samples
         assert np.array_equal(a["tokens"], other_seed["tokens"]) and np.all(a["tokens"] == a["tokens"][0])
     else:
-        assert not np.array_equal(a["tokens"], other_seed["tokens"]), "another seed gave the same samples at T=1"
+        assert not np.array_equal(a["tokens"], other_seed["tokens"]), (
+            "another seed gave the same samples at T=1")
         same_seed = _run(params, cfg, rows, 5, sc)
         assert np.array_equal(a["tokens"], same_seed["tokens"]), "same seed, different samples"
 
@@ -109,7 +112,8 @@ def test_one_block_is_the_mdm_sampler(tiny, name, temperature):
     cfg = config_lib.load(None, ("objective.name=bd3", f"objective.block_size={N}", *TINY))
     mdm_cfg = config_lib.load(None, ("objective.name=mdm", *TINY))
     rows = _rows(cfg)
-    sc = spec(name, steps=7, temperature=temperature, **({"threshold": 0.0045} if name == "threshold" else {}))
+    sc = spec(name, steps=7, temperature=temperature,
+              **({"threshold": 0.0045} if name == "threshold" else {}))
     want = jax.device_get(run_sampler(params, mdm_cfg, rows, jax.random.key(2), sc))
     got = _run(params, cfg, rows, 2, sc)
     assert np.array_equal(got["tokens"], want["tokens"]) and np.array_equal(got["commits"], want["commits"])
@@ -134,7 +138,8 @@ def test_bad_inputs(tiny):
     key = jax.random.key(0)
     block_confidence = sampling.resolve(cfg, "confidence")
     with pytest.raises(ConfigError, match="decodes block runs, not mdm"):
-        sampling.sample(params, config_lib.load(None, ("objective.name=mdm", *TINY)), rows, key, block_confidence)
+        sampling.sample(params, config_lib.load(None, ("objective.name=mdm", *TINY)), rows, key,
+                        block_confidence)
     with pytest.raises(ConfigError, match="multiple of the block size 4, got 14; use 12 or 16"):
         run_sampler(params, cfg, rows[:, :14], key, sc)
     with pytest.raises(ConfigError, match="does not take 'block_length'"):

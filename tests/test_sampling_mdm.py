@@ -30,7 +30,8 @@ from jaxorder.sampling.prompts import build_inputs, parse_template
 from conftest import cli_in_process, spec, with_options
 from conftest import run_sampler as sample
 
-TINY_MDM = ("objective.name=mdm", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.seq_len=32")
+TINY_MDM = ("objective.name=mdm", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
+            "data.seq_len=32")
 TOK = ByteTokenizer()
 
 
@@ -80,7 +81,8 @@ def test_infilling_keeps_template_fills_every_mask_and_respects_seeds(tiny, name
     mask_id = special_ids(cfg.model).mask
     rows = _template_rows(4)
     fixed = rows != mask_id
-    sc = spec(name, steps=4, temperature=1.0, **({"threshold": 0.5} if name == "threshold" else {}), block_length=8 if name == "confidence" else 0)
+    sc = spec(name, steps=4, temperature=1.0, **({"threshold": 0.5} if name == "threshold" else {}),
+              block_length=8 if name == "confidence" else 0)
     a = jax.device_get(sample(params, cfg, rows, jax.random.key(5), sc))
     assert np.array_equal(a["tokens"][fixed], rows[fixed]), "a fixed template token changed"
     assert not np.any(a["tokens"] == mask_id) and np.all(a["complete"]), "a mask was left or MASK sampled"
@@ -116,7 +118,8 @@ def test_threshold_commits_at_least_one_per_step_and_stops_early(tiny):
     # a threshold below every confidence commits everything in the first step
     lo = jax.device_get(sample(params, cfg, start, jax.random.key(0), spec("threshold", steps=steps,
                                                                                      threshold=1e-4)))
-    assert int(lo["steps"]) == 1 == int(lo["nfe"]) and np.all(lo["commits"][0] == L) and np.all(lo["complete"])
+    assert (int(lo["steps"]) == 1 == int(lo["nfe"]) and np.all(lo["commits"][0] == L)
+            and np.all(lo["complete"]))
     # in between: >= 1 per step until a row is complete, never more than `steps` steps
     mid_thr = float(np.median(np.exp(hi["logprob"] / L)))
     mid = jax.device_get(sample(params, cfg, start, jax.random.key(0), spec("threshold", steps=steps,
@@ -136,7 +139,8 @@ def test_block_schedule_and_semi_autoregressive_order(tiny):
     cfg, params = tiny
     B, L = 2, 16
     sc = spec("entropy", steps=4, temperature=1.0, block_length=4)
-    out = jax.device_get(sample(params, cfg, np.full((B, L), special_ids(cfg.model).mask), jax.random.key(3), sc))
+    out = jax.device_get(sample(params, cfg, np.full((B, L), special_ids(cfg.model).mask),
+                                jax.random.key(3), sc))
     assert np.all(out["commits"] == 4) and np.all(out["complete"])  # one block of 4 per step
 
 
@@ -161,7 +165,8 @@ def test_fused_step_gives_the_same_tokens_as_the_plain_path(tiny, name, temperat
     cfg, params = tiny
     rows = _template_rows(4)
     key = jax.random.key(11)
-    sc = spec(name, steps=4, temperature=temperature, **({"threshold": 0.004} if name == "threshold" else {}), block_length=block)
+    sc = spec(name, steps=4, temperature=temperature, **({"threshold": 0.004} if name == "threshold" else {}),
+              block_length=block)
     plain = jax.device_get(sample(params, cfg, rows, key, sc))
     fused = jax.device_get(sample(params, cfg, rows, key, with_options(sc, fused=True)))
     if name == "threshold":  # the threshold really commits extra positions here
@@ -246,8 +251,8 @@ def test_unigram_entropy_and_judge_nll():
     assert unigram_entropy_bits([[1, 2], [3, 4]]) == pytest.approx(2.0)
     assert unigram_entropy_bits(["aaaa"]) == 0.0 and unigram_entropy_bits([]) == 0.0
     assert unigram_entropy_bits([[1, 1, 2, 9]], exclude=[9]) == pytest.approx(0.9182958, rel=1e-6)
-    cfg = config_lib.load(None, ("objective.name=l2r", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
-                                 "data.seq_len=8"))
+    cfg = config_lib.load(None, ("objective.name=l2r", "model.d_model=32", "model.n_layers=2",
+                                 "model.n_heads=2", "data.seq_len=8"))
     params = model.init_params(cfg.model, jax.random.key(0))
     texts = ["hello, world!", "short", "héll"]  # windows of 8 tokens: 8+5, 5, 5 (bytes)
     res = judge_nll_params(params, cfg, texts, TOK)
@@ -265,20 +270,25 @@ def test_unigram_entropy_and_judge_nll():
 
 def test_cli_sample_mdm_run_and_errors(tmp_path, repeated_corpus):
     from jaxorder.training.loop import train
-    cfg = config_lib.load(None, (*TINY_MDM, "data.source=text", f"data.path={repeated_corpus}", "data.batch_size=8",
-                                 "train.steps=10", "train.eval_every=10", "train.checkpoint_every=10",
-                                 "train.async_checkpointing=false", "eval.batches=1", "eval.mdm_time_samples=1"))
+    cfg = config_lib.load(None, (*TINY_MDM, "data.source=text", f"data.path={repeated_corpus}",
+                                 "data.batch_size=8", "train.steps=10", "train.eval_every=10",
+                                 "train.checkpoint_every=10", "train.async_checkpointing=false",
+                                 "eval.batches=1", "eval.mdm_time_samples=1"))
     run = tmp_path / "mdm"
     with contextlib.redirect_stderr(io.StringIO()):
         train(cfg, run)
-    code, out, _ = cli_in_process(["sample", run, "--template", "the [MASK:3] sat on [MASK:4] mat", "--sampler", "margin",
-                         "--steps", "4", "--num-samples", "2", "--seed", "1", "--json"])
+    code, out, _ = cli_in_process(["sample", run, "--template", "the [MASK:3] sat on [MASK:4] mat",
+                                   "--sampler", "margin", "--steps", "4", "--num-samples", "2", "--seed", "1",
+                                   "--json"])
     assert code == 0
     res = json.loads(out)
-    assert [s["text"][:4] for s in res["samples"]] == ["the "] * 2 and res["complete"] and res["steps_taken"] <= 4
+    assert ([s["text"][:4] for s in res["samples"]] == ["the "] * 2 and res["complete"]
+            and res["steps_taken"] <= 4)
     assert all(s["text"].endswith(" mat") and len(s["tokens"]) == 23 for s in res["samples"])
-    code, out, err = cli_in_process(["sample", run, "--template", "the [MASK:3] sat on [MASK:4] mat", "--sampler", "margin",
-                           "--steps", "4", "--num-samples", "2", "--seed", "2"])  # same shapes: no recompilation
+    # same shapes: no recompilation
+    code, out, err = cli_in_process(["sample", run, "--template", "the [MASK:3] sat on [MASK:4] mat",
+                                     "--sampler", "margin", "--steps", "4", "--num-samples", "2",
+                                     "--seed", "2"])
     assert code == 0 and out.startswith("--- sample 1/2") and "\nthe " in out and " mat\n" in out
     assert "margin, 4 steps" in err
     code, _, err = cli_in_process(["sample", run, "--sampler", "nope"])
@@ -288,6 +298,7 @@ def test_cli_sample_mdm_run_and_errors(tmp_path, repeated_corpus):
     untrained = tmp_path / "untrained"
     untrained.mkdir()
     (untrained / "config.yaml").write_text("objective: {name: ao_ar}\n")
-    code, _, err = cli_in_process(["sample", untrained, "--sampler", "confidence"])  # fails before any restore
+    # fails before any restore
+    code, _, err = cli_in_process(["sample", untrained, "--sampler", "confidence"])
     assert code == 2 and err.strip() == ("error: unknown sampler 'confidence'; for ao_ar runs use one of "
                                          "l2r, r2l, random, greedy")

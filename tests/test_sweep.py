@@ -17,7 +17,8 @@ def write_sweep(tmp_path, base, body: str):
 
 def test_axes_times_grid_expand_with_names(tmp_path, tiny_config_file):
     path = write_sweep(tmp_path, tiny_config_file,
-                       "axes:\n  - {a: [objective.name=l2r], b: [objective.name=bd3, objective.block_size=4]}\n"
+                       "axes:\n"
+                       "  - {a: [objective.name=l2r], b: [objective.name=bd3, objective.block_size=4]}\n"
                        "  - {small: [train.steps=5], big: [train.steps=7]}\n"
                        "grid:\n  optimizer.lr: [0.001, 0.002]\n")
     runs = expand(load_sweep(path))
@@ -47,9 +48,10 @@ def test_bad_sweeps(tmp_path, tiny_config_file):
 def test_report_has_order_scores_and_slash_fraction(tmp_path, text_corpus):
     base = tmp_path / "base.yaml"
     base.write_text(tiny_config_yaml(text_corpus, steps=20, checkpoint_every=20, eval_every=20))
-    path = write_sweep(tmp_path, base, "axes:\n  - {l2r: [objective.name=l2r], mdm: [objective.name=mdm]}\n"
-                                       "orders: l2r,greedy\norder_windows: 2\nattention_summary: true\n"
-                                       "generate: {num_samples: 2, samplers: [confidence, ancestral, ar], steps: 8}\n")
+    path = write_sweep(tmp_path, base,
+                       "axes:\n  - {l2r: [objective.name=l2r], mdm: [objective.name=mdm]}\n"
+                       "orders: l2r,greedy\norder_windows: 2\nattention_summary: true\n"
+                       "generate: {num_samples: 2, samplers: [confidence, ancestral, ar], steps: 8}\n")
     results = run_sweep(path, tmp_path / "out")
     rows = {r["run"]: r for r in csv.DictReader((tmp_path / "out" / "results.csv").open())}
     assert set(rows) == {"l2r", "mdm"}

@@ -28,7 +28,8 @@ spec.loader.exec_module(launch)
 
 PROJECT, ZONE, NAME = "proj-test-123", "europe-west4-b", "tpu-test"
 TARGET = ["--project", PROJECT, "--zone", ZONE, "--name", NAME]
-TRICKY = ["train.note=hello world", "data.path=it's a \"file\"; rm -rf ~ $(echo x) `id` *", "model.n_layers=4"]
+TRICKY = ["train.note=hello world", "data.path=it's a \"file\"; rm -rf ~ $(echo x) `id` *",
+          "model.n_layers=4"]
 
 
 @pytest.fixture(autouse=True)
@@ -127,10 +128,12 @@ def test_install_copies_checkout_and_pins_jax(capsys, no_exec):
 
 
 def test_install_from_git_or_wheel(capsys, no_exec):
-    [cmd] = dry(capsys, "install", *TARGET, "--git-url", "https://example.com/me/jaxorder.git", "--git-ref", "v0.1")
+    [cmd] = dry(capsys, "install", *TARGET, "--git-url", "https://example.com/me/jaxorder.git", "--git-ref",
+                "v0.1")
     script = flag(cmd, "--command")
     assert "--worker=all" in cmd and "git clone https://example.com/me/jaxorder.git" in script
-    assert "fetch --force https://example.com/me/jaxorder.git v0.1" in script and "pip install -q -e" in script
+    assert ("fetch --force https://example.com/me/jaxorder.git v0.1" in script
+            and "pip install -q -e" in script)
     [cmd] = dry(capsys, "install", *TARGET, "--wheel", "gs://bucket/dist/jaxorder-0.1.0-py3-none-any.whl")
     script = flag(cmd, "--command")
     assert "gcloud storage cp gs://bucket/dist/jaxorder-0.1.0-py3-none-any.whl" in script
@@ -145,8 +148,8 @@ def test_launch_command_and_quoting(capsys, no_exec):
     assert cmd[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"] and "--worker=all" in cmd
     remote = flag(cmd, "--command")
     assert "nohup" in remote and "tpu-logs/train.log" in remote
-    assert train_tokens(remote) == ["jaxorder", "train", "configs/experiments/l2r_tiny.yaml", "--run-dir", run_dir,
-                                    "distributed.mode=auto", "mesh.fsdp=-1", *TRICKY]
+    assert train_tokens(remote) == ["jaxorder", "train", "configs/experiments/l2r_tiny.yaml", "--run-dir",
+                                    run_dir, "distributed.mode=auto", "mesh.fsdp=-1", *TRICKY]
     # the same command again is `resume`
     assert dry(capsys, "resume", *TARGET, "configs/experiments/l2r_tiny.yaml", "--run-dir", run_dir,
                "mesh.fsdp=-1", *TRICKY) == [cmd]
@@ -162,7 +165,8 @@ def test_launch_runs_the_exact_command_on_a_fake_worker(tmp_path, capsys):
                     "open(os.environ['HOME'] + '/argv.json', 'w').write(json.dumps(sys.argv[1:]))\n"
                     "print('checkpoint saved; preempted'); sys.exit(143)\n")
     fake.chmod(0o755)
-    [cmd] = dry(capsys, "launch", *TARGET, "cfg.yaml", "--run-dir", "gs://b/r", *TRICKY, "--env", "XLA_FLAGS=--a --b")
+    [cmd] = dry(capsys, "launch", *TARGET, "cfg.yaml", "--run-dir", "gs://b/r", *TRICKY, "--env",
+                "XLA_FLAGS=--a --b")
     remote = flag(cmd, "--command")
     env = {"HOME": str(home), "PATH": os.environ["PATH"]}
     done = _bash(remote, env)
@@ -191,7 +195,8 @@ def test_logs_status_stop_delete_list(capsys, no_exec):
     assert_target(cmd)
     assert "--worker=0" in cmd and flag(cmd, "--command").startswith("tail -n 100 ")
     [cmd] = dry(capsys, "logs", *TARGET, "--worker", "3", "-f", "-n", "20", "--job", "mdm")
-    assert "--worker=3" in cmd and "tail -n 20 -F" in flag(cmd, "--command") and "mdm.log" in flag(cmd, "--command")
+    assert ("--worker=3" in cmd and "tail -n 20 -F" in flag(cmd, "--command")
+            and "mdm.log" in flag(cmd, "--command"))
 
     describe, workers = dry(capsys, "status", *TARGET)
     assert describe[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "describe", NAME]
@@ -214,7 +219,8 @@ def test_logs_status_stop_delete_list(capsys, no_exec):
 
 
 def test_multislice_uses_queued_resources_ssh_on_all_nodes(capsys, no_exec):
-    [cmd] = dry(capsys, "launch", *TARGET, "--slices", "2", "cfg.yaml", "--run-dir", "gs://b/r", "mesh.dcn_data=2")
+    [cmd] = dry(capsys, "launch", *TARGET, "--slices", "2", "cfg.yaml", "--run-dir", "gs://b/r",
+                "mesh.dcn_data=2")
     assert cmd[3:5] == ["queued-resources", "ssh"] and "--node=all" in cmd and "--worker=all" in cmd
     assert train_tokens(flag(cmd, "--command"))[-1] == "mesh.dcn_data=2"
     scp_cmd, _ = dry(capsys, "install", *TARGET, "--slices", "2")
@@ -249,7 +255,8 @@ def test_missing_project_cli_exit_code():
     p = subprocess.run([sys.executable, str(LAUNCH), "status", "--zone", ZONE, "--name", NAME, "--dry-run"],
                        capture_output=True, text=True, env=env, timeout=30)
     assert p.returncode == 2 and p.stdout == ""
-    assert p.stderr.strip().count("\n") == 0 and "--project" in p.stderr and "JAXORDER_TPU_PROJECT" in p.stderr
+    assert (p.stderr.strip().count("\n") == 0 and "--project" in p.stderr
+            and "JAXORDER_TPU_PROJECT" in p.stderr)
 
 
 def test_without_gcloud_fails_with_one_line(capsys, monkeypatch, no_exec):
@@ -262,14 +269,16 @@ def test_without_gcloud_fails_with_one_line(capsys, monkeypatch, no_exec):
 def test_runs_the_printed_commands_in_order(capsys, monkeypatch, tmp_path):
     ran = []
     monkeypatch.setattr(launch.shutil, "which", lambda name: "/usr/bin/gcloud")
-    monkeypatch.setattr(launch.subprocess, "run", lambda argv: ran.append(argv) or subprocess.CompletedProcess(argv, 0))
+    monkeypatch.setattr(launch.subprocess, "run",
+                        lambda argv: ran.append(argv) or subprocess.CompletedProcess(argv, 0))
     monkeypatch.setattr(launch, "make_source_tarball", lambda path: ran.append(["tar", path]))
     printed = dry(capsys, "install", *TARGET)
     assert launch.main(["install", *TARGET]) == 0
     assert ran[0][0] == "tar" and ran[1:] == printed
     # a failing step stops the sequence with its exit code
     ran.clear()
-    monkeypatch.setattr(launch.subprocess, "run", lambda argv: ran.append(argv) or subprocess.CompletedProcess(argv, 7))
+    monkeypatch.setattr(launch.subprocess, "run",
+                        lambda argv: ran.append(argv) or subprocess.CompletedProcess(argv, 7))
     assert launch.main(["install", *TARGET]) == 7 and len(ran) == 2  # tar + the failing scp
 
 
@@ -289,7 +298,8 @@ def test_no_project_ids_or_buckets_in_repo_files():
     for path in [LAUNCH, REPO / "tpu" / "README.md"]:
         text = path.read_text()
         assert not re.search(r"--project[= ](?!\$|PROJECT|\"\$)[a-z][a-z0-9-]{5,}", text), path
-        assert "gs://" not in text or all(m in ("gs://BUCKET", "gs://") for m in re.findall(r"gs://[A-Za-z0-9_-]*", text))
+        assert "gs://" not in text or all(m in ("gs://BUCKET", "gs://")
+                                          for m in re.findall(r"gs://[A-Za-z0-9_-]*", text))
 
 
 def test_stop_sends_sigterm_to_the_training_process(tmp_path, capsys):

@@ -301,5 +301,6 @@ def test_metrics_jsonl_and_tensorboard_events(finished_run):
     scalars = read_tensorboard_scalars(run)
     assert [s for s, _ in scalars["train/loss"]] == [10, 20, 30]
     assert [s for s, _ in scalars["val/bpb"]] == [20, 30]
-    np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [r["loss"] for r in train_recs], rtol=1e-6)
+    np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [r["loss"] for r in train_recs],
+                               rtol=1e-6)
     assert "[run] step 30/30 val" in finished_run.stderr

@@ -10,7 +10,8 @@ shell-quoted, nothing else on stdout) and runs nothing. Without `--dry-run` they
     python tpu/launch.py install --project P --zone Z --name N [--git-url URL --git-ref REF | --wheel W]
     python tpu/launch.py launch  --project P --zone Z --name N --run-dir gs://BUCKET/runs/x CONFIG [k=v ...]
     python tpu/launch.py logs    --project P --zone Z --name N [--worker 0] [--follow]
-    python tpu/launch.py resume  ... (the same arguments as launch: training resumes from the newest checkpoint)
+    python tpu/launch.py resume  ... (the same arguments as launch: training resumes from the newest
+                                      checkpoint)
     python tpu/launch.py status | stop | delete | list
 
 Defaults come from flags or the environment (JAXORDER_TPU_PROJECT, JAXORDER_TPU_ZONE,
@@ -129,7 +130,8 @@ def ssh(args, command: str, worker: str = "all", node: str | None = None) -> lis
         argv = ["gcloud", "compute", "tpus", "queued-resources", "ssh", args.name, *_location(args),
                 f"--node={node if node is not None else 'all'}", f"--worker={worker}"]
     else:
-        argv = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", args.name, *_location(args), f"--worker={worker}"]
+        argv = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", args.name, *_location(args),
+                f"--worker={worker}"]
     if args.internal_ip:
         argv.append("--internal-ip")
     return argv + [f"--command={command}"]
@@ -303,7 +305,8 @@ def cmd_launch(args):
     _require(args, "project", "zone", "name", "run_dir", "remote_dir")
     if not args.run_dir.startswith("gs://"):
         print(f"warning: --run-dir {args.run_dir} is not on GCS: on a multi-host slice every worker must "
-              "write the same run dir, and a preempted VM loses its disk; use gs://BUCKET/...", file=sys.stderr)
+              "write the same run dir, and a preempted VM loses its disk; use gs://BUCKET/...",
+              file=sys.stderr)
     return [ssh(args, launch_script(args))], None
 
 
@@ -355,7 +358,8 @@ def cmd_stop(args):
 def cmd_delete(args):
     _require(args, "project", "zone", "name")
     if queued(args):
-        argv = ["gcloud", "compute", "tpus", "queued-resources", "delete", args.name, *_location(args), "--force"]
+        argv = ["gcloud", "compute", "tpus", "queued-resources", "delete", args.name, *_location(args),
+                "--force"]
     else:
         argv = ["gcloud", "compute", "tpus", "tpu-vm", "delete", args.name, *_location(args)]
     if args.yes:
@@ -376,8 +380,10 @@ def cmd_list(args):
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     g = common.add_argument_group("target (defaults from the environment)")
-    g.add_argument("--project", default=_env("JAXORDER_TPU_PROJECT"), help="GCP project id [$JAXORDER_TPU_PROJECT]")
-    g.add_argument("--zone", default=_env("JAXORDER_TPU_ZONE"), help="zone, e.g. us-east5-a [$JAXORDER_TPU_ZONE]")
+    g.add_argument("--project", default=_env("JAXORDER_TPU_PROJECT"),
+                   help="GCP project id [$JAXORDER_TPU_PROJECT]")
+    g.add_argument("--zone", default=_env("JAXORDER_TPU_ZONE"),
+                   help="zone, e.g. us-east5-a [$JAXORDER_TPU_ZONE]")
     g.add_argument("--name", default=_env("JAXORDER_TPU_NAME"),
                    help="TPU VM / queued resource name [$JAXORDER_TPU_NAME]")
     g.add_argument("--queued", action="store_true",
@@ -401,19 +407,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="tpu/launch.py", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                     epilog="Run `tpu/launch.py SUBCOMMAND -h` for the options of each step. Workflow: tpu/README.md")
+                     epilog="Run `tpu/launch.py SUBCOMMAND -h` for the options of each step. "
+                            "Workflow: tpu/README.md")
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND", parser_class=_Parser)
 
     p = sub.add_parser("create", parents=[common], help="create a TPU VM slice or a queued resource")
     p.add_argument("--accelerator-type", default=_env("JAXORDER_TPU_ACCELERATOR_TYPE"),
-                   help="e.g. v5litepod-16 (v5e-16 is accepted), v5p-128, v6e-256 [$JAXORDER_TPU_ACCELERATOR_TYPE]")
+                   help="e.g. v5litepod-16 (v5e-16 is accepted), v5p-128, v6e-256 "
+                        "[$JAXORDER_TPU_ACCELERATOR_TYPE]")
     p.add_argument("--version", default=_env("JAXORDER_TPU_VERSION"),
                    help="TPU runtime version (default per generation: "
-                        + ", ".join(f"{k}: {v}" for k, v in RUNTIME_VERSIONS.items()) + ") [$JAXORDER_TPU_VERSION]")
+                        + ", ".join(f"{k}: {v}" for k, v in RUNTIME_VERSIONS.items())
+                        + ") [$JAXORDER_TPU_VERSION]")
     p.add_argument("--spot", action="store_true", help="Spot capacity (preemptible; resume after preemption)")
     p.add_argument("--preemptible", action="store_true", help="legacy preemptible TPU VM (not with --queued)")
     p.add_argument("--extra-arg", action="append", default=[], metavar="ARG",
-                   help="extra argument for the gcloud create command, e.g. --extra-arg=--network=NET (repeatable)")
+                   help="extra argument for the gcloud create command, e.g. "
+                        "--extra-arg=--network=NET (repeatable)")
     p.set_defaults(func=cmd_create)
 
     p = sub.add_parser("install", parents=[common, remote],
@@ -427,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jax-version", help="jax[tpu] version (default: the jax== pin of pyproject.toml)")
     p.set_defaults(func=cmd_install)
 
-    for name, func, text in (("launch", cmd_launch, "start `jaxorder train` on every worker in the background"),
+    for name, func, text in (("launch", cmd_launch, "start `jaxorder train` on every "
+                                                    "worker in the background"),
                              ("resume", cmd_resume, "relaunch the same command: training resumes from the "
                                                     "newest checkpoint in RUN_DIR")):
         p = sub.add_parser(name, parents=[common, remote, jobp], help=text,
@@ -437,11 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="dotted config overrides, e.g. mesh.fsdp=-1 mesh.dcn_data=2 train.steps=10000")
         p.add_argument("--run-dir", default=_env("JAXORDER_TPU_RUN_DIR"),
-                       help="run directory shared by all workers: gs://BUCKET/PATH for a pod [$JAXORDER_TPU_RUN_DIR]")
+                       help="run directory shared by all workers: gs://BUCKET/PATH for a pod "
+                            "[$JAXORDER_TPU_RUN_DIR]")
         p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                        help="environment variable for the training process (repeatable)")
         p.add_argument("--no-distributed", action="store_true",
-                       help="do not prepend distributed.mode=auto (multi-host auto-detection) to the overrides")
+                       help="do not prepend distributed.mode=auto (multi-host "
+                            "auto-detection) to the overrides")
         p.set_defaults(func=func)
 
     p = sub.add_parser("logs", parents=[common, remote, jobp], help="tail a worker's training log")
@@ -490,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
             print(shlex.join(argv_))
         return 0
     if shutil.which("gcloud") is None:
-        print(f"{parser.prog}: error: gcloud not found on PATH (install the Google Cloud CLI, or use --dry-run)",
+        print(f"{parser.prog}: error: gcloud not found on PATH (install the Google Cloud "
+              f"CLI, or use --dry-run)",
               file=sys.stderr)
         return 1
     if prepare is not None:

@@ -132,7 +132,8 @@ class BPETokenizer:
         try:
             hf = Tokenizer.from_str(text)
         except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
-            raise DataError(f"not a valid tokenizer JSON ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
+            raise DataError(f"not a valid tokenizer JSON "
+                            f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
                             f"prepare the data again") from None
         return cls(hf)
 
@@ -141,7 +142,8 @@ class BPETokenizer:
         try:
             text = Path(path).read_text()
         except OSError as e:
-            raise DataError(f"cannot read the tokenizer {path} ({e.strerror}); prepare the data again") from None
+            raise DataError(f"cannot read the tokenizer {path} ({e.strerror}); "
+                            f"prepare the data again") from None
         return cls.from_json(text)
 
     def __repr__(self) -> str:
@@ -153,19 +155,22 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
     from tokenizers import pre_tokenizers, trainers
 
     if vocab_size < MIN_VOCAB:
-        raise DataError(f"data.bpe_vocab_size must be >= {MIN_VOCAB} (256 bytes + 4 specials), got {vocab_size}")
+        raise DataError(f"data.bpe_vocab_size must be >= {MIN_VOCAB} (256 bytes + 4 "
+                        f"specials), got {vocab_size}")
     texts = [t for t in texts if t]
     if not texts:
-        raise DataError("no training text to learn the BPE vocabulary from; add text or use data.tokenizer=byte")
+        raise DataError("no training text to learn the BPE vocabulary from; add text or "
+                        "use data.tokenizer=byte")
     hf = _new_hf_tokenizer()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(SPECIALS), min_frequency=0, show_progress=False,
                                   special_tokens=[], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     hf.train_from_iterator(texts, trainer=trainer, length=len(texts))
     learned = hf.get_vocab_size(with_added_tokens=True)
     if learned != vocab_size - len(SPECIALS):
-        raise DataError(f"the training text supports only {learned + len(SPECIALS)} BPE ids (no more pairs to merge), "
-                        f"fewer than data.bpe_vocab_size={vocab_size}; set data.bpe_vocab_size={learned + len(SPECIALS)} "
-                        f"or lower (and model.vocab_size to match), or add text")
+        raise DataError(f"the training text supports only {learned + len(SPECIALS)} BPE ids (no more pairs "
+                        f"to merge), fewer than data.bpe_vocab_size={vocab_size}; set "
+                        f"data.bpe_vocab_size={learned + len(SPECIALS)} or lower (and model.vocab_size "
+                        f"to match), or add text")
     hf.add_special_tokens(list(SPECIALS))
     return BPETokenizer(hf)
 

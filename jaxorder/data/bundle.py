@@ -54,7 +54,8 @@ class StepIterator(grain.DatasetIterator):
 
     def __init__(self, dataset: grain.MapDataset, num_workers: int, per_worker_buffer_size: int = 2):
         super().__init__()
-        self._dataset, self._num_workers, self._buffer = dataset, int(num_workers), int(per_worker_buffer_size)
+        self._dataset, self._num_workers = dataset, int(num_workers)
+        self._buffer = int(per_worker_buffer_size)
         self._next_index = 0
         self._it: Any = None
 

@@ -33,8 +33,8 @@ def document_texts(docs: list[Document]) -> list[str]:
         elif max(d.raw, default=0) < 128:
             out.append(d.raw.decode("ascii"))
         else:
-            raise DataError(f"'{d.name}' holds byte symbols >= 128, which only data.tokenizer=byte keeps as one "
-                            f"token each; use data.tokenizer=byte (or data.markov_vocab <= 128)")
+            raise DataError(f"'{d.name}' holds byte symbols >= 128, which only data.tokenizer=byte keeps as "
+                            f"one token each; use data.tokenizer=byte (or data.markov_vocab <= 128)")
     return out
 
 

@@ -25,36 +25,42 @@ from jaxorder.data.errors import DataError
 _FILE = re.compile(r"^process_(\d+)-of-(\d+)\.json$")
 
 
-def load_iterator_state(directory: str | os.PathLike, process_index: int, process_count: int) -> dict[str, Any]:
+def load_iterator_state(directory: str | os.PathLike, process_index: int,
+                        process_count: int) -> dict[str, Any]:
     """The iterator state for process ``process_index`` of ``process_count`` from a grain
     checkpoint directory (the ``data`` item of a checkpoint step)."""
     directory = epath.Path(directory)
     own = directory / f"process_{process_index}-of-{process_count}.json"
     if own.is_file():
         return json.loads(own.read_text())
-    files = sorted(p for p in directory.glob("process_*-of-*.json") if _FILE.match(p.name)) if directory.is_dir() else []
+    files = (sorted(p for p in directory.glob("process_*-of-*.json") if _FILE.match(p.name))
+             if directory.is_dir() else [])
     if not files:
-        raise DataError(f"{directory} holds no data-iterator state (process_*-of-*.json); the checkpoint is incomplete")
+        raise DataError(f"{directory} holds no data-iterator state (process_*-of-*.json); the "
+                        f"checkpoint is incomplete")
     saved_counts = {int(_FILE.match(p.name).group(2)) for p in files}
     saved = f"{'/'.join(map(str, sorted(saved_counts)))} process(es)"
     try:
         states = [json.loads(p.read_text()) for p in files]
     except (OSError, ValueError):
-        raise DataError(f"the data-iterator state in {directory} is unreadable; the checkpoint is damaged") from None
+        raise DataError(f"the data-iterator state in {directory} is unreadable; the "
+                        f"checkpoint is damaged") from None
     if len(saved_counts) == 1:
         m = saved_counts.pop()
         have = {int(_FILE.match(p.name).group(1)) for p in files}
         if have != set(range(m)):
-            raise DataError(f"the data-iterator state in {directory} lacks files of some of its {m} processes; "
-                            f"the checkpoint is incomplete")
+            raise DataError(f"the data-iterator state in {directory} lacks files of some of its {m} "
+                            f"processes; the checkpoint is incomplete")
     first = states[0]
     if not (isinstance(first, dict) and set(first) == {"next_index"} and all(s == first for s in states)):
-        raise DataError(f"the data-iterator state in {directory} was saved by {saved} and is process-specific; "
-                        f"resuming it with {process_count} process(es) is not supported: resume with {saved}")
+        raise DataError(f"the data-iterator state in {directory} was saved by {saved} and is "
+                        f"process-specific; resuming it with {process_count} process(es) is not "
+                        f"supported: resume with {saved}")
     return dict(first)
 
 
-def restore_iterator(iterator: Any, directory: str | os.PathLike, process_index: int, process_count: int) -> Any:
+def restore_iterator(iterator: Any, directory: str | os.PathLike, process_index: int,
+                     process_count: int) -> Any:
     """``iterator.set_state`` with ``load_iterator_state``; returns the iterator."""
     iterator.set_state(load_iterator_state(directory, process_index, process_count))
     return iterator

@@ -98,8 +98,8 @@ def _builder_class():
 def prepare_dataset(cfg: DataConfig, out: str | os.PathLike) -> dict[str, Any]:
     """Builds the prepared dataset of ``cfg`` in the new directory ``out``; returns its metadata."""
     if cfg.source == "prepared":
-        raise DataError("data prepare needs a document source (data.source=shakespeare, text, markov or sudoku), "
-                        "not data.source=prepared")
+        raise DataError("data prepare needs a document source (data.source=shakespeare, text, markov or "
+                        "sudoku), not data.source=prepared")
     if cfg.transform != "none":
         raise DataError(f"data.transform={cfg.transform} is applied when training from a prepared dataset; "
                         f"prepare without it (data.transform=none) and set it in the training config")
@@ -115,8 +115,8 @@ def prepare_dataset(cfg: DataConfig, out: str | os.PathLike) -> dict[str, Any]:
     windows = {"train": cut_windows(train_stream, L), "validation": cut_windows(val_stream, L)}
     for split, stream in (("train", train_stream), ("validation", val_stream)):
         if len(windows[split]) == 0:
-            raise DataError(f"the {split} text has {len(stream)} tokens, less than one window of data.seq_len={L}; "
-                            f"lower data.seq_len or add text")
+            raise DataError(f"the {split} text has {len(stream)} tokens, less than one window of "
+                            f"data.seq_len={L}; lower data.seq_len or add text")
     dtype = str(train_stream.dtype)
     meta = {
         "format": FORMAT,
@@ -175,19 +175,21 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     root = Path(path).expanduser()
     make = f"make one with `jaxorder data prepare --out {root} [data.* overrides]`"
     if not root.is_dir():
-        raise DataError(f"data.path={path} does not exist (data.source=prepared needs a prepared dataset); {make}")
+        raise DataError(f"data.path={path} does not exist (data.source=prepared needs a "
+                        f"prepared dataset); {make}")
     meta_path = root / METADATA
     if not meta_path.is_file():
         raise DataError(f"data.path={path} is not a prepared dataset (no {METADATA}); {make}")
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as e:
-        raise DataError(f"{meta_path} is unreadable ({type(e).__name__}); prepare the dataset again") from None
+        raise DataError(f"{meta_path} is unreadable ({type(e).__name__}); "
+                        f"prepare the dataset again") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f"{meta_path} is not jaxorder prepared-data metadata; prepare the dataset again")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{root} has prepared-data format version {meta.get('format_version')}, this jaxorder reads "
-                        f"version {FORMAT_VERSION}; prepare the dataset again")
+        raise DataError(f"{root} has prepared-data format version {meta.get('format_version')}, this "
+                        f"jaxorder reads version {FORMAT_VERSION}; prepare the dataset again")
     return meta
 
 
@@ -224,7 +226,8 @@ class RecordWindows:
         return apply_transform(self._transform, windows)
 
 
-def open_windows(path: str | os.PathLike, meta: dict[str, Any], transform: str = "none") -> dict[str, RecordWindows]:
+def open_windows(path: str | os.PathLike, meta: dict[str, Any],
+                 transform: str = "none") -> dict[str, RecordWindows]:
     """{"train", "validation"} -> RecordWindows of the prepared dataset at ``path``."""
     import tensorflow_datasets as tfds
 
@@ -244,14 +247,15 @@ def check_compatible(cfg: DataConfig, meta: dict[str, Any]) -> None:
     """One-line DataError when the config asks for other windows or another tokenizer than the dataset's."""
     where = f"the prepared dataset {cfg.path}"
     if cfg.seq_len != meta["seq_len"]:
-        raise DataError(f"data.seq_len={cfg.seq_len} does not match the seq_len={meta['seq_len']} of {where}; "
-                        f"set data.seq_len={meta['seq_len']} or prepare the data again with data.seq_len={cfg.seq_len}")
+        raise DataError(f"data.seq_len={cfg.seq_len} does not match the seq_len={meta['seq_len']} of "
+                        f"{where}; set data.seq_len={meta['seq_len']} or prepare the data again with "
+                        f"data.seq_len={cfg.seq_len}")
     if cfg.tokenizer != meta["tokenizer"]:
-        raise DataError(f"data.tokenizer={cfg.tokenizer} does not match the {meta['tokenizer']} tokenizer of {where}; "
-                        f"set data.tokenizer={meta['tokenizer']}")
+        raise DataError(f"data.tokenizer={cfg.tokenizer} does not match the {meta['tokenizer']} tokenizer of "
+                        f"{where}; set data.tokenizer={meta['tokenizer']}")
     if cfg.tokenizer == "bpe" and cfg.bpe_vocab_size != meta["vocab_size"]:
-        raise DataError(f"data.bpe_vocab_size={cfg.bpe_vocab_size} does not match the vocabulary of {meta['vocab_size']} "
-                        f"of {where}; set data.bpe_vocab_size={meta['vocab_size']}")
+        raise DataError(f"data.bpe_vocab_size={cfg.bpe_vocab_size} does not match the vocabulary of "
+                        f"{meta['vocab_size']} of {where}; set data.bpe_vocab_size={meta['vocab_size']}")
 
 
 def make_prepared_data(cfg: DataConfig, process_index: int = 0, process_count: int = 1) -> DataBundle:
@@ -268,7 +272,8 @@ def make_prepared_data(cfg: DataConfig, process_index: int = 0, process_count: i
     train, val = windows["train"], windows["validation"]
     if len(train) < B:
         raise DataError(f"the prepared training split of {cfg.path} has {len(train)} windows of seq_len={L}, "
-                        f"fewer than one batch of data.batch_size={B}; lower data.batch_size (or prepare more text)")
+                        f"fewer than one batch of data.batch_size={B}; lower data.batch_size "
+                        f"(or prepare more text)")
     if len(val) < process_count:
         raise DataError(too_little_val(meta["val_tokens"], len(val), L, process_count))
     info = {

@@ -2,9 +2,10 @@
 seeded generator with known answers (``markov``, ``sudoku``: see ``jaxorder.data.synthetic``).
 
 Text sources read ``.txt``/``.md`` files (one document each) and ``.jsonl`` files (one document
-per line: the line's ``"text"`` field). ``load_documents`` returns (train, validation) lists of whole documents. The split holds out
-whole documents, chosen by a stable hash of their names (not by the run seed), so every run
-on the same documents evaluates on the same text. A lone document is split by lines instead.
+per line: the line's ``"text"`` field). ``load_documents`` returns (train, validation) lists of
+whole documents. The split holds out whole documents, chosen by a stable hash of their names (not by
+the run seed), so every run on the same documents evaluates on the same text. A lone document is
+split by lines instead.
 
 Documents are ``jaxorder.data.documents.Document`` records (text, or raw bytes for generated symbols).
 """
@@ -134,7 +135,8 @@ def _text_documents(path_str: str) -> list[Document]:
         try:
             text = p.read_bytes().decode("utf-8", errors="replace")
         except OSError as e:
-            raise DataError(f"cannot read {p} ({e.strerror}); fix its permissions or remove it from data.path") from None
+            raise DataError(f"cannot read {p} ({e.strerror}); fix its permissions or "
+                            f"remove it from data.path") from None
         if p.suffix.lower() == JSONL_SUFFIX:
             docs.extend(_jsonl_documents(name, p, text))
         elif text:
@@ -158,8 +160,8 @@ def _jsonl_documents(name: str, path: Path, content: str) -> list[Document]:
                             f'{{"text": "..."}}') from None
         text = obj.get("text") if isinstance(obj, dict) else None
         if not isinstance(text, str):
-            raise DataError(f'{path}:{lineno} has no "text" string field; every line of a .jsonl file must be '
-                            f'{{"text": "..."}} (other fields are ignored)')
+            raise DataError(f'{path}:{lineno} has no "text" string field; every line of a .jsonl file must '
+                            f'be {{"text": "..."}} (other fields are ignored)')
         if text:
             docs.append(Document(f"{name}:{lineno}", text))
     return docs

@@ -58,8 +58,8 @@ def make_tokenizer(cfg: DataConfig, train_texts: Sequence[str] | None = None, us
         return ByteTokenizer()
     if cfg.tokenizer == "bpe":
         if train_texts is None:
-            raise DataError("data.tokenizer=bpe is learned from the training documents: build it with make_data "
-                            "or `jaxorder data prepare` (or use data.tokenizer=byte)")
+            raise DataError("data.tokenizer=bpe is learned from the training documents: build it with "
+                            "make_data or `jaxorder data prepare` (or use data.tokenizer=byte)")
         return bpe_for_documents(train_texts, cfg.bpe_vocab_size, use_cache=use_cache)
     raise DataError(f"data.tokenizer='{cfg.tokenizer}' is not one of: {', '.join(TOKENIZERS)}; "
                     f"use data.tokenizer=byte or data.tokenizer=bpe")
@@ -78,7 +78,8 @@ def load_tokenizer(path: str | os.PathLike):
     try:
         text = Path(path).read_text()
     except OSError as e:
-        raise DataError(f"cannot read the tokenizer {path} ({e.strerror or e}); prepare the data again") from None
+        raise DataError(f"cannot read the tokenizer {path} ({e.strerror or e}); "
+                        f"prepare the data again") from None
     try:
         obj = json.loads(text)
     except ValueError:

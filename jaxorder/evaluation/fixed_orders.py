@@ -86,7 +86,8 @@ def score_orders(params, cfg: Config, val_batches: Sequence[np.ndarray], bytes_p
     """Bits/byte of the model under each order spec, over the given validation windows."""
     scoring = require_order_scoring(cfg)
     if scoring.greedy_nll is None and any(s.kind == "greedy" for s in specs):
-        raise ConfigError(f"the greedy order is not defined for {cfg.objective.name} runs; drop it from --orders")
+        raise ConfigError(f"the greedy order is not defined for {cfg.objective.name} runs; "
+                          f"drop it from --orders")
     fixed = jax.jit(lambda p, t, o: scoring.order_nll(p, t, o, cfg))
     greedy = jax.jit(lambda p, t: scoring.greedy_nll(p, t, cfg)) if scoring.greedy_nll else None
     to_bpb = 1.0 / (math.log(2.0) * bytes_per_token)

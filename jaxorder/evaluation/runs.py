@@ -64,8 +64,10 @@ def eval_run(run_dir: str | os.PathLike, orders: str | None = None, max_windows:
     if specs:
         if max_windows:
             val_batches = _first_windows(val_batches, max_windows)
-        result["orders"] = score_orders(params, cfg, val_batches, data.val_bytes_per_token, specs, cfg.eval.seed)
-        same = evaluate(params, cfg, val_batches, data.val_bytes_per_token)  # the yardstick on the same windows
+        result["orders"] = score_orders(params, cfg, val_batches, data.val_bytes_per_token, specs,
+                                        cfg.eval.seed)
+        # the yardstick on the same windows
+        same = evaluate(params, cfg, val_batches, data.val_bytes_per_token)
         result["orders"]["yardstick"] = {k: same[k] for k in ("bpb", "bpb_stderr", "kind", "windows")}
     return result
 
@@ -127,18 +129,23 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
         ids = np.asarray(out["tokens"][b])
         if "eos" in out:  # rows that stop early end in PAD
             ids = ids[ids != pad]
-        sample = {"text": tokenizer.decode(ids), "tokens": [int(x) for x in ids], "logprob": float(out["logprob"][b])}
+        sample = {"text": tokenizer.decode(ids), "tokens": [int(x) for x in ids],
+                  "logprob": float(out["logprob"][b])}
         if "eos" in out:
             sample["stopped_at_eos"] = bool(out["eos"][b])
         if "order" in out:
             sample["order"] = [int(x) for x in out["order"][b]]
         samples.append(sample)
-    generated = int(np.sum(out["generated"])) if "generated" in out else int((row == tokenizer.mask_id).sum()) * num_samples
+    generated = (int(np.sum(out["generated"])) if "generated" in out
+                 else int((row == tokenizer.mask_id).sum()) * num_samples)
     settings = {k: getattr(opts, k) for k in chosen.options}
     return {
-        "run": run_dir.name, "step": step, "objective": cfg.objective.name, "sampler": chosen.name, **settings,
-        "steps": opts.steps if "steps" in chosen.options else int(out["steps"]), "steps_taken": int(out["steps"]),
+        "run": run_dir.name, "step": step, "objective": cfg.objective.name, "sampler": chosen.name,
+        **settings,
+        "steps": opts.steps if "steps" in chosen.options else int(out["steps"]),
+        "steps_taken": int(out["steps"]),
         "forward_passes": int(out["nfe"]), "seed": seed, "length": int(len(row)), "samples": samples,
-        "generated_tokens": generated, "seconds": round(seconds, 3), "seconds_include_compilation": not warmup,
+        "generated_tokens": generated, "seconds": round(seconds, 3),
+        "seconds_include_compilation": not warmup,
         "complete": bool(np.all(out["complete"])) if "complete" in out else True,
     }

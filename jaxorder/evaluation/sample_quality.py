@@ -104,7 +104,8 @@ def sudoku_grids_valid(texts: Sequence[str]) -> dict:
     sample gives one candidate; partial lines at a window's edges are not counted."""
     lines = [line for t in texts for line in t.split("\n") if len(line) == 81]
     valid = sum(is_valid_grid(line) for line in lines)
-    return {"grids": len(lines), "valid_grids": valid, "valid_grid_fraction": valid / len(lines) if lines else 0.0}
+    return {"grids": len(lines), "valid_grids": valid,
+            "valid_grid_fraction": valid / len(lines) if lines else 0.0}
 
 
 def default_judge(run_dir: str | Path) -> Path | None:
@@ -122,7 +123,8 @@ def default_judge(run_dir: str | Path) -> Path | None:
 
 
 def generation_quality(run_dir: str | Path, *, num_samples: int = 16, sampler: str | None = None,
-                       options: Mapping[str, Any] = {}, seed: int = 0, judge: str | Path | None = None) -> dict:
+                       options: Mapping[str, Any] = {}, seed: int = 0,
+                       judge: str | Path | None = None) -> dict:
     """`jaxorder eval --generate`: sample unprompted windows and measure their quality.
 
     `options` are explicit sampler settings; a sampler that takes `steps` defaults to the window
@@ -135,7 +137,8 @@ def generation_quality(run_dir: str | Path, *, num_samples: int = 16, sampler: s
     options = dict(options)
     if "steps" in chosen.options:
         options.setdefault("steps", cfg.data.seq_len)
-    out = sample_run(run_dir, sampler=chosen.name, options=options, num_samples=num_samples, seed=seed, warmup=True)
+    out = sample_run(run_dir, sampler=chosen.name, options=options, num_samples=num_samples, seed=seed,
+                     warmup=True)
     texts = [s["text"] for s in out["samples"]]
     result = {"sampler": out["sampler"], "steps": out["steps"], "forward_passes": out["forward_passes"],
               "num_samples": num_samples, "tokens_per_s": out["generated_tokens"] / max(out["seconds"], 1e-9),

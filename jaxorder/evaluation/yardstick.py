@@ -50,7 +50,8 @@ def evaluate(params: Any, cfg: Config, val_batches: Sequence[np.ndarray], bytes_
     tokens_per_window = val_batches[0].shape[1]
     per_token_N = nll_N / tokens_per_window
     to_bpb = 1.0 / (LN2 * bytes_per_token)
-    stderr = float(per_token_N.std(ddof=1) / math.sqrt(len(per_token_N))) if len(per_token_N) > 1 else float("nan")
+    stderr = (float(per_token_N.std(ddof=1) / math.sqrt(len(per_token_N))) if len(per_token_N) > 1
+              else float("nan"))
     return {
         "objective": cfg.objective.name,
         "bpb": float(per_token_N.mean() * to_bpb),

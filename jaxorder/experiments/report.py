@@ -56,7 +56,8 @@ def _cells(result: dict, cols: Sequence[tuple[str, str, str]]) -> list[str]:
 
 def sampler_rows(results: Sequence[dict]) -> list[dict]:
     """One row per run and sampler from the results' `generate` lists."""
-    return [{"run": r.get("run"), "objective": r.get("objective"), **g} for r in results for g in r.get("generate", [])]
+    return [{"run": r.get("run"), "objective": r.get("objective"), **g}
+            for r in results for g in r.get("generate", [])]
 
 
 def sampler_columns(rows: Sequence[dict]) -> list[tuple[str, str, str]]:
@@ -78,7 +79,8 @@ def text_table(results: Sequence[dict], cols: Sequence[tuple[str, str, str]] | N
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows) + "\n"
 
 
-def write_csv(results: Sequence[dict], path: Path, cols: Sequence[tuple[str, str, str]] | None = None) -> None:
+def write_csv(results: Sequence[dict], path: Path,
+              cols: Sequence[tuple[str, str, str]] | None = None) -> None:
     cols = columns(results) if cols is None else cols
     with Path(path).open("w", newline="") as f:
         writer = csv.writer(f)
@@ -116,18 +118,20 @@ def sampler_section(results: Sequence[dict]) -> str:
     rows = sampler_rows(results)
     if not rows:
         return ""
-    return ("\n## Samplers\n\nUnprompted samples of each run (`jaxorder eval --generate`): their bits/byte under "
-            "the judge (the l2r run on the same data; lower = more plausible, but repetitive text also scores low), "
-            "the unigram entropy of their tokens in bits (diversity), the valid-grid fraction on Sudoku data, and "
-            "generated tokens/s after compilation on this machine.\n\n" + markdown_table(rows, sampler_columns(rows)))
+    return ("\n## Samplers\n\nUnprompted samples of each run (`jaxorder eval --generate`): their bits/byte "
+            "under the judge (the l2r run on the same data; lower = more plausible, but repetitive text also "
+            "scores low), the unigram entropy of their tokens in bits (diversity), the valid-grid fraction "
+            "on Sudoku data, and generated tokens/s after compilation on this machine.\n\n"
+            + markdown_table(rows, sampler_columns(rows)))
 
 
 def write_report(results: Sequence[dict], run_dirs: dict[str, Path], out_dir: Path, title: str) -> None:
     out_dir = Path(out_dir)
     (out_dir / "results.md").write_text(
-        f"# {title}\n\nValidation bits per byte (lower is better). `kind` says whether a run's number is exact "
-        f"or an upper bound on its NLL. `order X` columns score the same model exactly under a fixed generation "
-        f"order (on fewer windows); `entropy floor` is the data's exact entropy rate where known.\n\n"
+        f"# {title}\n\nValidation bits per byte (lower is better). `kind` says whether a run's number is "
+        f"exact or an upper bound on its NLL. `order X` columns score the same model exactly under a "
+        f"fixed generation order (on fewer windows); `entropy floor` is the data's exact entropy rate "
+        f"where known.\n\n"
         f"{markdown_table(results)}\n![curves](val_bpb.png)\n{sampler_section(results)}")
     write_csv(results, out_dir / "results.csv")
     rows = sampler_rows(results)

@@ -41,7 +41,8 @@ from jaxorder.experiments.report import sampler_columns, sampler_rows, text_tabl
 from jaxorder.platform.distributed import initialize, is_main_process, log
 from jaxorder.training.loop import train
 
-SWEEP_KEYS = ("name", "base", "overrides", "axes", "grid", "orders", "order_windows", "attention_summary", "generate")
+SWEEP_KEYS = ("name", "base", "overrides", "axes", "grid", "orders", "order_windows", "attention_summary",
+              "generate")
 GENERATE_KEYS = ("num_samples", "samplers")  # plus any sampler option name
 
 
@@ -55,12 +56,15 @@ def _generate_spec(path: Path, value) -> dict | None:
         unknown = sorted(set(value) - set(keys)) if isinstance(value, dict) else value
         raise ConfigError(f"{path}: 'generate' must be a mapping of {', '.join(keys)}; got {unknown}")
     samplers = value.get("samplers")
-    if samplers is not None and (not isinstance(samplers, list) or not all(isinstance(x, str) for x in samplers)):
-        raise ConfigError(f"{path}: 'generate.samplers' must be a list of sampler names, e.g. [confidence, ar]")
+    if samplers is not None and (not isinstance(samplers, list)
+                                 or not all(isinstance(x, str) for x in samplers)):
+        raise ConfigError(f"{path}: 'generate.samplers' must be a list of sampler names, "
+                          f"e.g. [confidence, ar]")
     known = sampling.sampler_names()
     unknown = sorted(set(samplers or ()) - set(known))
     if unknown:
-        raise ConfigError(f"{path}: unknown samplers {unknown} in 'generate.samplers'; known: {', '.join(known)}")
+        raise ConfigError(f"{path}: unknown samplers {unknown} in 'generate.samplers'; "
+                          f"known: {', '.join(known)}")
     num_samples = value.get("num_samples", 8)
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ConfigError(f"{path}: 'generate.num_samples' must be a positive integer, got {num_samples!r}")
@@ -72,8 +76,8 @@ def _generate_spec(path: Path, value) -> dict | None:
         values = value[name] if isinstance(value[name], list) else [value[name]]
         takers = [s for s in candidates if name in s.options]
         if not values or not takers:
-            raise ConfigError(f"{path}: 'generate.{name}' needs a value (or a list) and a sampler that takes it; "
-                              f"none of {', '.join(sorted({s.name for s in candidates}))} does")
+            raise ConfigError(f"{path}: 'generate.{name}' needs a value (or a list) and a sampler that takes "
+                              f"it; none of {', '.join(sorted({s.name for s in candidates}))} does")
         for v in values:  # each value must be a valid setting for the samplers that take it
             sampling.make_options(takers[0], {name: v})
         options[name] = values
@@ -87,7 +91,8 @@ def load_sweep(path: Path) -> dict:
     spec = config_lib.read_yaml_mapping(path, "a sweep")
     unknown = set(spec) - set(SWEEP_KEYS)
     if unknown:
-        raise ConfigError(f"{path}: unknown sweep keys {sorted(unknown)}; a sweep has {', '.join(SWEEP_KEYS)}")
+        raise ConfigError(f"{path}: unknown sweep keys {sorted(unknown)}; a sweep has "
+                          f"{', '.join(SWEEP_KEYS)}")
     if "base" not in spec:
         raise ConfigError(f"{path}: a sweep needs 'base: CONFIG.yaml'")
     grid = spec.get("grid") or {}
@@ -119,7 +124,8 @@ def expand(spec: dict, extra_overrides: Sequence[str] = ()) -> list[tuple[str, c
     for named in axis_points:
         for values in itertools.product(*(spec["grid"][k] for k in keys)):
             assignment = dict(zip(keys, values))
-            grid_overrides = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in assignment.items()]
+            grid_overrides = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                              for k, v in assignment.items()]
             axis_overrides = [ov for _, ovs in named for ov in ovs]
             name = "_".join([n for n, _ in named] + _grid_name(assignment)) or "base"
             cfg = config_lib.load(spec["base"], [*spec["overrides"], *axis_overrides, *grid_overrides,
@@ -127,8 +133,9 @@ def expand(spec: dict, extra_overrides: Sequence[str] = ()) -> list[tuple[str, c
             runs.append((name, cfg))
     names = [n for n, _ in runs]
     if len(set(names)) != len(names):
-        raise ConfigError(f"sweep run names repeat ({', '.join(sorted({n for n in names if names.count(n) > 1}))}); "
-                          f"give the axes distinct names")
+        raise ConfigError(f"sweep run names repeat "
+                          f"({', '.join(sorted({n for n in names if names.count(n) > 1}))}); give "
+                          f"the axes distinct names")
     return runs
 
 
@@ -155,7 +162,8 @@ def _extras(spec: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> dic
         import jax
 
         if jax.process_count() > 1:
-            log(f"[{name}] sample quality is single-process: run `jaxorder eval RUN_DIR --generate` afterwards")
+            log(f"[{name}] sample quality is single-process: run `jaxorder eval RUN_DIR "
+                f"--generate` afterwards")
         else:
             extras["generate"] = _sample_quality(spec["generate"], name, cfg, run_dir)
     if is_main_process():
@@ -179,7 +187,8 @@ def _sample_quality(gen: dict, name: str, cfg: config_lib.Config, run_dir: Path)
             label = ", ".join(f"{k}={v}" for k, v in setting.items() if len(gen["options"][k]) > 1)
             log(f"[{name}] sample quality: {gen['num_samples']} samples with the {sampler.name} sampler"
                 + (f" ({label})" if label else ""))
-            row = generation_quality(run_dir, num_samples=gen["num_samples"], sampler=sampler.name, options=setting)
+            row = generation_quality(run_dir, num_samples=gen["num_samples"], sampler=sampler.name,
+                                     options=setting)
             rows.append({**row, "setting": label} if label else row)
     return rows
 

@@ -105,7 +105,8 @@ def probe_pallas_attention(head_dim: int, dtype: str) -> None:
     positions_BL = jax.ShapeDtypeStruct((1, 256), jnp.int32)
 
     def loss(q_BLHD, k_BLHD, v_BLHD, positions_BL):
-        return sum(pallas_attention(q_BLHD, k_BLHD, v_BLHD, positions_BL, kind, 10000.0).astype(jnp.float32).sum()
+        return sum(pallas_attention(q_BLHD, k_BLHD, v_BLHD, positions_BL, kind, 10000.0)
+                   .astype(jnp.float32).sum()
                    for kind in ("causal", "bidirectional", "bd3:16"))
 
     jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q_BLHD, q_BLHD, q_BLHD, positions_BL).compile()
@@ -125,9 +126,10 @@ def settle_attention_impl(model_cfg: ModelConfig, probe: Callable[[int, str], No
         except Exception as e:  # noqa: BLE001 - any compile failure means: do not use the kernel
             reason = (str(e).strip().splitlines() or [""])[0][:200]
             if jax.process_index() == 0:  # stderr, like run progress: stdout may carry JSON results
-                print(f"model.attention_impl=auto: the fused Pallas attention kernel failed to compile on {backend} "
-                      f"({type(e).__name__}: {reason}); falling back to xla attention. Force the kernel with "
-                      f"model.attention_impl=pallas, or silence this with model.attention_impl=xla",
+                print(f"model.attention_impl=auto: the fused Pallas attention kernel failed to compile on "
+                      f"{backend} ({type(e).__name__}: {reason}); falling back to xla attention. Force the "
+                      f"kernel with model.attention_impl=pallas, or silence this with "
+                      f"model.attention_impl=xla",
                       file=sys.stderr, flush=True)
             impl = "xla"
     return dataclasses.replace(model_cfg, attention_impl=impl)
@@ -195,7 +197,7 @@ def cached_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarr
     T, L = cached_key.value.shape[1], q_BLHD.shape[1]
     cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k_BLHD.astype(cached_key.value.dtype),
                                                     (0, idx, 0, 0))
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v_BLHD.astype(cached_value.value.dtype),
-                                                      (0, idx, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value,
+                                                      v_BLHD.astype(cached_value.value.dtype), (0, idx, 0, 0))
     cache_index.value = idx + L
     return xla_attention(q_BLHD, cached_key.value, cached_value.value, decode_mask(new_mask, T, idx, L))

@@ -11,9 +11,10 @@ max_length slots with the unwritten ones masked out). `new_mask` (attention.DECO
 how the new slots see each other: "bidirectional" for a block (block diffusion), "self" for L
 independent candidates of one slot (greedy order choice); the cache is a value, so a call whose
 slots must not stay is simply not kept. `target_positions_BL` feeds the any-order model's
-target positions (ao_ar / latent_order runs). The cache is the Flax "cache" collection of each `Attention` layer
-(`cached_key`, `cached_value` [B, T, H, D] in model.dtype, `cache_index` int32); the Attention
-module takes its decode path only when that collection is passed, so training is unchanged.
+target positions (ao_ar / latent_order runs). The cache is the Flax "cache" collection of each
+`Attention` layer (`cached_key`, `cached_value` [B, T, H, D] in model.dtype, `cache_index` int32);
+the Attention module takes its decode path only when that collection is passed, so training is
+unchanged.
 
 Runs with `model.scan_layers` or `model.remat` decode with the equivalent unrolled model (the
 stacked "layers" parameters are split per layer; remat only matters for gradients). The decode
@@ -63,6 +64,6 @@ def decode_step(params: Any, cfg: ModelConfig, cache: Cache, tokens_BL: jnp.ndar
     variables = {"params": params, "cache": cache}
     if target_positions_BL is not None and "target_embed" not in params:
         raise ValueError("target positions need a model initialized with them (ao_ar / latent_order runs)")
-    logits_BLV, mutated = Transformer(dcfg).apply(variables, tokens_BL, positions_BL, new_mask, target_positions_BL,
-                                                  mutable=["cache"])
+    logits_BLV, mutated = Transformer(dcfg).apply(variables, tokens_BL, positions_BL, new_mask,
+                                                  target_positions_BL, mutable=["cache"])
     return logits_BLV, mutated["cache"]

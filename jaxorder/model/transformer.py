@@ -62,8 +62,8 @@ class Attention(nn.Module):
         dt, pdt = jnp_dtype(cfg.dtype), jnp_dtype(cfg.param_dtype)
         d, H, D = cfg.d_model, cfg.n_heads, cfg.head_dim
         w_qkv = self.param("qkv", _init(d ** -0.5, ("embed", None, "heads", "kv")), (d, 3, H, D), pdt)
-        w_out = self.param("out", _init((H * D) ** -0.5 / (2 * cfg.n_layers) ** 0.5, ("heads", "kv", "embed")),
-                           (H, D, d), pdt)
+        w_out = self.param("out", _init((H * D) ** -0.5 / (2 * cfg.n_layers) ** 0.5,
+                                        ("heads", "kv", "embed")), (H, D, d), pdt)
         B, L = x_BLd.shape[:2]
         ops = cpu_rewrites.ops(cfg)
         # One projection per q/k/v from slices of the fused weight: slicing a fused [B, L, 3, H, D]
@@ -71,19 +71,21 @@ class Attention(nn.Module):
         w_qkv = w_qkv.astype(dt)
         q_BLHD, k_BLHD, v_BLHD = (ops.dense(x_BLd, w_qkv[:, t].reshape(d, H * D)).reshape(B, L, H, D)
                                   for t in range(3))
-        # Analysis capture (jaxorder.experiments.analysis); a no-op unless "intermediates" is mutable in apply.
+        # Analysis capture (jaxorder.experiments.analysis); a no-op unless "intermediates" is mutable in
+        # apply.
         self.sow("intermediates", "q_pre_rope", q_BLHD)
         self.sow("intermediates", "k_pre_rope", k_BLHD)
         if self.has_variable("cache", "cached_key"):  # incremental decoding: jaxorder.model.decode
             cache = tuple(self.variable("cache", n, lambda: None) for n in CACHE_NAMES)
             o_BLHD = cached_attention(apply_rope(q_BLHD, positions_BL, cfg.rope_base, cfg.max_len),
-                                      apply_rope(k_BLHD, positions_BL, cfg.rope_base, cfg.max_len), v_BLHD, *cache,
-                                      new_mask=mask_kind)
+                                      apply_rope(k_BLHD, positions_BL, cfg.rope_base, cfg.max_len), v_BLHD,
+                                      *cache, new_mask=mask_kind)
             return ops.dense(o_BLHD.reshape(B, L, H * D), w_out.astype(dt).reshape(H * D, d))
         if cfg.attention_impl == "pallas":  # RoPE is applied inside the fused kernel
             o_BLHD = pallas_attention(q_BLHD, k_BLHD, v_BLHD, positions_BL, mask_kind, cfg.rope_base,
                                       interpret=True if cfg.pallas_interpret else None)
-        q_BLHD = apply_rope(q_BLHD, positions_BL, cfg.rope_base, cfg.max_len)  # dead code for pallas unless captured
+        # dead code for pallas unless captured
+        q_BLHD = apply_rope(q_BLHD, positions_BL, cfg.rope_base, cfg.max_len)
         k_BLHD = apply_rope(k_BLHD, positions_BL, cfg.rope_base, cfg.max_len)
         self.sow("intermediates", "q_post_rope", q_BLHD)
         self.sow("intermediates", "k_post_rope", k_BLHD)
@@ -102,7 +104,8 @@ class SwiGLU(nn.Module):
         dt, pdt = jnp_dtype(cfg.dtype), jnp_dtype(cfg.param_dtype)
         d, F = cfg.d_model, cfg.ff_dim
         w_in = self.param("gate_up", _init(d ** -0.5, ("embed", None, "mlp")), (d, 2, F), pdt)
-        w_out = self.param("down", _init(F ** -0.5 / (2 * cfg.n_layers) ** 0.5, ("mlp", "embed")), (F, d), pdt)
+        w_out = self.param("down", _init(F ** -0.5 / (2 * cfg.n_layers) ** 0.5, ("mlp", "embed")), (F, d),
+                           pdt)
         ops = cpu_rewrites.ops(cfg)
         w_in = w_in.astype(dt)  # gate and up from slices of the fused weight (see Attention)
         h_BLF = ops.swiglu(ops.dense(x_BLd, w_in[:, 0]), ops.dense(x_BLd, w_in[:, 1]))
@@ -178,7 +181,8 @@ class Transformer(nn.Module):
         embed_Vd = self.param("embed", _init(1.0, ("vocab", "embed")), (cfg.vocab_size, cfg.d_model), pdt)
         x_BLd = jnp.take(embed_Vd, tokens_BL, axis=0).astype(dt)
         if target_positions_BL is not None:
-            target_Pd = self.param("target_embed", _init(1.0, (None, "embed")), (cfg.max_len, cfg.d_model), pdt)
+            target_Pd = self.param("target_embed", _init(1.0, (None, "embed")), (cfg.max_len, cfg.d_model),
+                                   pdt)
             x_BLd = x_BLd + jnp.take(target_Pd, target_positions_BL, axis=0).astype(dt)
         x_BLd = nn.with_logical_constraint(x_BLd, ("batch", "length", "embed"))
         if cfg.scan_layers:  # one layer body; params and sown intermediates get a leading layer axis
@@ -190,11 +194,13 @@ class Transformer(nn.Module):
             for i in range(cfg.n_layers):
                 x_BLd = block_class(cfg)(cfg, name=f"layer_{i}")(x_BLd, positions_BL, mask_kind)
         x_BLd = RMSNorm(cfg, name="final_norm")(x_BLd)
-        head_dV = self.param("head", _init(cfg.d_model ** -0.5, ("embed", "vocab")), (cfg.d_model, cfg.vocab_size), pdt)
+        head_dV = self.param("head", _init(cfg.d_model ** -0.5, ("embed", "vocab")),
+                             (cfg.d_model, cfg.vocab_size), pdt)
         return ops.dense(x_BLd, head_dV.astype(dt)).astype(jnp.float32)
 
 
-def init_boxed_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8, target_positions: bool = False) -> Params:
+def init_boxed_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8,
+                      target_positions: bool = False) -> Params:
     """Parameters still boxed with their logical axis names (for deriving shardings).
 
     target_positions=True adds the target-position embedding (objectives with TARGET_POSITIONS).

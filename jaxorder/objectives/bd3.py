@@ -60,7 +60,8 @@ def corrupt(tokens_BL: jnp.ndarray, t_BK: jnp.ndarray, rng: jax.Array, mask_id: 
     return jnp.where(is_masked_BL, mask_id, tokens_BL), is_masked_BL
 
 
-def noisy_logits(params, x_t_BL: jnp.ndarray, tokens_BL: jnp.ndarray, cfg: Config, block_size: int) -> jnp.ndarray:
+def noisy_logits(params, x_t_BL: jnp.ndarray, tokens_BL: jnp.ndarray, cfg: Config,
+                 block_size: int) -> jnp.ndarray:
     """Raw logits [B, n, V] of the noisy half of the 2n pass over [x_t ; x]."""
     n = tokens_BL.shape[1]
     inputs_B2L = jnp.concatenate([x_t_BL, tokens_BL], axis=1)
@@ -130,8 +131,8 @@ def validate_config(cfg: Config) -> None:
     if o.block_size < 1 or d.seq_len % o.block_size:
         raise ConfigError(f"objective.block_size={o.block_size} must divide data.seq_len={d.seq_len}")
     if 2 * d.seq_len > m.max_len:
-        raise ConfigError(f"bd3 trains on 2 x data.seq_len={2 * d.seq_len} tokens > model.max_len={m.max_len}; "
-                          f"raise model.max_len")
+        raise ConfigError(f"bd3 trains on 2 x data.seq_len={2 * d.seq_len} tokens > "
+                          f"model.max_len={m.max_len}; raise model.max_len")
     if not 0 <= o.noise_min < o.noise_max <= 1:
         raise ConfigError(f"need 0 <= objective.noise_min < objective.noise_max <= 1, "
                           f"got {o.noise_min}, {o.noise_max}")

@@ -36,7 +36,8 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     return value, {"loss": value, "nll_per_token": value}
 
 
-def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float, seed: int) -> tuple[np.ndarray, str, float]:
+def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float,
+                    seed: int) -> tuple[np.ndarray, str, float]:
     """The training input [BOS, x_0..x_{L-2}] under the causal mask (mask_rate does not apply)."""
     del mask_rate, seed
     bos_N1 = np.full_like(tokens_NL[:, :1], special_ids(cfg.model).bos)

@@ -46,7 +46,8 @@ def candidate_orders(rng: jax.Array, batch_size: int, n: int, num_orders: int,
     return jnp.concatenate([ident_B1n, ident_B1n[..., ::-1], random_BKn], axis=1)
 
 
-def order_log_likelihoods(params, tokens_BL: jnp.ndarray, orders_BKL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
+def order_log_likelihoods(params, tokens_BL: jnp.ndarray, orders_BKL: jnp.ndarray,
+                          cfg: Config) -> jnp.ndarray:
     """l_k = log p(x | sigma_k) [B, K], one pass over B*K permuted sequences."""
     B, K, L = orders_BKL.shape
     tokens_NL = jnp.repeat(tokens_BL, K, axis=0)  # row b*K + k
@@ -58,7 +59,8 @@ def mixture_nll(l_BK: jnp.ndarray) -> jnp.ndarray:
     return jnp.log(l_BK.shape[1]) - jax.nn.logsumexp(l_BK, axis=1)
 
 
-def orders_nll(params, tokens_BL: jnp.ndarray, orders_BKL: jnp.ndarray, cfg: Config) -> tuple[jnp.ndarray, jnp.ndarray]:
+def orders_nll(params, tokens_BL: jnp.ndarray, orders_BKL: jnp.ndarray,
+               cfg: Config) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(K-order bound -log mean_k p(x | sigma_k) [B], l [B, K]) for explicit orders [B, K, n]."""
     l_BK = order_log_likelihoods(params, tokens_BL, orders_BKL, cfg)
     return mixture_nll(l_BK), l_BK
@@ -95,10 +97,12 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
 def validate_config(cfg: Config) -> None:
     o = cfg.objective
     if o.num_orders < 1 or (o.include_fixed_orders and o.num_orders < 2):
-        raise ConfigError(f"objective.num_orders={o.num_orders} must be >= 1 (>= 2 with include_fixed_orders)")
+        raise ConfigError(f"objective.num_orders={o.num_orders} must be >= 1 (>= 2 with "
+                          f"include_fixed_orders)")
 
 
 OBJECTIVE = register(Objective(  # same network and inputs as ao_ar: a (stochastic, IWAE-style) bound
     name="latent_order", loss=loss, nll=nll, exact=False, yardstick="upper bound (K-order log-mean-exp)",
     sampling="any_order", default_sampler="l2r", target_positions=True,
-    order_scoring=OrderScoring(order_nll=ao_ar.order_nll, mixture_bound=True), validate_config=validate_config))
+    order_scoring=OrderScoring(order_nll=ao_ar.order_nll, mixture_bound=True),
+    validate_config=validate_config))

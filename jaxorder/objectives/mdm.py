@@ -33,7 +33,8 @@ def sample_times(rng: jax.Array, batch_size: int, eps: float, antithetic: bool) 
     return eps + (1.0 - eps) * u_B
 
 
-def corrupt(tokens_BL: jnp.ndarray, t_B: jnp.ndarray, rng: jax.Array, mask_id: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+def corrupt(tokens_BL: jnp.ndarray, t_B: jnp.ndarray, rng: jax.Array,
+            mask_id: int) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Masks each token with probability t: returns (x_t [B, L], is_masked [B, L] bool)."""
     is_masked_BL = jax.random.uniform(rng, tokens_BL.shape) < t_B[:, None]
     return jnp.where(is_masked_BL, mask_id, tokens_BL), is_masked_BL
@@ -54,7 +55,8 @@ def masked_token_nll(params, tokens_BL: jnp.ndarray, x_t_BL: jnp.ndarray, is_mas
     return jnp.where(is_masked_BL, nll_BL, 0.0)
 
 
-def weighted_nll(params, tokens_BL: jnp.ndarray, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, jnp.ndarray]:
+def weighted_nll(params, tokens_BL: jnp.ndarray, rng: jax.Array,
+                 cfg: Config) -> tuple[jnp.ndarray, jnp.ndarray]:
     """One-sample ELBO per sequence in nats [B] (= (1/t) * masked NLL sum) and the times t [B]."""
     t_rng, m_rng = jax.random.split(rng)
     o = cfg.objective
@@ -103,7 +105,8 @@ def chain_rule_nll(params, tokens_BL: jnp.ndarray, orders_BL: jnp.ndarray | None
     return nll_B
 
 
-def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float, seed: int) -> tuple[np.ndarray, str, float]:
+def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float,
+                    seed: int) -> tuple[np.ndarray, str, float]:
     """The window with each token replaced by MASK with probability `mask_rate` (0 = clean)."""
     rng = np.random.default_rng(seed)
     masked_NL = np.where(rng.random(tokens_NL.shape) < mask_rate, special_ids(cfg.model).mask, tokens_NL)
@@ -113,6 +116,7 @@ def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float, seed: 
 OBJECTIVE = register(Objective(
     name="mdm", loss=loss, nll=nll, exact=False, yardstick="upper bound (ELBO)", sampling="masked",
     default_sampler="confidence",
-    order_scoring=OrderScoring(order_nll=chain_rule_nll,
-                               greedy_nll=lambda params, tokens_BL, cfg: chain_rule_nll(params, tokens_BL, None, cfg)),
+    order_scoring=OrderScoring(
+        order_nll=chain_rule_nll,
+        greedy_nll=lambda params, tokens_BL, cfg: chain_rule_nll(params, tokens_BL, None, cfg)),
     analysis_inputs=analysis_inputs))

@@ -22,7 +22,8 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     return l2r.loss(params, _reversed(batch), rng, cfg)
 
 
-def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float, seed: int) -> tuple[np.ndarray, str, float]:
+def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float,
+                    seed: int) -> tuple[np.ndarray, str, float]:
     """l2r's input on the reversed window."""
     return l2r.analysis_inputs(tokens_NL[:, ::-1], cfg, mask_rate, seed)
 

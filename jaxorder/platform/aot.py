@@ -85,7 +85,8 @@ def format_report(r: dict) -> str:
         f"  optimizer state   {r['opt_state_gib_per_device']:9.3f} GiB",
         f"  arguments         {r['argument_gib_per_device']:9.3f} GiB (state + batch, donated)",
         f"  temporaries       {r['temp_gib_per_device']:9.3f} GiB (activations, gradients, workspace)",
-        f"  peak estimate     {r['peak_gib_per_device']:9.3f} GiB (arguments + outputs + temporaries - aliased)",
+        f"  peak estimate     {r['peak_gib_per_device']:9.3f} GiB (arguments + outputs + "
+        f"temporaries - aliased)",
         f"  FLOPs per step    {r['flops_per_step_per_device']:.3e} (XLA cost analysis, per device)",
     ]
     return "\n".join(lines)
@@ -94,10 +95,12 @@ def format_report(r: dict) -> str:
 def run_in_subprocess(config_path: str, overrides: list[str], devices: int, as_json: bool) -> int:
     """Runs this module with `devices` forced host devices; returns its exit code."""
     env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+    flags = [f for f in env.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
     env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
     env["JAX_PLATFORMS"] = "cpu"
-    cmd = [sys.executable, "-m", "jaxorder.platform.aot", config_path, *overrides] + (["--json"] if as_json else [])
+    cmd = ([sys.executable, "-m", "jaxorder.platform.aot", config_path, *overrides]
+           + (["--json"] if as_json else []))
     return subprocess.call(cmd, env=env)
 
 

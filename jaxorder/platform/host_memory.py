@@ -91,5 +91,6 @@ def configure_host_malloc(mode: str | None = None) -> str:
         return "system: JAX's backends already exist (call configure_host_malloc before any JAX computation)"
     for param, value in _SETTINGS:
         if libc.mallopt(param, value) != 1:
-            return f"system: mallopt({param}, {value}) failed (the settings before it in _SETTINGS are applied)"
+            return (f"system: mallopt({param}, {value}) failed (the settings before it in _SETTINGS are "
+                    f"applied)")
     return "tuned: glibc malloc with one arena, no mmap chunks, no trimming"

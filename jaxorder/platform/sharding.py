@@ -30,12 +30,12 @@ def mesh_shape(mesh_cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if per_slice % known:
-            raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} cannot fill {per_slice} devices per slice: "
-                              f"{per_slice} is not divisible by {known}")
+            raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} cannot fill {per_slice} devices per "
+                              f"slice: {per_slice} is not divisible by {known}")
         sizes[sizes.index(-1)] = per_slice // known
     if math.prod(sizes) != per_slice:
-        raise ConfigError(f"mesh data*fsdp*tensor = {math.prod(sizes)} but there are {per_slice} devices per slice; "
-                          f"set one mesh size to -1 or make the product {per_slice}")
+        raise ConfigError(f"mesh data*fsdp*tensor = {math.prod(sizes)} but there are {per_slice} devices per "
+                          f"slice; set one mesh size to -1 or make the product {per_slice}")
     return tuple(sizes)  # type: ignore[return-value]
 
 

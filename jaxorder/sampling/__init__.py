@@ -26,5 +26,5 @@ from jaxorder.sampling.base import (
                                     sampler_names,
 )
 
-__all__ = ["OPTION_NAMES", "Sampler", "SamplerOptions", "all_samplers", "compile_sample", "for_config", "make_options",
-           "register", "resolve", "sample", "sampler_names"]
+__all__ = ["OPTION_NAMES", "Sampler", "SamplerOptions", "all_samplers", "compile_sample", "for_config",
+           "make_options", "register", "resolve", "sample", "sampler_names"]

@@ -7,8 +7,8 @@ at position 0 (j = 0) or x_sigma_{j-1} at position sigma_{j-1} (RoPE), and the t
 sigma_j (target embedding); slots are causal, and the logits of slot j are p(x_sigma_j | x_sigma_<j).
 A row of L tokens takes L slots; the token of the last one is never fed.
 
-The order (the sampler's name; samplers of family "any_order"): the fixed tokens come first, in position order (conditioned
-on, teacher-forced), then the masked positions, one slot per step:
+The order (the sampler's name; samplers of family "any_order"): the fixed tokens come first, in
+position order (conditioned on, teacher-forced), then the masked positions, one slot per step:
 - ``l2r`` / ``r2l``: by increasing / decreasing position;
 - ``random``: a uniform random permutation of the row's masked positions (``ao_ar.random_orders``
   from the key), independently per row;
@@ -81,7 +81,8 @@ def initial_orders(masked_BL: jnp.ndarray, order: str, key: jax.Array) -> jnp.nd
     B, L = masked_BL.shape
     pos_BL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
     if order == "random":
-        rank_BL = jnp.argsort(ao_ar.random_orders(key, B, L), axis=1).astype(jnp.int32)  # rank of each position
+        # rank of each position
+        rank_BL = jnp.argsort(ao_ar.random_orders(key, B, L), axis=1).astype(jnp.int32)
     elif order == "r2l":
         rank_BL = L - 1 - pos_BL
     else:
@@ -124,7 +125,8 @@ def build(cfg: Config, loop: Loop):
         st = dict(x=x_BL, order=initial_orders(masked_BL, loop.order, order_key), masked=masked_BL,
                   logprob=jnp.zeros((B,), jnp.float32), nfe=jnp.int32(0), cache=None)
         if loop.options.cache:
-            st["cache"] = decode.init_cache(mcfg, B, _cache_slots(L, loop.order))  # scratch slots may pass max_len
+            # scratch slots may pass max_len
+            st["cache"] = decode.init_cache(mcfg, B, _cache_slots(L, loop.order))
             if 0 < prefill < L:  # (nothing to generate: no call at all)
                 inputs_BL, positions_BL = slot_inputs(x_BL, st["order"], ids.bos)
                 _, st["cache"] = decode.decode_step(params, mcfg, st["cache"], inputs_BL[:, :prefill],
@@ -137,7 +139,8 @@ def build(cfg: Config, loop: Loop):
         def candidate_logits(st, c, tok_B, pos_B):  # [B, L, V]: slot c with every position as its target
             targets_BL = jnp.broadcast_to(pos_L, (B, L))
             if loop.options.cache:
-                logits_BLV, _ = decode.decode_step(params, mcfg, st["cache"], jnp.repeat(tok_B[:, None], L, 1),
+                logits_BLV, _ = decode.decode_step(params, mcfg, st["cache"],
+                                                   jnp.repeat(tok_B[:, None], L, 1),
                                                    jnp.repeat(pos_B[:, None], L, 1), "self",
                                                    target_positions_BL=targets_BL)
                 return logits_BLV
@@ -148,8 +151,8 @@ def build(cfg: Config, loop: Loop):
 
         def slot_logits(st, c, tok_B, pos_B, target_B):  # [B, V] of slot c, and the cache with it written
             if loop.options.cache:
-                logits_B1V, cache = decode.decode_step(params, mcfg, st["cache"], tok_B[:, None], pos_B[:, None],
-                                                       target_positions_BL=target_B[:, None])
+                logits_B1V, cache = decode.decode_step(params, mcfg, st["cache"], tok_B[:, None],
+                                                       pos_B[:, None], target_positions_BL=target_B[:, None])
                 return logits_B1V[:, 0], cache
             logits_BLV, _ = ao_ar.order_logits(params, st["x"], st["order"], cfg)
             return jax.lax.dynamic_index_in_dim(logits_BLV, c, axis=1, keepdims=False), None
@@ -169,7 +172,8 @@ def build(cfg: Config, loop: Loop):
                     st["order"], jnp.where(forced_B, current_B, chosen_B), c, axis=1)
             target_B = jax.lax.dynamic_index_in_dim(st["order"], c, axis=1, keepdims=False)
             logits_BV, st["cache"] = slot_logits(st, c, tok_B, pos_B, target_B)
-            new_B = choose_tokens(jnp.where(banned_V, -jnp.inf, logits_BV), jax.random.fold_in(noise_key, c), tc)
+            new_B = choose_tokens(jnp.where(banned_V, -jnp.inf, logits_BV), jax.random.fold_in(noise_key, c),
+                                  tc)
             lp_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BV, axis=-1), new_B[:, None], axis=-1)[:, 0]
             write_BL = (pos_L[None, :] == target_B[:, None]) & ~forced_B[:, None]
             st["x"] = jnp.where(write_BL, new_B[:, None], st["x"])

@@ -124,13 +124,15 @@ def build(cfg: Config, loop: Loop):
             active_B = ~forced_B & ~done(st)
             prompt_B = jax.lax.dynamic_index_in_dim(st["seq"], s, axis=1, keepdims=False)
             new_B = jnp.where(forced_B, prompt_B, jnp.where(active_B, tok_B, ids.pad))
-            lp_B = jnp.take_along_axis(jax.nn.log_softmax(st["logits"], axis=-1), tok_B[:, None], axis=-1)[:, 0]
+            lp_B = jnp.take_along_axis(jax.nn.log_softmax(st["logits"], axis=-1), tok_B[:, None],
+                                       axis=-1)[:, 0]
             out = dict(st, c=s, steps=st["steps"] + 1,
                        seq=jax.lax.dynamic_update_index_in_dim(st["seq"], new_B, s, axis=1),
                        eos=st["eos"] | (active_B & (tok_B == ids.eos) & ac.stop_at_eos),
                        n_gen=st["n_gen"] + active_B, logprob=st["logprob"] + jnp.where(active_B, lp_B, 0.0))
             if collect_logits:
-                out["all_logits"] = jax.lax.dynamic_update_index_in_dim(st["all_logits"], st["logits"], s, axis=1)
+                out["all_logits"] = jax.lax.dynamic_update_index_in_dim(st["all_logits"], st["logits"], s,
+                                                                        axis=1)
             if ac.cache:  # feed slot s (the last slot T - 1 is never fed: nothing follows it)
                 def feed(cache):
                     lg, cache = decode.decode_step(params, mcfg, cache, new_B[:, None],

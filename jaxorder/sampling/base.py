@@ -166,10 +166,12 @@ def _prepared(cfg: Config, tokens_BL, sampler: str | Sampler | None, options: Sa
     if not isinstance(sampler, Sampler):
         sampler = resolve(cfg, sampler)
     elif sampler.family != objectives.of(cfg).sampling:
-        raise ConfigError(f"the {sampler.name} sampler decodes {sampler.family} runs, not {cfg.objective.name}")
+        raise ConfigError(f"the {sampler.name} sampler decodes {sampler.family} runs, not "
+                          f"{cfg.objective.name}")
     options.validate()
     default = SamplerOptions()
-    stray = [k for k in OPTION_NAMES if getattr(options, k) != getattr(default, k) and k not in sampler.options]
+    stray = [k for k in OPTION_NAMES
+             if getattr(options, k) != getattr(default, k) and k not in sampler.options]
     if stray:
         raise ConfigError(f"the {sampler.name} sampler does not take '{stray[0]}'; it takes: "
                           f"{', '.join(sampler.options) or 'no options'}")

@@ -7,10 +7,10 @@ model was trained on windows of whole blocks; a length that is not a multiple is
 ConfigError naming the nearest valid lengths, nothing is padded).
 
 The n/b blocks are generated left to right. Inside block k the rule of the sampler (registered
-here for family "block": ancestral, confidence, margin, entropy, threshold) runs over that block's masked positions
-only, with ``mdm.commit_step`` (the same per-step rule, noise and tie-breaking as the mdm
-samplers). The conditionals are bd3's noisy-half ones, p(. | noisy block k, clean blocks < k)
-with SUBS (MASK logit -inf, ``bd3.noisy_log_probs``):
+here for family "block": ancestral, confidence, margin, entropy, threshold) runs over that block's
+masked positions only, with ``mdm.commit_step`` (the same per-step rule, noise and tie-breaking as
+the mdm samplers). The conditionals are bd3's noisy-half ones,
+p(. | noisy block k, clean blocks < k) with SUBS (MASK logit -inf, ``bd3.noisy_log_probs``):
 
 - ``cache=True``: a KV cache over the finished blocks. A denoising step is one
   ``decode.decode_step`` of the noisy block (b slots, "bidirectional") over the cache; its
@@ -78,9 +78,9 @@ def build(cfg: Config, loop: mdm.Loop):
     def run(params, key, tokens_BL, threshold, budget_K):
         B, n = tokens_BL.shape
         K = n // b
-        st = dict(x=tokens_BL.astype(jnp.int32), masked=tokens_BL == mask_id, logprob=jnp.zeros((B,), jnp.float32),
-                  step=jnp.zeros((), jnp.int32), nfe=jnp.zeros((), jnp.int32),
-                  commits=jnp.zeros((sc.steps, B), jnp.int32))
+        st = dict(x=tokens_BL.astype(jnp.int32), masked=tokens_BL == mask_id,
+                  logprob=jnp.zeros((B,), jnp.float32), step=jnp.zeros((), jnp.int32),
+                  nfe=jnp.zeros((), jnp.int32), commits=jnp.zeros((sc.steps, B), jnp.int32))
         if cache:
             st["cache"] = decode.init_cache(mcfg, B, n)
 
@@ -90,11 +90,12 @@ def build(cfg: Config, loop: mdm.Loop):
 
             def block_log_probs(x_Bb):  # p(. | noisy block k, clean blocks < k) [B, b, V]
                 if cache:
-                    logits_BbV, _ = decode.decode_step(params, mcfg, st["cache"], x_Bb, pos_Bb, "bidirectional")
+                    logits_BbV, _ = decode.decode_step(params, mcfg, st["cache"], x_Bb, pos_Bb,
+                                                       "bidirectional")
                 else:
                     x_BL = lax.dynamic_update_slice_in_dim(st["x"], x_Bb, start, axis=1)
-                    logits_BbV = lax.dynamic_slice_in_dim(bd3_objective.noisy_logits(params, x_BL, x_BL, cfg, b),
-                                                          start, b, axis=1)
+                    logits_BbV = lax.dynamic_slice_in_dim(
+                        bd3_objective.noisy_logits(params, x_BL, x_BL, cfg, b), start, b, axis=1)
                 return _subs_log_probs(logits_BbV, mask_id)
 
             def one_step(s, steps_left):
@@ -167,8 +168,8 @@ def prepare_rule(rule: str):
         if n % b:
             lo, hi = n // b * b, -(-n // b) * b
             near = f"{lo} or {hi}" if lo else f"{hi}"
-            raise ConfigError(f"bd3 sampling needs a length that is a multiple of the block size {b}, got {n}; "
-                              f"use {near}")
+            raise ConfigError(f"bd3 sampling needs a length that is a multiple of the block size {b}, got "
+                              f"{n}; use {near}")
         budget_K = step_budget(tokens_BL == special_ids(cfg.model).mask, b, options.steps)
         static = dataclasses.replace(options, threshold=SamplerOptions.threshold)  # traced
         return Prepared(mdm.Loop(rule, static),

@@ -76,7 +76,8 @@ class Loop:
     forced: bool = False
 
 
-def block_schedule(length: int, steps: int, block_length: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def block_schedule(length: int, steps: int, block_length: int,
+                   start: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(block id of each position [L] (-1 before ``start``), step budget of each block [nb])."""
     span = length - start
     bl = block_length if 0 < block_length < span else max(span, 1)
@@ -167,9 +168,9 @@ def build(cfg: Config, loop: Loop):
         block_np, budget_np = block_schedule(L, sc.steps, sc.block_length, block_start)
         block_L, budget = jnp.asarray(block_np), jnp.asarray(budget_np)
         pos_L = jnp.arange(L, dtype=jnp.int32)
-        st = dict(x=tokens_BL.astype(jnp.int32), masked=tokens_BL == mask_id, logprob=jnp.zeros((B,), jnp.float32),
-                  step=jnp.zeros((), jnp.int32), nfe=jnp.zeros((), jnp.int32),
-                  commits=jnp.zeros((sc.steps, B), jnp.int32))
+        st = dict(x=tokens_BL.astype(jnp.int32), masked=tokens_BL == mask_id,
+                  logprob=jnp.zeros((B,), jnp.float32), step=jnp.zeros((), jnp.int32),
+                  nfe=jnp.zeros((), jnp.int32), commits=jnp.zeros((sc.steps, B), jnp.int32))
         if rule == "ancestral" and not forced:
             st["logp"] = jnp.zeros((B, L, cfg.model.vocab_size), jnp.float32)
             st["dirty"] = jnp.ones((), bool)
@@ -187,8 +188,8 @@ def build(cfg: Config, loop: Loop):
                 logp_BLV = lax.cond(st["dirty"], lambda: mdm_objective.masked_log_probs(params, x_BL, cfg),
                                     lambda: st["logp"])
                 nfe = st["dirty"].astype(jnp.int32)
-                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, rule, sc,
-                                                           threshold)
+                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, rule,
+                                                           sc, threshold)
                 st = dict(st, logp=logp_BLV, dirty=commit_BL.any())
             elif sc.fused:
                 hidden_BLd = final_hidden(params, x_BL, cfg)
@@ -203,8 +204,8 @@ def build(cfg: Config, loop: Loop):
                 nfe = 1
             else:
                 logp_BLV = mdm_objective.masked_log_probs(params, x_BL, cfg)
-                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, rule, sc,
-                                                           threshold)
+                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, rule,
+                                                           sc, threshold)
                 nfe = 1
             return advance(st, tok_BL, commit_BL, lp_tok_BL, nfe)
 
@@ -257,5 +258,6 @@ def score_path(params, cfg: Config, tokens_BL, order_BL) -> jnp.ndarray:
 
 
 for _rule in RULES:
-    register(Sampler(name=_rule, family="masked", options=OPTIONS + (("threshold",) if _rule == "threshold" else ()),
+    register(Sampler(name=_rule, family="masked",
+                     options=OPTIONS + (("threshold",) if _rule == "threshold" else ()),
                      prepare=prepare_rule(_rule), build=build))

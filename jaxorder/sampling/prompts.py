@@ -35,7 +35,8 @@ def parse_template(template: str, tokenizer: Any) -> np.ndarray:
         raise ConfigError("the template has no masked span; mark the tokens to fill with [MASK:n] (n tokens) "
                           "or [MASK] (one), e.g. 'To be, or [MASK:12] to be'")
     if "[MASK" in MASK_SPAN.sub("", template):
-        raise ConfigError("malformed mask span in the template; write [MASK:n] with a number n >= 1, or [MASK]")
+        raise ConfigError("malformed mask span in the template; write [MASK:n] with a "
+                          "number n >= 1, or [MASK]")
     return np.concatenate(pieces)
 
 
@@ -44,14 +45,15 @@ def prompt_tokens(prompt: str, tokenizer: Any, length: int, at_end: bool = False
     the prompt as the end of the text, for runs generating right to left)."""
     ids = np.asarray(tokenizer.encode(prompt), np.int32) if prompt else np.zeros(0, np.int32)
     if len(ids) >= length:
-        raise ConfigError(f"the prompt is {len(ids)} tokens, leaving nothing to generate in --length {length}; "
-                          f"use a longer --length")
+        raise ConfigError(f"the prompt is {len(ids)} tokens, leaving nothing to generate in --length "
+                          f"{length}; use a longer --length")
     masks = np.full(length - len(ids), tokenizer.mask_id, np.int32)
     return np.concatenate([masks, ids] if at_end else [ids, masks])
 
 
 def build_inputs(tokenizer: Any, length: int | None, default_length: int, max_len: int,
-                 prompt: str | None = None, template: str | None = None, prompt_at_end: bool = False) -> np.ndarray:
+                 prompt: str | None = None, template: str | None = None,
+                 prompt_at_end: bool = False) -> np.ndarray:
     """The input row [L] for a prompt, a template or unconditional sampling (all MASK)."""
     if prompt is not None and template is not None:
         raise ConfigError("give either --prompt or --template, not both")

@@ -32,7 +32,8 @@ class Checkpointer:
 
     def __init__(self, directory: Any, max_to_keep: int, async_save: bool = True):
         directory = epath.Path(directory)
-        self.directory = directory if str(directory).startswith("gs://") else epath.Path(os.path.abspath(directory))
+        self.directory = (directory if str(directory).startswith("gs://")
+                          else epath.Path(os.path.abspath(directory)))
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
@@ -80,8 +81,9 @@ class Checkpointer:
             return step, restored["state"]
         if failures:
             step, reason = failures[0]
-            raise ConfigError(f"no checkpoint in {self.directory} could be restored (newest, step {step}: {reason}); "
-                              f"were they written with a different model config? use a new --run-dir")
+            raise ConfigError(f"no checkpoint in {self.directory} could be restored (newest, step {step}: "
+                              f"{reason}); were they written with a different model "
+                              f"config? use a new --run-dir")
         return None
 
     def _move_aside(self, step: int) -> epath.Path:
@@ -96,7 +98,8 @@ class Checkpointer:
         if not steps:
             return None
         try:
-            return self.manager.restore(steps[-1], args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+            return self.manager.restore(steps[-1],
+                                        args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
         except Exception:  # noqa: BLE001
             return None
 
@@ -115,5 +118,6 @@ def abstract_of(tree: Any) -> Any:
 def require_checkpoint(run_dir: Any) -> epath.Path:
     ckpt_dir = epath.Path(run_dir) / "checkpoints"
     if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
-        raise ConfigError(f"{run_dir} has no checkpoints; train it first with `jaxorder train CONFIG --run-dir {run_dir}`")
+        raise ConfigError(f"{run_dir} has no checkpoints; train it first with `jaxorder train CONFIG "
+                          f"--run-dir {run_dir}`")
     return ckpt_dir

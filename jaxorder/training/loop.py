@@ -62,11 +62,12 @@ def prepare_run_dir(cfg: Config, run_dir: epath.Path) -> None:
         try:
             saved = config_lib.load_saved(saved_path)
         except ConfigError as e:
-            raise ConfigError(f"{saved_path} is not a valid jaxorder config ({e}); use a new --run-dir") from None
+            raise ConfigError(f"{saved_path} is not a valid jaxorder config "
+                              f"({e}); use a new --run-dir") from None
         conflicts = [d for d in config_lib.diff(saved, cfg) if not d.startswith(RESUMABLE_CHANGES)]
         if conflicts:
-            raise ConfigError(f"run directory {run_dir} was made with a different config ({'; '.join(conflicts)}); "
-                              f"use a new --run-dir or the same settings to resume")
+            raise ConfigError(f"run directory {run_dir} was made with a different config "
+                              f"({'; '.join(conflicts)}); use a new --run-dir or the same settings to resume")
     if is_main_process():
         config_lib.save(cfg, saved_path)
 
@@ -94,7 +95,8 @@ class _SigtermFlag:
 def with_absolute_paths(cfg: Config) -> Config:
     """data.path relative to the working directory becomes absolute, so the run dir works from anywhere."""
     if cfg.data.path and not Path(cfg.data.path).is_absolute():
-        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).absolute())))
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
+                                                                 path=str(Path(cfg.data.path).absolute())))
     return cfg
 
 
@@ -117,7 +119,8 @@ def train(cfg: Config, run_dir: str | os.PathLike, name: str | None = None) -> d
     ids = special_ids(cfg.model)
     if tok.vocab_size != cfg.model.vocab_size or (tok.mask_id, tok.bos_id) != (ids.mask, ids.bos):
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} does not match the {cfg.data.tokenizer} "
-                          f"tokenizer's vocabulary of {tok.vocab_size}; set model.vocab_size={tok.vocab_size}")
+                          f"tokenizer's vocabulary of {tok.vocab_size}; set "
+                          f"model.vocab_size={tok.vocab_size}")
     val_batches = data.val_batches(cfg.eval.batches)
     prepare_run_dir(cfg, run_dir)  # saves the config as given (`auto` choices stay auto)
     cfg = dataclasses.replace(cfg, model=settle_model_config(cfg.model))
@@ -159,7 +162,8 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
             f"{tokens_per_step} tokens, run dir {run_dir}")
 
     def run_eval(step: int) -> dict:
-        result = evaluate(state["params"], cfg, val_batches, data.val_bytes_per_token, nll_fn, placement.put_batch)
+        result = evaluate(state["params"], cfg, val_batches, data.val_bytes_per_token, nll_fn,
+                          placement.put_batch)
         metrics_out.write(step, "val", {k: result[k] for k in ("bpb", "bpb_stderr", "nll_per_token")})
         log(f"[{name}] step {step}/{total} val {result['bpb']:.3f} bits/byte ({result['kind']})")
         return result
@@ -190,7 +194,8 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
                     metrics_out.write(step, "train", values)
                     log(f"[{name}] step {step}/{total} loss {values['loss']:.4f}{speed}")
                     if not math.isfinite(values["loss"]):
-                        raise FloatingPointError(f"loss is {values['loss']} at step {step}; lower optimizer.lr")
+                        raise FloatingPointError(f"loss is {values['loss']} at step "
+                                                 f"{step}; lower optimizer.lr")
                     window_start, window_steps = time.time(), 0
                 if step % cfg.train.checkpoint_every == 0 and step != total:
                     ckpt.save(step, state, iterator, config_dict)
@@ -200,7 +205,8 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
                     if step not in ckpt.steps():  # this step may have just been checkpointed
                         ckpt.save(step, state, iterator, config_dict, force=True)
                     ckpt.wait()
-                    log(f"[{name}] SIGTERM: saved checkpoint at step {step}; re-run the same command to resume")
+                    log(f"[{name}] SIGTERM: saved checkpoint at step {step}; re-run the "
+                        f"same command to resume")
                     raise Preempted(step)
             if total not in ckpt.steps():
                 ckpt.save(total, state, iterator, config_dict, force=True)

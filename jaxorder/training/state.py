@@ -43,13 +43,15 @@ class Placement:
 
     def abstract_state(self, cfg: Config, optimizer: optax.GradientTransformation) -> Any:
         shapes = jax.eval_shape(lambda: init_state(cfg, optimizer))
-        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, self.state)
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                            self.state)
 
     def put_batch(self, local_BL) -> jax.Array:
         return sharding.global_batch(local_BL, self.batch)
 
 
-def make_placement(cfg: Config, optimizer: optax.GradientTransformation, devices: list | None = None) -> Placement:
+def make_placement(cfg: Config, optimizer: optax.GradientTransformation,
+                   devices: list | None = None) -> Placement:
     mesh = sharding.make_mesh(cfg.mesh, devices)
     sharding.check_divisible(cfg.data.batch_size, mesh)
     rules = cfg.mesh.rules

@@ -39,7 +39,8 @@ def make_train_step(cfg: Config, optimizer: optax.GradientTransformation):
     k = cfg.train.grad_accum_steps
 
     def grads_of(params, tokens_BL, rng):
-        grad_fn = jax.value_and_grad(lambda p: objective.loss(p, {"tokens": tokens_BL}, rng, cfg), has_aux=True)
+        grad_fn = jax.value_and_grad(lambda p: objective.loss(p, {"tokens": tokens_BL}, rng, cfg),
+                                     has_aux=True)
         (_, metrics), grads = grad_fn(params)
         return grads, metrics
 
@@ -52,7 +53,8 @@ def make_train_step(cfg: Config, optimizer: optax.GradientTransformation):
             grads, metrics = grads_of(params, micro_BL, jax.random.fold_in(rng, i))
             return jax.tree.map(jnp.add, acc, (grads, metrics)), None
 
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grads_of, params, micro_kBL[0], rng))
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                             jax.eval_shape(grads_of, params, micro_kBL[0], rng))
         total, _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro_kBL))
         return jax.tree.map(lambda x: x / k, total)
 

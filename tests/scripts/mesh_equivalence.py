@@ -23,8 +23,8 @@ STEPS = 10
 
 def losses(objective: str, mesh: tuple[int, int, int] | None) -> list[float]:
     over = ["model.d_model=32", "model.n_heads=4", "model.n_layers=2", "model.max_len=64", "data.seq_len=16",
-            "data.batch_size=16", f"objective.name={objective}", "objective.block_size=4", "optimizer.lr=1e-2",
-            f"train.steps={STEPS}", "optimizer.warmup_steps=2"]
+            "data.batch_size=16", f"objective.name={objective}", "objective.block_size=4",
+            "optimizer.lr=1e-2", f"train.steps={STEPS}", "optimizer.warmup_steps=2"]
     if mesh:
         over += [f"mesh.data={mesh[0]}", f"mesh.fsdp={mesh[1]}", f"mesh.tensor={mesh[2]}"]
     cfg = config_lib.load(None, over)

@@ -18,5 +18,5 @@ from jaxorder.experiments.analysis.attention import (
 )
 
 __all__ = ["DEFAULT_SLASH_THRESHOLD", "AttentionAnalysis", "Capture", "analyze_capture", "analyze_run",
-           "attention_probs", "capture_attention", "dominant_offset", "entropy_and_sink", "model_inputs", "supported",
-           "rank_one_ness", "slash_dominant_fraction", "slash_scores", "summarize_run"]
+           "attention_probs", "capture_attention", "dominant_offset", "entropy_and_sink", "model_inputs",
+           "supported", "rank_one_ness", "slash_dominant_fraction", "slash_scores", "summarize_run"]

@@ -70,7 +70,8 @@ def _analysis_inputs(cfg: Config):
     if view is None:
         able = [o.name for o in objectives.all_objectives() if o.analysis_inputs is not None]
         raise ConfigError(f"attention analysis supports runs of {', '.join(able)}; objective "
-                          f"'{cfg.objective.name}' has no analysis input (block-diffusion/permutation layouts)")
+                          f"'{cfg.objective.name}' has no analysis input "
+                          f"(block-diffusion/permutation layouts)")
     return view
 
 
@@ -97,8 +98,8 @@ def attention_probs(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, mask_LL: jnp.ndarr
 
 @functools.partial(jax.jit, static_argnums=(1, 4))
 def _capture(params, model_cfg: ModelConfig, tokens_BL, positions_BL, mask_kind: str):
-    logits, state = Transformer(model_cfg).apply({"params": cast_params(params, model_cfg)}, tokens_BL, positions_BL,
-                                                 mask_kind, mutable=["intermediates"])
+    logits, state = Transformer(model_cfg).apply({"params": cast_params(params, model_cfg)}, tokens_BL,
+                                                 positions_BL, mask_kind, mutable=["intermediates"])
     inter = state["intermediates"]
     if model_cfg.scan_layers:  # nn.scan stacks what each layer sows on a leading layer axis
         get = lambda name: inter["layers"]["attn"][name][0]  # noqa: E731 - sow stores a tuple
@@ -111,7 +112,8 @@ def _capture(params, model_cfg: ModelConfig, tokens_BL, positions_BL, mask_kind:
     return logits, get("q_pre_rope"), get("k_pre_rope"), probs, mask_LL
 
 
-def capture_attention(params: Any, model_cfg: ModelConfig, tokens_BL, positions_BL, mask_kind: str) -> Capture:
+def capture_attention(params: Any, model_cfg: ModelConfig, tokens_BL, positions_BL,
+                      mask_kind: str) -> Capture:
     """Runs the model once with intermediates capture: its logits, pre-RoPE q/k and attention maps."""
     params = nn.meta.unbox(params)
     out = _capture(params, model_cfg, jnp.asarray(tokens_BL), jnp.asarray(positions_BL), mask_kind)
@@ -156,7 +158,8 @@ def rank_one_ness(x_BLHD: np.ndarray) -> np.ndarray:
     return np.where(total > 0, s2[:, 0] / np.where(total > 0, total, 1.0), np.nan)
 
 
-def entropy_and_sink(probs_BHLL: np.ndarray, mask_LL: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def entropy_and_sink(probs_BHLL: np.ndarray,
+                     mask_LL: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per head [H]: mean row entropy (nats), mean entropy / log(#allowed keys), mean mass on key 0;
     averaged over rows 1..L-1 and the batch."""
     p = np.asarray(probs_BHLL, dtype=np.float64)[..., 1:, :]  # rows 1..L-1
@@ -174,7 +177,8 @@ def uniform_baseline(mask_LL: np.ndarray, max_offset: int) -> np.ndarray:
     return slash_scores(probs[None, None], mask_LL, max_offset)[0]
 
 
-def slash_dominant_fraction(heads: Sequence[dict] | dict, threshold: float = DEFAULT_SLASH_THRESHOLD) -> float:
+def slash_dominant_fraction(heads: Sequence[dict] | dict,
+                            threshold: float = DEFAULT_SLASH_THRESHOLD) -> float:
     """Share of heads whose best Δ != 0 slash score is >= threshold.
 
     `heads`: the "heads" list of an analysis table (or the table itself), e.g. read from heads.json.
@@ -215,7 +219,8 @@ class AttentionAnalysis:
     scores: np.ndarray  # [n_layers, H, 2*max_offset+1] slash scores
 
 
-def analyze_capture(cap: Capture, max_offset: int, threshold: float = DEFAULT_SLASH_THRESHOLD) -> AttentionAnalysis:
+def analyze_capture(cap: Capture, max_offset: int,
+                    threshold: float = DEFAULT_SLASH_THRESHOLD) -> AttentionAnalysis:
     """All per-head measurements of one capture."""
     n_layers, _, H, L, _ = cap.probs.shape
     max_offset = min(max_offset, L - 1)

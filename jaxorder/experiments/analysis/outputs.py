@@ -37,7 +37,8 @@ def write_table(a: AttentionAnalysis, out_dir: Path) -> None:
         w = csv.writer(f)
         w.writerow([*CSV_COLUMNS, *(f"slash_{d}" for d in offsets)])
         for h in a.table["heads"]:
-            w.writerow([_fmt(h[c]) for c in CSV_COLUMNS] + ["" if s is None else f"{s:.6f}" for s in h["slash_scores"]])
+            w.writerow([_fmt(h[c]) for c in CSV_COLUMNS]
+                       + ["" if s is None else f"{s:.6f}" for s in h["slash_scores"]])
 
 
 def _fmt(x):
@@ -58,7 +59,8 @@ def _draw_heads(axes: Sequence, a: AttentionAnalysis, heads: list[dict], crop: i
         ax.imshow(m, cmap="viridis", vmin=0.0, vmax=max(float(np.quantile(m, 0.995)), 1e-6),
                   interpolation="nearest")
         ax.set_title(f"L{h['layer']}H{h['head']}  Δ={h['dominant_offset']:+d}  s={h['dominant_score']:.2f}\n"
-                     f"self {h['self_score']:.2f}  sink {h['sink_mass']:.2f}  r1q {h['rank1_q']:.2f}", fontsize=7)
+                     f"self {h['self_score']:.2f}  sink {h['sink_mass']:.2f}  r1q {h['rank1_q']:.2f}",
+                     fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in axes[len(heads):]:
@@ -73,7 +75,8 @@ def plot_heads(a: AttentionAnalysis, path: Path, k: int = 8, crop: int | None = 
     rows = -(-len(heads) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows + 0.4), dpi=110, squeeze=False)
     _draw_heads(list(axes.flat), a, heads, crop)
-    fig.suptitle(f"most slash-like heads: {_label(a)}" + (f", first {crop} positions" if crop else ""), fontsize=9)
+    fig.suptitle(f"most slash-like heads: {_label(a)}" + (f", first {crop} positions" if crop else ""),
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -123,7 +126,8 @@ def write_compare(a: AttentionAnalysis, b: AttentionAnalysis, out_dir: Path, top
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.json").write_text(json.dumps(
-        {"runs": [{k: v for k, v in x.table.items() if k != "heads"} for x in (a, b)]}, indent=1, allow_nan=False) + "\n")
+        {"runs": [{k: v for k, v in x.table.items() if k != "heads"} for x in (a, b)]}, indent=1,
+        allow_nan=False) + "\n")
 
     n = max(a.scores.shape[0], b.scores.shape[0])
     ymax = min(1.0, max(float(np.nanmax(a.scores)), float(np.nanmax(b.scores))) * 1.05 + 1e-3)
@@ -177,7 +181,8 @@ def summary_text(analyses: Sequence[AttentionAnalysis], top_k: int = 5) -> str:
     for x, name in zip(analyses, names):
         lines.append(f"top heads of {name}:")
         for h in top_heads(x, top_k):
-            lines.append(f"  L{h['layer']}H{h['head']}: Δ={h['dominant_offset']:+d} score {h['dominant_score']:.3f} "
-                         f"| self {h['self_score']:.3f} | rank-one Q {h['rank1_q']:.3f} K {h['rank1_k']:.3f} "
-                         f"| entropy {h['entropy_norm']:.2f} | sink {h['sink_mass']:.3f}")
+            lines.append(f"  L{h['layer']}H{h['head']}: Δ={h['dominant_offset']:+d} score "
+                         f"{h['dominant_score']:.3f} | self {h['self_score']:.3f} | rank-one Q "
+                         f"{h['rank1_q']:.3f} K {h['rank1_k']:.3f} | entropy {h['entropy_norm']:.2f} | sink "
+                         f"{h['sink_mass']:.3f}")
     return "\n".join(lines) + "\n"
