@@ -48,7 +48,8 @@ def test_repo_configs_load():
     # each family's own checks, reached through its registered Objective
     (["objective.name=bd3", "objective.block_size=5"], "block_size=5 must divide data.seq_len=128"),
     (["objective.name=bd3", "model.max_len=200"], "bd3 trains on 2 x data.seq_len=256"),
-    (["objective.name=bd3", "objective.noise_min=0.9", "objective.noise_max=0.5"], "noise_min < objective.noise_max"),
+    (["objective.name=bd3", "objective.noise_min=0.9", "objective.noise_max=0.5"],
+     "noise_min < objective.noise_max"),
     (["objective.name=ao_ar", "objective.l2r_fraction=0.7", "objective.r2l_fraction=0.5"], "sum to <= 1"),
     (["objective.name=latent_order", "objective.num_orders=1"], "num_orders=1 must be >= 1"),
 ])
