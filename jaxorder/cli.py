@@ -8,7 +8,18 @@ import math
 import sys
 from pathlib import Path
 
+from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
+from jaxorder.data.prepared import prepare_dataset
+from jaxorder.evaluation.runs import eval_run, sample_run
+from jaxorder.evaluation.sample_quality import generation_quality
+from jaxorder.experiments.analysis import analyze_run
+from jaxorder.experiments.analysis.outputs import summary_text, write_compare, write_outputs
+from jaxorder.experiments.sweep import run_sweep
+from jaxorder.platform.aot import run_in_subprocess
+from jaxorder.platform.distributed import initialize
+from jaxorder.platform.host_memory import configure_host_malloc
+from jaxorder.training.loop import Preempted, train
 
 # `jaxorder sample` flags that are SamplerOptions fields; unset flags stay out of the options, so an
 # inapplicable one is an error only when it is given
@@ -26,10 +37,6 @@ def _default_run_dir(config_path: str, overrides: list[str]) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jaxorder import config as config_lib
-    from jaxorder.platform.distributed import initialize
-    from jaxorder.training.loop import train
-
     cfg = config_lib.load(args.config, args.overrides)
     initialize(cfg.distributed)
     run_dir = args.run_dir if args.run_dir else _default_run_dir(args.config, args.overrides)  # may be gs://
@@ -39,11 +46,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from jaxorder.evaluation.runs import eval_run
-
     result = eval_run(args.run_dir, args.orders, args.max_windows)
     if args.generate:
-        from jaxorder.evaluation.sample_quality import generation_quality
 
         options = {"steps": args.steps} if args.steps is not None else {}
         result["generate"] = generation_quality(args.run_dir, num_samples=args.num_samples,
@@ -61,8 +65,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from jaxorder.experiments.sweep import run_sweep
-
     results = run_sweep(Path(args.sweep), Path(args.out) if args.out else None, args.overrides,
                         table_to_stderr=args.json)
     if args.json:
@@ -71,9 +73,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from jaxorder.experiments.analysis import analyze_run
-    from jaxorder.experiments.analysis.outputs import summary_text, write_compare, write_outputs
-
     options = dict(inputs=args.inputs, max_offset=args.max_offset, windows=args.windows,
                    mask_rate=args.mask_rate, seed=args.seed, threshold=args.slash_threshold)
     run_dir = Path(args.run_dir)
@@ -104,9 +103,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from jaxorder import config as config_lib
-    from jaxorder.data.prepared import prepare_dataset
-
     cfg = config_lib.load(args.config, args.overrides)
     out = Path(args.out).expanduser().absolute()
     meta = prepare_dataset(cfg.data, out)
@@ -141,9 +137,6 @@ def json_safe(value):
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from jaxorder import config as config_lib
-    from jaxorder.platform.aot import run_in_subprocess
-
     config_lib.load(args.config, args.overrides)  # a bad config fails here, in one line
     if args.devices < 1:
         raise ConfigError(f"--devices must be >= 1, got {args.devices}")
@@ -151,8 +144,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from jaxorder.evaluation.runs import sample_run
-
     given = {name: getattr(args, name) for name in SAMPLER_FLAGS if getattr(args, name) is not None}
     if args.no_stop_at_eos:
         given["stop_at_eos"] = False
@@ -353,14 +344,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    from jaxorder.platform.host_memory import configure_host_malloc
 
     try:  # before JAX creates its CPU client (see jaxorder.platform.host_memory)
         configure_host_malloc()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from jaxorder.training.loop import Preempted
 
     try:
         return args.func(args)

@@ -7,6 +7,7 @@ sampler) and is reused within the module.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -263,7 +264,9 @@ def test_unigram_entropy_and_judge_nll():
     assert res["bytes"] == 13 + 5 + 5 and res["nll_nats"] == pytest.approx(want, rel=1e-5)
     assert res["bpb"] == pytest.approx(want / math.log(2) / 23, rel=1e-5)
     with pytest.raises(ConfigError, match="l2r"):
-        judge_nll_params(params, config_lib.load(None, ("objective.name=mdm",)), texts, TOK)
+        # an mdm run of the same shape: without the check it would score the texts
+        mdm_cfg = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, name="mdm"))
+        judge_nll_params(params, mdm_cfg, texts, TOK)
 
 
 # ----------------------------------------------------------------------------- CLI

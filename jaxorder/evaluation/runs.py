@@ -16,6 +16,7 @@ from jaxorder import config as config_lib
 from jaxorder import objectives, sampling
 from jaxorder.config import Config, ConfigError
 from jaxorder.data import ByteTokenizer, make_data
+from jaxorder.evaluation.fixed_orders import parse_orders, score_orders
 from jaxorder.evaluation.yardstick import evaluate
 from jaxorder.model.attention import settle_model_config
 from jaxorder.sampling.prompts import build_inputs
@@ -53,7 +54,6 @@ def eval_run(run_dir: str | os.PathLike, orders: str | None = None, max_windows:
     `orders` (e.g. 'l2r,r2l,random:8,greedy') adds exact fixed-order scores of an mdm, ao_ar or
     latent_order model under result["orders"]; `max_windows` limits the windows used for them.
     """
-    from jaxorder.evaluation.fixed_orders import parse_orders, score_orders
 
     specs = parse_orders(orders) if orders else []
     cfg, params, step = load_params(run_dir)

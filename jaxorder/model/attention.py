@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import pallas_kernels
 from jaxorder.model import cpu_rewrites
 from jaxorder.model.cpu_rewrites import PLAIN, Ops
 
@@ -80,8 +81,6 @@ def pallas_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarr
     `interpret=None` runs the kernel on TPU/GPU and its plain-JAX reference on CPU; True forces
     Pallas interpret mode (tests).
     """
-    import pallas_kernels
-
     if mask_kind.startswith("bd3:"):
         spec = pallas_kernels.bd3(int(mask_kind.split(":", 1)[1]))
     else:

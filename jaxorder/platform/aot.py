@@ -15,18 +15,19 @@ import subprocess
 import sys
 import time
 
+import jax
+
+from jaxorder import config as config_lib
+from jaxorder import model
+from jaxorder.config import ConfigError
+from jaxorder.training.optimizer import make_optimizer
+from jaxorder.training.state import make_placement
+from jaxorder.training.step import compile_train_step
+
 GIB = 1024 ** 3
 
 
 def compile_report(config_path: str, overrides: list[str]) -> dict:
-    import jax
-
-    from jaxorder import config as config_lib
-    from jaxorder import model
-    from jaxorder.training.optimizer import make_optimizer
-    from jaxorder.training.state import make_placement
-    from jaxorder.training.step import compile_train_step
-
     cfg = config_lib.load(config_path, overrides)
     optimizer = make_optimizer(cfg)
     placement = make_placement(cfg, optimizer)
@@ -110,7 +111,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    from jaxorder.config import ConfigError
 
     try:
         report = compile_report(args.config, args.overrides)
