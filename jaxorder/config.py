@@ -58,16 +58,35 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    name: str = "l2r"  # a registered order family (jaxorder.objectives); each checks its own fields
-    mdm_eps: float = 1e-3  # smallest diffusion time t ~ U(eps, 1)
-    antithetic: bool = True  # stratify t across the batch
-    block_size: int = 4  # bd3: tokens per block (1 = AR, seq_len = MDM)
-    noise_min: float = 0.0  # bd3 clipped schedule: mask rate ~ U[noise_min, noise_max]
-    noise_max: float = 1.0
-    l2r_fraction: float = 0.0  # ao_ar: share of sequences trained in l2r order
-    r2l_fraction: float = 0.0  # ao_ar: share of sequences trained in r2l order
-    num_orders: int = 4  # latent_order: K sampled orders per sequence
-    include_fixed_orders: bool = True  # latent_order: l2r and r2l are always among the K candidates
+    """The order family (a registered objective's name) and the options the families declare.
+
+    Each family file declares its own options (`Objective.options`: name, default, help); in YAML
+    and overrides they are flat keys of this section (`objective.block_size=8`) and in code
+    attributes (`cfg.objective.block_size`). Every registered family's options are present, so a
+    saved config lists them all; a family reads only its own."""
+
+    name: str = "l2r"
+    options: tuple = ()  # sorted (name, value) pairs, filled with the declared defaults
+
+    def __post_init__(self) -> None:
+        declared = declared_objective_options()
+        unknown = [k for k, _ in self.options if k not in declared]
+        if unknown:
+            raise ConfigError(f"unknown config key 'objective.{unknown[0]}'"
+                              f"{_closest(unknown[0], ['name', *sorted(declared)])}")
+        values = {k: option.default for k, option in declared.items()} | dict(self.options)
+        object.__setattr__(self, "options", tuple(sorted(values.items())))
+
+    def __getattr__(self, key: str) -> Any:  # only reached for names that are not fields
+        for name, value in object.__getattribute__(self, "options"):
+            if name == key:
+                return value
+        raise AttributeError(f"objective option '{key}' is declared by no registered family")
+
+
+def declared_objective_options() -> dict[str, Any]:
+    """name -> declared option (with `default` and `help`) over every registered family."""
+    return {option.name: option for objective in OBJECTIVES.values() for option in objective.options}
 
 
 @dataclass(frozen=True)
@@ -290,6 +309,9 @@ def from_dict(raw: dict) -> Config:
         if not isinstance(sec_val, dict):
             raise ConfigError(f"config section '{sec_name}' must be a mapping, got {sec_val!r}")
         cls = sections[sec_name].default_factory  # type: ignore[misc]
+        if cls is ObjectiveConfig:
+            kwargs[sec_name] = _objective_section(sec_val)
+            continue
         hints = typing.get_type_hints(cls)
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {}
@@ -301,6 +323,20 @@ def from_dict(raw: dict) -> Config:
     cfg = Config(**kwargs)
     validate(cfg)
     return cfg
+
+
+def _objective_section(raw: dict) -> ObjectiveConfig:
+    """The objective section: `name` and the declared options, each coerced to its default's type."""
+    declared = declared_objective_options()
+    options = []
+    for k, v in raw.items():
+        if k == "name":
+            continue
+        if k not in declared:
+            raise ConfigError(f"unknown config key 'objective.{k}'{_closest(k, ['name', *sorted(declared)])}")
+        options.append((k, _coerce(v, type(declared[k].default), f"objective.{k}")))
+    name = _coerce(raw.get("name", ObjectiveConfig.name), str, "objective.name")
+    return ObjectiveConfig(name=name, options=tuple(options))
 
 
 def load(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
@@ -331,7 +367,9 @@ def to_dict(cfg: Config) -> dict:
     """Plain nested dict (tuples as lists), suitable for YAML/JSON."""
     def plain(v: Any) -> Any:
         return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
-    return {sec: {k: plain(v) for k, v in vals.items()} for sec, vals in dataclasses.asdict(cfg).items()}
+    out = {sec: {k: plain(v) for k, v in vals.items()} for sec, vals in dataclasses.asdict(cfg).items()}
+    out["objective"] = {"name": cfg.objective.name, **dict(cfg.objective.options)}  # options as flat keys
+    return out
 
 
 def to_yaml(cfg: Config) -> str:
@@ -389,8 +427,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1 and divide "
                           f"data.batch_size={d.batch_size}")
     _choice(o.name, OBJECTIVES.names(), "objective.name")
-    if not 0 < o.mdm_eps < 1:
-        raise ConfigError(f"objective.mdm_eps must be in (0, 1), got {o.mdm_eps}")
     _choice(d.source, DATA_SOURCES, "data.source")
     _choice(d.transform, DATA_TRANSFORMS, "data.transform")
     if d.transform == "swap05" and d.seq_len < 6:

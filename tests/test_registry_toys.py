@@ -13,7 +13,7 @@ import pytest
 from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
 from jaxorder.experiments.sweep import run_sweep
-from jaxorder.objectives import Objective, l2r
+from jaxorder.objectives import Objective, Option, l2r, register
 from jaxorder.objectives.common import special_ids, token_nll
 from jaxorder.objectives.mdm import masked_log_probs
 from jaxorder.registry import OBJECTIVES, SAMPLERS
@@ -22,9 +22,6 @@ from jaxorder.sampling.base import Prepared
 from jaxorder.training.loop import train
 
 from conftest import cli_in_process, tiny_config_yaml
-
-SMOOTHING = 0.1
-
 
 # ----------------------------------------------------------------------------- a toy order family
 
@@ -39,17 +36,21 @@ def smoothed_loss(params, batch, rng, cfg):
 
     logits_BLV = model.apply(params, cfg.model, inputs_BL, positions_BL, "causal")
     uniform_BL = -jax.nn.log_softmax(logits_BLV, axis=-1).mean(axis=-1)
-    value = ((1 - SMOOTHING) * token_nll(logits_BLV, tokens_BL) + SMOOTHING * uniform_BL).mean()
+    eps = cfg.objective.smoothing  # the family's own config knob, declared below
+    value = ((1 - eps) * token_nll(logits_BLV, tokens_BL) + eps * uniform_BL).mean()
     return value, {"loss": value, "nll_per_token": value}
 
 
 def needs_even_windows(cfg):
     if cfg.data.seq_len % 2:
         raise ConfigError(f"l2r_smooth needs an even data.seq_len, got {cfg.data.seq_len}")
+    if not 0 <= cfg.objective.smoothing < 1:
+        raise ConfigError(f"objective.smoothing must be in [0, 1), got {cfg.objective.smoothing}")
 
 
 TOY_OBJECTIVE = Objective(name="l2r_smooth", loss=smoothed_loss, nll=l2r.nll, exact=True,
                           yardstick="exact (toy)", sampling="ar", default_sampler="ar",
+                          options=(Option("smoothing", 0.1, "label smoothing of the training loss"),),
                           validate_config=needs_even_windows)
 
 
@@ -62,11 +63,15 @@ def toy_objective():
 def test_toy_objective_trains_evaluates_and_samples(tmp_path, text_corpus, toy_objective):
     with pytest.raises(ConfigError, match="needs an even data.seq_len"):
         config_lib.load(None, ["objective.name=l2r_smooth", "data.seq_len=31"])
+    with pytest.raises(ConfigError, match=r"objective.smoothing must be in \[0, 1\), got 1.5"):
+        config_lib.load(None, ["objective.name=l2r_smooth", "objective.smoothing=1.5"])
     config_file = tmp_path / "toy.yaml"
     config_file.write_text(tiny_config_yaml(text_corpus, steps=20, checkpoint_every=20,
                                             objective="l2r_smooth"))
     run_dir = tmp_path / "run"
-    result = train(config_lib.load(config_file), run_dir)
+    cfg = config_lib.load(config_file, ["objective.smoothing=0.2"])
+    assert cfg.objective.smoothing == 0.2 and config_lib.to_dict(cfg)["objective"]["smoothing"] == 0.2
+    result = train(cfg, run_dir)
     assert result["objective"] == "l2r_smooth" and result["kind"] == "exact (toy)" and 0 < result["bpb"] < 8
     code, out, err = cli_in_process(["eval", run_dir, "--json"])
     assert code == 0, err
@@ -84,6 +89,15 @@ def test_toy_objective_trains_evaluates_and_samples(tmp_path, text_corpus, toy_o
 def test_unregistered_objective_is_a_one_line_error():
     with pytest.raises(ConfigError, match="objective.name='l2r_smooth' is not one of"):
         config_lib.load(None, ["objective.name=l2r_smooth"])
+    with pytest.raises(ConfigError, match="unknown config key 'objective.smoothing'"):
+        config_lib.load(None, ["objective.smoothing=0.2"])
+
+
+def test_families_must_declare_a_shared_option_alike():
+    clash = Objective(name="clash", loss=smoothed_loss, nll=l2r.nll, exact=True, yardstick="exact",
+                      sampling="ar", default_sampler="ar", options=(Option("block_size", 8, "bd3's is 4"),))
+    with pytest.raises(ValueError, match="declares option 'block_size' unlike 'bd3' does"):
+        register(clash)
 
 
 # ----------------------------------------------------------------------------- a toy sampler

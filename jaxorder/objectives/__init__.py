@@ -5,6 +5,6 @@ This import list is the table of contents: adding a family means adding its file
 from __future__ import annotations
 
 from jaxorder.objectives import ao_ar, bd3, l2r, latent_order, mdm, r2l  # noqa: F401  (registration)
-from jaxorder.objectives.base import Objective, OrderScoring, all_objectives, get, of, register
+from jaxorder.objectives.base import Objective, Option, OrderScoring, all_objectives, get, of, register
 
-__all__ = ["Objective", "OrderScoring", "all_objectives", "get", "of", "register"]
+__all__ = ["Objective", "Option", "OrderScoring", "all_objectives", "get", "of", "register"]

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 
 from jaxorder import model
 from jaxorder.config import Config, ConfigError
-from jaxorder.objectives.base import Objective, OrderScoring, register
+from jaxorder.objectives.base import Objective, Option, OrderScoring, register
 from jaxorder.objectives.common import special_ids, token_nll
 
 
@@ -108,6 +108,12 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     return value, {"loss": value, "nll_per_token": value}
 
 
+OPTIONS = (
+    Option("l2r_fraction", 0.0, "share of sequences trained in the l2r order"),
+    Option("r2l_fraction", 0.0, "share of sequences trained in the r2l order"),
+)
+
+
 def validate_config(cfg: Config) -> None:
     o = cfg.objective
     if o.l2r_fraction < 0 or o.r2l_fraction < 0 or o.l2r_fraction + o.r2l_fraction > 1:
@@ -117,4 +123,5 @@ def validate_config(cfg: Config) -> None:
 OBJECTIVE = register(Objective(
     name="ao_ar", loss=loss, nll=nll, exact=True, yardstick="exact (l2r order)", sampling="any_order",
     default_sampler="l2r", target_positions=True,
-    order_scoring=OrderScoring(order_nll=order_nll, mixture_bound=True), validate_config=validate_config))
+    order_scoring=OrderScoring(order_nll=order_nll, mixture_bound=True), options=OPTIONS,
+    validate_config=validate_config))

@@ -36,6 +36,15 @@ class OrderScoring:
     mixture_bound: bool = False  # also report -log mean_k p(x | order_k) over random:K orders
 
 
+@dataclass(frozen=True)
+class Option:
+    """A config knob a family declares: `objective.<name>` in YAML and overrides, typed by its default."""
+
+    name: str
+    default: bool | int | float | str
+    help: str
+
+
 def _no_checks(cfg: Config) -> None:
     del cfg
 
@@ -54,6 +63,8 @@ class Objective:
     - `order_scoring`: fixed-order scoring (`jaxorder eval --orders`), None if unsupported.
     - `judge`: its exact nll is the left-to-right likelihood sample quality is judged with.
     - `analysis_inputs`: the network's input for attention analysis, None if unsupported.
+    - `options`: the config knobs it reads (`cfg.objective.<name>`); families may share one
+      (mdm and bd3 both read mdm_eps) if they declare it alike.
     - `validate_config`: the family's own config checks (ConfigError with the fix).
     """
 
@@ -69,10 +80,17 @@ class Objective:
     order_scoring: Optional[OrderScoring] = None
     judge: bool = False
     analysis_inputs: Optional[AnalysisInputsFn] = None
+    options: tuple[Option, ...] = ()
     validate_config: Callable[[Config], None] = _no_checks
 
 
 def register(objective: Objective) -> Objective:
+    for option in objective.options:
+        for other in OBJECTIVES.values():
+            same = [o for o in other.options if o.name == option.name]
+            if same and (type(same[0].default), same[0].default) != (type(option.default), option.default):
+                raise ValueError(f"objective '{objective.name}' declares option '{option.name}' unlike "
+                                 f"'{other.name}' does ({option.default!r} vs {same[0].default!r})")
     return OBJECTIVES.register(objective)
 
 

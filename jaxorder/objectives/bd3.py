@@ -32,8 +32,13 @@ import jax.numpy as jnp
 
 from jaxorder import model
 from jaxorder.config import Config, ConfigError
-from jaxorder.objectives.base import Objective, register
-from jaxorder.objectives.common import positions_like, special_ids
+from jaxorder.objectives.base import Objective, Option, register
+from jaxorder.objectives.common import (
+    DIFFUSION_TIME_OPTIONS,
+    check_diffusion_time,
+    positions_like,
+    special_ids,
+)
 
 
 def mask_kind(block_size: int) -> str:
@@ -126,7 +131,15 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     return value, {"loss": value, "nll_per_token": value, "mask_rate": t_BK.mean()}
 
 
+OPTIONS = DIFFUSION_TIME_OPTIONS + (
+    Option("block_size", 4, "tokens per block (1 = AR, seq_len = MDM); divides data.seq_len"),
+    Option("noise_min", 0.0, "clipped training schedule: mask rate ~ U[noise_min, noise_max]"),
+    Option("noise_max", 1.0, "upper end of the clipped training schedule"),
+)
+
+
 def validate_config(cfg: Config) -> None:
+    check_diffusion_time(cfg)
     o, d, m = cfg.objective, cfg.data, cfg.model
     if o.block_size < 1 or d.seq_len % o.block_size:
         raise ConfigError(f"objective.block_size={o.block_size} must divide data.seq_len={d.seq_len}")
@@ -140,4 +153,4 @@ def validate_config(cfg: Config) -> None:
 
 OBJECTIVE = register(Objective(
     name="bd3", loss=loss, nll=nll, exact=False, yardstick="upper bound (ELBO)", sampling="block",
-    default_sampler="confidence", validate_config=validate_config))
+    default_sampler="confidence", options=OPTIONS, validate_config=validate_config))

@@ -6,7 +6,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxorder.config import ModelConfig
+from jaxorder.config import Config, ConfigError, ModelConfig
+from jaxorder.objectives.base import Option
 
 
 class SpecialIds(NamedTuple):
@@ -32,3 +33,15 @@ def token_nll(logits_BLV: jnp.ndarray, targets_BL: jnp.ndarray) -> jnp.ndarray:
     lse_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
     target_logit_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
     return lse_BL - target_logit_BL
+
+
+# The diffusion time options mdm and bd3 both read.
+DIFFUSION_TIME_OPTIONS = (
+    Option("mdm_eps", 1e-3, "smallest diffusion time: t ~ U(eps, 1)"),
+    Option("antithetic", True, "stratify the diffusion times across the batch"),
+)
+
+
+def check_diffusion_time(cfg: Config) -> None:
+    if not 0 < cfg.objective.mdm_eps < 1:
+        raise ConfigError(f"objective.mdm_eps must be in (0, 1), got {cfg.objective.mdm_eps}")

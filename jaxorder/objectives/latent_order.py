@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from jaxorder.config import Config, ConfigError
 from jaxorder.objectives import ao_ar
-from jaxorder.objectives.base import Objective, OrderScoring, register
+from jaxorder.objectives.base import Objective, Option, OrderScoring, register
 
 
 def candidate_orders(rng: jax.Array, batch_size: int, n: int, num_orders: int,
@@ -94,6 +94,12 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     return value, metrics
 
 
+OPTIONS = (
+    Option("num_orders", 4, "K candidate orders per sequence"),
+    Option("include_fixed_orders", True, "l2r and r2l are always among the K candidates"),
+)
+
+
 def validate_config(cfg: Config) -> None:
     o = cfg.objective
     if o.num_orders < 1 or (o.include_fixed_orders and o.num_orders < 2):
@@ -104,5 +110,5 @@ def validate_config(cfg: Config) -> None:
 OBJECTIVE = register(Objective(  # same network and inputs as ao_ar: a (stochastic, IWAE-style) bound
     name="latent_order", loss=loss, nll=nll, exact=False, yardstick="upper bound (K-order log-mean-exp)",
     sampling="any_order", default_sampler="l2r", target_positions=True,
-    order_scoring=OrderScoring(order_nll=ao_ar.order_nll, mixture_bound=True),
+    order_scoring=OrderScoring(order_nll=ao_ar.order_nll, mixture_bound=True), options=OPTIONS,
     validate_config=validate_config))

@@ -21,7 +21,12 @@ import numpy as np
 from jaxorder import model
 from jaxorder.config import Config
 from jaxorder.objectives.base import Objective, OrderScoring, register
-from jaxorder.objectives.common import positions_like, special_ids
+from jaxorder.objectives.common import (
+    DIFFUSION_TIME_OPTIONS,
+    check_diffusion_time,
+    positions_like,
+    special_ids,
+)
 
 
 def sample_times(rng: jax.Array, batch_size: int, eps: float, antithetic: bool) -> jnp.ndarray:
@@ -119,4 +124,4 @@ OBJECTIVE = register(Objective(
     order_scoring=OrderScoring(
         order_nll=chain_rule_nll,
         greedy_nll=lambda params, tokens_BL, cfg: chain_rule_nll(params, tokens_BL, None, cfg)),
-    analysis_inputs=analysis_inputs))
+    analysis_inputs=analysis_inputs, options=DIFFUSION_TIME_OPTIONS, validate_config=check_diffusion_time))
