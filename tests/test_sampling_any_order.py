@@ -16,12 +16,7 @@ from jaxorder.objectives.common import special_ids
 from jaxorder.sampling import SamplerOptions
 from jaxorder.sampling.any_order import ORDERS
 
-from conftest import with_options
-
-
-def AnyOrderConfig(order: str = "l2r", **options) -> tuple:  # noqa: N802 - reads like the spec it builds
-    """(sampler name = the generation order, its options)."""
-    return order, SamplerOptions(**options)
+from conftest import spec, with_options
 
 
 def sample(params, cfg, tokens_BL, key, oc: tuple = ("l2r", SamplerOptions()), collect_logits: bool = False):
@@ -80,9 +75,9 @@ def test_cached_equals_uncached_at_temperature_zero(tiny, order):
     """Same orders and tokens exactly, per-step logits within 1e-5, both = order_logits over the result."""
     cfg, params = tiny
     key = jax.random.key(3)
-    a = _get(sample(params, cfg, RAGGED, key, AnyOrderConfig(order=order, temperature=0.0),
+    a = _get(sample(params, cfg, RAGGED, key, spec(order, temperature=0.0),
                     collect_logits=True))
-    b = _get(sample(params, cfg, RAGGED, key, AnyOrderConfig(order=order, temperature=0.0, cache=False),
+    b = _get(sample(params, cfg, RAGGED, key, spec(order, temperature=0.0, cache=False),
                     collect_logits=True))
     assert np.array_equal(a["tokens"], b["tokens"]) and np.array_equal(a["order"], b["order"])
     gen = _generated_slots(RAGGED)
@@ -126,7 +121,7 @@ def test_greedy_takes_the_most_confident_position(tiny):
     """The first generated slots of a greedy run, re-scored by hand: every remaining masked position
     as the next target (one order_logits pass each), the chosen one has the largest max-probability."""
     cfg, params = tiny
-    out = _get(sample(params, cfg, RAGGED, jax.random.key(3), AnyOrderConfig(order="greedy", temperature=0.0),
+    out = _get(sample(params, cfg, RAGGED, jax.random.key(3), spec("greedy", temperature=0.0),
                       collect_logits=True))
     score = jax.jit(lambda tokens_L, orders_KL: ao_ar.order_logits(
         params, jnp.tile(tokens_L, (orders_KL.shape[0], 1)), orders_KL, cfg)[0])
@@ -143,7 +138,7 @@ def test_logprob_is_the_order_chain_rule(tiny, order):
     """At temperature 1 the sampler's logprob = -ao_ar's order NLL of the sample in the returned
     order over the generated slots (the whole order_nll for the row with nothing fixed)."""
     cfg, params = tiny
-    out = _get(sample(params, cfg, FREE, jax.random.key(7), AnyOrderConfig(order=order)))
+    out = _get(sample(params, cfg, FREE, jax.random.key(7), spec(order)))
     _check_filled(FREE, out)
     tokens, orders = jnp.asarray(out["tokens"]), jnp.asarray(out["order"])
     nll = np.asarray(ao_ar.order_token_nll(params, tokens, orders, cfg))
@@ -155,14 +150,14 @@ def test_logprob_is_the_order_chain_rule(tiny, order):
 
 def test_seeds_and_filters(tiny):
     cfg, params = tiny
-    oc = AnyOrderConfig(order="random")
+    oc = spec("random")
     a, b, c = (_get(sample(params, cfg, FREE, jax.random.key(s), oc)) for s in (1, 1, 2))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["tokens"], c["tokens"]) and not np.array_equal(a["order"][0], c["order"][0])
     # top-k = 1 (with temperature and top-p) picks what temperature 0 picks
-    top1 = _get(sample(params, cfg, RAGGED, jax.random.key(5), AnyOrderConfig(order="r2l", temperature=0.8,
+    top1 = _get(sample(params, cfg, RAGGED, jax.random.key(5), spec("r2l", temperature=0.8,
                                                                               top_k=1, top_p=0.9)))
-    greedy = _get(sample(params, cfg, RAGGED, jax.random.key(3), AnyOrderConfig(order="r2l", temperature=0.0),
+    greedy = _get(sample(params, cfg, RAGGED, jax.random.key(3), spec("r2l", temperature=0.0),
                          collect_logits=True))
     assert np.array_equal(top1["tokens"], greedy["tokens"])
     _check_filled(RAGGED, top1)
@@ -173,7 +168,7 @@ def test_latent_order_run_and_greedy_at_max_len():
     (here L = max_len = 16, a 31-slot cache): cached = uncached still."""
     cfg = config_lib.load(None, ("objective.name=latent_order", "model.max_len=16", *TINY))
     params = model.init_params(cfg.model, jax.random.key(1), target_positions=True)
-    oc = AnyOrderConfig(order="greedy", temperature=0.0)
+    oc = spec("greedy", temperature=0.0)
     a = _get(sample(params, cfg, RAGGED, jax.random.key(3), oc))
     b = _get(sample(params, cfg, RAGGED, jax.random.key(3), with_options(oc, cache=False)))
     assert np.array_equal(a["tokens"], b["tokens"]) and np.array_equal(a["order"], b["order"])
@@ -187,9 +182,9 @@ def test_clear_errors(tiny):
     with pytest.raises(config_lib.ConfigError, match="unknown sampler 'l2r'; for l2r runs use one of ar"):
         sample(params, l2r, FREE, jax.random.key(0))
     with pytest.raises(config_lib.ConfigError, match="unknown sampler 'diagonal'; for ao_ar runs"):
-        sample(params, cfg, FREE, jax.random.key(0), AnyOrderConfig(order="diagonal"))
+        sample(params, cfg, FREE, jax.random.key(0), spec("diagonal"))
     with pytest.raises(config_lib.ConfigError, match="top_p"):
-        sample(params, cfg, FREE, jax.random.key(0), AnyOrderConfig(top_p=0.0))
+        sample(params, cfg, FREE, jax.random.key(0), spec("l2r", top_p=0.0))
     with pytest.raises(config_lib.ConfigError, match="max_len"):
         sample(params, cfg, np.full((1, cfg.model.max_len + 1), MASK), jax.random.key(0))
 
@@ -197,6 +192,6 @@ def test_clear_errors(tiny):
 def test_nothing_masked_is_returned_unchanged(tiny):
     cfg, params = tiny
     full = np.where(RAGGED == MASK, 7, RAGGED)
-    out = _get(sample(params, cfg, full, jax.random.key(0), AnyOrderConfig(order="greedy")))
+    out = _get(sample(params, cfg, full, jax.random.key(0), spec("greedy")))
     assert np.array_equal(out["tokens"], full) and np.array_equal(out["order"], np.tile(np.arange(L), (3, 1)))
     assert int(out["steps"]) == 0 and int(out["nfe"]) == 0 and not out["logprob"].any()

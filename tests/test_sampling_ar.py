@@ -20,7 +20,7 @@ from jaxorder import model, sampling
 from jaxorder.data import ByteTokenizer
 from jaxorder.model import decode
 from jaxorder.objectives.common import special_ids
-from jaxorder.sampling import SamplerOptions as ARConfig
+from jaxorder.sampling import SamplerOptions
 from jaxorder.sampling.ar import filter_logits
 
 from conftest import cli_in_process
@@ -29,11 +29,11 @@ TINY_L2R = ("objective.name=l2r", "model.d_model=32", "model.n_layers=2", "model
             "data.seq_len=32")
 TOK = ByteTokenizer()
 PROMPTS = [TOK.encode("To be"), [], TOK.encode("or not to")]  # different lengths, one empty
-GREEDY = ARConfig(temperature=0.0, stop_at_eos=False)
+GREEDY = SamplerOptions(temperature=0.0, stop_at_eos=False)
 N = 10  # generated tokens (one shape: the tests share compilations)
 
 
-def generate(params, cfg, prompts, max_new: int, key, options: ARConfig, direction: str = "l2r",
+def generate(params, cfg, prompts, max_new: int, key, options: SamplerOptions, direction: str = "l2r",
              collect_logits: bool = False) -> dict:
     """The ar sampler on rows of `prompts` + `max_new` MASKs (ragged rows end in PAD), for a run of
     `direction`; ``tokens`` as lists of the kept ids (prompt and generated, reading order)."""
@@ -91,8 +91,8 @@ def test_cached_equals_uncached_at_temperature_zero(tiny, direction):
     cfg, params = tiny
     key = jax.random.key(0)
     a = generate(params, cfg, PROMPTS, N, key, GREEDY, direction, collect_logits=True)
-    b = generate(params, cfg, PROMPTS, N, key, ARConfig(temperature=0.0, stop_at_eos=False, cache=False),
-                 direction, collect_logits=True)
+    uncached = SamplerOptions(temperature=0.0, stop_at_eos=False, cache=False)
+    b = generate(params, cfg, PROMPTS, N, key, uncached, direction, collect_logits=True)
     assert np.array_equal(a["seq"], b["seq"])
     assert all(np.array_equal(x, y) for x, y in zip(a["tokens"], b["tokens"]))
     prefill = 1 + min(len(p) for p in PROMPTS)
@@ -138,8 +138,8 @@ def test_stops_at_eos(tiny, direction):
     head[:, [tok, eos]] = head[:, [eos, tok]]
     swapped = {**params, "head": jnp.asarray(head)}
     for cache in (True, False):
-        out = generate(swapped, cfg, PROMPTS, N, jax.random.key(0), ARConfig(temperature=0.0, cache=cache),
-                       direction)
+        out = generate(swapped, cfg, PROMPTS, N, jax.random.key(0),
+                       SamplerOptions(temperature=0.0, cache=cache), direction)
         assert bool(out["eos"][0]) and int(out["generated"][0]) == j + 1
         assert len(out["tokens"][0]) == p0 + j  # EOS excluded
         want = np.concatenate([np.asarray(PROMPTS[0][::-1] if direction == "r2l" else PROMPTS[0], np.int32),
@@ -163,8 +163,8 @@ def test_banned_tokens_are_never_generated(tiny):
         head[:, [tok, bad]] = head[:, [bad, tok]]
         swapped = {**params, "head": jnp.asarray(head)}
         for cache in (True, False):
-            out = generate(swapped, cfg, PROMPTS, N, jax.random.key(0),
-                           ARConfig(temperature=0.0, stop_at_eos=False, cache=cache), collect_logits=True)
+            options = SamplerOptions(temperature=0.0, stop_at_eos=False, cache=cache)
+            out = generate(swapped, cfg, PROMPTS, N, jax.random.key(0), options, collect_logits=True)
             assert int(np.argmax(out["logits"][0, first])) in banned  # without the ban it would be emitted
             for r, p in enumerate(PROMPTS):
                 assert not np.isin(out["seq"][r, 1 + len(p):1 + len(p) + N], banned).any(), (bad, cache, r)
@@ -188,11 +188,12 @@ def test_filter_logits_top_k_top_p():
 
 def test_seeds_temperature_and_top_k_one(tiny):
     cfg, params = tiny
-    t1 = ARConfig(temperature=1.0, stop_at_eos=False)
+    t1 = SamplerOptions(temperature=1.0, stop_at_eos=False)
     a, b, c = (generate(params, cfg, PROMPTS, N, jax.random.key(s), t1)["seq"] for s in (1, 1, 2))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     greedy = generate(params, cfg, PROMPTS, N, jax.random.key(0), GREEDY)["seq"]
-    top1 = generate(params, cfg, PROMPTS, N, jax.random.key(5), ARConfig(top_k=1, stop_at_eos=False))["seq"]
+    top_1 = SamplerOptions(top_k=1, stop_at_eos=False)
+    top1 = generate(params, cfg, PROMPTS, N, jax.random.key(5), top_1)["seq"]
     assert np.array_equal(greedy, top1)
 
 
@@ -201,7 +202,7 @@ def test_too_long_is_a_clear_error(tiny):
     with pytest.raises(config_lib.ConfigError, match="max_len"):
         generate(params, cfg, [[1, 2, 3]], cfg.model.max_len, jax.random.key(0), GREEDY)
     with pytest.raises(config_lib.ConfigError, match="top_p"):
-        generate(params, cfg, [[1]], 4, jax.random.key(0), ARConfig(top_p=0.0))
+        generate(params, cfg, [[1]], 4, jax.random.key(0), SamplerOptions(top_p=0.0))
 
 
 def test_cli_sample_l2r_and_r2l_runs(tmp_path, repeated_corpus):

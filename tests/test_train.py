@@ -2,7 +2,7 @@
 checkpoints, metrics and TensorBoard output.
 
 Signals and process death are tested on `python -m jaxorder.cli` subprocesses (with timeouts);
-everything else calls `jaxorder.train.train` in-process on a tiny model (see conftest.py).
+everything else calls `jaxorder.training.loop.train` in-process on a tiny model (see conftest.py).
 """
 from __future__ import annotations
 

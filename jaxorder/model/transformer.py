@@ -203,7 +203,7 @@ def init_boxed_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8,
                       target_positions: bool = False) -> Params:
     """Parameters still boxed with their logical axis names (for deriving shardings).
 
-    target_positions=True adds the target-position embedding (objectives with TARGET_POSITIONS).
+    target_positions=True adds the target-position embedding (objectives declaring target_positions).
     Always float32 (master weights): model.param_dtype is the dtype `apply` casts them to."""
     tokens = jnp.zeros((1, seq_len), jnp.int32)
     targets = jnp.zeros_like(tokens) if target_positions else None

@@ -39,7 +39,7 @@ tokens as the plain path.
 
 ``score_path``: the sampler's loop with the commitment forced (one given position per step) and
 the tokens teacher-forced; it returns log p of the path, which for an order sigma is the exact
-chain rule sum_j log p(x_sigma_j | x_sigma_<j) of ``jaxorder.evaluation.fixed_orders.chain_rule_nll``.
+chain rule sum_j log p(x_sigma_j | x_sigma_<j) of ``jaxorder.objectives.mdm.chain_rule_nll``.
 """
 from __future__ import annotations
 
@@ -247,7 +247,7 @@ def prepare_rule(rule: str):
 def score_path(params, cfg: Config, tokens_BL, order_BL) -> jnp.ndarray:
     """log p [B] of revealing ``tokens_BL`` one position per step in ``order_BL`` (position revealed
     at each step, [B, L]) starting from all-MASK, run through the sampler loop with the commitment
-    forced and the tokens teacher-forced. Equals -``fixed_orders.chain_rule_nll`` for that order."""
+    forced and the tokens teacher-forced. Equals -``objectives.mdm.chain_rule_nll`` for that order."""
     tokens = jnp.asarray(tokens_BL, jnp.int32)
     B, L = tokens.shape
     loop = Loop("confidence", SamplerOptions(steps=L, temperature=0.0), forced=True)
