@@ -11,8 +11,8 @@ Special-token text such as ``"<|eos|>"`` in a document is encoded as ordinary by
 special id. ``num_bytes(ids)`` counts the UTF-8 bytes the ids decode to (specials 0), so
 bits/byte stays the unit whatever the tokenizer.
 
-Training is deterministic (same documents and size -> the same JSON; 4k ids on the 5 MB
-embedded corpus in ~1.5 s on 2 cores). ``bpe_for_documents`` caches the trained tokenizer as
+Training is deterministic (same documents and size -> the same JSON; seconds on the embedded
+corpus). ``bpe_for_documents`` caches the trained tokenizer as
 JSON under ``$JAXORDER_CACHE_DIR`` (default ``$XDG_CACHE_HOME/jaxorder`` or ``~/.cache/jaxorder``)
 keyed by a hash of the training documents and the vocabulary size, so every ``make_data`` of
 the same config (training, eval, reports) gets the same tokenizer even if a later ``tokenizers``

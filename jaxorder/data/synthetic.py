@@ -15,7 +15,7 @@ deterministic cyclic permutation with entropy rate 0. Large temperatures approac
 chain (entropy rate ``log2 V``). The ``synthetic_tokens`` symbols are split into equal-length
 documents (at least 20 documents, at most ``MARKOV_DOC_TOKENS`` symbols each: 123 x 16260 for
 2M), each a fresh run of the chain started from ``pi``; the chains are sampled in parallel
-(alias tables, one vectorized step per time step: 2M symbols in ~0.3 s). The documents carry
+(alias tables, one vectorized step per time step). The documents carry
 raw bytes (``Document.raw``), never text, so symbols >= 128 are not re-encoded as two UTF-8
 bytes. ``markov_entropy_rate_bits`` gives the exact entropy rate
 ``H = -sum_i pi_i sum_j P_ij log2 P_ij`` (pi by an exact linear solve).
@@ -98,7 +98,7 @@ def _solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     """x with A x = b: Gauss-Jordan elimination with partial pivoting in elementwise numpy.
 
     Used instead of np.linalg.solve because multithreaded OpenBLAS on a loaded 2-core machine
-    took ~0.4 s for a 256 x 256 solve (thread contention); this takes a few ms for V <= 256.
+    slows a 256 x 256 solve by thread contention to a noticeable part of data preparation.
     """
     n = A.shape[0]
     M = np.concatenate([A, b[:, None]], axis=1).astype(np.float64)

@@ -1,12 +1,11 @@
 """Host malloc settings that keep XLA:CPU from page-faulting its temporaries in on every step.
 
-XLA:CPU allocates an executable's temporaries (one buffer per call: 51 MB for the train step
-of `bench/train_step.py` shape a, 1.35 GB at shape b) with posix_memalign on one of its worker
-threads. glibc serves such a request from that thread's arena, whose heaps hold at most 64 MB,
-or, above its mmap threshold, with a fresh mmap; either way the buffer is unmapped when freed, so
-the next call faults every page in again (the kernel zeroes each 4 KiB page). Measured on the
-2-core CPU machine: 12,650 page faults and ~20 ms of system time per 38 ms step at shape a,
-346,000 faults and 0.8-1.2 s of system time per ~2 s step at shape b.
+XLA:CPU allocates an executable's temporaries (one buffer per call, tens of MB for a small train
+step) with posix_memalign on one of its worker threads. glibc serves such a request from that
+thread's arena, whose heaps hold at most 64 MB, or, above its mmap threshold, with a fresh mmap;
+either way the buffer is unmapped when freed, so the next call faults every page in again (the
+kernel zeroes each 4 KiB page). What that cost and what tuning gained: docs/performance.md,
+'Host malloc'.
 
 `configure_host_malloc()` makes glibc keep that memory: one arena (all threads allocate from
 the main heap, which grows without the 64 MB limit), no mmap-served chunks, and no trimming of

@@ -37,6 +37,9 @@ sampling + scoring by ``pallas_kernels.mdm_sample_step`` on the model's final hi
 ``interpret=True``). It draws the identical noise for the same step key, so it gives the same
 tokens as the plain path.
 
+Output (besides the contract's ``tokens``, ``logprob``, ``nfe``, ``steps``): ``commits``
+[steps, B] (positions committed per step and row; rows past ``steps`` are 0) and ``complete`` [B].
+
 ``score_path``: the sampler's loop with the commitment forced (one given position per step) and
 the tokens teacher-forced; it returns log p of the path, which for an order sigma is the exact
 chain rule sum_j log p(x_sigma_j | x_sigma_<j) of ``jaxorder.objectives.mdm.chain_rule_nll``.

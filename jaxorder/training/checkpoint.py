@@ -111,10 +111,6 @@ class Checkpointer:
         self.manager.close()
 
 
-def abstract_of(tree: Any) -> Any:
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
 def require_checkpoint(run_dir: Any) -> epath.Path:
     ckpt_dir = epath.Path(run_dir) / "checkpoints"
     if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
