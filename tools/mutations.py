@@ -85,8 +85,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         (ORD + "test_bd3_noisy_block_sees_no_answer_and_no_future",)),
     Mutation(
         "ao-ar-target-shift", "jaxorder/objectives/ao_ar.py",
-        '"causal", target_positions_BL=order_BL)',
-        '"causal", target_positions_BL=positions_BL)',
+        "target_positions_BL=order_BL)",
+        "target_positions_BL=positions_BL)",
         "ao_ar target positions shifted by one slot (the current position instead of sigma_j)",
         (ORD + "test_ao_ar_one_pass_nll_equals_brute_force_chain_rule",)),
     Mutation(
