@@ -48,11 +48,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     result = eval_run(args.run_dir, args.orders, args.max_windows)
     if args.generate:
-
-        options = {"steps": args.steps} if args.steps is not None else {}
         result["generate"] = generation_quality(args.run_dir, num_samples=args.num_samples,
-                                                sampler=args.sampler, options=options, seed=args.seed,
-                                                judge=args.judge)
+                                                sampler=args.sampler, options=sampler_options(args),
+                                                seed=args.seed, judge=args.judge)
     _print_result(result, args.json)
     if not args.json and "generate" in result:
         print("  generate: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -143,11 +141,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return run_in_subprocess(args.config, args.overrides, args.devices, args.json)
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
+def sampler_options(args: argparse.Namespace) -> dict:
+    """The sampler settings given on the command line (unset flags stay out)."""
     given = {name: getattr(args, name) for name in SAMPLER_FLAGS if getattr(args, name) is not None}
     if args.no_stop_at_eos:
         given["stop_at_eos"] = False
-    result = sample_run(args.run_dir, sampler=args.sampler, options=given, num_samples=args.num_samples,
+    return given
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    result = sample_run(args.run_dir, sampler=args.sampler, options=sampler_options(args),
+                        num_samples=args.num_samples,
                         seed=args.seed, prompt=args.prompt, template=args.template, length=args.length)
     if args.json:
         print(json.dumps(json_safe(result), allow_nan=False))
@@ -169,6 +173,27 @@ def _print_result(result: dict, as_json: bool) -> None:
         print(f"{result['run']}: {result['bpb']:.4f} ± {result['bpb_stderr']:.4f} bits/byte "
               f"({result['kind']}, {result['objective']}, step {result['step']}, "
               f"{result['windows']} windows)")
+
+
+def add_sampler_options(p: argparse.ArgumentParser) -> None:
+    """The SamplerOptions flags shared by `sample` and `eval --generate` (--steps is added by each)."""
+    p.add_argument("--temperature", type=float, default=None, help="0 = argmax (default 1)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="threshold sampler: confidence to commit (default 0.9)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="ar, any-order: sample among the k most likely tokens (default 0: off)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="ar, any-order: nucleus sampling, the smallest set with probability "
+                        ">= p (default 1: off)")
+    p.add_argument("--no-stop-at-eos", action="store_true",
+                   help="ar: keep generating after EOS up to --length")
+    p.add_argument("--block-length", type=int, default=None,
+                   help="semi-autoregressive blocks of this many positions, left to right "
+                        "(default 0: one block)")
+    p.add_argument("--noise", default=None, choices=["high", "float32"],
+                   help="Gumbel noise: high (float64-accurate tails, default) or float32 (naive 24-bit)")
+    p.add_argument("--fused", action="store_true", default=None,
+                   help="commitment step through pallas_kernels.mdm_sample_step (CPU: its reference)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--generate, mdm/bd3: sampling steps (default: the window length)")
     p.add_argument("--seed", type=int, default=0, help="--generate: sampling seed")
     p.add_argument("--judge", help="--generate: an l2r run directory to score the samples")
+    add_sampler_options(p)  # --generate: the sampler settings of `jaxorder sample`
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
     p.set_defaults(func=cmd_eval)
 
@@ -295,23 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="same seed, same samples (default 0)")
     p.add_argument("--length", type=int,
                    help="tokens per sequence incl. the prompt (default: the run's data.seq_len)")
-    p.add_argument("--temperature", type=float, default=None, help="0 = argmax (default 1)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="threshold sampler: confidence to commit (default 0.9)")
-    p.add_argument("--top-k", type=int, default=None,
-                   help="ar, any-order: sample among the k most likely tokens (default 0: off)")
-    p.add_argument("--top-p", type=float, default=None,
-                   help="ar, any-order: nucleus sampling, the smallest set with probability "
-                        ">= p (default 1: off)")
-    p.add_argument("--no-stop-at-eos", action="store_true",
-                   help="ar: keep generating after EOS up to --length")
-    p.add_argument("--block-length", type=int, default=None,
-                   help="semi-autoregressive blocks of this many positions, left to right "
-                        "(default 0: one block)")
-    p.add_argument("--noise", default=None, choices=["high", "float32"],
-                   help="Gumbel noise: high (float64-accurate tails, default) or float32 (naive 24-bit)")
-    p.add_argument("--fused", action="store_true", default=None,
-                   help="commitment step through pallas_kernels.mdm_sample_step (CPU: its reference)")
+    add_sampler_options(p)
     p.add_argument("--json", action="store_true",
                    help="print the samples and settings as one JSON object on stdout")
     p.set_defaults(func=cmd_sample)

@@ -10,6 +10,8 @@ from jaxorder.data.synthetic import grid_to_string, sudoku_grids
 from jaxorder.evaluation.sample_quality import default_judge, generation_quality, sudoku_grids_valid
 from jaxorder.training.loop import train
 
+from conftest import cli_in_process
+
 TINY_SUDOKU = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.source=sudoku",
                "data.seq_len=82", "data.batch_size=8", "data.synthetic_tokens=20000", "train.steps=10",
                "train.eval_every=10", "train.checkpoint_every=10", "eval.batches=1",
@@ -46,3 +48,18 @@ def test_eval_generate_cli_json(sweep_dir):
     result = json.loads(proc.stdout)
     assert result["generate"]["sampler"] == "ar" and "judge" not in result["generate"]  # no other l2r run
     assert "valid_grid_fraction" in result["generate"]
+
+
+def test_eval_generate_takes_the_sampler_options_of_sample(sweep_dir):
+    """`eval --generate` accepts the option flags of `jaxorder sample` and refuses one the sampler
+    does not read."""
+    run = sweep_dir / "mdm"
+    code, out, err = cli_in_process(["eval", run, "--generate", "--num-samples", "2", "--steps", "4",
+                                     "--sampler", "threshold", "--threshold", "0.5", "--temperature", "0",
+                                     "--json"])
+    assert code == 0, err
+    generated = json.loads(out)["generate"]
+    assert generated["sampler"] == "threshold" and generated["steps"] == 4
+    assert generated["forward_passes"] <= 4
+    code, _, err = cli_in_process(["eval", run, "--generate", "--top-k", "3"])
+    assert code == 2 and "the confidence sampler does not take 'top_k'" in err
