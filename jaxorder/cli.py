@@ -19,11 +19,9 @@ from jaxorder.experiments.sweep import run_sweep
 from jaxorder.platform.aot import run_in_subprocess
 from jaxorder.platform.distributed import initialize
 from jaxorder.platform.host_memory import configure_host_malloc
+from jaxorder.sampling import OPTION_NAMES
 from jaxorder.training.loop import Preempted, train
 
-# `jaxorder sample` flags that are SamplerOptions fields; unset flags stay out of the options, so an
-# inapplicable one is an error only when it is given
-SAMPLER_FLAGS = ("steps", "temperature", "threshold", "top_k", "top_p", "block_length", "noise", "fused")
 EPILOG_OVERRIDES = ("Overrides are section.field=value pairs applied after the config file, e.g. "
                     "model.n_layers=4 train.steps=500 objective.name=mdm data.source=text data.path=my.txt")
 
@@ -142,8 +140,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def sampler_options(args: argparse.Namespace) -> dict:
-    """The sampler settings given on the command line (unset flags stay out)."""
-    given = {name: getattr(args, name) for name in SAMPLER_FLAGS if getattr(args, name) is not None}
+    """The sampler settings given on the command line: flags named like SamplerOptions fields that
+    were set (unset ones stay out, so an option a sampler does not read is an error only if given)."""
+    given = {name: getattr(args, name) for name in OPTION_NAMES if getattr(args, name, None) is not None}
     if args.no_stop_at_eos:
         given["stop_at_eos"] = False
     return given

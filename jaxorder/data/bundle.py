@@ -14,6 +14,7 @@ evenly over the validation stream.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,10 +96,8 @@ class StepIterator(grain.DatasetIterator):
         self._closed = True
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # at interpreter shutdown the iterator may be half torn down
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
     def __str__(self) -> str:
         return f"StepIterator(num_workers={self._num_workers}, next_index={self._next_index})"

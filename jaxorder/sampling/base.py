@@ -143,15 +143,20 @@ def _coerce(name: str, value: Any) -> Any:
     raise ConfigError(f"sampler option {name} must be {typ}, got {value!r}")
 
 
+def _refuse_unread(sampler: Sampler, names: list[str]) -> None:
+    """One-line error for options `sampler` does not read (names: those set by the caller)."""
+    unread = [k for k in names if k not in sampler.options]
+    if unread:
+        raise ConfigError(f"the {sampler.name} sampler does not take '{unread[0]}'; it takes: "
+                          f"{', '.join(sampler.options) or 'no options'}")
+
+
 def make_options(sampler: Sampler, given: Mapping[str, Any]) -> SamplerOptions:
     """SamplerOptions from explicitly given settings: unknown or inapplicable names are errors."""
     unknown = [k for k in given if k not in OPTION_NAMES]
     if unknown:
         raise ConfigError(f"unknown sampler option '{unknown[0]}'; options are: {', '.join(OPTION_NAMES)}")
-    inapplicable = [k for k in given if k not in sampler.options]
-    if inapplicable:
-        raise ConfigError(f"the {sampler.name} sampler does not take '{inapplicable[0]}'; it takes: "
-                          f"{', '.join(sampler.options) or 'no options'}")
+    _refuse_unread(sampler, list(given))
     options = SamplerOptions(**{k: _coerce(k, v) for k, v in given.items()})
     options.validate()
     return options
@@ -170,11 +175,7 @@ def _prepared(cfg: Config, tokens_BL, sampler: str | Sampler | None, options: Sa
                           f"{cfg.objective.name}")
     options.validate()
     default = SamplerOptions()
-    stray = [k for k in OPTION_NAMES
-             if getattr(options, k) != getattr(default, k) and k not in sampler.options]
-    if stray:
-        raise ConfigError(f"the {sampler.name} sampler does not take '{stray[0]}'; it takes: "
-                          f"{', '.join(sampler.options) or 'no options'}")
+    _refuse_unread(sampler, [k for k in OPTION_NAMES if getattr(options, k) != getattr(default, k)])
     tokens = np.asarray(tokens_BL, dtype=np.int32)
     if tokens.ndim != 2 or tokens.shape[1] < 1:
         raise ConfigError(f"tokens must be [batch, length >= 1], got shape {tokens.shape}")
