@@ -205,7 +205,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ the seams (registries, lifecycle)
     Mutation(
         "sampler-takes-any-option", "jaxorder/sampling/base.py",
-        "    if stray:\n",
+        "    if unread:\n",
         "    if False:\n",
         "the lifecycle silently ignores options the sampler does not read",
         ("tests/test_sampling_bd3.py::test_bad_inputs",)),
