@@ -178,7 +178,21 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     """The SamplerOptions flags shared by `sample` and `eval --generate` (--steps is added by each)."""
     p.add_argument("--temperature", type=float, default=None, help="0 = argmax (default 1)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="threshold sampler: confidence to commit (default 0.9)")
+                   help="threshold sampler: commit every masked position with confidence >= C, at least "
+                        "one per step (default 0.9)")
+    p.add_argument("--factor", type=float, default=None,
+                   help="factor sampler: commit the n most confident positions with (n + 1)(1 - p_n) < F, "
+                        "at least one per step (default 1)")
+    p.add_argument("--prophet", type=float, default=None,
+                   help="masked runs: commit the rest of a block at its argmax once the mean top-2 logit gap "
+                        "of its masked positions exceeds 1.5G, G, 0.5G in the thirds of its steps "
+                        "(default 0: off; Prophet's 7.5/5/2.5 is G=5)")
+    p.add_argument("--approx-cache", default=None, choices=["none", "prefix", "dual", "free"],
+                   help="masked runs, APPROXIMATE KV cache: prefix (prompt and finished blocks), dual (also "
+                        "the masked suffix), free (no full refresh: only changed positions are recomputed); "
+                        "default none")
+    p.add_argument("--cache-refresh", type=int, default=None,
+                   help="--approx-cache: recompute every key/value each N steps (default 0: once per block)")
     p.add_argument("--top-k", type=int, default=None,
                    help="ar, any-order: sample among the k most likely tokens (default 0: off)")
     p.add_argument("--top-p", type=float, default=None,

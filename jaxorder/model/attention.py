@@ -164,7 +164,9 @@ CACHE_NAMES = ("cached_key", "cached_value", "cache_index")
 #   causal        slot i sees new slots <= i   (prefill / one token per step: the causal model)
 #   bidirectional all new slots                (a block: bd3 noisy block, or a clean block written)
 #   self          only itself                  (L independent candidates of the same next slot)
-DECODE_MASKS = ("causal", "bidirectional", "self")
+#   all           every slot of the cache, written or not (slots = positions: the approximate caches
+#                 of masked diffusion; the call's own keys/values replace the slots it writes)
+DECODE_MASKS = ("causal", "bidirectional", "self", "all")
 
 
 def decode_mask(kind: str, cache_length: int, index, new_length: int) -> jnp.ndarray:
@@ -178,6 +180,8 @@ def decode_mask(kind: str, cache_length: int, index, new_length: int) -> jnp.nda
         return cached_LT | ((slot_T >= index) & (slot_T <= new_L1))
     if kind == "bidirectional":
         return jnp.broadcast_to(slot_T < index + new_length, (new_length, cache_length))
+    if kind == "all":
+        return jnp.ones((new_length, cache_length), bool)
     return cached_LT | (slot_T == new_L1)
 
 

@@ -9,8 +9,9 @@ attends over every slot written so far and appends the new keys/values. With the
 up to float rounding (same parameters, same math; the attention runs over the cache's
 max_length slots with the unwritten ones masked out). `new_mask` (attention.DECODE_MASKS) says
 how the new slots see each other: "bidirectional" for a block (block diffusion), "self" for L
-independent candidates of one slot (greedy order choice); the cache is a value, so a call whose
-slots must not stay is simply not kept. `target_positions_BL` feeds the any-order model's
+independent candidates of one slot (greedy order choice), "all" for a cache whose slots are the
+positions of one bidirectional sequence (`rewrite_positions`); the cache is a value, so a call
+whose slots must not stay is simply not kept. `target_positions_BL` feeds the any-order model's
 target positions (ao_ar / latent_order runs). The cache is the Flax "cache" collection of each
 `Attention` layer (`cached_key`, `cached_value` [B, T, H, D] in model.dtype, `cache_index` int32);
 the Attention module takes its decode path only when that collection is passed, so training is
@@ -67,3 +68,19 @@ def decode_step(params: Any, cfg: ModelConfig, cache: Cache, tokens_BL: jnp.ndar
     logits_BLV, mutated = Transformer(dcfg).apply(variables, tokens_BL, positions_BL, new_mask,
                                                   target_positions_BL, mutable=["cache"])
     return logits_BLV, mutated["cache"]
+
+
+def rewrite_positions(params: Any, cfg: ModelConfig, cache: Cache, tokens_BQ: jnp.ndarray,
+                      start: int) -> tuple[jnp.ndarray, Cache]:
+    """A bidirectional pass over positions start..start+Q-1 of a cache whose slot i holds position i.
+
+    The Q positions get fresh keys/values (written over their slots) and see every slot of the
+    cache: the others keep whatever keys/values they were last given, possibly computed when their
+    neighbours held other tokens. That makes this an approximate pass (the masked-diffusion caches
+    of `jaxorder.sampling.mdm`), exact only when no other slot is stale; over the whole length
+    (start 0, Q = T) it is the model's bidirectional pass. Returns logits [B, Q, V] and the cache."""
+    B, Q = tokens_BQ.shape
+    cache = {layer: {**c, "attn": {**c["attn"], "cache_index": jnp.asarray(start, jnp.int32)}}
+             for layer, c in cache.items()}
+    positions_BQ = jnp.broadcast_to(start + jnp.arange(Q, dtype=jnp.int32), (B, Q))
+    return decode_step(params, cfg, cache, tokens_BQ, positions_BQ, "all")

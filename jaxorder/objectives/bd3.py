@@ -38,6 +38,7 @@ from jaxorder.objectives.common import (
     check_diffusion_time,
     positions_like,
     special_ids,
+    subs_log_probs,
 )
 
 
@@ -80,8 +81,7 @@ def noisy_log_probs(params, x_t_BL: jnp.ndarray, tokens_BL: jnp.ndarray, cfg: Co
                     block_size: int) -> jnp.ndarray:
     """log p(. | x_t in the block, clean earlier blocks) [B, n, V], SUBS: MASK logit -inf."""
     logits_BLV = noisy_logits(params, x_t_BL, tokens_BL, cfg, block_size)
-    logits_BLV = logits_BLV.at[..., special_ids(cfg.model).mask].set(-jnp.inf)
-    return jax.nn.log_softmax(logits_BLV, axis=-1)
+    return subs_log_probs(logits_BLV, special_ids(cfg.model).mask)
 
 
 def masked_token_nll(params, tokens_BL: jnp.ndarray, x_t_BL: jnp.ndarray, is_masked_BL: jnp.ndarray,

@@ -45,3 +45,8 @@ DIFFUSION_TIME_OPTIONS = (
 def check_diffusion_time(cfg: Config) -> None:
     if not 0 < cfg.objective.mdm_eps < 1:
         raise ConfigError(f"objective.mdm_eps must be in (0, 1), got {cfg.objective.mdm_eps}")
+
+
+def subs_log_probs(logits_BLV: jnp.ndarray, mask_id: int) -> jnp.ndarray:
+    """log-softmax [B, L, V] with the MASK logit at -inf (SUBS: MASK is never predicted)."""
+    return jax.nn.log_softmax(logits_BLV.at[..., mask_id].set(-jnp.inf), axis=-1)

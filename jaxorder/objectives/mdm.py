@@ -26,6 +26,7 @@ from jaxorder.objectives.common import (
     check_diffusion_time,
     positions_like,
     special_ids,
+    subs_log_probs,
 )
 
 
@@ -48,8 +49,7 @@ def corrupt(tokens_BL: jnp.ndarray, t_B: jnp.ndarray, rng: jax.Array,
 def masked_log_probs(params, x_t_BL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
     """log p(. | x_t) [B, L, V] with the SUBS mask logit set to -inf (bidirectional attention)."""
     logits_BLV = model.apply(params, cfg.model, x_t_BL, positions_like(x_t_BL), "bidirectional")
-    logits_BLV = logits_BLV.at[..., special_ids(cfg.model).mask].set(-jnp.inf)
-    return jax.nn.log_softmax(logits_BLV, axis=-1)
+    return subs_log_probs(logits_BLV, special_ids(cfg.model).mask)
 
 
 def masked_token_nll(params, tokens_BL: jnp.ndarray, x_t_BL: jnp.ndarray, is_masked_BL: jnp.ndarray,

@@ -31,6 +31,8 @@ from jaxorder.config import Config, ConfigError
 from jaxorder.registry import SAMPLERS
 from jaxorder.sampling.noise import PRECISIONS
 
+APPROX_CACHES = ("none", "prefix", "dual", "free")  # jaxorder.sampling.mdm: approximate KV caches
+
 
 @dataclass(frozen=True)
 class SamplerOptions:
@@ -41,6 +43,10 @@ class SamplerOptions:
     top_k: int = 0  # keep the k most likely tokens (0 = off)
     top_p: float = 1.0  # nucleus: the smallest set with probability >= p (1 = off)
     threshold: float = 0.9  # threshold rule: commit every masked position with confidence >= this
+    factor: float = 1.0  # factor rule: commit the n most confident with (n + 1)(1 - p_n) < factor
+    prophet: float = 0.0  # masked: early-commit logit gap (x1.5, x1, x0.5 by thirds of a block; 0: off)
+    approx_cache: str = "none"  # masked: approximate KV cache: none | prefix | dual | free
+    cache_refresh: int = 0  # approx_cache: recompute every key/value each this many steps (0 = per block)
     block_length: int = 0  # masked runs: semi-autoregressive blocks of this many positions (0 = one block)
     noise: str = "high"  # Gumbel noise: high (float64-accurate tails) | float32 (naive 24-bit)
     fused: bool = False  # masked runs: the commitment step through pallas_kernels.mdm_sample_step
@@ -60,6 +66,15 @@ class SamplerOptions:
             raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"threshold must be in (0, 1], got {self.threshold}")
+        if not self.factor > 0 or not math.isfinite(self.factor):
+            raise ConfigError(f"factor must be a finite number > 0, got {self.factor}")
+        if not self.prophet >= 0:
+            raise ConfigError(f"prophet must be >= 0 (0: off, inf: never commits early), got {self.prophet}")
+        if self.approx_cache not in APPROX_CACHES:
+            raise ConfigError(f"approx_cache must be one of {', '.join(APPROX_CACHES)}, got "
+                              f"'{self.approx_cache}'")
+        if self.cache_refresh < 0:
+            raise ConfigError(f"cache_refresh must be >= 0 (0 = once per block), got {self.cache_refresh}")
         if self.block_length < 0:
             raise ConfigError(f"block_length must be >= 0 (0 = no blocks), got {self.block_length}")
         if self.noise not in PRECISIONS:

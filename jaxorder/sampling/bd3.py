@@ -58,14 +58,9 @@ from jax import lax
 from jaxorder.config import Config, ConfigError
 from jaxorder.model import decode
 from jaxorder.objectives import bd3 as bd3_objective
-from jaxorder.objectives.common import special_ids
+from jaxorder.objectives.common import special_ids, subs_log_probs
 from jaxorder.sampling import mdm
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
-
-
-def _subs_log_probs(logits_BLV: jnp.ndarray, mask_id: int) -> jnp.ndarray:
-    """log-softmax with the MASK logit at -inf (SUBS), as ``bd3.noisy_log_probs``."""
-    return jax.nn.log_softmax(logits_BLV.at[..., mask_id].set(-jnp.inf), axis=-1)
 
 
 def build(cfg: Config, loop: mdm.Loop):
@@ -96,7 +91,7 @@ def build(cfg: Config, loop: mdm.Loop):
                     x_BL = lax.dynamic_update_slice_in_dim(st["x"], x_Bb, start, axis=1)
                     logits_BbV = lax.dynamic_slice_in_dim(
                         bd3_objective.noisy_logits(params, x_BL, x_BL, cfg, b), start, b, axis=1)
-                return _subs_log_probs(logits_BbV, mask_id)
+                return subs_log_probs(logits_BbV, mask_id)
 
             def one_step(s, steps_left):
                 k_step = jax.random.fold_in(key, s["step"])
@@ -183,5 +178,5 @@ def prepare_rule(rule: str):
 OPTIONS = ("steps", "temperature", "noise", "cache")
 for _rule in mdm.RULES:
     register(Sampler(name=_rule, family="block",
-                     options=OPTIONS + (("threshold",) if _rule == "threshold" else ()),
+                     options=OPTIONS + mdm.RULE_OPTIONS.get(_rule, ()),
                      prepare=prepare_rule(_rule), build=build))

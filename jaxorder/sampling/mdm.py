@@ -16,13 +16,35 @@ Samplers (registered at the end of this file, family "masked"; the rule is the s
   position (Gumbel-max at temperature T, argmax at T = 0), score each position by the rule —
   p(sampled token), p1 - p2, or minus the entropy, all under the model's distribution at
   temperature 1 — and commit the k best masked positions, k = ceil(masked left / steps left).
-- ``threshold`` (Fast-dLLM): commit every masked position whose confidence >= ``threshold``, and
-  at least the k = ceil(masked left / steps left) most confident ones (so at least one per step
-  and never more than ``steps`` steps); a batch stops as soon as all rows are complete.
+- ``threshold`` (Fast-dLLM): commit every masked position whose confidence is >= ``threshold``, and
+  the most confident one when none is (one per step at least, no other floor). ``factor``
+  (Fast-dLLM's factor rule): commit the n most confident where n is the largest with
+  (n + 1)(1 - p_(n)) < ``factor``, p_(n) the n-th highest confidence, and at least one. For both,
+  ``steps`` is an upper bound: a block's last budgeted step commits everything it has left, and a
+  batch stops as soon as all rows are complete (steps >= masked positions: the budget never binds).
 - ``block_length`` > 0: semi-autoregressive blocks. Positions from the first masked column on
   are cut into blocks of ``block_length``; blocks are filled left to right, each with its share
   of ``steps`` (split as evenly as possible, earlier blocks get the remainder), attending to the
   whole sequence (later blocks still masked). A block whose masks are all filled early ends early.
+
+``prophet`` = G > 0 (Prophet early commit, on top of any rule): after a step's commits, a row whose
+still-masked positions of the current block have a mean top-2 logit gap above G x (1.5, 1, 0.5)
+(the first, second, last third of the block's step budget) commits them all at their argmax from
+that step's log-probs; ``early`` [B] counts those positions. G = 5 is Prophet's 7.5 / 5 / 2.5.
+
+``approx_cache`` (Fast-dLLM's caches; APPROXIMATE for a bidirectional model): a KV cache with one
+slot per position (``model.decode.rewrite_positions``). A step runs only a window of positions
+through the model; they see the cached keys/values of every other position, computed when the
+tokens there may have been different (still MASK, or not yet final). Per block [s, e):
+- ``prefix``: the first step is a full pass (it refreshes the cache); later steps run [s, L): the
+  prompt and finished blocks are read from the cache;
+- ``dual``: the first step is a full pass; later steps run [s, e) only: the masked suffix is cached too;
+- ``free`` (FreeCache-style, no full refresh after the first pass): a block's first step runs
+  [previous block start, e), giving the previous block's committed tokens fresh keys/values;
+  later steps run [s, e).
+``cache_refresh`` = r > 0 makes every step with j % r == 0 (j the step within the block) a full
+pass; r = 1 is exactly the uncached sampler. Blocks are unrolled (their windows have different
+static shapes). ``rows`` counts the positions run through the model (a full pass: L).
 
 The per-step commitment on given log-probs (``commit_step``: draw, rule, commit; ``advance``: the
 state update) is shared with the block-diffusion sampler ``jaxorder.sampling.bd3``.
@@ -31,14 +53,15 @@ Randomness: step j uses ``fold_in(key, j)``; the Gumbel noise is ``gumbel_noise(
 [B, L, V], noise)`` (``"high"``: float64-accurate tails; ``"float32"``: the naive 24-bit one).
 Same key -> same output; temperature 0 with a k-best rule uses no randomness at all.
 
-``fused=True`` (rules confidence, margin, entropy, threshold) replaces the per-step logits +
+``fused=True`` (rules confidence, margin, entropy, threshold, factor) replaces the per-step logits +
 sampling + scoring by ``pallas_kernels.mdm_sample_step`` on the model's final hidden states and
 ``head`` matrix (on CPU: its plain-JAX reference, or Pallas interpret mode with
 ``interpret=True``). It draws the identical noise for the same step key, so it gives the same
 tokens as the plain path.
 
 Output (besides the contract's ``tokens``, ``logprob``, ``nfe``, ``steps``): ``commits``
-[steps, B] (positions committed per step and row; rows past ``steps`` are 0) and ``complete`` [B].
+[steps, B] (positions committed per step and row; rows past ``steps`` are 0), ``complete`` [B],
+``early`` [B] (Prophet) and ``rows`` (positions run through the model, summed over passes).
 
 ``score_path``: the sampler's loop with the commitment forced (one given position per step) and
 the tokens teacher-forced; it returns log p of the path, which for an order sigma is the exact
@@ -56,16 +79,22 @@ from jax import lax
 
 from jaxorder import model
 from jaxorder.config import Config, ConfigError
+from jaxorder.model import decode
 from jaxorder.objectives import mdm as mdm_objective
-from jaxorder.objectives.common import positions_like, special_ids
+from jaxorder.objectives.common import positions_like, special_ids, subs_log_probs
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
 from jaxorder.sampling.noise import gumbel_noise
 from pallas_kernels import mdm_sample_step
 from pallas_kernels.sampling import commit as commit_top_k
 
-RULES = ("ancestral", "confidence", "margin", "entropy", "threshold")
-_SCORE = {"confidence": "confidence", "margin": "margin", "entropy": "entropy", "threshold": "confidence"}
-OPTIONS = ("steps", "temperature", "block_length", "noise", "fused", "interpret")  # threshold: + "threshold"
+RULES = ("ancestral", "confidence", "margin", "entropy", "threshold", "factor")
+_SCORE = {"confidence": "confidence", "margin": "margin", "entropy": "entropy", "threshold": "confidence",
+          "factor": "confidence"}
+PARALLEL_RULES = ("threshold", "factor")  # rules that commit a variable number per step (Fast-dLLM)
+RULE_OPTIONS = {"threshold": ("threshold",), "factor": ("factor",)}  # options a rule adds to OPTIONS
+OPTIONS = ("steps", "temperature", "block_length", "noise", "fused", "interpret", "prophet", "approx_cache",
+           "cache_refresh")
+PROPHET_SCALES = (1.5, 1.0, 0.5)  # early-commit gap, times `prophet`, in each third of a block's budget
 
 
 @dataclass(frozen=True)
@@ -131,6 +160,36 @@ def tokens_per_step(eligible_BL: jnp.ndarray, steps_left) -> jnp.ndarray:
     return (eligible_BL.sum(axis=1) + steps_left - 1) // steps_left
 
 
+def parallel_floor(eligible_BL: jnp.ndarray, steps_left) -> jnp.ndarray:
+    """k [B] a threshold / factor rule commits at least: 1, or everything left on a block's last step
+    (the step budget is an upper bound, never a per-step floor)."""
+    return jnp.where(steps_left <= 1, eligible_BL.sum(axis=1), 1).astype(jnp.int32)
+
+
+def factor_count(conf_BL: jnp.ndarray, eligible_BL: jnp.ndarray, factor: float) -> jnp.ndarray:
+    """n [B]: the largest n with (n + 1)(1 - p_(n)) < factor, p_(n) the n-th highest confidence among
+    the eligible positions (Fast-dLLM's factor rule; the left side grows with n, so the n that
+    pass form a prefix of the ranking)."""
+    p_BL = -jnp.sort(-jnp.where(eligible_BL, conf_BL, -1.0), axis=1)  # descending, ineligible last
+    n_L = jnp.arange(1, conf_BL.shape[1] + 1, dtype=jnp.float32)
+    ok_BL = ((n_L + 1.0) * (1.0 - p_BL) < factor) & (p_BL >= 0.0)
+    return jnp.sum(jnp.cumprod(ok_BL.astype(jnp.int32), axis=1), axis=1).astype(jnp.int32)
+
+
+def parallel_commit(conf_BL: jnp.ndarray, eligible_BL: jnp.ndarray, steps_left, rule: str,
+                    opts: SamplerOptions, threshold) -> jnp.ndarray:
+    """The positions a threshold or factor rule commits [B, L] given the confidences: those with
+    confidence >= threshold (threshold rule) or the factor rule's n most confident, and at least
+    ``parallel_floor`` of the most confident."""
+    k_B = parallel_floor(eligible_BL, steps_left)
+    if rule == "factor":
+        k_B = jnp.maximum(k_B, factor_count(conf_BL, eligible_BL, opts.factor))
+    commit_BL = commit_top_k(conf_BL, eligible_BL, k=k_B)
+    if rule == "threshold":
+        commit_BL = commit_BL | (eligible_BL & (conf_BL >= threshold))
+    return commit_BL
+
+
 def commit_step(logp_BLV: jnp.ndarray, eligible_BL: jnp.ndarray, step_key: jax.Array, steps_left,
                 rule: str, opts: SamplerOptions, threshold) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """One unfused sampler step on given log-probs [B, L, V] (SUBS applied): draws a token at every
@@ -142,10 +201,11 @@ def commit_step(logp_BLV: jnp.ndarray, eligible_BL: jnp.ndarray, step_key: jax.A
     if rule == "ancestral":
         u_BL = jax.random.uniform(jax.random.fold_in(step_key, 1), eligible_BL.shape)
         return tok_BL, eligible_BL & (u_BL * steps_left < 1.0), lp_tok_BL  # (t - s) / t = 1 / steps left
+    if rule in PARALLEL_RULES:
+        return tok_BL, parallel_commit(jnp.exp(lp_tok_BL), eligible_BL, steps_left, rule, opts,
+                                       threshold), lp_tok_BL
     commit_BL = commit_top_k(_rule_score(logp_BLV, lp_tok_BL, _SCORE[rule]), eligible_BL,
                              k=tokens_per_step(eligible_BL, steps_left))
-    if rule == "threshold":
-        commit_BL = commit_BL | (eligible_BL & (jnp.exp(lp_tok_BL) >= threshold))
     return tok_BL, commit_BL, lp_tok_BL
 
 
@@ -160,8 +220,55 @@ def advance(st: dict, tok_BL: jnp.ndarray, commit_BL: jnp.ndarray, lp_tok_BL: jn
                 step=i + 1, nfe=st["nfe"] + nfe)
 
 
+def prophet_threshold(prophet: float, step_in_block, budget) -> jnp.ndarray:
+    """The early-commit gap at step ``step_in_block`` (0-based) of a block with ``budget`` steps:
+    prophet x PROPHET_SCALES[third of the budget the step falls in]."""
+    third = jnp.minimum((3 * step_in_block) // jnp.maximum(budget, 1), 2)
+    return prophet * jnp.asarray(PROPHET_SCALES, jnp.float32)[third]
+
+
+def prophet_commit(st: dict, logp_BLV: jnp.ndarray, in_block_L: jnp.ndarray, gap_threshold) -> dict:
+    """Prophet's early commit, after a step's own commits: a row whose still-masked positions of the
+    block have a mean top-2 log-prob gap (= logit gap) above ``gap_threshold`` commits them all at
+    their argmax, from this step's log-probs (no extra forward pass). Counted in the step's
+    ``commits`` and in ``early`` [B] (positions committed early)."""
+    left_BL = st["masked"] & in_block_L[None, :]
+    top2_BL2 = lax.top_k(logp_BLV, 2)[0]
+    n_B = left_BL.sum(axis=1)
+    gap_BL = top2_BL2[..., 0] - top2_BL2[..., 1]
+    gap_B = jnp.sum(jnp.where(left_BL, gap_BL, 0.0), axis=1) / jnp.maximum(n_B, 1)
+    commit_BL = left_BL & ((n_B > 0) & (gap_B > gap_threshold))[:, None]
+    tok_BL = jnp.argmax(logp_BLV, axis=-1).astype(jnp.int32)
+    i = st["step"] - 1  # the step just taken
+    return dict(st, x=jnp.where(commit_BL, tok_BL, st["x"]), masked=st["masked"] & ~commit_BL,
+                logprob=st["logprob"] + jnp.sum(jnp.where(commit_BL, top2_BL2[..., 0], 0.0), axis=1),
+                commits=st["commits"].at[i].add(commit_BL.sum(axis=1).astype(jnp.int32)),
+                early=st["early"] + commit_BL.sum(axis=1).astype(jnp.int32))
+
+
+def _initial_state(tokens_BL: jnp.ndarray, mask_id: int, steps: int) -> dict:
+    B = tokens_BL.shape[0]
+    return dict(x=tokens_BL.astype(jnp.int32), masked=tokens_BL == mask_id,
+                logprob=jnp.zeros((B,), jnp.float32), step=jnp.zeros((), jnp.int32),
+                nfe=jnp.zeros((), jnp.int32), rows=jnp.zeros((), jnp.int32),
+                commits=jnp.zeros((steps, B), jnp.int32), early=jnp.zeros((B,), jnp.int32))
+
+
+def _result(st: dict) -> dict:
+    return dict(tokens=st["x"], logprob=st["logprob"], nfe=st["nfe"], steps=st["step"], rows=st["rows"],
+                commits=st["commits"], early=st["early"], complete=~st["masked"].any(axis=1))
+
+
+def _block_bounds(block_np: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each block of a block_schedule, in order."""
+    return [(int(np.argmax(block_np == b)), int(len(block_np) - np.argmax(block_np[::-1] == b)))
+            for b in range(int(block_np.max()) + 1)]
+
+
 def build(cfg: Config, loop: Loop):
     """The sampling loop run(params, key, tokens_BL, threshold[, forced order, forced tokens])."""
+    if loop.options.approx_cache != "none":
+        return _build_cached(cfg, loop)
     mask_id = special_ids(cfg.model).mask
     rule, sc, block_start, forced = loop.rule, loop.options, loop.block_start, loop.forced
     score_rule = _SCORE.get(rule)
@@ -171,9 +278,7 @@ def build(cfg: Config, loop: Loop):
         block_np, budget_np = block_schedule(L, sc.steps, sc.block_length, block_start)
         block_L, budget = jnp.asarray(block_np), jnp.asarray(budget_np)
         pos_L = jnp.arange(L, dtype=jnp.int32)
-        st = dict(x=tokens_BL.astype(jnp.int32), masked=tokens_BL == mask_id,
-                  logprob=jnp.zeros((B,), jnp.float32), step=jnp.zeros((), jnp.int32),
-                  nfe=jnp.zeros((), jnp.int32), commits=jnp.zeros((sc.steps, B), jnp.int32))
+        st = _initial_state(tokens_BL, mask_id, sc.steps)
         if rule == "ancestral" and not forced:
             st["logp"] = jnp.zeros((B, L, cfg.model.vocab_size), jnp.float32)
             st["dirty"] = jnp.ones((), bool)
@@ -181,6 +286,7 @@ def build(cfg: Config, loop: Loop):
         def one_step(st, eligible_BL, steps_left):
             i, x_BL = st["step"], st["x"]
             k_step = jax.random.fold_in(key, i)
+            logp_BLV = None
             if forced:
                 logp_BLV = mdm_objective.masked_log_probs(params, x_BL, cfg)
                 tok_BL = forced_tokens_BL.astype(jnp.int32)
@@ -196,21 +302,24 @@ def build(cfg: Config, loop: Loop):
                 st = dict(st, logp=logp_BLV, dirty=commit_BL.any())
             elif sc.fused:
                 hidden_BLd = final_hidden(params, x_BL, cfg)
+                floor = (parallel_floor(eligible_BL, steps_left) if rule in PARALLEL_RULES
+                         else tokens_per_step(eligible_BL, steps_left))
                 res = mdm_sample_step(hidden_BLd, params["head"], x_BL, eligible_BL, k_step,
-                                      temperature=float(sc.temperature), rule=score_rule,
-                                      k=tokens_per_step(eligible_BL, steps_left),
+                                      temperature=float(sc.temperature), rule=score_rule, k=floor,
                                       forbidden_ids=(mask_id,), interpret=sc.interpret)
                 tok_BL, commit_BL = res["sampled"].astype(jnp.int32), res["committed"]
                 lp_tok_BL = jnp.log(res["confidence"])
-                if rule == "threshold":
-                    commit_BL = commit_BL | (eligible_BL & (res["confidence"] >= threshold))
+                if rule in PARALLEL_RULES:
+                    commit_BL = parallel_commit(res["confidence"], eligible_BL, steps_left, rule, sc,
+                                                threshold)
                 nfe = 1
             else:
                 logp_BLV = mdm_objective.masked_log_probs(params, x_BL, cfg)
                 tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, rule,
                                                            sc, threshold)
                 nfe = 1
-            return advance(st, tok_BL, commit_BL, lp_tok_BL, nfe)
+            st = advance(st, tok_BL, commit_BL, lp_tok_BL, nfe)
+            return dict(st, rows=st["rows"] + nfe * L), logp_BLV
 
         def block_body(b, st):
             in_block_L = block_L == b
@@ -221,26 +330,104 @@ def build(cfg: Config, loop: Loop):
 
             def body(carry):
                 j, s = carry
-                return j + 1, one_step(s, s["masked"] & in_block_L[None, :], budget[b] - j)
+                s, logp_BLV = one_step(s, s["masked"] & in_block_L[None, :], budget[b] - j)
+                if sc.prophet > 0:
+                    s = prophet_commit(s, logp_BLV, in_block_L, prophet_threshold(sc.prophet, j, budget[b]))
+                return j + 1, s
 
             return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))[1]
 
         st = lax.fori_loop(0, len(budget_np), block_body, st)
-        return dict(tokens=st["x"], logprob=st["logprob"], nfe=st["nfe"], steps=st["step"],
-                    commits=st["commits"], complete=~st["masked"].any(axis=1))
+        return _result(st)
 
     return run
+
+
+def _build_cached(cfg: Config, loop: Loop):
+    """The loop with an approximate KV cache (``approx_cache``, module docstring): the cache holds one
+    slot per position (``model.decode.rewrite_positions``); each step recomputes a window of
+    positions, the rest of the sequence is read from the cache. Blocks are unrolled (each block's
+    windows have their own static shapes)."""
+    mcfg, mask_id = cfg.model, special_ids(cfg.model).mask
+    rule, sc, block_start = loop.rule, loop.options, loop.block_start
+
+    def run(params, key, tokens_BL, threshold):
+        B, L = tokens_BL.shape
+        block_np, budget_np = block_schedule(L, sc.steps, sc.block_length, block_start)
+        st = _initial_state(tokens_BL, mask_id, sc.steps)
+        st["cache"] = decode.init_cache(mcfg, B, L)
+
+        def window_pass(qs: int, qe: int):
+            def run_window(st):  # -> (SUBS log-probs [B, L, V], valid on [qs, qe); the cache; rows)
+                logits_BQV, cache = decode.rewrite_positions(params, mcfg, st["cache"], st["x"][:, qs:qe],
+                                                             qs)
+                logits_BLV = jnp.zeros((B, L, mcfg.vocab_size), jnp.float32).at[:, qs:qe].set(logits_BQV)
+                return subs_log_probs(logits_BLV, mask_id), cache, jnp.int32(qe - qs)
+            return run_window
+
+        prev_start = None
+        for b, (s, e) in enumerate(_block_bounds(block_np)):
+            full = window_pass(0, L)
+            if sc.approx_cache == "prefix":
+                first, later = full, window_pass(s, L)
+            elif sc.approx_cache == "dual":
+                first, later = full, window_pass(s, e)
+            else:  # free: the previous block's tokens get fresh keys/values in this block's first pass
+                first, later = (full if prev_start is None else window_pass(prev_start, e)), window_pass(s, e)
+            prev_start = s
+            in_block_L = jnp.asarray((np.arange(L) >= s) & (np.arange(L) < e))
+            steps_b = int(budget_np[b])
+
+            def cond(carry, in_block_L=in_block_L, steps_b=steps_b):
+                j, st = carry
+                return (j < steps_b) & jnp.any(st["masked"] & in_block_L[None, :])
+
+            def body(carry, in_block_L=in_block_L, steps_b=steps_b, branches=(first, later, full)):
+                j, st = carry
+                refresh = (sc.cache_refresh > 0) & (j % max(sc.cache_refresh, 1) == 0)
+                which = jnp.where(refresh, 2, jnp.where(j == 0, 0, 1))
+                logp_BLV, cache, rows = lax.switch(which, list(branches), st)
+                eligible_BL = st["masked"] & in_block_L[None, :]
+                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL,
+                                                           jax.random.fold_in(key, st["step"]), steps_b - j,
+                                                           rule, sc, threshold)
+                st = advance(dict(st, cache=cache, rows=st["rows"] + rows), tok_BL, commit_BL, lp_tok_BL, 1)
+                if sc.prophet > 0:
+                    st = prophet_commit(st, logp_BLV, in_block_L, prophet_threshold(sc.prophet, j, steps_b))
+                return j + 1, st
+
+            st = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))[1]
+        return _result(st)
+
+    return run
+
+
+def _check_options(rule: str, options: SamplerOptions) -> None:
+    """One-line errors for combinations of the masked options that do not work together."""
+    if options.fused and rule == "ancestral":
+        raise ConfigError("the fused step commits by a rule (confidence, margin, entropy, threshold, "
+                          "factor); the ancestral sampler has no fused path")
+    if options.fused and (options.prophet > 0 or options.approx_cache != "none"):
+        what = "--prophet" if options.prophet > 0 else "--approx-cache"
+        raise ConfigError(f"{what} needs the model's log-probs, which the fused step never materializes; "
+                          f"drop --fused")
+    if options.approx_cache != "none" and rule == "ancestral":
+        raise ConfigError("--approx-cache decodes with a commit rule (confidence, margin, entropy, "
+                          "threshold, factor); the ancestral sampler already reuses passes when nothing "
+                          "changed")
+    if options.cache_refresh and options.approx_cache == "none":
+        raise ConfigError("--cache-refresh sets how often an approximate cache is recomputed; give "
+                          "--approx-cache prefix|dual|free too")
 
 
 def prepare_rule(rule: str):
     """prepare(cfg, tokens_BL, options) of the sampler committing by `rule`."""
 
     def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions) -> Prepared:
-        if options.fused and rule == "ancestral":
-            raise ConfigError("the fused step commits by a rule (confidence, margin, entropy, threshold); "
-                              "the ancestral sampler has no fused path")
+        _check_options(rule, options)
         masked = tokens_BL == special_ids(cfg.model).mask
-        start = int(np.argmax(masked.any(axis=0))) if (options.block_length and masked.any()) else 0
+        # blocks start at the first column with a mask (a shared prompt is never a block of its own)
+        start = int(np.argmax(masked.any(axis=0))) if masked.any() else 0
         static = dataclasses.replace(options, threshold=SamplerOptions.threshold)  # traced, see Loop
         return Prepared(Loop(rule, static, start), (jnp.asarray(tokens_BL), jnp.float32(options.threshold)))
 
@@ -261,6 +448,5 @@ def score_path(params, cfg: Config, tokens_BL, order_BL) -> jnp.ndarray:
 
 
 for _rule in RULES:
-    register(Sampler(name=_rule, family="masked",
-                     options=OPTIONS + (("threshold",) if _rule == "threshold" else ()),
+    register(Sampler(name=_rule, family="masked", options=OPTIONS + RULE_OPTIONS.get(_rule, ()),
                      prepare=prepare_rule(_rule), build=build))
