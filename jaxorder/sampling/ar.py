@@ -37,7 +37,7 @@ from jaxorder.config import Config, ConfigError, ModelConfig
 from jaxorder.model import decode
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
-from jaxorder.sampling.noise import gumbel_noise
+from jaxorder.sampling.noise import first_argmax, gumbel_noise
 
 
 def filter_logits(logits_BV: jnp.ndarray, temperature: float, top_k: int, top_p: float) -> jnp.ndarray:
@@ -69,7 +69,7 @@ def choose_tokens(logits_BV: jnp.ndarray, key: jax.Array, ac: SamplerOptions) ->
     if ac.temperature == 0:
         return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
     x_BV = filter_logits(logits_BV, ac.temperature, ac.top_k, ac.top_p)
-    return jnp.argmax(x_BV + gumbel_noise(key, x_BV.shape, ac.noise), axis=-1).astype(jnp.int32)
+    return first_argmax(x_BV + gumbel_noise(key, x_BV.shape, ac.noise))
 
 
 @dataclasses.dataclass(frozen=True)

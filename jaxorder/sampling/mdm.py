@@ -83,7 +83,7 @@ from jaxorder.model import decode
 from jaxorder.objectives import mdm as mdm_objective
 from jaxorder.objectives.common import positions_like, special_ids, subs_log_probs
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
-from jaxorder.sampling.noise import gumbel_noise
+from jaxorder.sampling.noise import first_argmax, gumbel_noise
 from pallas_kernels import mdm_sample_step
 from pallas_kernels.sampling import commit as commit_top_k
 
@@ -142,7 +142,7 @@ def _draw(logp_BLV: jnp.ndarray, key: jax.Array, opts: SamplerOptions) -> jnp.nd
     if opts.temperature == 0:
         return jnp.argmax(logp_BLV, axis=-1).astype(jnp.int32)
     g_BLV = gumbel_noise(key, logp_BLV.shape, opts.noise)
-    return jnp.argmax(logp_BLV * (1.0 / opts.temperature) + g_BLV, axis=-1).astype(jnp.int32)
+    return first_argmax(logp_BLV * (1.0 / opts.temperature) + g_BLV)
 
 
 def _rule_score(logp_BLV: jnp.ndarray, lp_tok_BL: jnp.ndarray, rule: str) -> jnp.ndarray:
@@ -346,58 +346,92 @@ def build(cfg: Config, loop: Loop):
 def _build_cached(cfg: Config, loop: Loop):
     """The loop with an approximate KV cache (``approx_cache``, module docstring): the cache holds one
     slot per position (``model.decode.rewrite_positions``); each step recomputes a window of
-    positions, the rest of the sequence is read from the cache. Blocks are unrolled (each block's
-    windows have their own static shapes)."""
+    positions, the rest of the sequence is read from the cache. ``dual`` and ``free`` windows have
+    one size for every block, so blocks run in a fori_loop (a window that would pass the end is
+    moved back to end at L: it recomputes a little more); ``prefix`` windows [s, L) shrink block by
+    block, so its blocks are unrolled (one compiled window per block)."""
     mcfg, mask_id = cfg.model, special_ids(cfg.model).mask
-    rule, sc, block_start = loop.rule, loop.options, loop.block_start
+    rule, sc, block_start, mode = loop.rule, loop.options, loop.block_start, loop.options.approx_cache
 
     def run(params, key, tokens_BL, threshold):
         B, L = tokens_BL.shape
         block_np, budget_np = block_schedule(L, sc.steps, sc.block_length, block_start)
+        bounds = _block_bounds(block_np)
+        bl = bounds[0][1] - bounds[0][0]
+        pos_L = jnp.arange(L, dtype=jnp.int32)
         st = _initial_state(tokens_BL, mask_id, sc.steps)
         st["cache"] = decode.init_cache(mcfg, B, L)
 
-        def window_pass(qs: int, qe: int):
-            def run_window(st):  # -> (SUBS log-probs [B, L, V], valid on [qs, qe); the cache; rows)
-                logits_BQV, cache = decode.rewrite_positions(params, mcfg, st["cache"], st["x"][:, qs:qe],
-                                                             qs)
-                logits_BLV = jnp.zeros((B, L, mcfg.vocab_size), jnp.float32).at[:, qs:qe].set(logits_BQV)
-                return subs_log_probs(logits_BLV, mask_id), cache, jnp.int32(qe - qs)
+        def window(n: int):
+            """pass(st, qs) over positions [qs, qs + n): (SUBS log-probs [B, L, V], valid there; cache)."""
+            def run_window(st, qs):
+                qs = jnp.clip(qs, 0, L - n)
+                x_Bn = lax.dynamic_slice_in_dim(st["x"], qs, n, axis=1)
+                logits_BnV, cache = decode.rewrite_positions(params, mcfg, st["cache"], x_Bn, qs)
+                logits_BLV = lax.dynamic_update_slice_in_dim(
+                    jnp.zeros((B, L, mcfg.vocab_size), jnp.float32), logits_BnV, qs, axis=1)
+                return subs_log_probs(logits_BLV, mask_id), cache
             return run_window
 
-        prev_start = None
-        for b, (s, e) in enumerate(_block_bounds(block_np)):
-            full = window_pass(0, L)
-            if sc.approx_cache == "prefix":
-                first, later = full, window_pass(s, L)
-            elif sc.approx_cache == "dual":
-                first, later = full, window_pass(s, e)
-            else:  # free: the previous block's tokens get fresh keys/values in this block's first pass
-                first, later = (full if prev_start is None else window_pass(prev_start, e)), window_pass(s, e)
-            prev_start = s
-            in_block_L = jnp.asarray((np.arange(L) >= s) & (np.arange(L) < e))
-            steps_b = int(budget_np[b])
+        def run_block(st, b, s, e, steps_b, first, later):
+            """The steps of block [s, e): first(st) / later(st) -> (log-probs, cache) (module docstring)."""
+            in_block_L = (pos_L >= s) & (pos_L < e)
+            full = window(L)
 
-            def cond(carry, in_block_L=in_block_L, steps_b=steps_b):
+            def cond(carry):
                 j, st = carry
                 return (j < steps_b) & jnp.any(st["masked"] & in_block_L[None, :])
 
-            def body(carry, in_block_L=in_block_L, steps_b=steps_b, branches=(first, later, full)):
+            def body(carry):
                 j, st = carry
                 refresh = (sc.cache_refresh > 0) & (j % max(sc.cache_refresh, 1) == 0)
                 which = jnp.where(refresh, 2, jnp.where(j == 0, 0, 1))
-                logp_BLV, cache, rows = lax.switch(which, list(branches), st)
+                logp_BLV, cache = lax.switch(which, [first, later, lambda st: full(st, 0)], st)
                 eligible_BL = st["masked"] & in_block_L[None, :]
                 tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL,
                                                            jax.random.fold_in(key, st["step"]), steps_b - j,
                                                            rule, sc, threshold)
+                rows = jnp.where(which == 0, first_rows(b), jnp.where(which == 1, later_rows(s), L))
                 st = advance(dict(st, cache=cache, rows=st["rows"] + rows), tok_BL, commit_BL, lp_tok_BL, 1)
                 if sc.prophet > 0:
                     st = prophet_commit(st, logp_BLV, in_block_L, prophet_threshold(sc.prophet, j, steps_b))
                 return j + 1, st
 
-            st = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))[1]
-        return _result(st)
+            return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))[1]
+
+        if mode == "prefix":  # a full pass first, then [s, L): the prompt and finished blocks are cached
+            def first_rows(b):
+                return L
+
+            def later_rows(s):
+                return L - s
+
+            for b, (s, e) in enumerate(bounds):
+                st = run_block(st, b, s, e, int(budget_np[b]), lambda st: window(L)(st, 0),
+                               lambda st, s=s: window(L - s)(st, s))
+            return _result(st)
+
+        starts = jnp.asarray([s for s, _ in bounds], jnp.int32)
+        budget = jnp.asarray(budget_np)
+        catch_up = min(2 * bl, L)  # free: the previous block and this one
+
+        def first_rows(b):
+            return L if mode == "dual" else jnp.where(b == 0, L, catch_up)
+
+        def later_rows(s):
+            return bl
+
+        def block_body(b, st):
+            s = starts[b]
+            e = jnp.minimum(s + bl, L)
+            if mode == "dual":  # a full pass first, then the block: the masked suffix is cached too
+                first = lambda st: window(L)(st, 0)  # noqa: E731
+            else:  # free: no refresh after the very first pass; the previous block's tokens catch up
+                first = lambda st: lax.cond(b == 0, lambda: window(L)(st, 0),  # noqa: E731
+                                            lambda: window(catch_up)(st, s - bl))
+            return run_block(st, b, s, e, budget[b], first, lambda st: window(bl)(st, s))
+
+        return _result(lax.fori_loop(0, len(bounds), block_body, st))
 
     return run
 

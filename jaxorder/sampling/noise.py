@@ -60,6 +60,16 @@ def gumbel_noise(key: jax.Array, shape: tuple[int, ...], precision: str = "high"
     return jnp.broadcast_to(g, shape if shape else (1,)).reshape(shape)
 
 
+def first_argmax(x: jnp.ndarray) -> jnp.ndarray:
+    """jnp.argmax(x, axis=-1) (the first maximal index) as two plain reductions, max then min index.
+
+    XLA:CPU fuses an expensive elementwise producer (the Gumbel noise) into argmax's variadic
+    reduce, which then runs scalar; max and min reductions over the materialized sum vectorize."""
+    top = jnp.max(x, axis=-1, keepdims=True)
+    index = jnp.arange(x.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(x == top, index, x.shape[-1]), axis=-1).astype(jnp.int32)
+
+
 def gumbel_tail_probability(x: float) -> float:
     """P(g > x) for a standard Gumbel variable: 1 - exp(-exp(-x))."""
     return -math.expm1(-math.exp(-x))

@@ -1,0 +1,332 @@
+"""The decoding frontier: sample quality against speed for every sampler, on trained study-size models.
+
+    python bench/decoding.py                   # the full grid on runs/sweeps/decoding
+    python bench/decoding.py --quick           # fewer rows and samples (a smoke run)
+    python bench/decoding.py --only mdm        # one run (l2r, mdm, bd3_b4, ao_ar)
+    python bench/decoding.py --lengths         # prefix / dual cache against length (512, 1024 tokens)
+
+Runs: `--runs DIR` holds the runs of configs/sweeps/decoding.yaml (the order study's tiny model and
+token budget on 256-token windows); missing ones are trained first with `jaxorder sweep` on that
+file (about 10 minutes a run on 2 CPU cores). `l2r` is also the judge.
+
+Each row is one sampler setting on one run, decoding
+- unprompted windows: 256 MASK positions, `--samples` samples (batches of 8, one seed each);
+- prompted windows: the first 64 tokens of validation windows, then 192 MASK positions (8 samples);
+and reports, for the unprompted samples, the judge's bits/byte (mean over samples ± its standard
+error) and the unigram entropy of the samples pooled (± a bootstrap standard error over samples),
+the same for the prompted ones (judge bits/byte of the whole window, prompt included), forward
+passes (network calls) per generated token, positions run through the model per generated token,
+and tokens/s at batch 1 and batch 8 (generated tokens / wall time of one compiled call in steady
+state; the median of `--repeats` calls). Approximate caches also report their token agreement with
+the uncached sampler of the same rule and seed. Everything is at temperature 1 (the model's own
+distribution; the comparison is between samplers of one model).
+
+Writes DIR/decoding.json, decoding.md (the table) and PNGs: judge bits/byte and unigram entropy
+against forward passes per token and against tokens/s (batch 1).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+import numpy as np
+
+from jaxorder import config as config_lib
+from jaxorder import model, sampling
+from jaxorder.data import make_data
+from jaxorder.evaluation.runs import load_params, run_tokenizer
+from jaxorder.evaluation.sample_quality import judge_nll_params, unigram_entropy_bits
+from jaxorder.objectives.common import special_ids
+from jaxorder.platform.host_memory import configure_host_malloc
+from jaxorder.sampling import SamplerOptions
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = REPO / "configs" / "sweeps" / "decoding.yaml"
+LENGTH, PROMPT, BATCH, BLOCK = 256, 64, 8, 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    run: str
+    sampler: str
+    options: dict
+    label: str
+    baseline: str | None = None  # label of the uncached row this approximate-cache row is compared to
+
+
+def grid(quick: bool) -> list[Row]:
+    """The sampler settings of the frontier, per run."""
+    mdm = dict(block_length=BLOCK)
+    rows = [Row("l2r", "ar", {}, "ar (KV cache)")]
+    base = Row("mdm", "confidence", dict(steps=LENGTH, **mdm), "confidence, 1 token/step")
+    rows += [base]
+    for steps in ((64,) if quick else (128, 64)):
+        rows.append(Row("mdm", "confidence", dict(steps=steps, **mdm), f"confidence, {steps} steps"))
+    for cache in ("prefix", "dual", "free"):
+        rows.append(Row("mdm", "confidence", dict(steps=LENGTH, approx_cache=cache, **mdm),
+                        f"confidence, 1 token/step, {cache} cache", baseline=base.label))
+    for tau in ((0.9,) if quick else (0.9, 0.7, 0.5)):
+        plain = Row("mdm", "threshold", dict(steps=LENGTH, threshold=tau, **mdm), f"threshold {tau}")
+        rows.append(plain)
+        for cache in (("dual",) if quick else ("prefix", "dual", "free")):
+            rows.append(Row("mdm", "threshold", dict(steps=LENGTH, threshold=tau, approx_cache=cache, **mdm),
+                            f"threshold {tau}, {cache} cache", baseline=plain.label))
+    for f in ((1.0,) if quick else (1.0, 2.0)):
+        rows.append(Row("mdm", "factor", dict(steps=LENGTH, factor=f, **mdm), f"factor {f}"))
+        if not quick:
+            rows.append(Row("mdm", "factor", dict(steps=LENGTH, factor=f, approx_cache="dual", **mdm),
+                            f"factor {f}, dual cache", baseline=f"factor {f}"))
+    rows.append(Row("mdm", "confidence", dict(steps=LENGTH, prophet=5.0, **mdm), "confidence + Prophet 5"))
+    if not quick:
+        rows.append(Row("mdm", "confidence", dict(steps=LENGTH, prophet=2.5, **mdm),
+                        "confidence + Prophet 2.5"))
+        rows.append(Row("mdm", "threshold", dict(steps=LENGTH, threshold=0.9, prophet=5.0,
+                                                 approx_cache="dual", **mdm),
+                        "threshold 0.9, dual cache + Prophet 5", baseline="threshold 0.9"))
+    rows += [Row("bd3_b4", "confidence", dict(steps=LENGTH), "confidence, 1 token/step (exact cache)"),
+             Row("bd3_b4", "threshold", dict(steps=LENGTH, threshold=0.9), "threshold 0.9 (exact cache)"),
+             Row("ao_ar", "random", {}, "random order (KV cache)")]
+    if not quick:
+        rows.append(Row("ao_ar", "greedy", {}, "greedy order (KV cache)"))
+    return rows
+
+
+def machine_line() -> str:
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return (f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} CPU cores, "
+            f"JAX {jax.__version__} ({jax.default_backend()}), load average {load}")
+
+
+def ensure_runs(runs: Path, names: list[str]) -> None:
+    missing = [n for n in names if not (runs / n / "checkpoints").is_dir()]
+    if missing:
+        print(f"training the missing runs {', '.join(missing)} with `jaxorder sweep {SWEEP.name}` ...",
+              flush=True)
+        subprocess.run([sys.executable, "-m", "jaxorder.cli", "sweep", str(SWEEP), "--out", str(runs)],
+                       check=True)
+
+
+def unprompted(cfg, batch: int, length: int = LENGTH) -> np.ndarray:
+    return np.full((batch, length), special_ids(cfg.model).mask, np.int32)
+
+
+def prompted(cfg, windows: np.ndarray) -> np.ndarray:
+    rows = np.full((len(windows), LENGTH), special_ids(cfg.model).mask, np.int32)
+    rows[:, :PROMPT] = windows[:, :PROMPT]
+    return rows
+
+
+def texts_of(out: dict, tokenizer) -> list[str]:
+    tokens = np.asarray(out["tokens"])
+    return [tokenizer.decode(t[t != tokenizer.pad_id]) for t in tokens]
+
+
+def timed_call(fn, repeats: int) -> tuple[dict, float]:
+    """(host outputs of the last call, median wall seconds) after one untimed compiling call."""
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return jax.device_get(out), float(np.median(times))
+
+
+def quality(texts: list[str], judge) -> dict:
+    jparams, jcfg, jtok = judge
+    per = np.asarray(judge_nll_params(jparams, jcfg, texts, jtok)["per_sample_bpb"], np.float64)
+    rng = np.random.default_rng(0)
+    boot = [unigram_entropy_bits([texts[i] for i in rng.integers(0, len(texts), len(texts))])
+            for _ in range(200)]
+    return {"judge_bpb": float(per.mean()), "judge_bpb_se": float(per.std(ddof=1) / math.sqrt(len(per))),
+            "entropy": unigram_entropy_bits(texts), "entropy_se": float(np.std(boot, ddof=1))}
+
+
+def measure(row: Row, run, judge, windows: np.ndarray, samples: int, repeats: int) -> dict:
+    cfg, params, tokenizer = run
+    sampler = sampling.resolve(cfg, row.sampler)
+    opts = sampling.make_options(sampler, row.options)
+    result = {"run": row.run, "label": row.label, "sampler": row.sampler, **row.options}
+
+    def call(rows, seed):
+        return lambda: sampling.sample(params, cfg, rows, jax.random.key(seed), sampler, opts)
+
+    generated = LENGTH
+    outs, times = [], []
+    for seed in range(max(samples // BATCH, 1)):
+        out, dt = timed_call(call(unprompted(cfg, BATCH), seed), 1 if seed else repeats)
+        outs.append(out)
+        times.append(dt)
+    tokens_gen = [int(np.sum(o["generated"])) if "generated" in o else BATCH * generated for o in outs]
+    result["tok_s_b8"] = float(np.sum(tokens_gen) / np.sum(times))
+    result["nfe_per_token"] = float(np.mean([int(o["nfe"]) * BATCH / g for o, g in zip(outs, tokens_gen)]))
+    if "rows" in outs[0]:
+        result["rows_per_token"] = float(np.mean([int(o["rows"]) * BATCH / g
+                                                  for o, g in zip(outs, tokens_gen)]))
+    texts = [t for o in outs for t in texts_of(o, tokenizer)]
+    result.update(quality(texts, judge))
+    out1, dt1 = timed_call(call(unprompted(cfg, 1), 100), repeats)
+    result["tok_s_b1"] = float((int(np.sum(out1["generated"])) if "generated" in out1 else generated) / dt1)
+    outp, _ = timed_call(call(prompted(cfg, windows), 200), 1)
+    qp = quality(texts_of(outp, tokenizer), judge)
+    result.update({"prompted_judge_bpb": qp["judge_bpb"], "prompted_judge_bpb_se": qp["judge_bpb_se"],
+                   "_prompted_tokens": np.asarray(outp["tokens"]),
+                   "_tokens": np.concatenate([o["tokens"] for o in outs])})
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default=str(REPO / "runs" / "sweeps" / "decoding"))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", help="comma-separated runs (l2r, mdm, bd3_b4, ao_ar)")
+    parser.add_argument("--samples", type=int, default=None, help="unprompted samples per row (default 64; "
+                        "--quick 16)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per speed number (median)")
+    parser.add_argument("--lengths", action="store_true", help="cache speed against length instead")
+    parser.add_argument("--out", help="output directory (default: --runs/frontier)")
+    args = parser.parse_args()
+    configure_host_malloc()
+    runs_dir = Path(args.runs)
+    out_dir = Path(args.out) if args.out else runs_dir / "frontier"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.lengths:
+        return bench_lengths(out_dir, args.repeats)
+    rows = grid(args.quick)
+    if args.only:
+        keep = set(args.only.split(","))
+        rows = [r for r in rows if r.run in keep]
+    ensure_runs(runs_dir, sorted({"l2r", *(r.run for r in rows)}))
+    samples = args.samples or (16 if args.quick else 64)
+    loaded = {}
+    for name in sorted({"l2r", *(r.run for r in rows)}):
+        cfg, params, step = load_params(runs_dir / name)
+        loaded[name] = (cfg, params, run_tokenizer(cfg))
+        print(f"{name}: step {step}, {model.count_params(params) / 1e6:.2f}M params", flush=True)
+    judge = loaded["l2r"]
+    jcfg = judge[0]
+    data = make_data(jcfg.data)
+    windows = np.concatenate([np.asarray(b) for b in data.val_batches(1)])[:BATCH]
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine_line()}")
+    results = []
+    for row in rows:
+        t0 = time.perf_counter()
+        res = measure(row, loaded[row.run], judge, windows, samples, args.repeats)
+        if row.baseline:
+            ref = next(r for r in results if r["label"] == row.baseline and r["run"] == row.run)
+            res["agreement"] = float(np.mean(res["_tokens"] == ref["_tokens"]))
+            if "_prompted_tokens" in res:
+                res["prompted_agreement"] = float(np.mean(res["_prompted_tokens"] == ref["_prompted_tokens"]))
+        res["bench_seconds"] = time.perf_counter() - t0
+        results.append(res)
+        print(format_row(res), flush=True)
+    for r in results:
+        r.pop("_tokens", None)
+        r.pop("_prompted_tokens", None)
+    header = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_line(),
+              "length": LENGTH, "prompt": PROMPT, "samples": samples, "block_length": BLOCK}
+    (out_dir / "decoding.json").write_text(json.dumps({"header": header, "rows": results}, indent=1))
+    table = markdown_table(results)
+    (out_dir / "decoding.md").write_text(f"{header['date']}; {header['machine']}\n\n{table}\n")
+    print(table)
+    plot(results, out_dir)
+    print(f"wrote {out_dir}/decoding.json, decoding.md, frontier_*.png")
+
+
+def format_row(r: dict) -> str:
+    return (f"{r['run']:<7} {r['label']:<42} b1 {r['tok_s_b1']:8.0f} tok/s  b8 {r['tok_s_b8']:8.0f} tok/s  "
+            f"nfe/tok {r['nfe_per_token']:.3f}  judge {r['judge_bpb']:.3f}±{r['judge_bpb_se']:.3f}  "
+            f"H {r['entropy']:.3f}  prompted {r.get('prompted_judge_bpb', float('nan')):.3f}  "
+            f"agree {r.get('agreement', float('nan')):.3f}  ({r['bench_seconds']:.0f} s)")
+
+
+def markdown_table(results: list[dict]) -> str:
+    base = {r["run"]: r for r in results if r["label"] == "confidence, 1 token/step"}
+    lines = ["| run | sampler | tok/s b1 | tok/s b8 | ×b1 | ×b8 | passes/tok | positions/tok | judge bpb "
+             "| unigram H (bits) | prompted judge bpb | agreement |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        ref = base.get("mdm")
+        x1 = f"{r['tok_s_b1'] / ref['tok_s_b1']:.1f}" if ref else ""
+        x8 = f"{r['tok_s_b8'] / ref['tok_s_b8']:.1f}" if ref else ""
+        pos = f"{r['rows_per_token']:.1f}" if "rows_per_token" in r else ""
+        pj = (f"{r['prompted_judge_bpb']:.3f} ± {r['prompted_judge_bpb_se']:.3f}"
+              if "prompted_judge_bpb" in r else "")
+        agree = (f"{r['agreement']:.3f} / {r.get('prompted_agreement', float('nan')):.3f}"
+                 if "agreement" in r else "")
+        lines.append(f"| {r['run']} | {r['label']} | {r['tok_s_b1']:.0f} | {r['tok_s_b8']:.0f} | {x1} | {x8} "
+                     f"| "
+                     f"{r['nfe_per_token']:.3f} | {pos} | {r['judge_bpb']:.3f} ± {r['judge_bpb_se']:.3f} | "
+                     f"{r['entropy']:.3f} ± {r['entropy_se']:.3f} | {pj} | {agree} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], out_dir: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = {"l2r": "s", "mdm": "o", "bd3_b4": "^", "ao_ar": "D"}
+    for x_key, x_label, name in (("nfe_per_token", "forward passes per generated token", "passes"),
+                                 ("tok_s_b1", "tokens/s, batch 1", "speed_b1"),
+                                 ("tok_s_b8", "tokens/s, batch 8", "speed_b8")):
+        fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+        for ax, (y_key, y_label) in zip(axes, (("judge_bpb", "judge bits/byte (lower: more likely text)"),
+                                               ("entropy", "unigram entropy, bits (diversity)"))):
+            for r in results:
+                ax.errorbar(r[x_key], r[y_key], yerr=r[f"{y_key}_se"], marker=markers.get(r["run"], "o"),
+                            capsize=2, linestyle="none")
+                ax.annotate(f"{r['run']}: {r['label']}", (r[x_key], r[y_key]), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
+            ax.set_xscale("log")
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(y_label)
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"decoding frontier: {LENGTH} tokens, temperature 1")
+        fig.tight_layout()
+        fig.savefig(out_dir / f"frontier_{name}.png", dpi=120)
+        plt.close(fig)
+
+
+def bench_lengths(out_dir: Path, repeats: int) -> None:
+    """Speed only (random weights: one token per step does not depend on them): the confidence sampler
+    without cache, with the prefix cache and with the dual cache at 256, 512 and 1024 tokens."""
+    small = REPO / "configs" / "model" / "tiny.yaml"
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine_line()}")
+    print("confidence sampler, 1 token/step, blocks of 32, batch 1, tiny model with random weights, "
+          "max_len 1024")
+    print(f"{'length':>7} {'no cache tok/s':>15} {'prefix tok/s':>13} {'×':>5} {'dual tok/s':>11} {'×':>5}")
+    results = []
+    for length in (256, 512, 1024):
+        cfg = config_lib.load(small, ["objective.name=mdm", f"data.seq_len={length}", "model.max_len=1024"])
+        params = model.init_params(cfg.model, jax.random.key(0))
+        speeds = {}
+        for cache in ("none", "prefix", "dual"):
+            opts = SamplerOptions(steps=length, block_length=BLOCK, approx_cache=cache)
+            fn = sampling.compile_sample(params, cfg, unprompted(cfg, 1, length), jax.random.key(0),
+                                         "confidence", opts)
+            _, dt = timed_call(fn, repeats)
+            speeds[cache] = length / dt
+        results.append({"length": length, **speeds})
+        print(f"{length:>7} {speeds['none']:>15.0f} {speeds['prefix']:>13.0f} "
+              f"{speeds['prefix'] / speeds['none']:>5.1f} {speeds['dual']:>11.0f} "
+              f"{speeds['dual'] / speeds['none']:>5.1f}", flush=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    payload = {"date": stamp, "machine": machine_line(), "rows": results}
+    (out_dir / "lengths.json").write_text(json.dumps(payload, indent=1))
+
+
+if __name__ == "__main__":
+    main()
