@@ -103,6 +103,34 @@ def sample_probs(probs_BKV: jnp.ndarray, key: jax.Array, ac: SamplerOptions) -> 
                       axis=-1).astype(jnp.int32)
 
 
+def verify(p_BK1V: jnp.ndarray, q_BKV: jnp.ndarray, d_BK: jnp.ndarray, forced_BK1: jnp.ndarray,
+           prompt_BK1: jnp.ndarray, ukey: jax.Array, rskey: jax.Array,
+           ac: SamplerOptions) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """One round's tokens for slots n..n+k [B, k+1] and a_B, the leading accepted drafts: drafts
+    0..a-1, then the resample at slot n+a (residual after a rejection, p_k after k acceptances);
+    forced (prompt) slots take the prompt token and count as accepted. Slots after n+a are junk."""
+    B, k = d_BK.shape
+    p_BK = jnp.take_along_axis(p_BK1V[:, :k], d_BK[..., None], axis=-1)[..., 0]
+    q_BK = jnp.take_along_axis(q_BKV, d_BK[..., None], axis=-1)[..., 0]
+    ok_BK = forced_BK1[:, :k] | accept_draft(p_BK, q_BK, jax.random.uniform(ukey, (B, k)))
+    a_B = jnp.sum(jnp.cumprod(ok_BK.astype(jnp.int32), axis=1), axis=1)
+    q_BK1V = jnp.concatenate([q_BKV, jnp.zeros_like(q_BKV[:, :1])], axis=1)  # q_k = 0: the bonus is p_k
+    fix_BK1 = sample_probs(residual(p_BK1V, q_BK1V), rskey, ac)
+    d_BK1 = jnp.concatenate([d_BK, jnp.zeros_like(d_BK[:, :1])], axis=1)
+    drafted_BK1 = jnp.arange(k + 1) < a_B[:, None]
+    return jnp.where(forced_BK1, prompt_BK1, jnp.where(drafted_BK1, d_BK1, fix_BK1)), a_B
+
+
+def kept_slots(tok_BK1: jnp.ndarray, a_B: jnp.ndarray, forced_BK1: jnp.ndarray, open_BK1: jnp.ndarray,
+               eos: int, stop_at_eos: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Which of slots n..n+k a round keeps [B, k+1] (n..n+a, within the row's open slots, up to and
+    including the first generated EOS) and where that EOS is, if the row stops there."""
+    valid_BK1 = open_BK1 & (jnp.arange(tok_BK1.shape[1]) <= a_B[:, None])
+    eos_BK1 = valid_BK1 & ~forced_BK1 & (tok_BK1 == eos) & stop_at_eos
+    keep_BK1 = valid_BK1 & (jnp.cumsum(eos_BK1, axis=1) - eos_BK1 == 0)  # no EOS strictly before
+    return keep_BK1, eos_BK1 & keep_BK1
+
+
 # ----------------------------------------------------------------------------- per-row caches
 
 def _rows_decode(params, mcfg: ModelConfig, cache, tokens_BL: jnp.ndarray, positions_BL: jnp.ndarray):
@@ -199,36 +227,24 @@ def build(cfg: Config, loop: Loop):
             logits_BK1V, cache = _rows_decode(params, mcfg, st["cache"], fed_BK1, positions(slot_BK1 - 1))
             p_BK1V = sampling_probs(logits_BK1V, banned_V, ac)
             forced_BK1 = slot_BK1 < known_B[:, None]
-            p_BK = jnp.take_along_axis(p_BK1V[:, :k], d_BK[..., None], axis=-1)[..., 0]
-            q_BK = jnp.take_along_axis(q_BKV, d_BK[..., None], axis=-1)[..., 0]
-            u_BK = jax.random.uniform(ukey, (B, k))
-            ok_BK = forced_BK1[:, :k] | accept_draft(p_BK, q_BK, u_BK)
-            a_B = jnp.sum(jnp.cumprod(ok_BK.astype(jnp.int32), axis=1), axis=1)  # leading accepted drafts
-            # slot n+a: the residual after a rejection, or the bonus token from p_k (q_k = 0)
-            q_BK1V = jnp.concatenate([q_BKV, jnp.zeros_like(q_BKV[:, :1])], axis=1)
-            fix_BK1 = sample_probs(residual(p_BK1V, q_BK1V), rskey, ac)
-            i_K1 = jnp.arange(k + 1)
-            d_BK1 = jnp.concatenate([d_BK, jnp.zeros_like(d_BK[:, :1])], axis=1)
-            prompt_BK1 = _take(st["seq"], jnp.minimum(slot_BK1, T + k))
-            tok_BK1 = jnp.where(forced_BK1, prompt_BK1, jnp.where(i_K1 < a_B[:, None], d_BK1, fix_BK1))
-            # keep slots n..n+a, cut at the row's end and after the first generated EOS
-            valid_BK1 = active_B[:, None] & (i_K1 <= a_B[:, None]) & (slot_BK1 < end_B[:, None])
-            eos_BK1 = valid_BK1 & ~forced_BK1 & (tok_BK1 == ids.eos) & ac.stop_at_eos
-            keep_BK1 = valid_BK1 & (jnp.cumsum(eos_BK1, axis=1) - eos_BK1 == 0)
+            buffer_BK1 = _take(st["seq"], slot_BK1)  # the prompt where forced
+            tok_BK1, a_B = verify(p_BK1V, q_BKV, d_BK, forced_BK1, buffer_BK1, ukey, rskey, ac)
+            open_BK1 = active_B[:, None] & (slot_BK1 < end_B[:, None])
+            keep_BK1, eos_BK1 = kept_slots(tok_BK1, a_B, forced_BK1, open_BK1, ids.eos, ac.stop_at_eos)
             new_n_B = n_B + jnp.sum(keep_BK1, axis=1)
+            i_K1 = jnp.arange(k + 1)
             gen_BK1 = keep_BK1 & ~forced_BK1
             lp_BK1 = jnp.take_along_axis(jax.nn.log_softmax(logits_BK1V, axis=-1), tok_BK1[..., None],
                                          axis=-1)[..., 0]
             rows_B1 = jnp.arange(B)[:, None]
-            old_BK1 = _take(st["seq"], slot_BK1)
-            seq_BS = st["seq"].at[rows_B1, slot_BK1].set(jnp.where(keep_BK1, tok_BK1, old_BK1))
+            seq_BS = st["seq"].at[rows_B1, slot_BK1].set(jnp.where(keep_BK1, tok_BK1, buffer_BK1))
             # roll back: the target keeps slots 0..n'-2; the draft re-feeds n'-2, n'-1 from index n'-2
             last_B2 = jnp.maximum(new_n_B[:, None] - 2 + jnp.arange(2), 0)
             dlogits_B2V, dcache = _rows_decode(draft_params, dcfg, _set_index(dcache, last_B2[:, 0]),
                                                _take(seq_BS, last_B2), positions(last_B2))
             dcache = _set_index(dcache, last_B2[:, 0] + 2)
             return dict(st, n=new_n_B, seq=seq_BS, cache=_set_index(cache, new_n_B - 1), dcache=dcache,
-                        dlogits=dlogits_B2V[:, 1], eos=st["eos"] | jnp.any(eos_BK1 & keep_BK1, axis=1),
+                        dlogits=dlogits_B2V[:, 1], eos=st["eos"] | jnp.any(eos_BK1, axis=1),
                         logprob=st["logprob"] + jnp.sum(jnp.where(gen_BK1, lp_BK1, 0.0), axis=1),
                         accepted=st["accepted"] + jnp.sum(gen_BK1 & (i_K1 < a_B[:, None]), axis=1),
                         rounds=st["rounds"] + active_B, steps=st["steps"] + 1)
