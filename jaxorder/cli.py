@@ -158,8 +158,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for i, s in enumerate(result["samples"]):
         print(f"--- sample {i + 1}/{len(result['samples'])} (log p = {s['logprob']:.2f} nats)")
         print(s["text"])
+    drafted = (f", {result['draft_forward_passes']} draft passes, {result['accepted_per_round']:.2f} "
+               f"drafts accepted per round" if "draft_forward_passes" in result else "")
     print(f"{result['run']} (step {result['step']}): {result['sampler']}, {result['steps_taken']} steps, "
-          f"{result['forward_passes']} forward passes, T={result['temperature']:g}, seed {result['seed']}, "
+          f"{result['forward_passes']} forward passes{drafted}, T={result['temperature']:g}, "
+          f"seed {result['seed']}, "
           f"{result['generated_tokens']} tokens in {result['seconds']:.2f} s incl. compilation",
           file=sys.stderr)
     return 0
@@ -207,6 +210,11 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
                    help="Gumbel noise: high (float64-accurate tails, default) or float32 (naive 24-bit)")
     p.add_argument("--fused", action="store_true", default=None,
                    help="commitment step through pallas_kernels.mdm_sample_step (CPU: its reference)")
+    p.add_argument("--draft", metavar="RUN_DIR", default=None,
+                   help="speculative sampler (l2r/r2l runs): the draft run directory, a smaller run with "
+                        "the same tokenizer and reading order that proposes tokens for the target to verify")
+    p.add_argument("--draft-length", metavar="K", type=int, default=None,
+                   help="speculative samplers: tokens drafted per round (default 4)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "runs go block by block with a KV cache over finished blocks, --steps "
                                    "split over the blocks. l2r / r2l runs: sampler ar (KV-cache decoding "
                                    "with --temperature, --top-k, --top-p, stopping at EOS; r2l generates "
-                                   "right to left and --prompt is the END of the text). ao_ar / latent_order "
+                                   "right to left and --prompt is the END of the text; sampler speculative: "
+                                   "a smaller --draft run proposes --draft-length tokens per round, the "
+                                   "run verifies them in one pass, same distribution). ao_ar / latent_order "
                                    "runs: the sampler is the generation order, l2r, r2l, random or greedy "
                                    "(the most confident position next), KV-cache decoding over the permuted "
                                    "prefix with --temperature, --top-k, --top-p.",
@@ -325,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--template", help="text with [MASK:n] / [MASK] spans to fill (fixes the length)")
     p.add_argument("--sampler", default=None,
                    help="mdm/bd3: ancestral | confidence | margin | entropy | threshold (default "
-                        "confidence); l2r/r2l: ar (the default); ao_ar/latent_order: l2r | r2l | random | "
-                        "greedy (default l2r)")
+                        "confidence); l2r/r2l: ar (the default) | speculative (needs --draft); "
+                        "ao_ar/latent_order: l2r | r2l | random | greedy (default l2r)")
     p.add_argument("--steps", type=int, default=None,
                    help="mdm/bd3: denoising steps, i.e. forward passes at most (default 64); ar and "
                         "any-order: unused (one per token)")

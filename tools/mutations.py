@@ -26,6 +26,7 @@ OBJ = "tests/test_objectives.py::"
 ORD = "tests/test_order_objectives.py::"
 PINS = "tests/test_yardstick_pins.py::"
 SAMPLE_MDM = "tests/test_sampling_mdm.py::"
+SPEC = "tests/test_sampling_ar_speculative.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -215,6 +216,31 @@ MUTATIONS: tuple[Mutation, ...] = (
         "end_B = np.full_like(known_B, rows_BL.shape[1] + 1)",
         "AR rows ending in PAD are generated to the buffer's end",
         ("tests/test_sampling_ar.py::test_cached_equals_uncached_at_temperature_zero",)),
+    Mutation(
+        "spec-accept-q-over-p", "jaxorder/sampling/ar_speculative.py",
+        "return u_BK * q_BK < p_BK",
+        "return u_BK * p_BK < q_BK",
+        "speculative decoding accepts a draft with probability min(1, q/p) instead of min(1, p/q)",
+        (SPEC + "test_samples_follow_the_targets_chain_rule",
+         SPEC + "test_greedy_equals_ar_token_for_token")),
+    Mutation(
+        "spec-residual-unclipped", "jaxorder/sampling/ar_speculative.py",
+        "r_BKV = jnp.maximum(p_BKV - q_BKV, 0.0)",
+        "r_BKV = p_BKV - q_BKV",
+        "a rejected draft slot is resampled from p - q without max(0, .) (negative 'probabilities')",
+        (SPEC + "test_samples_follow_the_targets_chain_rule",)),
+    Mutation(
+        "spec-target-no-rollback", "jaxorder/sampling/ar_speculative.py",
+        "cache=_set_index(cache, new_n_B - 1)",
+        "cache=_set_index(cache, new_n_B)",
+        "the target's cache index after a round skips a slot (the last kept token is never fed)",
+        (SPEC + "test_greedy_equals_ar_token_for_token",)),
+    Mutation(
+        "spec-draft-catch-up-off-by-one", "jaxorder/sampling/ar_speculative.py",
+        "last_B2 = jnp.maximum(new_n_B[:, None] - 2 + jnp.arange(2), 0)",
+        "last_B2 = jnp.maximum(new_n_B[:, None] - 1 + jnp.arange(2), 0)",
+        "the draft catches up one slot late (still exact: only the acceptance rate drops)",
+        (SPEC + "test_greedy_equals_ar_token_for_token",)),
     Mutation(
         "any-run-judges", "jaxorder/evaluation/sample_quality.py",
         "    if not objectives.of(cfg).judge:\n",

@@ -98,6 +98,32 @@ def _timed(run, warmup: bool) -> tuple[Any, float]:
     return out, time.perf_counter() - started
 
 
+def companion_dirs(sampler: sampling.Sampler, options: Mapping[str, Any],
+                   base: str | os.PathLike | None = None) -> dict[str, str]:
+    """The run directories named by the sampler's companion options (e.g. the speculative draft) that
+    are set in `options`; a relative one is taken relative to `base` when given (a sweep's output
+    directory), else to the working directory."""
+    dirs = {}
+    for name in sampler.companions:
+        value = options.get(name)
+        if value:
+            relative = base is not None and not Path(value).is_absolute()
+            dirs[name] = str(Path(base) / value) if relative else value
+    return dirs
+
+
+def load_companions(sampler: sampling.Sampler,
+                    opts: sampling.SamplerOptions) -> dict[str, sampling.Companion]:
+    """The runs the sampler reads besides the sampled one, loaded (newest checkpoint each)."""
+    loaded = {}
+    for name in sampler.companions:
+        path = getattr(opts, name)
+        if path:
+            cfg, params, _ = load_params(path)
+            loaded[name] = sampling.Companion(cfg, params, epath.Path(path).name)
+    return loaded
+
+
 def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, options: Mapping[str, Any] = {},
                num_samples: int = 1, seed: int = 0, prompt: str | None = None, template: str | None = None,
                length: int | None = None, warmup: bool = False) -> dict:
@@ -111,18 +137,22 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
     run_dir = Path(run_dir)
     if (run_dir / "config.yaml").is_file():  # fail fast, before restoring a checkpoint
         saved = config_lib.load(run_dir / "config.yaml")
-        sampling.make_options(sampling.resolve(saved, sampler), options)
+        early = sampling.resolve(saved, sampler)
+        sampling.make_options(early, options)
+        for path in companion_dirs(early, options).values():
+            require_checkpoint(path)
     if num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
     cfg, params, step = load_params(run_dir)
     chosen = sampling.resolve(cfg, sampler)
     opts = sampling.make_options(chosen, options)
+    companions = load_companions(chosen, opts)
     tokenizer = run_tokenizer(cfg)
     row = build_inputs(tokenizer, length, cfg.data.seq_len, cfg.model.max_len, prompt, template,
                        prompt_at_end=objectives.of(cfg).reading_order == "r2l")
     tokens_BL = np.tile(row, (num_samples, 1))
     out, seconds = _timed(lambda: jax.device_get(
-        sampling.sample(params, cfg, tokens_BL, jax.random.key(seed), chosen, opts)), warmup)
+        sampling.sample(params, cfg, tokens_BL, jax.random.key(seed), chosen, opts, companions)), warmup)
     pad = tokenizer.pad_id
     samples = []
     for b in range(num_samples):
@@ -148,4 +178,15 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
         "generated_tokens": generated, "seconds": round(seconds, 3),
         "seconds_include_compilation": not warmup,
         "complete": bool(np.all(out["complete"])) if "complete" in out else True,
+        **speculation_stats(out),
     }
+
+
+def speculation_stats(out: Mapping[str, Any]) -> dict:
+    """Speculative samplers: draft forward passes and accepted draft tokens per round (mean over
+    the rows' active rounds); {} for other samplers."""
+    if "draft_nfe" not in out:
+        return {}
+    rounds = max(int(np.sum(out["rounds"])), 1)
+    return {"draft_forward_passes": int(out["draft_nfe"]),
+            "accepted_per_round": float(np.sum(out["accepted"])) / rounds}

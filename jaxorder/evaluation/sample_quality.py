@@ -143,6 +143,7 @@ def generation_quality(run_dir: str | Path, *, num_samples: int = 16, sampler: s
     result = {"sampler": out["sampler"], "steps": out["steps"], "forward_passes": out["forward_passes"],
               "num_samples": num_samples, "tokens_per_s": out["generated_tokens"] / max(out["seconds"], 1e-9),
               "unigram_entropy_bits": unigram_entropy_bits(texts)}
+    result.update({k: out[k] for k in ("draft_forward_passes", "accepted_per_round") if k in out})
     judge = Path(judge) if judge else default_judge(run_dir)
     if judge is not None:
         scored = judge_nll(texts, judge)

@@ -28,6 +28,8 @@ SAMPLER_COLUMNS = [  # the sampler table: one row per run and sampler (sweep `ge
     ("setting", "setting", "{}"),
     ("steps", "steps", "{}"),
     ("forward_passes", "forward passes", "{}"),
+    ("draft_forward_passes", "draft passes", "{}"),
+    ("accepted_per_round", "accepted/round", "{:.2f}"),
     ("judge_bpb", "judge bits/byte", "{:.4f}"),
     ("unigram_entropy_bits", "unigram entropy", "{:.3f}"),
     ("valid_grid_fraction", "valid grids", "{:.2f}"),

@@ -18,6 +18,8 @@ A sweep file:
       steps: [16, 32]                   #   any sampler option (jaxorder.sampling.SamplerOptions), a value
       threshold: 0.8                    #   or a list; a sampler gets the options it takes, one table row
                                         #   per combination of the listed values (steps default: the window)
+      draft: [l2r_small]                #   speculative sampler: a relative draft run dir names a run of
+                                        #   this sweep (OUT/<name>); an absolute path is used as is
 Runs live in OUT/<run name>; finished runs are skipped and partial ones resume. The extras (fixed
 orders, attention summary, samples) run after all training, so the l2r run that judges the
 samples of the others exists by then.
@@ -34,7 +36,7 @@ from jaxorder import config as config_lib
 from jaxorder import sampling
 from jaxorder.config import ConfigError
 from jaxorder.evaluation.fixed_orders import parse_orders, scorable, supported_specs
-from jaxorder.evaluation.runs import eval_run
+from jaxorder.evaluation.runs import companion_dirs, eval_run
 from jaxorder.evaluation.sample_quality import generation_quality
 from jaxorder.experiments.analysis.attention import summarize_run, supported
 from jaxorder.experiments.report import sampler_columns, sampler_rows, text_table, write_report
@@ -187,8 +189,10 @@ def _sample_quality(gen: dict, name: str, cfg: config_lib.Config, run_dir: Path)
             label = ", ".join(f"{k}={v}" for k, v in setting.items() if len(gen["options"][k]) > 1)
             log(f"[{name}] sample quality: {gen['num_samples']} samples with the {sampler.name} sampler"
                 + (f" ({label})" if label else ""))
+            # a relative companion run (the speculative draft) names a run of this sweep
+            resolved = {**setting, **companion_dirs(sampler, setting, run_dir.parent)}
             row = generation_quality(run_dir, num_samples=gen["num_samples"], sampler=sampler.name,
-                                     options=setting)
+                                     options=resolved)
             rows.append({**row, "setting": label} if label else row)
     return rows
 

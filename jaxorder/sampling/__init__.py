@@ -1,6 +1,9 @@
 """Samplers, registered by family (see `base` for the contract and the one lifecycle):
 
 - ``ar``: KV-cache decoding of l2r / r2l runs in their reading order;
+- ``ar_speculative``: sampler ``speculative`` of l2r / r2l runs: a smaller draft run (a companion run
+  the caller loads) proposes ``draft_length`` tokens, the target verifies them in one cached call;
+  exactly the target's sampling distribution;
 - ``mdm``: masked-diffusion rules (ancestral, confidence, margin, entropy, threshold), optionally in
   semi-autoregressive blocks and with the fused Pallas step;
 - ``bd3``: block diffusion block by block with a KV cache over finished blocks;
@@ -11,9 +14,10 @@ plus Gumbel noise with float64-accurate tails (``noise``) and prompts / infillin
 """
 from __future__ import annotations
 
-from jaxorder.sampling import any_order, ar, bd3, mdm  # noqa: F401  (registration)
+from jaxorder.sampling import any_order, ar, ar_speculative, bd3, mdm  # noqa: F401  (registration)
 from jaxorder.sampling.base import (
                                     OPTION_NAMES,
+                                    Companion,
                                     Sampler,
                                     SamplerOptions,
                                     all_samplers,
@@ -26,5 +30,5 @@ from jaxorder.sampling.base import (
                                     sampler_names,
 )
 
-__all__ = ["OPTION_NAMES", "Sampler", "SamplerOptions", "all_samplers", "compile_sample", "for_config",
-           "make_options", "register", "resolve", "sample", "sampler_names"]
+__all__ = ["OPTION_NAMES", "Companion", "Sampler", "SamplerOptions", "all_samplers", "compile_sample",
+           "for_config", "make_options", "register", "resolve", "sample", "sampler_names"]

@@ -9,6 +9,12 @@ every other token is fixed. A sampler file defines
   hashable) and `args` (traced arrays);
 - `build(cfg, static) -> run(params, key, *args) -> dict`: the loop, a pure function for jax.jit;
 
+A sampler that reads a second run (the draft of speculative decoding) names the option fields that
+hold its run directory in `companions`; loading runs is above this layer (evaluation.runs loads
+them with load_params and passes them to `sample(..., companions={field: Companion})`), and such a
+sampler's prepare takes them as a fourth argument: `prepare(cfg, tokens_BL, options, companions)`
+(their params go into `args`, their config into `static`);
+
 and ends with `register(Sampler(...))`. `sample` and `compile_sample` below are the only places
 that compile: one jit per (sampler, cfg, static), cached. Every sampler returns at least
 ``tokens`` [B, L] int32 (reading order, no MASK left; PAD where an AR row stopped at EOS),
@@ -54,6 +60,8 @@ class SamplerOptions:
     cache: bool = True  # KV cache; False = the uncached reference (recompute every step)
     stop_at_eos: bool = True  # ar: a row stops at EOS
     collect_logits: bool = False  # ar, any_order: also return the logits that chose each token
+    draft: str = ""  # ar speculative: the draft run's directory (a smaller l2r/r2l run, same tokenizer)
+    draft_length: int = 4  # speculative samplers: tokens drafted per round
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -77,6 +85,8 @@ class SamplerOptions:
             raise ConfigError(f"cache_refresh must be >= 0 (0 = once per block), got {self.cache_refresh}")
         if self.block_length < 0:
             raise ConfigError(f"block_length must be >= 0 (0 = no blocks), got {self.block_length}")
+        if self.draft_length < 1:
+            raise ConfigError(f"draft_length must be >= 1, got {self.draft_length}")
         if self.noise not in PRECISIONS:
             raise ConfigError(f"noise must be one of {', '.join(PRECISIONS)}, got '{self.noise}'")
 
@@ -91,6 +101,15 @@ class Prepared:
     args: tuple  # traced inputs after (params, key)
 
 
+@dataclass(frozen=True, eq=False)
+class Companion:
+    """A second run a sampler reads (e.g. the draft of speculative decoding), loaded by the caller."""
+
+    cfg: Config
+    params: Any
+    name: str = ""  # the run directory's name, for messages
+
+
 @dataclass(frozen=True)
 class Sampler:
     name: str
@@ -99,6 +118,7 @@ class Sampler:
     prepare: Callable[[Config, np.ndarray, SamplerOptions], Prepared]
     build: Callable[[Config, Hashable], Callable[..., dict]]
     description: str = ""
+    companions: tuple[str, ...] = ()  # option fields naming run directories the caller loads (Companion)
 
     @property
     def key(self) -> str:
@@ -113,6 +133,8 @@ def sampler_names() -> tuple[str, ...]:
 
 def register(sampler: Sampler) -> Sampler:
     unknown = set(sampler.options) - set(OPTION_NAMES)
+    if set(sampler.companions) - set(sampler.options):
+        raise ValueError(f"sampler '{sampler.name}': companions must be options it reads")
     if unknown:
         raise ValueError(f"sampler '{sampler.name}' declares unknown options {sorted(unknown)}")
     return SAMPLERS.register(sampler)
@@ -182,7 +204,8 @@ def _jitted(sampler: Sampler, cfg: Config, static: Hashable):
     return jax.jit(sampler.build(cfg, static))
 
 
-def _prepared(cfg: Config, tokens_BL, sampler: str | Sampler | None, options: SamplerOptions):
+def _prepared(cfg: Config, tokens_BL, sampler: str | Sampler | None, options: SamplerOptions,
+              companions: Mapping[str, Companion] | None = None):
     if not isinstance(sampler, Sampler):
         sampler = resolve(cfg, sampler)
     elif sampler.family != objectives.of(cfg).sampling:
@@ -196,20 +219,26 @@ def _prepared(cfg: Config, tokens_BL, sampler: str | Sampler | None, options: Sa
         raise ConfigError(f"tokens must be [batch, length >= 1], got shape {tokens.shape}")
     if tokens.shape[1] > cfg.model.max_len:
         raise ConfigError(f"length {tokens.shape[1]} exceeds model.max_len={cfg.model.max_len}")
-    prepared = sampler.prepare(cfg, tokens, options)
+    if sampler.companions:
+        prepared = sampler.prepare(cfg, tokens, options, dict(companions or {}))
+    else:
+        prepared = sampler.prepare(cfg, tokens, options)
     return _jitted(sampler, cfg, prepared.static), prepared.args
 
 
 def sample(params, cfg: Config, tokens_BL, key: jax.Array, sampler: str | Sampler | None = None,
-           options: SamplerOptions = SamplerOptions()) -> dict:
-    """Fills every MASK of tokens_BL [B, L] with the named sampler (None: the objective's default)."""
-    fn, args = _prepared(cfg, tokens_BL, sampler, options)
+           options: SamplerOptions = SamplerOptions(),
+           companions: Mapping[str, Companion] | None = None) -> dict:
+    """Fills every MASK of tokens_BL [B, L] with the named sampler (None: the objective's default);
+    `companions`: the loaded runs of the sampler's companion options (e.g. {"draft": Companion})."""
+    fn, args = _prepared(cfg, tokens_BL, sampler, options, companions)
     return fn(params, key, *args)
 
 
 def compile_sample(params, cfg: Config, tokens_BL, key: jax.Array, sampler: str | Sampler | None = None,
-                   options: SamplerOptions = SamplerOptions()) -> Callable[[], dict]:
+                   options: SamplerOptions = SamplerOptions(),
+                   companions: Mapping[str, Companion] | None = None) -> Callable[[], dict]:
     """`sample` compiled ahead of time for these inputs: returns run() -> dict (benchmarks)."""
-    fn, args = _prepared(cfg, tokens_BL, sampler, options)
+    fn, args = _prepared(cfg, tokens_BL, sampler, options, companions)
     compiled = fn.lower(params, key, *args).compile()
     return lambda: compiled(params, key, *args)
