@@ -45,7 +45,7 @@ import numpy as np
 from jaxorder import config as config_lib
 from jaxorder import model, sampling
 from jaxorder.data import make_data
-from jaxorder.evaluation.runs import load_params, run_tokenizer
+from jaxorder.evaluation.runs import companion_dirs, load_companions, load_params, run_tokenizer
 from jaxorder.evaluation.sample_quality import judge_nll_params, unigram_entropy_bits
 from jaxorder.objectives.common import special_ids
 from jaxorder.platform.host_memory import configure_host_malloc
@@ -69,6 +69,9 @@ def grid(quick: bool) -> list[Row]:
     """The sampler settings of the frontier, per run."""
     mdm = dict(block_length=BLOCK)
     rows = [Row("l2r", "ar", {}, "ar (KV cache)")]
+    for k in ((4,) if quick else (2, 4, 8)):  # the draft: a smaller l2r run of the same sweep
+        rows.append(Row("l2r", "speculative", dict(draft="l2r_draft", draft_length=k),
+                        f"speculative, draft l2r_draft, k={k}"))
     base = Row("mdm", "confidence", dict(steps=LENGTH, **mdm), "confidence, 1 token/step")
     rows += [base]
     for steps in ((64,) if quick else (128, 64)):
@@ -153,14 +156,17 @@ def quality(texts: list[str], judge) -> dict:
             "entropy": unigram_entropy_bits(texts), "entropy_se": float(np.std(boot, ddof=1))}
 
 
-def measure(row: Row, run, judge, windows: np.ndarray, samples: int, repeats: int) -> dict:
+def measure(row: Row, run, judge, windows: np.ndarray, samples: int, repeats: int, runs_dir: Path) -> dict:
     cfg, params, tokenizer = run
     sampler = sampling.resolve(cfg, row.sampler)
-    opts = sampling.make_options(sampler, row.options)
+    options = {**row.options, **companion_dirs(sampler, row.options, runs_dir)}
+    opts = sampling.make_options(sampler, options)
+    companions = load_companions(sampler, opts)
     result = {"run": row.run, "label": row.label, "sampler": row.sampler, **row.options}
 
     def call(rows, seed):
-        return lambda: sampling.sample(params, cfg, rows, jax.random.key(seed), sampler, opts)
+        return lambda: sampling.sample(params, cfg, rows, jax.random.key(seed), sampler, opts,
+                                       companions=companions)
 
     generated = LENGTH
     outs, times = [], []
@@ -208,7 +214,8 @@ def main() -> None:
     if args.only:
         keep = set(args.only.split(","))
         rows = [r for r in rows if r.run in keep]
-    ensure_runs(runs_dir, sorted({"l2r", *(r.run for r in rows)}))
+    ensure_runs(runs_dir, sorted({"l2r", *(r.run for r in rows), *(r.options.get("draft") for r in rows
+                                                                    if r.options.get("draft"))}))
     samples = args.samples or (16 if args.quick else 64)
     loaded = {}
     for name in sorted({"l2r", *(r.run for r in rows)}):
@@ -223,7 +230,7 @@ def main() -> None:
     results = []
     for row in rows:
         t0 = time.perf_counter()
-        res = measure(row, loaded[row.run], judge, windows, samples, args.repeats)
+        res = measure(row, loaded[row.run], judge, windows, samples, args.repeats, runs_dir)
         if row.baseline:
             ref = next(r for r in results if r["label"] == row.baseline and r["run"] == row.run)
             res["agreement"] = float(np.mean(res["_tokens"] == ref["_tokens"]))

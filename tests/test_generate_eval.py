@@ -63,3 +63,31 @@ def test_eval_generate_takes_the_sampler_options_of_sample(sweep_dir):
     assert generated["forward_passes"] <= 4
     code, _, err = cli_in_process(["eval", run, "--generate", "--top-k", "3"])
     assert code == 2 and "the confidence sampler does not take 'top_k'" in err
+
+
+def test_fast_masked_decoding_is_reachable_from_sample_eval_and_a_sweep(sweep_dir, tmp_path):
+    """threshold / factor, Prophet and the approximate caches from `jaxorder sample`, `eval --generate`
+    and a sweep's generate grid; a cache option on an AR run is a one-line error."""
+    run = sweep_dir / "mdm"
+    code, out, err = cli_in_process(["sample", run, "--sampler", "threshold", "--threshold", "0.5",
+                                     "--approx-cache", "dual", "--block-length", "16", "--prophet", "5",
+                                     "--steps", "82", "--length", "48", "--num-samples", "2", "--json"])
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["approx_cache"] == "dual" and res["prophet"] == 5.0 and res["complete"]
+    code, out, err = cli_in_process(["eval", run, "--generate", "--num-samples", "2", "--sampler", "factor",
+                                     "--factor", "2", "--approx-cache", "free", "--block-length", "16",
+                                     "--json"])
+    assert code == 0, err
+    generated = json.loads(out)["generate"]
+    assert generated["sampler"] == "factor" and generated["forward_passes"] <= 82
+    code, _, err = cli_in_process(["sample", sweep_dir / "l2r", "--approx-cache", "prefix"])
+    assert code == 2 and "the ar sampler does not take 'approx_cache'" in err
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"name: fast\nbase: {sweep_dir / 'mdm' / 'config.yaml'}\n"
+                     "generate: {num_samples: 2, samplers: [threshold], approx_cache: [none, dual], "
+                     "block_length: 16}\n")
+    from jaxorder.experiments.sweep import run_sweep
+    results = run_sweep(sweep, tmp_path / "out")
+    settings = [g.get("setting", "") for g in results[0]["generate"]]
+    assert settings == ["approx_cache=none", "approx_cache=dual"], settings

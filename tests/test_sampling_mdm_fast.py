@@ -175,6 +175,24 @@ def test_cache_refreshed_every_step_equals_the_uncached_sampler(peaked, mode, na
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual", "free"])
+def test_every_cache_mode_is_exact_for_a_one_layer_model(mode):
+    """With one layer, a position's keys/values depend on its own token only, so a cache is stale
+    only where tokens changed since it was written. Every mode recomputes those positions (the
+    block; free: the previous block at the next block's start), so each equals the uncached
+    sampler: wrong windows, positions or a missed catch-up break this."""
+    cfg = config_lib.load(None, (*TINY_MDM, "model.n_layers=1"))
+    params = model.init_params(cfg.model, jax.random.key(1))
+    params = dict(params, head=params["head"] * 30.0)
+    rows = _prompted(cfg)
+    opts = dict(steps=12, temperature=1.0, block_length=BLOCK)
+    base = _sample(cfg, params, rows, "confidence", **opts)
+    out = _sample(cfg, params, rows, "confidence", approx_cache=mode, **opts)
+    assert np.array_equal(out["tokens"], base["tokens"])
+    np.testing.assert_allclose(out["logprob"], base["logprob"], rtol=1e-4, atol=1e-3)
+    assert int(out["rows"]) < int(base["rows"])
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual", "free"])
 def test_cache_modes_recompute_only_their_windows(peaked, mode):
     """One token per step (steps = positions), 3 blocks of 8 after a 4-token prompt: the positions
     each mode runs through the model, counted by hand."""

@@ -26,6 +26,7 @@ OBJ = "tests/test_objectives.py::"
 ORD = "tests/test_order_objectives.py::"
 PINS = "tests/test_yardstick_pins.py::"
 SAMPLE_MDM = "tests/test_sampling_mdm.py::"
+FAST = "tests/test_sampling_mdm_fast.py::"
 SPEC = "tests/test_sampling_ar_speculative.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
@@ -241,6 +242,58 @@ MUTATIONS: tuple[Mutation, ...] = (
         "last_B2 = jnp.maximum(new_n_B[:, None] - 1 + jnp.arange(2), 0)",
         "the draft catches up one slot late (still exact: only the acceptance rate drops)",
         (SPEC + "test_greedy_equals_ar_token_for_token",)),
+    # ------------------------------------------------------------------ fast masked decoding
+    Mutation(
+        "threshold-no-forced-commit", "jaxorder/sampling/mdm.py",
+        "    return jnp.where(steps_left <= 1, eligible_BL.sum(axis=1), 1).astype(jnp.int32)",
+        "    return jnp.where(steps_left <= 1, eligible_BL.sum(axis=1), 0).astype(jnp.int32)",
+        "threshold / factor rules without the one forced commit: a step may make no progress",
+        (FAST + "test_threshold_step_commits_exactly_those_above_tau_plus_the_forced_one",)),
+    Mutation(
+        "factor-n-not-n-plus-1", "jaxorder/sampling/mdm.py",
+        "    ok_BL = ((n_L + 1.0) * (1.0 - p_BL) < factor) & (p_BL >= 0.0)",
+        "    ok_BL = (n_L * (1.0 - p_BL) < factor) & (p_BL >= 0.0)",
+        "factor rule bound n(1 - p_n) instead of (n + 1)(1 - p_n): commits too many",
+        (FAST + "test_factor_count_matches_brute_force",
+         FAST + "test_parallel_rules_equal_a_plain_decoding_loop[factor-1.0]")),
+    Mutation(
+        "prophet-thirds-reversed", "jaxorder/sampling/mdm.py",
+        "PROPHET_SCALES = (1.5, 1.0, 0.5)",
+        "PROPHET_SCALES = (0.5, 1.0, 1.5)",
+        "Prophet's gap threshold grows with progress instead of shrinking",
+        (FAST + "test_prophet_thresholds_follow_the_thirds_of_the_budget",)),
+    Mutation(
+        "prophet-commits-drawn-token", "jaxorder/sampling/mdm.py",
+        "    return dict(st, x=jnp.where(commit_BL, tok_BL, st[\"x\"]), masked=st[\"masked\"] & ~commit_BL,\n"
+        "                logprob=st[\"logprob\"] + jnp.sum(jnp.where(commit_BL, top2_BL2",
+        "    return dict(st, x=jnp.where(commit_BL, 0, st[\"x\"]), masked=st[\"masked\"] & ~commit_BL,\n"
+        "                logprob=st[\"logprob\"] + jnp.sum(jnp.where(commit_BL, top2_BL2",
+        "Prophet's early commit writes a wrong token instead of the argmax",
+        (FAST + "test_prophet_commits_the_block_at_the_argmax_once_the_gap_is_large",)),
+    Mutation(
+        "free-cache-no-catch-up", "jaxorder/sampling/mdm.py",
+        "                                            lambda: window(catch_up)(st, s - bl))",
+        "                                            lambda: window(catch_up)(st, s))",
+        "free cache: a block's first pass skips the previous block (its committed tokens stay stale)",
+        (FAST + "test_every_cache_mode_is_exact_for_a_one_layer_model[free]",)),
+    Mutation(
+        "dual-cache-window-offset", "jaxorder/sampling/mdm.py",
+        "            return run_block(st, b, s, e, budget[b], first, lambda st: window(bl)(st, s))",
+        "            return run_block(st, b, s, e, budget[b], first, lambda st: window(bl)(st, s + 1))",
+        "dual / free caches recompute a window one position off the block",
+        (FAST + "test_every_cache_mode_is_exact_for_a_one_layer_model[dual]",)),
+    Mutation(
+        "prefix-cache-window", "jaxorder/sampling/mdm.py",
+        "                               lambda st, s=s: window(L - s)(st, s))",
+        "                               lambda st, s=s: window(L - s - 1)(st, s + 1))",
+        "prefix cache recomputes [s + 1, L) instead of [s, L)",
+        (FAST + "test_every_cache_mode_is_exact_for_a_one_layer_model[prefix]",)),
+    Mutation(
+        "rewrite-all-mask-bidirectional", "jaxorder/model/decode.py",
+        "    return decode_step(params, cfg, cache, tokens_BQ, positions_BQ, \"all\")",
+        "    return decode_step(params, cfg, cache, tokens_BQ, positions_BQ, \"bidirectional\")",
+        "the cached window does not see the slots after it (the suffix cache is never read)",
+        (FAST + "test_rewrite_positions_is_the_bidirectional_pass_and_reads_stale_slots",)),
     Mutation(
         "any-run-judges", "jaxorder/evaluation/sample_quality.py",
         "    if not objectives.of(cfg).judge:\n",
