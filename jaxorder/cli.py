@@ -184,6 +184,9 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None,
                    help="ar, any-order: nucleus sampling, the smallest set with probability "
                         ">= p (default 1: off)")
+    p.add_argument("--draft-length", type=int, default=None,
+                   help="any-order speculative sampler: positions drafted per round and verified in "
+                        "one call (default 4)")
     p.add_argument("--no-stop-at-eos", action="store_true",
                    help="ar: keep generating after EOS up to --length")
     p.add_argument("--block-length", type=int, default=None,

@@ -48,6 +48,7 @@ class SamplerOptions:
     cache: bool = True  # KV cache; False = the uncached reference (recompute every step)
     stop_at_eos: bool = True  # ar: a row stops at EOS
     collect_logits: bool = False  # ar, any_order: also return the logits that chose each token
+    draft_length: int = 4  # any-order speculative: positions drafted per round (K), verified in one call
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -62,6 +63,8 @@ class SamplerOptions:
             raise ConfigError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.block_length < 0:
             raise ConfigError(f"block_length must be >= 0 (0 = no blocks), got {self.block_length}")
+        if self.draft_length < 1:
+            raise ConfigError(f"draft_length must be >= 1, got {self.draft_length}")
         if self.noise not in PRECISIONS:
             raise ConfigError(f"noise must be one of {', '.join(PRECISIONS)}, got '{self.noise}'")
 
