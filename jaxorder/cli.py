@@ -303,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "right to left and --prompt is the END of the text). ao_ar / latent_order "
                                    "runs: the sampler is the generation order, l2r, r2l, random or greedy "
                                    "(the most confident position next), KV-cache decoding over the permuted "
-                                   "prefix with --temperature, --top-k, --top-p.",
+                                   "prefix with --temperature, --top-k, --top-p; or speculative (a random "
+                                   "order, any-subset speculative decoding: --draft-length positions drafted "
+                                   "per round and verified in one call, same distribution as random).",
                        epilog="Template syntax: fixed text with masked spans [MASK:n] (n tokens; bytes with "
                               "the byte tokenizer) or [MASK] (one token), e.g. --template 'To be, or "
                               "[MASK:12] to be'. Fixed tokens never change; every mask is filled. Templates "
