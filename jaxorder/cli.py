@@ -214,7 +214,8 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
                    help="speculative sampler (l2r/r2l runs): the draft run directory, a smaller run with "
                         "the same tokenizer and reading order that proposes tokens for the target to verify")
     p.add_argument("--draft-length", metavar="K", type=int, default=None,
-                   help="speculative samplers: tokens drafted per round (default 4)")
+                   help="speculative samplers: tokens (l2r/r2l runs) or positions (any-order runs) drafted "
+                        "per round and verified in one call (default 4)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "run verifies them in one pass, same distribution). ao_ar / latent_order "
                                    "runs: the sampler is the generation order, l2r, r2l, random or greedy "
                                    "(the most confident position next), KV-cache decoding over the permuted "
-                                   "prefix with --temperature, --top-k, --top-p.",
+                                   "prefix with --temperature, --top-k, --top-p; or speculative (a random "
+                                   "order, any-subset speculative decoding: --draft-length positions drafted "
+                                   "per round and verified in one call, same distribution as random).",
                        epilog="Template syntax: fixed text with masked spans [MASK:n] (n tokens; bytes with "
                               "the byte tokenizer) or [MASK] (one token), e.g. --template 'To be, or "
                               "[MASK:12] to be'. Fixed tokens never change; every mask is filled. Templates "

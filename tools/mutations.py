@@ -28,6 +28,7 @@ PINS = "tests/test_yardstick_pins.py::"
 SAMPLE_MDM = "tests/test_sampling_mdm.py::"
 FAST = "tests/test_sampling_mdm_fast.py::"
 SPEC = "tests/test_sampling_ar_speculative.py::"
+ASSD = "tests/test_sampling_any_order_speculative.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -173,6 +174,24 @@ MUTATIONS: tuple[Mutation, ...] = (
         "jnp.argmin(conf_BL, axis=1)",
         "any-order greedy picks the least confident position",
         ("tests/test_sampling_any_order.py::test_greedy_takes_the_most_confident_position",)),
+    Mutation(
+        "assd-inverted-acceptance", "jaxorder/sampling/any_order_speculative.py",
+        "accept_BK = (u_BK * q_d_BK < p_d_BK) & has_draft_K",
+        "accept_BK = (u_BK * p_d_BK < q_d_BK) & has_draft_K",
+        "speculative decoding accepts a draft with probability min(1, q/p) instead of min(1, p/q)",
+        (ASSD + "test_samples_follow_the_chain_rule_exactly[K2-T1]",)),
+    Mutation(
+        "assd-residual-is-p", "jaxorder/sampling/any_order_speculative.py",
+        "residual_BKV = jnp.maximum(pn_BKV - qn_BKV, 0.0)",
+        "residual_BKV = jnp.maximum(pn_BKV, 0.0)",
+        "speculative decoding redraws a rejected slot from p instead of the residual max(0, p - q)",
+        (ASSD + "test_samples_follow_the_chain_rule_exactly[K2-T1]",)),
+    Mutation(
+        "assd-rejected-slots-stay", "jaxorder/sampling/any_order_speculative.py",
+        'st["cache"] = jax.vmap(with_cache_index)(cache, st["c"])',
+        'st["cache"] = cache',
+        "speculative decoding keeps every verify slot in the cache, rejected drafts included",
+        (ASSD + "test_temperature_zero_is_the_random_orders_argmax",)),
     Mutation(
         "ar-banned-not-applied", "jaxorder/sampling/ar.py",
         'logits_BV = jnp.where(banned_V, -jnp.inf, st["logits"])',

@@ -4,17 +4,27 @@
 - ``ar_speculative``: sampler ``speculative`` of l2r / r2l runs: a smaller draft run (a companion run
   the caller loads) proposes ``draft_length`` tokens, the target verifies them in one cached call;
   exactly the target's sampling distribution;
-- ``mdm``: masked-diffusion rules (ancestral, confidence, margin, entropy, threshold), optionally in
+- ``mdm``: masked-diffusion rules (ancestral, confidence, margin, entropy, threshold, factor), Prophet
+  early commit, approximate KV caches (prefix, dual, free), optionally in
   semi-autoregressive blocks and with the fused Pallas step;
 - ``bd3``: block diffusion block by block with a KV cache over finished blocks;
 - ``any_order``: any-order AR in a chosen (l2r, r2l, random) or greedy order, KV cache over the
   permuted prefix;
+- ``any_order_speculative``: any-subset speculative decoding of any-order runs in a random order
+  (sampler ``speculative``): drafts K positions in parallel, verifies them in one causal call, exact;
 plus Gumbel noise with float64-accurate tails (``noise``) and prompts / infilling templates
 (``prompts``). This import list is the table of contents: a new sampler file is added here.
 """
 from __future__ import annotations
 
-from jaxorder.sampling import any_order, ar, ar_speculative, bd3, mdm  # noqa: F401  (registration)
+from jaxorder.sampling import (  # noqa: F401  (registration)
+    any_order,
+    any_order_speculative,
+    ar,
+    ar_speculative,
+    bd3,
+    mdm,
+)
 from jaxorder.sampling.base import (
                                     OPTION_NAMES,
                                     Companion,

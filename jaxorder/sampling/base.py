@@ -61,7 +61,7 @@ class SamplerOptions:
     stop_at_eos: bool = True  # ar: a row stops at EOS
     collect_logits: bool = False  # ar, any_order: also return the logits that chose each token
     draft: str = ""  # ar speculative: the draft run's directory (a smaller l2r/r2l run, same tokenizer)
-    draft_length: int = 4  # speculative samplers: tokens drafted per round
+    draft_length: int = 4  # speculative samplers: tokens (ar) / positions (any-order) drafted per round
 
     def validate(self) -> None:
         if self.steps < 1:
