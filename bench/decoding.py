@@ -147,7 +147,7 @@ def timed_call(fn, repeats: int) -> tuple[dict, float]:
 
 
 def quality(texts: list[str], judge) -> dict:
-    jparams, jcfg, jtok = judge
+    jcfg, jparams, jtok = judge
     per = np.asarray(judge_nll_params(jparams, jcfg, texts, jtok)["per_sample_bpb"], np.float64)
     rng = np.random.default_rng(0)
     boot = [unigram_entropy_bits([texts[i] for i in rng.integers(0, len(texts), len(texts))])

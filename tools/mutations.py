@@ -291,20 +291,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         (FAST + "test_prophet_commits_the_block_at_the_argmax_once_the_gap_is_large",)),
     Mutation(
         "free-cache-no-catch-up", "jaxorder/sampling/mdm.py",
-        "                                            lambda: window(catch_up)(st, s - bl))",
-        "                                            lambda: window(catch_up)(st, s))",
+        "lambda: window(catch_up, bl)(st, s - bl, qb))",
+        "lambda: window(bl, bl)(st, s, qb))",
         "free cache: a block's first pass skips the previous block (its committed tokens stay stale)",
         (FAST + "test_every_cache_mode_is_exact_for_a_one_layer_model[free]",)),
     Mutation(
         "dual-cache-window-offset", "jaxorder/sampling/mdm.py",
-        "            return run_block(st, b, s, e, budget[b], first, lambda st: window(bl)(st, s))",
-        "            return run_block(st, b, s, e, budget[b], first, lambda st: window(bl)(st, s + 1))",
+        "functools.partial(window(bl, bl), qs=s, qb=qb), full)",
+        "functools.partial(window(bl, bl), qs=s + 1, qb=qb), full)",
         "dual / free caches recompute a window one position off the block",
         (FAST + "test_every_cache_mode_is_exact_for_a_one_layer_model[dual]",)),
     Mutation(
         "prefix-cache-window", "jaxorder/sampling/mdm.py",
-        "                               lambda st, s=s: window(L - s)(st, s))",
-        "                               lambda st, s=s: window(L - s - 1)(st, s + 1))",
+        "functools.partial(window(L - s, nb), qs=s, qb=s), full)",
+        "functools.partial(window(L - s - 1, nb), qs=s + 1, qb=s), full)",
         "prefix cache recomputes [s + 1, L) instead of [s, L)",
         (FAST + "test_every_cache_mode_is_exact_for_a_one_layer_model[prefix]",)),
     Mutation(

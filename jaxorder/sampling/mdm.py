@@ -70,6 +70,7 @@ chain rule sum_j log p(x_sigma_j | x_sigma_<j) of ``jaxorder.objectives.mdm.chai
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import jax
@@ -138,10 +139,10 @@ def final_hidden(params, x_BL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
     return state["intermediates"]["final_norm"]["__call__"][0]
 
 
-def _draw(logp_BLV: jnp.ndarray, key: jax.Array, opts: SamplerOptions) -> jnp.ndarray:
+def _draw(logp_BLV: jnp.ndarray, key: jax.Array, opts: SamplerOptions, noise_rows=None) -> jnp.ndarray:
     if opts.temperature == 0:
         return jnp.argmax(logp_BLV, axis=-1).astype(jnp.int32)
-    g_BLV = gumbel_noise(key, logp_BLV.shape, opts.noise)
+    g_BLV = gumbel_noise(key, logp_BLV.shape, opts.noise, noise_rows)
     return first_argmax(logp_BLV * (1.0 / opts.temperature) + g_BLV)
 
 
@@ -191,12 +192,14 @@ def parallel_commit(conf_BL: jnp.ndarray, eligible_BL: jnp.ndarray, steps_left, 
 
 
 def commit_step(logp_BLV: jnp.ndarray, eligible_BL: jnp.ndarray, step_key: jax.Array, steps_left,
-                rule: str, opts: SamplerOptions, threshold) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+                rule: str, opts: SamplerOptions, threshold,
+                noise_rows=None) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """One unfused sampler step on given log-probs [B, L, V] (SUBS applied): draws a token at every
     position and picks the positions to commit among ``eligible_BL`` by ``rule``
     (module docstring), ``steps_left`` counting this step. Returns (tokens [B, L] int32, commit
-    [B, L] bool, log p of the tokens [B, L]); the noise is drawn for the shape of ``logp_BLV``."""
-    tok_BL = _draw(logp_BLV, step_key, opts)
+    [B, L] bool, log p of the tokens [B, L]); the noise is drawn for the shape of ``logp_BLV``
+    (``noise_rows`` [B, L]: its row counters, for a window of a longer sequence)."""
+    tok_BL = _draw(logp_BLV, step_key, opts, noise_rows)
     lp_tok_BL = jnp.take_along_axis(logp_BLV, tok_BL[..., None], axis=-1)[..., 0]
     if rule == "ancestral":
         u_BL = jax.random.uniform(jax.random.fold_in(step_key, 1), eligible_BL.shape)
@@ -227,23 +230,29 @@ def prophet_threshold(prophet: float, step_in_block, budget) -> jnp.ndarray:
     return prophet * jnp.asarray(PROPHET_SCALES, jnp.float32)[third]
 
 
-def prophet_commit(st: dict, logp_BLV: jnp.ndarray, in_block_L: jnp.ndarray, gap_threshold) -> dict:
+def prophet_commit(st: dict, logp_BnV: jnp.ndarray, start, in_block_L: jnp.ndarray, gap_threshold) -> dict:
     """Prophet's early commit, after a step's own commits: a row whose still-masked positions of the
     block have a mean top-2 log-prob gap (= logit gap) above ``gap_threshold`` commits them all at
-    their argmax, from this step's log-probs (no extra forward pass). Counted in the step's
-    ``commits`` and in ``early`` [B] (positions committed early)."""
-    left_BL = st["masked"] & in_block_L[None, :]
-    top2_BL2 = lax.top_k(logp_BLV, 2)[0]
-    n_B = left_BL.sum(axis=1)
-    gap_BL = top2_BL2[..., 0] - top2_BL2[..., 1]
-    gap_B = jnp.sum(jnp.where(left_BL, gap_BL, 0.0), axis=1) / jnp.maximum(n_B, 1)
-    commit_BL = left_BL & ((n_B > 0) & (gap_B > gap_threshold))[:, None]
-    tok_BL = jnp.argmax(logp_BLV, axis=-1).astype(jnp.int32)
+    their argmax, from this step's log-probs (no extra forward pass). ``logp_BnV`` covers positions
+    [start, start + n), the block included. Counted in the step's ``commits`` and in ``early`` [B]
+    (positions committed early)."""
+    n = logp_BnV.shape[1]
+    left_Bn = lax.dynamic_slice_in_dim(st["masked"] & in_block_L[None, :], start, n, axis=1)
+    top2_Bn2 = lax.top_k(logp_BnV, 2)[0]
+    count_B = left_Bn.sum(axis=1)
+    gap_Bn = top2_Bn2[..., 0] - top2_Bn2[..., 1]
+    gap_B = jnp.sum(jnp.where(left_Bn, gap_Bn, 0.0), axis=1) / jnp.maximum(count_B, 1)
+    commit_Bn = left_Bn & ((count_B > 0) & (gap_B > gap_threshold))[:, None]
+    tok_Bn = jnp.argmax(logp_BnV, axis=-1).astype(jnp.int32)
+    x_Bn = lax.dynamic_slice_in_dim(st["x"], start, n, axis=1)
+    masked_Bn = lax.dynamic_slice_in_dim(st["masked"], start, n, axis=1)
     i = st["step"] - 1  # the step just taken
-    return dict(st, x=jnp.where(commit_BL, tok_BL, st["x"]), masked=st["masked"] & ~commit_BL,
-                logprob=st["logprob"] + jnp.sum(jnp.where(commit_BL, top2_BL2[..., 0], 0.0), axis=1),
-                commits=st["commits"].at[i].add(commit_BL.sum(axis=1).astype(jnp.int32)),
-                early=st["early"] + commit_BL.sum(axis=1).astype(jnp.int32))
+    x_Bn = jnp.where(commit_Bn, tok_Bn, x_Bn)
+    return dict(st, x=lax.dynamic_update_slice_in_dim(st["x"], x_Bn, start, axis=1),
+                masked=lax.dynamic_update_slice_in_dim(st["masked"], masked_Bn & ~commit_Bn, start, axis=1),
+                logprob=st["logprob"] + jnp.sum(jnp.where(commit_Bn, top2_Bn2[..., 0], 0.0), axis=1),
+                commits=st["commits"].at[i].add(commit_Bn.sum(axis=1).astype(jnp.int32)),
+                early=st["early"] + commit_Bn.sum(axis=1).astype(jnp.int32))
 
 
 def _initial_state(tokens_BL: jnp.ndarray, mask_id: int, steps: int) -> dict:
@@ -332,7 +341,8 @@ def build(cfg: Config, loop: Loop):
                 j, s = carry
                 s, logp_BLV = one_step(s, s["masked"] & in_block_L[None, :], budget[b] - j)
                 if sc.prophet > 0:
-                    s = prophet_commit(s, logp_BLV, in_block_L, prophet_threshold(sc.prophet, j, budget[b]))
+                    s = prophet_commit(s, logp_BLV, 0, in_block_L,
+                                       prophet_threshold(sc.prophet, j, budget[b]))
                 return j + 1, s
 
             return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))[1]
@@ -346,10 +356,11 @@ def build(cfg: Config, loop: Loop):
 def _build_cached(cfg: Config, loop: Loop):
     """The loop with an approximate KV cache (``approx_cache``, module docstring): the cache holds one
     slot per position (``model.decode.rewrite_positions``); each step recomputes a window of
-    positions, the rest of the sequence is read from the cache. ``dual`` and ``free`` windows have
-    one size for every block, so blocks run in a fori_loop (a window that would pass the end is
-    moved back to end at L: it recomputes a little more); ``prefix`` windows [s, L) shrink block by
-    block, so its blocks are unrolled (one compiled window per block)."""
+    positions, the rest of the sequence is read from the cache, and draws, scores and commits on
+    the block's positions only (the noise at the uncached sampler's counters). ``dual`` and
+    ``free`` windows have one size for every block, so blocks run in a fori_loop (a window or block
+    that would pass the end is moved back to end at L: it recomputes a little more); ``prefix``
+    windows [s, L) shrink block by block, so its blocks are unrolled (one compiled window each)."""
     mcfg, mask_id = cfg.model, special_ids(cfg.model).mask
     rule, sc, block_start, mode = loop.rule, loop.options, loop.block_start, loop.options.approx_cache
 
@@ -362,21 +373,21 @@ def _build_cached(cfg: Config, loop: Loop):
         st = _initial_state(tokens_BL, mask_id, sc.steps)
         st["cache"] = decode.init_cache(mcfg, B, L)
 
-        def window(n: int):
-            """pass(st, qs) over positions [qs, qs + n): (SUBS log-probs [B, L, V], valid there; cache)."""
-            def run_window(st, qs):
+        def window(n: int, nb: int):
+            """pass(st, qs, qb): positions [qs, qs + n) through the model; the logits [B, nb, V] of the
+            block positions [qb, qb + nb) (inside the window) and the cache."""
+            def run_window(st, qs, qb):
                 qs = jnp.clip(qs, 0, L - n)
                 x_Bn = lax.dynamic_slice_in_dim(st["x"], qs, n, axis=1)
                 logits_BnV, cache = decode.rewrite_positions(params, mcfg, st["cache"], x_Bn, qs)
-                logits_BLV = lax.dynamic_update_slice_in_dim(
-                    jnp.zeros((B, L, mcfg.vocab_size), jnp.float32), logits_BnV, qs, axis=1)
-                return subs_log_probs(logits_BLV, mask_id), cache
+                return lax.dynamic_slice_in_dim(logits_BnV, qb - qs, nb, axis=1), cache
             return run_window
 
-        def run_block(st, b, s, e, steps_b, first, later):
-            """The steps of block [s, e): first(st) / later(st) -> (log-probs, cache) (module docstring)."""
+        def run_block(st, b, s, e, qb, nb, steps_b, first, later, full):
+            """The steps of block [s, e), whose positions lie in [qb, qb + nb); first / later / full
+            (st) -> (block logits, cache) are the passes of module docstring."""
             in_block_L = (pos_L >= s) & (pos_L < e)
-            full = window(L)
+            rows_Bn = (jnp.arange(B, dtype=jnp.int32)[:, None] * L + qb + jnp.arange(nb, dtype=jnp.int32))
 
             def cond(carry):
                 j, st = carry
@@ -386,15 +397,24 @@ def _build_cached(cfg: Config, loop: Loop):
                 j, st = carry
                 refresh = (sc.cache_refresh > 0) & (j % max(sc.cache_refresh, 1) == 0)
                 which = jnp.where(refresh, 2, jnp.where(j == 0, 0, 1))
-                logp_BLV, cache = lax.switch(which, [first, later, lambda st: full(st, 0)], st)
-                eligible_BL = st["masked"] & in_block_L[None, :]
-                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL,
-                                                           jax.random.fold_in(key, st["step"]), steps_b - j,
-                                                           rule, sc, threshold)
+                logits_BnV, cache = lax.switch(which, [first, later, full], st)
+                logp_BnV = subs_log_probs(logits_BnV, mask_id)
+                eligible_Bn = lax.dynamic_slice_in_dim(st["masked"] & in_block_L[None, :], qb, nb, axis=1)
+                step_key = jax.random.fold_in(key, st["step"])
+                tok_Bn, commit_Bn, lp_Bn = commit_step(logp_BnV, eligible_Bn, step_key, steps_b - j, rule, sc,
+                                                       threshold, noise_rows=rows_Bn)
+
+                def place(window_Bn, base_BL):  # window values into a full-length array
+                    return lax.dynamic_update_slice_in_dim(base_BL, window_Bn, qb, axis=1)
+
+                tok_BL = place(tok_Bn, st["x"])
+                commit_BL = place(commit_Bn, jnp.zeros_like(st["masked"]))
+                lp_BL = place(lp_Bn, jnp.zeros(st["x"].shape, jnp.float32))
                 rows = jnp.where(which == 0, first_rows(b), jnp.where(which == 1, later_rows(s), L))
-                st = advance(dict(st, cache=cache, rows=st["rows"] + rows), tok_BL, commit_BL, lp_tok_BL, 1)
+                st = advance(dict(st, cache=cache, rows=st["rows"] + rows), tok_BL, commit_BL, lp_BL, 1)
                 if sc.prophet > 0:
-                    st = prophet_commit(st, logp_BLV, in_block_L, prophet_threshold(sc.prophet, j, steps_b))
+                    gap = prophet_threshold(sc.prophet, j, steps_b)
+                    st = prophet_commit(st, logp_BnV, qb, in_block_L, gap)
                 return j + 1, st
 
             return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))[1]
@@ -407,8 +427,10 @@ def _build_cached(cfg: Config, loop: Loop):
                 return L - s
 
             for b, (s, e) in enumerate(bounds):
-                st = run_block(st, b, s, e, int(budget_np[b]), lambda st: window(L)(st, 0),
-                               lambda st, s=s: window(L - s)(st, s))
+                nb = e - s
+                full = functools.partial(window(L, nb), qs=0, qb=s)
+                st = run_block(st, b, s, e, s, nb, int(budget_np[b]), full,
+                               functools.partial(window(L - s, nb), qs=s, qb=s), full)
             return _result(st)
 
         starts = jnp.asarray([s for s, _ in bounds], jnp.int32)
@@ -423,13 +445,15 @@ def _build_cached(cfg: Config, loop: Loop):
 
         def block_body(b, st):
             s = starts[b]
-            e = jnp.minimum(s + bl, L)
+            qb = jnp.minimum(s, L - bl)  # the last block may be shorter: its window ends at L
+            full = functools.partial(window(L, bl), qs=0, qb=qb)
             if mode == "dual":  # a full pass first, then the block: the masked suffix is cached too
-                first = lambda st: window(L)(st, 0)  # noqa: E731
+                first = full
             else:  # free: no refresh after the very first pass; the previous block's tokens catch up
-                first = lambda st: lax.cond(b == 0, lambda: window(L)(st, 0),  # noqa: E731
-                                            lambda: window(catch_up)(st, s - bl))
-            return run_block(st, b, s, e, budget[b], first, lambda st: window(bl)(st, s))
+                def first(st):
+                    return lax.cond(b == 0, lambda: full(st), lambda: window(catch_up, bl)(st, s - bl, qb))
+            return run_block(st, b, s, jnp.minimum(s + bl, L), qb, bl, budget[b], first,
+                             functools.partial(window(bl, bl), qs=s, qb=qb), full)
 
         return _result(lax.fori_loop(0, len(bounds), block_body, st))
 

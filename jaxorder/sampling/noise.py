@@ -45,13 +45,19 @@ def _counters(shape: tuple[int, ...]) -> tuple[jnp.ndarray, jnp.ndarray]:
     return row, col
 
 
-def gumbel_noise(key: jax.Array, shape: tuple[int, ...], precision: str = "high") -> jnp.ndarray:
-    """Standard Gumbel noise [shape] float32 from a threefry key; see the module docstring."""
+def gumbel_noise(key: jax.Array, shape: tuple[int, ...], precision: str = "high",
+                 rows: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Standard Gumbel noise [shape] float32 from a threefry key; see the module docstring.
+
+    ``rows`` (shape[:-1], uint32-valued) replaces the row counters: a slice of a larger draw gets
+    exactly that draw's values (e.g. rows b*L + l of the positions l of a block)."""
     shape = tuple(int(s) for s in shape)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     keys_32 = _pk_noise.noise_keys(key)
     row, col = _counters(shape)
+    if rows is not None:
+        row = jnp.asarray(rows).astype(jnp.uint32)[..., None]
     if precision == "high":
         g = _pk_noise.gumbel_at(keys_32, row, col)
     else:
