@@ -283,10 +283,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         (FAST + "test_prophet_thresholds_follow_the_thirds_of_the_budget",)),
     Mutation(
         "prophet-commits-drawn-token", "jaxorder/sampling/mdm.py",
-        "    return dict(st, x=jnp.where(commit_BL, tok_BL, st[\"x\"]), masked=st[\"masked\"] & ~commit_BL,\n"
-        "                logprob=st[\"logprob\"] + jnp.sum(jnp.where(commit_BL, top2_BL2",
-        "    return dict(st, x=jnp.where(commit_BL, 0, st[\"x\"]), masked=st[\"masked\"] & ~commit_BL,\n"
-        "                logprob=st[\"logprob\"] + jnp.sum(jnp.where(commit_BL, top2_BL2",
+        "    x_Bn = jnp.where(commit_Bn, tok_Bn, x_Bn)",
+        "    x_Bn = jnp.where(commit_Bn, 0, x_Bn)",
         "Prophet's early commit writes a wrong token instead of the argmax",
         (FAST + "test_prophet_commits_the_block_at_the_argmax_once_the_gap_is_large",)),
     Mutation(
