@@ -66,30 +66,27 @@ class Row:
 
 
 def grid(quick: bool) -> list[Row]:
-    """The sampler settings of the frontier, per run."""
+    """The sampler settings of the frontier, per run (--quick: a smoke subset)."""
     mdm = dict(block_length=BLOCK)
     rows = [Row("l2r", "ar", {}, "ar (KV cache)")]
     for k in ((4,) if quick else (2, 4, 8)):  # the draft: a smaller l2r run of the same sweep
         rows.append(Row("l2r", "speculative", dict(draft="l2r_draft", draft_length=k),
                         f"speculative, draft l2r_draft, k={k}"))
     base = Row("mdm", "confidence", dict(steps=LENGTH, **mdm), "confidence, 1 token/step")
-    rows += [base]
-    for steps in ((64,) if quick else (128, 64)):
-        rows.append(Row("mdm", "confidence", dict(steps=steps, **mdm), f"confidence, {steps} steps"))
-    for cache in ("prefix", "dual", "free"):
+    rows += [base, Row("mdm", "confidence", dict(steps=64, **mdm), "confidence, 64 steps")]
+    for cache in (("dual",) if quick else ("prefix", "dual", "free")):
         rows.append(Row("mdm", "confidence", dict(steps=LENGTH, approx_cache=cache, **mdm),
                         f"confidence, 1 token/step, {cache} cache", baseline=base.label))
-    for tau in ((0.9,) if quick else (0.9, 0.7, 0.5)):
+    for tau, caches in (((0.9, ("dual",)),) if quick else ((0.9, ("dual", "free")), (0.7, ("dual",)))):
         plain = Row("mdm", "threshold", dict(steps=LENGTH, threshold=tau, **mdm), f"threshold {tau}")
         rows.append(plain)
-        for cache in (("dual",) if quick else ("prefix", "dual", "free")):
+        for cache in caches:
             rows.append(Row("mdm", "threshold", dict(steps=LENGTH, threshold=tau, approx_cache=cache, **mdm),
                             f"threshold {tau}, {cache} cache", baseline=plain.label))
-    for f in ((1.0,) if quick else (1.0, 2.0)):
-        rows.append(Row("mdm", "factor", dict(steps=LENGTH, factor=f, **mdm), f"factor {f}"))
-        if not quick:
-            rows.append(Row("mdm", "factor", dict(steps=LENGTH, factor=f, approx_cache="dual", **mdm),
-                            f"factor {f}, dual cache", baseline=f"factor {f}"))
+    rows.append(Row("mdm", "factor", dict(steps=LENGTH, factor=1.0, **mdm), "factor 1"))
+    if not quick:
+        rows.append(Row("mdm", "factor", dict(steps=LENGTH, factor=1.0, approx_cache="dual", **mdm),
+                        "factor 1, dual cache", baseline="factor 1"))
     rows.append(Row("mdm", "confidence", dict(steps=LENGTH, prophet=5.0, **mdm), "confidence + Prophet 5"))
     if not quick:
         rows.append(Row("mdm", "confidence", dict(steps=LENGTH, prophet=2.5, **mdm),
@@ -100,8 +97,8 @@ def grid(quick: bool) -> list[Row]:
     rows += [Row("bd3_b4", "confidence", dict(steps=LENGTH), "confidence, 1 token/step (exact cache)"),
              Row("bd3_b4", "threshold", dict(steps=LENGTH, threshold=0.9), "threshold 0.9 (exact cache)"),
              Row("ao_ar", "random", {}, "random order (KV cache)")]
-    if not quick:
-        rows.append(Row("ao_ar", "greedy", {}, "greedy order (KV cache)"))
+    for k in ((4,) if quick else (2, 4, 8)):
+        rows.append(Row("ao_ar", "speculative", dict(draft_length=k), f"any-subset speculative, k={k}"))
     return rows
 
 
@@ -146,14 +143,31 @@ def timed_call(fn, repeats: int) -> tuple[dict, float]:
     return jax.device_get(out), float(np.median(times))
 
 
+BOOTSTRAP = 200
+
+
 def quality(texts: list[str], judge) -> dict:
     jcfg, jparams, jtok = judge
     per = np.asarray(judge_nll_params(jparams, jcfg, texts, jtok)["per_sample_bpb"], np.float64)
-    rng = np.random.default_rng(0)
-    boot = [unigram_entropy_bits([texts[i] for i in rng.integers(0, len(texts), len(texts))])
-            for _ in range(200)]
+    boot = [unigram_entropy_bits([texts[i] for i in idx]) for idx in bootstrap_indices(len(texts))]
     return {"judge_bpb": float(per.mean()), "judge_bpb_se": float(per.std(ddof=1) / math.sqrt(len(per))),
-            "entropy": unigram_entropy_bits(texts), "entropy_se": float(np.std(boot, ddof=1))}
+            "entropy": unigram_entropy_bits(texts), "entropy_se": float(np.std(boot, ddof=1)),
+            "_per_sample": per, "_texts": texts}
+
+
+def bootstrap_indices(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)  # the same resamples for every row: paired differences
+    return [rng.integers(0, n, n) for _ in range(BOOTSTRAP)]
+
+
+def paired_difference(row: dict, ref: dict) -> dict:
+    """Judge bits/byte and unigram entropy of `row` minus `ref`, sample i against sample i (same seed
+    and batch position), with standard errors: of the mean difference, and by a paired bootstrap."""
+    d = row["_per_sample"] - ref["_per_sample"]
+    boot = [unigram_entropy_bits([row["_texts"][i] for i in idx])
+            - unigram_entropy_bits([ref["_texts"][i] for i in idx]) for idx in bootstrap_indices(len(d))]
+    return {"d_judge": float(d.mean()), "d_judge_se": float(d.std(ddof=1) / math.sqrt(len(d))),
+            "d_entropy": row["entropy"] - ref["entropy"], "d_entropy_se": float(np.std(boot, ddof=1))}
 
 
 def measure(row: Row, run, judge, windows: np.ndarray, samples: int, repeats: int, runs_dir: Path) -> dict:
@@ -183,7 +197,9 @@ def measure(row: Row, run, judge, windows: np.ndarray, samples: int, repeats: in
     texts = [t for o in outs for t in texts_of(o, tokenizer)]
     result.update(quality(texts, judge))
     out1, dt1 = timed_call(call(unprompted(cfg, 1), 100), repeats)
-    result["tok_s_b1"] = float((int(np.sum(out1["generated"])) if "generated" in out1 else generated) / dt1)
+    generated1 = int(np.sum(out1["generated"])) if "generated" in out1 else generated
+    result["tok_s_b1"] = float(generated1 / dt1)
+    result["nfe_per_token_b1"] = int(out1["nfe"]) / generated1
     outp, _ = timed_call(call(prompted(cfg, windows), 200), 1)
     qp = quality(texts_of(outp, tokenizer), judge)
     result.update({"prompted_judge_bpb": qp["judge_bpb"], "prompted_judge_bpb_se": qp["judge_bpb_se"],
@@ -198,7 +214,7 @@ def main() -> None:
     parser.add_argument("--runs", default=str(REPO / "runs" / "sweeps" / "decoding"))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", help="comma-separated runs (l2r, mdm, bd3_b4, ao_ar)")
-    parser.add_argument("--samples", type=int, default=None, help="unprompted samples per row (default 64; "
+    parser.add_argument("--samples", type=int, default=None, help="unprompted samples per row (default 32; "
                         "--quick 16)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per speed number (median)")
     parser.add_argument("--lengths", action="store_true", help="cache speed against length instead")
@@ -216,7 +232,7 @@ def main() -> None:
         rows = [r for r in rows if r.run in keep]
     ensure_runs(runs_dir, sorted({"l2r", *(r.run for r in rows), *(r.options.get("draft") for r in rows
                                                                     if r.options.get("draft"))}))
-    samples = args.samples or (16 if args.quick else 64)
+    samples = args.samples or (16 if args.quick else 32)
     loaded = {}
     for name in sorted({"l2r", *(r.run for r in rows)}):
         cfg, params, step = load_params(runs_dir / name)
@@ -236,12 +252,15 @@ def main() -> None:
             res["agreement"] = float(np.mean(res["_tokens"] == ref["_tokens"]))
             if "_prompted_tokens" in res:
                 res["prompted_agreement"] = float(np.mean(res["_prompted_tokens"] == ref["_prompted_tokens"]))
+        first = next((r for r in results if r["run"] == row.run), None)
+        if first is not None:
+            res.update(paired_difference(res, first))
         res["bench_seconds"] = time.perf_counter() - t0
         results.append(res)
         print(format_row(res), flush=True)
     for r in results:
-        r.pop("_tokens", None)
-        r.pop("_prompted_tokens", None)
+        for k in [k for k in r if k.startswith("_")]:
+            r.pop(k)
     header = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_line(),
               "length": LENGTH, "prompt": PROMPT, "samples": samples, "block_length": BLOCK}
     (out_dir / "decoding.json").write_text(json.dumps({"header": header, "rows": results}, indent=1))
@@ -255,28 +274,32 @@ def main() -> None:
 def format_row(r: dict) -> str:
     return (f"{r['run']:<7} {r['label']:<42} b1 {r['tok_s_b1']:8.0f} tok/s  b8 {r['tok_s_b8']:8.0f} tok/s  "
             f"nfe/tok {r['nfe_per_token']:.3f}  judge {r['judge_bpb']:.3f}±{r['judge_bpb_se']:.3f}  "
-            f"H {r['entropy']:.3f}  prompted {r.get('prompted_judge_bpb', float('nan')):.3f}  "
+            f"H {r['entropy']:.3f}  Δjudge {r.get('d_judge', 0):+.3f}±{r.get('d_judge_se', 0):.3f}  "
+            f"ΔH {r.get('d_entropy', 0):+.3f}±{r.get('d_entropy_se', 0):.3f}  "
+            f"prompted {r.get('prompted_judge_bpb', float('nan')):.3f}  "
             f"agree {r.get('agreement', float('nan')):.3f}  ({r['bench_seconds']:.0f} s)")
 
 
 def markdown_table(results: list[dict]) -> str:
-    base = {r["run"]: r for r in results if r["label"] == "confidence, 1 token/step"}
+    """One row per setting; speed-ups against the mdm one-token-per-step confidence row, quality
+    differences against the first row of the same run (paired by sample)."""
+    ref = next((r for r in results if r["run"] == "mdm" and r["label"] == "confidence, 1 token/step"), None)
     lines = ["| run | sampler | tok/s b1 | tok/s b8 | ×b1 | ×b8 | passes/tok | positions/tok | judge bpb "
-             "| unigram H (bits) | prompted judge bpb | agreement |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| Δ judge | unigram H (bits) | Δ H | prompted judge bpb | agreement |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    # passes/tok: network calls per generated token at batch 1 (a batch of 8 waits for its slowest row)
     for r in results:
-        ref = base.get("mdm")
         x1 = f"{r['tok_s_b1'] / ref['tok_s_b1']:.1f}" if ref else ""
         x8 = f"{r['tok_s_b8'] / ref['tok_s_b8']:.1f}" if ref else ""
         pos = f"{r['rows_per_token']:.1f}" if "rows_per_token" in r else ""
-        pj = (f"{r['prompted_judge_bpb']:.3f} ± {r['prompted_judge_bpb_se']:.3f}"
-              if "prompted_judge_bpb" in r else "")
-        agree = (f"{r['agreement']:.3f} / {r.get('prompted_agreement', float('nan')):.3f}"
-                 if "agreement" in r else "")
+        dj = f"{r['d_judge']:+.3f} ± {r['d_judge_se']:.3f}" if "d_judge" in r else "(reference)"
+        dh = f"{r['d_entropy']:+.3f} ± {r['d_entropy_se']:.3f}" if "d_entropy" in r else "(reference)"
+        pj = f"{r['prompted_judge_bpb']:.3f} ± {r['prompted_judge_bpb_se']:.3f}"
+        agree = (f"{r['agreement']:.3f} / {r['prompted_agreement']:.3f}" if "agreement" in r else "")
         lines.append(f"| {r['run']} | {r['label']} | {r['tok_s_b1']:.0f} | {r['tok_s_b8']:.0f} | {x1} | {x8} "
-                     f"| "
-                     f"{r['nfe_per_token']:.3f} | {pos} | {r['judge_bpb']:.3f} ± {r['judge_bpb_se']:.3f} | "
-                     f"{r['entropy']:.3f} ± {r['entropy_se']:.3f} | {pj} | {agree} |")
+                     f"| {r['nfe_per_token_b1']:.3f} | {pos} "
+                     f"| {r['judge_bpb']:.3f} ± {r['judge_bpb_se']:.3f} "
+                     f"| {dj} | {r['entropy']:.3f} ± {r['entropy_se']:.3f} | {dh} | {pj} | {agree} |")
     return "\n".join(lines)
 
 
@@ -286,7 +309,7 @@ def plot(results: list[dict], out_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
     markers = {"l2r": "s", "mdm": "o", "bd3_b4": "^", "ao_ar": "D"}
-    for x_key, x_label, name in (("nfe_per_token", "forward passes per generated token", "passes"),
+    for x_key, x_label, name in (("nfe_per_token_b1", "network calls per generated token, batch 1", "passes"),
                                  ("tok_s_b1", "tokens/s, batch 1", "speed_b1"),
                                  ("tok_s_b8", "tokens/s, batch 8", "speed_b8")):
         fig, axes = plt.subplots(1, 2, figsize=(13, 5))
@@ -309,27 +332,32 @@ def plot(results: list[dict], out_dir: Path) -> None:
 
 def bench_lengths(out_dir: Path, repeats: int) -> None:
     """Speed only (random weights: one token per step does not depend on them): the confidence sampler
-    without cache, with the prefix cache and with the dual cache at 256, 512 and 1024 tokens."""
-    small = REPO / "configs" / "model" / "tiny.yaml"
+    (one token per step, blocks of 32, batch 1) without cache, with the prefix cache and with the dual
+    cache, at total lengths 256, 512 and 1024, unprompted (every position generated) and prompted
+    (the last 256 positions generated after a prompt of the rest)."""
+    tiny = REPO / "configs" / "model" / "tiny.yaml"
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine_line()}")
     print("confidence sampler, 1 token/step, blocks of 32, batch 1, tiny model with random weights, "
           "max_len 1024")
-    print(f"{'length':>7} {'no cache tok/s':>15} {'prefix tok/s':>13} {'×':>5} {'dual tok/s':>11} {'×':>5}")
+    print(f"{'length':>7} {'generated':>10} {'no cache tok/s':>15} {'prefix tok/s':>13} {'×':>5} "
+          f"{'dual tok/s':>11} {'×':>5}")
     results = []
     for length in (256, 512, 1024):
-        cfg = config_lib.load(small, ["objective.name=mdm", f"data.seq_len={length}", "model.max_len=1024"])
+        cfg = config_lib.load(tiny, ["objective.name=mdm", f"data.seq_len={length}", "model.max_len=1024"])
         params = model.init_params(cfg.model, jax.random.key(0))
-        speeds = {}
-        for cache in ("none", "prefix", "dual"):
-            opts = SamplerOptions(steps=length, block_length=BLOCK, approx_cache=cache)
-            fn = sampling.compile_sample(params, cfg, unprompted(cfg, 1, length), jax.random.key(0),
-                                         "confidence", opts)
-            _, dt = timed_call(fn, repeats)
-            speeds[cache] = length / dt
-        results.append({"length": length, **speeds})
-        print(f"{length:>7} {speeds['none']:>15.0f} {speeds['prefix']:>13.0f} "
-              f"{speeds['prefix'] / speeds['none']:>5.1f} {speeds['dual']:>11.0f} "
-              f"{speeds['dual'] / speeds['none']:>5.1f}", flush=True)
+        for generated in sorted({length, LENGTH}, reverse=True):
+            rows = unprompted(cfg, 1, length)
+            rows[:, :length - generated] = 101  # a prompt (the weights are random: its text does not matter)
+            speeds = {}
+            for cache in ("none", "prefix", "dual"):
+                opts = SamplerOptions(steps=generated, block_length=BLOCK, approx_cache=cache)
+                fn = sampling.compile_sample(params, cfg, rows, jax.random.key(0), "confidence", opts)
+                _, dt = timed_call(fn, repeats)
+                speeds[cache] = generated / dt
+            results.append({"length": length, "generated": generated, **speeds})
+            print(f"{length:>7} {generated:>10} {speeds['none']:>15.1f} {speeds['prefix']:>13.1f} "
+                  f"{speeds['prefix'] / speeds['none']:>5.1f} {speeds['dual']:>11.1f} "
+                  f"{speeds['dual'] / speeds['none']:>5.1f}", flush=True)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     payload = {"date": stamp, "machine": machine_line(), "rows": results}
     (out_dir / "lengths.json").write_text(json.dumps(payload, indent=1))
