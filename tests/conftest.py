@@ -172,6 +172,20 @@ def run_cli(args, env: dict, cwd: Path, timeout: float = SUBPROCESS_TIMEOUT) -> 
 
 # ----------------------------------------------------------------------------- run-dir helpers
 
+def train_on_corpus(run_dir: Path, overrides, corpus: Path, steps: int = 3):
+    """Trains a tiny run for `steps` steps on a text corpus, quietly; returns its config."""
+    from jaxorder import config as config_lib
+    from jaxorder.training.loop import train
+
+    cfg = config_lib.load(None, (*overrides, "data.source=text", f"data.path={corpus}", "data.batch_size=8",
+                                 f"train.steps={steps}", f"train.eval_every={steps}",
+                                 f"train.checkpoint_every={steps}", "train.async_checkpointing=false",
+                                 "eval.batches=1"))
+    with contextlib.redirect_stderr(io.StringIO()):
+        train(cfg, run_dir)
+    return cfg
+
+
 def cli_in_process(argv) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of `jaxorder ARGV` run in this process (shares compilations)."""
     from jaxorder.cli import main

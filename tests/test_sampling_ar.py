@@ -5,8 +5,6 @@ test, which trains 3 steps on a tiny corpus.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 
@@ -23,7 +21,7 @@ from jaxorder.objectives.common import special_ids
 from jaxorder.sampling import SamplerOptions
 from jaxorder.sampling.ar import filter_logits
 
-from conftest import cli_in_process
+from conftest import cli_in_process, train_on_corpus
 
 TINY_L2R = ("objective.name=l2r", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
             "data.seq_len=32")
@@ -206,14 +204,8 @@ def test_too_long_is_a_clear_error(tiny):
 
 
 def test_cli_sample_l2r_and_r2l_runs(tmp_path, repeated_corpus):
-    from jaxorder.training.loop import train
-    cfg = config_lib.load(None, (*TINY_L2R, "data.source=text", f"data.path={repeated_corpus}",
-                                 "data.batch_size=8", "train.steps=3", "train.eval_every=3",
-                                 "train.checkpoint_every=3", "train.async_checkpointing=false",
-                                 "eval.batches=1"))
     run = tmp_path / "l2r"
-    with contextlib.redirect_stderr(io.StringIO()):
-        train(cfg, run)
+    train_on_corpus(run, TINY_L2R, repeated_corpus)
     code, out, _ = cli_in_process(["sample", run, "--prompt", "the cat", "--length", "16", "--num-samples",
                                    "2", "--top-k", "20", "--top-p", "0.9", "--seed", "1", "--no-stop-at-eos",
                                    "--json"])

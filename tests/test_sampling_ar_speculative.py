@@ -26,7 +26,7 @@ from jaxorder.objectives.common import special_ids
 from jaxorder.sampling import Companion, SamplerOptions
 from jaxorder.sampling.ar_speculative import sampling_probs
 
-from conftest import ar_rows, cli_in_process
+from conftest import ar_rows, cli_in_process, train_on_corpus
 
 TINY = ("objective.name=l2r", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.seq_len=32")
 SMALL = ("objective.name=l2r", "model.d_model=16", "model.n_layers=1", "model.n_heads=2", "data.seq_len=32")
@@ -185,15 +185,9 @@ def test_the_draft_run_is_loaded_by_sample_eval_generate_and_a_sweep(tmp_path, r
     from jaxorder.cli import build_parser, sampler_options
     from jaxorder.evaluation.runs import companion_dirs
     from jaxorder.experiments.sweep import _sample_quality
-    from jaxorder.training.loop import train
 
-    cfg = config_lib.load(None, (*TINY, "data.seq_len=16", "data.source=text", f"data.path={repeated_corpus}",
-                                 "data.batch_size=8", "train.steps=3", "train.eval_every=3",
-                                 "train.checkpoint_every=3", "train.async_checkpointing=false",
-                                 "eval.batches=1"))
     run = tmp_path / "l2r"
-    with contextlib.redirect_stderr(io.StringIO()):
-        train(cfg, run)
+    cfg = train_on_corpus(run, (*TINY, "data.seq_len=16"), repeated_corpus)
     code, out, err = cli_in_process(["sample", run, "--sampler", "speculative", "--draft", run,
                                      "--draft-length", "3", "--num-samples", "2", "--temperature", "0",
                                      "--json"])
