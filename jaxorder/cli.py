@@ -20,6 +20,7 @@ from jaxorder.platform.aot import run_in_subprocess
 from jaxorder.platform.distributed import initialize
 from jaxorder.platform.host_memory import configure_host_malloc
 from jaxorder.sampling import OPTION_NAMES
+from jaxorder.sampling.base import APPROX_CACHES
 from jaxorder.training.loop import Preempted, train
 
 EPILOG_OVERRIDES = ("Overrides are section.field=value pairs applied after the config file, e.g. "
@@ -190,12 +191,18 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
                    help="masked runs: commit the rest of a block at its argmax once the mean top-2 logit gap "
                         "of its masked positions exceeds 1.5G, G, 0.5G in the thirds of its steps "
                         "(default 0: off; Prophet's 7.5/5/2.5 is G=5)")
-    p.add_argument("--approx-cache", default=None, choices=["none", "prefix", "dual", "free"],
+    p.add_argument("--approx-cache", default=None, choices=list(APPROX_CACHES),
                    help="masked runs, APPROXIMATE KV cache: prefix (prompt and finished blocks), dual (also "
-                        "the masked suffix), free (no full refresh: only changed positions are recomputed); "
+                        "the masked suffix), free (no full refresh: only changed positions are recomputed), "
+                        "chunked (long prompts: prompt chunks cached once, the most relevant ones attended); "
                         "default none")
     p.add_argument("--cache-refresh", type=int, default=None,
                    help="--approx-cache: recompute every key/value each N steps (default 0: once per block)")
+    p.add_argument("--chunk-length", type=int, default=None,
+                   help="--approx-cache chunked: prompt tokens per cached chunk (default 256)")
+    p.add_argument("--chunks", type=int, default=None,
+                   help="--approx-cache chunked: prompt chunks attended besides the most recent one, the "
+                        "most relevant to the block being decoded (default 4)")
     p.add_argument("--top-k", type=int, default=None,
                    help="ar, any-order: sample among the k most likely tokens (default 0: off)")
     p.add_argument("--top-p", type=float, default=None,

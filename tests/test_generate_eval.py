@@ -75,6 +75,12 @@ def test_fast_masked_decoding_is_reachable_from_sample_eval_and_a_sweep(sweep_di
     assert code == 0, err
     res = json.loads(out)
     assert res["approx_cache"] == "dual" and res["prophet"] == 5.0 and res["complete"]
+    code, out, err = cli_in_process(["sample", run, "--approx-cache", "chunked", "--chunk-length", "8",
+                                     "--chunks", "1", "--prompt", "To be, or not to be, that is the question",
+                                     "--length", "64", "--block-length", "8", "--steps", "24", "--json"])
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["approx_cache"] == "chunked" and res["chunks"] == 1 and res["complete"]
     code, out, err = cli_in_process(["eval", run, "--generate", "--num-samples", "2", "--sampler", "factor",
                                      "--factor", "2", "--approx-cache", "free", "--block-length", "16",
                                      "--json"])

@@ -25,7 +25,8 @@ from jaxorder.evaluation.sample_quality import judge_nll_params, unigram_entropy
 from jaxorder.objectives.common import special_ids
 from jaxorder.objectives.mdm import chain_rule_nll
 from jaxorder.sampling import noise as noise_lib
-from jaxorder.sampling.mdm import block_schedule, score_path, tokens_per_step
+from jaxorder.sampling.mdm import score_path
+from jaxorder.sampling.mdm_steps import block_schedule, tokens_per_step
 from jaxorder.sampling.prompts import build_inputs, parse_template
 
 from conftest import cli_in_process, spec, with_options

@@ -18,10 +18,11 @@ from jaxorder import config as config_lib
 from jaxorder import model
 from jaxorder.config import ConfigError
 from jaxorder.model import decode
+from jaxorder.model.chunk_attention import ChunkLayout, ChunkSelect, select_chunks
 from jaxorder.objectives.common import special_ids
 from jaxorder.objectives.mdm import masked_log_probs
 from jaxorder.sampling import SamplerOptions, sample
-from jaxorder.sampling.mdm import commit_step, factor_count, prophet_threshold
+from jaxorder.sampling.mdm_steps import commit_step, factor_count, prophet_threshold
 
 TINY_MDM = ("objective.name=mdm", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
             "data.seq_len=32")
@@ -251,7 +252,9 @@ def test_prophet_commits_the_block_at_the_argmax_once_the_gap_is_large(peaked):
     ("confidence", dict(fused=True, prophet=5.0), "--prophet needs the model's log-probs"),
     ("confidence", dict(fused=True, approx_cache="dual"), "--approx-cache needs the model's log-probs"),
     ("ancestral", dict(approx_cache="prefix"), "the ancestral sampler already reuses passes"),
-    ("confidence", dict(cache_refresh=2), "give --approx-cache prefix|dual|free too"),
+    ("confidence", dict(cache_refresh=2), "give --approx-cache prefix|dual|free|chunked too"),
+    ("confidence", dict(chunks=2), "give --approx-cache chunked too"),
+    ("confidence", dict(approx_cache="chunked", chunk_length=0), "chunk_length and chunks must be >= 1"),
     ("factor", dict(factor=0.0), "factor must be a finite number > 0"),
     ("confidence", dict(approx_cache="triple"), "approx_cache must be one of none, prefix, dual, free"),
     ("confidence", dict(prophet=-1.0), "prophet must be >= 0"),
@@ -272,3 +275,115 @@ def test_block_and_ar_runs_refuse_the_masked_only_options():
     ar = dataclasses.replace(cfg, objective=config_lib.load(None, ("objective.name=l2r",)).objective)
     with pytest.raises(ConfigError, match="the ar sampler does not take 'prophet'"):
         sample(params, ar, rows, jax.random.key(0), None, SamplerOptions(prophet=5.0))
+
+
+# ----------------------------------------------------------------------------- chunked prompt cache
+
+CHUNK, CP, CL = 8, 24, 40  # chunk length, prompt length (3 chunks), total length
+
+
+def _long_prompted(cfg) -> np.ndarray:
+    rows = np.full((B, CL), special_ids(cfg.model).mask, np.int32)
+    rows[:, :CP] = np.random.default_rng(5).integers(32, 120, (B, CP))
+    return rows
+
+
+def _reference_chunked_logits(params, cfg, prompt_BP, gen_BG) -> jnp.ndarray:
+    """Logits of the generated positions with every prompt chunk attended, from the plain decode
+    path: each chunk [BOS, tokens] encoded on its own ("bidirectional" in a fresh cache of its own
+    length, tokens at their sequence positions, BOS at the chunk's first one), the chunks'
+    keys/values laid side by side, then the generated positions in one "all" pass over them."""
+    mcfg = cfg.model
+    bos = special_ids(mcfg).bos
+    P, G = prompt_BP.shape[1], gen_BG.shape[1]
+    caches = []
+    for s in range(0, P, CHUNK):
+        n = min(CHUNK, P - s)
+        tokens = jnp.concatenate([jnp.full((B, 1), bos), prompt_BP[:, s:s + n]], axis=1)
+        positions = jnp.broadcast_to(jnp.asarray([s, *range(s, s + n)]), (B, n + 1))
+        caches.append(decode.decode_step(params, mcfg, decode.init_cache(mcfg, B, n + 1), tokens,
+                                         positions, "bidirectional")[1])
+    slots = sum(c["layer_0"]["attn"]["cached_key"].shape[1] for c in caches)
+    cache = decode.init_cache(mcfg, B, slots + G)
+    for layer in cache:
+        for name in ("cached_key", "cached_value"):
+            side = jnp.concatenate([c[layer]["attn"][name] for c in caches], axis=1)
+            cache[layer]["attn"][name] = cache[layer]["attn"][name].at[:, :slots].set(side)
+        cache[layer]["attn"]["cache_index"] = jnp.asarray(slots, jnp.int32)
+    positions = jnp.broadcast_to(P + jnp.arange(G), (B, G))
+    return decode.decode_step(params, mcfg, cache, gen_BG, positions, "all")[0]
+
+
+def test_chunked_cache_with_a_padded_last_chunk_ignores_the_padding(peaked):
+    """A 21-token prompt in chunks of 8: the last chunk holds 5 tokens and 3 padding slots, which
+    neither its own tokens nor the generated positions may see."""
+    cfg, params = peaked
+    rows = _long_prompted(cfg)
+    P, G = 21, 16
+    prompt, gen = jnp.asarray(rows[:, :P]), jnp.asarray(rows[:, CP:CP + G])
+    layout = ChunkLayout(P, CHUNK)
+    cache = decode.prefill_chunks(params, cfg.model, decode.init_cache(cfg.model, B, layout.prompt_slots + G),
+                                  prompt, layout, special_ids(cfg.model).bos)
+    got, _ = decode.rewrite_positions(params, cfg.model, cache, gen, P, slot=layout.prompt_slots,
+                                      new_mask=ChunkSelect(layout, 2, 0, G))
+    np.testing.assert_allclose(got, _reference_chunked_logits(params, cfg, prompt, gen), atol=2e-4, rtol=1e-4)
+
+
+def test_chunked_cache_refreshed_every_step_equals_a_plain_loop_over_reference_passes(peaked):
+    """All chunks attended (chunks >= N - 1) and a pass over [P, L) every step: each step's logits are
+    the reference's, so greedy one-token-per-step decoding matches a plain loop token for token."""
+    cfg, params = peaked
+    rows = _long_prompted(cfg)
+    mask_id = special_ids(cfg.model).mask
+    out = _sample(cfg, params, rows, "confidence", steps=CL - CP, temperature=0.0, block_length=BLOCK,
+                  approx_cache="chunked", chunk_length=CHUNK, chunks=2, cache_refresh=1)
+    x = rows.copy()
+    ref_fn = jax.jit(lambda g: _reference_chunked_logits(params, cfg, jnp.asarray(rows[:, :CP]), g))
+    for s in range(CP, CL, BLOCK):
+        while (x[:, s:s + BLOCK] == mask_id).any():
+            logits = np.asarray(ref_fn(jnp.asarray(x[:, CP:])), np.float64)[:, s - CP:s - CP + BLOCK]
+            logits[..., mask_id] = -np.inf
+            conf = np.exp(logits.max(-1) - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1))
+                          - logits.max(-1))
+            for b in range(B):
+                open_ = np.flatnonzero(x[b, s:s + BLOCK] == mask_id)
+                i = open_[np.argmax(conf[b, open_])]
+                x[b, s + i] = logits[b, i].argmax()
+    assert np.array_equal(out["tokens"], x)
+    assert int(out["rows"]) == 3 * (CHUNK + 1) + (CL - CP) * (CL - CP)  # prefill, then [P, L) each step
+
+
+def test_chunk_selection_is_the_top_k_by_mean_query_key_score_plus_the_last_chunk():
+    layout = ChunkLayout(prompt_length=21, chunk_length=4)  # 6 chunks, the last one with 1 token
+    rng = np.random.default_rng(0)
+    Bq, Lq, H, D = 3, 5, 2, 4
+    q = rng.normal(size=(Bq, Lq, H, D)).astype(np.float32)
+    kp = rng.normal(size=(Bq, layout.n_chunks, layout.chunk_slots, H, D)).astype(np.float32)
+    for top_k in (1, 2, 5):
+        spec = ChunkSelect(layout, top_k, 1, 4)
+        got = np.asarray(select_chunks(jnp.asarray(q), jnp.asarray(kp), spec))
+        for b in range(Bq):
+            score = []
+            for n in range(layout.n_chunks):  # mean over heads, queries 1..3 and the chunk's real tokens
+                keys = range(1, layout.valid()[n])
+                score.append(np.mean([q[b, i, h] @ kp[b, n, c, h] for h in range(H) for i in range(1, 4)
+                                      for c in keys]))
+            want = {layout.n_chunks - 1, *np.argsort(score[:-1])[::-1][:top_k].tolist()}
+            assert set(got[b].tolist()) == want, (top_k, b)
+
+
+def test_chunked_cache_runs_its_windows_and_needs_a_prompt(peaked):
+    cfg, params = peaked
+    rows = _long_prompted(cfg)
+    G = CL - CP
+    out = _sample(cfg, params, rows, "confidence", steps=G, temperature=1.0, block_length=BLOCK,
+                  approx_cache="chunked", chunk_length=CHUNK, chunks=1)
+    starts = range(CP, CL, BLOCK)
+    assert int(out["rows"]) == 3 * (CHUNK + 1) + sum(G + (BLOCK - 1) * (CL - s) for s in starts)
+    assert np.all(out["complete"]) and np.array_equal(out["tokens"][:, :CP], rows[:, :CP])
+    all_chunks = _sample(cfg, params, rows, "confidence", steps=G, temperature=1.0, block_length=BLOCK,
+                         approx_cache="chunked", chunk_length=CHUNK, chunks=2)
+    assert not np.array_equal(out["tokens"], all_chunks["tokens"]), "one chunk of two dropped: same text"
+    with pytest.raises(ConfigError, match="--approx-cache chunked caches a prompt"):
+        _sample(cfg, params, np.full((B, CL), special_ids(cfg.model).mask), "confidence", steps=G,
+                approx_cache="chunked")

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pallas_kernels
-from jaxorder.model import cpu_rewrites
+from jaxorder.model import chunk_attention, cpu_rewrites
 from jaxorder.model.cpu_rewrites import PLAIN, Ops
 
 if TYPE_CHECKING:
@@ -166,6 +166,8 @@ CACHE_NAMES = ("cached_key", "cached_value", "cache_index")
 #   self          only itself                  (L independent candidates of the same next slot)
 #   all           every slot of the cache, written or not (slots = positions: the approximate caches
 #                 of masked diffusion; the call's own keys/values replace the slots it writes)
+# and two mask objects of the chunked prompt cache (jaxorder.model.chunk_attention): ChunkPrefill,
+# ChunkSelect.
 DECODE_MASKS = ("causal", "bidirectional", "self", "all")
 
 
@@ -189,7 +191,8 @@ def cached_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarr
                      cached_key, cached_value, cache_index, new_mask: str = "causal") -> jnp.ndarray:
     """Attention of L new slots over the cache; writes their keys/values at cache_index.
 
-    q/k are already rotated (RoPE by their own positions). The cache variables hold
+    q/k are already rotated (RoPE by their own positions). `new_mask` may also be a chunked-cache mask
+    object (`chunk_attention.ChunkPrefill`, `ChunkSelect`). The cache variables hold
     cached_key/cached_value [B, T, H, D] and cache_index (int32 scalar, the slot of the first new
     token). Every new slot sees cache slots 0..index-1; among the new slots `new_mask`
     (DECODE_MASKS) applies. With "causal" this is the causal mask of the full sequence, so the
@@ -203,4 +206,10 @@ def cached_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarr
     cached_value.value = jax.lax.dynamic_update_slice(cached_value.value,
                                                       v_BLHD.astype(cached_value.value.dtype), (0, idx, 0, 0))
     cache_index.value = idx + L
+    if isinstance(new_mask, chunk_attention.ChunkSelect):
+        return chunk_attention.select_attention(q_BLHD, cached_key.value, cached_value.value, new_mask,
+                                                xla_attention)
+    if isinstance(new_mask, chunk_attention.ChunkPrefill):
+        return chunk_attention.prefill_attention(q_BLHD, cached_key.value, cached_value.value, new_mask,
+                                                 xla_attention)
     return xla_attention(q_BLHD, cached_key.value, cached_value.value, decode_mask(new_mask, T, idx, L))

@@ -11,7 +11,9 @@ max_length slots with the unwritten ones masked out). `new_mask` (attention.DECO
 how the new slots see each other: "bidirectional" for a block (block diffusion), "self" for L
 independent candidates of one slot (greedy order choice), "all" for a cache whose slots are the
 positions of one bidirectional sequence (`rewrite_positions`); the cache is a value, so a call
-whose slots must not stay is simply not kept. `target_positions_BL` feeds the any-order model's
+whose slots must not stay is simply not kept. `prefill_chunks` lays a long prompt into a cache as
+independently encoded chunks (`chunk_attention`), which later windows read through a
+`ChunkSelect` mask. `target_positions_BL` feeds the any-order model's
 target positions (ao_ar / latent_order runs). The cache is the Flax "cache" collection of each
 `Attention` layer (`cached_key`, `cached_value` [B, T, H, D] in model.dtype, `cache_index` int32);
 the Attention module takes its decode path only when that collection is passed, so training is
@@ -27,9 +29,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxorder.config import ModelConfig
+from jaxorder.model.chunk_attention import ChunkLayout, ChunkPrefill
 from jaxorder.model.transformer import Transformer, cast_params, jnp_dtype, unstack_layers
 
 Cache = Any
@@ -55,7 +60,7 @@ def init_cache(cfg: ModelConfig, batch: int, max_length: int) -> Cache:
 
 
 def decode_step(params: Any, cfg: ModelConfig, cache: Cache, tokens_BL: jnp.ndarray,
-                positions_BL: jnp.ndarray, new_mask: str = "causal",
+                positions_BL: jnp.ndarray, new_mask: Any = "causal",
                 target_positions_BL: jnp.ndarray | None = None) -> tuple[jnp.ndarray, Cache]:
     """Logits [B, L, V] (float32) of L new slots given the cached ones, and the updated cache."""
     dcfg = decode_config(cfg)
@@ -71,8 +76,12 @@ def decode_step(params: Any, cfg: ModelConfig, cache: Cache, tokens_BL: jnp.ndar
 
 
 def rewrite_positions(params: Any, cfg: ModelConfig, cache: Cache, tokens_BQ: jnp.ndarray,
-                      start: int) -> tuple[jnp.ndarray, Cache]:
+                      start: int, slot: int | None = None,
+                      new_mask: Any = "all") -> tuple[jnp.ndarray, Cache]:
     """A bidirectional pass over positions start..start+Q-1 of a cache whose slot i holds position i.
+
+    (`slot`, default `start`: the slot position `start` is written at when slots are offset from
+    positions, as in the chunked prompt cache, whose `new_mask` is a `chunk_attention.ChunkSelect`.)
 
     The Q positions get fresh keys/values (written over their slots) and see every slot of the
     cache: the others keep whatever keys/values they were last given, possibly computed when their
@@ -80,7 +89,35 @@ def rewrite_positions(params: Any, cfg: ModelConfig, cache: Cache, tokens_BQ: jn
     of `jaxorder.sampling.mdm`), exact only when no other slot is stale; over the whole length
     (start 0, Q = T) it is the model's bidirectional pass. Returns logits [B, Q, V] and the cache."""
     B, Q = tokens_BQ.shape
-    cache = {layer: {**c, "attn": {**c["attn"], "cache_index": jnp.asarray(start, jnp.int32)}}
+    slot = start if slot is None else slot
+    cache = {layer: {**c, "attn": {**c["attn"], "cache_index": jnp.asarray(slot, jnp.int32)}}
              for layer, c in cache.items()}
     positions_BQ = jnp.broadcast_to(start + jnp.arange(Q, dtype=jnp.int32), (B, Q))
-    return decode_step(params, cfg, cache, tokens_BQ, positions_BQ, "all")
+    return decode_step(params, cfg, cache, tokens_BQ, positions_BQ, new_mask)
+
+
+def prefill_chunks(params: Any, cfg: ModelConfig, cache: Cache, prompt_BP: jnp.ndarray, layout: ChunkLayout,
+                   anchor_id: int) -> Cache:
+    """`cache` with its first `layout.prompt_slots` slots holding the chunked prompt
+    (`chunk_attention`): each chunk of `prompt_BP` encoded on its own, bidirectionally, after an
+    anchor token (`anchor_id`, at the position of the chunk's first token); tokens keep their
+    positions in the sequence."""
+    B, P = prompt_BP.shape
+    N, C = layout.n_chunks, layout.chunk_length
+    pad_BX = jnp.full((B, N * C - P), anchor_id, jnp.int32)  # padding: never attended to
+    chunks_BNC = jnp.concatenate([prompt_BP.astype(jnp.int32), pad_BX], axis=1).reshape(B, N, C)
+    tokens_RC1 = jnp.concatenate([jnp.full((B, N, 1), anchor_id, jnp.int32), chunks_BNC], axis=2)
+    tokens_RC1 = tokens_RC1.reshape(B * N, C + 1)
+    pos_NC1 = np.minimum(np.arange(N)[:, None] * C + np.maximum(np.arange(C + 1) - 1, 0)[None, :], P - 1)
+    positions_RC1 = jnp.asarray(np.tile(pos_NC1, (B, 1)), jnp.int32)
+    _, chunk_cache = decode_step(params, cfg, init_cache(cfg, B * N, C + 1), tokens_RC1, positions_RC1,
+                                 ChunkPrefill(layout.valid()))
+    out = {}
+    for layer, c in cache.items():
+        attn = dict(c["attn"])
+        for name in ("cached_key", "cached_value"):
+            chunk_BSHD = chunk_cache[layer]["attn"][name].reshape(B, layout.prompt_slots,
+                                                                  *attn[name].shape[2:])
+            attn[name] = jax.lax.dynamic_update_slice_in_dim(attn[name], chunk_BSHD, 0, axis=1)
+        out[layer] = {**c, "attn": attn}
+    return out

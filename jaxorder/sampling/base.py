@@ -37,7 +37,7 @@ from jaxorder.config import Config, ConfigError
 from jaxorder.registry import SAMPLERS
 from jaxorder.sampling.noise import PRECISIONS
 
-APPROX_CACHES = ("none", "prefix", "dual", "free")  # jaxorder.sampling.mdm: approximate KV caches
+APPROX_CACHES = ("none", "prefix", "dual", "free", "chunked")  # jaxorder.sampling.mdm_cached
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,10 @@ class SamplerOptions:
     threshold: float = 0.9  # threshold rule: commit every masked position with confidence >= this
     factor: float = 1.0  # factor rule: commit the n most confident with (n + 1)(1 - p_n) < factor
     prophet: float = 0.0  # masked: early-commit logit gap (x1.5, x1, x0.5 by thirds of a block; 0: off)
-    approx_cache: str = "none"  # masked: approximate KV cache: none | prefix | dual | free
+    approx_cache: str = "none"  # masked: approximate KV cache: none | prefix | dual | free | chunked
     cache_refresh: int = 0  # approx_cache: recompute every key/value each this many steps (0 = per block)
+    chunk_length: int = 256  # approx_cache chunked: prompt tokens per cached chunk
+    chunks: int = 4  # approx_cache chunked: chunks attended besides the most recent one (top-K by relevance)
     block_length: int = 0  # masked runs: semi-autoregressive blocks of this many positions (0 = one block)
     noise: str = "high"  # Gumbel noise: high (float64-accurate tails) | float32 (naive 24-bit)
     fused: bool = False  # masked runs: the commitment step through pallas_kernels.mdm_sample_step
@@ -83,6 +85,9 @@ class SamplerOptions:
                               f"'{self.approx_cache}'")
         if self.cache_refresh < 0:
             raise ConfigError(f"cache_refresh must be >= 0 (0 = once per block), got {self.cache_refresh}")
+        if self.chunk_length < 1 or self.chunks < 1:
+            raise ConfigError(f"chunk_length and chunks must be >= 1, got {self.chunk_length} and "
+                              f"{self.chunks}")
         if self.block_length < 0:
             raise ConfigError(f"block_length must be >= 0 (0 = no blocks), got {self.block_length}")
         if self.draft_length < 1:

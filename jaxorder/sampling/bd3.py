@@ -8,7 +8,7 @@ ConfigError naming the nearest valid lengths, nothing is padded).
 
 The n/b blocks are generated left to right. Inside block k the rule of the sampler (registered
 here for family "block": ancestral, confidence, margin, entropy, threshold) runs over that block's
-masked positions only, with ``mdm.commit_step`` (the same per-step rule, noise and tie-breaking as
+masked positions only, with ``mdm_steps.commit_step`` (the same per-step rule, noise and tie-breaking as
 the mdm samplers). The conditionals are bd3's noisy-half ones,
 p(. | noisy block k, clean blocks < k) with SUBS (MASK logit -inf, ``bd3.noisy_log_probs``):
 
@@ -24,7 +24,7 @@ p(. | noisy block k, clean blocks < k) with SUBS (MASK logit -inf, ``bd3.noisy_l
 
 Steps: ``sampler.steps`` is the total over the blocks that have a position to generate in some
 row (blocks made only of fixed tokens, e.g. a prompt, get no step and are just written). It is
-split as evenly as possible, earlier blocks get the remainder (``mdm.split_steps``, the rule of
+split as evenly as possible, earlier blocks get the remainder (``mdm_steps.split_steps``, the rule of
 mdm's semi-autoregressive blocks), so it must be >= the number of such blocks. Inside a block
 with S steps the schedule is mdm's: ancestral reveals each masked position with probability
 1 / (steps left), the k-best rules commit ceil(masked left / steps left), so the block is
@@ -59,11 +59,11 @@ from jaxorder.config import Config, ConfigError
 from jaxorder.model import decode
 from jaxorder.objectives import bd3 as bd3_objective
 from jaxorder.objectives.common import special_ids, subs_log_probs
-from jaxorder.sampling import mdm
+from jaxorder.sampling import mdm, mdm_steps
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
 
 
-def build(cfg: Config, loop: mdm.Loop):
+def build(cfg: Config, loop: mdm_steps.Loop):
     """run(params, key, tokens_BL, threshold, budget_K) -> dict for a static (cfg, loop)."""
     mcfg, b = cfg.model, cfg.objective.block_size
     mask_id = special_ids(mcfg).mask
@@ -100,9 +100,9 @@ def build(cfg: Config, loop: mdm.Loop):
                     nfe = s["dirty"].astype(jnp.int32)
                 else:
                     logp_BbV, nfe = block_log_probs(s["x"]), 1
-                tok_Bb, commit_Bb, lp_tok_Bb = mdm.commit_step(logp_BbV, s["masked"], k_step, steps_left,
-                                                               loop.rule, sc, threshold)
-                s = mdm.advance(s, tok_Bb, commit_Bb, lp_tok_Bb, nfe)
+                tok_Bb, commit_Bb, lp_tok_Bb = mdm_steps.commit_step(logp_BbV, s["masked"], k_step,
+                                                                     steps_left, loop.rule, sc, threshold)
+                s = mdm_steps.advance(s, tok_Bb, commit_Bb, lp_tok_Bb, nfe)
                 if ancestral:
                     s = dict(s, logp=logp_BbV, dirty=commit_Bb.any())
                 return s
@@ -143,7 +143,7 @@ def build(cfg: Config, loop: mdm.Loop):
 
 def step_budget(masked_BL: np.ndarray, block_size: int, steps: int) -> np.ndarray:
     """Steps of each block [n / b]: ``steps`` split over the blocks with a masked position in some
-    row (``mdm.split_steps``), 0 for blocks of fixed tokens only."""
+    row (``mdm_steps.split_steps``), 0 for blocks of fixed tokens only."""
     has_mask_K = masked_BL.reshape(masked_BL.shape[0], -1, block_size).any(axis=(0, 2))
     budget_K = np.zeros(has_mask_K.shape, np.int32)
     nb = int(has_mask_K.sum())
@@ -151,7 +151,7 @@ def step_budget(masked_BL: np.ndarray, block_size: int, steps: int) -> np.ndarra
         raise ConfigError(f"{steps} steps cannot fill {nb} blocks with positions to generate (block size "
                           f"{block_size}); use --steps >= {nb}")
     if nb:
-        budget_K[has_mask_K] = mdm.split_steps(steps, nb)
+        budget_K[has_mask_K] = mdm_steps.split_steps(steps, nb)
     return budget_K
 
 
@@ -167,7 +167,7 @@ def prepare_rule(rule: str):
                               f"{n}; use {near}")
         budget_K = step_budget(tokens_BL == special_ids(cfg.model).mask, b, options.steps)
         static = dataclasses.replace(options, threshold=SamplerOptions.threshold)  # traced
-        return Prepared(mdm.Loop(rule, static),
+        return Prepared(mdm_steps.Loop(rule, static),
                         (jnp.asarray(tokens_BL), jnp.float32(options.threshold), jnp.asarray(budget_K)))
 
     return prepare
@@ -176,7 +176,7 @@ def prepare_rule(rule: str):
 # fused and block_length do not apply: the fused step needs the full sequence, and the blocks are
 # the run's objective.block_size
 OPTIONS = ("steps", "temperature", "noise", "cache")
-for _rule in mdm.RULES:
+for _rule in mdm_steps.RULES:
     register(Sampler(name=_rule, family="block",
                      options=OPTIONS + mdm.RULE_OPTIONS.get(_rule, ()),
                      prepare=prepare_rule(_rule), build=build))
