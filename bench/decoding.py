@@ -46,6 +46,7 @@ import numpy as np
 from jaxorder import config as config_lib
 from jaxorder import model, sampling
 from jaxorder.data import make_data
+from jaxorder.evaluation.commit_order import order_stats
 from jaxorder.evaluation.runs import companion_dirs, load_companions, load_params, run_tokenizer
 from jaxorder.evaluation.sample_quality import judge_nll_params, unigram_entropy_bits
 from jaxorder.objectives.common import special_ids
@@ -197,6 +198,8 @@ def measure(row: Row, run, judge, windows: np.ndarray, samples: int, repeats: in
                                                   for o, g in zip(outs, tokens_gen)]))
     texts = [t for o in outs for t in texts_of(o, tokenizer)]
     result.update(quality(texts, judge))
+    if "committed_at" in outs[0]:  # what order the sampler used
+        result.update(order_stats(np.concatenate([o["committed_at"] for o in outs])))
     out1, dt1 = timed_call(call(unprompted(cfg, 1), 100), repeats)
     generated1 = int(np.sum(out1["generated"])) if "generated" in out1 else generated
     result["tok_s_b1"] = float(generated1 / dt1)
@@ -292,8 +295,8 @@ def markdown_table(results: list[dict]) -> str:
     differences against the first row of the same run (paired by sample)."""
     ref = next((r for r in results if r["run"] == "mdm" and r["label"] == "confidence, 1 token/step"), None)
     lines = ["| run | sampler | tok/s b1 | tok/s b8 | ×b1 | ×b8 | passes/tok | positions/tok | judge bpb "
-             "| Δ judge | unigram H (bits) | Δ H | prompted judge bpb | agreement |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| Δ judge | unigram H (bits) | Δ H | prompted judge bpb | agreement | AR-ness |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     # passes/tok: network calls per generated token at batch 1 (a batch of 8 waits for its slowest row)
     for r in results:
         x1 = f"{r['tok_s_b1'] / ref['tok_s_b1']:.1f}" if ref else ""
@@ -306,8 +309,14 @@ def markdown_table(results: list[dict]) -> str:
         lines.append(f"| {r['run']} | {r['label']} | {r['tok_s_b1']:.0f} | {r['tok_s_b8']:.0f} | {x1} | {x8} "
                      f"| {r['nfe_per_token_b1']:.3f} | {pos} "
                      f"| {r['judge_bpb']:.3f} ± {r['judge_bpb_se']:.3f} "
-                     f"| {dj} | {r['entropy']:.3f} ± {r['entropy_se']:.3f} | {dh} | {pj} | {agree} |")
+                     f"| {dj} | {r['entropy']:.3f} ± {r['entropy_se']:.3f} | {dh} | {pj} | {agree} "
+                     f"| {ar_ness_cell(r)} |")
     return "\n".join(lines)
+
+
+def ar_ness_cell(r: dict) -> str:
+    """AR-ness of the commit order (masked, block, any-order rows; AR rows are left to right)."""
+    return f"{r['ar_ness']:.2f}" if r.get("ar_ness") is not None else ""
 
 
 def plot(results: list[dict], out_dir: Path) -> None:
@@ -428,6 +437,8 @@ def bench_long_prompts(runs_dir: Path, out_dir: Path, repeats: int, samples: int
                 res.update(paired_difference(res, ref))
             results.append(res)
             print(format_long_row(res), flush=True)
+            partial = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]  # a kill loses
+            (out_dir / "long_prompts.partial.json").write_text(json.dumps(partial, indent=1))  # nothing
     for r in results:
         for k in [k for k in r if k.startswith("_")]:
             r.pop(k)

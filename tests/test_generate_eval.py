@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -87,6 +88,8 @@ def test_fast_masked_decoding_is_reachable_from_sample_eval_and_a_sweep(sweep_di
     assert code == 0, err
     generated = json.loads(out)["generate"]
     assert generated["sampler"] == "factor" and generated["forward_passes"] <= 82
+    assert 0.0 <= generated["ar_ness"] <= 1.0 and generated["commit_distance"] >= 1.0
+    assert Path(generated["commit_order_png"]).read_bytes()[:4] == b"\x89PNG"
     code, _, err = cli_in_process(["sample", sweep_dir / "l2r", "--approx-cache", "prefix"])
     assert code == 2 and "the ar sampler does not take 'approx_cache'" in err
     sweep = tmp_path / "sweep.yaml"

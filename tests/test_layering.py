@@ -19,7 +19,7 @@ LAYERS = (
     ("jaxorder.data",),
     ("jaxorder.objectives",),
     ("jaxorder.sampling",),
-    ("jaxorder.evaluation.yardstick", "jaxorder.evaluation.fixed_orders"),
+    ("jaxorder.evaluation.yardstick", "jaxorder.evaluation.fixed_orders", "jaxorder.evaluation.commit_order"),
     ("jaxorder.training",),
     ("jaxorder.evaluation.runs", "jaxorder.evaluation.sample_quality"),
     ("jaxorder.experiments",),

@@ -336,6 +336,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "chunked cache: generated positions written one slot early (over the last chunk's last slot)",
         (FAST + "test_chunked_cache_refreshed_every_step_equals_a_plain_loop_over_reference_passes",)),
     Mutation(
+        "ar-ness-counts-gap-closing", "jaxorder/evaluation/commit_order.py",
+        "        extends += bool(done[:j].all() and (j + 1 == L or not done[j + 1]))",
+        "        extends += bool(done[:j].all())",
+        "AR-ness counts a commit that closes the last gap as extending the prefix (r2l scores 1/n)",
+        ("tests/test_commit_order.py::test_left_to_right_is_one_and_right_to_left_is_zero[0]",)),
+    Mutation(
+        "bd3-commit-order-not-written-back", "jaxorder/sampling/bd3.py",
+        'lax.dynamic_update_slice_in_dim(st["committed_at"], blk["committed_at"],',
+        'lax.dynamic_update_slice_in_dim(st["committed_at"], st["committed_at"],',
+        "bd3's commit order is never written back from the block loop",
+        ("tests/test_commit_order.py::test_masked_and_block_samplers_record_each_commit_step[bd3]",)),
+    Mutation(
         "any-run-judges", "jaxorder/evaluation/sample_quality.py",
         "    if not objectives.of(cfg).judge:\n",
         "    if False:\n",

@@ -16,6 +16,7 @@ from jaxorder import config as config_lib
 from jaxorder import objectives, sampling
 from jaxorder.config import Config, ConfigError
 from jaxorder.data import ByteTokenizer, make_data
+from jaxorder.evaluation.commit_order import order_stats
 from jaxorder.evaluation.fixed_orders import parse_orders, score_orders
 from jaxorder.evaluation.yardstick import evaluate
 from jaxorder.model.attention import settle_model_config
@@ -165,6 +166,8 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
             sample["stopped_at_eos"] = bool(out["eos"][b])
         if "order" in out:
             sample["order"] = [int(x) for x in out["order"][b]]
+        if "committed_at" in out:  # the commit order (evaluation.commit_order)
+            sample["committed_at"] = [int(x) for x in out["committed_at"][b]]
         samples.append(sample)
     generated = (int(np.sum(out["generated"])) if "generated" in out
                  else int((row == tokenizer.mask_id).sum()) * num_samples)
@@ -179,6 +182,7 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
         "seconds_include_compilation": not warmup,
         "complete": bool(np.all(out["complete"])) if "complete" in out else True,
         **speculation_stats(out),
+        **(order_stats(out["committed_at"]) if "committed_at" in out else {}),
     }
 
 

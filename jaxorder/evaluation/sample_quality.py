@@ -26,6 +26,7 @@ from jaxorder import config as config_lib
 from jaxorder import objectives, sampling
 from jaxorder.config import Config, ConfigError
 from jaxorder.data.synthetic import is_valid_grid
+from jaxorder.evaluation.commit_order import plot_commit_orders
 from jaxorder.evaluation.runs import load_params, run_tokenizer, sample_run
 
 
@@ -131,7 +132,9 @@ def generation_quality(run_dir: str | Path, *, num_samples: int = 16, sampler: s
     length. Reports the sampler, its settings, steps and forward passes, its speed (generated
     tokens/s in steady state: a first untimed run compiles), the unigram entropy of the samples
     (diversity), their NLL under a judge run (`judge`, default: the l2r run beside this one on the
-    same data; omitted if there is none) and, for Sudoku data, the fraction of valid grids."""
+    same data; omitted if there is none), for Sudoku data the fraction of valid grids, and for masked,
+    block and any-order runs the AR-ness and commit distance of the order the sampler used
+    (``evaluation.commit_order``), with a plot of it written to RUN_DIR/commit_order.png."""
     cfg = config_lib.load_saved(Path(run_dir) / "config.yaml")
     chosen = sampling.resolve(cfg, sampler)
     options = dict(options)
@@ -143,7 +146,13 @@ def generation_quality(run_dir: str | Path, *, num_samples: int = 16, sampler: s
     result = {"sampler": out["sampler"], "steps": out["steps"], "forward_passes": out["forward_passes"],
               "num_samples": num_samples, "tokens_per_s": out["generated_tokens"] / max(out["seconds"], 1e-9),
               "unigram_entropy_bits": unigram_entropy_bits(texts)}
-    result.update({k: out[k] for k in ("draft_forward_passes", "accepted_per_round") if k in out})
+    reported = ("draft_forward_passes", "accepted_per_round", "ar_ness", "commit_distance")
+    result.update({k: out[k] for k in reported if k in out})
+    if "committed_at" in out["samples"][0]:  # what order the decoder used, for a few samples
+        png = plot_commit_orders(np.array([s["committed_at"] for s in out["samples"]]),
+                                 Path(run_dir) / "commit_order.png",
+                                 f"{Path(run_dir).name}: {out['sampler']} commit order")
+        result["commit_order_png"] = str(png)
     judge = Path(judge) if judge else default_judge(run_dir)
     if judge is not None:
         scored = judge_nll(texts, judge)

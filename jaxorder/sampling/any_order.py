@@ -90,6 +90,16 @@ def initial_orders(masked_BL: jnp.ndarray, order: str, key: jax.Array) -> jnp.nd
     return jnp.argsort(jnp.where(masked_BL, L + rank_BL, pos_BL), axis=1).astype(jnp.int32)
 
 
+def commit_index(order_BL: jnp.ndarray, generated_BL: jnp.ndarray) -> jnp.ndarray:
+    """committed_at [B, L]: each generated position's index in the generation order (0 = first), -1
+    for fixed positions (the order lists them first)."""
+    B, L = order_BL.shape
+    slot_L = jnp.arange(L, dtype=order_BL.dtype)
+    slot_BL = jnp.zeros_like(order_BL).at[jnp.arange(B)[:, None], order_BL].set(slot_L)
+    n_fixed_B1 = L - generated_BL.sum(axis=1, keepdims=True)
+    return jnp.where(generated_BL, slot_BL - n_fixed_B1, -1).astype(jnp.int32)
+
+
 def slot_inputs(tokens_BL: jnp.ndarray, order_BL: jnp.ndarray, bos: int) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(input tokens [B, L], positions [B, L]) of the slots: BOS at 0, then x_sigma_{j-1} at sigma_{j-1}."""
     prev_BL = jnp.concatenate([jnp.zeros_like(order_BL[:, :1]), order_BL[:, :-1]], axis=1)
@@ -186,7 +196,7 @@ def build(cfg: Config, loop: Loop):
 
         st = jax.lax.fori_loop(prefill, L, body, st)
         out = dict(tokens=st["x"], order=st["order"], logprob=st["logprob"], nfe=st["nfe"],
-                   steps=jnp.int32(L - prefill))
+                   steps=jnp.int32(L - prefill), committed_at=commit_index(st["order"], masked_BL))
         if collect_logits:
             out["logits"] = st["logits"]
         return out

@@ -57,7 +57,7 @@ import numpy as np
 from jaxorder.config import Config
 from jaxorder.model import decode
 from jaxorder.objectives.common import special_ids
-from jaxorder.sampling.any_order import initial_orders, slot_inputs
+from jaxorder.sampling.any_order import commit_index, initial_orders, slot_inputs
 from jaxorder.sampling.ar import banned_tokens, filter_logits
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
 from jaxorder.sampling.noise import gumbel_noise
@@ -219,7 +219,8 @@ def build(cfg: Config, loop: Loop):
             return st
 
         st = jax.lax.while_loop(lambda st: jnp.any(st["c"] < L), body, st)
-        return dict(tokens=st["x"], order=order_BL, logprob=st["logprob"], nfe=st["nfe"], steps=st["steps"],
+        return dict(tokens=st["x"], order=order_BL, committed_at=commit_index(order_BL, masked_BL),
+                    logprob=st["logprob"], nfe=st["nfe"], steps=st["steps"],
                     row_nfe=st["row_nfe"], rounds=st["rounds"], accepted=st["accepted"])
 
     return run

@@ -19,7 +19,9 @@ and ends with `register(Sampler(...))`. `sample` and `compile_sample` below are 
 that compile: one jit per (sampler, cfg, static), cached. Every sampler returns at least
 ``tokens`` [B, L] int32 (reading order, no MASK left; PAD where an AR row stopped at EOS),
 ``logprob`` [B] (log p of the generated tokens under the model at temperature 1), ``nfe`` (network
-calls) and ``steps``.
+calls) and ``steps``; samplers that choose an order (masked, block, any-order) also return
+``committed_at`` [B, L] int32, the step (any-order: the index in the generation order) at which
+each position was committed, -1 for fixed tokens.
 """
 from __future__ import annotations
 

@@ -74,6 +74,7 @@ def build(cfg: Config, loop: mdm_steps.Loop):
         B, n = tokens_BL.shape
         K = n // b
         st = dict(x=tokens_BL.astype(jnp.int32), masked=tokens_BL == mask_id,
+                  committed_at=jnp.full(tokens_BL.shape, -1, jnp.int32),
                   logprob=jnp.zeros((B,), jnp.float32), step=jnp.zeros((), jnp.int32),
                   nfe=jnp.zeros((), jnp.int32), commits=jnp.zeros((sc.steps, B), jnp.int32))
         if cache:
@@ -117,6 +118,7 @@ def build(cfg: Config, loop: mdm_steps.Loop):
 
             blk = dict(x=lax.dynamic_slice_in_dim(st["x"], start, b, axis=1),
                        masked=lax.dynamic_slice_in_dim(st["masked"], start, b, axis=1),
+                       committed_at=lax.dynamic_slice_in_dim(st["committed_at"], start, b, axis=1),
                        logprob=st["logprob"], step=st["step"], nfe=st["nfe"], commits=st["commits"])
             if ancestral:
                 blk["logp"] = jnp.zeros((B, b, mcfg.vocab_size), jnp.float32)
@@ -124,6 +126,8 @@ def build(cfg: Config, loop: mdm_steps.Loop):
             blk = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), blk))[1]
             out = dict(st, x=lax.dynamic_update_slice_in_dim(st["x"], blk["x"], start, axis=1),
                        masked=lax.dynamic_update_slice_in_dim(st["masked"], blk["masked"], start, axis=1),
+                       committed_at=lax.dynamic_update_slice_in_dim(st["committed_at"], blk["committed_at"],
+                                                                    start, axis=1),
                        logprob=blk["logprob"], step=blk["step"], nfe=blk["nfe"], commits=blk["commits"])
             if cache:  # the finished block's clean tokens join the cache (not the last one: nothing follows)
                 def write(c):
@@ -136,7 +140,8 @@ def build(cfg: Config, loop: mdm_steps.Loop):
 
         st = lax.fori_loop(0, K, block_body, st)
         return dict(tokens=st["x"], logprob=st["logprob"], nfe=st["nfe"], steps=st["step"],
-                    commits=st["commits"], complete=~st["masked"].any(axis=1))
+                    commits=st["commits"], complete=~st["masked"].any(axis=1),
+                    committed_at=st["committed_at"])
 
     return run
 

@@ -130,10 +130,11 @@ def commit_step(logp_BLV: jnp.ndarray, eligible_BL: jnp.ndarray, step_key: jax.A
 
 def advance(st: dict, tok_BL: jnp.ndarray, commit_BL: jnp.ndarray, lp_tok_BL: jnp.ndarray, nfe) -> dict:
     """The loop state after a step: committed tokens written into ``x``, unmasked in ``masked``,
-    their log p added to ``logprob``, the commit count recorded in ``commits[step]``; step and nfe
-    advanced."""
+    their log p added to ``logprob``, the commit count recorded in ``commits[step]`` and the step in
+    ``committed_at`` (the commit order); step and nfe advanced."""
     i = st["step"]
     return dict(st, x=jnp.where(commit_BL, tok_BL, st["x"]), masked=st["masked"] & ~commit_BL,
+                committed_at=jnp.where(commit_BL, i, st["committed_at"]),
                 logprob=st["logprob"] + jnp.sum(jnp.where(commit_BL, lp_tok_BL, 0.0), axis=1),
                 commits=st["commits"].at[i].set(commit_BL.sum(axis=1).astype(jnp.int32)),
                 step=i + 1, nfe=st["nfe"] + nfe)
@@ -164,7 +165,9 @@ def prophet_commit(st: dict, logp_BnV: jnp.ndarray, start, in_block_L: jnp.ndarr
     masked_Bn = lax.dynamic_slice_in_dim(st["masked"], start, n, axis=1)
     i = st["step"] - 1  # the step just taken
     x_Bn = jnp.where(commit_Bn, tok_Bn, x_Bn)
+    at_Bn = jnp.where(commit_Bn, i, lax.dynamic_slice_in_dim(st["committed_at"], start, n, axis=1))
     return dict(st, x=lax.dynamic_update_slice_in_dim(st["x"], x_Bn, start, axis=1),
+                committed_at=lax.dynamic_update_slice_in_dim(st["committed_at"], at_Bn, start, axis=1),
                 masked=lax.dynamic_update_slice_in_dim(st["masked"], masked_Bn & ~commit_Bn, start, axis=1),
                 logprob=st["logprob"] + jnp.sum(jnp.where(commit_Bn, top2_Bn2[..., 0], 0.0), axis=1),
                 commits=st["commits"].at[i].add(commit_Bn.sum(axis=1).astype(jnp.int32)),
@@ -174,6 +177,7 @@ def prophet_commit(st: dict, logp_BnV: jnp.ndarray, start, in_block_L: jnp.ndarr
 def initial_state(tokens_BL: jnp.ndarray, mask_id: int, steps: int) -> dict:
     B = tokens_BL.shape[0]
     return dict(x=tokens_BL.astype(jnp.int32), masked=tokens_BL == mask_id,
+                committed_at=jnp.full(tokens_BL.shape, -1, jnp.int32),
                 logprob=jnp.zeros((B,), jnp.float32), step=jnp.zeros((), jnp.int32),
                 nfe=jnp.zeros((), jnp.int32), rows=jnp.zeros((), jnp.int32),
                 commits=jnp.zeros((steps, B), jnp.int32), early=jnp.zeros((B,), jnp.int32))
@@ -181,7 +185,8 @@ def initial_state(tokens_BL: jnp.ndarray, mask_id: int, steps: int) -> dict:
 
 def result(st: dict) -> dict:
     return dict(tokens=st["x"], logprob=st["logprob"], nfe=st["nfe"], steps=st["step"], rows=st["rows"],
-                commits=st["commits"], early=st["early"], complete=~st["masked"].any(axis=1))
+                commits=st["commits"], early=st["early"], complete=~st["masked"].any(axis=1),
+                committed_at=st["committed_at"])
 
 
 def block_bounds(block_np: np.ndarray) -> list[tuple[int, int]]:
