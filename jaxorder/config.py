@@ -44,6 +44,8 @@ class ModelConfig:
     # dots_with_no_batch_dims_saveable
     pallas_interpret: bool = False  # pallas on CPU: run the kernel itself in Pallas interpret mode
     # (slow; tests)
+    init_from: str = ""  # hf:PATH = start from a local Hugging Face Llama-family checkpoint of this shape
+    # (any objective: AR-to-diffusion adaptation); '' = random init. Read only at a run's first start
 
     @property
     def head_dim(self) -> int:
@@ -423,6 +425,9 @@ def validate(cfg: Config) -> None:
     _choice(m.attention_impl, ATTENTION_IMPLS, "model.attention_impl")
     _choice(m.backward_rewrites, BACKWARD_REWRITES, "model.backward_rewrites")
     _choice(m.remat, REMAT_POLICIES, "model.remat")
+    if m.init_from and not m.init_from.startswith("hf:"):
+        raise ConfigError(f"model.init_from='{m.init_from}' must be hf:PATH (a local Hugging Face model "
+                          f"directory) or empty")
     if t.grad_accum_steps < 1 or d.batch_size % t.grad_accum_steps:
         raise ConfigError(f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1 and divide "
                           f"data.batch_size={d.batch_size}")

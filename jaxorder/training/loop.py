@@ -22,10 +22,11 @@ import optax
 from etils import epath
 
 from jaxorder import config as config_lib
-from jaxorder import model
+from jaxorder import model, objectives
 from jaxorder.config import Config, ConfigError
 from jaxorder.data import make_data, save_tokenizer
 from jaxorder.evaluation.yardstick import evaluate, make_nll_fn
+from jaxorder.interop.hf_import import init_params_from_hf
 from jaxorder.model.attention import settle_model_config
 from jaxorder.objectives.common import special_ids
 from jaxorder.platform.distributed import is_main_process, log
@@ -149,6 +150,12 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
             ckpt.close()
             log(f"[{name}] already trained ({start_step} steps); using {finished}")
             return json.loads(finished.read_text())
+    imported = restored is None and bool(cfg.model.init_from)  # a resumed run continues from its own state
+    if imported:
+        params = init_params_from_hf(cfg.model.init_from, cfg, state["params"],
+                                     objectives.of(cfg).target_positions)
+        state = {**state, "params": jax.device_put(params, placement.state["params"])}
+        log(f"[{name}] initialized the weights from {cfg.model.init_from}")
     config_dict = config_lib.to_dict(cfg)
 
     step_fn = compile_train_step(cfg, optimizer, placement)
@@ -168,6 +175,8 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
         log(f"[{name}] step {step}/{total} val {result['bpb']:.3f} bits/byte ({result['kind']})")
         return result
 
+    if imported:  # the starting point's validation score, the baseline of an adaptation run
+        run_eval(0)
     started = time.time()
     step = start_step
     try:
