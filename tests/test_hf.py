@@ -33,22 +33,21 @@ from jaxorder.objectives.common import special_ids  # noqa: E402
 TOLERANCE = 1e-4  # max |logit difference|, float32 (measured ~2e-6 on these tiny models)
 
 
-def _trained(tmp_path_factory, text_corpus, objective: str, steps: int):
-    run_dir = tmp_path_factory.mktemp(f"hf_{objective}") / "run"
-    train_on_corpus(run_dir, (*TINY, f"objective.name={objective}"), text_corpus, steps=steps)
-    out = run_dir.parent / "hf"
+def _exported(tmp_path_factory, tiny_trained_run, objective: str):
+    run_dir = tiny_trained_run(objective)
+    out = tmp_path_factory.mktemp(f"hf_{objective}") / "hf"
     export_hf(run_dir, out)
     return run_dir, out
 
 
 @pytest.fixture(scope="module")
-def l2r_export(tmp_path_factory, text_corpus):
-    return _trained(tmp_path_factory, text_corpus, "l2r", steps=20)
+def l2r_export(tmp_path_factory, tiny_trained_run):
+    return _exported(tmp_path_factory, tiny_trained_run, "l2r")
 
 
 @pytest.fixture(scope="module")
-def mdm_export(tmp_path_factory, text_corpus):
-    return _trained(tmp_path_factory, text_corpus, "mdm", steps=10)
+def mdm_export(tmp_path_factory, tiny_trained_run):
+    return _exported(tmp_path_factory, tiny_trained_run, "mdm")
 
 
 def _windows(run_dir, count: int = 8):
@@ -131,8 +130,8 @@ def test_mdm_export_remote_code_has_jaxorders_bidirectional_logits(mdm_export):
     assert "trust_remote_code=True" in (out / "README.md").read_text()
 
 
-def test_ao_ar_export_conditions_on_target_positions(tmp_path_factory, text_corpus):
-    run_dir, out = _trained(tmp_path_factory, text_corpus, "ao_ar", steps=2)
+def test_ao_ar_export_conditions_on_target_positions(tmp_path_factory, tiny_trained_run):
+    run_dir, out = _exported(tmp_path_factory, tiny_trained_run, "ao_ar")
     cfg, params, tokens_NL = _windows(run_dir, 4)
     orders_NL = np.asarray(ao_ar.random_orders(jax.random.key(1), *tokens_NL.shape))
     permuted_NL = np.take_along_axis(tokens_NL, orders_NL, axis=1)

@@ -24,7 +24,8 @@ LAYERS = (
      "jaxorder.interop.hf_import"),
     ("jaxorder.training",),
     ("jaxorder.evaluation.runs", "jaxorder.evaluation.sample_quality"),
-    ("jaxorder.experiments", "jaxorder.interop.hf_export", "jaxorder.interop.lm_eval_model"),
+    ("jaxorder.experiments", "jaxorder.interop.hf_export", "jaxorder.interop.lm_eval_model",
+     "jaxorder.interop.lm_scoring"),
     ("jaxorder.platform.aot", "jaxorder.cli"),
 )
 
