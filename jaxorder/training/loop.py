@@ -35,12 +35,13 @@ from jaxorder.training.metrics import MetricsWriter
 from jaxorder.training.optimizer import make_optimizer
 from jaxorder.training.state import Placement, init_state, make_placement
 from jaxorder.training.step import compile_train_step
+from jaxorder.training.trackers import make_trackers
 
 # Fields that may change when a run directory is resumed (they do not change what is computed).
 # A checkpoint restores onto any mesh, so mesh and process layout may change too.
 RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.checkpoint_every",
                      "train.async_checkpointing", "eval.", "mesh.", "distributed.", "data.num_workers",
-                     "model.attention_impl", "model.backward_rewrites")
+                     "model.attention_impl", "model.backward_rewrites", "logging.")
 
 
 class Preempted(Exception):
@@ -160,7 +161,9 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
 
     step_fn = compile_train_step(cfg, optimizer, placement)
     nll_fn = make_nll_fn(cfg, placement.replicated)
-    metrics_out = MetricsWriter(run_dir, start_step, enabled=is_main_process())
+    trackers = make_trackers(cfg, run_dir, name, config_dict) if is_main_process() else []
+    metrics_out = MetricsWriter(run_dir, start_step, enabled=is_main_process(),
+                                tensorboard=cfg.logging.tensorboard, trackers=trackers)
     seconds_before = metrics_out.last_value("train", "wall_seconds", 0.0)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     total = cfg.train.steps
@@ -220,6 +223,8 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
             if total not in ckpt.steps():
                 ckpt.save(total, state, iterator, config_dict, force=True)
         result = run_eval(total)
+        metrics_out.summary({k: result[k] for k in ("bpb", "bpb_stderr", "nll_per_token", "kind")}
+                            | {"step": total, "params": n_params})
     finally:
         ckpt.close()
         metrics_out.close()
