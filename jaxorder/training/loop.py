@@ -29,6 +29,7 @@ from jaxorder.evaluation.yardstick import evaluate, make_nll_fn
 from jaxorder.interop.hf_import import init_params_from_hf
 from jaxorder.model.attention import settle_model_config
 from jaxorder.objectives.common import special_ids
+from jaxorder.platform import progress
 from jaxorder.platform.distributed import is_main_process, log
 from jaxorder.training.checkpoint import Checkpointer
 from jaxorder.training.metrics import MetricsWriter
@@ -182,6 +183,7 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
         run_eval(0)
     started = time.time()
     step = start_step
+    bar = progress.Bar(total, name, unit="step", initial=start_step)  # a terminal only; log lines stay
     try:
         with _SigtermFlag() as sigterm:
             window_start, window_steps = time.time(), 0
@@ -193,6 +195,7 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
                     window_start = time.time()
                 else:
                     window_steps += 1
+                bar.update()
                 if step % cfg.train.log_every == 0 or step == total:
                     values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
                     elapsed = time.time() - window_start
@@ -226,6 +229,7 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
         metrics_out.summary({k: result[k] for k in ("bpb", "bpb_stderr", "nll_per_token", "kind")}
                             | {"step": total, "params": n_params})
     finally:
+        bar.close()
         ckpt.close()
         metrics_out.close()
     result.update({"run": name, "step": total, "tokens_seen": total * tokens_per_step, "params": n_params,
