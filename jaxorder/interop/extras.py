@@ -22,8 +22,8 @@ def require(module: str, extra: str, purpose: str = "") -> ModuleType:
     """`importlib.import_module(module)`, or MissingExtra: "... needs the [extra] extra: pip install ..."."""
     try:
         return importlib.import_module(module)
-    except ImportError as e:
+    except ImportError:  # its traceback is the noise this one line replaces
         what = f"{purpose} needs" if purpose else f"'{module}' is part of"
-        raise MissingExtra(f"{what} the optional dependency '{module.split('.')[0]}' ({e.name or module} "
-                           f"is not installed); install the [{extra}] extra: pip install -e '.[{extra}]'"
-                           ) from None
+        top = module.split(".")[0]
+        raise MissingExtra(f"{what} the optional dependency '{top}', which is not installed; "
+                           f"install the [{extra}] extra: pip install -e '.[{extra}]'") from None
