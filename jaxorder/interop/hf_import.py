@@ -93,5 +93,9 @@ def init_params_from_hf(init_from: str, cfg: Config, like: Any, target_positions
                           f"model directory")
     check_hf_config(path, cfg)
     state = read_hf_state(path)
+    biases = [name for name in state if name.endswith(".bias")]
+    if biases:  # e.g. Qwen2's q/k/v biases: dropping them would silently change the model
+        raise ConfigError(f"{PREFIX}{path}: tensor {biases[0]} is a bias; jaxorder layers have none "
+                          f"(Llama-family checkpoints without biases only)")
     check_shapes(state, cfg.model, target_positions, f"{PREFIX}{path}")
     return from_hf_state(state, cfg.model, like)
