@@ -195,3 +195,58 @@ def test_init_from_hf_shape_mismatch_is_one_line_naming_the_tensor(l2r_export, t
                                    "train.steps=1", f"model.init_from=hf:{out}"])
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "model.layers.0.mlp.gate_proj.weight has shape [128, 32]" in err and "[64, 32]" in err
+
+
+def test_r2l_export_reads_reversed_text_as_its_card_says(tmp_path_factory, tiny_trained_run):
+    run_dir, out = _exported(tmp_path_factory, tiny_trained_run, "r2l")
+    cfg, params, tokens_NL = _windows(run_dir, 4)
+    card = (out / "README.md").read_text()
+    assert "right to left" in card and "[BOS] + ids[::-1]" in card
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    bos = special_ids(cfg.model).bos
+    reversed_NL = tokens_NL[:, ::-1]
+    inputs_NL = np.concatenate([np.full_like(tokens_NL[:, :1], bos), reversed_NL[:, :-1]], axis=1)
+    with torch.no_grad():
+        logp_NLV = torch.log_softmax(hf(torch.tensor(inputs_NL, dtype=torch.long)).logits, -1).numpy()
+    hf_nll_N = -np.take_along_axis(logp_NLV, reversed_NL[..., None], -1)[..., 0].sum(1)
+    from jaxorder.objectives import r2l
+
+    ours_N = np.asarray(r2l.nll(params, {"tokens": jnp.asarray(tokens_NL)}, None, cfg))
+    np.testing.assert_allclose(hf_nll_N, ours_N, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_bd3_export_takes_the_two_half_layout(tmp_path_factory, tiny_trained_run):
+    run_dir, out = _exported(tmp_path_factory, tiny_trained_run, "bd3")
+    cfg, params, tokens_NL = _windows(run_dir, 4)
+    hf = transformers.AutoModel.from_pretrained(out, trust_remote_code=True, dtype=torch.float32)
+    assert hf.config.attention == f"bd3:{cfg.objective.block_size}"
+    rng = np.random.default_rng(0)
+    noisy_NL = np.where(rng.random(tokens_NL.shape) < 0.5, special_ids(cfg.model).mask, tokens_NL)
+    inputs_N2L = np.concatenate([noisy_NL, tokens_NL], axis=1)
+    positions_N2L = np.tile(np.arange(tokens_NL.shape[1]), (len(tokens_NL), 2))
+    with torch.no_grad():
+        hf_NLV = hf(torch.tensor(inputs_N2L, dtype=torch.long),
+                    position_ids=torch.tensor(positions_N2L, dtype=torch.long)).logits.numpy()
+    ours_NLV = _jax_logits(params, cfg, inputs_N2L, hf.config.attention, positions_N2L)
+    assert float(np.abs(hf_NLV - ours_NLV).max()) < TOLERANCE
+
+
+def test_init_from_hf_refuses_bias_tensors(l2r_export, tmp_path):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from jaxorder import config as config_lib
+    from jaxorder.config import ConfigError
+    from jaxorder.interop.hf_import import init_params_from_hf
+
+    _, out = l2r_export
+    biased = shutil.copytree(out, tmp_path / "biased")
+    state = load_file(biased / "model.safetensors")
+    state["model.layers.0.self_attn.q_proj.bias"] = np.zeros(32, np.float32)  # as Qwen2 has
+    save_file(state, biased / "model.safetensors")
+    cfg = config_lib.load(None, (*TINY, f"model.init_from=hf:{biased}"))
+    like = model.init_params(cfg.model, jax.random.key(0))
+    with pytest.raises(ConfigError, match="q_proj.bias is a bias"):
+        init_params_from_hf(cfg.model.init_from, cfg, like, False)
