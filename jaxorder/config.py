@@ -44,6 +44,8 @@ class ModelConfig:
     # dots_with_no_batch_dims_saveable
     pallas_interpret: bool = False  # pallas on CPU: run the kernel itself in Pallas interpret mode
     # (slow; tests)
+    init_from: str = ""  # hf:PATH = start from a local Hugging Face Llama-family checkpoint of this shape
+    # (any objective: AR-to-diffusion adaptation); '' = random init. Read only at a run's first start
 
     @property
     def head_dim(self) -> int:
@@ -169,6 +171,21 @@ class DistributedConfig:
 
 
 @dataclass(frozen=True)
+class WandbConfig:
+    project: str = ""  # Weights & Biases project; "" = off (needs the [wandb] extra when set)
+    mode: str = "offline"  # offline (files under RUN_DIR/wandb, `wandb sync` later) | online
+    entity: str = ""  # team or user ("" = the logged-in default)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Experiment trackers besides metrics.jsonl (the source of truth, always written)."""
+
+    tensorboard: bool = True  # TensorBoard events under RUN_DIR/tensorboard (local run dirs)
+    wandb: WandbConfig = field(default_factory=WandbConfig)  # YAML: wandb: {project: P, mode: offline}
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -178,6 +195,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 DATA_SOURCES = ("shakespeare", "text", "markov", "sudoku", "prepared")
@@ -189,6 +207,7 @@ DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("auto", "xla", "pallas")
 BACKWARD_REWRITES = ("auto", "cpu", "none")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+WANDB_MODES = ("offline", "online")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -271,7 +290,24 @@ def _coerce_rules(value: Any, where: str) -> tuple:
     return tuple(rules)
 
 
+def _coerce_mapping(value: Any, cls: Any, where: str) -> Any:
+    """A nested config mapping (e.g. logging.wandb: {project: P}) -> its frozen dataclass."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping, e.g. {{{dataclasses.fields(cls)[0].name}: ...}}, "
+                          f"got {value!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in value:
+        if k not in names:
+            raise ConfigError(f"unknown config key '{where}.{k}'{_closest(str(k), names)}")
+    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in value.items()})
+
+
 def _coerce(value: Any, typ: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(typ):
+        return _coerce_mapping(value, typ, where)
     if typ is tuple:
         return _coerce_rules(value, where)
     if typ is bool:
@@ -423,6 +459,9 @@ def validate(cfg: Config) -> None:
     _choice(m.attention_impl, ATTENTION_IMPLS, "model.attention_impl")
     _choice(m.backward_rewrites, BACKWARD_REWRITES, "model.backward_rewrites")
     _choice(m.remat, REMAT_POLICIES, "model.remat")
+    if m.init_from and not m.init_from.startswith("hf:"):
+        raise ConfigError(f"model.init_from='{m.init_from}' must be hf:PATH (a local Hugging Face model "
+                          f"directory) or empty")
     if t.grad_accum_steps < 1 or d.batch_size % t.grad_accum_steps:
         raise ConfigError(f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1 and divide "
                           f"data.batch_size={d.batch_size}")
@@ -475,6 +514,7 @@ def validate(cfg: Config) -> None:
     if not 0 <= cfg.distributed.process_id < max(cfg.distributed.num_processes, 1):
         raise ConfigError(f"distributed.process_id={cfg.distributed.process_id} must be in "
                           f"[0, num_processes={cfg.distributed.num_processes})")
+    _choice(cfg.logging.wandb.mode, WANDB_MODES, "logging.wandb.mode")
     _positive(e.batches, "eval.batches")
     _positive(e.mdm_time_samples, "eval.mdm_time_samples")
     OBJECTIVES.get(o.name).validate_config(cfg)  # the family's own checks

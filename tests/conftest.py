@@ -186,6 +186,23 @@ def train_on_corpus(run_dir: Path, overrides, corpus: Path, steps: int = 3):
     return cfg
 
 
+@pytest.fixture(scope="session")
+def tiny_trained_run(tmp_path_factory, text_corpus):
+    """objective -> the run directory of a tiny run of it on the text corpus (l2r 20 steps, others
+    10), trained once per session and shared by the tests of exports and scoring. Read-only."""
+    runs: dict[str, Path] = {}
+
+    def get(objective: str) -> Path:
+        if objective not in runs:
+            run_dir = tmp_path_factory.mktemp(f"tiny_{objective}") / "run"
+            train_on_corpus(run_dir, (*TINY, f"objective.name={objective}"), text_corpus,
+                            steps=20 if objective == "l2r" else 10)
+            runs[objective] = run_dir
+        return runs[objective]
+
+    return get
+
+
 def cli_in_process(argv) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of `jaxorder ARGV` run in this process (shares compilations)."""
     from jaxorder.cli import main

@@ -14,15 +14,19 @@ REPO = Path(__file__).resolve().parents[1]
 # Lowest first; a module belongs to the longest prefix listed (docs/design.md, "Dependency rules").
 LAYERS = (
     ("jaxorder.errors", "jaxorder.registry", "jaxorder.config"),
-    ("jaxorder.platform.sharding", "jaxorder.platform.distributed", "jaxorder.platform.host_memory"),
+    ("jaxorder.platform.sharding", "jaxorder.platform.distributed", "jaxorder.platform.host_memory",
+     "jaxorder.platform.progress", "jaxorder.interop", "jaxorder.interop.extras",
+     "jaxorder.interop.modeling_jaxorder"),
     ("jaxorder.model", "pallas_kernels"),
     ("jaxorder.data",),
     ("jaxorder.objectives",),
     ("jaxorder.sampling",),
-    ("jaxorder.evaluation.yardstick", "jaxorder.evaluation.fixed_orders", "jaxorder.evaluation.commit_order"),
+    ("jaxorder.evaluation.yardstick", "jaxorder.evaluation.fixed_orders", "jaxorder.evaluation.commit_order",
+     "jaxorder.interop.hf_weights", "jaxorder.interop.hf_import"),
     ("jaxorder.training",),
     ("jaxorder.evaluation.runs", "jaxorder.evaluation.sample_quality"),
-    ("jaxorder.experiments",),
+    ("jaxorder.experiments", "jaxorder.interop.hf_export", "jaxorder.interop.lm_eval_model",
+     "jaxorder.interop.lm_scoring"),
     ("jaxorder.platform.aot", "jaxorder.cli"),
 )
 

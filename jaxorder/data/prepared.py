@@ -44,6 +44,7 @@ from jaxorder.data.errors import DataError
 from jaxorder.data.sources import load_documents
 from jaxorder.data.synthetic import apply_transform, markov_entropy_rate_bits
 from jaxorder.data.tokenizer import load_tokenizer, make_tokenizer, save_tokenizer
+from jaxorder.platform import progress
 
 FORMAT = "jaxorder-prepared"
 FORMAT_VERSION = 1
@@ -158,7 +159,10 @@ def prepare_dataset(cfg: DataConfig, out: str | os.PathLike) -> dict[str, Any]:
 def _write_tfds(data_dir: Path, windows: dict[str, np.ndarray], seq_len: int, dtype: str) -> None:
     import tensorflow_datasets as tfds
 
-    tfds.disable_progress_bar()
+    if progress.enabled():  # tfds draws its own bars (writing the splits) on a terminal
+        tfds.enable_progress_bar()
+    else:
+        tfds.disable_progress_bar()
     builder = _builder_class()(windows=windows, seq_len=seq_len, dtype=dtype, data_dir=str(data_dir),
                                file_format="array_record")
     with contextlib.redirect_stdout(sys.stderr):  # tfds prints progress lines; keep stdout for results

@@ -9,6 +9,7 @@ import numpy as np
 
 from jaxorder import objectives
 from jaxorder.config import Config
+from jaxorder.platform import progress
 
 LN2 = math.log(2.0)
 
@@ -40,7 +41,7 @@ def evaluate(params: Any, cfg: Config, val_batches: Sequence[np.ndarray], bytes_
     rng = jax.random.key(cfg.eval.seed)
     local_shards = max(1, jax.local_device_count()) if put_batch else 1
     per_seq = []
-    for i, tokens_BL in enumerate(val_batches):
+    for i, tokens_BL in enumerate(progress.track(val_batches, "eval", unit="batch", leave=False)):
         rows = len(tokens_BL)
         padded = _pad_rows(np.asarray(tokens_BL), local_shards)
         placed = put_batch(padded) if put_batch else padded

@@ -40,6 +40,7 @@ from jaxorder.evaluation.runs import companion_dirs, eval_run
 from jaxorder.evaluation.sample_quality import generation_quality
 from jaxorder.experiments.analysis.attention import summarize_run, supported
 from jaxorder.experiments.report import sampler_columns, sampler_rows, text_table, write_report
+from jaxorder.platform import progress
 from jaxorder.platform.distributed import initialize, is_main_process, log
 from jaxorder.training.loop import train
 
@@ -185,7 +186,8 @@ def _sample_quality(gen: dict, name: str, cfg: config_lib.Config, run_dir: Path)
     chosen = available[:1] if gen["samplers"] is None else [s for s in available if s.name in gen["samplers"]]
     rows = []
     for sampler in chosen:
-        for setting in _settings(sampler, gen["options"]):
+        for setting in progress.track(_settings(sampler, gen["options"]), f"{name} {sampler.name}",
+                                      unit="setting", leave=False):
             label = ", ".join(f"{k}={v}" for k, v in setting.items() if len(gen["options"][k]) > 1)
             log(f"[{name}] sample quality: {gen['num_samples']} samples with the {sampler.name} sampler"
                 + (f" ({label})" if label else ""))
@@ -206,7 +208,7 @@ def run_sweep(path: Path, out_dir: Path | None = None, overrides: Sequence[str] 
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"sweep {spec['name']}: {len(runs)} runs -> {out_dir}", file=sys.stderr, flush=True)
     results, run_dirs = [], {}
-    for name, cfg in runs:
+    for name, cfg in progress.track(runs, f"sweep {spec['name']}", unit="run"):
         run_dirs[name] = out_dir / name
         results.append(train(cfg, run_dirs[name], name=name))
     for result, (name, cfg) in zip(results, runs):  # after training: the judges exist

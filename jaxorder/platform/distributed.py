@@ -6,11 +6,10 @@ coordinator (host:port of process 0), the process count and this process's id (l
 """
 from __future__ import annotations
 
-import sys
-
 import jax
 
 from jaxorder.config import ConfigError, DistributedConfig
+from jaxorder.platform import progress
 
 
 def initialize(cfg: DistributedConfig) -> None:
@@ -35,6 +34,6 @@ def is_main_process() -> bool:
 
 
 def log(message: str) -> None:
-    """Progress on stderr, from process 0 only."""
+    """Progress on stderr, from process 0 only (above an open progress bar, if any)."""
     if is_main_process():
-        print(message, file=sys.stderr, flush=True)
+        progress.write(message)

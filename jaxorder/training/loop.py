@@ -22,24 +22,27 @@ import optax
 from etils import epath
 
 from jaxorder import config as config_lib
-from jaxorder import model
+from jaxorder import model, objectives
 from jaxorder.config import Config, ConfigError
 from jaxorder.data import make_data, save_tokenizer
 from jaxorder.evaluation.yardstick import evaluate, make_nll_fn
+from jaxorder.interop.hf_import import init_params_from_hf
 from jaxorder.model.attention import settle_model_config
 from jaxorder.objectives.common import special_ids
+from jaxorder.platform import progress
 from jaxorder.platform.distributed import is_main_process, log
 from jaxorder.training.checkpoint import Checkpointer
 from jaxorder.training.metrics import MetricsWriter
 from jaxorder.training.optimizer import make_optimizer
 from jaxorder.training.state import Placement, init_state, make_placement
 from jaxorder.training.step import compile_train_step
+from jaxorder.training.trackers import make_trackers
 
 # Fields that may change when a run directory is resumed (they do not change what is computed).
 # A checkpoint restores onto any mesh, so mesh and process layout may change too.
 RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.checkpoint_every",
                      "train.async_checkpointing", "eval.", "mesh.", "distributed.", "data.num_workers",
-                     "model.attention_impl", "model.backward_rewrites")
+                     "model.attention_impl", "model.backward_rewrites", "logging.")
 
 
 class Preempted(Exception):
@@ -149,11 +152,19 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
             ckpt.close()
             log(f"[{name}] already trained ({start_step} steps); using {finished}")
             return json.loads(finished.read_text())
+    imported = restored is None and bool(cfg.model.init_from)  # a resumed run continues from its own state
+    if imported:
+        params = init_params_from_hf(cfg.model.init_from, cfg, state["params"],
+                                     objectives.of(cfg).target_positions)
+        state = {**state, "params": jax.device_put(params, placement.state["params"])}
+        log(f"[{name}] initialized the weights from {cfg.model.init_from}")
     config_dict = config_lib.to_dict(cfg)
 
     step_fn = compile_train_step(cfg, optimizer, placement)
     nll_fn = make_nll_fn(cfg, placement.replicated)
-    metrics_out = MetricsWriter(run_dir, start_step, enabled=is_main_process())
+    trackers = make_trackers(cfg, run_dir, name, config_dict) if is_main_process() else []
+    metrics_out = MetricsWriter(run_dir, start_step, enabled=is_main_process(),
+                                tensorboard=cfg.logging.tensorboard, trackers=trackers)
     seconds_before = metrics_out.last_value("train", "wall_seconds", 0.0)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     total = cfg.train.steps
@@ -168,8 +179,11 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
         log(f"[{name}] step {step}/{total} val {result['bpb']:.3f} bits/byte ({result['kind']})")
         return result
 
+    if imported:  # the starting point's validation score, the baseline of an adaptation run
+        run_eval(0)
     started = time.time()
     step = start_step
+    bar = progress.Bar(total, name, unit="step", initial=start_step)  # a terminal only; log lines stay
     try:
         with _SigtermFlag() as sigterm:
             window_start, window_steps = time.time(), 0
@@ -181,6 +195,7 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
                     window_start = time.time()
                 else:
                     window_steps += 1
+                bar.update()
                 if step % cfg.train.log_every == 0 or step == total:
                     values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
                     elapsed = time.time() - window_start
@@ -211,7 +226,10 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
             if total not in ckpt.steps():
                 ckpt.save(total, state, iterator, config_dict, force=True)
         result = run_eval(total)
+        metrics_out.summary({k: result[k] for k in ("bpb", "bpb_stderr", "nll_per_token", "kind")}
+                            | {"step": total, "params": n_params})
     finally:
+        bar.close()
         ckpt.close()
         metrics_out.close()
     result.update({"run": name, "step": total, "tokens_seen": total * tokens_per_step, "params": n_params,

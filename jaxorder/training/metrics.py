@@ -6,7 +6,7 @@ rewrite it at each write. TensorBoard events are written for local run dirs only
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Sequence
 
 from etils import epath
 
@@ -18,16 +18,20 @@ def _is_remote(path: epath.Path) -> bool:
 class MetricsWriter:
     """Appends metrics; `enabled=False` (processes other than 0) makes every call a no-op."""
 
-    def __init__(self, run_dir: Any, resume_step: int = 0, enabled: bool = True):
+    def __init__(self, run_dir: Any, resume_step: int = 0, enabled: bool = True, tensorboard: bool = True,
+                 trackers: Sequence[Any] = ()):
+        """`trackers`: objects with log(step, split, values), summary(values), close() (e.g.
+        trackers.WandbTracker) that get every record after metrics.jsonl has it."""
         self.path = epath.Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
+        self.trackers = list(trackers)
         if not enabled:
             return
         self._lines = self._drop_after(resume_step)
         self._remote = _is_remote(self.path)
         self._file = None if self._remote else open(self.path, "a")
         self._tb = None
-        if not self._remote:
+        if not self._remote and tensorboard:
             from tensorboardX import SummaryWriter  # imported lazily: it pulls in protobuf
             self._tb = SummaryWriter(str(epath.Path(run_dir) / "tensorboard"), purge_step=resume_step + 1)
 
@@ -59,6 +63,14 @@ class MetricsWriter:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(f"{split}/{k}", v, step)
+        for tracker in self.trackers:
+            tracker.log(step, split, values)
+
+    def summary(self, values: dict) -> None:
+        """The run's final results (the yardstick) for the trackers; metrics.jsonl has them as `val`."""
+        if self.enabled:
+            for tracker in self.trackers:
+                tracker.summary(values)
 
     def close(self) -> None:
         if not self.enabled:
@@ -67,6 +79,8 @@ class MetricsWriter:
             self._file.close()
         if self._tb is not None:
             self._tb.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def read_metrics(run_dir: Any) -> list[dict]:
