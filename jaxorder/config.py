@@ -129,6 +129,7 @@ class TrainConfig:
     max_to_keep: int = 3
     grad_accum_steps: int = 1  # micro-batches per step (data.batch_size is the global batch per step)
     async_checkpointing: bool = True
+    max_bad_steps: int = 10  # this many consecutive non-finite steps (skipped, params kept) stop the run
 
 
 @dataclass(frozen=True)
@@ -461,6 +462,7 @@ def validate(cfg: Config) -> None:
     _positive(t.steps, "train.steps")
     for name in ("log_every", "eval_every", "checkpoint_every"):
         _positive(getattr(t, name), f"train.{name}")
+    _positive(t.max_bad_steps, "train.max_bad_steps")
     if t.max_to_keep < 2:
         raise ConfigError(f"train.max_to_keep must be >= 2 so a corrupted newest checkpoint has a "
                           f"fallback, got {t.max_to_keep}")

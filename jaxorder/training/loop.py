@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
 import threading
@@ -30,6 +29,7 @@ from jaxorder.model.attention import settle_model_config
 from jaxorder.objectives.common import special_ids
 from jaxorder.platform.distributed import is_main_process, log
 from jaxorder.training.checkpoint import Checkpointer
+from jaxorder.training.health import BadSteps, all_finite
 from jaxorder.training.metrics import MetricsWriter
 from jaxorder.training.optimizer import make_optimizer
 from jaxorder.training.state import Placement, init_state, make_placement
@@ -38,7 +38,8 @@ from jaxorder.training.step import compile_train_step
 # Fields that may change when a run directory is resumed (they do not change what is computed).
 # A checkpoint restores onto any mesh, so mesh and process layout may change too.
 RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.async_checkpointing", "eval.", "mesh.", "distributed.", "data.num_workers",
+                     "train.async_checkpointing", "train.max_bad_steps", "eval.", "mesh.", "distributed.",
+                     "data.num_workers",
                      "model.attention_impl", "model.backward_rewrites")
 
 
@@ -155,6 +156,17 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
     nll_fn = make_nll_fn(cfg, placement.replicated)
     metrics_out = MetricsWriter(run_dir, start_step, enabled=is_main_process())
     seconds_before = metrics_out.last_value("train", "wall_seconds", 0.0)
+    bad = BadSteps(cfg.train.max_bad_steps, int(metrics_out.last_value("train", "bad_steps", 0)),
+                   lambda: (ckpt.steps() or [None])[-1])
+
+    def save(step: int, force: bool = False) -> None:
+        """A checkpoint of the current state, only from finite parameters (never a NaN step)."""
+        bad.flush()
+        if not bool(all_finite(state["params"])):
+            raise FloatingPointError(f"the parameters are not finite at step {step}; no checkpoint "
+                                     f"written; lower optimizer.lr")
+        ckpt.save(step, state, iterator, config_dict, force=force)
+
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     total = cfg.train.steps
     if start_step == 0:
@@ -162,6 +174,7 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
             f"{tokens_per_step} tokens, run dir {run_dir}")
 
     def run_eval(step: int) -> dict:
+        bad.flush()
         result = evaluate(state["params"], cfg, val_batches, data.val_bytes_per_token, nll_fn,
                           placement.put_batch)
         metrics_out.write(step, "val", {k: result[k] for k in ("bpb", "bpb_stderr", "nll_per_token")})
@@ -176,13 +189,16 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
             for step in range(start_step + 1, total + 1):
                 batch = next(iterator)
                 state, step_metrics = step_fn(state, placement.put_batch(batch["tokens"]))
+                bad.observe(step, step_metrics["finite"])
                 if step == start_step + 1:  # keep compilation out of the throughput numbers
                     jax.block_until_ready(step_metrics)
                     window_start = time.time()
                 else:
                     window_steps += 1
                 if step % cfg.train.log_every == 0 or step == total:
-                    values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                    bad.flush()
+                    values = {k: float(v) for k, v in jax.device_get(step_metrics).items() if k != "finite"}
+                    values["bad_steps"] = bad.total
                     elapsed = time.time() - window_start
                     speed = ""
                     if window_steps:
@@ -192,24 +208,22 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
                     values["tokens_seen"] = step * tokens_per_step
                     values["wall_seconds"] = seconds_before + time.time() - started
                     metrics_out.write(step, "train", values)
-                    log(f"[{name}] step {step}/{total} loss {values['loss']:.4f}{speed}")
-                    if not math.isfinite(values["loss"]):
-                        raise FloatingPointError(f"loss is {values['loss']} at step "
-                                                 f"{step}; lower optimizer.lr")
+                    skipped = "" if bool(step_metrics["finite"]) else " (non-finite: step skipped)"
+                    log(f"[{name}] step {step}/{total} loss {values['loss']:.4f}{skipped}{speed}")
                     window_start, window_steps = time.time(), 0
                 if step % cfg.train.checkpoint_every == 0 and step != total:
-                    ckpt.save(step, state, iterator, config_dict)
+                    save(step)
                 if step % cfg.train.eval_every == 0 and step != total:
                     run_eval(step)
                 if sigterm.raised:
                     if step not in ckpt.steps():  # this step may have just been checkpointed
-                        ckpt.save(step, state, iterator, config_dict, force=True)
+                        save(step, force=True)
                     ckpt.wait()
                     log(f"[{name}] SIGTERM: saved checkpoint at step {step}; re-run the "
                         f"same command to resume")
                     raise Preempted(step)
             if total not in ckpt.steps():
-                ckpt.save(total, state, iterator, config_dict, force=True)
+                save(total, force=True)
         result = run_eval(total)
     finally:
         ckpt.close()
