@@ -7,6 +7,8 @@ is used, with a warning.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import time
@@ -19,12 +21,26 @@ from etils import epath
 
 from jaxorder.config import ConfigError
 from jaxorder.data.iterator_state import restore_iterator
+from jaxorder.training.restore_errors import first_line, not_damage_hint, silence_closed_loop_noise
 
 ITEMS = ("state", "data", "config")
 
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def quiet_absl():
+    """Orbax logs a failed read as an absl ERROR/WARNING with a traceback before raising; the caller
+    reports the failure itself in one line, so those records are dropped while it tries."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class Checkpointer:
@@ -57,17 +73,24 @@ class Checkpointer:
     def restore_latest(self, abstract_state: Any, iterator: Any = None) -> tuple[int, Any] | None:
         """Restores the newest readable checkpoint (and `iterator`'s position, if given).
 
-        Returns (step, state), or None when there are no checkpoints. Unreadable checkpoints newer
-        than the one restored are moved aside with a warning. If none can be restored (e.g. they were
-        written by a different model), nothing is moved and a ConfigError says so.
+        Returns (step, state), or None when there are no checkpoints. Damaged checkpoints newer
+        than the one restored are moved aside with one warning line each. A failure that is not
+        damage (permissions, storage, memory, a model that does not fit the stored arrays; see
+        restore_errors.py) stops with a ConfigError and moves nothing, as does finding no readable one.
         """
         failures: list[tuple[int, str]] = []
+        silence_closed_loop_noise()  # the noise starts while a damaged restore is still running
         for step in reversed(self.steps()):
             try:
-                restored = self.manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-            except Exception as e:  # noqa: BLE001 - any failure to read means "unusable checkpoint"
-                failures.append((step, str(e).splitlines()[0][:160] if str(e) else type(e).__name__))
+                with quiet_absl():
+                    restored = self.manager.restore(
+                        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+            except Exception as e:  # noqa: BLE001 - classified below: damage falls back, the rest stops
+                hint = not_damage_hint(e)
+                if hint is not None:
+                    raise ConfigError(f"could not restore the checkpoint at step {step} in {self.directory} "
+                                      f"({first_line(e)}); {hint}; nothing was moved") from None
+                failures.append((step, first_line(e)))
                 continue
             if iterator is not None:  # read directly, so another process count can resume (DataError if not)
                 restore_iterator(iterator, self.directory / str(step) / "data", jax.process_index(),
