@@ -7,6 +7,7 @@ preemption) saves a checkpoint and raises `Preempted`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,6 +33,7 @@ from jaxorder.training.checkpoint import Checkpointer
 from jaxorder.training.health import BadSteps, all_finite
 from jaxorder.training.metrics import MetricsWriter
 from jaxorder.training.optimizer import make_optimizer
+from jaxorder.training.run_lock import RunLock
 from jaxorder.training.state import Placement, init_state, make_placement
 from jaxorder.training.step import compile_train_step
 
@@ -123,15 +125,25 @@ def train(cfg: Config, run_dir: str | os.PathLike, name: str | None = None) -> d
                           f"tokenizer's vocabulary of {tok.vocab_size}; set "
                           f"model.vocab_size={tok.vocab_size}")
     val_batches = data.val_batches(cfg.eval.batches)
-    prepare_run_dir(cfg, run_dir)  # saves the config as given (`auto` choices stay auto)
-    cfg = dataclasses.replace(cfg, model=settle_model_config(cfg.model))
-    if is_main_process():  # the run carries its tokenizer (JSON)
-        save_tokenizer(tok, run_dir / "tokenizer.json")
+    make_run_dir(run_dir)
+    # One writer per run directory (process 0 writes the run's files; the others follow it).
+    with RunLock(run_dir) if is_main_process() else contextlib.nullcontext():
+        prepare_run_dir(cfg, run_dir)  # saves the config as given (`auto` choices stay auto)
+        cfg = dataclasses.replace(cfg, model=settle_model_config(cfg.model))
+        if is_main_process():  # the run carries its tokenizer (JSON)
+            save_tokenizer(tok, run_dir / "tokenizer.json")
 
-    optimizer = make_optimizer(cfg)
-    placement = make_placement(cfg, optimizer)
-    with placement.active():
-        return _train_placed(cfg, run_dir, name, data, val_batches, optimizer, placement)
+        optimizer = make_optimizer(cfg)
+        placement = make_placement(cfg, optimizer)
+        with placement.active():
+            return _train_placed(cfg, run_dir, name, data, val_batches, optimizer, placement)
+
+
+def make_run_dir(run_dir: epath.Path) -> None:
+    """Creates the run directory (and its parents)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file, not a directory; choose another path")
+    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_batches: list,
