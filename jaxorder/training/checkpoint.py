@@ -8,6 +8,7 @@ is used, with a warning.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -31,16 +32,20 @@ def warn(message: str) -> None:
 
 
 @contextlib.contextmanager
-def quiet_absl():
-    """Orbax logs a failed read as an absl ERROR/WARNING with a traceback before raising; the caller
-    reports the failure itself in one line, so those records are dropped while it tries."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+def quiet_restore_logs():
+    """Orbax logs a failed read as an absl ERROR/WARNING with a traceback before raising, and the
+    reads it abandons log 'exception was never retrieved' (asyncio) when garbage-collected; the
+    caller reports the failure itself in one line, so those records are dropped while it tries."""
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        gc.collect()  # the abandoned reads report when collected: collect them while quiet
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 class Checkpointer:
@@ -82,7 +87,7 @@ class Checkpointer:
         silence_closed_loop_noise()  # the noise starts while a damaged restore is still running
         for step in reversed(self.steps()):
             try:
-                with quiet_absl():
+                with quiet_restore_logs():
                     restored = self.manager.restore(
                         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
             except Exception as e:  # noqa: BLE001 - classified below: damage falls back, the rest stops
