@@ -33,46 +33,14 @@ from jaxorder.training.checkpoint import Checkpointer
 from jaxorder.training.health import BadSteps, all_finite
 from jaxorder.training.metrics import MetricsWriter
 from jaxorder.training.optimizer import make_optimizer
+from jaxorder.training.run_dir import make_run_dir, prepare_run_dir, record_start
 from jaxorder.training.run_lock import RunLock
 from jaxorder.training.state import Placement, init_state, make_placement
 from jaxorder.training.step import compile_train_step
 
-# Fields that may change when a run directory is resumed (they do not change what is computed).
-# A checkpoint restores onto any mesh, so mesh and process layout may change too.
-RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.async_checkpointing", "train.max_bad_steps", "eval.", "mesh.", "distributed.",
-                     "data.num_workers",
-                     "model.attention_impl", "model.backward_rewrites")
-
 
 class Preempted(Exception):
     """Training stopped by SIGTERM after saving a checkpoint; re-run the same command to resume."""
-
-
-def prepare_run_dir(cfg: Config, run_dir: epath.Path) -> None:
-    """Creates the run directory or checks that its checkpoints were made with a compatible config.
-
-    The saved config binds the directory only once a checkpoint exists: a start that failed before
-    training (say, a wrong data path) may be re-run with the corrected settings.
-    """
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--run-dir {run_dir} is a file, not a directory; choose another path")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved_path = run_dir / "config.yaml"
-    has_checkpoints = (run_dir / "checkpoints").is_dir() and any(
-        p.name.isdigit() for p in (run_dir / "checkpoints").iterdir())
-    if saved_path.exists() and has_checkpoints:
-        try:
-            saved = config_lib.load_saved(saved_path)
-        except ConfigError as e:
-            raise ConfigError(f"{saved_path} is not a valid jaxorder config "
-                              f"({e}); use a new --run-dir") from None
-        conflicts = [d for d in config_lib.diff(saved, cfg) if not d.startswith(RESUMABLE_CHANGES)]
-        if conflicts:
-            raise ConfigError(f"run directory {run_dir} was made with a different config "
-                              f"({'; '.join(conflicts)}); use a new --run-dir or the same settings to resume")
-    if is_main_process():
-        config_lib.save(cfg, saved_path)
 
 
 class _SigtermFlag:
@@ -128,7 +96,9 @@ def train(cfg: Config, run_dir: str | os.PathLike, name: str | None = None) -> d
     make_run_dir(run_dir)
     # One writer per run directory (process 0 writes the run's files; the others follow it).
     with RunLock(run_dir) if is_main_process() else contextlib.nullcontext():
-        prepare_run_dir(cfg, run_dir)  # saves the config as given (`auto` choices stay auto)
+        changes = prepare_run_dir(cfg, run_dir)  # saves the config as given (`auto` stays auto)
+        if is_main_process():
+            record_start(run_dir, changes)
         cfg = dataclasses.replace(cfg, model=settle_model_config(cfg.model))
         if is_main_process():  # the run carries its tokenizer (JSON)
             save_tokenizer(tok, run_dir / "tokenizer.json")
@@ -137,13 +107,6 @@ def train(cfg: Config, run_dir: str | os.PathLike, name: str | None = None) -> d
         placement = make_placement(cfg, optimizer)
         with placement.active():
             return _train_placed(cfg, run_dir, name, data, val_batches, optimizer, placement)
-
-
-def make_run_dir(run_dir: epath.Path) -> None:
-    """Creates the run directory (and its parents)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--run-dir {run_dir} is a file, not a directory; choose another path")
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_batches: list,
