@@ -25,6 +25,7 @@ from jaxorder import config as config_lib
 from jaxorder import model
 from jaxorder.config import Config, ConfigError
 from jaxorder.data import make_data, save_tokenizer
+from jaxorder.data.run_tokenizer import require_same_tokenizer
 from jaxorder.evaluation.yardstick import evaluate, make_nll_fn
 from jaxorder.model.attention import settle_model_config
 from jaxorder.objectives.common import special_ids
@@ -33,7 +34,7 @@ from jaxorder.training.checkpoint import Checkpointer
 from jaxorder.training.health import BadSteps, all_finite
 from jaxorder.training.metrics import MetricsWriter
 from jaxorder.training.optimizer import make_optimizer
-from jaxorder.training.run_dir import make_run_dir, prepare_run_dir, record_start
+from jaxorder.training.run_dir import checkpoint_steps, make_run_dir, prepare_run_dir, record_start
 from jaxorder.training.run_lock import RunLock
 from jaxorder.training.state import Placement, init_state, make_placement
 from jaxorder.training.step import compile_train_step
@@ -96,6 +97,8 @@ def train(cfg: Config, run_dir: str | os.PathLike, name: str | None = None) -> d
     make_run_dir(run_dir)
     # One writer per run directory (process 0 writes the run's files; the others follow it).
     with RunLock(run_dir) if is_main_process() else contextlib.nullcontext():
+        if checkpoint_steps(run_dir):  # a resume: the run's ids must mean what they meant
+            require_same_tokenizer(run_dir, tok, cfg)
         changes = prepare_run_dir(cfg, run_dir)  # saves the config as given (`auto` stays auto)
         if is_main_process():
             record_start(run_dir, changes)
