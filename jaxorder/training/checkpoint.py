@@ -11,6 +11,7 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -25,6 +26,7 @@ from jaxorder.data.iterator_state import restore_iterator
 from jaxorder.training.restore_errors import first_line, not_damage_hint, silence_closed_loop_noise
 
 ITEMS = ("state", "data", "config")
+OS_ERROR_CODE = re.compile(r"os_error_code='(\d+)'")
 
 
 def warn(message: str) -> None:
@@ -48,10 +50,40 @@ def quiet_restore_logs():
             logger.setLevel(level)
 
 
+class _OsErrorRecords(logging.Filter):
+    """Drops absl records of an OS-level write failure (disk full, ...) in Orbax's save threads: the
+    same failure is raised again in the main thread (save or wait), which reports it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+        return OS_ERROR_CODE.search(text) is None
+
+
+def drop_background_os_error_logs() -> None:
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _OsErrorRecords) for f in logger.filters):
+        logger.addFilter(_OsErrorRecords())
+
+
+@contextlib.contextmanager
+def save_errors_as_os_errors(directory: Any):
+    """Orbax reports a failed write as ValueError("... [os_error_code='28']"); re-raised as the
+    OSError it is, so the command line names the cause (disk full) and the fix in one line."""
+    try:
+        yield
+    except ValueError as e:
+        match = OS_ERROR_CODE.search(str(e))
+        if match is None:
+            raise
+        code = int(match.group(1))
+        raise OSError(code, f"{os.strerror(code)} while writing a checkpoint", str(directory)) from None
+
+
 class Checkpointer:
     """Thin wrapper over `ocp.CheckpointManager` with the run's item layout."""
 
     def __init__(self, directory: Any, max_to_keep: int, async_save: bool = True):
+        drop_background_os_error_logs()
         directory = epath.Path(directory)
         self.directory = (directory if str(directory).startswith("gs://")
                           else epath.Path(os.path.abspath(directory)))
@@ -67,13 +99,14 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, iterator: Any, config_dict: dict, force: bool = False) -> bool:
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    data=grain.checkpoint.CheckpointSave(iterator),
-                                    config=ocp.args.JsonSave(config_dict)),
-            force=force,
-        )
+        with save_errors_as_os_errors(self.directory):
+            return self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        data=grain.checkpoint.CheckpointSave(iterator),
+                                        config=ocp.args.JsonSave(config_dict)),
+                force=force,
+            )
 
     def restore_latest(self, abstract_state: Any, iterator: Any = None) -> tuple[int, Any] | None:
         """Restores the newest readable checkpoint (and `iterator`'s position, if given).
@@ -132,11 +165,14 @@ class Checkpointer:
             return None
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with save_errors_as_os_errors(self.directory):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 def require_checkpoint(run_dir: Any) -> epath.Path:

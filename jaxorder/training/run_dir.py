@@ -29,7 +29,14 @@ def make_run_dir(run_dir: epath.Path) -> None:
     """Creates the run directory (and its parents)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} is a file, not a directory; choose another path")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"--run-dir {run_dir} cannot be created: a parent of it is a file; "
+                          f"choose another path") from None
+    except PermissionError:
+        raise ConfigError(f"--run-dir {run_dir} cannot be created: permission denied; choose a "
+                          f"writable path") from None
 
 
 def checkpoint_steps(run_dir: epath.Path) -> list[int]:
