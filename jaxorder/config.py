@@ -196,7 +196,7 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_save
 # ----------------------------------------------------------------------------- loading
 
 def _closest(name: str, options: Sequence[str]) -> str:
-    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    match = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.5)  # YAML keys may be numbers
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(options)}"
 
 

@@ -5,7 +5,12 @@ import errno
 
 
 class ConfigError(ValueError):
-    """A bad config, override or run directory; the message names the problem and the fix."""
+    """A bad config, override or run directory; the message names the problem and the fix.
+
+    Always one line: line breaks in quoted input (a YAML key, an override) are escaped."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 # errno -> (what to do, exit status): 2 when the fix is a different input (path, permissions),
