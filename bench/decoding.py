@@ -236,7 +236,7 @@ def main() -> None:
     loaded = {}
     for name in sorted({"l2r", *(r.run for r in rows)}):
         cfg, params, step = load_params(runs_dir / name)
-        loaded[name] = (cfg, params, run_tokenizer(runs_dir / name, cfg))
+        loaded[name] = (cfg, params, run_tokenizer(cfg, runs_dir / name))
         print(f"{name}: step {step}, {model.count_params(params) / 1e6:.2f}M params", flush=True)
     judge = loaded["l2r"]
     jcfg = judge[0]

@@ -15,7 +15,7 @@ from etils import epath
 from jaxorder import config as config_lib
 from jaxorder import objectives, sampling
 from jaxorder.config import Config, ConfigError
-from jaxorder.data import make_data
+from jaxorder.data import ByteTokenizer, make_data
 from jaxorder.data.run_tokenizer import require_same_tokenizer, saved_tokenizer
 from jaxorder.evaluation.fixed_orders import parse_orders, score_orders
 from jaxorder.evaluation.yardstick import evaluate
@@ -84,9 +84,12 @@ def _first_windows(batches: list, count: int) -> list:
     return out
 
 
-def run_tokenizer(run_dir: str | os.PathLike, cfg: Config) -> Any:
-    """The tokenizer the run was trained with (its saved tokenizer.json)."""
-    return saved_tokenizer(run_dir, cfg)
+def run_tokenizer(cfg: Config, run_dir: str | os.PathLike | None = None) -> Any:
+    """The tokenizer the run was trained with: its saved tokenizer.json when `run_dir` is given,
+    else rebuilt from the config (the byte tokenizer needs no data; a BPE is learned again)."""
+    if run_dir is not None:
+        return saved_tokenizer(run_dir, cfg)
+    return ByteTokenizer() if cfg.data.tokenizer == "byte" else make_data(cfg.data).tokenizer
 
 
 def _timed(run, warmup: bool) -> tuple[Any, float]:
@@ -147,7 +150,7 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
     chosen = sampling.resolve(cfg, sampler)
     opts = sampling.make_options(chosen, options)
     companions = load_companions(chosen, opts)
-    tokenizer = run_tokenizer(run_dir, cfg)
+    tokenizer = run_tokenizer(cfg, run_dir)
     row = build_inputs(tokenizer, length, cfg.data.seq_len, cfg.model.max_len, prompt, template,
                        prompt_at_end=objectives.of(cfg).reading_order == "r2l")
     tokens_BL = np.tile(row, (num_samples, 1))
