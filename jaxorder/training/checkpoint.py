@@ -36,8 +36,9 @@ def warn(message: str) -> None:
 @contextlib.contextmanager
 def quiet_restore_logs():
     """Orbax logs a failed read as an absl ERROR/WARNING with a traceback before raising, and the
-    reads it abandons log 'exception was never retrieved' (asyncio) when garbage-collected; the
-    caller reports the failure itself in one line, so those records are dropped while it tries."""
+    reads it abandons report their errors again when garbage-collected (asyncio 'exception was
+    never retrieved'; their coroutine finalizers: restore_errors.silence_closed_loop_noise); the
+    caller reports the failure itself in one line, so those reports are dropped while it tries."""
     loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -119,16 +120,20 @@ class Checkpointer:
         failures: list[tuple[int, str]] = []
         silence_closed_loop_noise()  # the noise starts while a damaged restore is still running
         for step in reversed(self.steps()):
-            try:
-                with quiet_restore_logs():
+            # The exception is reduced to strings inside the quiet block, so that the traceback (which
+            # keeps the abandoned reads alive) is gone when the block's gc.collect runs.
+            hint = reason = None
+            with quiet_restore_logs():
+                try:
                     restored = self.manager.restore(
                         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-            except Exception as e:  # noqa: BLE001 - classified below: damage falls back, the rest stops
-                hint = not_damage_hint(e)
-                if hint is not None:
-                    raise ConfigError(f"could not restore the checkpoint at step {step} in {self.directory} "
-                                      f"({first_line(e)}); {hint}; nothing was moved") from None
-                failures.append((step, first_line(e)))
+                except Exception as e:  # noqa: BLE001 - classified: damage falls back, the rest stops
+                    hint, reason = not_damage_hint(e), first_line(e)
+            if hint is not None:
+                raise ConfigError(f"could not restore the checkpoint at step {step} in {self.directory} "
+                                  f"({reason}); {hint}; nothing was moved")
+            if reason is not None:
+                failures.append((step, reason))
                 continue
             if iterator is not None:  # read directly, so another process count can resume (DataError if not)
                 restore_iterator(iterator, self.directory / str(step) / "data", jax.process_index(),

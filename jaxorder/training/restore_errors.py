@@ -8,6 +8,7 @@ moving the newest aside would lose a good checkpoint. Those stop with one line i
 from __future__ import annotations
 
 import errno
+import inspect
 import sys
 from typing import Any
 
@@ -46,21 +47,30 @@ def first_line(error: BaseException, limit: int = 160) -> str:
     return text.splitlines()[0][:limit] if text.strip() else type(error).__name__
 
 
-def silence_closed_loop_noise() -> None:
-    """Drops the 'Event loop is closed' reports of tensorstore reads still in flight after a failed
-    restore closed Orbax's event loop (dozens of tracebacks on stderr for one damaged file).
+def _abandoned_read(unraisable: Any) -> bool:
+    """A report of an Orbax read abandoned after a failed restore (which was reported already)."""
+    exc, obj = unraisable.exc_value, unraisable.object
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return True  # a tensorstore read finishing after the restore closed Orbax's event loop
+    code = getattr(obj, "cr_code", None)  # an Orbax read coroutine finalized with its error
+    return inspect.iscoroutine(obj) and code is not None and "orbax" in code.co_filename
 
-    They arrive on other threads during and after the failing restore, so the filter cannot be scoped
-    to it; it is installed once, chains to the previous hook and passes every other report through."""
+
+def silence_closed_loop_noise() -> None:
+    """Drops the reports of Orbax reads abandoned after a failed restore: 'Event loop is closed'
+    from tensorstore reads still in flight and the read coroutines' errors when they are finalized
+    (dozens of tracebacks on stderr for one damaged file or one shape mismatch).
+
+    They arrive on other threads and at garbage collection, during and long after the failing
+    restore (up to the interpreter's exit), so the filter cannot be scoped to it; it is installed
+    once, chains to the previous hook and passes every other report through."""
     previous = sys.unraisablehook
     if getattr(previous, "_jaxorder_filter", False):
         return
 
     def hook(unraisable: Any) -> None:
-        exc = unraisable.exc_value
-        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-            return
-        previous(unraisable)
+        if not _abandoned_read(unraisable):
+            previous(unraisable)
 
     hook._jaxorder_filter = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
