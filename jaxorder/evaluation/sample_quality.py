@@ -93,7 +93,7 @@ def judge_nll(samples: Sequence[str], judge_run_dir: str | Path) -> dict:
     if (judge_run_dir / "config.yaml").is_file():  # fail fast on a run that cannot judge
         _require_judge(config_lib.load(judge_run_dir / "config.yaml"))
     cfg, params, step = load_params(judge_run_dir)
-    result = judge_nll_params(params, cfg, list(samples), run_tokenizer(cfg))
+    result = judge_nll_params(params, cfg, list(samples), run_tokenizer(cfg, judge_run_dir))
     result.update({"judge": judge_run_dir.name, "judge_step": step})
     return result
 

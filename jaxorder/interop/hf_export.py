@@ -20,7 +20,7 @@ from typing import Any
 
 from jaxorder import objectives
 from jaxorder.config import Config, ConfigError
-from jaxorder.data import ByteTokenizer, load_tokenizer
+from jaxorder.data import ByteTokenizer
 from jaxorder.data.bpe import SPECIALS
 from jaxorder.data.bpe import _bytes_to_unicode as bytes_to_unicode
 from jaxorder.evaluation.runs import load_params, run_tokenizer
@@ -68,7 +68,7 @@ def hf_tokenizer(run_dir: Path, cfg: Config, prepend_bos: bool) -> Any:
 
     transformers = require("transformers", "hf", PURPOSE)
     saved = run_dir / "tokenizer.json"
-    tok = load_tokenizer(saved) if saved.is_file() else run_tokenizer(cfg)
+    tok = run_tokenizer(cfg, run_dir)
     hf = byte_level_tokenizer() if isinstance(tok, ByteTokenizer) else Tokenizer.from_str(tok.to_json())
     ids = special_ids(cfg.model)
     if [hf.token_to_id(s) for s in SPECIALS] != list(ids):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import jax
@@ -32,7 +31,6 @@ import numpy as np
 
 from jaxorder import model, objectives, sampling
 from jaxorder.config import ConfigError
-from jaxorder.data import load_tokenizer
 from jaxorder.evaluation.runs import load_params, run_tokenizer
 from jaxorder.objectives import ao_ar, mdm
 from jaxorder.objectives.common import special_ids
@@ -52,8 +50,7 @@ class RunScorer:
     def __init__(self, run_dir: str | os.PathLike, score: str = "auto", elbo_samples: int = 16, seed: int = 0,
                  batch_size: int = 8):
         self.cfg, self.params, self.step = load_params(run_dir)
-        saved = Path(run_dir) / "tokenizer.json"
-        self.tokenizer = load_tokenizer(saved) if saved.is_file() else run_tokenizer(self.cfg)
+        self.tokenizer = run_tokenizer(self.cfg, run_dir)
         self.objective = objectives.of(self.cfg)
         family = self.objective.sampling
         if family not in SCORES:

@@ -7,7 +7,11 @@ is used, with a warning.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -19,18 +23,68 @@ from etils import epath
 
 from jaxorder.config import ConfigError
 from jaxorder.data.iterator_state import restore_iterator
+from jaxorder.training.restore_errors import first_line, not_damage_hint, silence_closed_loop_noise
 
 ITEMS = ("state", "data", "config")
+OS_ERROR_CODE = re.compile(r"os_error_code='(\d+)'")
 
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def quiet_restore_logs():
+    """Orbax logs a failed read as an absl ERROR/WARNING with a traceback before raising, and the
+    reads it abandons report their errors again when garbage-collected (asyncio 'exception was
+    never retrieved'; their coroutine finalizers: restore_errors.silence_closed_loop_noise); the
+    caller reports the failure itself in one line, so those reports are dropped while it tries."""
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        gc.collect()  # the abandoned reads report when collected: collect them while quiet
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+class _OsErrorRecords(logging.Filter):
+    """Drops absl records of an OS-level write failure (disk full, ...) in Orbax's save threads: the
+    same failure is raised again in the main thread (save or wait), which reports it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+        return OS_ERROR_CODE.search(text) is None
+
+
+def drop_background_os_error_logs() -> None:
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _OsErrorRecords) for f in logger.filters):
+        logger.addFilter(_OsErrorRecords())
+
+
+@contextlib.contextmanager
+def save_errors_as_os_errors(directory: Any):
+    """Orbax reports a failed write as ValueError("... [os_error_code='28']"); re-raised as the
+    OSError it is, so the command line names the cause (disk full) and the fix in one line."""
+    try:
+        yield
+    except ValueError as e:
+        match = OS_ERROR_CODE.search(str(e))
+        if match is None:
+            raise
+        code = int(match.group(1))
+        raise OSError(code, f"{os.strerror(code)} while writing a checkpoint", str(directory)) from None
+
+
 class Checkpointer:
     """Thin wrapper over `ocp.CheckpointManager` with the run's item layout."""
 
     def __init__(self, directory: Any, max_to_keep: int, async_save: bool = True):
+        drop_background_os_error_logs()
         directory = epath.Path(directory)
         self.directory = (directory if str(directory).startswith("gs://")
                           else epath.Path(os.path.abspath(directory)))
@@ -46,28 +100,40 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, iterator: Any, config_dict: dict, force: bool = False) -> bool:
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    data=grain.checkpoint.CheckpointSave(iterator),
-                                    config=ocp.args.JsonSave(config_dict)),
-            force=force,
-        )
+        with save_errors_as_os_errors(self.directory):
+            return self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        data=grain.checkpoint.CheckpointSave(iterator),
+                                        config=ocp.args.JsonSave(config_dict)),
+                force=force,
+            )
 
     def restore_latest(self, abstract_state: Any, iterator: Any = None) -> tuple[int, Any] | None:
         """Restores the newest readable checkpoint (and `iterator`'s position, if given).
 
-        Returns (step, state), or None when there are no checkpoints. Unreadable checkpoints newer
-        than the one restored are moved aside with a warning. If none can be restored (e.g. they were
-        written by a different model), nothing is moved and a ConfigError says so.
+        Returns (step, state), or None when there are no checkpoints. Damaged checkpoints newer
+        than the one restored are moved aside with one warning line each. A failure that is not
+        damage (permissions, storage, memory, a model that does not fit the stored arrays; see
+        restore_errors.py) stops with a ConfigError and moves nothing, as does finding no readable one.
         """
         failures: list[tuple[int, str]] = []
+        silence_closed_loop_noise()  # the noise starts while a damaged restore is still running
         for step in reversed(self.steps()):
-            try:
-                restored = self.manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-            except Exception as e:  # noqa: BLE001 - any failure to read means "unusable checkpoint"
-                failures.append((step, str(e).splitlines()[0][:160] if str(e) else type(e).__name__))
+            # The exception is reduced to strings inside the quiet block, so that the traceback (which
+            # keeps the abandoned reads alive) is gone when the block's gc.collect runs.
+            hint = reason = None
+            with quiet_restore_logs():
+                try:
+                    restored = self.manager.restore(
+                        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+                except Exception as e:  # noqa: BLE001 - classified: damage falls back, the rest stops
+                    hint, reason = not_damage_hint(e), first_line(e)
+            if hint is not None:
+                raise ConfigError(f"could not restore the checkpoint at step {step} in {self.directory} "
+                                  f"({reason}); {hint}; nothing was moved")
+            if reason is not None:
+                failures.append((step, reason))
                 continue
             if iterator is not None:  # read directly, so another process count can resume (DataError if not)
                 restore_iterator(iterator, self.directory / str(step) / "data", jax.process_index(),
@@ -104,11 +170,14 @@ class Checkpointer:
             return None
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with save_errors_as_os_errors(self.directory):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 def require_checkpoint(run_dir: Any) -> epath.Path:

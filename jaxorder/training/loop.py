@@ -7,9 +7,9 @@ preemption) saves a checkpoint and raises `Preempted`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import math
 import os
 import signal
 import threading
@@ -25,6 +25,7 @@ from jaxorder import config as config_lib
 from jaxorder import model, objectives
 from jaxorder.config import Config, ConfigError
 from jaxorder.data import make_data, save_tokenizer
+from jaxorder.data.run_tokenizer import require_same_tokenizer
 from jaxorder.evaluation.yardstick import evaluate, make_nll_fn
 from jaxorder.interop.hf_import import init_params_from_hf
 from jaxorder.model.attention import settle_model_config
@@ -32,47 +33,18 @@ from jaxorder.objectives.common import special_ids
 from jaxorder.platform import progress
 from jaxorder.platform.distributed import is_main_process, log
 from jaxorder.training.checkpoint import Checkpointer
+from jaxorder.training.health import BadSteps, all_finite
 from jaxorder.training.metrics import MetricsWriter
 from jaxorder.training.optimizer import make_optimizer
+from jaxorder.training.run_dir import checkpoint_steps, make_run_dir, prepare_run_dir, record_start
+from jaxorder.training.run_lock import RunLock
 from jaxorder.training.state import Placement, init_state, make_placement
 from jaxorder.training.step import compile_train_step
 from jaxorder.training.trackers import make_trackers
 
-# Fields that may change when a run directory is resumed (they do not change what is computed).
-# A checkpoint restores onto any mesh, so mesh and process layout may change too.
-RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.async_checkpointing", "eval.", "mesh.", "distributed.", "data.num_workers",
-                     "model.attention_impl", "model.backward_rewrites", "logging.")
-
 
 class Preempted(Exception):
     """Training stopped by SIGTERM after saving a checkpoint; re-run the same command to resume."""
-
-
-def prepare_run_dir(cfg: Config, run_dir: epath.Path) -> None:
-    """Creates the run directory or checks that its checkpoints were made with a compatible config.
-
-    The saved config binds the directory only once a checkpoint exists: a start that failed before
-    training (say, a wrong data path) may be re-run with the corrected settings.
-    """
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--run-dir {run_dir} is a file, not a directory; choose another path")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved_path = run_dir / "config.yaml"
-    has_checkpoints = (run_dir / "checkpoints").is_dir() and any(
-        p.name.isdigit() for p in (run_dir / "checkpoints").iterdir())
-    if saved_path.exists() and has_checkpoints:
-        try:
-            saved = config_lib.load_saved(saved_path)
-        except ConfigError as e:
-            raise ConfigError(f"{saved_path} is not a valid jaxorder config "
-                              f"({e}); use a new --run-dir") from None
-        conflicts = [d for d in config_lib.diff(saved, cfg) if not d.startswith(RESUMABLE_CHANGES)]
-        if conflicts:
-            raise ConfigError(f"run directory {run_dir} was made with a different config "
-                              f"({'; '.join(conflicts)}); use a new --run-dir or the same settings to resume")
-    if is_main_process():
-        config_lib.save(cfg, saved_path)
 
 
 class _SigtermFlag:
@@ -125,15 +97,22 @@ def train(cfg: Config, run_dir: str | os.PathLike, name: str | None = None) -> d
                           f"tokenizer's vocabulary of {tok.vocab_size}; set "
                           f"model.vocab_size={tok.vocab_size}")
     val_batches = data.val_batches(cfg.eval.batches)
-    prepare_run_dir(cfg, run_dir)  # saves the config as given (`auto` choices stay auto)
-    cfg = dataclasses.replace(cfg, model=settle_model_config(cfg.model))
-    if is_main_process():  # the run carries its tokenizer (JSON)
-        save_tokenizer(tok, run_dir / "tokenizer.json")
+    make_run_dir(run_dir)
+    # One writer per run directory (process 0 writes the run's files; the others follow it).
+    with RunLock(run_dir) if is_main_process() else contextlib.nullcontext():
+        if checkpoint_steps(run_dir):  # a resume: the run's ids must mean what they meant
+            require_same_tokenizer(run_dir, tok, cfg)
+        changes = prepare_run_dir(cfg, run_dir)  # saves the config as given (`auto` stays auto)
+        if is_main_process():
+            record_start(run_dir, changes)
+        cfg = dataclasses.replace(cfg, model=settle_model_config(cfg.model))
+        if is_main_process():  # the run carries its tokenizer (JSON)
+            save_tokenizer(tok, run_dir / "tokenizer.json")
 
-    optimizer = make_optimizer(cfg)
-    placement = make_placement(cfg, optimizer)
-    with placement.active():
-        return _train_placed(cfg, run_dir, name, data, val_batches, optimizer, placement)
+        optimizer = make_optimizer(cfg)
+        placement = make_placement(cfg, optimizer)
+        with placement.active():
+            return _train_placed(cfg, run_dir, name, data, val_batches, optimizer, placement)
 
 
 def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_batches: list,
@@ -166,6 +145,17 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
     metrics_out = MetricsWriter(run_dir, start_step, enabled=is_main_process(),
                                 tensorboard=cfg.logging.tensorboard, trackers=trackers)
     seconds_before = metrics_out.last_value("train", "wall_seconds", 0.0)
+    bad = BadSteps(cfg.train.max_bad_steps, int(metrics_out.last_value("train", "bad_steps", 0)),
+                   lambda: (ckpt.steps() or [None])[-1])
+
+    def save(step: int, force: bool = False) -> None:
+        """A checkpoint of the current state, only from finite parameters (never a NaN step)."""
+        bad.flush()
+        if not bool(all_finite(state["params"])):
+            raise FloatingPointError(f"the parameters are not finite at step {step}; no checkpoint "
+                                     f"written; lower optimizer.lr")
+        ckpt.save(step, state, iterator, config_dict, force=force)
+
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     total = cfg.train.steps
     if start_step == 0:
@@ -173,6 +163,7 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
             f"{tokens_per_step} tokens, run dir {run_dir}")
 
     def run_eval(step: int) -> dict:
+        bad.flush()
         result = evaluate(state["params"], cfg, val_batches, data.val_bytes_per_token, nll_fn,
                           placement.put_batch)
         metrics_out.write(step, "val", {k: result[k] for k in ("bpb", "bpb_stderr", "nll_per_token")})
@@ -190,6 +181,7 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
             for step in range(start_step + 1, total + 1):
                 batch = next(iterator)
                 state, step_metrics = step_fn(state, placement.put_batch(batch["tokens"]))
+                bad.observe(step, step_metrics["finite"])
                 if step == start_step + 1:  # keep compilation out of the throughput numbers
                     jax.block_until_ready(step_metrics)
                     window_start = time.time()
@@ -197,7 +189,9 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
                     window_steps += 1
                 bar.update()
                 if step % cfg.train.log_every == 0 or step == total:
-                    values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                    bad.flush()
+                    values = {k: float(v) for k, v in jax.device_get(step_metrics).items() if k != "finite"}
+                    values["bad_steps"] = bad.total
                     elapsed = time.time() - window_start
                     speed = ""
                     if window_steps:
@@ -207,24 +201,22 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
                     values["tokens_seen"] = step * tokens_per_step
                     values["wall_seconds"] = seconds_before + time.time() - started
                     metrics_out.write(step, "train", values)
-                    log(f"[{name}] step {step}/{total} loss {values['loss']:.4f}{speed}")
-                    if not math.isfinite(values["loss"]):
-                        raise FloatingPointError(f"loss is {values['loss']} at step "
-                                                 f"{step}; lower optimizer.lr")
+                    skipped = "" if bool(step_metrics["finite"]) else " (non-finite: step skipped)"
+                    log(f"[{name}] step {step}/{total} loss {values['loss']:.4f}{skipped}{speed}")
                     window_start, window_steps = time.time(), 0
                 if step % cfg.train.checkpoint_every == 0 and step != total:
-                    ckpt.save(step, state, iterator, config_dict)
+                    save(step)
                 if step % cfg.train.eval_every == 0 and step != total:
                     run_eval(step)
                 if sigterm.raised:
                     if step not in ckpt.steps():  # this step may have just been checkpointed
-                        ckpt.save(step, state, iterator, config_dict, force=True)
+                        save(step, force=True)
                     ckpt.wait()
                     log(f"[{name}] SIGTERM: saved checkpoint at step {step}; re-run the "
                         f"same command to resume")
                     raise Preempted(step)
             if total not in ckpt.steps():
-                ckpt.save(total, state, iterator, config_dict, force=True)
+                save(total, force=True)
         result = run_eval(total)
         metrics_out.summary({k: result[k] for k in ("bpb", "bpb_stderr", "nll_per_token", "kind")}
                             | {"step": total, "params": n_params})

@@ -6,6 +6,7 @@ rewrite it at each write. TensorBoard events are written for local run dirs only
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Sequence
 
 from etils import epath
@@ -36,11 +37,17 @@ class MetricsWriter:
             self._tb = SummaryWriter(str(epath.Path(run_dir) / "tensorboard"), purge_step=resume_step + 1)
 
     def _drop_after(self, step: int) -> list[str]:
-        """Entries past the restored checkpoint are recomputed on resume, so they are dropped."""
+        """Entries past the restored checkpoint are recomputed on resume, so they are dropped, as are
+        lines that do not parse (the last line of a writer killed mid-write), with one warning."""
         if not self.path.exists():
             return []
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        records = [(line, _parse(line)) for line in lines]
+        broken = sum(record is None for _, record in records)
+        if broken:
+            print(f"warning: dropped {broken} unreadable line(s) of {self.path} (a writer stopped "
+                  f"mid-line); their steps are recomputed", file=sys.stderr, flush=True)
+        kept = [line for line, record in records if record is not None and record.get("step", 0) <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
         return kept
 
@@ -87,4 +94,14 @@ def read_metrics(run_dir: Any) -> list[dict]:
     path = epath.Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [_parse(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r is not None]
+
+
+def _parse(line: str) -> dict | None:
+    """A metrics record, or None for a line cut short (no exception: a killed writer is expected)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None

@@ -1,6 +1,8 @@
 """The pure train step (loss, gradients, optional accumulation, optimizer update) and its jit."""
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -66,7 +68,22 @@ def make_train_step(cfg: Config, optimizer: optax.GradientTransformation):
             grads, metrics = accumulated(state["params"], tokens_BL, rng)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
+        grad_norm = optax.tree.norm(grads)
+        params, opt_state, finite = keep_if_finite(metrics["loss"], grad_norm, (params, opt_state),
+                                                   (state["params"], state["opt_state"]))
+        metrics = {**metrics, "grad_norm": grad_norm, "finite": finite}
+        # The step counter advances either way: the data iterator has moved on, and the next step's
+        # rng must differ from the skipped one's.
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     return step_fn
+
+
+def keep_if_finite(loss: jnp.ndarray, grad_norm: jnp.ndarray, updated: Any, previous: Any) -> tuple:
+    """(*chosen, finite): `updated` if the loss and the global gradient norm are finite, else `previous`.
+
+    One non-finite gradient entry makes the global norm non-finite, so two scalar checks cover the
+    whole gradient; the select is elementwise, so a skipped step costs no host round trip."""
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    chosen = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, previous)
+    return (*chosen, finite)
