@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_CPU ?= 2.13.0+cpu
 
-.PHONY: install demo test test-all lint clean
+.PHONY: install demo test test-kill test-all lint clean
 
 $(BIN)/.jaxorder-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# the slow kill -9 resume test that CI runs besides the default suite (docs/reliability.md)
+test-kill: install
+	$(BIN)/python -m pytest -q -m slow tests/test_kill_resume.py
 
 test-all: install
 	$(BIN)/python -m pytest -q -m "slow or not slow"

@@ -90,3 +90,15 @@ def test_bfloat16_compute_is_close_to_float32():
     a = jax.nn.log_softmax(model.apply(params, c32, tokens, pos, "causal"))
     b = jax.nn.log_softmax(model.apply(params, c16, tokens, pos, "causal"))
     assert float(jnp.max(jnp.abs(a - b))) < 0.1
+
+
+def test_apply_refuses_positions_outside_the_rope_table():
+    cfg = config_lib.load(None, ("model.d_model=32", "model.n_layers=1", "model.n_heads=2",
+                                 "model.max_len=16", "data.seq_len=16")).model
+    params = model.init_params(cfg, jax.random.key(0))
+    tokens = jnp.zeros((1, 4), jnp.int32)
+    assert np.all(np.isfinite(model.apply(params, cfg, tokens, jnp.array([[12, 13, 14, 15]]), "causal")))
+    with pytest.raises(ValueError, match=r"positions 14\.\.17 are outside \[0, model.max_len=16\)"):
+        model.apply(params, cfg, tokens, jnp.array([[14, 15, 16, 17]]), "causal")
+    jitted = jax.jit(lambda p: model.apply(params, cfg, tokens, p, "causal"))  # traced: not checked here
+    assert np.isnan(np.asarray(jitted(jnp.array([[14, 15, 16, 17]])))).any()

@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxorder.config import ModelConfig
 from jaxorder.model import cpu_rewrites
@@ -227,8 +228,22 @@ def apply(params: Params, cfg: ModelConfig, tokens_BL: jnp.ndarray, positions_BL
     if target_positions_BL is not None and "target_embed" not in params:
         raise ValueError("target positions need a model initialized with them "
                          "(init_params(..., target_positions=True); objectives ao_ar and latent_order)")
+    check_positions(cfg, positions_BL, target_positions_BL)
     return Transformer(cfg).apply({"params": cast_params(params, cfg)}, tokens_BL, positions_BL, mask_kind,
                                   target_positions_BL)
+
+
+def check_positions(cfg: ModelConfig, *positions: jnp.ndarray | None) -> None:
+    """ValueError for a concrete position outside [0, model.max_len): the RoPE and target-position
+    tables have no row for it, and the lookup would give NaN. Traced positions (inside jit) are
+    not checked here: every entry point that builds them checks its lengths against max_len."""
+    for pos in positions:
+        if pos is None or isinstance(pos, jax.core.Tracer) or not np.size(pos):
+            continue
+        lo, hi = int(np.min(pos)), int(np.max(pos))
+        if lo < 0 or hi >= cfg.max_len:
+            raise ValueError(f"positions {lo}..{hi} are outside [0, model.max_len={cfg.max_len}); raise "
+                             f"model.max_len (RoPE needs no new parameters) or feed shorter sequences")
 
 
 def cast_params(params: Params, cfg: ModelConfig) -> Params:
