@@ -238,9 +238,12 @@ def check_positions(cfg: ModelConfig, *positions: jnp.ndarray | None) -> None:
     tables have no row for it, and the lookup would give NaN. Traced positions (inside jit) are
     not checked here: every entry point that builds them checks its lengths against max_len."""
     for pos in positions:
-        if pos is None or isinstance(pos, jax.core.Tracer) or not np.size(pos):
+        if pos is None or not np.size(pos):
             continue
-        lo, hi = int(np.min(pos)), int(np.max(pos))
+        try:
+            lo, hi = int(np.min(pos)), int(np.max(pos))
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+            continue  # traced: checked where the lengths are known
         if lo < 0 or hi >= cfg.max_len:
             raise ValueError(f"positions {lo}..{hi} are outside [0, model.max_len={cfg.max_len}); raise "
                              f"model.max_len (RoPE needs no new parameters) or feed shorter sequences")
