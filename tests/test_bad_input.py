@@ -94,7 +94,8 @@ def test_a_few_invalid_utf8_bytes_are_replaced_with_one_warning(tmp_path, capsys
 
 
 def test_a_metrics_line_cut_short_is_dropped_on_resume(tmp_path, capsys):
-    good = [{"step": 10, "split": "train", "loss": 2.0}, {"step": 20, "split": "train", "loss": 1.0}]
+    # Steps 10-30 were logged, the checkpoint is at 20, and the writer was killed writing step 40.
+    good = [{"step": s, "split": "train", "loss": 1.0 / s} for s in (10, 20, 30)]
     lines = [json.dumps(r) for r in good]
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n" + lines[1][:17])  # killed mid-line
     assert read_metrics(tmp_path) == good
@@ -103,7 +104,9 @@ def test_a_metrics_line_cut_short_is_dropped_on_resume(tmp_path, capsys):
     writer.close()
     err = capsys.readouterr().err
     assert err.count("warning:") == 1 and "dropped 1 unreadable line" in err
-    assert [r["step"] for r in read_metrics(tmp_path)] == [10, 20, 30]
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == \
+        [10, 20, 30]  # every line parses, step 30 once (recomputed after the checkpoint of step 20)
+    assert read_metrics(tmp_path)[-1]["loss"] == 0.5
 
 
 def test_xla_out_of_memory_is_one_line_naming_the_settings(tmp_path, tiny_config_file, monkeypatch, capsys):

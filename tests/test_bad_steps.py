@@ -1,8 +1,9 @@
 """Non-finite train steps: skipped inside the compiled step (params and optimizer state kept),
 counted, and `train.max_bad_steps` in a row stop the run with the last checkpoint intact.
 
-NaNs are injected by wrapping the objective's loss: it is multiplied by NaN on chosen steps (a
-host callback counts the step calls), so the loss and every gradient entry are NaN there.
+NaNs are injected by wrapping the objective's loss on chosen steps (a host callback counts the
+step calls): either the loss is multiplied by NaN (the loss and every gradient entry are NaN), or a
+term with value 0 and a NaN gradient is added (the loss stays finite, only the gradient is NaN).
 """
 from __future__ import annotations
 
@@ -27,8 +28,21 @@ from jaxorder.training.state import init_state
 from conftest import TINY, step_dirs
 
 
-def poison_steps(monkeypatch, bad_calls) -> None:
-    """Makes the train step's loss NaN on the `bad_calls`-th executions (1-based) of the step."""
+@jax.custom_jvp
+def zero_with_nan_gradient(x, bad):
+    """0, with a NaN derivative where `bad` (a float flag) is 1."""
+    return jnp.zeros_like(x)
+
+
+@zero_with_nan_gradient.defjvp
+def _zero_with_nan_gradient_jvp(primals, tangents):
+    x, bad = primals
+    return jnp.zeros_like(x), jnp.where(bad > 0, jnp.nan, 0.0) * tangents[0]
+
+
+def poison_steps(monkeypatch, bad_calls, part: str = "loss") -> None:
+    """Makes the train step non-finite on the `bad_calls`-th executions (1-based) of the step:
+    `part="loss"` the loss (and so every gradient), `part="gradient"` only the gradient."""
     calls = {"n": 0}
 
     def is_bad(_):
@@ -43,7 +57,11 @@ def poison_steps(monkeypatch, bad_calls) -> None:
         def loss(params, batch, rng, cfg):
             value, metrics = objective.loss(params, batch, rng, cfg)
             bad = jax.pure_callback(is_bad, jax.ShapeDtypeStruct((), jnp.bool_), batch["tokens"][0, 0])
-            value = value * jnp.where(bad, jnp.nan, 1.0)
+            if part == "loss":
+                value = value * jnp.where(bad, jnp.nan, 1.0)
+            else:
+                first_leaf = jax.tree.leaves(params)[0]
+                value = value + zero_with_nan_gradient(first_leaf.sum(), bad.astype(jnp.float32))
             return value, {**metrics, "loss": value}
 
         return dataclasses.replace(objective, loss=loss)
@@ -51,13 +69,14 @@ def poison_steps(monkeypatch, bad_calls) -> None:
     monkeypatch.setattr(step_lib, "objectives", types.SimpleNamespace(of=of))
 
 
-def test_a_non_finite_step_keeps_params_and_optimizer_state(monkeypatch):
+@pytest.mark.parametrize("part", ["loss", "gradient"])
+def test_a_non_finite_step_keeps_params_and_optimizer_state(monkeypatch, part):
     tiny = ["model.d_model=16", "model.n_layers=1", "model.n_heads=2", "model.max_len=16", "data.seq_len=8"]
     cfg = config_lib.load(None, [*tiny, "data.batch_size=4", "optimizer.warmup_steps=0"])
     optimizer = make_optimizer(cfg)
     state = init_state(cfg, optimizer)
     tokens = jax.random.randint(jax.random.key(1), (4, 8), 0, 256)
-    poison_steps(monkeypatch, lambda call: call == 2)
+    poison_steps(monkeypatch, lambda call: call == 2, part)
     step = jax.jit(step_lib.make_train_step(cfg, optimizer))
 
     good, metrics_good = step(state, tokens)  # call 1: finite
@@ -66,8 +85,9 @@ def test_a_non_finite_step_keeps_params_and_optimizer_state(monkeypatch):
                                                         jax.tree.leaves(state["params"]))]
     assert all(changed), "a finite step must update every parameter"
 
-    skipped, metrics_bad = step(good, tokens)  # call 2: NaN loss and gradients
-    assert not bool(metrics_bad["finite"]) and np.isnan(float(metrics_bad["loss"]))
+    skipped, metrics_bad = step(good, tokens)  # call 2: NaN loss and gradients, or NaN gradients only
+    assert not bool(metrics_bad["finite"]) and np.isnan(float(metrics_bad["grad_norm"]))
+    assert np.isnan(float(metrics_bad["loss"])) == (part == "loss")
     for key in ("params", "opt_state"):
         for a, b in zip(jax.tree.leaves(skipped[key]), jax.tree.leaves(good[key])):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -223,6 +223,57 @@ MUTATIONS: tuple[Mutation, ...] = (
         "rng = base_rng",
         "every train step draws the same randomness (rng not derived from the step)",
         ("tests/test_train_step.py::test_step_rng_is_folded_from_the_state_step",)),
+    # ------------------------------------------------------------------ reliability (docs/reliability.md)
+    Mutation(
+        "finite-check-loss-only", "jaxorder/training/step.py",
+        "finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)",
+        "finite = jnp.isfinite(loss)",
+        "a step with a finite loss but a non-finite gradient is applied (NaN parameters)",
+        ("tests/test_bad_steps.py::test_a_non_finite_step_keeps_params_and_optimizer_state",)),
+    Mutation(
+        "bad-steps-never-reset", "jaxorder/training/health.py",
+        "                self.consecutive = 0\n                continue",
+        "                continue",
+        "a good step does not reset the count of consecutive bad steps (scattered bad steps stop the run)",
+        ("tests/test_bad_steps.py::test_consecutive_bad_steps_stop_the_run_with_the_last_checkpoint_intact",)),
+    Mutation(
+        "run-lock-shared", "jaxorder/training/run_lock.py",
+        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+        "fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)",
+        "the run-directory lock is shared: two writers both get it",
+        ("tests/test_run_lock.py::test_a_second_writer_is_refused_with_one_line",)),
+    Mutation(
+        "restore-every-error-is-damage", "jaxorder/training/restore_errors.py",
+        "        if marker in text:\n            return hint",
+        "        if marker in text:\n            pass",
+        "a storage or shape error on restore is taken for damage: silent fallback to an older step",
+        ("tests/test_restore.py",)),
+    Mutation(
+        "metrics-keep-cut-lines", "jaxorder/training/metrics.py",
+        'kept = [line for line, record in records if record is not None and record.get("step", 0) <= step]',
+        'kept = [line for line, record in records if record is None or record.get("step", 0) <= step]',
+        "resume keeps a metrics line cut short by a killed writer (the next line is appended to it)",
+        ("tests/test_bad_input.py::test_a_metrics_line_cut_short_is_dropped_on_resume",)),
+    Mutation(
+        "metrics-keep-future-lines", "jaxorder/training/metrics.py",
+        'kept = [line for line, record in records if record is not None and record.get("step", 0) <= step]',
+        'kept = [line for line, record in records if record is not None]',
+        "resume keeps metrics of steps after the restored checkpoint (they are logged twice)",
+        ("tests/test_train.py::test_corrupted_newest_checkpoint_train_resumes_from_previous",
+         "tests/test_bad_input.py::test_a_metrics_line_cut_short_is_dropped_on_resume")),
+    Mutation(
+        "resume-any-change", "jaxorder/training/run_dir.py",
+        "conflicts = [d for d in changes if not d.startswith(RESUMABLE_CHANGES)]",
+        "conflicts = []",
+        "resuming with a changed model or data config is accepted (a silently different run)",
+        ("tests/test_resume_changes.py::test_any_other_change_is_refused_naming_the_key",)),
+    Mutation(
+        "iterator-state-any-processes", "jaxorder/data/iterator_state.py",
+        'if not (isinstance(first, dict) and set(first) == {"next_index"} and all(s == first for s in states'
+        ')):',
+        'if not isinstance(first, dict):',
+        "a process-specific iterator state is re-sliced for another process count (wrong data order)",
+        ("tests/test_prepared_data.py::test_prepared_two_process_slices_and_one_to_two_process_resume",)),
     # ------------------------------------------------------------------ the seams (registries, lifecycle)
     Mutation(
         "sampler-takes-any-option", "jaxorder/sampling/base.py",
