@@ -23,8 +23,7 @@ from jaxorder.interop.hf_export import export_hf
 from jaxorder.platform.aot import run_in_subprocess
 from jaxorder.platform.distributed import initialize
 from jaxorder.platform.host_memory import configure_host_malloc
-from jaxorder.sampling import OPTION_NAMES
-from jaxorder.sampling.base import APPROX_CACHES
+from jaxorder.sampling.flags import add_sampler_flags, given_options, sampler_help
 from jaxorder.training.loop import Preempted, train
 
 EPILOG_OVERRIDES = ("Overrides are section.field=value pairs applied after the config file, e.g. "
@@ -55,7 +54,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = eval_run(args.run_dir, args.orders, args.max_windows)
     if args.generate:
         result["generate"] = generation_quality(args.run_dir, num_samples=args.num_samples,
-                                                sampler=args.sampler, options=sampler_options(args),
+                                                sampler=args.sampler, options=given_options(args),
                                                 seed=args.seed, judge=args.judge)
     _print_result(result, args.json)
     if not args.json and "generate" in result:
@@ -158,17 +157,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return run_in_subprocess(args.config, args.overrides, args.devices, args.json)
 
 
-def sampler_options(args: argparse.Namespace) -> dict:
-    """The sampler settings given on the command line: flags named like SamplerOptions fields that
-    were set (unset ones stay out, so an option a sampler does not read is an error only if given)."""
-    given = {name: getattr(args, name) for name in OPTION_NAMES if getattr(args, name, None) is not None}
-    if args.no_stop_at_eos:
-        given["stop_at_eos"] = False
-    return given
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
-    result = sample_run(args.run_dir, sampler=args.sampler, options=sampler_options(args),
+    result = sample_run(args.run_dir, sampler=args.sampler, options=given_options(args),
                         num_samples=args.num_samples,
                         seed=args.seed, prompt=args.prompt, template=args.template, length=args.length)
     if args.json:
@@ -194,53 +184,6 @@ def _print_result(result: dict, as_json: bool) -> None:
         print(f"{result['run']}: {result['bpb']:.4f} ± {result['bpb_stderr']:.4f} bits/byte "
               f"({result['kind']}, {result['objective']}, step {result['step']}, "
               f"{result['windows']} windows)")
-
-
-def add_sampler_options(p: argparse.ArgumentParser) -> None:
-    """The SamplerOptions flags shared by `sample` and `eval --generate` (--steps is added by each)."""
-    p.add_argument("--temperature", type=float, default=None, help="0 = argmax (default 1)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="threshold sampler: commit every masked position with confidence >= C, at least "
-                        "one per step (default 0.9)")
-    p.add_argument("--factor", type=float, default=None,
-                   help="factor sampler: commit the n most confident positions with (n + 1)(1 - p_n) < F, "
-                        "at least one per step (default 1)")
-    p.add_argument("--prophet", type=float, default=None,
-                   help="masked runs: commit the rest of a block at its argmax once the mean top-2 logit gap "
-                        "of its masked positions exceeds 1.5G, G, 0.5G in the thirds of its steps "
-                        "(default 0: off; Prophet's 7.5/5/2.5 is G=5)")
-    p.add_argument("--approx-cache", default=None, choices=list(APPROX_CACHES),
-                   help="masked runs, APPROXIMATE KV cache: prefix (prompt and finished blocks), dual (also "
-                        "the masked suffix), free (no full refresh: only changed positions are recomputed), "
-                        "chunked (long prompts: prompt chunks cached once, the most relevant ones attended); "
-                        "default none")
-    p.add_argument("--cache-refresh", type=int, default=None,
-                   help="--approx-cache: recompute every key/value each N steps (default 0: once per block)")
-    p.add_argument("--chunk-length", type=int, default=None,
-                   help="--approx-cache chunked: prompt tokens per cached chunk (default 256)")
-    p.add_argument("--chunks", type=int, default=None,
-                   help="--approx-cache chunked: prompt chunks attended besides the most recent one, the "
-                        "most relevant to the block being decoded (default 4)")
-    p.add_argument("--top-k", type=int, default=None,
-                   help="ar, any-order: sample among the k most likely tokens (default 0: off)")
-    p.add_argument("--top-p", type=float, default=None,
-                   help="ar, any-order: nucleus sampling, the smallest set with probability "
-                        ">= p (default 1: off)")
-    p.add_argument("--no-stop-at-eos", action="store_true",
-                   help="ar: keep generating after EOS up to --length")
-    p.add_argument("--block-length", type=int, default=None,
-                   help="semi-autoregressive blocks of this many positions, left to right "
-                        "(default 0: one block)")
-    p.add_argument("--noise", default=None, choices=["high", "float32"],
-                   help="Gumbel noise: high (float64-accurate tails, default) or float32 (naive 24-bit)")
-    p.add_argument("--fused", action="store_true", default=None,
-                   help="commitment step through pallas_kernels.mdm_sample_step (CPU: its reference)")
-    p.add_argument("--draft", metavar="RUN_DIR", default=None,
-                   help="speculative sampler (l2r/r2l runs): the draft run directory, a smaller run with "
-                        "the same tokenizer and reading order that proposes tokens for the target to verify")
-    p.add_argument("--draft-length", metavar="K", type=int, default=None,
-                   help="speculative samplers: tokens (l2r/r2l runs) or positions (any-order runs) drafted "
-                        "per round and verified in one call (default 4)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--generate, mdm/bd3: sampling steps (default: the window length)")
     p.add_argument("--seed", type=int, default=0, help="--generate: sampling seed")
     p.add_argument("--judge", help="--generate: an l2r run directory to score the samples")
-    add_sampler_options(p)  # --generate: the sampler settings of `jaxorder sample`
+    add_sampler_flags(p)  # --generate: the sampler settings of `jaxorder sample`
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
     p.set_defaults(func=cmd_eval)
 
@@ -361,10 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="fixed prefix; the rest up to --length is generated")
     src.add_argument("--template", help="text with [MASK:n] / [MASK] spans to fill (fixes the length)")
-    p.add_argument("--sampler", default=None,
-                   help="mdm/bd3: ancestral | confidence | margin | entropy | threshold (default "
-                        "confidence); l2r/r2l: ar (the default) | speculative (needs --draft); "
-                        "ao_ar/latent_order: l2r | r2l | random | greedy (default l2r)")
+    p.add_argument("--sampler", default=None, help=sampler_help())
     p.add_argument("--steps", type=int, default=None,
                    help="mdm/bd3: denoising steps, i.e. forward passes at most (default 64); ar and "
                         "any-order: unused (one per token)")
@@ -372,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="same seed, same samples (default 0)")
     p.add_argument("--length", type=int,
                    help="tokens per sequence incl. the prompt (default: the run's data.seq_len)")
-    add_sampler_options(p)
+    add_sampler_flags(p)
     p.add_argument("--json", action="store_true",
                    help="print the samples and settings as one JSON object on stdout")
     p.set_defaults(func=cmd_sample)

@@ -212,5 +212,5 @@ def test_clear_errors_and_the_cli_flag(tiny):
     with pytest.raises(config_lib.ConfigError, match="the speculative sampler does not take 'cache'"):
         _run(params, cfg, RAGGED, jax.random.key(0), cache=False)
     args = cli.build_parser().parse_args(["sample", "RUN", "--sampler", "speculative", "--draft-length", "8"])
-    assert cli.sampler_options(args) == {"draft_length": 8}
+    assert cli.given_options(args) == {"draft_length": 8}
     assert sampling.make_options(sampling.resolve(cfg, "speculative"), {"draft_length": 8}).draft_length == 8

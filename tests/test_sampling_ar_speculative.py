@@ -182,7 +182,7 @@ def test_one_line_errors(runs):
 def test_the_draft_run_is_loaded_by_sample_eval_generate_and_a_sweep(tmp_path, repeated_corpus):
     """`jaxorder sample --draft`, a sweep's generate grid (a relative draft = a run of the sweep) and
     `eval --generate` load the draft run; the run as its own draft accepts every draft token."""
-    from jaxorder.cli import build_parser, sampler_options
+    from jaxorder.cli import build_parser, given_options
     from jaxorder.evaluation.runs import companion_dirs
     from jaxorder.experiments.sweep import _sample_quality
 
@@ -215,7 +215,7 @@ def test_the_draft_run_is_loaded_by_sample_eval_generate_and_a_sweep(tmp_path, r
     # eval --generate takes the same flags
     args = build_parser().parse_args(["eval", str(run), "--generate", "--sampler", "speculative", "--draft",
                                       "d", "--draft-length", "2"])
-    assert sampler_options(args) == {"draft": "d", "draft_length": 2}
+    assert given_options(args) == {"draft": "d", "draft_length": 2}
 
 
 def test_sweep_generate_grid_takes_draft_options(tmp_path):

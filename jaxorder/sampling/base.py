@@ -42,30 +42,60 @@ from jaxorder.sampling.noise import PRECISIONS
 APPROX_CACHES = ("none", "prefix", "dual", "free", "chunked")  # jaxorder.sampling.mdm_cached
 
 
+def option(default: Any, help: str, cli: bool = True, choices: tuple[str, ...] = (),
+           metavar: str = "") -> Any:
+    """A SamplerOptions field: its default and its command-line help (`jaxorder sample` and `eval
+    --generate` get one flag per field from these, jaxorder.sampling.flags); `cli=False` for
+    settings only the Python API takes."""
+    return dataclasses.field(default=default, metadata={"help": help, "cli": cli, "choices": choices,
+                                                             "metavar": metavar})
+
+
 @dataclass(frozen=True)
 class SamplerOptions:
-    """Every sampler setting, in one typed object; each sampler reads the subset it declares."""
+    """Every sampler setting, in one typed object; each sampler reads the subset it declares. A new
+    setting is a field here (with its help); its flag and its sweep key follow from the field."""
 
-    steps: int = 64  # denoising steps over the sequence, i.e. forward passes at most (masked, block)
-    temperature: float = 1.0  # 0 = argmax
-    top_k: int = 0  # keep the k most likely tokens (0 = off)
-    top_p: float = 1.0  # nucleus: the smallest set with probability >= p (1 = off)
-    threshold: float = 0.9  # threshold rule: commit every masked position with confidence >= this
-    factor: float = 1.0  # factor rule: commit the n most confident with (n + 1)(1 - p_n) < factor
-    prophet: float = 0.0  # masked: early-commit logit gap (x1.5, x1, x0.5 by thirds of a block; 0: off)
-    approx_cache: str = "none"  # masked: approximate KV cache: none | prefix | dual | free | chunked
-    cache_refresh: int = 0  # approx_cache: recompute every key/value each this many steps (0 = per block)
-    chunk_length: int = 256  # approx_cache chunked: prompt tokens per cached chunk
-    chunks: int = 4  # approx_cache chunked: chunks attended besides the most recent one (top-K by relevance)
-    block_length: int = 0  # masked runs: semi-autoregressive blocks of this many positions (0 = one block)
-    noise: str = "high"  # Gumbel noise: high (float64-accurate tails) | float32 (naive 24-bit)
-    fused: bool = False  # masked runs: the commitment step through pallas_kernels.mdm_sample_step
-    interpret: bool | None = None  # fused path: None = by backend (CPU: reference), True = Pallas interpret
-    cache: bool = True  # KV cache; False = the uncached reference (recompute every step)
-    stop_at_eos: bool = True  # ar: a row stops at EOS
-    collect_logits: bool = False  # ar, any_order: also return the logits that chose each token
-    draft: str = ""  # ar speculative: the draft run's directory (a smaller l2r/r2l run, same tokenizer)
-    draft_length: int = 4  # speculative samplers: tokens (ar) / positions (any-order) drafted per round
+    steps: int = option(64, "mdm/bd3: denoising steps, i.e. forward passes at most (default 64); ar and "
+                            "any-order: unused (one per token)")
+    temperature: float = option(1.0, "0 = argmax (default 1)")
+    top_k: int = option(0, "ar, any-order: sample among the k most likely tokens (default 0: off)")
+    top_p: float = option(1.0, "ar, any-order: nucleus sampling, the smallest set with probability >= p "
+                               "(default 1: off)")
+    threshold: float = option(0.9, "threshold sampler: commit every masked position with confidence >= C, "
+                                   "at least one per step (default 0.9)")
+    factor: float = option(1.0, "factor sampler: commit the n most confident positions with "
+                                "(n + 1)(1 - p_n) < F, at least one per step (default 1)")
+    prophet: float = option(0.0, "masked runs: commit the rest of a block at its argmax once the mean top-2 "
+                                 "logit gap of its masked positions exceeds 1.5G, G, 0.5G in the thirds of "
+                                 "its steps (default 0: off; Prophet's 7.5/5/2.5 is G=5)")
+    approx_cache: str = option("none", "masked runs, APPROXIMATE KV cache: prefix (prompt and finished "
+                                       "blocks), dual (also the masked suffix), free (no full refresh: only "
+                                       "changed positions are recomputed), chunked (long prompts: prompt "
+                                       "chunks cached once, the most relevant ones attended); default none",
+                               choices=APPROX_CACHES)
+    cache_refresh: int = option(0, "--approx-cache: recompute every key/value each N steps (default 0: once "
+                                   "per block)")
+    chunk_length: int = option(256, "--approx-cache chunked: prompt tokens per cached chunk (default 256)")
+    chunks: int = option(4, "--approx-cache chunked: prompt chunks attended besides the most recent one, "
+                            "the most relevant to the block being decoded (default 4)")
+    block_length: int = option(0, "semi-autoregressive blocks of this many positions, left to right "
+                                  "(default 0: one block)")
+    noise: str = option("high", "Gumbel noise: high (float64-accurate tails, default) or float32 (naive "
+                                "24-bit)", choices=PRECISIONS)
+    fused: bool = option(False, "masked runs: the commitment step through pallas_kernels.mdm_sample_step "
+                                "(CPU: its reference)")
+    interpret: bool | None = option(None, "fused path: None = by backend (CPU: reference), True = Pallas "
+                                          "interpret", cli=False)
+    cache: bool = option(True, "KV cache; False = the uncached reference (recompute every step)", cli=False)
+    stop_at_eos: bool = option(True, "ar: a row stops at EOS (--no-stop-at-eos: generate up to --length)")
+    collect_logits: bool = option(False, "ar, any_order: also return the logits that chose each token",
+                                  cli=False)
+    draft: str = option("", "speculative sampler (l2r/r2l runs): the draft run directory, a smaller run "
+                            "with the same tokenizer and reading order that proposes tokens for the target "
+                            "to verify", metavar="RUN_DIR")
+    draft_length: int = option(4, "speculative samplers: tokens (l2r/r2l runs) or positions (any-order runs) "
+                                  "drafted per round and verified in one call (default 4)", metavar="K")
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -82,9 +112,6 @@ class SamplerOptions:
             raise ConfigError(f"factor must be a finite number > 0, got {self.factor}")
         if not self.prophet >= 0:
             raise ConfigError(f"prophet must be >= 0 (0: off, inf: never commits early), got {self.prophet}")
-        if self.approx_cache not in APPROX_CACHES:
-            raise ConfigError(f"approx_cache must be one of {', '.join(APPROX_CACHES)}, got "
-                              f"'{self.approx_cache}'")
         if self.cache_refresh < 0:
             raise ConfigError(f"cache_refresh must be >= 0 (0 = once per block), got {self.cache_refresh}")
         if self.chunk_length < 1 or self.chunks < 1:
@@ -94,8 +121,10 @@ class SamplerOptions:
             raise ConfigError(f"block_length must be >= 0 (0 = no blocks), got {self.block_length}")
         if self.draft_length < 1:
             raise ConfigError(f"draft_length must be >= 1, got {self.draft_length}")
-        if self.noise not in PRECISIONS:
-            raise ConfigError(f"noise must be one of {', '.join(PRECISIONS)}, got '{self.noise}'")
+        for f in dataclasses.fields(self):
+            choices, value = f.metadata["choices"], getattr(self, f.name)
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, got '{value}'")
 
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(SamplerOptions))
