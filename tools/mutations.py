@@ -29,6 +29,7 @@ SAMPLE_MDM = "tests/test_sampling_mdm.py::"
 FAST = "tests/test_sampling_mdm_fast.py::"
 SPEC = "tests/test_sampling_ar_speculative.py::"
 ASSD = "tests/test_sampling_any_order_speculative.py::"
+REMASK = "tests/test_sampling_remask.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -204,6 +205,32 @@ MUTATIONS: tuple[Mutation, ...] = (
         'out["cache"] = st["cache"]',
         "bd3 sampler never writes finished blocks into the KV cache",
         ("tests/test_sampling_bd3.py::test_cached_equals_uncached[confidence-0.0]",)),
+    Mutation(
+        "remask-highest-scores", "jaxorder/sampling/remask.py",
+        "rank_Bn = jnp.argsort(jnp.argsort(score_Bn, axis=1), axis=1)",
+        "rank_Bn = jnp.argsort(jnp.argsort(-score_Bn, axis=1), axis=1)",
+        "the corrector remasks the best-scoring committed tokens instead of the worst",
+        (REMASK + "test_remasking_equals_the_plain_reference",)),
+    Mutation(
+        "remask-budget-never-zero", "jaxorder/sampling/remask.py",
+        "later = jnp.maximum(steps_left - 1, 0).astype(jnp.float32)",
+        "later = jnp.maximum(steps_left, 0).astype(jnp.float32)",
+        "the remasking budget does not reach 0 at a block's last step (masks can be left unfilled)",
+        (REMASK + "test_the_budget_decays_to_zero_at_a_blocks_last_step",
+         REMASK + "test_remasking_equals_the_plain_reference")),
+    Mutation(
+        "remask-stale-scores", "jaxorder/sampling/remask.py",
+        "return jnp.where(valid_Bn, score_Bn, jnp.inf), jnp.int32(1), jnp.int32(n * L)",
+        'return jnp.where(valid_Bn, jnp.take_along_axis(st["lp_at"], pos_Bn, axis=1), jnp.inf), '
+        "jnp.int32(1), jnp.int32(n * L)",
+        "candidates ranked by their log-prob at commit time, not re-scored under the current conditionals",
+        (REMASK + "test_remasking_equals_the_plain_reference",)),
+    Mutation(
+        "remask-logprob-kept", "jaxorder/sampling/remask.py",
+        'logprob=st["logprob"] - jnp.sum(jnp.where(back_BL, st["lp_at"], 0.0), axis=1),',
+        'logprob=st["logprob"],',
+        "a remasked token's log-prob stays in the sample's logprob",
+        (REMASK + "test_remasking_equals_the_plain_reference",)),
     # ------------------------------------------------------------------ training and resume
     Mutation(
         "resume-step-not-restored", "jaxorder/training/loop.py",

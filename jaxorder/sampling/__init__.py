@@ -5,8 +5,8 @@
   the caller loads) proposes ``draft_length`` tokens, the target verifies them in one cached call;
   exactly the target's sampling distribution;
 - ``mdm``: masked-diffusion rules (ancestral, confidence, margin, entropy, threshold, factor), Prophet
-  early commit, approximate KV caches (prefix, dual, free), optionally in
-  semi-autoregressive blocks and with the fused Pallas step;
+  early commit, approximate KV caches (prefix, dual, free, chunked; ``mdm_cached``), the remasking
+  corrector (``remask``), optionally in semi-autoregressive blocks and with the fused Pallas step;
 - ``bd3``: block diffusion block by block with a KV cache over finished blocks;
 - ``any_order``: any-order AR in a chosen (l2r, r2l, random) or greedy order, KV cache over the
   permuted prefix;

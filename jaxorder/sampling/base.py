@@ -79,6 +79,12 @@ class SamplerOptions:
     chunk_length: int = option(256, "--approx-cache chunked: prompt tokens per cached chunk (default 256)")
     chunks: int = option(4, "--approx-cache chunked: prompt chunks attended besides the most recent one, "
                             "the most relevant to the block being decoded (default 4)")
+    remask: float = option(0.0, "confidence/margin/entropy samplers of mdm runs: after each step return up "
+                                "to floor(R k (steps left - 1) / block steps) committed tokens to MASK, the "
+                                "lowest-scoring under the current conditionals (ReMDM-style corrector; "
+                                "default 0: off; R in [0, 1])")
+    remask_candidates: int = option(4, "--remask: committed tokens re-scored per step, exactly (one masked "
+                                       "copy each in the step's call; default 4)")
     block_length: int = option(0, "semi-autoregressive blocks of this many positions, left to right "
                                   "(default 0: one block)")
     noise: str = option("high", "Gumbel noise: high (float64-accurate tails, default) or float32 (naive "
@@ -117,6 +123,10 @@ class SamplerOptions:
         if self.chunk_length < 1 or self.chunks < 1:
             raise ConfigError(f"chunk_length and chunks must be >= 1, got {self.chunk_length} and "
                               f"{self.chunks}")
+        if not 0.0 <= self.remask <= 1.0:
+            raise ConfigError(f"remask must be in [0, 1] (0 = off), got {self.remask}")
+        if self.remask_candidates < 1:
+            raise ConfigError(f"remask_candidates must be >= 1, got {self.remask_candidates}")
         if self.block_length < 0:
             raise ConfigError(f"block_length must be >= 0 (0 = no blocks), got {self.block_length}")
         if self.draft_length < 1:

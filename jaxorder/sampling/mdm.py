@@ -70,7 +70,7 @@ from jaxorder import model
 from jaxorder.config import Config, ConfigError
 from jaxorder.objectives import mdm as mdm_objective
 from jaxorder.objectives.common import positions_like, special_ids
-from jaxorder.sampling import mdm_cached
+from jaxorder.sampling import mdm_cached, remask
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
 from jaxorder.sampling.mdm_steps import (
     _SCORE,
@@ -90,7 +90,8 @@ from jaxorder.sampling.mdm_steps import (
 )
 from pallas_kernels import mdm_sample_step
 
-RULE_OPTIONS = {"threshold": ("threshold",), "factor": ("factor",)}  # options a rule adds to OPTIONS
+RULE_OPTIONS = {"threshold": ("threshold",), "factor": ("factor",),  # options a rule adds to OPTIONS
+                **{rule: ("remask", "remask_candidates") for rule in ("confidence", "margin", "entropy")}}
 OPTIONS = ("steps", "temperature", "block_length", "noise", "fused", "interpret", "prophet", "approx_cache",
            "cache_refresh", "chunk_length", "chunks")
 
@@ -118,14 +119,28 @@ def build(cfg: Config, loop: Loop):
         block_L, budget = jnp.asarray(block_np), jnp.asarray(budget_np)
         pos_L = jnp.arange(L, dtype=jnp.int32)
         st = initial_state(tokens_BL, mask_id, sc.steps)
+        if sc.remask > 0:
+            st = remask.initial(st)
         if rule == "ancestral" and not forced:
             st["logp"] = jnp.zeros((B, L, cfg.model.vocab_size), jnp.float32)
             st["dirty"] = jnp.ones((), bool)
 
-        def one_step(st, eligible_BL, steps_left):
+        def one_step(st, eligible_BL, steps_left, block_budget, in_block_L):
             i, x_BL = st["step"], st["x"]
             k_step = jax.random.fold_in(key, i)
             logp_BLV = None
+            if sc.remask > 0 and not forced:
+                k_B = tokens_per_step(eligible_BL, steps_left)
+                r_B = remask.budget(sc.remask, k_B, steps_left, block_budget)
+                region_BL = (st["committed_at"] >= 0) & in_block_L[None, :]
+                pos_Bn, score_Bn, calls, rows = remask.scores(params, cfg, st, region_BL, r_B,
+                                                              sc.remask_candidates, mask_id)
+                logp_BLV = mdm_objective.masked_log_probs(params, x_BL, cfg)
+                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, rule,
+                                                           sc, threshold)
+                st = remask.record(advance(st, tok_BL, commit_BL, lp_tok_BL, 1 + calls), commit_BL, lp_tok_BL)
+                st = remask.apply(st, pos_Bn, score_Bn, r_B, mask_id)
+                return dict(st, rows=st["rows"] + L + rows), logp_BLV
             if forced:
                 logp_BLV = mdm_objective.masked_log_probs(params, x_BL, cfg)
                 tok_BL = forced_tokens_BL.astype(jnp.int32)
@@ -169,7 +184,8 @@ def build(cfg: Config, loop: Loop):
 
             def body(carry):
                 j, s = carry
-                s, logp_BLV = one_step(s, s["masked"] & in_block_L[None, :], budget[b] - j)
+                s, logp_BLV = one_step(s, s["masked"] & in_block_L[None, :], budget[b] - j, budget[b],
+                                       in_block_L)
                 if sc.prophet > 0:
                     s = prophet_commit(s, logp_BLV, 0, in_block_L,
                                        prophet_threshold(sc.prophet, j, budget[b]))
@@ -178,7 +194,7 @@ def build(cfg: Config, loop: Loop):
             return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))[1]
 
         st = lax.fori_loop(0, len(budget_np), block_body, st)
-        return result(st)
+        return dict(result(st), remasked=st["remasked"]) if sc.remask > 0 else result(st)
 
     return run
 
@@ -195,6 +211,11 @@ def _check_options(rule: str, options: SamplerOptions) -> None:
         raise ConfigError("--approx-cache decodes with a commit rule (confidence, margin, entropy, "
                           "threshold, factor); the ancestral sampler already reuses passes when nothing "
                           "changed")
+    if options.remask > 0 and (options.fused or options.prophet > 0 or options.approx_cache != "none"):
+        what = "--fused" if options.fused else "--prophet" if options.prophet > 0 else "--approx-cache"
+        raise ConfigError(f"--remask re-scores committed tokens on the full uncached pass; drop {what}")
+    if options.remask_candidates != SamplerOptions.remask_candidates and options.remask == 0:
+        raise ConfigError("--remask-candidates sets how many tokens --remask re-scores; give --remask too")
     if options.cache_refresh and options.approx_cache == "none":
         raise ConfigError("--cache-refresh sets how often an approximate cache is recomputed; give "
                           "--approx-cache prefix|dual|free|chunked too")

@@ -1,0 +1,167 @@
+"""The remasking corrector (`--remask`, jaxorder/sampling/remask.py) against a plain reference loop.
+
+The reference re-implements a decode step by step on the host: one model call for the step's
+pass, then one separate model call per candidate with that candidate masked (the sampler batches
+them all in one call), the budget formula written out, and the remasking applied by hand.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxorder import config as config_lib
+from jaxorder import model
+from jaxorder.config import ConfigError
+from jaxorder.data import ByteTokenizer
+from jaxorder.objectives import mdm as mdm_objective
+from jaxorder.objectives.common import special_ids
+from jaxorder.sampling.mdm_steps import block_schedule, commit_step
+from jaxorder.sampling.prompts import parse_template
+from jaxorder.sampling.remask import budget
+
+from conftest import run_sampler as sample
+from conftest import spec
+
+TINY_MDM = ("objective.name=mdm", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
+            "data.seq_len=32")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = config_lib.load(None, TINY_MDM)
+    return cfg, model.init_params(cfg.model, jax.random.key(0))
+
+
+def reference(params, cfg, tokens_BL, key, rule: str, steps: int, rho: float, n: int,
+              block_length: int = 0, temperature: float = 1.0) -> dict:
+    """The sampler's decode written as a plain loop, one model call per leave-one-out copy."""
+    mask_id = special_ids(cfg.model).mask
+    x = np.array(tokens_BL, np.int32)
+    B, L = x.shape
+    masked = x == mask_id
+    start = int(np.argmax(masked.any(axis=0)))
+    block_L, budgets = block_schedule(L, steps, block_length, start)
+    committed_at = np.full((B, L), -1)
+    lp_at = np.full((B, L), np.inf)
+    logprob, remasked = np.zeros(B), np.zeros(B, int)
+    opts = spec(rule, steps=steps, temperature=temperature)[1]
+    logp_fn = jax.jit(lambda p, t: mdm_objective.masked_log_probs(p, t, cfg))
+    i = 0
+    for b, S in enumerate(budgets):
+        in_block = block_L == b
+        for j in range(S):
+            eligible = masked & in_block[None, :]
+            if not eligible.any():
+                break
+            left = S - j
+            k = -(-eligible.sum(axis=1) // left)
+            r = np.floor(rho * k * max(left - 1, 0) / S).astype(int)
+            logp = np.asarray(logp_fn(params, jnp.asarray(x)))
+            # candidates: committed generated tokens of the block, lowest log-prob at commit first
+            order = np.argsort(np.where((committed_at >= 0) & in_block[None, :], lp_at, np.inf), axis=1,
+                               kind="stable")
+            scores = []
+            for row in range(B):
+                cands = [int(p) for p in order[row, :n] if np.isfinite(lp_at[row, p])
+                         and committed_at[row, p] >= 0 and in_block[p]]
+                row_scores = {}
+                if r.max() > 0:
+                    for p in cands:
+                        copy = x.copy()
+                        copy[row, p] = mask_id
+                        logp_copy = np.asarray(logp_fn(params, jnp.asarray(copy)))
+                        row_scores[p] = float(logp_copy[row, p, x[row, p]])
+                scores.append(row_scores)
+            tok, commit, lp_tok = (np.asarray(a) for a in commit_step(
+                jnp.asarray(logp), jnp.asarray(eligible), jax.random.fold_in(key, i), left, rule, opts, 0.9))
+            x = np.where(commit, tok, x)
+            masked &= ~commit
+            committed_at = np.where(commit, i, committed_at)
+            lp_at = np.where(commit, lp_tok, lp_at)
+            logprob += np.where(commit, lp_tok, 0.0).sum(axis=1)
+            for row in range(B):
+                for p in sorted(scores[row], key=scores[row].get)[: r[row]]:
+                    x[row, p], masked[row, p], committed_at[row, p] = mask_id, True, -1
+                    logprob[row] -= lp_at[row, p]
+                    lp_at[row, p] = np.inf
+                    remasked[row] += 1
+            i += 1
+    return dict(tokens=x, committed_at=committed_at, logprob=logprob, remasked=remasked, steps=i)
+
+
+@pytest.mark.parametrize("rule,block_length", [("confidence", 0), ("confidence", 8), ("margin", 8),
+                                               ("entropy", 0)])
+def test_remasking_equals_the_plain_reference(tiny, rule, block_length):
+    cfg, params = tiny
+    mask_id = special_ids(cfg.model).mask
+    tokens = np.full((3, 16), mask_id, np.int32)
+    tokens[1, :3] = [84, 111, 32]  # a prompt in one row: fixed tokens are never candidates
+    key = jax.random.key(3)
+    out = sample(params, cfg, tokens, key, spec(rule, steps=8, remask=1.0, remask_candidates=3,
+                                                block_length=block_length))
+    ref = reference(params, cfg, tokens, key, rule, steps=8, rho=1.0, n=3, block_length=block_length)
+    assert ref["remasked"].sum() > 0, "the case must remask something to test anything"
+    np.testing.assert_array_equal(np.asarray(out["tokens"]), ref["tokens"])
+    np.testing.assert_array_equal(np.asarray(out["committed_at"]), ref["committed_at"])
+    np.testing.assert_array_equal(np.asarray(out["remasked"]), ref["remasked"])
+    np.testing.assert_allclose(np.asarray(out["logprob"]), ref["logprob"], rtol=1e-4, atol=1e-4)
+    assert int(out["steps"]) == ref["steps"] and not (np.asarray(out["tokens"]) == mask_id).any()
+    assert (np.asarray(out["tokens"])[1, :3] == [84, 111, 32]).all()
+
+
+def test_a_zero_budget_equals_the_base_rule(tiny):
+    """steps = n: one commit per step, so floor(R * 1 * (S - 1 - j) / S) = 0 at every step even at
+    R = 1; the corrector then runs no extra copies and the decode is the base rule's, bit for bit."""
+    cfg, params = tiny
+    tokens = np.full((2, 12), special_ids(cfg.model).mask, np.int32)
+    key = jax.random.key(5)
+    base = sample(params, cfg, tokens, key, spec("confidence", steps=12))
+    fixed = sample(params, cfg, tokens, key, spec("confidence", steps=12, remask=1.0))
+    for name in ("tokens", "committed_at", "logprob", "nfe", "rows"):
+        np.testing.assert_array_equal(np.asarray(base[name]), np.asarray(fixed[name]))
+    assert int(fixed["remasked"].sum()) == 0
+
+
+def test_templates_keep_their_fixed_tokens_and_fill_every_mask(tiny):
+    cfg, params = tiny
+    row = parse_template("To be, [MASK:5] not [MASK:3]!", ByteTokenizer())
+    tokens = np.tile(row, (4, 1))
+    out = sample(params, cfg, tokens, jax.random.key(1), spec("confidence", steps=4, remask=1.0,
+                                                               remask_candidates=4))
+    got = np.asarray(out["tokens"])
+    fixed = tokens != special_ids(cfg.model).mask
+    assert (got[fixed] == tokens[fixed]).all() and (got != special_ids(cfg.model).mask).all()
+    assert (np.asarray(out["committed_at"])[fixed] == -1).all()
+
+
+def test_the_budget_decays_to_zero_at_a_blocks_last_step():
+    k = jnp.asarray([4, 1])
+    got = [np.asarray(budget(0.5, k, left, 4)).tolist() for left in (4, 3, 2, 1)]
+    expected = [[math.floor(0.5 * kk * (left - 1) / 4) for kk in (4, 1)] for left in (4, 3, 2, 1)]
+    assert got == expected == [[1, 0], [1, 0], [0, 0], [0, 0]]
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(remask=1.5), "remask must be in [0, 1]"),
+    (dict(remask=0.5, fused=True), "drop --fused"),
+    (dict(remask=0.5, approx_cache="dual"), "drop --approx-cache"),
+    (dict(remask_candidates=2), "give --remask too"),
+])
+def test_bad_remask_options_are_one_line_errors(tiny, options, message):
+    cfg, params = tiny
+    tokens = np.full((1, 8), special_ids(cfg.model).mask, np.int32)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")) as e:
+        sample(params, cfg, tokens, jax.random.key(0), spec("confidence", steps=4, **options))
+    assert "\n" not in str(e.value)
+
+
+def test_threshold_and_ancestral_do_not_take_remask(tiny):
+    cfg, params = tiny
+    tokens = np.full((1, 8), special_ids(cfg.model).mask, np.int32)
+    for name in ("threshold", "ancestral"):
+        with pytest.raises(ConfigError, match="does not take 'remask'"):
+            sample(params, cfg, tokens, jax.random.key(0), spec(name, steps=4, remask=0.5))
