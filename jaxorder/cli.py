@@ -14,6 +14,7 @@ from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
 from jaxorder.data.prepared import prepare_dataset
 from jaxorder.errors import describe_os_error
+from jaxorder.evaluation import filter_training
 from jaxorder.evaluation.runs import eval_run, sample_run
 from jaxorder.evaluation.sample_quality import generation_quality
 from jaxorder.experiments.analysis import analyze_run
@@ -159,7 +160,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     result = sample_run(args.run_dir, sampler=args.sampler, options=given_options(args),
-                        num_samples=args.num_samples,
+                        num_samples=args.num_samples, record_traces=args.record_traces,
                         seed=args.seed, prompt=args.prompt, template=args.template, length=args.length)
     if args.json:
         print(json.dumps(json_safe(result), allow_nan=False))
@@ -172,7 +173,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     print(f"{result['run']} (step {result['step']}): {result['sampler']}, {result['steps_taken']} steps, "
           f"{result['forward_passes']} forward passes{drafted}, T={result['temperature']:g}, "
           f"seed {result['seed']}, "
-          f"{result['generated_tokens']} tokens in {result['seconds']:.2f} s incl. compilation",
+          f"{result['generated_tokens']} tokens in {result['seconds']:.2f} s incl. compilation"
+          + (f"; traces written to {result['traces']['path']}" if "traces" in result else ""),
           file=sys.stderr)
     return 0
 
@@ -313,9 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=int,
                    help="tokens per sequence incl. the prompt (default: the run's data.seq_len)")
     add_sampler_flags(p)
+    p.add_argument("--record-traces", metavar="PATH", help="mdm runs: also write the decoding traces (.npz) "
+                                                           "that `jaxorder train-filter` fits a filter to")
     p.add_argument("--json", action="store_true",
                    help="print the samples and settings as one JSON object on stdout")
     p.set_defaults(func=cmd_sample)
+    filter_training.add_command(sub)
     p = sub.add_parser("data", help="prepare a tokenized TFDS ArrayRecord dataset for training at scale",
                        description="`data prepare --out DIR`: load the documents picked by the data.* "
                                    "overrides (embedded corpus, data.source=text data.path=FILE_OR_DIR of "

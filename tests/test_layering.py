@@ -22,7 +22,7 @@ LAYERS = (
     ("jaxorder.objectives",),
     ("jaxorder.sampling",),
     ("jaxorder.evaluation.yardstick", "jaxorder.evaluation.fixed_orders", "jaxorder.evaluation.commit_order",
-     "jaxorder.interop.hf_weights", "jaxorder.interop.hf_import"),
+     "jaxorder.evaluation.filter_training", "jaxorder.interop.hf_weights", "jaxorder.interop.hf_import"),
     ("jaxorder.training",),
     ("jaxorder.evaluation.runs", "jaxorder.evaluation.sample_quality"),
     ("jaxorder.experiments", "jaxorder.interop.hf_export", "jaxorder.interop.lm_eval_model",

@@ -21,6 +21,7 @@ from jaxorder.evaluation.commit_order import order_stats
 from jaxorder.evaluation.fixed_orders import parse_orders, score_orders
 from jaxorder.evaluation.yardstick import evaluate
 from jaxorder.model.attention import settle_model_config
+from jaxorder.sampling import traces as trace_lib
 from jaxorder.sampling.prompts import build_inputs
 from jaxorder.training.checkpoint import Checkpointer, require_checkpoint
 from jaxorder.training.optimizer import make_optimizer
@@ -130,26 +131,31 @@ def load_companions(sampler: sampling.Sampler,
 
 def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, options: Mapping[str, Any] = {},
                num_samples: int = 1, seed: int = 0, prompt: str | None = None, template: str | None = None,
-               length: int | None = None, warmup: bool = False) -> dict:
+               length: int | None = None, warmup: bool = False, record_traces: str | None = None) -> dict:
     """Samples `num_samples` sequences from a run's newest checkpoint; returns a JSON-able dict.
 
     `sampler` None = the objective's default; `options` are explicit SamplerOptions settings (an
     unknown or inapplicable one is a ConfigError naming the valid ones). A prompt is a prefix (the
     end of the text for runs generating right to left), a template fixes the length. ``seconds``
     includes compilation unless `warmup`: then the sampler runs once untimed first (same inputs, so
-    the same samples) and ``seconds`` is the steady-state time."""
+    the same samples) and ``seconds`` is the steady-state time. `record_traces`: also write the
+    decode's traces (jaxorder.sampling.traces) to that .npz, for `jaxorder train-filter`."""
     run_dir = Path(run_dir)
     if (run_dir / "config.yaml").is_file():  # fail fast, before restoring a checkpoint
         saved = config_lib.load(run_dir / "config.yaml")
         early = sampling.resolve(saved, sampler)
-        sampling.make_options(early, options)
+        early_options = sampling.make_options(early, options)
+        if record_traces:
+            trace_lib.check_recordable(early, early_options)
         for path in companion_dirs(early, options).values():
             require_checkpoint(path)
     if num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
     cfg, params, step = load_params(run_dir)
     chosen = sampling.resolve(cfg, sampler)
-    opts = sampling.make_options(chosen, options)
+    opts = sampling.run_file_options(chosen, sampling.make_options(chosen, options), str(run_dir))
+    if record_traces:
+        trace_lib.check_recordable(chosen, opts)  # again: a run without config.yaml skipped the early check
     companions = load_companions(chosen, opts)
     tokenizer = run_tokenizer(cfg, run_dir)
     row = build_inputs(tokenizer, length, cfg.data.seq_len, cfg.model.max_len, prompt, template,
@@ -157,6 +163,14 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
     tokens_BL = np.tile(row, (num_samples, 1))
     out, seconds = _timed(lambda: jax.device_get(
         sampling.sample(params, cfg, tokens_BL, jax.random.key(seed), chosen, opts, companions)), warmup)
+    traced = {}
+    if record_traces:
+        trace = trace_lib.record(params, cfg, tokens_BL, out, jax.random.key(seed), opts)
+        header = trace_lib.trace_header(trace, cfg, chosen.name, opts, len(row), num_samples,
+                                        run=run_dir.name, run_step=step, seed=seed, prompt=prompt,
+                                        template=template)
+        traced = {"traces": {"path": str(trace_lib.save(record_traces, trace, header)),
+                             "rows": header["rows"], "label_rate": header["label_rate"]}}
     pad = tokenizer.pad_id
     samples = []
     for b in range(num_samples):
@@ -169,6 +183,8 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
             sample["stopped_at_eos"] = bool(out["eos"][b])
         if "order" in out:
             sample["order"] = [int(x) for x in out["order"][b]]
+        if "eos_stopped" in out:  # the learned sampler's end-of-text stop
+            sample["eos_stopped"] = bool(out["eos_stopped"][b])
         if "committed_at" in out:  # the commit order (evaluation.commit_order)
             sample["committed_at"] = [int(x) for x in out["committed_at"][b]]
         samples.append(sample)
@@ -184,7 +200,7 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
         "generated_tokens": generated, "seconds": round(seconds, 3),
         "seconds_include_compilation": not warmup,
         "complete": bool(np.all(out["complete"])) if "complete" in out else True,
-        **speculation_stats(out),
+        **speculation_stats(out), **traced,
         **(order_stats(out["committed_at"]) if "committed_at" in out else {}),
     }
 

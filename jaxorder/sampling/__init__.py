@@ -12,6 +12,11 @@
   permuted prefix;
 - ``any_order_speculative``: any-subset speculative decoding of any-order runs in a random order
   (sampler ``speculative``): drafts K positions in parallel, verifies them in one causal call, exact;
+- ``learned``: sampler ``learned`` of mdm runs: commit where a trained commit filter
+  (``commit_filter``: an MLP on the final hidden state and confidence, margin, entropy and progress
+  features) says the prediction is final, at least one per step; stop a row when it says all that is
+  left is end of text. Its training data are decoding ``traces`` (`jaxorder sample --record-traces`),
+  fitted by `jaxorder train-filter` (``jaxorder.evaluation.filter_training``);
 plus Gumbel noise with float64-accurate tails (``noise``) and prompts / infilling templates
 (``prompts``). This import list is the table of contents: a new sampler file is added here.
 """
@@ -23,6 +28,7 @@ from jaxorder.sampling import (  # noqa: F401  (registration)
     ar,
     ar_speculative,
     bd3,
+    learned,
     mdm,
 )
 from jaxorder.sampling.base import (
@@ -36,9 +42,11 @@ from jaxorder.sampling.base import (
                                     make_options,
                                     register,
                                     resolve,
+                                    run_file_options,
                                     sample,
                                     sampler_names,
 )
 
 __all__ = ["OPTION_NAMES", "Companion", "Sampler", "SamplerOptions", "all_samplers", "compile_sample",
-           "for_config", "make_options", "register", "resolve", "sample", "sampler_names"]
+           "for_config", "make_options", "register", "resolve", "run_file_options", "sample",
+           "sampler_names"]

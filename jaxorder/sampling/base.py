@@ -13,7 +13,10 @@ A sampler that reads a second run (the draft of speculative decoding) names the 
 hold its run directory in `companions`; loading runs is above this layer (evaluation.runs loads
 them with load_params and passes them to `sample(..., companions={field: Companion})`), and such a
 sampler's prepare takes them as a fourth argument: `prepare(cfg, tokens_BL, options, companions)`
-(their params go into `args`, their config into `static`);
+(their params go into `args`, their config into `static`). A sampler that reads a file of the
+sampled run (the learned sampler's commit filter) names it in `run_files` as (option field, file
+name): an empty option means that file in the run directory, filled in by the caller that knows the
+directory (evaluation.runs, `run_file_options`), and prepare reads the file from the path;
 
 and ends with `register(Sampler(...))`. `sample` and `compile_sample` below are the only places
 that compile: one jit per (sampler, cfg, static), cached. Every sampler returns at least
@@ -102,6 +105,13 @@ class SamplerOptions:
                             "to verify", metavar="RUN_DIR")
     draft_length: int = option(4, "speculative samplers: tokens (l2r/r2l runs) or positions (any-order runs) "
                                   "drafted per round and verified in one call (default 4)", metavar="K")
+    # the learned sampler (jaxorder.sampling.learned, jaxorder.sampling.commit_filter)
+    commit_filter: str = option("", "learned sampler: the commit filter, a commit_filter.yaml or a directory "
+                                    "holding one (default: the sampled run's, written by `jaxorder "
+                                    "train-filter RUN_DIR TRACES`)", metavar="PATH")
+    filter_threshold: float = option(0.9, "learned sampler: commit every masked position whose filter "
+                                          "probability is >= P, at least one per step; also the bar of its "
+                                          "end-of-text stop (default 0.9)", metavar="P")
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -131,6 +141,8 @@ class SamplerOptions:
             raise ConfigError(f"block_length must be >= 0 (0 = no blocks), got {self.block_length}")
         if self.draft_length < 1:
             raise ConfigError(f"draft_length must be >= 1, got {self.draft_length}")
+        if not 0.0 < self.filter_threshold <= 1.0:
+            raise ConfigError(f"filter_threshold must be in (0, 1], got {self.filter_threshold}")
         for f in dataclasses.fields(self):
             choices, value = f.metadata["choices"], getattr(self, f.name)
             if choices and value not in choices:
@@ -165,6 +177,9 @@ class Sampler:
     build: Callable[[Config, Hashable], Callable[..., dict]]
     description: str = ""
     companions: tuple[str, ...] = ()  # option fields naming run directories the caller loads (Companion)
+    # (option field, file name): a file option whose empty value means that file in the sampled run's
+    # directory; the caller that knows the directory fills it in (run_file_options)
+    run_files: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> str:
@@ -181,6 +196,8 @@ def register(sampler: Sampler) -> Sampler:
     unknown = set(sampler.options) - set(OPTION_NAMES)
     if set(sampler.companions) - set(sampler.options):
         raise ValueError(f"sampler '{sampler.name}': companions must be options it reads")
+    if {name for name, _ in sampler.run_files} - set(sampler.options):
+        raise ValueError(f"sampler '{sampler.name}': run_files must name options it reads")
     if unknown:
         raise ValueError(f"sampler '{sampler.name}' declares unknown options {sorted(unknown)}")
     return SAMPLERS.register(sampler)
@@ -209,6 +226,12 @@ def resolve(cfg: Config, name: str | None) -> Sampler:
             return sampler
     raise ConfigError(f"unknown sampler '{name}'; for {cfg.objective.name} runs use one of "
                       f"{', '.join(s.name for s in available)}")
+
+
+def run_file_options(sampler: Sampler, options: SamplerOptions, run_dir: str) -> SamplerOptions:
+    """`options` with each of the sampler's empty `run_files` options set to its file in `run_dir`."""
+    given = {name: f"{run_dir}/{file}" for name, file in sampler.run_files if not getattr(options, name)}
+    return dataclasses.replace(options, **given) if given else options
 
 
 def _coerce(name: str, value: Any) -> Any:
