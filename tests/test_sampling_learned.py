@@ -52,8 +52,9 @@ def write_filter(directory, features=("confidence",), hidden_size=0, units=2, se
     rng = np.random.default_rng(seed or 0)
     base = {"mean": np.zeros(width), "std": np.ones(width), "w0": np.zeros(width),
             "w1": np.zeros((width, units)), "b1": np.zeros(units), "w2": np.zeros(units), "b2": np.array(0.0)}
-    if seed is not None:
-        base.update(w0=rng.normal(size=width) * 1.5 / np.sqrt(width), w1=rng.normal(size=(width, units)),
+    if seed is not None:  # standardization not the identity, so the reference checks it too
+        base.update(mean=rng.normal(size=width) * 0.1, std=rng.uniform(0.5, 2.0, size=width),
+                    w0=rng.normal(size=width) * 1.5 / np.sqrt(width), w1=rng.normal(size=(width, units)),
                     b1=rng.normal(size=units), w2=rng.normal(size=units) * 0.5, b2=np.array(1.0))
     base.update({k: np.asarray(v, np.float64) for k, v in arrays.items()})
     return commit_filter.save(directory / commit_filter.FILTER_FILE, base,
