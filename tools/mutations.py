@@ -30,6 +30,8 @@ FAST = "tests/test_sampling_mdm_fast.py::"
 SPEC = "tests/test_sampling_ar_speculative.py::"
 ASSD = "tests/test_sampling_any_order_speculative.py::"
 REMASK = "tests/test_sampling_remask.py::"
+LEARNED = "tests/test_sampling_learned.py::"
+FILTER = "tests/test_commit_filter.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -438,6 +440,49 @@ MUTATIONS: tuple[Mutation, ...] = (
         "config validation skips the chosen family's own checks",
         ("tests/test_registry_toys.py::test_toy_objective_trains_evaluates_and_samples",
          "tests/test_config.py::test_bad_overrides_raise_one_line_errors")),
+    # ------------------------------------------------------------------ learned commit filter
+    Mutation(
+        "learned-floor-one", "jaxorder/sampling/learned.py",
+        "commit_top_k(prob_BL, eligible_BL, k=floor_B)",
+        "commit_top_k(prob_BL, eligible_BL, k=1)",
+        "learned sampler: a block's last budgeted step commits only one position, not all it has left",
+        (LEARNED + "test_learned_equals_the_host_reference_loop",)),
+    Mutation(
+        "learned-eos-counts-commits", "jaxorder/sampling/learned.py",
+        "left_BL = masked_BL & ~commit_BL",
+        "left_BL = masked_BL",
+        "end-of-text stop judged on every masked position, the ones this step commits included",
+        (LEARNED + "test_end_of_text_stop_fills_the_rest_and_stops", LEARNED + "test_commit_rule_by_hand")),
+    Mutation(
+        "filter-std-multiplies", "jaxorder/sampling/commit_filter.py",
+        'z_NF = (x_NF - arrays["mean"]) / arrays["std"]',
+        'z_NF = (x_NF - arrays["mean"]) * arrays["std"]',
+        "the filter's standardization multiplies by the std instead of dividing",
+        (LEARNED + "test_learned_equals_the_host_reference_loop",)),
+    Mutation(
+        "filter-no-relu", "jaxorder/sampling/commit_filter.py",
+        'hidden_NH = jax.nn.relu(z_NF @ arrays["w1"] + arrays["b1"])',
+        'hidden_NH = z_NF @ arrays["w1"] + arrays["b1"]',
+        "the filter's hidden layer is linear (the MLP collapses to logistic regression)",
+        (FILTER + "test_fit_separates_linear_and_xor_cases",)),
+    Mutation(
+        "filter-fit-flipped-labels", "jaxorder/evaluation/filter_training.py",
+        "optax.sigmoid_binary_cross_entropy(filter_logits({**fixed, **p}, xb), yb)",
+        "optax.sigmoid_binary_cross_entropy(filter_logits({**fixed, **p}, xb), 1.0 - yb)",
+        "filter training fits the complement of the label",
+        (FILTER + "test_fit_separates_linear_and_xor_cases",)),
+    Mutation(
+        "traces-next-step-key", "jaxorder/sampling/traces.py",
+        "int(budget_np[b]), jax.random.fold_in(key, j))",
+        "int(budget_np[b]), jax.random.fold_in(key, j + 1))",
+        "the trace replay draws its predictions with the next step's noise, not the sampler's",
+        (FILTER + "test_recording_does_not_change_samples_and_rows_are_the_blocks_masked_positions",)),
+    Mutation(
+        "traces-progress-global-step", "jaxorder/sampling/traces.py",
+        "masked, generated, in_block, j - first,",
+        "masked, generated, in_block, j,",
+        "the trace's progress feature counts steps from the start of the decode, not of the block",
+        (FILTER + "test_trace_features_by_hand",)),
 )
 
 
