@@ -23,6 +23,7 @@ the caller adds: run, step, seed).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -118,10 +119,13 @@ def sample_and_record(params, cfg: Config, tokens_BL, key: jax.Array, sampler: s
 
 def trace_header(traces: Mapping[str, np.ndarray], cfg: Config, sampler: str, options: SamplerOptions,
                  length: int, samples: int, **extra: Any) -> dict:
-    """The header of a trace file: what was decoded, with which settings, and its size."""
+    """The header of a trace file: what was decoded, with which settings (the main ones and every
+    one set away from its default), and its size."""
     labels = traces["label"]
-    return {"format": TRACE_FORMAT, "sampler": sampler,
-            "options": {k: getattr(options, k) for k in ("steps", "temperature", "block_length", "noise")},
+    settings = {k: getattr(options, k) for k in ("steps", "temperature", "block_length", "noise")}
+    settings.update({f.name: getattr(options, f.name) for f in dataclasses.fields(options)
+                     if getattr(options, f.name) != f.default})
+    return {"format": TRACE_FORMAT, "sampler": sampler, "options": settings,
             "length": int(length), "samples": int(samples), "rows": int(len(labels)),
             "label_rate": float(labels.mean()) if len(labels) else 0.0,
             "scalar_features": list(SCALAR_FEATURES), "hidden_size": int(cfg.model.d_model), **extra}
