@@ -246,6 +246,8 @@ def test_one_line_errors(runs):
 def test_jaxorder_sample_with_a_guide_run(tiny_trained_run):
     """`jaxorder sample MDM_RUN --sampler guided --guide L2R_RUN` on the session's tiny trained runs: a
     template is infilled, the guide passes are reported; a missing --guide is a one-line error."""
+    from jaxorder.evaluation.runs import companion_dirs
+
     mdm_run, guide_run = tiny_trained_run("mdm"), tiny_trained_run("l2r")
     code, out, err = cli_in_process(["sample", mdm_run, "--sampler", "guided", "--guide", guide_run,
                                      "--guide-threshold", "0", "--template", "the [MASK:5] sat [MASK:4]",
@@ -258,6 +260,10 @@ def test_jaxorder_sample_with_a_guide_run(tiny_trained_run):
     fixed = template != special_ids(config_lib.load(None, MDM).model).mask
     for sample in res["samples"]:
         np.testing.assert_array_equal(np.asarray(sample["tokens"])[fixed], template[fixed])
+    # a sweep's generate grid: a relative guide names a run of the sweep (its output directory)
+    spec = sampling.resolve(config_lib.load_saved(mdm_run / "config.yaml"), "guided")
+    sweep_dir = guide_run.parent
+    assert companion_dirs(spec, {"guide": "l2r"}, sweep_dir) == {"guide": str(sweep_dir / "l2r")}
     code, _, err = cli_in_process(["sample", mdm_run, "--sampler", "guided", "--steps", "4"])
     assert code == 2 and "needs a guide run: give --guide RUN_DIR" in err
     code, out, err = cli_in_process(["sample", mdm_run, "--sampler", "guided", "--guide", guide_run,
