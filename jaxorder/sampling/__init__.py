@@ -5,8 +5,16 @@
   the caller loads) proposes ``draft_length`` tokens, the target verifies them in one cached call;
   exactly the target's sampling distribution;
 - ``mdm``: masked-diffusion rules (ancestral, confidence, margin, entropy, threshold, factor), Prophet
+<<<<<<< HEAD
   early commit, approximate KV caches (prefix, dual, free, chunked; ``mdm_cached``), the remasking
   corrector (``remask``), optionally in semi-autoregressive blocks and with the fused Pallas step;
+=======
+  early commit, approximate KV caches (prefix, dual, free), optionally in
+  semi-autoregressive blocks and with the fused Pallas step;
+- ``guided``: AR-guided unmasking of mdm runs (sampler ``guided``): a small l2r run (the guide, a
+  companion run) accepts the longest run of the mdm's proposals, in reading order from the first
+  open position, whose guide probability is >= ``guide_threshold``, at least one per step;
+>>>>>>> ar-guided
 - ``bd3``: block diffusion block by block with a KV cache over finished blocks;
 - ``any_order``: any-order AR in a chosen (l2r, r2l, random) or greedy order, KV cache over the
   permuted prefix;
@@ -23,6 +31,7 @@ from jaxorder.sampling import (  # noqa: F401  (registration)
     ar,
     ar_speculative,
     bd3,
+    guided,
     mdm,
 )
 from jaxorder.sampling.base import (
