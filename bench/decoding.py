@@ -97,6 +97,9 @@ def grid(quick: bool) -> list[Row]:
     for rho in ((1.0,) if quick else (0.5, 1.0)):  # the remasking corrector at a quarter of the steps
         rows.append(Row("mdm", "confidence", dict(steps=64, remask=rho, remask_candidates=8, **mdm),
                         f"confidence, 64 steps + remask {rho}"))
+    for tau in ((0.1,) if quick else (0.1, 0.3)):  # AR guidance by the small l2r run (not the judge)
+        rows.append(Row("mdm", "guided", dict(steps=LENGTH, guide="l2r_draft", guide_threshold=tau, **mdm),
+                        f"guided by l2r_draft, p >= {tau}"))
     rows.append(Row("mdm", "confidence", dict(steps=LENGTH, prophet=5.0, **mdm), "confidence + Prophet 5"))
     if not quick:
         rows.append(Row("mdm", "confidence", dict(steps=LENGTH, prophet=2.5, **mdm),
@@ -187,8 +190,8 @@ def main() -> None:
         firsts = {(run, next(r.label for r in rows if r.run == run)) for run in {r.run for r in rows}}
         wanted = args.labels.split(",")
         rows = [r for r in rows if (r.run, r.label) in firsts or any(x in r.label for x in wanted)]
-    ensure_runs(runs_dir, sorted({"l2r", *(r.run for r in rows), *(r.options.get("draft") for r in rows
-                                                                    if r.options.get("draft"))}))
+    companions = {r.options[k] for r in rows for k in ("draft", "guide") if r.options.get(k)}
+    ensure_runs(runs_dir, sorted({"l2r", *(r.run for r in rows), *companions}))
     samples = args.samples or (16 if args.quick else 32)
     loaded = {}
     for name in sorted({"l2r", *(r.run for r in rows)}):
