@@ -30,32 +30,37 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench modules
 
 import jax
 import numpy as np
+from decoding_common import (
+    BATCH,
+    BLOCK,
+    LENGTH,
+    PROMPT,
+    REPO,
+    ensure_runs,
+    machine_line,
+    paired_difference,
+    prompted,
+    quality,
+    texts_of,
+    timed_call,
+    unprompted,
+)
+from decoding_lengths import bench_lengths
+from decoding_long_prompts import bench_long_prompts
 
-from jaxorder import config as config_lib
 from jaxorder import model, sampling
 from jaxorder.data import make_data
 from jaxorder.evaluation.commit_order import order_stats
 from jaxorder.evaluation.runs import companion_dirs, load_companions, load_params, run_tokenizer
-from jaxorder.evaluation.sample_quality import judge_nll_params, unigram_entropy_bits
-from jaxorder.objectives.common import special_ids
 from jaxorder.platform.host_memory import configure_host_malloc
-from jaxorder.sampling import SamplerOptions
-
-REPO = Path(__file__).resolve().parents[1]
-SWEEP = REPO / "configs" / "sweeps" / "decoding.yaml"
-LENGTH, PROMPT, BATCH, BLOCK = 256, 64, 8, 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +94,12 @@ def grid(quick: bool) -> list[Row]:
     if not quick:
         rows.append(Row("mdm", "factor", dict(steps=LENGTH, factor=1.0, approx_cache="dual", **mdm),
                         "factor 1, dual cache", baseline="factor 1"))
+    for rho in ((1.0,) if quick else (0.5, 1.0)):  # the remasking corrector at a quarter of the steps
+        rows.append(Row("mdm", "confidence", dict(steps=64, remask=rho, remask_candidates=8, **mdm),
+                        f"confidence, 64 steps + remask {rho}"))
+    for tau in ((0.1,) if quick else (0.1, 0.3)):  # AR guidance by the small l2r run (not the judge)
+        rows.append(Row("mdm", "guided", dict(steps=LENGTH, guide="l2r_draft", guide_threshold=tau, **mdm),
+                        f"guided by l2r_draft, p >= {tau}"))
     rows.append(Row("mdm", "confidence", dict(steps=LENGTH, prophet=5.0, **mdm), "confidence + Prophet 5"))
     if not quick:
         rows.append(Row("mdm", "confidence", dict(steps=LENGTH, prophet=2.5, **mdm),
@@ -103,73 +114,6 @@ def grid(quick: bool) -> list[Row]:
         rows.append(Row("ao_ar", "speculative", dict(draft_length=k), f"any-subset speculative, k={k}"))
     return rows
 
-
-def machine_line() -> str:
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return (f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} CPU cores, "
-            f"JAX {jax.__version__} ({jax.default_backend()}), load average {load}")
-
-
-def ensure_runs(runs: Path, names: list[str]) -> None:
-    missing = [n for n in names if not (runs / n / "checkpoints").is_dir()]
-    if missing:
-        print(f"training the missing runs {', '.join(missing)} with `jaxorder sweep {SWEEP.name}` ...",
-              flush=True)
-        subprocess.run([sys.executable, "-m", "jaxorder.cli", "sweep", str(SWEEP), "--out", str(runs)],
-                       check=True)
-
-
-def unprompted(cfg, batch: int, length: int = LENGTH) -> np.ndarray:
-    return np.full((batch, length), special_ids(cfg.model).mask, np.int32)
-
-
-def prompted(cfg, windows: np.ndarray) -> np.ndarray:
-    rows = np.full((len(windows), LENGTH), special_ids(cfg.model).mask, np.int32)
-    rows[:, :PROMPT] = windows[:, :PROMPT]
-    return rows
-
-
-def texts_of(out: dict, tokenizer) -> list[str]:
-    tokens = np.asarray(out["tokens"])
-    return [tokenizer.decode(t[t != tokenizer.pad_id]) for t in tokens]
-
-
-def timed_call(fn, repeats: int) -> tuple[dict, float]:
-    """(host outputs of the last call, median wall seconds) after one untimed compiling call."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return jax.device_get(out), float(np.median(times))
-
-
-BOOTSTRAP = 200
-
-
-def quality(texts: list[str], judge) -> dict:
-    jcfg, jparams, jtok = judge
-    per = np.asarray(judge_nll_params(jparams, jcfg, texts, jtok)["per_sample_bpb"], np.float64)
-    boot = [unigram_entropy_bits([texts[i] for i in idx]) for idx in bootstrap_indices(len(texts))]
-    return {"judge_bpb": float(per.mean()), "judge_bpb_se": float(per.std(ddof=1) / math.sqrt(len(per))),
-            "entropy": unigram_entropy_bits(texts), "entropy_se": float(np.std(boot, ddof=1)),
-            "_per_sample": per, "_texts": texts}
-
-
-def bootstrap_indices(n: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(0)  # the same resamples for every row: paired differences
-    return [rng.integers(0, n, n) for _ in range(BOOTSTRAP)]
-
-
-def paired_difference(row: dict, ref: dict) -> dict:
-    """Judge bits/byte and unigram entropy of `row` minus `ref`, sample i against sample i (same seed
-    and batch position), with standard errors: of the mean difference, and by a paired bootstrap."""
-    d = row["_per_sample"] - ref["_per_sample"]
-    boot = [unigram_entropy_bits([row["_texts"][i] for i in idx])
-            - unigram_entropy_bits([ref["_texts"][i] for i in idx]) for idx in bootstrap_indices(len(d))]
-    return {"d_judge": float(d.mean()), "d_judge_se": float(d.std(ddof=1) / math.sqrt(len(d))),
-            "d_entropy": row["entropy"] - ref["entropy"], "d_entropy_se": float(np.std(boot, ddof=1))}
 
 
 def measure(row: Row, run, judge, windows: np.ndarray, samples: int, repeats: int, runs_dir: Path) -> dict:
@@ -218,6 +162,8 @@ def main() -> None:
     parser.add_argument("--runs", default=str(REPO / "runs" / "sweeps" / "decoding"))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", help="comma-separated runs (l2r, mdm, bd3_b4, ao_ar)")
+    parser.add_argument("--labels", help="comma-separated substrings: only the rows whose label has one "
+                        "(and the first row of each run, the reference of the paired differences)")
     parser.add_argument("--samples", type=int, default=None, help="unprompted samples per row (default 32; "
                         "--quick 16)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per speed number (median)")
@@ -240,8 +186,12 @@ def main() -> None:
     if args.only:
         keep = set(args.only.split(","))
         rows = [r for r in rows if r.run in keep]
-    ensure_runs(runs_dir, sorted({"l2r", *(r.run for r in rows), *(r.options.get("draft") for r in rows
-                                                                    if r.options.get("draft"))}))
+    if args.labels:  # the first row of each run stays: the paired differences are against it
+        firsts = {(run, next(r.label for r in rows if r.run == run)) for run in {r.run for r in rows}}
+        wanted = args.labels.split(",")
+        rows = [r for r in rows if (r.run, r.label) in firsts or any(x in r.label for x in wanted)]
+    companions = {r.options[k] for r in rows for k in ("draft", "guide") if r.options.get(k)}
+    ensure_runs(runs_dir, sorted({"l2r", *(r.run for r in rows), *companions}))
     samples = args.samples or (16 if args.quick else 32)
     loaded = {}
     for name in sorted({"l2r", *(r.run for r in rows)}):
@@ -346,152 +296,8 @@ def plot(results: list[dict], out_dir: Path) -> None:
         plt.close(fig)
 
 
-def bench_lengths(out_dir: Path, repeats: int) -> None:
-    """Speed only (random weights: one token per step does not depend on them): the confidence sampler
-    (one token per step, blocks of 32, batch 1) without cache, with the prefix cache and with the dual
-    cache, at total lengths 256, 512 and 1024, unprompted (every position generated) and prompted
-    (the last 256 positions generated after a prompt of the rest)."""
-    tiny = REPO / "configs" / "model" / "tiny.yaml"
-    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine_line()}")
-    print("confidence sampler, 1 token/step, blocks of 32, batch 1, tiny model with random weights, "
-          "max_len 1024")
-    print(f"{'length':>7} {'generated':>10} {'no cache tok/s':>15} {'prefix tok/s':>13} {'×':>5} "
-          f"{'dual tok/s':>11} {'×':>5}")
-    results = []
-    for length in (256, 512, 1024):
-        cfg = config_lib.load(tiny, ["objective.name=mdm", f"data.seq_len={length}", "model.max_len=1024"])
-        params = model.init_params(cfg.model, jax.random.key(0))
-        for generated in sorted({length, LENGTH}, reverse=True):
-            rows = unprompted(cfg, 1, length)
-            rows[:, :length - generated] = 101  # a prompt (the weights are random: its text does not matter)
-            speeds = {}
-            for cache in ("none", "prefix", "dual"):
-                opts = SamplerOptions(steps=generated, block_length=BLOCK, approx_cache=cache)
-                fn = sampling.compile_sample(params, cfg, rows, jax.random.key(0), "confidence", opts)
-                _, dt = timed_call(fn, repeats)
-                speeds[cache] = generated / dt
-            results.append({"length": length, "generated": generated, **speeds})
-            print(f"{length:>7} {generated:>10} {speeds['none']:>15.1f} {speeds['prefix']:>13.1f} "
-                  f"{speeds['prefix'] / speeds['none']:>5.1f} {speeds['dual']:>11.1f} "
-                  f"{speeds['dual'] / speeds['none']:>5.1f}", flush=True)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    payload = {"date": stamp, "machine": machine_line(), "rows": results}
-    (out_dir / "lengths.json").write_text(json.dumps(payload, indent=1))
 
 
-LONG_SETTINGS = (("full attention (no cache)", dict(approx_cache="none")),
-                 ("prefix cache (dense prompt)", dict(approx_cache="prefix")),
-                 ("chunked, 256-token chunks, top-4 + last", dict(approx_cache="chunked", chunk_length=256,
-                                                                  chunks=4)),
-                 ("chunked, 256-token chunks, top-2 + last", dict(approx_cache="chunked", chunk_length=256,
-                                                                  chunks=2)))
-
-
-def bench_long_prompts(runs_dir: Path, out_dir: Path, repeats: int, samples: int,
-                       prompt_lengths: list[int]) -> None:
-    """The chunked prompt cache against full attention: the mdm run (model.max_len raised: RoPE needs
-    no new parameters; the model was trained on 256-token windows, so every setting runs it far
-    beyond its training length) continues `samples` validation texts of each prompt length by 256
-    tokens, confidence rule, one token per step, blocks of 32, batch 1, temperature 1, one seed per
-    prompt shared by the settings. Reports tokens/s (median of `repeats` timed calls of the first
-    prompt), positions run through the model per generated token, agreement of the generated
-    tokens with full attention, and the judge's bits/byte and unigram entropy of the generated text
-    alone, with paired differences against full attention."""
-    ensure_runs(runs_dir, ["l2r", "mdm"])
-    cfg, params, step = load_params(runs_dir / "mdm")
-    tokenizer = run_tokenizer(cfg, runs_dir / "mdm")
-    jcfg, jparams, _ = load_params(runs_dir / "l2r")
-    judge = (jcfg, jparams, run_tokenizer(jcfg, runs_dir / "l2r"))
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"{stamp}; {machine_line()}; mdm step {step}")
-    results = []
-    for P in prompt_lengths:
-        total = P + LENGTH
-        run_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, max_len=total))
-        data = make_data(dataclasses.replace(cfg.data, seq_len=total, batch_size=1))
-        windows = np.concatenate([np.asarray(b) for b in data.val_batches(samples)])[:samples]
-        rows = np.full((len(windows), total), special_ids(cfg.model).mask, np.int32)
-        rows[:, :P] = windows[:, :P]
-        ref = None
-        for label, options in LONG_SETTINGS:
-            opts = SamplerOptions(steps=LENGTH, block_length=BLOCK, **options)
-            outs, seconds = [], 0.0
-            for i in range(len(rows)):
-                fn = sampling.compile_sample(params, run_cfg, rows[i:i + 1], jax.random.key(300 + i),
-                                             "confidence", opts)
-                if i == 0:  # timed (the first call compiles, untimed); the other prompts reuse the program
-                    out, seconds = timed_call(fn, repeats)
-                else:
-                    out = jax.device_get(fn())
-                outs.append(out)
-            generated = np.concatenate([o["tokens"][:, P:] for o in outs])
-            texts = [tokenizer.decode(t[t != tokenizer.pad_id]) for t in generated]
-            res = {"prompt": P, "label": label, **options, "tok_s_b1": LENGTH / seconds,
-                   "rows_per_token": float(np.mean([int(o["rows"]) for o in outs])) / LENGTH,
-                   **quality(texts, judge), "_tokens": generated}
-            if ref is None:
-                ref = res
-            else:
-                res["agreement"] = float(np.mean(generated == ref["_tokens"]))
-                res["speedup"] = res["tok_s_b1"] / ref["tok_s_b1"]
-                res.update(paired_difference(res, ref))
-            results.append(res)
-            print(format_long_row(res), flush=True)
-            partial = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]  # a kill loses
-            (out_dir / "long_prompts.partial.json").write_text(json.dumps(partial, indent=1))  # nothing
-    for r in results:
-        for k in [k for k in r if k.startswith("_")]:
-            r.pop(k)
-    lines = ["| prompt tokens | setting | tok/s b1 | × full | positions/tok | judge bpb | Δ judge "
-             "| unigram H | Δ H | agreement |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        dj = f"{r['d_judge']:+.3f} ± {r['d_judge_se']:.3f}" if "d_judge" in r else "(reference)"
-        dh = f"{r['d_entropy']:+.3f} ± {r['d_entropy_se']:.3f}" if "d_entropy" in r else "(reference)"
-        agree = f"{r['agreement']:.3f}" if "agreement" in r else ""
-        lines.append(f"| {r['prompt']} | {r['label']} | {r['tok_s_b1']:.1f} | {r.get('speedup', 1.0):.1f} "
-                     f"| {r['rows_per_token']:.0f} | {r['judge_bpb']:.3f} ± {r['judge_bpb_se']:.3f} | {dj} "
-                     f"| {r['entropy']:.3f} ± {r['entropy_se']:.3f} | {dh} | {agree} |")
-    table = "\n".join(lines)
-    header = {"date": stamp, "machine": machine_line(), "generated": LENGTH, "block_length": BLOCK,
-              "samples": samples, "mdm_step": step}
-    (out_dir / "long_prompts.json").write_text(json.dumps({"header": header, "rows": results}, indent=1))
-    (out_dir / "long_prompts.md").write_text(f"{stamp}; {machine_line()}\n\n{table}\n")
-    print(table)
-    plot_long_prompts(results, out_dir)
-    print(f"wrote {out_dir}/long_prompts.json, long_prompts.md, long_prompts.png")
-
-
-def format_long_row(r: dict) -> str:
-    return (f"prompt {r['prompt']:>5}  {r['label']:<42} {r['tok_s_b1']:7.1f} tok/s  "
-            f"×{r.get('speedup', 1):4.1f}  positions/tok {r['rows_per_token']:7.1f}  "
-            f"judge {r['judge_bpb']:.3f}±{r['judge_bpb_se']:.3f}  "
-            f"Δ {r.get('d_judge', 0):+.3f}±{r.get('d_judge_se', 0):.3f}  H {r['entropy']:.3f}  "
-            f"ΔH {r.get('d_entropy', 0):+.3f}±{r.get('d_entropy_se', 0):.3f}  "
-            f"agree {r.get('agreement', 1):.3f}")
-
-
-def plot_long_prompts(results: list[dict], out_dir: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label in dict.fromkeys(r["label"] for r in results):
-        rs = [r for r in results if r["label"] == label]
-        axes[0].plot([r["prompt"] for r in rs], [r["tok_s_b1"] for r in rs], marker="o", label=label)
-        axes[1].errorbar([r["prompt"] for r in rs], [r["judge_bpb"] for r in rs],
-                         yerr=[r["judge_bpb_se"] for r in rs], marker="o", capsize=2, label=label)
-    for ax, y in zip(axes, ("tokens/s, batch 1", "judge bits/byte of the generated text")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("prompt tokens")
-        ax.set_ylabel(y)
-        ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"long prompts: {LENGTH} generated tokens, 1 token/step, blocks of {BLOCK}")
-    fig.tight_layout()
-    fig.savefig(out_dir / "long_prompts.png", dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -170,6 +170,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         print(s["text"])
     drafted = (f", {result['draft_forward_passes']} draft passes, {result['accepted_per_round']:.2f} "
                f"drafts accepted per round" if "draft_forward_passes" in result else "")
+    drafted += (f", {result['guide_forward_passes']} guide passes" if "guide_forward_passes" in result
+                else "")
     print(f"{result['run']} (step {result['step']}): {result['sampler']}, {result['steps_taken']} steps, "
           f"{result['forward_passes']} forward passes{drafted}, T={result['temperature']:g}, "
           f"seed {result['seed']}, "

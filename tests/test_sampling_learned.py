@@ -267,12 +267,16 @@ def test_fixed_tokens_never_change_and_every_mask_is_filled_under_every_masked_s
     rows = np.tile(parse_template("a[MASK:3]b c[MASK:5]!", TOK), (2, 1))
     fixed = rows != mask_id
     path = write_filter(tmp_path, commit_filter.FEATURES, cfg.model.d_model, units=4, seed=5)
+    guide_cfg = config_lib.load(None, (*TINY_MDM, "objective.name=l2r"))
+    guide = sampling.Companion(guide_cfg, model.init_params(guide_cfg.model, jax.random.key(1)), "guide")
+    needs = {"learned": ({"commit_filter": str(path)}, None),  # the settings a sampler cannot go without
+             "guided": ({"guide": "guide"}, {"guide": guide})}
     names = [s.name for s in sampling.for_config(cfg)]
     assert "learned" in names
     for name in names:
-        options = SamplerOptions(steps=4, block_length=3, **({"commit_filter": str(path)} if name == "learned"
-                                                             else {}))
-        out = jax.device_get(sample(params, cfg, rows, jax.random.key(1), name, options))
+        given, companions = needs.get(name, ({}, None))
+        out = jax.device_get(sample(params, cfg, rows, jax.random.key(1), name,
+                                    SamplerOptions(steps=4, block_length=3, **given), companions))
         assert np.array_equal(out["tokens"][fixed], rows[fixed]), f"{name} changed a fixed token"
         assert not np.any(out["tokens"] == mask_id) and np.all(out["complete"]), f"{name} left a mask"
         assert np.all(out["committed_at"][fixed] == -1), name

@@ -30,6 +30,7 @@ FAST = "tests/test_sampling_mdm_fast.py::"
 SPEC = "tests/test_sampling_ar_speculative.py::"
 ASSD = "tests/test_sampling_any_order_speculative.py::"
 REMASK = "tests/test_sampling_remask.py::"
+GUIDED = "tests/test_sampling_guided.py::"
 LEARNED = "tests/test_sampling_learned.py::"
 FILTER = "tests/test_commit_filter.py::"
 
@@ -427,6 +428,31 @@ MUTATIONS: tuple[Mutation, ...] = (
         'lax.dynamic_update_slice_in_dim(st["committed_at"], st["committed_at"],',
         "bd3's commit order is never written back from the block loop",
         ("tests/test_commit_order.py::test_masked_and_block_samplers_record_each_commit_step[bd3]",)),
+    Mutation(
+        "guided-not-a-run", "jaxorder/sampling/guided.py",
+        "return eligible_BL & (jnp.cumprod(ok_BL.astype(jnp.int32), axis=1) > 0)",
+        "return eligible_BL & (ok_BL > 0)",
+        "guided sampler accepts every proposal the guide likes, not only the run from the first open one",
+        (GUIDED + "test_equals_a_plain_loop_with_the_uncached_guide[whole]",)),
+    Mutation(
+        "guided-guide-scores-previous-token", "jaxorder/sampling/guided.py",
+        "jnp.take_along_axis(buf_BS, slot_BW + 1, axis=1)",
+        "jnp.take_along_axis(buf_BS, slot_BW, axis=1)",
+        "the guide's log p read for the token in the fed slot (the previous position) instead of the next",
+        (GUIDED + "test_equals_a_plain_loop_with_the_uncached_guide[whole]",
+         GUIDED + "test_cached_guide_log_probs_equal_the_uncached_guide_on_the_output[0-0]")),
+    Mutation(
+        "guided-cache-keeps-rejected", "jaxorder/sampling/guided.py",
+        'c=jnp.minimum(first_true(st["masked"]), c_B + W)',
+        'c=jnp.maximum(first_true(st["masked"]), c_B + W)',
+        "the guide's cache index after a step keeps the slots of rejected proposals (a stale cache)",
+        (GUIDED + "test_cached_guide_log_probs_equal_the_uncached_guide_on_the_output[2-0]",)),
+    Mutation(
+        "guided-catch-up-overshoots", "jaxorder/sampling/guided.py",
+        "return feed_row(cache, c, buf_S)[1], jnp.minimum(f, c + W), n + 1",
+        "return feed_row(cache, c, buf_S)[1], c + W, n + 1",
+        "the guide's catch-up keeps a whole window, past the first open position (proposals cached)",
+        (GUIDED + "test_equals_a_plain_loop_with_the_uncached_guide[window3-catch-up]",)),
     Mutation(
         "any-run-judges", "jaxorder/evaluation/sample_quality.py",
         "    if not objectives.of(cfg).judge:\n",

@@ -206,8 +206,11 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
 
 
 def speculation_stats(out: Mapping[str, Any]) -> dict:
-    """Speculative samplers: draft forward passes and accepted draft tokens per round (mean over
-    the rows' active rounds); {} for other samplers."""
+    """Samplers with a companion run: speculative ones report draft forward passes and accepted draft
+    tokens per round (mean over the rows' active rounds), the guided one its guide's forward passes;
+    {} for other samplers."""
+    if "guide_nfe" in out:
+        return {"guide_forward_passes": int(out["guide_nfe"])}
     if "draft_nfe" not in out:
         return {}
     rounds = max(int(np.sum(out["rounds"])), 1)

@@ -146,7 +146,8 @@ def generation_quality(run_dir: str | Path, *, num_samples: int = 16, sampler: s
     result = {"sampler": out["sampler"], "steps": out["steps"], "forward_passes": out["forward_passes"],
               "num_samples": num_samples, "tokens_per_s": out["generated_tokens"] / max(out["seconds"], 1e-9),
               "unigram_entropy_bits": unigram_entropy_bits(texts)}
-    reported = ("draft_forward_passes", "accepted_per_round", "ar_ness", "commit_distance")
+    reported = ("draft_forward_passes", "accepted_per_round", "guide_forward_passes", "ar_ness",
+                "commit_distance")
     result.update({k: out[k] for k in reported if k in out})
     if "committed_at" in out["samples"][0]:  # what order the decoder used, for a few samples
         png = plot_commit_orders(np.array([s["committed_at"] for s in out["samples"]]),

@@ -30,6 +30,7 @@ SAMPLER_COLUMNS = [  # the sampler table: one row per run and sampler (sweep `ge
     ("forward_passes", "forward passes", "{}"),
     ("draft_forward_passes", "draft passes", "{}"),
     ("accepted_per_round", "accepted/round", "{:.2f}"),
+    ("guide_forward_passes", "guide passes", "{}"),
     ("judge_bpb", "judge bits/byte", "{:.4f}"),
     ("unigram_entropy_bits", "unigram entropy", "{:.3f}"),
     ("valid_grid_fraction", "valid grids", "{:.2f}"),

@@ -7,6 +7,9 @@
 - ``mdm``: masked-diffusion rules (ancestral, confidence, margin, entropy, threshold, factor), Prophet
   early commit, approximate KV caches (prefix, dual, free, chunked; ``mdm_cached``), the remasking
   corrector (``remask``), optionally in semi-autoregressive blocks and with the fused Pallas step;
+- ``guided``: AR-guided unmasking of mdm runs (sampler ``guided``): a small l2r run (the guide, a
+  companion run) accepts the longest run of the mdm's proposals, in reading order from the first
+  open position, whose guide probability is >= ``guide_threshold``, at least one per step;
 - ``bd3``: block diffusion block by block with a KV cache over finished blocks;
 - ``any_order``: any-order AR in a chosen (l2r, r2l, random) or greedy order, KV cache over the
   permuted prefix;
@@ -28,6 +31,7 @@ from jaxorder.sampling import (  # noqa: F401  (registration)
     ar,
     ar_speculative,
     bd3,
+    guided,
     learned,
     mdm,
 )

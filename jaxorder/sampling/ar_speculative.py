@@ -264,7 +264,7 @@ def build(cfg: Config, loop: Loop):
 
 # ----------------------------------------------------------------------------- prepare
 
-def _tokenizer_of(data: DataConfig) -> tuple:
+def tokenizer_of(data: DataConfig) -> tuple:
     """What determines a run's tokenizer: the byte tokenizer is fixed; BPE is learned from the data."""
     if data.tokenizer == "byte":
         return ("byte",)
@@ -285,7 +285,7 @@ def check_draft(cfg: Config, draft: Companion | None, length: int) -> None:
         raise ConfigError(f"draft {name} has vocab_size {dcfg.model.vocab_size}, the target "
                           f"{cfg.model.vocab_size}; train the draft with "
                           f"model.vocab_size={cfg.model.vocab_size}")
-    if _tokenizer_of(dcfg.data) != _tokenizer_of(cfg.data):
+    if tokenizer_of(dcfg.data) != tokenizer_of(cfg.data):
         raise ConfigError(f"draft {name} has another tokenizer than the target; train the draft on the "
                           f"target's data.tokenizer and data")
     if length > dcfg.model.max_len:

@@ -105,6 +105,15 @@ class SamplerOptions:
                             "to verify", metavar="RUN_DIR")
     draft_length: int = option(4, "speculative samplers: tokens (l2r/r2l runs) or positions (any-order runs) "
                                   "drafted per round and verified in one call (default 4)", metavar="K")
+    # the AR-guided sampler (jaxorder.sampling.guided)
+    guide: str = option("", "guided sampler (mdm runs): the guide run directory, an l2r run with the same "
+                            "tokenizer that accepts the longest run of proposals it finds likely",
+                        metavar="RUN_DIR")
+    guide_threshold: float = option(0.1, "guided sampler: accept proposals in reading order from the first "
+                                          "open position while the guide's probability of each is >= P, "
+                                          "at least one per step (default 0.1)", metavar="P")
+    guide_window: int = option(0, "guided sampler: positions the guide scores per step, from the first open "
+                                  "one (default 0: to the end of the sequence)", metavar="N")
     # the learned sampler (jaxorder.sampling.learned, jaxorder.sampling.commit_filter)
     commit_filter: str = option("", "learned sampler: the commit filter, a commit_filter.yaml or a directory "
                                     "holding one (default: the sampled run's, written by `jaxorder "
@@ -141,6 +150,10 @@ class SamplerOptions:
             raise ConfigError(f"block_length must be >= 0 (0 = no blocks), got {self.block_length}")
         if self.draft_length < 1:
             raise ConfigError(f"draft_length must be >= 1, got {self.draft_length}")
+        if not 0.0 <= self.guide_threshold <= 1.0:
+            raise ConfigError(f"guide_threshold must be in [0, 1], got {self.guide_threshold}")
+        if self.guide_window < 0:
+            raise ConfigError(f"guide_window must be >= 0 (0 = to the end), got {self.guide_window}")
         if not 0.0 < self.filter_threshold <= 1.0:
             raise ConfigError(f"filter_threshold must be in (0, 1], got {self.filter_threshold}")
         for f in dataclasses.fields(self):
