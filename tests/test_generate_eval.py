@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from jaxorder import config as config_lib
-from jaxorder.data.synthetic import grid_to_string, sudoku_grids
+from jaxorder.data.synthetic import grid_conflicts, grid_to_string, sudoku_grids
 from jaxorder.evaluation.sample_quality import default_judge, generation_quality, sudoku_grids_valid
 from jaxorder.training.loop import train
 
@@ -23,7 +23,10 @@ def test_valid_grid_fraction_counts_full_lines_only():
     good = grid_to_string(sudoku_grids(1, seed=0)[0])
     bad = good[:40] + ("1" if good[40] != "1" else "2") + good[41:]
     texts = [good + "\n", bad + "\n", "12345\n" + good[:30]]  # the partial lines are not candidates
-    assert sudoku_grids_valid(texts) == {"grids": 2, "valid_grids": 1, "valid_grid_fraction": 0.5}
+    # one changed cell breaks its row, column and box: 3 conflicts, (0 + 3) / 2 per grid
+    assert sudoku_grids_valid(texts) == {"grids": 2, "valid_grids": 1, "valid_grid_fraction": 0.5,
+                                         "grid_conflicts": 1.5}
+    assert grid_conflicts("1" * 81) == 27 * 8 and grid_conflicts("x" * 81) == 27 * 9
 
 
 @pytest.fixture(scope="module")

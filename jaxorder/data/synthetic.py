@@ -272,6 +272,18 @@ def is_valid_grid(s: str) -> bool:
     return all(np.array_equal(np.sort(x, axis=1), np.broadcast_to(want, (9, 9))) for x in (g, g.T, boxes))
 
 
+def grid_conflicts(s: str) -> int:
+    """How far an 81-character line is from a valid grid: over the 27 units (rows, columns, boxes),
+    the sum of 9 - (distinct digits '1'..'9' in the unit); 0 iff ``is_valid_grid``."""
+    s = s.strip()
+    if len(s) != 81:
+        raise ValueError(f"a grid has 81 characters, got {len(s)}")
+    g = np.frombuffer(s.encode("ascii"), dtype=np.uint8).reshape(9, 9).astype(np.int64) - ord("0")
+    g = np.where((g >= 1) & (g <= 9), g, 0)  # a non-digit fills no unit
+    boxes = g.reshape(3, 3, 3, 3).transpose(0, 2, 1, 3).reshape(9, 9)
+    return int(sum(9 - len(set(unit.tolist()) - {0}) for x in (g, g.T, boxes) for unit in x))
+
+
 def sudoku_documents(cfg: DataConfig) -> list[Document]:
     """About ``synthetic_tokens`` tokens of grids: ``SUDOKU_DOCS`` documents of equal numbers of
     grids, joined by '\\n' (no trailing newline, so the EOS between documents keeps period 82)."""

@@ -25,7 +25,7 @@ import numpy as np
 from jaxorder import config as config_lib
 from jaxorder import objectives, sampling
 from jaxorder.config import Config, ConfigError
-from jaxorder.data.synthetic import is_valid_grid
+from jaxorder.data.synthetic import grid_conflicts, is_valid_grid
 from jaxorder.evaluation.commit_order import plot_commit_orders
 from jaxorder.evaluation.runs import load_params, run_tokenizer, sample_run
 
@@ -99,14 +99,18 @@ def judge_nll(samples: Sequence[str], judge_run_dir: str | Path) -> dict:
 
 
 def sudoku_grids_valid(texts: Sequence[str]) -> dict:
-    """Valid-grid fraction: every line of exactly 81 characters in the samples is a candidate grid.
+    """Valid-grid fraction and mean conflicts per grid (``grid_conflicts``: repeated or missing
+    digits over the 27 units, 0 for a valid grid): every line of exactly 81 characters in the
+    samples is a candidate grid.
 
     With data.seq_len=82 a window (and an unprompted sample) is one grid plus a newline, so each
     sample gives one candidate; partial lines at a window's edges are not counted."""
     lines = [line for t in texts for line in t.split("\n") if len(line) == 81]
     valid = sum(is_valid_grid(line) for line in lines)
+    conflicts = [grid_conflicts(line) for line in lines]
     return {"grids": len(lines), "valid_grids": valid,
-            "valid_grid_fraction": valid / len(lines) if lines else 0.0}
+            "valid_grid_fraction": valid / len(lines) if lines else 0.0,
+            "grid_conflicts": float(np.mean(conflicts)) if lines else 0.0}
 
 
 def default_judge(run_dir: str | Path) -> Path | None:

@@ -34,6 +34,7 @@ SAMPLER_COLUMNS = [  # the sampler table: one row per run and sampler (sweep `ge
     ("judge_bpb", "judge bits/byte", "{:.4f}"),
     ("unigram_entropy_bits", "unigram entropy", "{:.3f}"),
     ("valid_grid_fraction", "valid grids", "{:.2f}"),
+    ("grid_conflicts", "grid conflicts", "{:.1f}"),
     ("ar_ness", "AR-ness", "{:.2f}"),
     ("commit_distance", "commit distance", "{:.2f}"),
     ("tokens_per_s", "tokens/s", "{:,.0f}"),
