@@ -1,0 +1,131 @@
+"""Order-choosing decoders on Sudoku: conflicts and valid grids against steps, for each sampler.
+
+    python bench/sudoku.py [--runs runs/sweeps/sudoku_decoding] [--samples 64] [--steps 82,41,21]
+
+The mdm run of configs/sweeps/sudoku_decoding.yaml (trained first if missing, with `jaxorder sweep`)
+generates `--samples` unprompted 82-token windows (one grid and a newline) per setting, in batches
+of 16 (one seed each, the same seeds for every setting), at temperature 1. For each setting it
+reports the valid-grid fraction, the mean conflicts per grid (digits missing from the grid's 27
+rows, columns and boxes; 0 iff valid) with its standard error, the cumulative uncertainty (summed
+entropy at commit time, nats per generated token) and network calls per generated token. Writes
+DIR/sudoku.json, sudoku.md and sudoku.png (conflicts against steps).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import jax
+import numpy as np
+from decoding_common import REPO, machine_line
+
+from jaxorder import sampling
+from jaxorder.data.synthetic import grid_conflicts, is_valid_grid
+from jaxorder.evaluation.runs import load_params, run_tokenizer
+from jaxorder.objectives.common import special_ids
+
+SWEEP = REPO / "configs" / "sweeps" / "sudoku_decoding.yaml"
+BATCH, LENGTH = 16, 82
+SETTINGS = (("confidence", {}), ("info-gain", {}), ("margin", {}))
+
+
+def grid_line(text: str) -> str:
+    """The sample's grid: its first 81 characters (the newline position is generated too)."""
+    return text[:81]
+
+
+def measure(cfg, params, tokenizer, name: str, options: dict, steps: int, samples: int) -> dict:
+    opts = sampling.SamplerOptions(steps=steps, **options)
+    rows = np.full((BATCH, LENGTH), special_ids(cfg.model).mask, np.int32)
+    lines, uncertainty, nfe, t0 = [], [], 0, time.perf_counter()
+    for seed in range(max(samples // BATCH, 1)):
+        out = jax.device_get(sampling.sample(params, cfg, rows, jax.random.key(seed), name, opts))
+        tokens = np.asarray(out["tokens"])
+        lines += [grid_line(tokenizer.decode(t[t != tokenizer.pad_id])) for t in tokens]
+        uncertainty += list(np.asarray(out["uncertainty"]) / LENGTH)
+        nfe += int(out["nfe"])
+    conflicts = np.asarray([grid_conflicts(x) if len(x) == 81 else 27 * 9 for x in lines], np.float64)
+    return {"sampler": name, "steps": steps, **options, "samples": len(lines),
+            "valid_fraction": float(np.mean([is_valid_grid(x) for x in lines])),
+            "conflicts": float(conflicts.mean()),
+            "conflicts_se": float(conflicts.std(ddof=1) / math.sqrt(len(conflicts))),
+            "uncertainty_per_token": float(np.mean(uncertainty)),
+            "passes_per_token": nfe / (max(samples // BATCH, 1) * LENGTH),
+            "seconds": time.perf_counter() - t0}
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| sampler | steps | valid grids | conflicts/grid | uncertainty (nats/token) | passes/token |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['valid_fraction']:.3f} | "
+                     f"{r['conflicts']:.2f} ± {r['conflicts_se']:.2f} | {r['uncertainty_per_token']:.3f} | "
+                     f"{r['passes_per_token']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], out_dir: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r["sampler"] for r in results):
+        rs = [r for r in results if r["sampler"] == name]
+        ax.errorbar([r["steps"] for r in rs], [r["conflicts"] for r in rs],
+                    yerr=[r["conflicts_se"] for r in rs], marker="o", capsize=2, label=name)
+    ax.set_xlabel("steps (82 positions)")
+    ax.set_ylabel("conflicts per grid (0 = valid)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "sudoku.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default=str(REPO / "runs" / "sweeps" / "sudoku_decoding"))
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--steps", default="82,41,21")
+    parser.add_argument("--samplers", default=",".join(name for name, _ in SETTINGS))
+    args = parser.parse_args()
+    runs = Path(args.runs)
+    if not (runs / "mdm" / "checkpoints").is_dir():
+        import subprocess
+        subprocess.run([sys.executable, "-m", "jaxorder.cli", "sweep", str(SWEEP), "--out", str(runs)],
+                       check=True)
+    cfg, params, step = load_params(runs / "mdm")
+    tokenizer = run_tokenizer(cfg, runs / "mdm")
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"{stamp}; {machine_line()}; sudoku mdm step {step}", flush=True)
+    wanted = args.samplers.split(",")
+    results = []
+    for steps in (int(s) for s in args.steps.split(",")):
+        for name, options in SETTINGS:
+            if name not in wanted:
+                continue
+            r = measure(cfg, params, tokenizer, name, options, steps, args.samples)
+            results.append(r)
+            print(f"{name:<12} steps {steps:>3}  valid {r['valid_fraction']:.3f}  conflicts "
+                  f"{r['conflicts']:.2f}±{r['conflicts_se']:.2f}  "
+                  f"uncertainty {r['uncertainty_per_token']:.3f}  passes/token {r['passes_per_token']:.2f}  "
+                  f"({r['seconds']:.0f} s)", flush=True)
+    out = runs / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sudoku.json").write_text(json.dumps({"date": stamp, "machine": machine_line(), "step": step,
+                                                 "rows": results}, indent=1))
+    (out / "sudoku.md").write_text(f"{stamp}; {machine_line()}\n\n{markdown(results)}\n")
+    plot(results, out)
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
