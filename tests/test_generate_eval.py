@@ -27,6 +27,7 @@ def test_valid_grid_fraction_counts_full_lines_only():
     assert sudoku_grids_valid(texts) == {"grids": 2, "valid_grids": 1, "valid_grid_fraction": 0.5,
                                          "grid_conflicts": 1.5}
     assert grid_conflicts("1" * 81) == 27 * 8 and grid_conflicts("x" * 81) == 27 * 9
+    assert grid_conflicts("\u00e9" + good[1:]) == 3  # a non-ASCII character is a missing digit
 
 
 @pytest.fixture(scope="module")

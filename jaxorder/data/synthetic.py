@@ -278,8 +278,7 @@ def grid_conflicts(s: str) -> int:
     s = s.strip()
     if len(s) != 81:
         raise ValueError(f"a grid has 81 characters, got {len(s)}")
-    g = np.frombuffer(s.encode("ascii"), dtype=np.uint8).reshape(9, 9).astype(np.int64) - ord("0")
-    g = np.where((g >= 1) & (g <= 9), g, 0)  # a non-digit fills no unit
+    g = np.asarray([int(c) if c in "123456789" else 0 for c in s]).reshape(9, 9)  # a non-digit fills no unit
     boxes = g.reshape(3, 3, 3, 3).transpose(0, 2, 1, 3).reshape(9, 9)
     return int(sum(9 - len(set(unit.tolist()) - {0}) for x in (g, g.T, boxes) for unit in x))
 
