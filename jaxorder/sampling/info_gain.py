@@ -41,8 +41,8 @@ summed entropy of each committed position under the distribution of the step tha
 The mdm loop (``build``) is the uncached one of ``jaxorder.sampling.mdm``: semi-autoregressive
 blocks (``block_length``, ``mdm_steps.block_schedule``), step j keyed by ``fold_in(key, j)``.
 Not available: ``fused`` (the cost needs every look-ahead's entropies, not one sample), the
-approximate caches and Prophet (each a different next-step distribution than the look-ahead the
-sampler reuses); those options are refused as options the sampler does not read.
+approximate caches, Prophet and remasking (each a different next-step distribution than the
+look-ahead the sampler reuses); those options are refused as options the sampler does not read.
 """
 from __future__ import annotations
 
