@@ -44,6 +44,12 @@ def test_generation_quality_of_an_mdm_run_with_the_l2r_judge_beside_it(sweep_dir
     assert r["sampler"] == "confidence" and r["num_samples"] == 4 and r["judge"] == "l2r"
     assert 0 < r["unigram_entropy_bits"] <= 8 and r["judge_bpb"] > 0 and r["tokens_per_s"] > 0
     assert r["grids"] <= 4 and 0.0 <= r["valid_grid_fraction"] <= 1.0
+    # the cumulative uncertainty per generated token (nats, at most log of the vocabulary), beside the
+    # quality, for every masked sampler; Info-Gain is reachable with its options
+    assert 0 < r["uncertainty_per_token"] < 6.0
+    ig = generation_quality(sweep_dir / "mdm", num_samples=2, sampler="info-gain",
+                            options={"steps": 8, "candidates": 2}, seed=1)
+    assert ig["sampler"] == "info-gain" and ig["judge_bpb"] > 0 and 0 < ig["uncertainty_per_token"] < 6.0
 
 
 def test_eval_generate_cli_json(sweep_dir):

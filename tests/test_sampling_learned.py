@@ -280,6 +280,7 @@ def test_fixed_tokens_never_change_and_every_mask_is_filled_under_every_masked_s
         assert np.array_equal(out["tokens"][fixed], rows[fixed]), f"{name} changed a fixed token"
         assert not np.any(out["tokens"] == mask_id) and np.all(out["complete"]), f"{name} left a mask"
         assert np.all(out["committed_at"][fixed] == -1), name
+        assert np.all(np.isfinite(out["uncertainty"])) and np.all(out["uncertainty"] > 0), name
 
 
 # ----------------------------------------------------------------------------- errors

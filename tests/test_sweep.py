@@ -51,7 +51,8 @@ def test_report_has_order_scores_and_slash_fraction(tmp_path, text_corpus):
     path = write_sweep(tmp_path, base,
                        "axes:\n  - {l2r: [objective.name=l2r], mdm: [objective.name=mdm]}\n"
                        "orders: l2r,greedy\norder_windows: 2\nattention_summary: true\n"
-                       "generate: {num_samples: 2, samplers: [confidence, ancestral, ar], steps: 8}\n")
+                       "generate: {num_samples: 2, samplers: [confidence, ancestral, info-gain, ar], "
+                       "steps: 8, candidates: 2}\n")
     results = run_sweep(path, tmp_path / "out")
     rows = {r["run"]: r for r in csv.DictReader((tmp_path / "out" / "results.csv").open())}
     assert set(rows) == {"l2r", "mdm"}
@@ -62,10 +63,13 @@ def test_report_has_order_scores_and_slash_fraction(tmp_path, text_corpus):
     assert "order l2r" in (tmp_path / "out" / "results.md").read_text()
     assert results[1]["orders"]["l2r"] > 0
     # the sampler table: each run with the samplers its objective has; the l2r run judges the mdm samples
-    samplers = [(r["run"], r["sampler"], r.get("judge_bpb", "")) for r in
-                csv.DictReader((tmp_path / "out" / "samplers.csv").open())]
+    table = list(csv.DictReader((tmp_path / "out" / "samplers.csv").open()))
+    samplers = [(r["run"], r["sampler"], r.get("judge_bpb", "")) for r in table]
     assert [(run, sampler) for run, sampler, _ in samplers] == [("l2r", "ar"), ("mdm", "confidence"),
-                                                                ("mdm", "ancestral")]
+                                                                ("mdm", "ancestral"), ("mdm", "info-gain")]
     assert samplers[0][2] == "" and all(float(bpb) > 0 for _, _, bpb in samplers[1:])
+    # the cumulative uncertainty per token beside the quality, for the masked samplers only
+    assert table[0]["uncertainty_per_token"] == ""
+    assert all(float(r["uncertainty_per_token"]) > 0 for r in table[1:])
     assert "## Samplers" in (tmp_path / "out" / "results.md").read_text()
     assert all(g["tokens_per_s"] > 0 and g["steps"] == 8 for g in results[1]["generate"])

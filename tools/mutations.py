@@ -33,6 +33,7 @@ REMASK = "tests/test_sampling_remask.py::"
 GUIDED = "tests/test_sampling_guided.py::"
 LEARNED = "tests/test_sampling_learned.py::"
 FILTER = "tests/test_commit_filter.py::"
+IG = "tests/test_sampling_info_gain.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -509,6 +510,34 @@ MUTATIONS: tuple[Mutation, ...] = (
         "masked, generated, in_block, j,",
         "the trace's progress feature counts steps from the start of the decode, not of the block",
         (FILTER + "test_trace_features_by_hand",)),
+    # ------------------------------------------------------------------ Info-Gain, cumulative uncertainty
+    Mutation(
+        "info-gain-commits-the-costliest", "jaxorder/sampling/info_gain.py",
+        "choice_B = jnp.argmin(cost_CB, axis=0)",
+        "choice_B = jnp.argmax(cost_CB, axis=0)",
+        "Info-Gain commits the most expensive candidate",
+        (IG + "test_batched_choice_is_the_argmin_of_the_look_ahead_costs",
+         IG + "test_candidates_match_a_brute_force_of_their_costs[0.0]")),
+    Mutation(
+        "info-gain-skips-not-counted", "jaxorder/sampling/info_gain.py",
+        "k_rest_B = k_B - skip_BL.sum(axis=1)",
+        "k_rest_B = k_B",
+        "skipped positions do not count toward k: a step commits more than the confidence rule",
+        (IG + "test_confident_positions_are_committed_without_evaluation",
+         IG + "test_candidates_match_a_brute_force_of_their_costs[0.6]")),
+    Mutation(
+        "info-gain-reuses-candidate-0", "jaxorder/sampling/info_gain.py",
+        "jnp.take_along_axis(la_CBLV, choice_B[None, :, None, None], axis=0)[0]",
+        "la_CBLV[0]",
+        "the next step reuses the first candidate's look-ahead instead of the chosen one's",
+        (IG + "test_batched_choice_is_the_argmin_of_the_look_ahead_costs",
+         IG + "test_candidates_match_a_brute_force_of_their_costs[0.0]")),
+    Mutation(
+        "uncertainty-is-surprisal", "jaxorder/sampling/mdm_steps.py",
+        "jnp.sum(jnp.where(commit_BL, ent_BL, 0.0), axis=1)",
+        "jnp.sum(jnp.where(commit_BL, -lp_tok_BL, 0.0), axis=1)",
+        "the cumulative uncertainty sums -log p of the committed tokens instead of their entropy",
+        (IG + "test_uncertainty_is_the_entropy_at_commit_time[confidence-options0]",)),
 )
 
 

@@ -187,9 +187,13 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
             sample["eos_stopped"] = bool(out["eos_stopped"][b])
         if "committed_at" in out:  # the commit order (evaluation.commit_order)
             sample["committed_at"] = [int(x) for x in out["committed_at"][b]]
+        if "uncertainty" in out:  # masked and block samplers: summed entropy at commit time (nats)
+            sample["uncertainty"] = float(out["uncertainty"][b])
         samples.append(sample)
     generated = (int(np.sum(out["generated"])) if "generated" in out
                  else int((row == tokenizer.mask_id).sum()) * num_samples)
+    uncertainty = ({"uncertainty_per_token": float(np.sum(out["uncertainty"])) / max(generated, 1)}
+                   if "uncertainty" in out else {})
     settings = {k: getattr(opts, k) for k in chosen.options}
     return {
         "run": run_dir.name, "step": step, "objective": cfg.objective.name, "sampler": chosen.name,
@@ -200,6 +204,7 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
         "generated_tokens": generated, "seconds": round(seconds, 3),
         "seconds_include_compilation": not warmup,
         "complete": bool(np.all(out["complete"])) if "complete" in out else True,
+        **uncertainty,
         **speculation_stats(out), **traced,
         **(order_stats(out["committed_at"]) if "committed_at" in out else {}),
     }

@@ -138,7 +138,10 @@ def generation_quality(run_dir: str | Path, *, num_samples: int = 16, sampler: s
     (diversity), their NLL under a judge run (`judge`, default: the l2r run beside this one on the
     same data; omitted if there is none), for Sudoku data the fraction of valid grids, and for masked,
     block and any-order runs the AR-ness and commit distance of the order the sampler used
-    (``evaluation.commit_order``), with a plot of it written to RUN_DIR/commit_order.png."""
+    (``evaluation.commit_order``), with a plot of it written to RUN_DIR/commit_order.png, and for
+    masked and block runs the sampler's cumulative uncertainty per generated token
+    (``uncertainty_per_token``: the summed entropy in nats of each committed position's
+    distribution at the step that committed it, over all samples, / generated tokens)."""
     cfg = config_lib.load_saved(Path(run_dir) / "config.yaml")
     chosen = sampling.resolve(cfg, sampler)
     options = dict(options)
@@ -151,7 +154,7 @@ def generation_quality(run_dir: str | Path, *, num_samples: int = 16, sampler: s
               "num_samples": num_samples, "tokens_per_s": out["generated_tokens"] / max(out["seconds"], 1e-9),
               "unigram_entropy_bits": unigram_entropy_bits(texts)}
     reported = ("draft_forward_passes", "accepted_per_round", "guide_forward_passes", "ar_ness",
-                "commit_distance")
+                "commit_distance", "uncertainty_per_token")
     result.update({k: out[k] for k in reported if k in out})
     if "committed_at" in out["samples"][0]:  # what order the decoder used, for a few samples
         png = plot_commit_orders(np.array([s["committed_at"] for s in out["samples"]]),

@@ -37,6 +37,7 @@ SAMPLER_COLUMNS = [  # the sampler table: one row per run and sampler (sweep `ge
     ("grid_conflicts", "grid conflicts", "{:.1f}"),
     ("ar_ness", "AR-ness", "{:.2f}"),
     ("commit_distance", "commit distance", "{:.2f}"),
+    ("uncertainty_per_token", "uncertainty/token", "{:.3f}"),
     ("tokens_per_s", "tokens/s", "{:,.0f}"),
 ]
 

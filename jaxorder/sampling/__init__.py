@@ -10,6 +10,9 @@
 - ``guided``: AR-guided unmasking of mdm runs (sampler ``guided``): a small l2r run (the guide, a
   companion run) accepts the longest run of the mdm's proposals, in reading order from the first
   open position, whose guide probability is >= ``guide_threshold``, at least one per step;
+- ``info_gain``: the Info-Gain sampler of mdm and bd3 runs (``info-gain``): C candidate commits per
+  step, each scored by the entropy it commits plus the mean entropy left after it, from one batched
+  look-ahead pass; the cheapest is committed (its bd3 loop is in ``bd3``);
 - ``bd3``: block diffusion block by block with a KV cache over finished blocks;
 - ``any_order``: any-order AR in a chosen (l2r, r2l, random) or greedy order, KV cache over the
   permuted prefix;
@@ -32,6 +35,7 @@ from jaxorder.sampling import (  # noqa: F401  (registration)
     ar_speculative,
     bd3,
     guided,
+    info_gain,
     learned,
     mdm,
 )

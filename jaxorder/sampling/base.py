@@ -24,7 +24,9 @@ that compile: one jit per (sampler, cfg, static), cached. Every sampler returns 
 ``logprob`` [B] (log p of the generated tokens under the model at temperature 1), ``nfe`` (network
 calls) and ``steps``; samplers that choose an order (masked, block, any-order) also return
 ``committed_at`` [B, L] int32, the step (any-order: the index in the generation order) at which
-each position was committed, -1 for fixed tokens.
+each position was committed, -1 for fixed tokens; masked and block samplers also return
+``uncertainty`` [B], the summed entropy (nats, temperature 1) of each committed position's
+distribution at the step that committed it.
 """
 from __future__ import annotations
 
@@ -88,6 +90,13 @@ class SamplerOptions:
                                 "default 0: off; R in [0, 1])")
     remask_candidates: int = option(4, "--remask: committed tokens re-scored per step, exactly (one masked "
                                        "copy each in the step's call; default 4)")
+    candidates: int = option(8, "info-gain sampler: candidate actions drawn and scored by one batched "
+                                "look-ahead pass per step (default 8)", metavar="C")
+    position_temperature: float = option(0.1, "info-gain sampler: temperature of the Gumbel-top-k draw of "
+                                              "each candidate's positions from log confidence (default 0.1)")
+    skip_confidence: float = option(0.9, "info-gain sampler: positions whose top-1 probability is >= S are "
+                                         "committed without evaluation, up to the step's count (default 0.9; "
+                                         "0: off)", metavar="S")
     block_length: int = option(0, "semi-autoregressive blocks of this many positions, left to right "
                                   "(default 0: one block)")
     noise: str = option("high", "Gumbel noise: high (float64-accurate tails, default) or float32 (naive "
@@ -146,6 +155,13 @@ class SamplerOptions:
             raise ConfigError(f"remask must be in [0, 1] (0 = off), got {self.remask}")
         if self.remask_candidates < 1:
             raise ConfigError(f"remask_candidates must be >= 1, got {self.remask_candidates}")
+        if self.candidates < 1:
+            raise ConfigError(f"candidates must be >= 1, got {self.candidates}")
+        if not self.position_temperature > 0 or not math.isfinite(self.position_temperature):
+            raise ConfigError(f"position_temperature must be a finite number > 0, got "
+                              f"{self.position_temperature}")
+        if not 0.0 <= self.skip_confidence <= 1.0:
+            raise ConfigError(f"skip_confidence must be in [0, 1] (0 = off), got {self.skip_confidence}")
         if self.block_length < 0:
             raise ConfigError(f"block_length must be >= 0 (0 = no blocks), got {self.block_length}")
         if self.draft_length < 1:

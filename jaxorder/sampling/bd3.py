@@ -7,9 +7,12 @@ model was trained on windows of whole blocks; a length that is not a multiple is
 ConfigError naming the nearest valid lengths, nothing is padded).
 
 The n/b blocks are generated left to right. Inside block k the rule of the sampler (registered
-here for family "block": ancestral, confidence, margin, entropy, threshold) runs over that block's
-masked positions only, with ``mdm_steps.commit_step`` (the same per-step rule, noise and tie-breaking as
-the mdm samplers). The conditionals are bd3's noisy-half ones,
+here for family "block": ancestral, confidence, margin, entropy, threshold, factor, info-gain) runs
+over that block's masked positions only, with ``mdm_steps.commit_step`` (the same per-step rule,
+noise and tie-breaking as the mdm samplers) or ``info_gain.step`` (Info-Gain: its C candidate
+look-aheads are one b-slot pass of B * C blocks over the cache tiled C times, uncached: the
+[x_t ; x] layout of B * C sequences; the chosen look-ahead is the block's next step's pass, and
+each block starts with a pass of its own). The conditionals are bd3's noisy-half ones,
 p(. | noisy block k, clean blocks < k) with SUBS (MASK logit -inf, ``bd3.noisy_log_probs``):
 
 - ``cache=True``: a KV cache over the finished blocks. A denoising step is one
@@ -43,8 +46,10 @@ per (cfg, rule, options without the threshold value) and input shape; the thresh
 block's step budget are traced arguments.
 
 ``nfe`` counts the model calls run: denoising passes (each a b-slot decode step with the cache,
-a full 2n-slot pass without) plus, with the cache, the block writes (one per block except the
-last; a block write is a b-slot pass too).
+a full 2n-slot pass without; an Info-Gain look-ahead of C candidates counts C) plus, with the
+cache, the block writes (one per block except the last; a block write is a b-slot pass too).
+``uncertainty`` [B]: the summed entropy of each committed position's distribution at the step that
+committed it (``mdm_steps.advance``).
 """
 from __future__ import annotations
 
@@ -59,7 +64,7 @@ from jaxorder.config import Config, ConfigError
 from jaxorder.model import decode
 from jaxorder.objectives import bd3 as bd3_objective
 from jaxorder.objectives.common import special_ids, subs_log_probs
-from jaxorder.sampling import mdm, mdm_steps
+from jaxorder.sampling import info_gain, mdm, mdm_steps
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
 
 
@@ -68,14 +73,15 @@ def build(cfg: Config, loop: mdm_steps.Loop):
     mcfg, b = cfg.model, cfg.objective.block_size
     mask_id = special_ids(mcfg).mask
     sc, cache = loop.options, loop.options.cache
-    ancestral = loop.rule == "ancestral"
+    ancestral, info = loop.rule == "ancestral", loop.rule == info_gain.NAME
 
     def run(params, key, tokens_BL, threshold, budget_K):
         B, n = tokens_BL.shape
         K = n // b
         st = dict(x=tokens_BL.astype(jnp.int32), masked=tokens_BL == mask_id,
                   committed_at=jnp.full(tokens_BL.shape, -1, jnp.int32),
-                  logprob=jnp.zeros((B,), jnp.float32), step=jnp.zeros((), jnp.int32),
+                  logprob=jnp.zeros((B,), jnp.float32), uncertainty=jnp.zeros((B,), jnp.float32),
+                  step=jnp.zeros((), jnp.int32),
                   nfe=jnp.zeros((), jnp.int32), commits=jnp.zeros((sc.steps, B), jnp.int32))
         if cache:
             st["cache"] = decode.init_cache(mcfg, B, n)
@@ -84,18 +90,33 @@ def build(cfg: Config, loop: mdm_steps.Loop):
             start = k * b
             pos_Bb = jnp.broadcast_to(start + jnp.arange(b, dtype=jnp.int32), (B, b))
 
-            def block_log_probs(x_Bb):  # p(. | noisy block k, clean blocks < k) [B, b, V]
-                if cache:
-                    logits_BbV, _ = decode.decode_step(params, mcfg, st["cache"], x_Bb, pos_Bb,
+            def many_log_probs(x_NBb):  # p(. | noisy block k, clean blocks < k) [N, B, b, V], N per row
+                N = x_NBb.shape[0]
+                x_Mb = x_NBb.reshape(N * B, b)
+                if cache:  # the cache tiled N times (a no-op for N = 1)
+                    tiled = jax.tree_util.tree_map(lambda a: jnp.tile(a, (N,) + (1,) * (a.ndim - 1))
+                                                   if a.ndim else a, st["cache"])
+                    logits_MbV, _ = decode.decode_step(params, mcfg, tiled, x_Mb, jnp.tile(pos_Bb, (N, 1)),
                                                        "bidirectional")
                 else:
-                    x_BL = lax.dynamic_update_slice_in_dim(st["x"], x_Bb, start, axis=1)
-                    logits_BbV = lax.dynamic_slice_in_dim(
-                        bd3_objective.noisy_logits(params, x_BL, x_BL, cfg, b), start, b, axis=1)
-                return subs_log_probs(logits_BbV, mask_id)
+                    x_ML = lax.dynamic_update_slice_in_dim(jnp.tile(st["x"], (N, 1)), x_Mb, start, axis=1)
+                    logits_MbV = lax.dynamic_slice_in_dim(
+                        bd3_objective.noisy_logits(params, x_ML, x_ML, cfg, b), start, b, axis=1)
+                logp_MbV = subs_log_probs(logits_MbV, mask_id)
+                return logp_MbV.reshape(N, B, b, logp_MbV.shape[-1])
+
+            def block_log_probs(x_Bb):  # [B, b, V]
+                return many_log_probs(x_Bb[None])[0]
 
             def one_step(s, steps_left):
                 k_step = jax.random.fold_in(key, s["step"])
+                if info:  # the next step reuses the chosen look-ahead (jaxorder.sampling.info_gain)
+                    logp_BbV = lax.cond(s["fresh"], lambda: s["logp"], lambda: block_log_probs(s["x"]))
+                    out = info_gain.step(logp_BbV, s["x"], s["masked"], k_step, steps_left, sc,
+                                         many_log_probs, False)
+                    s = mdm_steps.advance(s, out["tokens"], out["commit"], out["lp_tok"],
+                                          (~s["fresh"]).astype(jnp.int32) + out["nfe"], out["entropy"])
+                    return dict(s, logp=out["next_logp"], fresh=out["nfe"] > 0)
                 if ancestral:  # a step that revealed nothing left the block unchanged: reuse its pass
                     logp_BbV = lax.cond(s["dirty"], lambda: block_log_probs(s["x"]), lambda: s["logp"])
                     nfe = s["dirty"].astype(jnp.int32)
@@ -103,7 +124,7 @@ def build(cfg: Config, loop: mdm_steps.Loop):
                     logp_BbV, nfe = block_log_probs(s["x"]), 1
                 tok_Bb, commit_Bb, lp_tok_Bb = mdm_steps.commit_step(logp_BbV, s["masked"], k_step,
                                                                      steps_left, loop.rule, sc, threshold)
-                s = mdm_steps.advance(s, tok_Bb, commit_Bb, lp_tok_Bb, nfe)
+                s = mdm_steps.advance(s, tok_Bb, commit_Bb, lp_tok_Bb, nfe, mdm_steps.entropy(logp_BbV))
                 if ancestral:
                     s = dict(s, logp=logp_BbV, dirty=commit_Bb.any())
                 return s
@@ -119,16 +140,21 @@ def build(cfg: Config, loop: mdm_steps.Loop):
             blk = dict(x=lax.dynamic_slice_in_dim(st["x"], start, b, axis=1),
                        masked=lax.dynamic_slice_in_dim(st["masked"], start, b, axis=1),
                        committed_at=lax.dynamic_slice_in_dim(st["committed_at"], start, b, axis=1),
-                       logprob=st["logprob"], step=st["step"], nfe=st["nfe"], commits=st["commits"])
-            if ancestral:
+                       logprob=st["logprob"], uncertainty=st["uncertainty"], step=st["step"], nfe=st["nfe"],
+                       commits=st["commits"])
+            if ancestral or info:
                 blk["logp"] = jnp.zeros((B, b, mcfg.vocab_size), jnp.float32)
+            if ancestral:
                 blk["dirty"] = jnp.ones((), bool)
+            if info:  # a block starts with a pass of its own
+                blk["fresh"] = jnp.zeros((), bool)
             blk = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), blk))[1]
             out = dict(st, x=lax.dynamic_update_slice_in_dim(st["x"], blk["x"], start, axis=1),
                        masked=lax.dynamic_update_slice_in_dim(st["masked"], blk["masked"], start, axis=1),
                        committed_at=lax.dynamic_update_slice_in_dim(st["committed_at"], blk["committed_at"],
                                                                     start, axis=1),
-                       logprob=blk["logprob"], step=blk["step"], nfe=blk["nfe"], commits=blk["commits"])
+                       logprob=blk["logprob"], uncertainty=blk["uncertainty"], step=blk["step"],
+                       nfe=blk["nfe"], commits=blk["commits"])
             if cache:  # the finished block's clean tokens join the cache (not the last one: nothing follows)
                 def write(c):
                     return decode.decode_step(params, mcfg, c, blk["x"], pos_Bb, "bidirectional")[1]
@@ -139,7 +165,8 @@ def build(cfg: Config, loop: mdm_steps.Loop):
             return out
 
         st = lax.fori_loop(0, K, block_body, st)
-        return dict(tokens=st["x"], logprob=st["logprob"], nfe=st["nfe"], steps=st["step"],
+        return dict(tokens=st["x"], logprob=st["logprob"], uncertainty=st["uncertainty"], nfe=st["nfe"],
+                    steps=st["step"],
                     commits=st["commits"], complete=~st["masked"].any(axis=1),
                     committed_at=st["committed_at"])
 
@@ -185,3 +212,5 @@ for _rule in mdm_steps.RULES:
     register(Sampler(name=_rule, family="block",
                      options=OPTIONS + mdm.RULE_OPTIONS.get(_rule, ()),
                      prepare=prepare_rule(_rule), build=build))
+register(Sampler(name=info_gain.NAME, family="block", options=OPTIONS + info_gain.OWN_OPTIONS,
+                 prepare=prepare_rule(info_gain.NAME), build=build))

@@ -64,7 +64,7 @@ from jaxorder.objectives import mdm as mdm_objective
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling.ar_speculative import tokenizer_of
 from jaxorder.sampling.base import Companion, Prepared, Sampler, SamplerOptions, register
-from jaxorder.sampling.mdm_steps import advance, block_schedule, draw, initial_state, result
+from jaxorder.sampling.mdm_steps import advance, block_schedule, draw, entropy, initial_state, result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +163,7 @@ def build(cfg: Config, loop: Loop):
             commit_BL = accepted_run(masked_BL, eligible_BL, jnp.exp(lp_guide_BL), scored_BL, threshold)
             commit_BL = commit_BL | (eligible_BL & (steps_left <= 1))  # the block's budget is spent
             calls = 1 + jnp.max(catch_ups_B)
-            st = advance(st, tok_BL, commit_BL, lp_tok_BL, 1)
+            st = advance(st, tok_BL, commit_BL, lp_tok_BL, 1, entropy(logp_BLV))
             return dict(st, rows=st["rows"] + L, gcache=gcache,
                         c=jnp.minimum(first_true(st["masked"]), c_B + W),  # drop the rejected slots
                         guide_nfe=st["guide_nfe"] + calls, guide_rows=st["guide_rows"] + calls * W,

@@ -44,7 +44,15 @@ from jaxorder.sampling.commit_filter import (
     hidden_and_log_probs,
     scalar_features,
 )
-from jaxorder.sampling.mdm_steps import advance, block_schedule, draw, initial_state, parallel_floor, result
+from jaxorder.sampling.mdm_steps import (
+    advance,
+    block_schedule,
+    draw,
+    entropy,
+    initial_state,
+    parallel_floor,
+    result,
+)
 from pallas_kernels.sampling import commit as commit_top_k
 
 OPTIONS = ("steps", "temperature", "block_length", "noise", "commit_filter", "filter_threshold")
@@ -101,7 +109,7 @@ def build(cfg: Config, loop: LearnedLoop):
             prob_BL = filter_probs(arrays, loop.features, scalars_BLS, hidden_BLd)
             commit_BL, filled_BL = commit_rule(prob_BL, tok_BL, masked_BL, eligible_BL, block_budget - j,
                                                threshold, ends)
-            st = advance(st, tok_BL, commit_BL, lp_tok_BL, 1)
+            st = advance(st, tok_BL, commit_BL, lp_tok_BL, 1, entropy(logp_BLV))
             return dict(st, rows=st["rows"] + L, eos_filled=st["eos_filled"] + filled_BL.sum(axis=1))
 
         def block_body(b, st):

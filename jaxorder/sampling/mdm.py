@@ -51,7 +51,10 @@ tokens as the plain path.
 
 Output (besides the contract's ``tokens``, ``logprob``, ``nfe``, ``steps``): ``commits``
 [steps, B] (positions committed per step and row; rows past ``steps`` are 0), ``complete`` [B],
-``early`` [B] (Prophet) and ``rows`` (positions run through the model, summed over passes).
+``early`` [B] (Prophet), ``rows`` (positions run through the model, summed over passes) and
+``uncertainty`` [B], the cumulative uncertainty: the summed entropy in nats (temperature 1) of
+each committed position's distribution at the step that committed it (Prophet's early commits
+included; the fused path takes the kernel's entropy, computed online without the logits).
 
 ``score_path``: the sampler's loop with the commitment forced (one given position per step) and
 the tokens teacher-forced; it returns log p of the path, which for an order sigma is the exact
@@ -80,6 +83,7 @@ from jaxorder.sampling.mdm_steps import (
     advance,
     block_schedule,
     commit_step,
+    entropy,
     initial_state,
     parallel_commit,
     parallel_floor,
@@ -138,7 +142,9 @@ def build(cfg: Config, loop: Loop):
                 logp_BLV = mdm_objective.masked_log_probs(params, x_BL, cfg)
                 tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, rule,
                                                            sc, threshold)
-                st = remask.record(advance(st, tok_BL, commit_BL, lp_tok_BL, 1 + calls), commit_BL, lp_tok_BL)
+                ent_BL = entropy(logp_BLV)
+                st = remask.record(advance(st, tok_BL, commit_BL, lp_tok_BL, 1 + calls, ent_BL), commit_BL,
+                                   lp_tok_BL, ent_BL)
                 st = remask.apply(st, pos_Bn, score_Bn, r_B, mask_id)
                 return dict(st, rows=st["rows"] + L + rows), logp_BLV
             if forced:
@@ -163,6 +169,7 @@ def build(cfg: Config, loop: Loop):
                                       forbidden_ids=(mask_id,), interpret=sc.interpret)
                 tok_BL, commit_BL = res["sampled"].astype(jnp.int32), res["committed"]
                 lp_tok_BL = jnp.log(res["confidence"])
+                ent_BL = res["entropy"].astype(jnp.float32)  # the kernel's, from its online softmax
                 if rule in PARALLEL_RULES:
                     commit_BL = parallel_commit(res["confidence"], eligible_BL, steps_left, rule, sc,
                                                 threshold)
@@ -172,7 +179,9 @@ def build(cfg: Config, loop: Loop):
                 tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, rule,
                                                            sc, threshold)
                 nfe = 1
-            st = advance(st, tok_BL, commit_BL, lp_tok_BL, nfe)
+            if logp_BLV is not None:
+                ent_BL = entropy(logp_BLV)
+            st = advance(st, tok_BL, commit_BL, lp_tok_BL, nfe, ent_BL)
             return dict(st, rows=st["rows"] + nfe * L), logp_BLV
 
         def block_body(b, st):

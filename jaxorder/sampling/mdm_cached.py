@@ -43,6 +43,7 @@ from jaxorder.sampling.mdm_steps import (
     block_bounds,
     block_schedule,
     commit_step,
+    entropy,
     initial_state,
     prophet_commit,
     prophet_threshold,
@@ -114,8 +115,10 @@ def build(cfg: Config, loop: Loop):
                 tok_BL = place(tok_Bn, st["x"])
                 commit_BL = place(commit_Bn, jnp.zeros_like(st["masked"]))
                 lp_BL = place(lp_Bn, jnp.zeros(st["x"].shape, jnp.float32))
+                ent_BL = place(entropy(logp_BnV), jnp.zeros(st["x"].shape, jnp.float32))
                 ran = jnp.asarray(rows, jnp.int32)[which]
-                st = advance(dict(st, cache=cache, rows=st["rows"] + ran), tok_BL, commit_BL, lp_BL, 1)
+                st = advance(dict(st, cache=cache, rows=st["rows"] + ran), tok_BL, commit_BL, lp_BL, 1,
+                             ent_BL)
                 if sc.prophet > 0:
                     gap = prophet_threshold(sc.prophet, j, steps_b)
                     st = prophet_commit(st, logp_BnV, qb, in_block_L, gap)

@@ -62,14 +62,20 @@ def draw(logp_BLV: jnp.ndarray, key: jax.Array, opts: SamplerOptions, noise_rows
     return first_argmax(logp_BLV * (1.0 / opts.temperature) + g_BLV)
 
 
+def entropy(logp_BLV: jnp.ndarray) -> jnp.ndarray:
+    """Entropy in nats [B, L] of each position's distribution (log-probs [B, L, V], temperature 1;
+    a MASK logit of -inf contributes 0)."""
+    p_BLV = jnp.exp(logp_BLV)
+    return -jnp.sum(jnp.where(p_BLV > 0, p_BLV * logp_BLV, 0.0), axis=-1)
+
+
 def rule_score(logp_BLV: jnp.ndarray, lp_tok_BL: jnp.ndarray, rule: str) -> jnp.ndarray:
     if rule == "confidence":
         return jnp.exp(lp_tok_BL)
     if rule == "margin":
         top2 = lax.top_k(logp_BLV, 2)[0]
         return jnp.exp(top2[..., 0]) - jnp.exp(top2[..., 1])
-    p_BLV = jnp.exp(logp_BLV)
-    return jnp.sum(jnp.where(p_BLV > 0, p_BLV * logp_BLV, 0.0), axis=-1)  # -entropy
+    return -entropy(logp_BLV)
 
 
 def tokens_per_step(eligible_BL: jnp.ndarray, steps_left) -> jnp.ndarray:
@@ -128,14 +134,17 @@ def commit_step(logp_BLV: jnp.ndarray, eligible_BL: jnp.ndarray, step_key: jax.A
     return tok_BL, commit_BL, lp_tok_BL
 
 
-def advance(st: dict, tok_BL: jnp.ndarray, commit_BL: jnp.ndarray, lp_tok_BL: jnp.ndarray, nfe) -> dict:
+def advance(st: dict, tok_BL: jnp.ndarray, commit_BL: jnp.ndarray, lp_tok_BL: jnp.ndarray, nfe,
+            ent_BL: jnp.ndarray) -> dict:
     """The loop state after a step: committed tokens written into ``x``, unmasked in ``masked``,
-    their log p added to ``logprob``, the commit count recorded in ``commits[step]`` and the step in
-    ``committed_at`` (the commit order); step and nfe advanced."""
+    their log p added to ``logprob`` and the entropy of their distribution (``ent_BL``, nats, the
+    committing step's distribution at temperature 1) to ``uncertainty``, the commit count recorded
+    in ``commits[step]`` and the step in ``committed_at`` (the commit order); step and nfe advanced."""
     i = st["step"]
     return dict(st, x=jnp.where(commit_BL, tok_BL, st["x"]), masked=st["masked"] & ~commit_BL,
                 committed_at=jnp.where(commit_BL, i, st["committed_at"]),
                 logprob=st["logprob"] + jnp.sum(jnp.where(commit_BL, lp_tok_BL, 0.0), axis=1),
+                uncertainty=st["uncertainty"] + jnp.sum(jnp.where(commit_BL, ent_BL, 0.0), axis=1),
                 commits=st["commits"].at[i].set(commit_BL.sum(axis=1).astype(jnp.int32)),
                 step=i + 1, nfe=st["nfe"] + nfe)
 
@@ -152,7 +161,7 @@ def prophet_commit(st: dict, logp_BnV: jnp.ndarray, start, in_block_L: jnp.ndarr
     block have a mean top-2 log-prob gap (= logit gap) above ``gap_threshold`` commits them all at
     their argmax, from this step's log-probs (no extra forward pass). ``logp_BnV`` covers positions
     [start, start + n), the block included. Counted in the step's ``commits`` and in ``early`` [B]
-    (positions committed early)."""
+    (positions committed early); their entropies under this step's log-probs join ``uncertainty``."""
     n = logp_BnV.shape[1]
     left_Bn = lax.dynamic_slice_in_dim(st["masked"] & in_block_L[None, :], start, n, axis=1)
     top2_Bn2 = lax.top_k(logp_BnV, 2)[0]
@@ -170,6 +179,7 @@ def prophet_commit(st: dict, logp_BnV: jnp.ndarray, start, in_block_L: jnp.ndarr
                 committed_at=lax.dynamic_update_slice_in_dim(st["committed_at"], at_Bn, start, axis=1),
                 masked=lax.dynamic_update_slice_in_dim(st["masked"], masked_Bn & ~commit_Bn, start, axis=1),
                 logprob=st["logprob"] + jnp.sum(jnp.where(commit_Bn, top2_Bn2[..., 0], 0.0), axis=1),
+                uncertainty=st["uncertainty"] + jnp.sum(jnp.where(commit_Bn, entropy(logp_BnV), 0.0), axis=1),
                 commits=st["commits"].at[i].add(commit_Bn.sum(axis=1).astype(jnp.int32)),
                 early=st["early"] + commit_Bn.sum(axis=1).astype(jnp.int32))
 
@@ -178,15 +188,15 @@ def initial_state(tokens_BL: jnp.ndarray, mask_id: int, steps: int) -> dict:
     B = tokens_BL.shape[0]
     return dict(x=tokens_BL.astype(jnp.int32), masked=tokens_BL == mask_id,
                 committed_at=jnp.full(tokens_BL.shape, -1, jnp.int32),
-                logprob=jnp.zeros((B,), jnp.float32), step=jnp.zeros((), jnp.int32),
-                nfe=jnp.zeros((), jnp.int32), rows=jnp.zeros((), jnp.int32),
+                logprob=jnp.zeros((B,), jnp.float32), uncertainty=jnp.zeros((B,), jnp.float32),
+                step=jnp.zeros((), jnp.int32), nfe=jnp.zeros((), jnp.int32), rows=jnp.zeros((), jnp.int32),
                 commits=jnp.zeros((steps, B), jnp.int32), early=jnp.zeros((B,), jnp.int32))
 
 
 def result(st: dict) -> dict:
-    return dict(tokens=st["x"], logprob=st["logprob"], nfe=st["nfe"], steps=st["step"], rows=st["rows"],
-                commits=st["commits"], early=st["early"], complete=~st["masked"].any(axis=1),
-                committed_at=st["committed_at"])
+    return dict(tokens=st["x"], logprob=st["logprob"], uncertainty=st["uncertainty"], nfe=st["nfe"],
+                steps=st["step"], rows=st["rows"], commits=st["commits"], early=st["early"],
+                complete=~st["masked"].any(axis=1), committed_at=st["committed_at"])
 
 
 def block_bounds(block_np: np.ndarray) -> list[tuple[int, int]]:

@@ -20,9 +20,9 @@ with a neighbour it does not fit (the failure of parallel decoding) scores low o
 neighbour is visible.
 
 Bookkeeping: ``logprob`` sums the log-prob of the final tokens at their (last) commit, so a
-remasked token's log-prob is removed; ``committed_at`` is the step of the last commit;
-``remasked`` [B] counts the tokens returned to MASK; ``nfe`` and ``rows`` count the extra calls and
-copies.
+remasked token's log-prob is removed (``uncertainty`` likewise sums the entropies of the final
+tokens at their last commit); ``committed_at`` is the step of the last commit; ``remasked`` [B]
+counts the tokens returned to MASK; ``nfe`` and ``rows`` count the extra calls and copies.
 """
 from __future__ import annotations
 
@@ -87,16 +87,20 @@ def apply(st: dict, pos_Bn: jnp.ndarray, score_Bn: jnp.ndarray, r_B: jnp.ndarray
     return dict(st, x=jnp.where(back_BL, mask_id, st["x"]), masked=st["masked"] | back_BL,
                 committed_at=jnp.where(back_BL, -1, st["committed_at"]),
                 logprob=st["logprob"] - jnp.sum(jnp.where(back_BL, st["lp_at"], 0.0), axis=1),
-                lp_at=jnp.where(back_BL, jnp.inf, st["lp_at"]),
+                uncertainty=st["uncertainty"] - jnp.sum(jnp.where(back_BL, st["ent_at"], 0.0), axis=1),
+                lp_at=jnp.where(back_BL, jnp.inf, st["lp_at"]), ent_at=jnp.where(back_BL, 0.0, st["ent_at"]),
                 remasked=st["remasked"] + back_BL.sum(axis=1).astype(jnp.int32))
 
 
-def record(st: dict, commit_BL: jnp.ndarray, lp_tok_BL: jnp.ndarray) -> dict:
-    """Keeps the log-prob at commit of the tokens this step committed (+inf: not a candidate)."""
-    return dict(st, lp_at=jnp.where(commit_BL, lp_tok_BL, st["lp_at"]))
+def record(st: dict, commit_BL: jnp.ndarray, lp_tok_BL: jnp.ndarray, ent_BL: jnp.ndarray) -> dict:
+    """Keeps the log-prob (+inf: not a candidate) and the entropy at commit of the tokens this step
+    committed."""
+    return dict(st, lp_at=jnp.where(commit_BL, lp_tok_BL, st["lp_at"]),
+                ent_at=jnp.where(commit_BL, ent_BL, st["ent_at"]))
 
 
 def initial(st: dict) -> dict:
     B, L = st["x"].shape
-    return dict(st, lp_at=jnp.full((B, L), jnp.inf, jnp.float32), remasked=jnp.zeros((B,), jnp.int32))
+    return dict(st, lp_at=jnp.full((B, L), jnp.inf, jnp.float32), ent_at=jnp.zeros((B, L), jnp.float32),
+                remasked=jnp.zeros((B,), jnp.int32))
 
