@@ -36,8 +36,9 @@ SETTINGS = (("confidence", {}), ("info-gain", {}), ("margin", {}))
 
 
 def grid_line(text: str) -> str:
-    """The sample's grid: its first 81 characters (the newline position is generated too)."""
-    return text[:81]
+    """The sample's grid: its first 81 characters (the newline position is generated too), with
+    every character that is not a digit 1-9 (whitespace included) written as 0, a missing digit."""
+    return "".join(c if c in "123456789" else "0" for c in text[:81])
 
 
 def measure(cfg, params, tokenizer, name: str, options: dict, steps: int, samples: int) -> dict:
