@@ -7,7 +7,8 @@ generates `--samples` unprompted 82-token windows (one grid and a newline) per s
 of 16 (one seed each, the same seeds for every setting), at temperature 1. For each setting it
 reports the valid-grid fraction, the mean conflicts per grid (digits missing from the grid's 27
 rows, columns and boxes; 0 iff valid) with its standard error, the cumulative uncertainty (summed
-entropy at commit time, nats per generated token) and network calls per generated token. Writes
+entropy at commit time, nats per generated token) and network calls per generated token (for
+`guided`: passes of the mdm; the guide is the sweep's l2r run). Writes
 DIR/sudoku.json, sudoku.md and sudoku.png (conflicts against steps).
 """
 from __future__ import annotations
@@ -27,12 +28,13 @@ from decoding_common import REPO, machine_line
 
 from jaxorder import sampling
 from jaxorder.data.synthetic import grid_conflicts, is_valid_grid
-from jaxorder.evaluation.runs import load_params, run_tokenizer
+from jaxorder.evaluation.runs import companion_dirs, load_companions, load_params, run_tokenizer
 from jaxorder.objectives.common import special_ids
 
 SWEEP = REPO / "configs" / "sweeps" / "sudoku_decoding.yaml"
 BATCH, LENGTH = 16, 82
-SETTINGS = (("confidence", {}), ("info-gain", {}), ("margin", {}))
+SETTINGS = (("confidence", {}), ("info-gain", {}), ("margin", {}),
+            ("guided", {"guide": "l2r", "guide_threshold": 0.1}))  # the sweep's l2r run guides
 
 
 def grid_line(text: str) -> str:
@@ -41,12 +43,17 @@ def grid_line(text: str) -> str:
     return "".join(c if c in "123456789" else "0" for c in text[:81])
 
 
-def measure(cfg, params, tokenizer, name: str, options: dict, steps: int, samples: int) -> dict:
-    opts = sampling.SamplerOptions(steps=steps, **options)
+def measure(cfg, params, tokenizer, name: str, options: dict, steps: int, samples: int,
+            runs: Path) -> dict:
+    sampler = sampling.resolve(cfg, name)
+    given = {"steps": steps, **options, **companion_dirs(sampler, options, runs)}
+    opts = sampling.make_options(sampler, given)
+    companions = load_companions(sampler, opts)
     rows = np.full((BATCH, LENGTH), special_ids(cfg.model).mask, np.int32)
     lines, uncertainty, nfe, t0 = [], [], 0, time.perf_counter()
     for seed in range(max(samples // BATCH, 1)):
-        out = jax.device_get(sampling.sample(params, cfg, rows, jax.random.key(seed), name, opts))
+        out = jax.device_get(sampling.sample(params, cfg, rows, jax.random.key(seed), sampler, opts,
+                                             companions=companions))
         tokens = np.asarray(out["tokens"])
         lines += [grid_line(tokenizer.decode(t[t != tokenizer.pad_id])) for t in tokens]
         uncertainty += list(np.asarray(out["uncertainty"]) / LENGTH)
@@ -113,7 +120,7 @@ def main() -> None:
         for name, options in SETTINGS:
             if name not in wanted:
                 continue
-            r = measure(cfg, params, tokenizer, name, options, steps, args.samples)
+            r = measure(cfg, params, tokenizer, name, options, steps, args.samples, runs)
             results.append(r)
             print(f"{name:<12} steps {steps:>3}  valid {r['valid_fraction']:.3f}  conflicts "
                   f"{r['conflicts']:.2f}±{r['conflicts_se']:.2f}  "
@@ -121,7 +128,12 @@ def main() -> None:
                   f"({r['seconds']:.0f} s)", flush=True)
     out = runs / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sudoku.json").write_text(json.dumps({"date": stamp, "machine": machine_line(), "step": step,
+    path = out / "sudoku.json"
+    if path.exists():  # rows of earlier invocations stay unless this one measured the same setting
+        key = lambda r: (r["sampler"], r["steps"])  # noqa: E731
+        new = {key(r) for r in results}
+        results = [r for r in json.loads(path.read_text())["rows"] if key(r) not in new] + results
+    path.write_text(json.dumps({"date": stamp, "machine": machine_line(), "step": step,
                                                  "rows": results}, indent=1))
     (out / "sudoku.md").write_text(f"{stamp}; {machine_line()}\n\n{markdown(results)}\n")
     plot(results, out)
