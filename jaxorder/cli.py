@@ -13,7 +13,7 @@ import jax
 from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
 from jaxorder.data.prepared import prepare_dataset
-from jaxorder.errors import describe_os_error
+from jaxorder.errors import describe_os_error, out_of_memory_line
 from jaxorder.evaluation import filter_training
 from jaxorder.evaluation.runs import eval_run, sample_run
 from jaxorder.evaluation.sample_quality import generation_quality
@@ -352,14 +352,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a summary as one JSON object")
     p.set_defaults(func=cmd_export)
     return parser
-
-
-def out_of_memory_line(error: Exception) -> str:
-    """XLA's out-of-memory report (a hundred lines of buffer listings) as one line with the knobs."""
-    first = str(error).strip().splitlines()[0][:200]
-    return (f"out of device memory ({first}); lower data.batch_size (or raise train.grad_accum_steps), "
-            f"data.seq_len or the model size, or set model.remat=full; `jaxorder compile CONFIG` shows the "
-            f"memory a config needs")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,3 +34,11 @@ def describe_os_error(error: OSError) -> tuple[str, int]:
     what = error.strerror or (str(error).splitlines()[0] if str(error) else type(error).__name__)
     fix, status = _OS_FIXES.get(error.errno, ("check the path and the disk", 1))
     return f"{what}{where}; {fix}", status
+
+
+def out_of_memory_line(error: Exception) -> str:
+    """XLA's out-of-memory report (a hundred lines of buffer listings) as one line with the knobs."""
+    first = str(error).strip().splitlines()[0][:200]
+    return (f"out of device memory ({first}); lower data.batch_size (or raise train.grad_accum_steps), "
+            f"data.seq_len or the model size, or set model.remat=full; `jaxorder compile CONFIG` shows the "
+            f"memory a config needs")
