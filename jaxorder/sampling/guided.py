@@ -64,7 +64,15 @@ from jaxorder.objectives import mdm as mdm_objective
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling.ar_speculative import tokenizer_of
 from jaxorder.sampling.base import Companion, Prepared, Sampler, SamplerOptions, register
-from jaxorder.sampling.mdm_steps import advance, block_schedule, draw, entropy, initial_state, result
+from jaxorder.sampling.mdm_steps import (
+    advance,
+    block_schedule,
+    draw,
+    entropy,
+    initial_state,
+    over_blocks,
+    result,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,20 +177,10 @@ def build(cfg: Config, loop: Loop):
                         guide_nfe=st["guide_nfe"] + calls, guide_rows=st["guide_rows"] + calls * W,
                         guide_logp=jnp.where(commit_BL & scored_BL, lp_guide_BL, st["guide_logp"]))
 
-        def block_body(b, st):
-            in_block_L = block_L == b
+        def block_step(s, in_block_L, j, block_budget):
+            return one_step(s, s["masked"] & in_block_L[None, :], block_budget - j)
 
-            def cond(carry):
-                j, s = carry
-                return (j < budget[b]) & jnp.any(s["masked"] & in_block_L[None, :])
-
-            def body(carry):
-                j, s = carry
-                return j + 1, one_step(s, s["masked"] & in_block_L[None, :], budget[b] - j)
-
-            return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))[1]
-
-        st = lax.fori_loop(0, len(budget_np), block_body, st)
+        st = over_blocks(st, block_L, budget, block_step)
         return dict(result(st), guide_nfe=st["guide_nfe"], guide_rows=st["guide_rows"],
                     guide_logp=st["guide_logp"])
 

@@ -62,6 +62,7 @@ from jaxorder.sampling.mdm_steps import (
     draw,
     entropy,
     initial_state,
+    over_blocks,
     result,
     tokens_per_step,
 )
@@ -178,20 +179,10 @@ def build(cfg: Config, loop: Loop):
             st = advance(st, out["tokens"], out["commit"], out["lp_tok"], nfe, out["entropy"])
             return dict(st, rows=st["rows"] + nfe * L, logp=out["next_logp"], fresh=out["nfe"] > 0)
 
-        def block_body(b, st):
-            in_block_L = block_L == b
+        def block_step(s, in_block_L, j, block_budget):
+            return one_step(s, s["masked"] & in_block_L[None, :], block_budget - j)
 
-            def cond(carry):
-                j, s = carry
-                return (j < budget[b]) & jnp.any(s["masked"] & in_block_L[None, :])
-
-            def body(carry):
-                j, s = carry
-                return j + 1, one_step(s, s["masked"] & in_block_L[None, :], budget[b] - j)
-
-            return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))[1]
-
-        return result(lax.fori_loop(0, len(budget_np), block_body, st))
+        return result(over_blocks(st, block_L, budget, block_step))
 
     return run
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jaxorder.config import Config, ConfigError
 from jaxorder.objectives.common import special_ids
@@ -50,6 +49,7 @@ from jaxorder.sampling.mdm_steps import (
     draw,
     entropy,
     initial_state,
+    over_blocks,
     parallel_floor,
     result,
 )
@@ -112,20 +112,7 @@ def build(cfg: Config, loop: LearnedLoop):
             st = advance(st, tok_BL, commit_BL, lp_tok_BL, 1, entropy(logp_BLV))
             return dict(st, rows=st["rows"] + L, eos_filled=st["eos_filled"] + filled_BL.sum(axis=1))
 
-        def block_body(b, st):
-            in_block_L = block_L == b
-
-            def cond(carry):
-                j, s = carry
-                return (j < budget[b]) & jnp.any(s["masked"] & in_block_L[None, :])
-
-            def body(carry):
-                j, s = carry
-                return j + 1, one_step(s, in_block_L, j, budget[b])
-
-            return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))[1]
-
-        st = lax.fori_loop(0, len(budget_np), block_body, st)
+        st = over_blocks(st, block_L, budget, one_step)
         return dict(result(st), eos_filled=st["eos_filled"], eos_stopped=st["eos_filled"] > 0)
 
     return run

@@ -85,6 +85,7 @@ from jaxorder.sampling.mdm_steps import (
     commit_step,
     entropy,
     initial_state,
+    over_blocks,
     parallel_commit,
     parallel_floor,
     prophet_commit,
@@ -184,25 +185,14 @@ def build(cfg: Config, loop: Loop):
             st = advance(st, tok_BL, commit_BL, lp_tok_BL, nfe, ent_BL)
             return dict(st, rows=st["rows"] + nfe * L), logp_BLV
 
-        def block_body(b, st):
-            in_block_L = block_L == b
+        def block_step(s, in_block_L, j, block_budget):
+            s, logp_BLV = one_step(s, s["masked"] & in_block_L[None, :], block_budget - j, block_budget,
+                                   in_block_L)
+            if sc.prophet > 0:
+                s = prophet_commit(s, logp_BLV, 0, in_block_L, prophet_threshold(sc.prophet, j, block_budget))
+            return s
 
-            def cond(carry):
-                j, s = carry
-                return (j < budget[b]) & jnp.any(s["masked"] & in_block_L[None, :])
-
-            def body(carry):
-                j, s = carry
-                s, logp_BLV = one_step(s, s["masked"] & in_block_L[None, :], budget[b] - j, budget[b],
-                                       in_block_L)
-                if sc.prophet > 0:
-                    s = prophet_commit(s, logp_BLV, 0, in_block_L,
-                                       prophet_threshold(sc.prophet, j, budget[b]))
-                return j + 1, s
-
-            return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))[1]
-
-        st = lax.fori_loop(0, len(budget_np), block_body, st)
+        st = over_blocks(st, block_L, budget, block_step)
         return dict(result(st), remasked=st["remasked"]) if sc.remask > 0 else result(st)
 
     return run

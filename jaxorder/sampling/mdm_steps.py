@@ -199,6 +199,27 @@ def result(st: dict) -> dict:
                 complete=~st["masked"].any(axis=1), committed_at=st["committed_at"])
 
 
+def over_blocks(st: dict, block_L: jnp.ndarray, budget: jnp.ndarray, step) -> dict:
+    """The blocks in order, each with ``step(st, in_block_L, j, block_budget) -> st`` for j = 0, 1, ...
+    while the block has budget left and a row still has a masked position in it (a block whose
+    masks are all filled ends early)."""
+
+    def block_body(b, st):
+        in_block_L = block_L == b
+
+        def cond(carry):
+            j, s = carry
+            return (j < budget[b]) & jnp.any(s["masked"] & in_block_L[None, :])
+
+        def body(carry):
+            j, s = carry
+            return j + 1, step(s, in_block_L, j, budget[b])
+
+        return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))[1]
+
+    return lax.fori_loop(0, budget.shape[0], block_body, st)
+
+
 def block_bounds(block_np: np.ndarray) -> list[tuple[int, int]]:
     """[start, end) of each block of a block_schedule, in order."""
     return [(int(np.argmax(block_np == b)), int(len(block_np) - np.argmax(block_np[::-1] == b)))
