@@ -84,3 +84,20 @@ def test_a_run_dir_without_write_permission_is_one_line(tmp_path, tiny_config_fi
     code = cli.main(["train", str(tiny_config_file), "--run-dir", str(tmp_path / "ro" / "run")])
     line = _error_line(capsys.readouterr().err)
     assert code == 2 and "permission denied" in line
+
+
+def test_background_reports_of_a_failed_write_are_dropped(caplog):
+    """Orbax's failed background writes are also reported by asyncio ("exception was never
+    retrieved", at garbage collection, possibly after the one-line error): those records are
+    dropped like absl's; other asyncio records pass."""
+    import logging
+
+    from jaxorder.training.checkpoint import drop_background_os_error_logs
+
+    drop_background_os_error_logs()
+    failed = ValueError("RESOURCE_EXHAUSTED: Error writing: No space left on device [os_error_code='28']")
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        logging.getLogger("asyncio").error("_GatheringFuture exception was never retrieved",
+                                           exc_info=(ValueError, failed, None))
+        logging.getLogger("asyncio").error("some other asyncio failure")
+    assert [r.getMessage() for r in caplog.records] == ["some other asyncio failure"]

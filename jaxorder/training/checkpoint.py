@@ -52,7 +52,9 @@ def quiet_restore_logs():
 
 
 class _OsErrorRecords(logging.Filter):
-    """Drops absl records of an OS-level write failure (disk full, ...) in Orbax's save threads: the
+    """Drops records of an OS-level write failure (disk full, ...) in Orbax's save threads: absl's
+    error reports, and asyncio's "exception was never retrieved" for the gathered writes that
+    failed alongside (logged when they are garbage-collected, possibly after the error line). The
     same failure is raised again in the main thread (save or wait), which reports it in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -61,9 +63,9 @@ class _OsErrorRecords(logging.Filter):
 
 
 def drop_background_os_error_logs() -> None:
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _OsErrorRecords) for f in logger.filters):
-        logger.addFilter(_OsErrorRecords())
+    for logger in (logging.getLogger("absl"), logging.getLogger("asyncio")):
+        if not any(isinstance(f, _OsErrorRecords) for f in logger.filters):
+            logger.addFilter(_OsErrorRecords())
 
 
 @contextlib.contextmanager
