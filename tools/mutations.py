@@ -35,6 +35,7 @@ LEARNED = "tests/test_sampling_learned.py::"
 FILTER = "tests/test_commit_filter.py::"
 IG = "tests/test_sampling_info_gain.py::"
 TPU_REC = "tests/test_tpu_recovery.py::"
+SLURM = "tests/test_distributed_slurm.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -560,6 +561,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a TPU that is already gone is deleted again before the create",
         (TPU_REC + "test_step_not_found_creates_without_delete_and_waits_out_other_states",
          TPU_REC + "test_fake_gcloud_relaunch_in_place_create_when_gone_and_stop_on_a_crash")),
+    Mutation(
+        "slurm-gpu-by-global-rank", "jaxorder/platform/distributed.py",
+        'return [int(env["SLURM_LOCALID"])]',
+        'return [int(env["SLURM_PROCID"])]',
+        "distributed.mode=slurm picks the GPU by the global task id (GPU 9 on an 8-GPU node)",
+        (SLURM + "test_slurm_arguments[env0-local0]",)),
+    Mutation(
+        "slurm-port-off-by-one", "jaxorder/platform/distributed.py",
+        "port = 65535 - 2**12 + 1 +",
+        "port = 65535 - 2**12 +",
+        "the coordinator port differs from JAX's SLURM detection (processes started either way disagree)",
+        (SLURM + "test_coordinator_equals_jax_slurm_detection[node01]",)),
 )
 
 
