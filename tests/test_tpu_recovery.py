@@ -72,7 +72,8 @@ def test_step_counts_retries_and_gives_up_after_n():
     (("exit 143", "exit 143"), "launch"),  # SIGTERM'd on a live TPU: relaunch, no recreate
     (("none", "exit 143"), "launch"),  # killed without an exit code (VM restarted)
     (("exit 1", "running"), "give_up"),  # a crash of the job itself: no retry
-    (("exit 143", "exit 2"), "give_up"),
+    (("exit 143", "exit 1"), "launch"),  # a peer's crash after losing a preempted worker: relaunch
+    (("none", "exit 134"), "launch"),
 ])
 def test_step_worker_answers(workers, action):
     rec, got = step(Recovery(3), Polled("ACTIVE", workers))

@@ -562,6 +562,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         (TPU_REC + "test_step_not_found_creates_without_delete_and_waits_out_other_states",
          TPU_REC + "test_fake_gcloud_relaunch_in_place_create_when_gone_and_stop_on_a_crash")),
     Mutation(
+        "recovery-peer-crash-is-fatal", "tpu/launch_recovery.py",
+        "if failed and not preempted:",
+        "if failed:",
+        "a worker crashing because a preempted peer vanished stops the watch instead of relaunching",
+        (TPU_REC + "test_step_worker_answers[workers6-launch]",)),
+    Mutation(
         "slurm-gpu-by-global-rank", "jaxorder/platform/distributed.py",
         'return [int(env["SLURM_LOCALID"])]',
         'return [int(env["SLURM_PROCID"])]',

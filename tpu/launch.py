@@ -101,14 +101,14 @@ def cmd_list(args):
     return [gc.list_(args)], None
 
 
-def recovery_plan(args):
+def recovery_plan(args, launch_commands):
     """(commands per action, describe argv, probe argv) of `launch --retries`: all built (and so
     checked) before anything runs."""
     if args.retries < 0:
         raise UsageError(f"--retries must be >= 0 (got {args.retries})")
     if args.poll_seconds < 0:
         raise UsageError(f"--poll-seconds must be >= 0 (got {args.poll_seconds})")
-    plan = {recovery.LAUNCH: cmd_launch(args), recovery.INSTALL: cmd_install(args),
+    plan = {recovery.LAUNCH: launch_commands, recovery.INSTALL: cmd_install(args),
             recovery.CREATE: cmd_create(args),
             recovery.DELETE: ([gc.delete(args, yes=True)], None),  # unattended: no confirmation prompt
             recovery.HALT: ([gc.ssh(args, remote.halt_script(args))], None)}
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--slices must be >= 1 (got {args.slices})")
         commands, prepare = args.func(args)
         if watching:
-            plan, describe_argv, probe_argv = recovery_plan(args)
+            plan, describe_argv, probe_argv = recovery_plan(args, (commands, prepare))
     except UsageError as e:
         print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -278,8 +278,13 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     if watching:
-        return recovery.drive(recovery.Recovery(args.retries), plan, describe_argv, probe_argv,
-                              poll_seconds=args.poll_seconds, prog=parser.prog, log=_log)
+        try:
+            return recovery.drive(recovery.Recovery(args.retries), plan, describe_argv, probe_argv,
+                                  poll_seconds=args.poll_seconds, prog=parser.prog, log=_log)
+        except KeyboardInterrupt:
+            _log(f"{parser.prog}: interrupted: the job keeps running on the workers; the same command "
+                 f"watches it again")
+            return 130
     if prepare is not None:
         prepare()
     for argv_ in commands:

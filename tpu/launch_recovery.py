@@ -7,8 +7,8 @@ into gcloud commands, and `plan_lines` spells that loop out for --dry-run.
 
 Policy, per poll while the job runs (phase `watch`):
 - TPU READY/ACTIVE and every worker `exit 0`: done (exit 0).
-- a worker `exit N` with N not 0 or 143: the job failed by itself (a bug, bad config): stop, exit 1,
-  without spending retries on a crash loop.
+- a worker `exit N` with N not 0 or 143, and none with `exit 143` or `none`: the job failed by itself
+  (a bug, bad config): stop, exit 1, without spending retries on a crash loop.
 - no worker running any more (exit 143 = SIGTERM after a checkpoint, or `none` = killed without an
   exit code): relaunch on the same TPU (one retry).
 - some workers running, others ended without `exit 0`, for STRAY_POLLS polls in a row: halt all,
@@ -93,7 +93,10 @@ def _watch_ready(rec: Recovery, workers: tuple[str, ...] | None) -> tuple[Recove
     rec = replace(rec, unreachable=0)
     codes = [_exit_code(w) for w in workers]
     failed = sorted({c for c in codes if c not in (None, 0, 143)})
-    if failed:
+    # A worker that got SIGTERM (143) or vanished (none) means a preemption; the others' crashes then
+    # come from losing their peers, so only crashes without one are the job failing by itself.
+    preempted = any(w == "none" or c == 143 for w, c in zip(workers, codes))
+    if failed and not preempted:
         return replace(rec, message=f"the job exited with code {failed[0]} on a worker (not a preemption; "
                                     f"see `tpu/launch.py logs --worker all`)"), GIVE_UP
     if all(c == 0 for c in codes):
@@ -195,8 +198,8 @@ def plan_lines(plan: Commands, describe_argv: list[str], probe_argv: list[str], 
         f"#   state {'|'.join(sorted(READY))}: ask every worker for its job status",
         shlex.join(probe_argv),
         "#     every worker 'exit 0': done, exit 0",
-        "#     a worker 'exit N', N not 0 or 143: the job failed by itself: stop, exit 1",
-        "#     no worker running ('exit 143' or 'none'): retry: relaunch on the same TPU",
+        "#     a worker 'exit N' (N not 0 or 143) and none 'exit 143'/'none': the job failed: stop, exit 1",
+        "#     no worker running, one 'exit 143' or 'none': retry: relaunch on the same TPU",
         *cmds(LAUNCH),
         f"#     some running, others stopped, {STRAY_POLLS} polls in a row: retry: halt all, relaunch",
         *cmds(HALT),
