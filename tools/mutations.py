@@ -34,6 +34,8 @@ GUIDED = "tests/test_sampling_guided.py::"
 LEARNED = "tests/test_sampling_learned.py::"
 FILTER = "tests/test_commit_filter.py::"
 IG = "tests/test_sampling_info_gain.py::"
+TPU_REC = "tests/test_tpu_recovery.py::"
+SLURM = "tests/test_distributed_slurm.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -538,6 +540,45 @@ MUTATIONS: tuple[Mutation, ...] = (
         "jnp.sum(jnp.where(commit_BL, -lp_tok_BL, 0.0), axis=1)",
         "the cumulative uncertainty sums -log p of the committed tokens instead of their entropy",
         (IG + "test_uncertainty_is_the_entropy_at_commit_time[confidence-options0]",)),
+    # ------------------------------------------------------------------ tpu/launch.py --retries
+    Mutation(
+        "recovery-retry-off-by-one", "tpu/launch_recovery.py",
+        "if rec.retries >= rec.max_retries:",
+        "if rec.retries > rec.max_retries:",
+        "--retries N recovers N + 1 times before giving up",
+        (TPU_REC + "test_step_counts_retries_and_gives_up_after_n",
+         TPU_REC + "test_fake_gcloud_gives_up_after_n_retries")),
+    Mutation(
+        "recovery-done-on-any-worker", "tpu/launch_recovery.py",
+        "if all(c == 0 for c in codes):",
+        "if any(c == 0 for c in codes):",
+        "the watch ends as done when the first worker exits 0 while the others still run",
+        (TPU_REC + "test_step_worker_answers[workers1-poll]",)),
+    Mutation(
+        "recovery-delete-missing-tpu", "tpu/launch_recovery.py",
+        "first = CREATE if event.state == NOT_FOUND else DELETE",
+        "first = DELETE",
+        "a TPU that is already gone is deleted again before the create",
+        (TPU_REC + "test_step_not_found_creates_without_delete_and_waits_out_other_states",
+         TPU_REC + "test_fake_gcloud_relaunch_in_place_create_when_gone_and_stop_on_a_crash")),
+    Mutation(
+        "recovery-peer-crash-is-fatal", "tpu/launch_recovery.py",
+        "if failed and not preempted:",
+        "if failed:",
+        "a worker crashing because a preempted peer vanished stops the watch instead of relaunching",
+        (TPU_REC + "test_step_worker_answers[workers6-launch]",)),
+    Mutation(
+        "slurm-gpu-by-global-rank", "jaxorder/platform/distributed.py",
+        'return [int(env["SLURM_LOCALID"])]',
+        'return [int(env["SLURM_PROCID"])]',
+        "distributed.mode=slurm picks the GPU by the global task id (GPU 9 on an 8-GPU node)",
+        (SLURM + "test_slurm_arguments[env0-local0]",)),
+    Mutation(
+        "slurm-port-off-by-one", "jaxorder/platform/distributed.py",
+        "port = 65535 - 2**12 + 1 +",
+        "port = 65535 - 2**12 +",
+        "the coordinator port differs from JAX's SLURM detection (processes started either way disagree)",
+        (SLURM + "test_coordinator_equals_jax_slurm_detection[node01]",)),
 )
 
 
