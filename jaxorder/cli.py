@@ -21,7 +21,7 @@ from jaxorder.experiments.analysis import analyze_run
 from jaxorder.experiments.analysis.outputs import summary_text, write_compare, write_outputs
 from jaxorder.experiments.sweep import run_sweep
 from jaxorder.interop.hf_export import export_hf
-from jaxorder.platform.aot import run_in_subprocess
+from jaxorder.platform import aot
 from jaxorder.platform.distributed import initialize
 from jaxorder.platform.host_memory import configure_host_malloc
 from jaxorder.sampling.flags import add_sampler_flags, given_options, sampler_help
@@ -151,13 +151,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
-    config_lib.load(args.config, args.overrides)  # a bad config fails here, in one line
-    if args.devices < 1:
-        raise ConfigError(f"--devices must be >= 1, got {args.devices}")
-    return run_in_subprocess(args.config, args.overrides, args.devices, args.json)
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     result = sample_run(args.run_dir, sampler=args.sampler, options=given_options(args),
                         num_samples=args.num_samples, record_traces=args.record_traces,
@@ -231,20 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("compile",
-                       help="compile the train step ahead of time for N devices and print its memory",
-                       description="Lower and compile the train step for N forced host devices without "
-                                   "running it (nothing is allocated), and print per-device parameter, "
-                                   "optimizer and activation memory from the compiled executable, FLOPs per "
-                                   "step and compile time: an out-of-memory config shows up before a pod is "
-                                   "rented.",
-                       epilog="Mesh overrides: mesh.data, mesh.fsdp, mesh.tensor (-1 = fill). "
-                              + EPILOG_OVERRIDES)
-    p.add_argument("config", help="experiment YAML, e.g. configs/experiments/1b.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    p.add_argument("--devices", type=int, default=8, help="number of (forced host) devices (default 8)")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.set_defaults(func=cmd_compile)
+    aot.add_parser(sub, EPILOG_OVERRIDES)
 
     p = sub.add_parser("sweep", help="run a grid of configs and write results.md/.csv and a plot",
                        description="Run every grid point of a sweep YAML (finished runs are reused, partial "
