@@ -6,9 +6,11 @@ import hashlib
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import jax
+from etils import epath
 
 from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
@@ -57,6 +59,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result["generate"] = generation_quality(args.run_dir, num_samples=args.num_samples,
                                                 sampler=args.sampler, options=given_options(args),
                                                 seed=args.seed, judge=args.judge)
+    _save_eval(args.run_dir, result)
     _print_result(result, args.json)
     if not args.json and "generate" in result:
         print("  generate: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -172,6 +175,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
           + (f"; traces written to {result['traces']['path']}" if "traces" in result else ""),
           file=sys.stderr)
     return 0
+
+
+def _save_eval(run_dir: str, result: dict) -> None:
+    """A copy of the eval result in RUN_DIR/eval/step<N>-<time>.json (a read-only run dir: a warning)."""
+    path = epath.Path(run_dir) / "eval" / f"step{result['step']}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n")
+    except OSError as e:
+        print(f"warning: the eval result was not saved to {path} ({describe_os_error(e)[0]})",
+              file=sys.stderr)
 
 
 def _print_result(result: dict, as_json: bool) -> None:

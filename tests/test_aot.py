@@ -107,3 +107,13 @@ def test_second_compile_loads_the_train_step_from_the_persistent_cache(tmp_path)
     assert first["hits"] == 0 and first["requests"] >= 1
     assert second["hits"] == second["requests"] == first["requests"]
     assert any((tmp_path / "cache").iterdir())
+
+
+def test_topology_flag_errors_are_one_line(capsys):
+    from jaxorder import cli
+
+    config = str(REPO / "configs" / "experiments" / "l2r_tiny.yaml")
+    assert cli.main(["compile", config, "--topology", "v5e-8", "--devices", "8"]) == 2
+    assert cli.main(["compile", config, "--topology", "v5e-12"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "not both" in err[0] and "power of two" in err[1]

@@ -113,3 +113,12 @@ def test_without_a_peak_on_cpu_mfu_is_omitted_and_said_once(tmp_path, repeated_c
     assert "step_seconds" in records[-1] and "mfu" not in records[-1]
     text = (tmp_path / "run" / "logs" / "train.log").read_text()
     assert text.count("MFU not logged") == 1 and "train.peak_tflops" in text
+
+
+def test_eval_results_are_copied_into_the_run_directory(profiled_run, capsys):
+    from jaxorder import cli
+
+    assert cli.main(["eval", str(profiled_run), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = list((profiled_run / "eval").glob("step8-*.json"))
+    assert len(saved) == 1 and json.loads(saved[0].read_text()) == printed
