@@ -200,7 +200,7 @@ class ProfileConfig:
 @dataclass(frozen=True)
 class CompileConfig:
     cache_dir: str = ""  # JAX's persistent compilation cache: local or gs:// path; '' = off. A relative
-    # path is relative to the run directory (`jaxorder compile`: the working directory)
+    # path is relative to the run directory (`jaxorder compile`: to runs/<config name>, train's default)
     cache_min_seconds: float = 1.0  # cache programs that took at least this long to compile (JAX's
     # default); 0 = every program, even tiny CPU ones
 

@@ -117,3 +117,13 @@ def test_topology_flag_errors_are_one_line(capsys):
     assert cli.main(["compile", config, "--topology", "v5e-12"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "not both" in err[0] and "power of two" in err[1]
+
+
+def test_relative_cache_dirs_resolve_under_the_run_directory():
+    from jaxorder.platform.compile_cache import resolve
+
+    # GCS has no `..`: it must be resolved here, or the cache lands in an object named '..'
+    assert resolve("../.jax_cache", "gs://bucket/runs/r1") == "gs://bucket/runs/.jax_cache"
+    assert resolve("../.jax_cache", "/tmp/runs/r1") == "/tmp/runs/.jax_cache"
+    assert resolve("./cache/x", "/tmp/runs/r1") == "/tmp/runs/r1/cache/x"
+    assert resolve("/abs/cache", "/tmp/runs/r1") == "/abs/cache" and resolve("gs://b/c", "/r") == "gs://b/c"

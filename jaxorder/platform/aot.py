@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -38,7 +39,8 @@ def compile_report(config_path: str, overrides: list[str], devices: list | None 
                    target: str = "") -> dict:
     """The compiled train step's memory and FLOPs on `devices` (default: this process's devices)."""
     cfg = config_lib.load(config_path, overrides)
-    cache_dir = compile_cache.configure(cfg.compile, os.getcwd())
+    # relative cache dirs resolve as for a run in train's default run dir, runs/<config name>
+    cache_dir = compile_cache.configure(cfg.compile, Path.cwd() / "runs" / Path(config_path).stem)
     cache_events: dict[str, int] = {}
     if cache_dir:
         jax.monitoring.register_event_listener(
