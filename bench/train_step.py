@@ -12,10 +12,9 @@ median of all samples), then for every shape x objective the jitted train step e
     the device (serialized, no overlap: an upper bound on what the loop pays);
 and the input pipeline alone (next batch + device put) in batches/s, so a data stall is visible.
 
-Model FLOPs per token = 6 N + 12 * n_layers * n_heads * head_dim * T, the PaLM/nanoGPT
-convention: N = parameters that take part in matmuls (all but the token-embedding table, which is
-a lookup; the unembedding `head` is counted), T = sequence length; attention counted at full
-T x T (causal masking is not subtracted). Fraction of peak = model GFLOP/s / jnp.dot GFLOP/s.
+Model FLOPs per token = 6 N + 12 * n_layers * n_heads * head_dim * T (jaxorder/platform/flops.py,
+the formula training's MFU uses: N = parameters that take part in matmuls, T = sequence length).
+Fraction of peak = model GFLOP/s / jnp.dot GFLOP/s.
 Peak RSS is the process high-water mark during the row (reset per row through
 /proc/self/clear_refs where the kernel allows, else the running process maximum).
 
@@ -37,8 +36,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxorder import config as config_lib
-from jaxorder import model
 from jaxorder.data import make_data
+from jaxorder.platform import flops
 from jaxorder.platform.host_memory import ENV as HOST_MALLOC_ENV
 from jaxorder.platform.host_memory import configure_host_malloc
 from jaxorder.training.optimizer import make_optimizer
@@ -73,12 +72,6 @@ def matmul_peak(reps: int = 5, n: int = 2048) -> float:
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
-def flops_per_token(cfg, params) -> tuple[int, float]:
-    n = model.count_params(params) - int(params["embed"].size)
-    m = cfg.model
-    return n, 6 * n + 12 * m.n_layers * m.n_heads * m.head_dim * cfg.data.seq_len
-
-
 def _reset_peak_rss() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -106,7 +99,8 @@ def bench_row(shape: str, objective: str, steps: int) -> dict:
     placement = make_placement(cfg, optimizer)
     with placement.active():
         state = jax.jit(lambda: init_state(cfg, optimizer), out_shardings=placement.state)()
-        n, fpt = flops_per_token(cfg, state["params"])
+        n = flops.matmul_params(state["params"])
+        fpt = flops.flops_per_token(cfg.model, cfg.data.seq_len, n)
         step_fn = compile_train_step(cfg, optimizer, placement)
         iterator = data.train_iterator()
         fixed = placement.put_batch(next(iterator)["tokens"])

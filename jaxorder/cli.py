@@ -6,9 +6,11 @@ import hashlib
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import jax
+from etils import epath
 
 from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
@@ -21,7 +23,7 @@ from jaxorder.experiments.analysis import analyze_run
 from jaxorder.experiments.analysis.outputs import summary_text, write_compare, write_outputs
 from jaxorder.experiments.sweep import run_sweep
 from jaxorder.interop.hf_export import export_hf
-from jaxorder.platform.aot import run_in_subprocess
+from jaxorder.platform import aot
 from jaxorder.platform.distributed import initialize
 from jaxorder.platform.host_memory import configure_host_malloc
 from jaxorder.sampling.flags import add_sampler_flags, given_options, sampler_help
@@ -57,6 +59,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result["generate"] = generation_quality(args.run_dir, num_samples=args.num_samples,
                                                 sampler=args.sampler, options=given_options(args),
                                                 seed=args.seed, judge=args.judge)
+    _save_eval(args.run_dir, result)
     _print_result(result, args.json)
     if not args.json and "generate" in result:
         print("  generate: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -151,13 +154,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
-    config_lib.load(args.config, args.overrides)  # a bad config fails here, in one line
-    if args.devices < 1:
-        raise ConfigError(f"--devices must be >= 1, got {args.devices}")
-    return run_in_subprocess(args.config, args.overrides, args.devices, args.json)
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     result = sample_run(args.run_dir, sampler=args.sampler, options=given_options(args),
                         num_samples=args.num_samples, record_traces=args.record_traces,
@@ -179,6 +175,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
           + (f"; traces written to {result['traces']['path']}" if "traces" in result else ""),
           file=sys.stderr)
     return 0
+
+
+def _save_eval(run_dir: str, result: dict) -> None:
+    """A copy of the eval result in RUN_DIR/eval/step<N>-<time>.json (a read-only run dir: a warning)."""
+    path = epath.Path(run_dir) / "eval" / f"step{result['step']}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n")
+    except OSError as e:
+        print(f"warning: the eval result was not saved to {path} ({describe_os_error(e)[0]})",
+              file=sys.stderr)
 
 
 def _print_result(result: dict, as_json: bool) -> None:
@@ -231,20 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("compile",
-                       help="compile the train step ahead of time for N devices and print its memory",
-                       description="Lower and compile the train step for N forced host devices without "
-                                   "running it (nothing is allocated), and print per-device parameter, "
-                                   "optimizer and activation memory from the compiled executable, FLOPs per "
-                                   "step and compile time: an out-of-memory config shows up before a pod is "
-                                   "rented.",
-                       epilog="Mesh overrides: mesh.data, mesh.fsdp, mesh.tensor (-1 = fill). "
-                              + EPILOG_OVERRIDES)
-    p.add_argument("config", help="experiment YAML, e.g. configs/experiments/1b.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    p.add_argument("--devices", type=int, default=8, help="number of (forced host) devices (default 8)")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.set_defaults(func=cmd_compile)
+    aot.add_parser(sub, EPILOG_OVERRIDES)
 
     p = sub.add_parser("sweep", help="run a grid of configs and write results.md/.csv and a plot",
                        description="Run every grid point of a sweep YAML (finished runs are reused, partial "

@@ -134,6 +134,8 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro-batches per step (data.batch_size is the global batch per step)
     async_checkpointing: bool = True
     max_bad_steps: int = 10  # this many consecutive non-finite steps (skipped, params kept) stop the run
+    peak_tflops: float = 0.0  # peak TFLOP/s per device for MFU in the logs; 0 = from the device kind
+    # (TPU v4/v5e/v5p/v6e, A100/H100/H200/L4; jaxorder/platform/flops.py), unknown on CPU: MFU omitted
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,22 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class ProfileConfig:
+    """A jax.profiler trace of a few training steps into RUN_DIR/profile/ (process 0 only)."""
+
+    start_step: int = 10  # first traced step (steps count from 1; the first one compiles)
+    steps: int = 0  # traced steps; 0 = no trace
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    cache_dir: str = ""  # JAX's persistent compilation cache: local or gs:// path; '' = off. A relative
+    # path is relative to the run directory (`jaxorder compile`: to runs/<config name>, train's default)
+    cache_min_seconds: float = 1.0  # cache programs that took at least this long to compile (JAX's
+    # default); 0 = every program, even tiny CPU ones
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -200,6 +218,8 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    compile: CompileConfig = field(default_factory=CompileConfig)
 
 
 DATA_SOURCES = ("shakespeare", "text", "markov", "sudoku", "prepared")
@@ -526,6 +546,13 @@ def validate(cfg: Config) -> None:
     for name in ("log_every", "eval_every", "checkpoint_every"):
         _positive(getattr(t, name), f"train.{name}")
     _positive(t.max_bad_steps, "train.max_bad_steps")
+    if t.peak_tflops < 0:
+        raise ConfigError(f"train.peak_tflops must be >= 0 (0 = detect from the device), got {t.peak_tflops}")
+    if cfg.profile.steps < 0 or cfg.profile.start_step < 1:
+        raise ConfigError(f"profile.start_step must be >= 1 and profile.steps >= 0 (0 = off), got "
+                          f"{cfg.profile.start_step} and {cfg.profile.steps}")
+    if cfg.compile.cache_min_seconds < 0:
+        raise ConfigError(f"compile.cache_min_seconds must be >= 0, got {cfg.compile.cache_min_seconds}")
     if t.max_to_keep < 2:
         raise ConfigError(f"train.max_to_keep must be >= 2 so a corrupted newest checkpoint has a "
                           f"fallback, got {t.max_to_keep}")

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS = (
     ("jaxorder.errors", "jaxorder.registry", "jaxorder.config"),
     ("jaxorder.platform.sharding", "jaxorder.platform.distributed", "jaxorder.platform.host_memory",
-     "jaxorder.platform.progress", "jaxorder.interop", "jaxorder.interop.extras",
+     "jaxorder.platform.progress", "jaxorder.platform.flops", "jaxorder.platform.compile_cache",
+     "jaxorder.platform.topology", "jaxorder.interop", "jaxorder.interop.extras",
      "jaxorder.interop.modeling_jaxorder"),
     ("jaxorder.model", "pallas_kernels"),
     ("jaxorder.data",),

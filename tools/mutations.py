@@ -36,6 +36,7 @@ FILTER = "tests/test_commit_filter.py::"
 IG = "tests/test_sampling_info_gain.py::"
 TPU_REC = "tests/test_tpu_recovery.py::"
 SLURM = "tests/test_distributed_slurm.py::"
+OBSERVE = "tests/test_observe.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -579,6 +580,37 @@ MUTATIONS: tuple[Mutation, ...] = (
         "port = 65535 - 2**12 +",
         "the coordinator port differs from JAX's SLURM detection (processes started either way disagree)",
         (SLURM + "test_coordinator_equals_jax_slurm_detection[node01]",)),
+    # ------------------------------------------------------------------ observability
+    Mutation(
+        "flops-counts-embedding", "jaxorder/platform/flops.py",
+        'LOOKUP_TABLES = ("embed", "target_embed")',
+        'LOOKUP_TABLES = ("target_embed",)',
+        "the token-embedding lookup table is counted as matmul parameters (FLOPs/token and MFU too high)",
+        (OBSERVE + "test_flops_per_token_matches_a_hand_count[False]",)),
+    Mutation(
+        "flops-4n", "jaxorder/platform/flops.py",
+        "return 6.0 * n_matmul_params + attention",
+        "return 4.0 * n_matmul_params + attention",
+        "4N (forward + one backward matmul) instead of 6N FLOPs per token",
+        (OBSERVE + "test_flops_per_token_matches_a_hand_count[False]",)),
+    Mutation(
+        "mfu-ignores-devices", "jaxorder/platform/flops.py",
+        "(peak_tflops_per_device * 1e12 * n_devices)",
+        "(peak_tflops_per_device * 1e12)",
+        "MFU against one device's peak instead of the mesh's",
+        (OBSERVE + "test_throughput_values_and_mfu_arithmetic",)),
+    Mutation(
+        "clock-keeps-excluded-time", "jaxorder/training/observe.py",
+        "steps, seconds = self._steps, now - self._start - self._excluded",
+        "steps, seconds = self._steps, now - self._start",
+        "checkpoint and evaluation time counted as step time",
+        (OBSERVE + "test_step_clock_leaves_out_excluded_time",)),
+    Mutation(
+        "cache-dir-keeps-dotdot", "jaxorder/platform/compile_cache.py",
+        'path = path.parent if part == ".." else',
+        'path = path / part if part == ".." else',
+        "a relative compile.cache_dir keeps '..' literally (on gs:// an object path, not the parent)",
+        ("tests/test_aot.py::test_relative_cache_dirs_resolve_under_the_run_directory",)),
 )
 
 

@@ -7,6 +7,7 @@ cross-process collectives use gloo.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Mapping
@@ -106,7 +107,14 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
+LOG_MIRROR = "jaxorder.log"  # logger that gets each log() line when a run attaches its log file to it
+
+
 def log(message: str) -> None:
-    """Progress on stderr, from process 0 only (above an open progress bar, if any)."""
+    """Progress on stderr, from process 0 only (above an open progress bar, if any); also to the
+    handlers on the LOG_MIRROR logger (training's RUN_DIR/logs/train.log)."""
     if is_main_process():
         progress.write(message)
+        mirror = logging.getLogger(LOG_MIRROR)
+        if mirror.handlers:
+            mirror.info(message)

@@ -17,6 +17,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxorder.config import MESH_AXES, ConfigError, MeshConfig
+from jaxorder.platform.distributed import log
 
 BATCH_AXES = ("data", "fsdp")  # mesh axes a global batch is split over
 
@@ -46,16 +47,27 @@ def make_mesh(mesh_cfg: MeshConfig, devices: list | None = None) -> Mesh:
     names = MESH_AXES
     axis_types = (AxisType.Auto,) * len(names)
     if mesh_cfg.dcn_data > 1:
-        if not all(hasattr(d, "slice_index") for d in devices):
-            raise ConfigError(f"mesh.dcn_data={mesh_cfg.dcn_data} needs multi-slice devices (TPU); "
-                              f"these devices have no slice index: set mesh.dcn_data=1")
-        from jax.experimental import mesh_utils
+        if all(hasattr(d, "slice_index") for d in devices):
+            from jax.experimental import mesh_utils
 
-        grid = mesh_utils.create_hybrid_device_mesh(shape, (mesh_cfg.dcn_data, 1, 1), devices)
+            grid = mesh_utils.create_hybrid_device_mesh(shape, (mesh_cfg.dcn_data, 1, 1), devices)
+        else:
+            log(f"mesh.dcn_data={mesh_cfg.dcn_data}: the {devices[0].platform} devices have no slice index; "
+                f"simulating {mesh_cfg.dcn_data} slices of {len(devices) // mesh_cfg.dcn_data} consecutive "
+                f"devices")
+            grid = simulated_slices_grid(devices, mesh_cfg.dcn_data, shape)
         return Mesh(grid, names, axis_types=axis_types)
     if devices == jax.devices():
         return jax.make_mesh(shape, names, axis_types=axis_types)
     return Mesh(np.asarray(devices).reshape(shape), names, axis_types=axis_types)
+
+
+def simulated_slices_grid(devices: list, dcn_data: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """The hybrid mesh layout for devices without a slice index: slice s is devices
+    [s * n, (s + 1) * n) (n per slice) and takes rows [s * data, (s + 1) * data) of the data axis,
+    as create_hybrid_device_mesh places real slices (the slice is the outer part of `data`)."""
+    data, fsdp, tensor = shape
+    return np.asarray(devices, dtype=object).reshape(dcn_data * data, fsdp, tensor)
 
 
 def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: tuple) -> Any:

@@ -30,11 +30,12 @@ from jaxorder.evaluation.yardstick import evaluate, make_nll_fn
 from jaxorder.interop.hf_import import init_params_from_hf
 from jaxorder.model.attention import settle_model_config
 from jaxorder.objectives.common import special_ids
-from jaxorder.platform import progress
+from jaxorder.platform import compile_cache, progress
 from jaxorder.platform.distributed import is_main_process, log
 from jaxorder.training.checkpoint import Checkpointer
 from jaxorder.training.health import BadSteps, all_finite
 from jaxorder.training.metrics import MetricsWriter
+from jaxorder.training.observe import ProfileWindow, StepClock, make_throughput, run_log, speed_text
 from jaxorder.training.optimizer import make_optimizer
 from jaxorder.training.run_dir import checkpoint_steps, make_run_dir, prepare_run_dir, record_start
 from jaxorder.training.run_lock import RunLock
@@ -75,10 +76,6 @@ def with_absolute_paths(cfg: Config) -> Config:
     return cfg
 
 
-def _format_rate(x: float) -> str:
-    return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
-
-
 def train(cfg: Config, run_dir: str | os.PathLike, name: str | None = None) -> dict:
     """Trains (or resumes) a run; returns the final evaluation dict (also written to eval.json).
 
@@ -99,7 +96,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, name: str | None = None) -> d
     val_batches = data.val_batches(cfg.eval.batches)
     make_run_dir(run_dir)
     # One writer per run directory (process 0 writes the run's files; the others follow it).
-    with RunLock(run_dir) if is_main_process() else contextlib.nullcontext():
+    with RunLock(run_dir) if is_main_process() else contextlib.nullcontext(), run_log(run_dir):
         if checkpoint_steps(run_dir):  # a resume: the run's ids must mean what they meant
             require_same_tokenizer(run_dir, tok, cfg)
         changes = prepare_run_dir(cfg, run_dir)  # saves the config as given (`auto` stays auto)
@@ -109,6 +106,9 @@ def train(cfg: Config, run_dir: str | os.PathLike, name: str | None = None) -> d
         if is_main_process():  # the run carries its tokenizer (JSON)
             save_tokenizer(tok, run_dir / "tokenizer.json")
 
+        cache = compile_cache.configure(cfg.compile, run_dir)
+        if cache:
+            log(f"[{name}] persistent compilation cache: {cache}")
         optimizer = make_optimizer(cfg)
         placement = make_placement(cfg, optimizer)
         with placement.active():
@@ -161,6 +161,10 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
     if start_step == 0:
         log(f"[{name}] {cfg.objective.name}: {n_params / 1e6:.2f}M params, {total} steps x "
             f"{tokens_per_step} tokens, run dir {run_dir}")
+    throughput, peak_note = make_throughput(cfg, state["params"], placement.mesh.size,
+                                            placement.mesh.devices.flat[0].device_kind)
+    log(f"[{name}] {peak_note}")
+    clock, profile = StepClock(), ProfileWindow(cfg.profile, run_dir)
 
     def run_eval(step: int) -> dict:
         bad.flush()
@@ -177,37 +181,36 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
     bar = progress.Bar(total, name, unit="step", initial=start_step)  # a terminal only; log lines stay
     try:
         with _SigtermFlag() as sigterm:
-            window_start, window_steps = time.time(), 0
             for step in range(start_step + 1, total + 1):
                 batch = next(iterator)
+                profile.before_step(step)
                 state, step_metrics = step_fn(state, placement.put_batch(batch["tokens"]))
+                profile.after_step(step, step_metrics)
                 bad.observe(step, step_metrics["finite"])
                 if step == start_step + 1:  # keep compilation out of the throughput numbers
-                    jax.block_until_ready(step_metrics)
-                    window_start = time.time()
+                    clock.start(step_metrics)
                 else:
-                    window_steps += 1
+                    clock.step()
                 bar.update()
                 if step % cfg.train.log_every == 0 or step == total:
                     bad.flush()
                     values = {k: float(v) for k, v in jax.device_get(step_metrics).items() if k != "finite"}
                     values["bad_steps"] = bad.total
-                    elapsed = time.time() - window_start
-                    speed = ""
-                    if window_steps:
-                        values["tokens_per_s"] = window_steps * tokens_per_step / max(elapsed, 1e-9)
-                        speed = (f" | {_format_rate(values['tokens_per_s'])} tok/s"
-                                 f" | eta {(total - step) * elapsed / window_steps:.0f}s")
+                    speed = throughput.values(*clock.window())
+                    values.update(speed)
+                    eta = f" | eta {(total - step) * speed['step_seconds']:.0f}s" if speed else ""
                     values["tokens_seen"] = step * tokens_per_step
                     values["wall_seconds"] = seconds_before + time.time() - started
                     metrics_out.write(step, "train", values)
                     skipped = "" if bool(step_metrics["finite"]) else " (non-finite: step skipped)"
-                    log(f"[{name}] step {step}/{total} loss {values['loss']:.4f}{skipped}{speed}")
-                    window_start, window_steps = time.time(), 0
+                    log(f"[{name}] step {step}/{total} loss {values['loss']:.4f}{skipped}"
+                        f"{speed_text(speed)}{eta}")
                 if step % cfg.train.checkpoint_every == 0 and step != total:
-                    save(step)
+                    with clock.excluded(state):
+                        save(step)
                 if step % cfg.train.eval_every == 0 and step != total:
-                    run_eval(step)
+                    with clock.excluded(state):
+                        run_eval(step)
                 if sigterm.raised:
                     if step not in ckpt.steps():  # this step may have just been checkpointed
                         save(step, force=True)
@@ -221,6 +224,7 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
         metrics_out.summary({k: result[k] for k in ("bpb", "bpb_stderr", "nll_per_token", "kind")}
                             | {"step": total, "params": n_params})
     finally:
+        profile.close()
         bar.close()
         ckpt.close()
         metrics_out.close()

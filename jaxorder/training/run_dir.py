@@ -21,7 +21,7 @@ from jaxorder.platform.distributed import is_main_process
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
                      "train.max_to_keep", "train.async_checkpointing", "train.max_bad_steps", "eval.",
                      "mesh.", "distributed.", "data.num_workers", "model.attention_impl",
-                     "model.backward_rewrites", "logging.")
+                     "model.backward_rewrites", "logging.", "train.peak_tflops", "profile.", "compile.")
 HISTORY = "history.jsonl"
 
 
