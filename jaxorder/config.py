@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import yaml
 
 from jaxorder.errors import ConfigError
+from jaxorder.paths import as_path, is_url
 from jaxorder.registry import OBJECTIVES
 
 __all__ = ["ConfigError"]  # re-exported: `from jaxorder.config import ConfigError` is the usual spelling
@@ -219,9 +220,9 @@ def _closest(name: str, options: Sequence[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(options)}"
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """Reads one YAML file and merges its ``include:`` files underneath it."""
-    path = path.resolve()
+def _read_yaml(path: Any, seen: tuple[Any, ...] = ()) -> dict:
+    """Reads one YAML file (local or gs://) and merges its ``include:`` files underneath it."""
+    path = as_path(path) if is_url(path) else Path(path).resolve()
     if path in seen:
         raise ConfigError(f"config include cycle: {' -> '.join(str(p) for p in seen + (path,))}")
     if not path.is_file():
@@ -385,7 +386,7 @@ def _objective_section(raw: dict) -> ObjectiveConfig:
 
 
 def load(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
-    raw = _read_yaml(Path(path)) if path else {}
+    raw = _read_yaml(path) if path else {}
     return from_dict(apply_overrides(raw, overrides))
 
 

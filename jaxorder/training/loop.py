@@ -68,8 +68,10 @@ class _SigtermFlag:
 
 
 def with_absolute_paths(cfg: Config) -> Config:
-    """data.path relative to the working directory becomes absolute, so the run dir works from anywhere."""
-    if cfg.data.path and not Path(cfg.data.path).is_absolute():
+    """data.path relative to the working directory becomes absolute, so the run dir works from anywhere.
+
+    URLs (gs://bucket/x) are left alone: pathlib would make them $PWD/gs:/bucket/x."""
+    if cfg.data.path and "://" not in cfg.data.path and not Path(cfg.data.path).is_absolute():
         return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
                                                                  path=str(Path(cfg.data.path).absolute())))
     return cfg
