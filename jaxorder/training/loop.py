@@ -157,6 +157,7 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
             raise FloatingPointError(f"the parameters are not finite at step {step}; no checkpoint "
                                      f"written; lower optimizer.lr")
         ckpt.save(step, state, iterator, config_dict, force=force)
+        metrics_out.flush()  # remote run dirs: the lines up to this checkpoint become an object
 
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     total = cfg.train.steps
