@@ -22,6 +22,7 @@ from jaxorder.config import ConfigError
 from jaxorder.paths import absolute, as_path, is_url
 
 from conftest import (
+    REPO,
     SENTENCE,
     SUBPROCESS_TIMEOUT,
     TINY_MODEL_YAML,
@@ -59,6 +60,48 @@ def test_urls_stay_urls():
     assert local.data.path == str(Path("corpus").absolute())
     assert is_url("gs://b/x") and not is_url("/tmp/gs:/b") and absolute("gs://b/x") == "gs://b/x"
     assert str(as_path("gs://b/x/y")) == "gs://b/x/y" and str(as_path("~/x")) == str(Path.home() / "x")
+
+
+# ----------------------------------------------------------------------------- big configs
+
+@pytest.mark.parametrize("size", ["1b", "8b"])
+def test_big_configs_require_a_data_path(size, cli_env, tmp_path):
+    # the bug: a pretraining-size config silently training on the embedded corpus
+    out = run_cli(["train", REPO / "configs" / "experiments" / f"{size}.yaml", "--run-dir", tmp_path / "r"],
+                  cli_env, tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "data.source=prepared needs data.path" in out.stderr and "set data.path" in out.stderr
+    assert not (tmp_path / "r").exists()
+    cfg = config_lib.load(REPO / "configs" / "experiments" / f"{size}.yaml", ["data.path=gs://b/prepared"])
+    assert cfg.data.source == "prepared" and cfg.data.path == "gs://b/prepared"
+
+
+def test_big_model_on_embedded_corpus_needs_the_override(cli_env, tmp_path):
+    big = ["model.d_model=2048", "model.n_layers=16", "model.n_heads=16", "model.vocab_size=32000"]
+    out = run_cli(["train", REPO / "configs" / "experiments" / "1b.yaml", "--run-dir", tmp_path / "r",
+                   "data.source=shakespeare"], cli_env, tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "0.94B parameters on the embedded Shakespeare corpus" in out.stderr
+    assert "data.allow_embedded_corpus=true" in out.stderr
+    config_lib.load(None, [*big, "data.allow_embedded_corpus=true"])  # the override lets it through
+    config_lib.load(None, [*big, "data.source=markov"])  # other sources are not limited
+    # the 350m size (0.37B) stays below the limit
+    config_lib.load(None, ["model.d_model=1024", "model.n_layers=24", "model.n_heads=16",
+                           "model.vocab_size=32000"])
+
+
+@pytest.mark.parametrize("objective", ["l2r", "ao_ar"])
+def test_param_count_matches_the_initialized_model(objective):
+    import jax
+
+    from jaxorder import model, objectives
+
+    cfg = config_lib.load(None, ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.d_ff=48",
+                                 "model.max_len=64", "data.seq_len=32", f"objective.name={objective}"])
+    target = objectives.of(cfg).target_positions
+    params = jax.eval_shape(lambda: model.init_params(cfg.model, jax.random.PRNGKey(0),
+                                                      target_positions=target))
+    assert cfg.model.param_count(target) == sum(x.size for x in jax.tree.leaves(params))
 
 
 # ----------------------------------------------------------------------------- metrics
