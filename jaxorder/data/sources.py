@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from importlib import resources
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from jaxorder.config import DataConfig
@@ -120,8 +121,9 @@ def _is_hidden(rel: Any) -> bool:
 
 def _files_under(path: Any) -> list[tuple[str, Any]]:
     """(relative name, path) of every file below the directory `path`."""
-    if not is_url(path):
-        return [(p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file()]
+    if not is_url(path):  # pathlib: epath refuses `**` even for local paths
+        root = Path(os.fspath(path))
+        return [(p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file()]
     import fsspec  # epath refuses `**` on object storage; one recursive listing instead
 
     fs, root = fsspec.core.url_to_fs(str(path))
