@@ -34,6 +34,7 @@ GUIDED = "tests/test_sampling_guided.py::"
 LEARNED = "tests/test_sampling_learned.py::"
 FILTER = "tests/test_commit_filter.py::"
 IG = "tests/test_sampling_info_gain.py::"
+GCS = "tests/test_gcs.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -538,6 +539,25 @@ MUTATIONS: tuple[Mutation, ...] = (
         "jnp.sum(jnp.where(commit_BL, -lp_tok_BL, 0.0), axis=1)",
         "the cumulative uncertainty sums -log p of the committed tokens instead of their entropy",
         (IG + "test_uncertainty_is_the_entropy_at_commit_time[confidence-options0]",)),
+    # ------------------------------------------------------------------ gs:// run directories
+    Mutation(
+        "remote-metrics-skip-base", "jaxorder/training/metrics.py",
+        "return parts[bases[-1]:] if bases else parts",
+        "return parts[bases[-1] + 1:] if bases else parts",
+        "readers of a remote run dir skip the base object a resume wrote (its kept lines vanish)",
+        (GCS + "test_remote_metrics_resume_drops_past_checkpoint_and_cut_lines",)),
+    Mutation(
+        "remote-lock-dead-holder-alive", "jaxorder/training/run_lock.py",
+        "    except ProcessLookupError:\n        return False",
+        "    except ProcessLookupError:\n        return True",
+        "a gs:// lock left by a dead process of this host is never taken over (kill -9 blocks the resume)",
+        (GCS + "test_remote_run_lock",)),
+    Mutation(
+        "url-made-absolute", "jaxorder/training/loop.py",
+        'if cfg.data.path and "://" not in cfg.data.path',
+        'if cfg.data.path and "://" in cfg.data.path',
+        "with_absolute_paths turns gs://b/x into $PWD/gs:/b/x again (and leaves relative paths relative)",
+        (GCS + "test_urls_stay_urls",)),
 )
 
 
