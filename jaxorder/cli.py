@@ -23,6 +23,7 @@ from jaxorder.experiments.analysis import analyze_run
 from jaxorder.experiments.analysis.outputs import summary_text, write_compare, write_outputs
 from jaxorder.experiments.sweep import run_sweep
 from jaxorder.interop.hf_export import export_hf
+from jaxorder.paths import absolute
 from jaxorder.platform import aot
 from jaxorder.platform.distributed import initialize
 from jaxorder.platform.host_memory import configure_host_malloc
@@ -111,7 +112,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     cfg = config_lib.load(args.config, args.overrides)
-    out = Path(args.out).expanduser().absolute()
+    out = absolute(args.out)  # a gs:// --out stays a URL (prepare_dataset refuses it in one line)
     meta = prepare_dataset(cfg.data, out)
     use = ["data.source=prepared", f"data.path={out}", f"data.seq_len={meta['seq_len']}",
            f"data.tokenizer={meta['tokenizer']}"]

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import yaml
 
 from jaxorder.errors import ConfigError
+from jaxorder.paths import as_path, is_url
 from jaxorder.registry import OBJECTIVES
 
 __all__ = ["ConfigError"]  # re-exported: `from jaxorder.config import ConfigError` is the usual spelling
@@ -58,6 +59,15 @@ class ModelConfig:
         if self.d_ff:
             return self.d_ff
         return -(-(8 * self.d_model // 3) // 64) * 64
+
+    def param_count(self, target_positions: bool = False) -> int:
+        """Parameters of the Transformer this config builds (equals model.count_params of its init):
+        embedding and untied head, per layer 4 attention projections, SwiGLU's 3 and 2 RMSNorm scales,
+        the final RMSNorm, and the target-position embedding of any-order models."""
+        d = self.d_model
+        per_layer = 4 * d * d + 3 * d * self.ff_dim + 2 * d
+        target = self.max_len * d if target_positions else 0
+        return 2 * self.vocab_size * d + self.n_layers * per_layer + d + target
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,7 @@ class DataConfig:
     batch_size: int = 32  # global batch (windows per step)
     val_fraction: float = 0.1  # share of documents (whole works) held out, at least one
     seed: int = 0
+    allow_embedded_corpus: bool = False  # let a model of EMBEDDED_CORPUS_MAX_PARAMS+ train on shakespeare
 
 
 @dataclass(frozen=True)
@@ -241,9 +252,9 @@ def _closest(name: str, options: Sequence[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(options)}"
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """Reads one YAML file and merges its ``include:`` files underneath it."""
-    path = path.resolve()
+def _read_yaml(path: Any, seen: tuple[Any, ...] = ()) -> dict:
+    """Reads one YAML file (local or gs://) and merges its ``include:`` files underneath it."""
+    path = as_path(path) if is_url(path) else Path(path).resolve()
     if path in seen:
         raise ConfigError(f"config include cycle: {' -> '.join(str(p) for p in seen + (path,))}")
     if not path.is_file():
@@ -407,7 +418,7 @@ def _objective_section(raw: dict) -> ObjectiveConfig:
 
 
 def load(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
-    raw = _read_yaml(Path(path)) if path else {}
+    raw = _read_yaml(path) if path else {}
     return from_dict(apply_overrides(raw, overrides))
 
 
@@ -480,6 +491,11 @@ def _positive(value: float, where: str) -> None:
         raise ConfigError(f"{where} must be > 0, got {value}")
 
 
+# Models from this size up (the 1b and 8b configs; 350m has 0.37B) may not train on the embedded
+# corpus without data.allow_embedded_corpus=true.
+EMBEDDED_CORPUS_MAX_PARAMS = 500_000_000
+
+
 def validate(cfg: Config) -> None:
     m, o, d, opt, t, e = cfg.model, cfg.objective, cfg.data, cfg.optimizer, cfg.train, cfg.eval
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len"):
@@ -519,7 +535,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.source=text needs data.path=FILE_OR_DIR (a text file or a "
                           "directory of .txt files)")
     if d.source == "prepared" and not d.path:
-        raise ConfigError("data.source=prepared needs data.path=DIR (made by `jaxorder data prepare`)")
+        raise ConfigError("data.source=prepared needs data.path=DIR (made by `jaxorder data prepare`; local "
+                          "or gs://BUCKET/...): set data.path")
+    big = m.param_count() >= EMBEDDED_CORPUS_MAX_PARAMS
+    if d.source == "shakespeare" and big and not d.allow_embedded_corpus:
+        # ~5 MB of text would be memorized many times over: such a run is a mistake, not an experiment
+        raise ConfigError(f"a model of {m.param_count() / 1e9:.2f}B parameters on the embedded Shakespeare "
+                          f"corpus (data.source=shakespeare); set data.source=prepared data.path=DIR or "
+                          f"gs://BUCKET/... (or data.allow_embedded_corpus=true to do it anyway)")
     _choice(d.tokenizer, TOKENIZERS, "data.tokenizer")
     if d.bpe_vocab_size < 260:
         raise ConfigError(f"data.bpe_vocab_size must be >= 260 (256 bytes + 4 specials), "

@@ -26,7 +26,8 @@ def test_include_then_file_then_overrides(tmp_path):
 
 def test_repo_configs_load():
     for path in (REPO / "configs" / "experiments").glob("*.yaml"):
-        config_lib.load(path)
+        required = ["data.path=gs://bucket/prepared"] if path.stem in ("1b", "8b") else []  # no default
+        config_lib.load(path, required)
     cfg = config_lib.load(REPO / "configs" / "experiments" / "l2r_tiny.yaml")
     assert cfg.model.d_model == 128 and cfg.objective.name == "l2r"
 

@@ -37,6 +37,7 @@ IG = "tests/test_sampling_info_gain.py::"
 TPU_REC = "tests/test_tpu_recovery.py::"
 SLURM = "tests/test_distributed_slurm.py::"
 OBSERVE = "tests/test_observe.py::"
+GCS = "tests/test_gcs.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -611,6 +612,25 @@ MUTATIONS: tuple[Mutation, ...] = (
         'path = path / part if part == ".." else',
         "a relative compile.cache_dir keeps '..' literally (on gs:// an object path, not the parent)",
         ("tests/test_aot.py::test_relative_cache_dirs_resolve_under_the_run_directory",)),
+    # ------------------------------------------------------------------ gs:// run directories
+    Mutation(
+        "remote-metrics-skip-base", "jaxorder/training/metrics.py",
+        "return parts[bases[-1]:] if bases else parts",
+        "return parts[bases[-1] + 1:] if bases else parts",
+        "readers of a remote run dir skip the base object a resume wrote (its kept lines vanish)",
+        (GCS + "test_remote_metrics_resume_drops_past_checkpoint_and_cut_lines",)),
+    Mutation(
+        "remote-lock-dead-holder-alive", "jaxorder/training/run_lock.py",
+        "    except ProcessLookupError:\n        return False",
+        "    except ProcessLookupError:\n        return True",
+        "a gs:// lock left by a dead process of this host is never taken over (kill -9 blocks the resume)",
+        (GCS + "test_remote_run_lock",)),
+    Mutation(
+        "url-made-absolute", "jaxorder/training/loop.py",
+        'if cfg.data.path and "://" not in cfg.data.path',
+        'if cfg.data.path and "://" in cfg.data.path',
+        "with_absolute_paths turns gs://b/x into $PWD/gs:/b/x again (and leaves relative paths relative)",
+        (GCS + "test_urls_stay_urls",)),
 )
 
 

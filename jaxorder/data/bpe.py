@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from etils import epath
 
 from jaxorder.data.errors import DataError
 
@@ -123,7 +124,10 @@ class BPETokenizer:
         return self._hf.to_str()
 
     def save(self, path: str | os.PathLike) -> None:
-        _atomic_write(Path(path), self.to_json())
+        if "://" in str(path):  # an object store: an object appears whole when its write completes
+            epath.Path(path).write_text(self.to_json())
+        else:
+            _atomic_write(Path(path), self.to_json())
 
     @classmethod
     def from_json(cls, text: str) -> "BPETokenizer":
@@ -140,9 +144,9 @@ class BPETokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":
         try:
-            text = Path(path).read_text()
+            text = epath.Path(path).read_text()
         except OSError as e:
-            raise DataError(f"cannot read the tokenizer {path} ({e.strerror}); "
+            raise DataError(f"cannot read the tokenizer {path} ({e.strerror or e}); "
                             f"prepare the data again") from None
         return cls.from_json(text)
 

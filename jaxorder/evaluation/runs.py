@@ -21,6 +21,7 @@ from jaxorder.evaluation.commit_order import order_stats
 from jaxorder.evaluation.fixed_orders import parse_orders, score_orders
 from jaxorder.evaluation.yardstick import evaluate
 from jaxorder.model.attention import settle_model_config
+from jaxorder.paths import as_path, is_url
 from jaxorder.sampling import traces as trace_lib
 from jaxorder.sampling.prompts import build_inputs
 from jaxorder.training.checkpoint import Checkpointer, require_checkpoint
@@ -112,7 +113,7 @@ def companion_dirs(sampler: sampling.Sampler, options: Mapping[str, Any],
     for name in sampler.companions:
         value = options.get(name)
         if value:
-            relative = base is not None and not Path(value).is_absolute()
+            relative = base is not None and not is_url(value) and not Path(value).is_absolute()
             dirs[name] = str(Path(base) / value) if relative else value
     return dirs
 
@@ -140,7 +141,7 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
     includes compilation unless `warmup`: then the sampler runs once untimed first (same inputs, so
     the same samples) and ``seconds`` is the steady-state time. `record_traces`: also write the
     decode's traces (jaxorder.sampling.traces) to that .npz, for `jaxorder train-filter`."""
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir)
     if (run_dir / "config.yaml").is_file():  # fail fast, before restoring a checkpoint
         saved = config_lib.load(run_dir / "config.yaml")
         early = sampling.resolve(saved, sampler)

@@ -69,8 +69,10 @@ class _SigtermFlag:
 
 
 def with_absolute_paths(cfg: Config) -> Config:
-    """data.path relative to the working directory becomes absolute, so the run dir works from anywhere."""
-    if cfg.data.path and not Path(cfg.data.path).is_absolute():
+    """data.path relative to the working directory becomes absolute, so the run dir works from anywhere.
+
+    URLs (gs://bucket/x) are left alone: pathlib would make them $PWD/gs:/bucket/x."""
+    if cfg.data.path and "://" not in cfg.data.path and not Path(cfg.data.path).is_absolute():
         return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
                                                                  path=str(Path(cfg.data.path).absolute())))
     return cfg
@@ -155,6 +157,7 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
             raise FloatingPointError(f"the parameters are not finite at step {step}; no checkpoint "
                                      f"written; lower optimizer.lr")
         ckpt.save(step, state, iterator, config_dict, force=force)
+        metrics_out.flush()  # remote run dirs: the lines up to this checkpoint become an object
 
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     total = cfg.train.steps
