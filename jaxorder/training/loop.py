@@ -11,8 +11,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from jaxorder.training.checkpoint import Checkpointer
 from jaxorder.training.health import BadSteps, all_finite
 from jaxorder.training.metrics import MetricsWriter
 from jaxorder.training.optimizer import make_optimizer
+from jaxorder.training.preemption import AgreedStops
 from jaxorder.training.run_dir import checkpoint_steps, make_run_dir, prepare_run_dir, record_start
 from jaxorder.training.run_lock import RunLock
 from jaxorder.training.state import Placement, init_state, make_placement
@@ -45,26 +44,6 @@ from jaxorder.training.trackers import make_trackers
 
 class Preempted(Exception):
     """Training stopped by SIGTERM after saving a checkpoint; re-run the same command to resume."""
-
-
-class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop checks between steps (main thread only)."""
-
-    def __init__(self) -> None:
-        self.raised = False
-        self._previous = None
-
-    def __enter__(self) -> "_SigtermFlag":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        self.raised = True
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def with_absolute_paths(cfg: Config) -> Config:
@@ -148,6 +127,8 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
     bad = BadSteps(cfg.train.max_bad_steps, int(metrics_out.last_value("train", "bad_steps", 0)),
                    lambda: (ckpt.steps() or [None])[-1])
 
+    stops = AgreedStops.for_processes(cfg.train.checkpoint_every_minutes)  # SIGTERM and the clock, agreed
+
     def save(step: int, force: bool = False) -> None:
         """A checkpoint of the current state, only from finite parameters (never a NaN step)."""
         bad.flush()
@@ -155,6 +136,7 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
             raise FloatingPointError(f"the parameters are not finite at step {step}; no checkpoint "
                                      f"written; lower optimizer.lr")
         ckpt.save(step, state, iterator, config_dict, force=force)
+        stops.saved()
 
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     total = cfg.train.steps
@@ -176,7 +158,7 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
     step = start_step
     bar = progress.Bar(total, name, unit="step", initial=start_step)  # a terminal only; log lines stay
     try:
-        with _SigtermFlag() as sigterm:
+        with stops:
             window_start, window_steps = time.time(), 0
             for step in range(start_step + 1, total + 1):
                 batch = next(iterator)
@@ -208,7 +190,10 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
                     save(step)
                 if step % cfg.train.eval_every == 0 and step != total:
                     run_eval(step)
-                if sigterm.raised:
+                agreed = stops.at_boundary()  # the same decision on every process
+                if agreed.checkpoint and step != total and step not in ckpt.steps():
+                    save(step)
+                if agreed.stop:
                     if step not in ckpt.steps():  # this step may have just been checkpointed
                         save(step, force=True)
                     ckpt.wait()
