@@ -527,7 +527,7 @@ def validate(cfg: Config) -> None:
     for name in ("log_every", "eval_every", "checkpoint_every"):
         _positive(getattr(t, name), f"train.{name}")
     _positive(t.max_bad_steps, "train.max_bad_steps")
-    if not t.checkpoint_every_minutes >= 0:  # written so that NaN fails too
+    if t.checkpoint_every_minutes < 0:
         raise ConfigError(f"train.checkpoint_every_minutes must be >= 0 (0 = off), "
                           f"got {t.checkpoint_every_minutes}")
     if t.max_to_keep < 2:
