@@ -141,6 +141,7 @@ class TrainConfig:
     log_every: int = 25
     eval_every: int = 100  # validation bits/byte every N steps (and at the end)
     checkpoint_every: int = 100
+    checkpoint_every_minutes: float = 0.0  # also save when this long passed since the last save (0 = off)
     max_to_keep: int = 3
     grad_accum_steps: int = 1  # micro-batches per step (data.batch_size is the global batch per step)
     async_checkpointing: bool = True
@@ -576,6 +577,9 @@ def validate(cfg: Config) -> None:
                           f"{cfg.profile.start_step} and {cfg.profile.steps}")
     if cfg.compile.cache_min_seconds < 0:
         raise ConfigError(f"compile.cache_min_seconds must be >= 0, got {cfg.compile.cache_min_seconds}")
+    if t.checkpoint_every_minutes < 0:
+        raise ConfigError(f"train.checkpoint_every_minutes must be >= 0 (0 = off), "
+                          f"got {t.checkpoint_every_minutes}")
     if t.max_to_keep < 2:
         raise ConfigError(f"train.max_to_keep must be >= 2 so a corrupted newest checkpoint has a "
                           f"fallback, got {t.max_to_keep}")

@@ -38,6 +38,8 @@ TPU_REC = "tests/test_tpu_recovery.py::"
 SLURM = "tests/test_distributed_slurm.py::"
 OBSERVE = "tests/test_observe.py::"
 GCS = "tests/test_gcs.py::"
+PRE = "tests/test_preemption_unit.py::"
+PRE2 = "tests/test_preemption.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -637,6 +639,37 @@ MUTATIONS: tuple[Mutation, ...] = (
         'if cfg.data.path and "://" in cfg.data.path',
         "with_absolute_paths turns gs://b/x into $PWD/gs:/b/x again (and leaves relative paths relative)",
         (GCS + "test_urls_stay_urls",)),
+
+    # ------------------------------------------------------------------ preemption (agreed by all processes)
+    Mutation(
+        "preempt-min-of-sigterms", "jaxorder/training/preemption.py",
+        "flags_PF[:, SIGTERM].max()", "flags_PF[:, SIGTERM].min()",
+        "the processes stop only when every one of them saw SIGTERM (min instead of max)",
+        (PRE + "test_any_process_sigterm_stops_and_only_process_zero_clock_checkpoints[numpy]",)),
+    Mutation(
+        "preempt-process-0-sigterm-only", "jaxorder/training/preemption.py",
+        "flags_PF[:, SIGTERM].max()", "flags_PF[0, SIGTERM].max()",
+        "only process 0's own SIGTERM flag counts: a signal that reaches process 1 alone is ignored",
+        (PRE + "test_any_process_sigterm_stops_and_only_process_zero_clock_checkpoints[numpy]",
+         PRE2 + "test_sigterm_to_one_process_saves_the_same_step_on_both_and_resumes")),
+    Mutation(
+        "preempt-last-process-clock", "jaxorder/training/preemption.py",
+        "flags_PF[0, DUE]", "flags_PF[-1, DUE]",
+        "the time-based checkpoint follows the last process's clock instead of process 0's",
+        (PRE + "test_any_process_sigterm_stops_and_only_process_zero_clock_checkpoints[numpy]",)),
+    Mutation(
+        "preempt-clock-not-reset", "jaxorder/training/preemption.py",
+        "        if decision.checkpoint:\n            self.clock.reset()",
+        "        if decision.checkpoint:\n            pass",
+        "a time-based checkpoint does not restart the clock: it saves again at every following step",
+        (PRE + "test_one_process_decides_at_once_and_a_checkpoint_restarts_the_clock",
+         PRE + "test_several_processes_act_one_step_late_on_the_exchanged_flags")),
+    Mutation(
+        "move-aside-on-every-process", "jaxorder/training/checkpoint.py",
+        "                if is_main_process():\n                    for bad_step",
+        "                if True:\n                    for bad_step",
+        "every process renames the same damaged checkpoint directory",
+        (PRE2 + "test_two_processes_move_a_damaged_checkpoint_aside_once",)),
 )
 
 

@@ -13,6 +13,7 @@ import re
 from typing import Mapping
 
 import jax
+from jax.experimental import multihost_utils
 
 from jaxorder.config import ConfigError, DistributedConfig
 from jaxorder.platform import progress
@@ -108,6 +109,14 @@ def is_main_process() -> bool:
 
 
 LOG_MIRROR = "jaxorder.log"  # logger that gets each log() line when a run attaches its log file to it
+
+
+def barrier(name: str) -> None:
+    """Every process waits here until all have arrived (no-op for one process). Process 0 does a
+    run's shared file operations (renames, repairs, rewrites) on one side of a barrier, so that no
+    other process reads a file half rewritten or renames the same directory again."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def log(message: str) -> None:

@@ -23,6 +23,7 @@ from etils import epath
 
 from jaxorder.config import ConfigError
 from jaxorder.data.iterator_state import restore_iterator
+from jaxorder.platform.distributed import barrier, is_main_process
 from jaxorder.training.restore_errors import first_line, not_damage_hint, silence_closed_loop_noise
 
 ITEMS = ("state", "data", "config")
@@ -140,11 +141,13 @@ class Checkpointer:
             if iterator is not None:  # read directly, so another process count can resume (DataError if not)
                 restore_iterator(iterator, self.directory / str(step) / "data", jax.process_index(),
                                  jax.process_count())
-            for bad_step, reason in failures:
-                aside = self._move_aside(bad_step)
-                warn(f"checkpoint at step {bad_step} could not be restored ({reason}); moved it to "
-                     f"{aside.name} and fell back to the previous checkpoint (step {step})")
-            if failures:
+            if failures:  # one process renames (every process would rename the same directory)
+                if is_main_process():
+                    for bad_step, reason in failures:
+                        aside = self._move_aside(bad_step)
+                        warn(f"checkpoint at step {bad_step} could not be restored ({reason}); moved it "
+                             f"to {aside.name} and fell back to the previous checkpoint (step {step})")
+                barrier("jaxorder: damaged checkpoints moved aside")
                 self.manager.reload()
             return step, restored["state"]
         if failures:

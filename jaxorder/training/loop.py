@@ -11,8 +11,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from jaxorder.training.health import BadSteps, all_finite
 from jaxorder.training.metrics import MetricsWriter
 from jaxorder.training.observe import ProfileWindow, StepClock, make_throughput, run_log, speed_text
 from jaxorder.training.optimizer import make_optimizer
+from jaxorder.training.preemption import AgreedStops
 from jaxorder.training.run_dir import checkpoint_steps, make_run_dir, prepare_run_dir, record_start
 from jaxorder.training.run_lock import RunLock
 from jaxorder.training.state import Placement, init_state, make_placement
@@ -46,26 +45,6 @@ from jaxorder.training.trackers import make_trackers
 
 class Preempted(Exception):
     """Training stopped by SIGTERM after saving a checkpoint; re-run the same command to resume."""
-
-
-class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop checks between steps (main thread only)."""
-
-    def __init__(self) -> None:
-        self.raised = False
-        self._previous = None
-
-    def __enter__(self) -> "_SigtermFlag":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        self.raised = True
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def with_absolute_paths(cfg: Config) -> Config:
@@ -150,6 +129,8 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
     bad = BadSteps(cfg.train.max_bad_steps, int(metrics_out.last_value("train", "bad_steps", 0)),
                    lambda: (ckpt.steps() or [None])[-1])
 
+    stops = AgreedStops.for_processes(cfg.train.checkpoint_every_minutes)  # SIGTERM and the clock, agreed
+
     def save(step: int, force: bool = False) -> None:
         """A checkpoint of the current state, only from finite parameters (never a NaN step)."""
         bad.flush()
@@ -158,6 +139,7 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
                                      f"written; lower optimizer.lr")
         ckpt.save(step, state, iterator, config_dict, force=force)
         metrics_out.flush()  # remote run dirs: the lines up to this checkpoint become an object
+        stops.saved()
 
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     total = cfg.train.steps
@@ -183,7 +165,7 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
     step = start_step
     bar = progress.Bar(total, name, unit="step", initial=start_step)  # a terminal only; log lines stay
     try:
-        with _SigtermFlag() as sigterm:
+        with stops:
             for step in range(start_step + 1, total + 1):
                 batch = next(iterator)
                 profile.before_step(step)
@@ -214,7 +196,11 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
                 if step % cfg.train.eval_every == 0 and step != total:
                     with clock.excluded(state):
                         run_eval(step)
-                if sigterm.raised:
+                agreed = stops.at_boundary()  # the same decision on every process
+                if agreed.checkpoint and step != total and step not in ckpt.steps():
+                    with clock.excluded(state):
+                        save(step)
+                if agreed.stop:
                     if step not in ckpt.steps():  # this step may have just been checkpointed
                         save(step, force=True)
                     ckpt.wait()

@@ -124,7 +124,11 @@ class MetricsWriter:
             self._seq += 1
 
     def last_value(self, split: str, key: str, default: float) -> float:
-        """The newest value of `key` among the kept `split` records (e.g. cumulative wall time)."""
+        """The newest value of `key` among the kept `split` records (e.g. cumulative wall time);
+        `default` on the processes that do not write (they would read the file while process 0
+        repairs it, and they report nothing)."""
+        if not self.enabled:
+            return default
         values = [r[key] for r in read_metrics(self.run_dir) if r.get("split") == split and key in r]
         return values[-1] if values else default
 

@@ -13,7 +13,7 @@ from etils import epath
 
 from jaxorder import config as config_lib
 from jaxorder.config import Config, ConfigError
-from jaxorder.platform.distributed import is_main_process
+from jaxorder.platform.distributed import barrier, is_main_process
 
 # Fields that may change when a run directory is resumed. A checkpoint restores onto any mesh, so
 # mesh and process layout may change too. train.steps may grow (never below the newest checkpoint):
@@ -69,6 +69,8 @@ def prepare_run_dir(cfg: Config, run_dir: epath.Path) -> list[str]:
         if cfg.train.steps < steps[-1]:
             raise ConfigError(f"train.steps={cfg.train.steps} is below the newest checkpoint of {run_dir} "
                               f"(step {steps[-1]}); set train.steps >= {steps[-1]} to resume or continue it")
+    # Every process has read the saved config (and the caller the tokenizer) before process 0 rewrites them.
+    barrier("jaxorder: run directory checked")
     if is_main_process():
         config_lib.save(cfg, saved_path)
     return changes
