@@ -127,15 +127,16 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
                    "token_loss": tok_B.mean() / n, "drop_rate": 1.0 - keep_BL.mean()}
 
 
-def step_log_probs(logq_BSV: jnp.ndarray, logP_BSC: jnp.ndarray,
-                   gaps_BS: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """(log s(y) [B], log p(g, v | y) [B, S, V]) of the process above, over the gaps `gaps_BS` (bool)."""
+def step_log_probs(logP_BSC: jnp.ndarray,
+                   gaps_BS: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """The process above over the gaps `gaps_BS` (bool): (log s(y) [B], log(1 - s(y)) [B],
+    log w_g / sum w [B, S], -inf outside the gaps)."""
     log_s_B = jnp.where(gaps_BS, logP_BSC[..., 0], 0.0).sum(axis=1)
     log_w_BS = jnp.where(gaps_BS, jax.nn.logsumexp(logP_BSC[..., 1:], axis=-1), -jnp.inf)
     # (the floor keeps a row whose every weight is 0 at -inf instead of NaN)
     log_gap_BS = log_w_BS - jnp.maximum(jax.nn.logsumexp(log_w_BS, axis=1, keepdims=True), -1e30)
     log_go_B = jnp.log(-jnp.expm1(jnp.minimum(log_s_B, -1e-30)))  # log(1 - s), finite for s < 1
-    return log_s_B, log_go_B[:, None, None] + log_gap_BS[..., None] + logq_BSV
+    return log_s_B, log_go_B, log_gap_BS
 
 
 def order_nll(params, tokens_BL: jnp.ndarray, orders_BL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
@@ -149,10 +150,10 @@ def order_nll(params, tokens_BL: jnp.ndarray, orders_BL: jnp.ndarray, cfg: Confi
         present_BL = rank_BL < j
         inputs_BS, valid_BS, _ = compact(tokens_BL, present_BL, ids.pad, ids.bos)
         logq_BSV, logP_BSC = insertion_log_probs(params, inputs_BS, valid_BS, cfg)
-        log_s_B, logp_BSV = step_log_probs(logq_BSV, logP_BSC, valid_BS)
+        log_s_B, log_go_B, log_gap_BS = step_log_probs(logP_BSC, valid_BS)
         pos_B = orders_BL[:, jnp.minimum(j, n - 1)]
         gap_B = jnp.sum(present_BL & (jnp.arange(n) < pos_B[:, None]), axis=1)
-        insert_B = logp_BSV[rows_B, gap_B, tokens_BL[rows_B, pos_B]]
+        insert_B = log_go_B + log_gap_BS[rows_B, gap_B] + logq_BSV[rows_B, gap_B, tokens_BL[rows_B, pos_B]]
         return nll_B - jnp.where(j < n, insert_B, log_s_B), None
 
     nll_B, _ = jax.lax.scan(step, jnp.zeros((B,), jnp.float32), jnp.arange(n + 1))
