@@ -34,6 +34,7 @@ GUIDED = "tests/test_sampling_guided.py::"
 LEARNED = "tests/test_sampling_learned.py::"
 FILTER = "tests/test_commit_filter.py::"
 IG = "tests/test_sampling_info_gain.py::"
+ILM = "tests/test_ilm.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -538,6 +539,44 @@ MUTATIONS: tuple[Mutation, ...] = (
         "jnp.sum(jnp.where(commit_BL, -lp_tok_BL, 0.0), axis=1)",
         "the cumulative uncertainty sums -log p of the committed tokens instead of their entropy",
         (IG + "test_uncertainty_is_the_entropy_at_commit_time[confidence-options0]",)),
+    # ------------------------------------------------------------------ insertion (ilm)
+    Mutation(
+        "ilm-gap-off-by-one", "jaxorder/objectives/ilm.py",
+        "gap_BL = jnp.cumsum(keep_BL, axis=1) - keep_BL",
+        "gap_BL = jnp.cumsum(keep_BL, axis=1)",
+        "a dropped token is counted in the gap after the next kept token",
+        (ILM + "test_gap_targets_hand_built", ILM + "test_loss_equals_plain_reference")),
+    Mutation(
+        "ilm-clip-one-short", "jaxorder/objectives/ilm.py",
+        "jnp.minimum(count_BS, max_gap)",
+        "jnp.minimum(count_BS, max_gap - 1)",
+        "gap counts clipped one below ilm_max_gap (the top length class is never a target)",
+        (ILM + "test_gap_targets_hand_built", ILM + "test_loss_equals_plain_reference")),
+    Mutation(
+        "ilm-target-is-left-neighbour", "jaxorder/objectives/ilm.py",
+        "first_BS = jnp.clip(src_BS + 1, 0, L - 1)",
+        "first_BS = jnp.clip(src_BS, 0, L - 1)",
+        "the token target of a gap is its kept left neighbour, not the first dropped token",
+        (ILM + "test_gap_targets_hand_built", ILM + "test_loss_equals_plain_reference")),
+    Mutation(
+        "ilm-padding-attended", "jaxorder/model/transformer.py",
+        "mask_LL = mask_LL[None, None] & key_valid_BL[:, None, None, :]",
+        "mask_LL = mask_LL[None, None] | key_valid_BL[:, None, None, :]",
+        "padding keys are attended: the number of dropped tokens leaks into the gaps' predictions",
+        (ILM + "test_loss_equals_plain_reference",)),
+    Mutation(
+        "ilm-bound-without-stop", "jaxorder/objectives/ilm.py",
+        "jnp.where(j < n, insert_B, log_s_B)",
+        "jnp.where(j < n, insert_B, 0.0)",
+        "the insertion-path bound leaves out the final stop probability",
+        (ILM + "test_order_nll_matches_step_by_step_reference",
+         ILM + "test_sampler_logprob_is_the_path_likelihood")),
+    Mutation(
+        "ilm-insert-right-of-gap", "jaxorder/sampling/ilm.py",
+        "at_B = gap_B + 1",
+        "at_B = gap_B",
+        "the sampler inserts before the gap's left neighbour instead of after it",
+        (ILM + "test_sampler_forced_insertion_goes_where_and_what[0.0]",)),
 )
 
 
