@@ -542,9 +542,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ insertion (ilm)
     Mutation(
         "ilm-gap-off-by-one", "jaxorder/objectives/ilm.py",
-        "gap_BL = jnp.cumsum(keep_BL, axis=1) - keep_BL",
-        "gap_BL = jnp.cumsum(keep_BL, axis=1)",
-        "a dropped token is counted in the gap after the next kept token",
+        "jnp.zeros((L + 1,), jnp.int32).at[g].add(d)",
+        "jnp.zeros((L + 1,), jnp.int32).at[g + 1].add(d)",
+        "gap counts off by one gap: a dropped token is counted in the gap after its own",
         (ILM + "test_gap_targets_hand_built", ILM + "test_loss_equals_plain_reference")),
     Mutation(
         "ilm-clip-one-short", "jaxorder/objectives/ilm.py",
