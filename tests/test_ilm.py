@@ -263,3 +263,22 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="max_len"):
         sampling.sample(params, cfg, np.full((1, 16), MASK, np.int32), jax.random.key(0), "insert")
     assert special_ids(cfg.model).pad == PAD
+
+
+def test_key_mask_and_length_head_through_scanned_and_rematted_layers(setup):
+    """The key mask and the length head reach every layer the same way with model.scan_layers and
+    model.remat (nn.scan broadcasts the mask), and the padding's content never matters."""
+    import dataclasses
+
+    from jaxorder.model.transformer import stack_layers
+    cfg, params = setup
+    tokens = jnp.asarray([[BOS, 1, 2, 3, PAD, PAD]], jnp.int32)
+    positions = jnp.arange(6, dtype=jnp.int32)[None]
+    valid = jnp.asarray([[1, 1, 1, 1, 0, 0]], bool)
+    ref = model.apply_insertion(params, cfg.model, tokens, positions, valid)
+    scanned = dataclasses.replace(cfg.model, scan_layers=True, remat="full")
+    got = model.apply_insertion(stack_layers(params, cfg.model.n_layers), scanned, tokens, positions, valid)
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-5)
+    other = model.apply_insertion(params, cfg.model, tokens.at[0, 4:].set(0), positions, valid)
+    np.testing.assert_allclose(np.asarray(other[1][:, :4]), np.asarray(ref[1][:, :4]), atol=1e-6)
