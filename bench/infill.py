@@ -9,10 +9,12 @@ of text around it:
   - mdm:  prefix, k' MASK, then the suffix w[s+k : s+k+T-s-k'] (T tokens per row, so every row has the
           same length), k' = k (true), round(1.5k) (+50%), max(1, round(0.5k)) (-50%); the default
           sampler (confidence), one token per step.
-Scores, under the judge (the l2r run, exact left-to-right NLL, byte tokenizer): the judge bits/byte
-of the whole filled window, and the excess bits of the fill, NLL(filled window) - NLL(the original
-text over the same extent), which is 0 for a fill equal to the true span (the shared context
-cancels). ilm's length error is (inserted tokens - k). Mean +- standard error over windows.
+Scores, under the judge (the l2r run, exact left-to-right NLL, byte tokenizer; one pass over each
+filled row): the bits/byte of the fill itself (given the prefix; windows with an empty fill left
+out), the suffix excess bits, NLL(the first 70 suffix tokens | prefix, fill) - NLL(the same tokens |
+prefix, true span) (0 for a fill equal to the true span; measures how well the fill joins the text
+after it, whatever its length), and the bits/byte of the whole row. ilm's length error is
+(inserted tokens - k). Mean +- standard error over windows.
 
     python bench/infill.py [--runs runs/sweeps/decoding] [--windows 64] [--png infill.png]
 """
@@ -37,7 +39,8 @@ from jaxorder.evaluation.runs import load_params
 from jaxorder.objectives import l2r
 from jaxorder.objectives.common import special_ids
 
-CONTEXT, HOLE, SPAN = 200, 40, (2, 20)
+CONTEXT, HOLE, SPAN, STARTS = 200, 40, (2, 20), (40, 100)
+SUFFIX = CONTEXT - STARTS[1] - int(round(1.5 * SPAN[1]))  # suffix tokens every row has: 70
 
 
 def mean_se(x) -> tuple[float, float]:
@@ -45,16 +48,17 @@ def mean_se(x) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x)))
 
 
-def judge_bits(judge, rows: list[np.ndarray]) -> np.ndarray:
-    """Exact l2r NLL in bits of each token row (rows of any length: padded, causal, summed over the row)."""
+def judge_bits(judge, rows: list[np.ndarray]) -> list[np.ndarray]:
+    """Exact l2r NLL in bits of every token of each row (rows of any length: padded on the right,
+    which a causal judge never sees)."""
     cfg, params, _ = judge
     width = max(len(r) for r in rows)
     tokens = np.zeros((len(rows), width), np.int32)
-    real = np.zeros((len(rows), width), bool)
     for i, r in enumerate(rows):
-        tokens[i, :len(r)], real[i, :len(r)] = r, True
-    nll = jax.jit(lambda p, t: l2r.sequence_token_nll(p, t, cfg))(params, jnp.asarray(tokens))
-    return np.where(real, np.asarray(nll, np.float64), 0.0).sum(axis=1) / math.log(2.0)
+        tokens[i, :len(r)] = r
+    nll = np.asarray(jax.jit(lambda p, t: l2r.sequence_token_nll(p, t, cfg))(params, jnp.asarray(tokens)),
+                     np.float64) / math.log(2.0)
+    return [nll[i, :len(r)] for i, r in enumerate(rows)]
 
 
 def main() -> None:
@@ -78,7 +82,7 @@ def main() -> None:
     N = len(windows)
     rng = np.random.default_rng(args.seed)
     k = rng.integers(SPAN[0], SPAN[1] + 1, N)
-    s = rng.integers(40, 101, N)
+    s = rng.integers(STARTS[0], STARTS[1] + 1, N)
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine_line()}; {N} windows", flush=True)
     ids = special_ids(loaded["ilm"][0].model)
     results = {}
@@ -95,8 +99,7 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     fill = np.asarray(out["length"]) - (CONTEXT - k)
     filled = [np.asarray(out["tokens"][i, :out["length"][i]]) for i in range(N)]
-    results["ilm (length unknown)"] = (filled, [windows[i, :CONTEXT] for i in range(N)], fill,
-                                       int(out["nfe"]), seconds)
+    results["ilm (length unknown)"] = (filled, fill, int(out["nfe"]), seconds)
     print(f"ilm: {int(out['nfe'])} passes, {seconds:.1f} s, stopped by the model in "
           f"{int(np.sum(out['eos']))}/{N} rows", flush=True)
 
@@ -111,35 +114,40 @@ def main() -> None:
         out = jax.device_get(sampling.sample(params, cfg, rows, jax.random.key(args.seed), None,
                                              sampling.SamplerOptions(steps=int(told.max()))))
         seconds = time.perf_counter() - t0
-        originals = [windows[i, :CONTEXT + k[i] - told[i]] for i in range(N)]
-        results[label] = ([np.asarray(t) for t in out["tokens"]], originals, told, int(out["nfe"]), seconds)
+        results[label] = ([np.asarray(t) for t in out["tokens"]], told, int(out["nfe"]), seconds)
 
-    print("\n| method | judge bits/byte (window) | excess bits of the fill | fill length | length error "
-          "| passes |\n|---|---|---|---|---|---|")
+    truth = judge_bits(judge, [windows[i, :CONTEXT] for i in range(N)])
+    true_suffix = np.array([truth[i][s[i] + k[i]:s[i] + k[i] + SUFFIX].sum() for i in range(N)])
+    print("\n| method | fill length | length error (mean abs) | fill bits/byte | suffix excess bits "
+          "| row bits/byte | passes |\n|---|---|---|---|---|---|---|")
     table = {}
-    for label, (filled, originals, fill, nfe, _) in results.items():
+    for label, (filled, fill, nfe, _) in results.items():
         bits = judge_bits(judge, filled)
-        excess = bits - judge_bits(judge, originals)
-        bpb = bits / np.array([len(f) for f in filled])
+        fill_bpb = [bits[i][s[i]:s[i] + fill[i]].mean() for i in range(N) if fill[i] > 0]
+        suffix = np.array([bits[i][s[i] + fill[i]:s[i] + fill[i] + SUFFIX].sum() for i in range(N)])
+        excess = suffix - true_suffix
+        row_bpb = [b.mean() for b in bits]
         err = np.asarray(fill) - k
-        table[label] = (mean_se(bpb), mean_se(excess), err)
-        (b_m, b_se), (x_m, x_se), (e_m, e_se) = mean_se(bpb), mean_se(excess), mean_se(err)
-        print(f"| {label} | {b_m:.3f} +- {b_se:.3f} | {x_m:.1f} +- {x_se:.1f} | {np.mean(fill):.1f} | "
-              f"{e_m:+.1f} +- {e_se:.1f} (mean abs {np.mean(np.abs(err)):.1f}) | {nfe} |")
-    true_bpb = judge_bits(judge, [windows[i, :CONTEXT] for i in range(N)]) / CONTEXT
-    print(f"| original text | {mean_se(true_bpb)[0]:.3f} +- {mean_se(true_bpb)[1]:.3f} | 0 | "
-          f"{np.mean(k):.1f} | 0 | |")
+        table[label] = (mean_se(excess), err)
+        (f_m, f_se), (x_m, x_se), (r_m, r_se), (e_m, e_se) = (mean_se(fill_bpb), mean_se(excess),
+                                                              mean_se(row_bpb), mean_se(err))
+        print(f"| {label} | {np.mean(fill):.1f} | {e_m:+.1f} +- {e_se:.1f} ({np.mean(np.abs(err)):.1f}) | "
+              f"{f_m:.2f} +- {f_se:.2f} ({len(fill_bpb)} fills) | {x_m:.1f} +- {x_se:.1f} | "
+              f"{r_m:.3f} +- {r_se:.3f} | {nfe} |")
+    true_fill = [truth[i][s[i]:s[i] + k[i]].mean() for i in range(N)]
+    (t_m, t_se), (w_m, w_se) = mean_se(true_fill), mean_se([t.mean() for t in truth])
+    print(f"| original text | {np.mean(k):.1f} | 0 | {t_m:.2f} +- {t_se:.2f} | 0 | {w_m:.3f} +- {w_se:.3f} | |")
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     labels = list(table)
-    a.bar(range(len(labels)), [table[x][1][0] for x in labels], yerr=[table[x][1][1] for x in labels],
+    a.bar(range(len(labels)), [table[x][0][0] for x in labels], yerr=[table[x][0][1] for x in labels],
           capsize=4)
     a.set_xticks(range(len(labels)), [x.replace(" (", "\n(") for x in labels], fontsize=8)
-    a.set_ylabel("excess judge bits of the fill (mean +- s.e.)")
-    b.scatter(k + rng.uniform(-0.2, 0.2, N), results["ilm (length unknown)"][2], s=12)
+    a.set_ylabel("suffix excess judge bits (mean +- s.e.)")
+    b.scatter(k + rng.uniform(-0.2, 0.2, N), results["ilm (length unknown)"][1], s=12)
     b.plot(SPAN, SPAN, "k--", lw=1)
     b.set_xlabel("true span length k")
     b.set_ylabel("tokens ilm inserted")
