@@ -136,7 +136,8 @@ def main() -> None:
               f"{r_m:.3f} +- {r_se:.3f} | {nfe} |")
     true_fill = [truth[i][s[i]:s[i] + k[i]].mean() for i in range(N)]
     (t_m, t_se), (w_m, w_se) = mean_se(true_fill), mean_se([t.mean() for t in truth])
-    print(f"| original text | {np.mean(k):.1f} | 0 | {t_m:.2f} +- {t_se:.2f} | 0 | {w_m:.3f} +- {w_se:.3f} | |")
+    print(f"| original text | {np.mean(k):.1f} | 0 | {t_m:.2f} +- {t_se:.2f} | 0 | {w_m:.3f} +- {w_se:.3f} "
+          f"| |")
 
     import matplotlib
     matplotlib.use("Agg")
