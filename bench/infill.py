@@ -6,6 +6,7 @@ span of k_i ~ U{2..20} tokens starting at s_i ~ U{40..100} is removed; the row k
 of text around it:
   - ilm:  prefix, 40 MASK (an open insertion point: the MASK count is only a cap), the suffix up to
           token T, PAD to a common row length; the `insert` sampler fills the gap;
+  - nothing inserted: prefix and suffix joined (the hole left empty), the baseline a fill must beat;
   - mdm:  prefix, k' MASK, then the suffix w[s+k : s+k+T-s-k'] (T tokens per row, so every row has the
           same length), k' = k (true), round(1.5k) (+50%), max(1, round(0.5k)) (-50%); the default
           sampler (confidence), one token per step.
@@ -103,6 +104,10 @@ def main() -> None:
     print(f"ilm: {int(out['nfe'])} passes, {seconds:.1f} s, stopped by the model in "
           f"{int(np.sum(out['eos']))}/{N} rows", flush=True)
 
+    # the hole left empty: what a fill has to beat
+    empty = [np.concatenate([windows[i, :s[i]], windows[i, s[i] + k[i]:CONTEXT]]) for i in range(N)]
+    results["nothing inserted"] = (empty, np.zeros(N, int), 0, 0.0)
+
     # mdm: told a length
     cfg, params, _ = loaded["mdm"]
     for label, told in (("mdm (true length)", k), ("mdm (length +50%)", np.round(1.5 * k).astype(int)),
@@ -123,7 +128,7 @@ def main() -> None:
     table = {}
     for label, (filled, fill, nfe, _) in results.items():
         bits = judge_bits(judge, filled)
-        fill_bpb = [bits[i][s[i]:s[i] + fill[i]].mean() for i in range(N) if fill[i] > 0]
+        fill_bpb = [bits[i][s[i]:s[i] + fill[i]].mean() for i in range(N) if fill[i] > 0] or [np.nan, np.nan]
         suffix = np.array([bits[i][s[i] + fill[i]:s[i] + fill[i] + SUFFIX].sum() for i in range(N)])
         excess = suffix - true_suffix
         row_bpb = [b.mean() for b in bits]
@@ -131,8 +136,9 @@ def main() -> None:
         table[label] = (mean_se(excess), err)
         (f_m, f_se), (x_m, x_se), (r_m, r_se), (e_m, e_se) = (mean_se(fill_bpb), mean_se(excess),
                                                               mean_se(row_bpb), mean_se(err))
+        n_fills = int(np.sum(np.asarray(fill) > 0))
         print(f"| {label} | {np.mean(fill):.1f} | {e_m:+.1f} +- {e_se:.1f} ({np.mean(np.abs(err)):.1f}) | "
-              f"{f_m:.2f} +- {f_se:.2f} ({len(fill_bpb)} fills) | {x_m:.1f} +- {x_se:.1f} | "
+              f"{f_m:.2f} +- {f_se:.2f} ({n_fills} fills) | {x_m:.1f} +- {x_se:.1f} | "
               f"{r_m:.3f} +- {r_se:.3f} | {nfe} |")
     true_fill = [truth[i][s[i]:s[i] + k[i]].mean() for i in range(N)]
     (t_m, t_se), (w_m, w_se) = mean_se(true_fill), mean_se([t.mean() for t in truth])
