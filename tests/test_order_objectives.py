@@ -368,7 +368,7 @@ def test_latent_order_candidates_and_posterior_weights(latent_setup):
 
 # ------------------------------------------------------------------------------ every objective
 
-NEW_OBJECTIVES = ["bd3", "ao_ar", "latent_order"]
+NEW_OBJECTIVES = ["bd3", "ao_ar", "latent_order", "ilm"]
 
 
 @pytest.mark.parametrize("name", NEW_OBJECTIVES)

@@ -40,6 +40,7 @@ OBSERVE = "tests/test_observe.py::"
 GCS = "tests/test_gcs.py::"
 PRE = "tests/test_preemption_unit.py::"
 PRE2 = "tests/test_preemption.py::"
+ILM = "tests/test_ilm.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -670,6 +671,44 @@ MUTATIONS: tuple[Mutation, ...] = (
         "                if True:\n                    for bad_step",
         "every process renames the same damaged checkpoint directory",
         (PRE2 + "test_two_processes_move_a_damaged_checkpoint_aside_once",)),
+    # ------------------------------------------------------------------ insertion (ilm)
+    Mutation(
+        "ilm-gap-off-by-one", "jaxorder/objectives/ilm.py",
+        "jnp.zeros((L + 1,), jnp.int32).at[g].add(d)",
+        "jnp.zeros((L + 1,), jnp.int32).at[g + 1].add(d)",
+        "gap counts off by one gap: a dropped token is counted in the gap after its own",
+        (ILM + "test_gap_targets_hand_built", ILM + "test_loss_equals_plain_reference")),
+    Mutation(
+        "ilm-clip-one-short", "jaxorder/objectives/ilm.py",
+        "jnp.minimum(count_BS, max_gap)",
+        "jnp.minimum(count_BS, max_gap - 1)",
+        "gap counts clipped one below ilm_max_gap (the top length class is never a target)",
+        (ILM + "test_gap_targets_hand_built", ILM + "test_loss_equals_plain_reference")),
+    Mutation(
+        "ilm-target-is-left-neighbour", "jaxorder/objectives/ilm.py",
+        "first_BS = jnp.clip(src_BS + 1, 0, L - 1)",
+        "first_BS = jnp.clip(src_BS, 0, L - 1)",
+        "the token target of a gap is its kept left neighbour, not the first dropped token",
+        (ILM + "test_gap_targets_hand_built", ILM + "test_loss_equals_plain_reference")),
+    Mutation(
+        "ilm-padding-attended", "jaxorder/model/transformer.py",
+        "mask_LL = mask_LL[None, None] & key_valid_BL[:, None, None, :]",
+        "mask_LL = mask_LL[None, None] | key_valid_BL[:, None, None, :]",
+        "padding keys are attended: the number of dropped tokens leaks into the gaps' predictions",
+        (ILM + "test_loss_equals_plain_reference",)),
+    Mutation(
+        "ilm-bound-without-stop", "jaxorder/objectives/ilm.py",
+        "jnp.where(j < n, insert_B, log_s_B)",
+        "jnp.where(j < n, insert_B, 0.0)",
+        "the insertion-path bound leaves out the final stop probability",
+        (ILM + "test_order_nll_matches_step_by_step_reference",
+         ILM + "test_sampler_logprob_is_the_path_likelihood")),
+    Mutation(
+        "ilm-insert-right-of-gap", "jaxorder/sampling/ilm.py",
+        "at_B = gap_B + 1",
+        "at_B = gap_B",
+        "the sampler inserts before the gap's left neighbour instead of after it",
+        (ILM + "test_sampler_forced_insertion_goes_where_and_what[0.0]",)),
 )
 
 

@@ -95,7 +95,8 @@ def check_shapes(state: dict[str, Any], mcfg: ModelConfig, target_positions: boo
 def from_hf_state(state: dict[str, Any], mcfg: ModelConfig, like: Params) -> Params:
     """jaxorder params (numpy, float32) from HF tensors, shaped like `like` (a params pytree whose
     leaves have .shape, e.g. from jax.eval_shape). Tensors `like` lacks are ignored; a
-    `target_embed` missing from `state` is taken from `like` (its fresh initialization)."""
+    `target_embed` missing from `state` and a `length_head` are taken from `like` (its fresh
+    initialization)."""
     d, H, D = mcfg.d_model, mcfg.n_heads, mcfg.head_dim
     get = lambda name: np.asarray(state[name], np.float32)  # noqa: E731
     out: dict[str, Any] = {"embed": get("model.embed_tokens.weight"),
@@ -104,6 +105,8 @@ def from_hf_state(state: dict[str, Any], mcfg: ModelConfig, like: Params) -> Par
     if "target_embed" in like:
         out["target_embed"] = (get(TARGET_EMBED) if TARGET_EMBED in state
                                else np.asarray(like["target_embed"], np.float32))
+    if "length_head" in like:  # an insertion model's length head: no HF counterpart, fresh init
+        out["length_head"] = np.asarray(like["length_head"], np.float32)
     layers = []
     for i in range(mcfg.n_layers):
         p = f"model.layers.{i}."

@@ -3,11 +3,12 @@ from jaxorder.model.rope import apply_rope
 from jaxorder.model.transformer import (
                                         Transformer,
                                         apply,
+                                        apply_insertion,
                                         count_params,
                                         init_boxed_params,
                                         init_params,
                                         logical_axes,
 )
 
-__all__ = ["MASK_KINDS", "attention_mask", "apply_rope", "Transformer", "apply", "count_params",
-           "init_boxed_params", "init_params", "logical_axes"]
+__all__ = ["MASK_KINDS", "attention_mask", "apply_rope", "Transformer", "apply", "apply_insertion",
+           "count_params", "init_boxed_params", "init_params", "logical_axes"]

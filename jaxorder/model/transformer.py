@@ -58,7 +58,8 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BLd: jnp.ndarray, positions_BL: jnp.ndarray, mask_kind: str) -> jnp.ndarray:
+    def __call__(self, x_BLd: jnp.ndarray, positions_BL: jnp.ndarray, mask_kind: str,
+                 key_valid_BL: jnp.ndarray | None = None) -> jnp.ndarray:
         cfg = self.cfg
         dt, pdt = jnp_dtype(cfg.dtype), jnp_dtype(cfg.param_dtype)
         d, H, D = cfg.d_model, cfg.n_heads, cfg.head_dim
@@ -82,7 +83,8 @@ class Attention(nn.Module):
                                       apply_rope(k_BLHD, positions_BL, cfg.rope_base, cfg.max_len), v_BLHD,
                                       *cache, new_mask=mask_kind)
             return ops.dense(o_BLHD.reshape(B, L, H * D), w_out.astype(dt).reshape(H * D, d))
-        if cfg.attention_impl == "pallas":  # RoPE is applied inside the fused kernel
+        # the fused kernel has no per-row key mask: rows with padding keys take the XLA path
+        if cfg.attention_impl == "pallas" and key_valid_BL is None:  # RoPE is applied inside the kernel
             o_BLHD = pallas_attention(q_BLHD, k_BLHD, v_BLHD, positions_BL, mask_kind, cfg.rope_base,
                                       interpret=True if cfg.pallas_interpret else None)
         # dead code for pallas unless captured
@@ -90,8 +92,10 @@ class Attention(nn.Module):
         k_BLHD = apply_rope(k_BLHD, positions_BL, cfg.rope_base, cfg.max_len)
         self.sow("intermediates", "q_post_rope", q_BLHD)
         self.sow("intermediates", "k_post_rope", k_BLHD)
-        if cfg.attention_impl == "xla":
+        if cfg.attention_impl == "xla" or key_valid_BL is not None:
             mask_LL = attention_mask(mask_kind, x_BLd.shape[1])
+            if key_valid_BL is not None:  # [B, 1, L, L]: no query attends to a padding key
+                mask_LL = mask_LL[None, None] & key_valid_BL[:, None, None, :]
             o_BLHD = xla_attention(q_BLHD, k_BLHD, v_BLHD, mask_LL, ops)
         return ops.dense(o_BLHD.reshape(B, L, H * D), w_out.astype(dt).reshape(H * D, d))
 
@@ -120,9 +124,10 @@ class Block(nn.Module):
     scanned: bool = False
 
     @nn.compact
-    def __call__(self, x_BLd: jnp.ndarray, positions_BL: jnp.ndarray, mask_kind: str):
+    def __call__(self, x_BLd: jnp.ndarray, positions_BL: jnp.ndarray, mask_kind: str,
+                 key_valid_BL: jnp.ndarray | None = None):
         x_BLd = x_BLd + Attention(self.cfg, name="attn")(RMSNorm(self.cfg, name="attn_norm")(x_BLd),
-                                                        positions_BL, mask_kind)
+                                                        positions_BL, mask_kind, key_valid_BL)
         x_BLd = x_BLd + SwiGLU(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BLd))
         x_BLd = nn.with_logical_constraint(x_BLd, ("batch", "length", "embed"))
         return (x_BLd, None) if self.scanned else x_BLd
@@ -170,12 +175,18 @@ class Transformer(nn.Module):
     Optional `target_positions_BL` [B, L] int (any-order AR): the position each slot must predict,
     embedded by a learned table `target_embed` [max_len, d_model] added to the input embeddings.
     The table exists only in models initialized with target positions.
+
+    Optional `key_valid_BL` [B, L] bool (insertion models, rows of different lengths): keys where it
+    is False (padding) are attended by no query. `length_classes` C > 0 (insertion models): a second
+    output head `length_head` [d_model, C] on the final hidden state; the call then returns
+    (logits [B, L, V], length logits [B, L, C]). The head exists only in models initialized with it.
     """
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, tokens_BL: jnp.ndarray, positions_BL: jnp.ndarray, mask_kind: str = "causal",
-                 target_positions_BL: jnp.ndarray | None = None) -> jnp.ndarray:
+                 target_positions_BL: jnp.ndarray | None = None, key_valid_BL: jnp.ndarray | None = None,
+                 length_classes: int = 0) -> Any:
         cfg = resolve_model_config(self.cfg)  # a no-op for a run's config, settled at its start
         dt, pdt = jnp_dtype(cfg.dtype), jnp_dtype(cfg.param_dtype)
         ops = cpu_rewrites.ops(cfg)
@@ -188,39 +199,48 @@ class Transformer(nn.Module):
         x_BLd = nn.with_logical_constraint(x_BLd, ("batch", "length", "embed"))
         if cfg.scan_layers:  # one layer body; params and sown intermediates get a leading layer axis
             layers = nn.scan(block_class(cfg, scanned=True), variable_axes={"params": 0, "intermediates": 0},
-                             split_rngs={"params": True}, in_axes=(nn.broadcast, nn.broadcast),
+                             split_rngs={"params": True}, in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                              length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: SCAN_AXIS})
-            x_BLd, _ = layers(cfg, scanned=True, name="layers")(x_BLd, positions_BL, mask_kind)
+            x_BLd, _ = layers(cfg, scanned=True, name="layers")(x_BLd, positions_BL, mask_kind, key_valid_BL)
         else:
             for i in range(cfg.n_layers):
-                x_BLd = block_class(cfg)(cfg, name=f"layer_{i}")(x_BLd, positions_BL, mask_kind)
+                x_BLd = block_class(cfg)(cfg, name=f"layer_{i}")(x_BLd, positions_BL, mask_kind, key_valid_BL)
         x_BLd = RMSNorm(cfg, name="final_norm")(x_BLd)
         head_dV = self.param("head", _init(cfg.d_model ** -0.5, ("embed", "vocab")),
                              (cfg.d_model, cfg.vocab_size), pdt)
-        return ops.dense(x_BLd, head_dV.astype(dt)).astype(jnp.float32)
+        logits_BLV = ops.dense(x_BLd, head_dV.astype(dt)).astype(jnp.float32)
+        if not length_classes:
+            return logits_BLV
+        length_dC = self.param("length_head", _init(cfg.d_model ** -0.5, ("embed", None)),
+                               (cfg.d_model, length_classes), pdt)
+        return logits_BLV, ops.dense(x_BLd, length_dC.astype(dt)).astype(jnp.float32)
 
 
 def init_boxed_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8,
-                      target_positions: bool = False) -> Params:
+                      target_positions: bool = False, length_classes: int = 0) -> Params:
     """Parameters still boxed with their logical axis names (for deriving shardings).
 
-    target_positions=True adds the target-position embedding (objectives declaring target_positions).
+    target_positions=True adds the target-position embedding (objectives declaring target_positions),
+    length_classes > 0 the length head (`Objective.length_classes`).
     Always float32 (master weights): model.param_dtype is the dtype `apply` casts them to."""
     tokens = jnp.zeros((1, seq_len), jnp.int32)
     targets = jnp.zeros_like(tokens) if target_positions else None
     master = dataclasses.replace(cfg, param_dtype="float32")
-    return Transformer(master).init(rng, tokens, jnp.zeros_like(tokens), "causal", targets)["params"]
+    return Transformer(master).init(rng, tokens, jnp.zeros_like(tokens), "causal", targets,
+                                    length_classes=length_classes)["params"]
 
 
-def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8, target_positions: bool = False) -> Params:
+def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8, target_positions: bool = False,
+                length_classes: int = 0) -> Params:
     """Plain (unboxed) parameter pytree."""
-    return nn.meta.unbox(init_boxed_params(cfg, rng, seq_len, target_positions))
+    return nn.meta.unbox(init_boxed_params(cfg, rng, seq_len, target_positions, length_classes))
 
 
-def logical_axes(cfg: ModelConfig, target_positions: bool = False) -> Params:
+def logical_axes(cfg: ModelConfig, target_positions: bool = False, length_classes: int = 0) -> Params:
     """Pytree of PartitionSpecs (of logical axis names) matching init_params."""
     return nn.get_partition_spec(jax.eval_shape(
-        lambda: init_boxed_params(cfg, jax.random.key(0), target_positions=target_positions)))
+        lambda: init_boxed_params(cfg, jax.random.key(0), target_positions=target_positions,
+                                  length_classes=length_classes)))
 
 
 def apply(params: Params, cfg: ModelConfig, tokens_BL: jnp.ndarray, positions_BL: jnp.ndarray,
@@ -231,6 +251,18 @@ def apply(params: Params, cfg: ModelConfig, tokens_BL: jnp.ndarray, positions_BL
     check_positions(cfg, positions_BL, target_positions_BL)
     return Transformer(cfg).apply({"params": cast_params(params, cfg)}, tokens_BL, positions_BL, mask_kind,
                                   target_positions_BL)
+
+
+def apply_insertion(params: Params, cfg: ModelConfig, tokens_BL: jnp.ndarray, positions_BL: jnp.ndarray,
+                    key_valid_BL: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Bidirectional pass over rows padded on the right (`key_valid_BL` False at padding) with the
+    length head: (token logits [B, L, V], length logits [B, L, C]), C = the head's width."""
+    if "length_head" not in params:
+        raise ValueError("the length head needs a model initialized with it "
+                         "(init_params(..., length_classes=C); objective ilm)")
+    check_positions(cfg, positions_BL)
+    return Transformer(cfg).apply({"params": cast_params(params, cfg)}, tokens_BL, positions_BL,
+                                  "bidirectional", None, key_valid_BL, params["length_head"].shape[1])
 
 
 def check_positions(cfg: ModelConfig, *positions: jnp.ndarray | None) -> None:

@@ -49,6 +49,11 @@ def _no_checks(cfg: Config) -> None:
     del cfg
 
 
+def _no_length_head(cfg: Config) -> int:
+    del cfg
+    return 0
+
+
 @dataclass(frozen=True)
 class Objective:
     """An order family as the rest of jaxorder sees it.
@@ -57,6 +62,8 @@ class Objective:
       upper bound on it (False); `yardstick` is how reports label it.
     - `target_positions`: the network takes target positions (any-order models), so the model is
       initialized with the target-position embedding.
+    - `length_classes(cfg)`: the width C of the network's length head (insertion models: the count
+      of tokens missing in each gap, 0..C-1); 0 (the default) = no length head.
     - `sampling`: the sampler family that can decode its runs (samplers register for a family:
       "ar", "masked", "block", "any_order"); `default_sampler` names the one used when none is given.
     - `reading_order`: "l2r" or "r2l" for causal families (the AR sampler generates in it).
@@ -82,6 +89,7 @@ class Objective:
     analysis_inputs: Optional[AnalysisInputsFn] = None
     options: tuple[Option, ...] = ()
     validate_config: Callable[[Config], None] = _no_checks
+    length_classes: Callable[[Config], int] = _no_length_head
 
 
 def register(objective: Objective) -> Objective:

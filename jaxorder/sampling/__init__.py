@@ -13,6 +13,8 @@
 - ``info_gain``: the Info-Gain sampler of mdm and bd3 runs (``info-gain``): C candidate commits per
   step, each scored by the entropy it commits plus the mean entropy left after it, from one batched
   look-ahead pass; the cheapest is committed (its bd3 loop is in ``bd3``);
+- ``ilm``: sampler ``insert`` of ilm runs: one token per pass inserted into an open gap (a masked
+  span of the input, of no fixed length) until the model's stop or the length cap;
 - ``bd3``: block diffusion block by block with a KV cache over finished blocks;
 - ``any_order``: any-order AR in a chosen (l2r, r2l, random) or greedy order, KV cache over the
   permuted prefix;
@@ -35,6 +37,7 @@ from jaxorder.sampling import (  # noqa: F401  (registration)
     ar_speculative,
     bd3,
     guided,
+    ilm,
     info_gain,
     learned,
     mdm,

@@ -17,8 +17,9 @@ from jaxorder.platform import sharding
 
 def init_boxed_state(cfg: Config, optimizer: optax.GradientTransformation) -> dict:
     """Train state whose parameter-shaped leaves carry logical axis names (nn.LogicallyPartitioned)."""
+    objective = objectives.of(cfg)
     params = model.init_boxed_params(cfg.model, jax.random.key(cfg.train.seed), cfg.data.seq_len,
-                                     objectives.of(cfg).target_positions)
+                                     objective.target_positions, objective.length_classes(cfg))
     return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
