@@ -130,8 +130,8 @@ def score_rows(params: Any, cfg: Config, rows: list[np.ndarray], order: OrderSpe
     position order, or None), `windows` (the Window plan), or `error`.
 
     Windows of equal length are batched (one compilation per length)."""
-    window = window or cfg.model.max_len
-    stride = stride or max(1, window // 2)
+    window = cfg.model.max_len if window is None else window
+    stride = max(1, window // 2) if stride is None else stride
     if not 1 <= stride <= window:
         raise ConfigError(f"--stride must be in 1..{window} (the window), got {stride}")
     if order is not None and order.kind == "perm" and len(order.perms) not in (1, len(rows)):
@@ -207,7 +207,7 @@ def read_lines(data: bytes, jsonl: bool) -> list[tuple[int, str | None, str | No
         except UnicodeDecodeError as e:
             out.append((number, None, f"not UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start}"))
             continue
-        if jsonl:
+        if jsonl and text.strip():
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as e:
@@ -217,7 +217,8 @@ def read_lines(data: bytes, jsonl: bool) -> list[tuple[int, str | None, str | No
                 out.append((number, None, "no string field 'text' in this JSON line"))
                 continue
             text = record["text"]
-        out.append((number, text, None) if text else (number, None, "empty line: nothing to score"))
+        out.append((number, text, None) if text and (text.strip() or not jsonl)
+                   else (number, None, "empty line: nothing to score"))
     return out
 
 
@@ -236,7 +237,7 @@ def score_texts(run_dir: str | os.PathLike, entries: list[tuple[int, str | None,
                           f"{'this order' if spec else 'its yardstick'}; use --order with it, or a run of "
                           f"{', '.join(able)}")
     tokenizer = run_tokenizer(cfg, run_dir)
-    window = window or cfg.model.max_len
+    window = cfg.model.max_len if window is None else window
     if not 1 <= window <= cfg.model.max_len:
         raise ConfigError(f"--window must be in 1..{cfg.model.max_len} (the run's model.max_len), "
                           f"got {window}")
