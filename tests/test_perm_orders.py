@@ -94,14 +94,15 @@ def test_perm_file(tmp_path):
 
 def test_perm_scores_equal_the_orders_they_spell(tmp_path):
     """A perm spelling r2l scores as r2l; per-window perms score each window in its own order."""
-    cfg = config_lib.load(None, ["model.d_model=16", "model.n_layers=1", "model.n_heads=2", "model.max_len=16",
-                                 "data.seq_len=8", "objective.name=ao_ar"])
+    cfg = config_lib.load(None, ["model.d_model=16", "model.n_layers=1", "model.n_heads=2",
+                                 "model.max_len=16", "data.seq_len=8", "objective.name=ao_ar"])
     params = init_state(cfg, make_optimizer(cfg))["params"]
     batches = [np.asarray(jax.random.randint(jax.random.key(i), (2, 8), 0, 256)) for i in range(2)]
     scores = score_orders(params, cfg, batches, 1.0, parse_orders("r2l,perm:7-0,perm:3,1,0,2,4-"))
     assert scores["perm:7-0"]["bpb"] == pytest.approx(scores["r2l"]["bpb"], rel=1e-6)
     assert abs(scores["perm:3,1,0,2,4-"]["bpb"] - scores["r2l"]["bpb"]) > 1e-4
-    rows = [[3, 1, 0, 2, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5, 6, 7], [1, 0, 2, 3, 4, 5, 6, 7]]
+    rows = [[3, 1, 0, 2, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5, 6, 7],
+            [1, 0, 2, 3, 4, 5, 6, 7]]
     path = tmp_path / "orders.txt"
     with open(path, "w") as f:
         f.write("\n".join(",".join(map(str, r)) for r in rows))

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cli_in_process
 
 from jaxorder import config as config_lib
 from jaxorder import model
@@ -15,6 +14,8 @@ from jaxorder.evaluation.runs import eval_run, load_params
 from jaxorder.evaluation.scoring import plan_windows
 from jaxorder.objectives import ao_ar, l2r, mdm, r2l
 from jaxorder.objectives.common import special_ids
+
+from conftest import cli_in_process
 
 
 def records(out: str) -> list[dict]:
@@ -101,7 +102,8 @@ def test_mdm_bound_and_exact_orders(tiny_trained_run, tmp_path):
     (tmp_path / "in.txt").write_text(text + "\n")
     code, out, _ = cli_in_process(["score", run, tmp_path / "in.txt"])
     assert code == 0 and records(out)[0]["yardstick"] == "bound" and records(out)[0]["order"] is None
-    code, out, _ = cli_in_process(["score", run, tmp_path / "in.txt", "--order", "perm:10-6,0-", "--per-token"])
+    code, out, _ = cli_in_process(["score", run, tmp_path / "in.txt", "--order", "perm:10-6,0-",
+                                   "--per-token"])
     (r,) = records(out)
     order = [10, 9, 8, 7, 6, 0, 1, 2, 3, 4, 5]
     ids = jnp.asarray(np.frombuffer(text.encode(), np.uint8).astype(np.int32)[None])
@@ -114,8 +116,8 @@ def test_mdm_bound_and_exact_orders(tiny_trained_run, tmp_path):
 
 def test_any_order_terms_in_position_order():
     """ao_ar's per-position terms: entry order[j] is slot j's term, and they sum to order_nll."""
-    cfg = config_lib.load(None, ["model.d_model=16", "model.n_layers=1", "model.n_heads=2", "model.max_len=16",
-                                 "data.seq_len=8", "objective.name=ao_ar"])
+    cfg = config_lib.load(None, ["model.d_model=16", "model.n_layers=1", "model.n_heads=2",
+                                 "model.max_len=16", "data.seq_len=8", "objective.name=ao_ar"])
     params = model.init_params(cfg.model, jax.random.key(0), target_positions=True)
     tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, 256)
     orders = jnp.asarray([[3, 1, 0, 2, 7, 6, 5, 4], [0, 1, 2, 3, 4, 5, 6, 7]], jnp.int32)
