@@ -14,7 +14,7 @@ from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
 from jaxorder.data.prepared import prepare_dataset
 from jaxorder.errors import describe_os_error, out_of_memory_line
-from jaxorder.evaluation import filter_training, scoring
+from jaxorder.evaluation import filter_training, rerank, scoring
 from jaxorder.evaluation.runs import eval_run, sample_run
 from jaxorder.evaluation.sample_quality import generation_quality
 from jaxorder.experiments.analysis import analyze_run
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print the samples and settings as one JSON object on stdout")
     p.set_defaults(func=cmd_sample)
-    for module in (filter_training, scoring):  # subcommands kept beside what they run
+    for module in (filter_training, scoring, rerank):  # subcommands kept beside what they run
         module.add_command(sub)
     p = sub.add_parser("data", help="prepare a tokenized TFDS ArrayRecord dataset for training at scale",
                        description="`data prepare --out DIR`: load the documents picked by the data.* "
