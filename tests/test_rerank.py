@@ -31,7 +31,7 @@ def test_scorer_equal_to_judge_picks_the_judges_best(tiny_trained_run, tmp_path)
     for r in records:
         bpb = [c["judge_bpb"] for c in r["candidates"]]
         # equal bytes, so bits/byte ranks like nats
-        assert all(len(c["text"].encode()) == 8 for c in r["candidates"])
+        assert all(c["bytes"] == 8 for c in r["candidates"])
         assert len(set(np.round(bpb, 6))) > 1  # the candidates differ, so the agreement is not vacuous
         assert r["scorer_top1"]["index"] == r["judge_best"]["index"] == int(np.argmin(bpb))
         assert r["judge_best"]["judge_bpb"] == min(bpb)
@@ -49,7 +49,7 @@ def test_r2l_scorer_value_is_the_prompt_given_the_continuation(tiny_trained_run)
     cfg, params, _ = load_params(scorer)
     prompt = np.frombuffer(PROMPTS[0].encode(), np.uint8).astype(np.int32)
     for c in records[0]["candidates"]:
-        y = np.frombuffer(c["text"].encode(), np.uint8).astype(np.int32)
+        y = np.asarray(c["tokens"], np.int32)
         xy = jnp.asarray(np.concatenate([prompt, y])[None])
         both = float(r2l.nll(params, {"tokens": xy}, None, cfg)[0])
         alone = float(r2l.nll(params, {"tokens": jnp.asarray(y[None])}, None, cfg)[0])

@@ -115,7 +115,9 @@ def rerank(generator: str | os.PathLike, scorer: str | os.PathLike, prompts: lis
         mean_bpb = float(np.nanmean(bpb)) if np.isfinite(bpb).any() else math.nan
         record["all_candidates"] = {"judge_bpb": mean_bpb}
         picked["all_candidates"].append(record["all_candidates"]["judge_bpb"])
-        record["candidates"] = [{"text": tokenizer.decode(s[len(ids):]), "scorer_nats": float(v),
+        record["candidates"] = [{"text": tokenizer.decode(s[len(ids):]),
+                                 "tokens": [int(t) for t in s[len(ids):]],
+                                 "bytes": tokenizer.num_bytes(s[len(ids):]), "scorer_nats": float(v),
                                  "judge_bpb": float(b), "generator_logprob": float(lp)}
                                 for s, v, b, lp in zip(sequences, values, bpb, np.asarray(out["logprob"]))]
         records.append(record)
