@@ -212,9 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "exact bits/byte for l2r/r2l, the ELBO upper bound for mdm (with "
                                    "its standard error).")
     p.add_argument("run_dir", help="a run directory made by `jaxorder train` or `jaxorder sweep`")
-    p.add_argument("--orders", help="mdm, ao_ar and latent_order runs: also score exactly under fixed "
-                                    "orders, a comma list of l2r, r2l, random:K, greedy (mdm only; mdm takes "
-                                    "n forward passes per window, the any-order models one)")
+    p.add_argument("--orders", help="mdm, ao_ar, latent_order runs: also score exactly under fixed orders, a "
+                                    "comma list of l2r, r2l, random:K, greedy (mdm only), perm:5,1-4,0,6- "
+                                    "(explicit; a last k- = the rest), perm@FILE (one per line or window)")
     p.add_argument("--max-windows", type=int, default=32,
                    help="validation windows used for --orders (default 32)")
     p.add_argument("--generate", action="store_true",
