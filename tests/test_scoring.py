@@ -12,7 +12,7 @@ from jaxorder import model
 from jaxorder.data import make_data
 from jaxorder.evaluation.runs import eval_run, load_params
 from jaxorder.evaluation.scoring import plan_windows
-from jaxorder.objectives import ao_ar, l2r, mdm, r2l
+from jaxorder.objectives import ao_ar, l2r, mdm
 from jaxorder.objectives.common import special_ids
 
 from conftest import cli_in_process
@@ -84,11 +84,13 @@ def test_long_line_is_scored_in_strided_windows(objective, tiny_trained_run, tmp
     (r,) = records(out)
     assert "strided windows" in r["note"] and r["tokens"] == 40
     ids = np.frombuffer(text.encode(), np.uint8).astype(np.int32)
-    terms = l2r.sequence_token_nll if objective == "l2r" else r2l.token_nll
     for start, end, i in ((0, 16, 3), (8, 24, 20), (24, 40, 39), (16, 32, 25)):
-        if objective == "r2l":  # mirrored windows: [0, 16) is the last one, keeping its first 8 tokens
+        if objective == "l2r":
+            want = l2r.sequence_token_nll(params, jnp.asarray(ids[None, start:end]), cfg)[0, i - start]
+        else:  # mirrored windows ([0, 16) is the last one); the l2r chain rule of the reversed window
             start, end, i = 40 - end, 40 - start, 39 - i
-        want = np.asarray(terms(params, jnp.asarray(ids[None, start:end]), cfg))[0, i - start]
+            reversed_window = jnp.asarray(ids[None, start:end][:, ::-1].copy())
+            want = l2r.sequence_token_nll(params, reversed_window, cfg)[0, end - 1 - i]
         assert r["per_token"][i] == pytest.approx(float(want), abs=1e-4)
     assert sum(r["per_token"]) == pytest.approx(r["nats"], rel=1e-6)
 
