@@ -16,7 +16,7 @@ from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
 from jaxorder.data.prepared import prepare_dataset
 from jaxorder.errors import describe_os_error, out_of_memory_line
-from jaxorder.evaluation import filter_training
+from jaxorder.evaluation import filter_training, rerank, scoring
 from jaxorder.evaluation.runs import eval_run, sample_run
 from jaxorder.evaluation.sample_quality import generation_quality
 from jaxorder.experiments.analysis import analyze_run
@@ -220,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "exact bits/byte for l2r/r2l, the ELBO upper bound for mdm (with "
                                    "its standard error).")
     p.add_argument("run_dir", help="a run directory made by `jaxorder train` or `jaxorder sweep`")
-    p.add_argument("--orders", help="mdm, ao_ar and latent_order runs: also score exactly under fixed "
-                                    "orders, a comma list of l2r, r2l, random:K, greedy (mdm only; mdm takes "
-                                    "n forward passes per window, the any-order models one)")
+    p.add_argument("--orders", help="mdm, ao_ar, latent_order runs: also score exactly under fixed orders, a "
+                                    "comma list of l2r, r2l, random:K, greedy (mdm only), perm:5,1-4,0,6- "
+                                    "(explicit; a last k- = the rest), perm@FILE (one per line or window)")
     p.add_argument("--max-windows", type=int, default=32,
                    help="validation windows used for --orders (default 32)")
     p.add_argument("--generate", action="store_true",
@@ -317,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print the samples and settings as one JSON object on stdout")
     p.set_defaults(func=cmd_sample)
-    filter_training.add_command(sub)
+    for module in (filter_training, scoring, rerank):  # subcommands kept beside what they run
+        module.add_command(sub)
     p = sub.add_parser("data", help="prepare a tokenized TFDS ArrayRecord dataset for training at scale",
                        description="`data prepare --out DIR`: load the documents picked by the data.* "
                                    "overrides (embedded corpus, data.source=text data.path=FILE_OR_DIR of "

@@ -41,6 +41,9 @@ GCS = "tests/test_gcs.py::"
 PRE = "tests/test_preemption_unit.py::"
 PRE2 = "tests/test_preemption.py::"
 ILM = "tests/test_ilm.py::"
+SCORE = "tests/test_scoring.py::"
+PERM = "tests/test_perm_orders.py::"
+RERANK = "tests/test_rerank.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -709,6 +712,37 @@ MUTATIONS: tuple[Mutation, ...] = (
         "at_B = gap_B",
         "the sampler inserts before the gap's left neighbour instead of after it",
         (ILM + "test_sampler_forced_insertion_goes_where_and_what[0.0]",)),
+    # ------------------------------------------------------------------ score, rerank, perm orders
+    Mutation(
+        "score-window-overlap", "jaxorder/evaluation/scoring.py",
+        "plan.append(Window(end - window, end, scored - (end - window), window))",
+        "plan.append(Window(end - window, end, scored - (end - window) - 1, window))",
+        "a later strided window also scores the last token of the one before it (counted twice)",
+        (SCORE + "test_window_plan_scores_every_token_once[40-16-8-l2r]",)),
+    Mutation(
+        "r2l-token-terms-unflipped", "jaxorder/objectives/r2l.py",
+        "return jnp.flip(l2r.sequence_token_nll(params, jnp.flip(tokens_BL, axis=1), cfg), axis=1)",
+        "return l2r.sequence_token_nll(params, jnp.flip(tokens_BL, axis=1), cfg)",
+        "r2l per-token terms stay in reversed order (same sum, wrong positions)",
+        (SCORE + "test_long_line_is_scored_in_strided_windows[r2l]",)),
+    Mutation(
+        "any-order-terms-slot-order", "jaxorder/objectives/ao_ar.py",
+        "return jnp.zeros_like(slot_BL).at[rows_B1, order_BL].set(slot_BL)",
+        "return slot_BL",
+        "any-order per-token terms left in slot order instead of position order",
+        (SCORE + "test_any_order_terms_in_position_order",)),
+    Mutation(
+        "perm-open-range-skips-k", "jaxorder/evaluation/perm_orders.py",
+        "listed += [i for i in range(open_from, length) if i not in seen]",
+        "listed += [i for i in range(open_from + 1, length) if i not in seen]",
+        "the open range k- starts after k",
+        (PERM + "test_resolve[perm:5,1,2,3,4,0,6--9-expected0]",)),
+    Mutation(
+        "rerank-judge-slice-off-by-one", "jaxorder/evaluation/rerank.py",
+        "out.append(r[\"terms\"][prompt_len:].sum() / (LN2 * size) if size else math.nan)",
+        "out.append(r[\"terms\"][prompt_len - 1:].sum() / (LN2 * size) if size else math.nan)",
+        "the judge's continuation NLL includes the prompt's last token",
+        (RERANK + "test_scorer_equal_to_judge_picks_the_judges_best",)),
 )
 
 

@@ -5,7 +5,8 @@ is its `Objective.order_scoring` (e.g. mdm: n passes of the masked model; any-or
 causal pass over the permuted window). All requested orders of a batch are scored together (the
 batch is the orders stacked). `greedy` (where the family has it) lets the model pick the next
 position. Families with `mixture_bound` also report, for random:K, the K-order log-mean-exp bound
--log (1/K) sum_k p(x | sigma_k).
+-log (1/K) sum_k p(x | sigma_k). Explicit orders, `perm:...` and `perm@FILE`, are parsed in
+`perm_orders`.
 """
 from __future__ import annotations
 
@@ -19,39 +20,71 @@ import numpy as np
 
 from jaxorder import objectives
 from jaxorder.config import Config, ConfigError
+from jaxorder.evaluation import perm_orders
 from jaxorder.objectives.latent_order import mixture_nll
 
 
 @dataclass(frozen=True)
 class OrderSpec:
-    kind: str  # l2r | r2l | random | greedy
+    kind: str  # l2r | r2l | random | greedy | perm
     count: int = 1  # random:K
+    perms: tuple[perm_orders.Perm, ...] = ()  # perm: one spec; perm@FILE: the file's lines
+    file: str = ""  # perm@FILE
 
     @property
     def label(self) -> str:
+        if self.kind == "perm":
+            return perm_orders.FILE_PREFIX + self.file if self.file else self.perms[0].text
         return f"random:{self.count}" if self.kind == "random" else self.kind
 
 
 def parse_orders(text: str) -> list[OrderSpec]:
-    """Parses 'l2r,r2l,random:8,greedy'."""
-    specs = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
+    """Parses 'l2r,r2l,random:8,greedy,perm:5,1-4,0,6-,perm@FILE': the digit tokens after `perm:`
+    belong to that perm."""
+    specs: list[OrderSpec] = []
+    parts = [p.strip() for p in text.split(",")]
+    i = 0
+    while i < len(parts):
+        part = parts[i]
+        i += 1
+        if not part:
+            continue
         name, _, arg = part.partition(":")
-        if name in ("l2r", "r2l", "greedy") and not arg:
+        if part.startswith(perm_orders.PREFIX):
+            tokens = [arg]
+            while i < len(parts) and perm_orders.looks_like_item(parts[i]):
+                tokens.append(parts[i])
+                i += 1
+            perm = perm_orders.parse_items(tokens, f"order 'perm:{','.join(tokens)}'")
+            specs.append(OrderSpec("perm", perms=(perm,)))
+        elif part.startswith(perm_orders.FILE_PREFIX):
+            path = part[len(perm_orders.FILE_PREFIX):]
+            specs.append(OrderSpec("perm", perms=tuple(perm_orders.read_file(path)), file=path))
+        elif perm_orders.looks_like_item(part):
+            raise ConfigError(f"order '{part}' is a bare index; an explicit order starts with perm:, "
+                              f"e.g. perm:1,0,2-")
+        elif name in ("l2r", "r2l", "greedy") and not arg:
             specs.append(OrderSpec(name))
         elif name == "random":
             if not arg.isdigit() or int(arg) < 1:
                 raise ConfigError(f"order '{part}' needs a count: random:K with K >= 1 (e.g. random:8)")
             specs.append(OrderSpec("random", int(arg)))
         else:
-            raise ConfigError(f"unknown order '{part}'; use a comma list of l2r, r2l, random:K, greedy")
+            raise ConfigError(f"unknown order '{part}'; use a comma list of l2r, r2l, random:K, greedy, "
+                              f"perm:INDICES, perm@FILE")
     if not specs:
         raise ConfigError("--orders is empty; e.g. --orders l2r,r2l,random:8,greedy")
     return specs
 
 
-def order_matrix(spec: OrderSpec, batch: int, length: int, rng: jax.Array) -> np.ndarray:
-    """Orders [count * batch, length] (position revealed at each step) for a fixed-order spec."""
+def order_matrix(spec: OrderSpec, batch: int, length: int, rng: jax.Array, first_window: int = 0,
+                 windows: int | None = None) -> np.ndarray:
+    """Orders [count * batch, length] (position revealed at each step) for a fixed-order spec; a
+    perm@FILE with one line per window needs the batch's `first_window` and the total `windows`."""
+    if spec.kind == "perm":
+        total = windows if windows is not None else first_window + batch
+        return perm_orders.window_orders(list(spec.perms), total, length,
+                                         spec.label)[first_window:first_window + batch]
     if spec.kind == "l2r":
         return np.tile(np.arange(length), (batch, 1))
     if spec.kind == "r2l":
@@ -100,14 +133,17 @@ def score_orders(params, cfg: Config, val_batches: Sequence[np.ndarray], bytes_p
         return {"bpb": float(per_token.mean() * to_bpb), "bpb_stderr": float(stderr * to_bpb), "kind": kind,
                 "windows": int(len(per_token))}
 
+    windows = sum(len(b) for b in val_batches)
     for spec in specs:
         per_window, bound_per_window = [], []
+        first = 0
         for i, tokens_BL in enumerate(val_batches):
             batch, length = tokens_BL.shape
             if spec.kind == "greedy":
                 per_window.append(np.asarray(greedy(params, jnp.asarray(tokens_BL))) / length)
                 continue
-            orders = order_matrix(spec, batch, length, jax.random.fold_in(rng, i))
+            orders = order_matrix(spec, batch, length, jax.random.fold_in(rng, i), first, windows)
+            first += batch
             stacked = np.tile(tokens_BL, (len(orders) // batch, 1))  # row k * B + b
             nll_KB = np.asarray(fixed(params, jnp.asarray(stacked), jnp.asarray(orders))).reshape(-1, batch)
             per_window.append(nll_KB.mean(axis=0) / length)  # average over the spec's orders

@@ -88,6 +88,18 @@ def order_token_nll(params, tokens_BL: jnp.ndarray, order_BL: jnp.ndarray, cfg: 
     return token_nll(logits_BLV, targets_BL)
 
 
+def position_token_nll(params, tokens_BL: jnp.ndarray, order_BL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
+    """order_token_nll moved to position order [B, n]: entry i is the term of the slot that fills i."""
+    slot_BL = order_token_nll(params, tokens_BL, order_BL, cfg)
+    rows_B1 = jnp.arange(tokens_BL.shape[0])[:, None]
+    return jnp.zeros_like(slot_BL).at[rows_B1, order_BL].set(slot_BL)
+
+
+def identity_token_nll(params, tokens_BL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
+    """The yardstick's per-token terms [B, n]: the l2r order, whose slots are positions."""
+    return order_token_nll(params, tokens_BL, identity_orders(*tokens_BL.shape), cfg)
+
+
 def order_nll(params, tokens_BL: jnp.ndarray, order_BL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
     """Exact -log p(x | sigma) per sequence in nats [B], for given orders [B, n], in one pass."""
     return order_token_nll(params, tokens_BL, order_BL, cfg).sum(axis=1)
@@ -123,5 +135,5 @@ def validate_config(cfg: Config) -> None:
 OBJECTIVE = register(Objective(
     name="ao_ar", loss=loss, nll=nll, exact=True, yardstick="exact (l2r order)", sampling="any_order",
     default_sampler="l2r", target_positions=True,
-    order_scoring=OrderScoring(order_nll=order_nll, mixture_bound=True), options=OPTIONS,
-    validate_config=validate_config))
+    order_scoring=OrderScoring(order_nll=order_nll, mixture_bound=True, order_token_nll=position_token_nll),
+    token_nll=identity_token_nll, options=OPTIONS, validate_config=validate_config))

@@ -22,6 +22,8 @@ LossFn = Callable[[Params, dict, jax.Array, Config], tuple[jax.Array, dict]]
 NllFn = Callable[[Params, dict, jax.Array, Config], jax.Array]
 # order_nll(params, tokens [B, L], orders [B, L], cfg) -> exact -log p(x | order) in nats [B]
 OrderNllFn = Callable[[Params, jax.Array, jax.Array, Config], jax.Array]
+# token_nll(params, tokens [B, L], cfg) -> per-token NLL in nats [B, L], position order, summing to nll
+TokenNllFn = Callable[[Params, jax.Array, Config], jax.Array]
 # analysis_inputs(tokens [N, L], cfg, mask_rate, seed) -> (model input tokens [N, L], mask kind, the
 # mask rate applied: 0 for families whose input has no MASK tokens)
 AnalysisInputsFn = Callable[[np.ndarray, Config, float, int], tuple[np.ndarray, str, float]]
@@ -34,6 +36,8 @@ class OrderScoring:
     order_nll: OrderNllFn
     greedy_nll: Optional[Callable[[Params, jax.Array, Config], jax.Array]] = None  # the model's own order
     mixture_bound: bool = False  # also report -log mean_k p(x | order_k) over random:K orders
+    # the terms of order_nll per position [B, L] (position order, summing to order_nll), if available
+    order_token_nll: Optional[OrderNllFn] = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,9 @@ class Objective:
     - `order_scoring`: fixed-order scoring (`jaxorder eval --orders`), None if unsupported.
     - `judge`: its exact nll is the left-to-right likelihood sample quality is judged with.
     - `analysis_inputs`: the network's input for attention analysis, None if unsupported.
+    - `token_nll`: for exact families whose nll is a chain rule in reading order (causal), the
+      per-token terms of nll [B, L] in position order; None otherwise (`jaxorder score` then has
+      no per-token view of the yardstick and no sliding windows with context).
     - `options`: the config knobs it reads (`cfg.objective.<name>`); families may share one
       (mdm and bd3 both read mdm_eps) if they declare it alike.
     - `validate_config`: the family's own config checks (ConfigError with the fix).
@@ -87,6 +94,7 @@ class Objective:
     order_scoring: Optional[OrderScoring] = None
     judge: bool = False
     analysis_inputs: Optional[AnalysisInputsFn] = None
+    token_nll: Optional[TokenNllFn] = None
     options: tuple[Option, ...] = ()
     validate_config: Callable[[Config], None] = _no_checks
     length_classes: Callable[[Config], int] = _no_length_head

@@ -46,4 +46,4 @@ def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float,
 
 OBJECTIVE = register(Objective(
     name="l2r", loss=loss, nll=nll, exact=True, yardstick="exact", sampling="ar", default_sampler="ar",
-    judge=True, analysis_inputs=analysis_inputs))
+    judge=True, analysis_inputs=analysis_inputs, token_nll=sequence_token_nll))

@@ -87,14 +87,20 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
 
 def chain_rule_nll(params, tokens_BL: jnp.ndarray, orders_BL: jnp.ndarray | None, cfg: Config) -> jnp.ndarray:
     """Per-sequence NLL [B] of revealing tokens in `orders_BL` (position revealed at each step;
-    None = greedy by confidence). One forward pass per step; the step's target is the position
-    revealed at that step."""
+    None = greedy by confidence)."""
+    return chain_rule_token_nll(params, tokens_BL, orders_BL, cfg).sum(axis=1)
+
+
+def chain_rule_token_nll(params, tokens_BL: jnp.ndarray, orders_BL: jnp.ndarray | None,
+                         cfg: Config) -> jnp.ndarray:
+    """The chain rule's terms per position [B, L]: entry i is -log p(x_i | tokens revealed before i).
+    One forward pass per step; the step's target is the position revealed at that step."""
     batch, length = tokens_BL.shape
     mask_id = special_ids(cfg.model).mask
     rows_B = jnp.arange(batch)
 
     def step(carry, j):
-        x_t_BL, nll_B = carry
+        x_t_BL, nll_BL = carry
         logp_BLV = masked_log_probs(params, x_t_BL, cfg)
         if orders_BL is None:
             confidence_BL = jnp.where(x_t_BL == mask_id, logp_BLV.max(axis=-1), -jnp.inf)
@@ -102,12 +108,12 @@ def chain_rule_nll(params, tokens_BL: jnp.ndarray, orders_BL: jnp.ndarray | None
         else:
             pos_B = orders_BL[:, j]
         target_B = tokens_BL[rows_B, pos_B]
-        nll_B = nll_B - logp_BLV[rows_B, pos_B, target_B]
-        return (x_t_BL.at[rows_B, pos_B].set(target_B), nll_B), None
+        nll_BL = nll_BL.at[rows_B, pos_B].set(-logp_BLV[rows_B, pos_B, target_B])
+        return (x_t_BL.at[rows_B, pos_B].set(target_B), nll_BL), None
 
-    init = (jnp.full_like(tokens_BL, mask_id), jnp.zeros((batch,), jnp.float32))
-    (_, nll_B), _ = jax.lax.scan(step, init, jnp.arange(length))
-    return nll_B
+    init = (jnp.full_like(tokens_BL, mask_id), jnp.zeros(tokens_BL.shape, jnp.float32))
+    (_, nll_BL), _ = jax.lax.scan(step, init, jnp.arange(length))
+    return nll_BL
 
 
 def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float,
@@ -122,6 +128,6 @@ OBJECTIVE = register(Objective(
     name="mdm", loss=loss, nll=nll, exact=False, yardstick="upper bound (ELBO)", sampling="masked",
     default_sampler="confidence",
     order_scoring=OrderScoring(
-        order_nll=chain_rule_nll,
+        order_nll=chain_rule_nll, order_token_nll=chain_rule_token_nll,
         greedy_nll=lambda params, tokens_BL, cfg: chain_rule_nll(params, tokens_BL, None, cfg)),
     analysis_inputs=analysis_inputs, options=DIFFUSION_TIME_OPTIONS, validate_config=check_diffusion_time))

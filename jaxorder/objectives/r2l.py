@@ -22,6 +22,11 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     return l2r.loss(params, _reversed(batch), rng, cfg)
 
 
+def token_nll(params, tokens_BL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
+    """Per-token NLL [B, L] in position order: token i is predicted from the tokens after it."""
+    return jnp.flip(l2r.sequence_token_nll(params, jnp.flip(tokens_BL, axis=1), cfg), axis=1)
+
+
 def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float,
                     seed: int) -> tuple[np.ndarray, str, float]:
     """l2r's input on the reversed window."""
@@ -30,4 +35,4 @@ def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float,
 
 OBJECTIVE = register(Objective(
     name="r2l", loss=loss, nll=nll, exact=True, yardstick="exact", sampling="ar", default_sampler="ar",
-    reading_order="r2l", analysis_inputs=analysis_inputs))
+    reading_order="r2l", analysis_inputs=analysis_inputs, token_nll=token_nll))
