@@ -25,6 +25,12 @@ OrderNllFn = Callable[[Params, jax.Array, jax.Array, Config], jax.Array]
 # analysis_inputs(tokens [N, L], cfg, mask_rate, seed) -> (model input tokens [N, L], mask kind, the
 # mask rate applied: 0 for families whose input has no MASK tokens)
 AnalysisInputsFn = Callable[[np.ndarray, Config, float, int], tuple[np.ndarray, str, float]]
+# position_nll(params, tokens [B, L], rng, cfg) -> {curve name: NLL in nats [B, L] in position order}: the
+# family's per-position loss curves (each row sums to that curve's sequence NLL or one-sample bound)
+PositionNllFn = Callable[[Params, jax.Array, jax.Array, Config], dict[str, jax.Array]]
+# rate_nll(params, tokens [B, L], t [B], rng, cfg) -> (per-token NLL [B, L], is_masked [B, L] bool): every
+# token masked independently with probability t of its row (masked families)
+RateNllFn = Callable[[Params, jax.Array, jax.Array, jax.Array, Config], tuple[jax.Array, jax.Array]]
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,9 @@ class Objective:
     - `order_scoring`: fixed-order scoring (`jaxorder eval --orders`), None if unsupported.
     - `judge`: its exact nll is the left-to-right likelihood sample quality is judged with.
     - `analysis_inputs`: the network's input for attention analysis, None if unsupported.
+    - `position_nll`: per-position loss curves (`jaxorder analyze loss-profile`), None if unsupported.
+    - `rate_nll`: the masked per-token NLL at a given mask rate (loss by mask rate and the gradient
+      SNR by mask rate), None for families without a mask rate.
     - `options`: the config knobs it reads (`cfg.objective.<name>`); families may share one
       (mdm and bd3 both read mdm_eps) if they declare it alike.
     - `validate_config`: the family's own config checks (ConfigError with the fix).
@@ -80,6 +89,8 @@ class Objective:
     order_scoring: Optional[OrderScoring] = None
     judge: bool = False
     analysis_inputs: Optional[AnalysisInputsFn] = None
+    position_nll: Optional[PositionNllFn] = None
+    rate_nll: Optional[RateNllFn] = None
     options: tuple[Option, ...] = ()
     validate_config: Callable[[Config], None] = _no_checks
 

@@ -110,5 +110,5 @@ def validate_config(cfg: Config) -> None:
 OBJECTIVE = register(Objective(  # same network and inputs as ao_ar: a (stochastic, IWAE-style) bound
     name="latent_order", loss=loss, nll=nll, exact=False, yardstick="upper bound (K-order log-mean-exp)",
     sampling="any_order", default_sampler="l2r", target_positions=True,
-    order_scoring=OrderScoring(order_nll=ao_ar.order_nll, mixture_bound=True), options=OPTIONS,
-    validate_config=validate_config))
+    order_scoring=OrderScoring(order_nll=ao_ar.order_nll, mixture_bound=True),
+    position_nll=ao_ar.position_nll, options=OPTIONS, validate_config=validate_config))

@@ -85,16 +85,17 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     return value, {"loss": value, "nll_per_token": value, "mask_rate": t_B.mean()}
 
 
-def chain_rule_nll(params, tokens_BL: jnp.ndarray, orders_BL: jnp.ndarray | None, cfg: Config) -> jnp.ndarray:
-    """Per-sequence NLL [B] of revealing tokens in `orders_BL` (position revealed at each step;
-    None = greedy by confidence). One forward pass per step; the step's target is the position
-    revealed at that step."""
+def chain_rule_token_nll(params, tokens_BL: jnp.ndarray, orders_BL: jnp.ndarray | None,
+                         cfg: Config) -> jnp.ndarray:
+    """Per-position NLL [B, L] (position order) of revealing tokens in `orders_BL` (position revealed
+    at each step; None = greedy by confidence). One forward pass per step; the step's target is the
+    position revealed at that step."""
     batch, length = tokens_BL.shape
     mask_id = special_ids(cfg.model).mask
     rows_B = jnp.arange(batch)
 
     def step(carry, j):
-        x_t_BL, nll_B = carry
+        x_t_BL, nll_BL = carry
         logp_BLV = masked_log_probs(params, x_t_BL, cfg)
         if orders_BL is None:
             confidence_BL = jnp.where(x_t_BL == mask_id, logp_BLV.max(axis=-1), -jnp.inf)
@@ -102,12 +103,32 @@ def chain_rule_nll(params, tokens_BL: jnp.ndarray, orders_BL: jnp.ndarray | None
         else:
             pos_B = orders_BL[:, j]
         target_B = tokens_BL[rows_B, pos_B]
-        nll_B = nll_B - logp_BLV[rows_B, pos_B, target_B]
-        return (x_t_BL.at[rows_B, pos_B].set(target_B), nll_B), None
+        nll_BL = nll_BL.at[rows_B, pos_B].set(-logp_BLV[rows_B, pos_B, target_B])
+        return (x_t_BL.at[rows_B, pos_B].set(target_B), nll_BL), None
 
-    init = (jnp.full_like(tokens_BL, mask_id), jnp.zeros((batch,), jnp.float32))
-    (_, nll_B), _ = jax.lax.scan(step, init, jnp.arange(length))
-    return nll_B
+    init = (jnp.full_like(tokens_BL, mask_id), jnp.zeros(tokens_BL.shape, jnp.float32))
+    (_, nll_BL), _ = jax.lax.scan(step, init, jnp.arange(length))
+    return nll_BL
+
+
+def chain_rule_nll(params, tokens_BL: jnp.ndarray, orders_BL: jnp.ndarray | None, cfg: Config) -> jnp.ndarray:
+    """Per-sequence NLL [B] of revealing tokens in `orders_BL` (see chain_rule_token_nll)."""
+    return chain_rule_token_nll(params, tokens_BL, orders_BL, cfg).sum(axis=1)
+
+
+def position_nll(params, tokens_BL: jnp.ndarray, rng: jax.Array, cfg: Config) -> dict[str, jnp.ndarray]:
+    """The exact chain-rule NLL per position [B, L] of revealing left to right and right to left."""
+    del rng
+    l2r_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
+    return {"l2r": chain_rule_token_nll(params, tokens_BL, l2r_BL, cfg),
+            "r2l": chain_rule_token_nll(params, tokens_BL, l2r_BL[:, ::-1], cfg)}
+
+
+def rate_nll(params, tokens_BL: jnp.ndarray, t_B: jnp.ndarray, rng: jax.Array,
+             cfg: Config) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """-log p(x_i | x_t) [B, L] (0 where unmasked) and is_masked [B, L] at mask rate t_B."""
+    x_t_BL, is_masked_BL = corrupt(tokens_BL, t_B, rng, special_ids(cfg.model).mask)
+    return masked_token_nll(params, tokens_BL, x_t_BL, is_masked_BL, cfg), is_masked_BL
 
 
 def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float,
@@ -123,5 +144,7 @@ OBJECTIVE = register(Objective(
     default_sampler="confidence",
     order_scoring=OrderScoring(
         order_nll=chain_rule_nll,
-        greedy_nll=lambda params, tokens_BL, cfg: chain_rule_nll(params, tokens_BL, None, cfg)),
-    analysis_inputs=analysis_inputs, options=DIFFUSION_TIME_OPTIONS, validate_config=check_diffusion_time))
+        greedy_nll=lambda params, tokens_BL, cfg: chain_rule_nll(params, tokens_BL, None, cfg),
+        mixture_bound=True),  # the uniform mixture over orders is a proper model, as for ao_ar
+    analysis_inputs=analysis_inputs, position_nll=position_nll, rate_nll=rate_nll,
+    options=DIFFUSION_TIME_OPTIONS, validate_config=check_diffusion_time))

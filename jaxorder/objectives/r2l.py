@@ -28,6 +28,12 @@ def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float,
     return l2r.analysis_inputs(tokens_NL[:, ::-1], cfg, mask_rate, seed)
 
 
+def position_nll(params, tokens_BL: jnp.ndarray, rng: jax.Array, cfg: Config) -> dict[str, jnp.ndarray]:
+    """The exact per-position NLL [B, L] of reading right to left, in (left-to-right) position order."""
+    del rng
+    return {"r2l": jnp.flip(l2r.sequence_token_nll(params, jnp.flip(tokens_BL, axis=1), cfg), axis=1)}
+
+
 OBJECTIVE = register(Objective(
     name="r2l", loss=loss, nll=nll, exact=True, yardstick="exact", sampling="ar", default_sampler="ar",
-    reading_order="r2l", analysis_inputs=analysis_inputs))
+    reading_order="r2l", analysis_inputs=analysis_inputs, position_nll=position_nll))
