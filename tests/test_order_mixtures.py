@@ -134,8 +134,13 @@ def test_position_curves_sum_to_the_sequence_nll():
     for name, orders in (("l2r", ident), ("r2l", ident[:, ::-1])):
         np.testing.assert_allclose(curves[name].sum(1), mdm.chain_rule_nll(params, tokens_BL, orders, cfg),
                                    rtol=1e-5)
-    # the r2l chain rule's last reveal (position 0) sees every other token: not the l2r first step
-    assert abs(float(curves["r2l"][0, 0] - curves["l2r"][0, 0])) > 1e-4
+    # each value sits at its position: r2l reveals position 0 last and l2r position 7 last, both
+    # seeing every other token (a curve stored in reveal-step order fails here)
+    mask_id = cfg.model.vocab_size - 3
+    for name, pos in (("r2l", 0), ("l2r", 7)):
+        x_t = tokens_BL.at[:, pos].set(mask_id)
+        last = -mdm.masked_log_probs(params, x_t, cfg)[jnp.arange(3), pos, tokens_BL[:, pos]]
+        np.testing.assert_allclose(curves[name][:, pos], last, rtol=1e-5)
 
 
 def test_mask_rate_bins_cover_all_draws():
