@@ -19,7 +19,7 @@ from jaxorder.errors import describe_os_error, out_of_memory_line
 from jaxorder.evaluation import filter_training, rerank, scoring
 from jaxorder.evaluation.runs import eval_run, sample_run
 from jaxorder.evaluation.sample_quality import generation_quality
-from jaxorder.experiments.analysis import analyze_run
+from jaxorder.experiments.analysis import analyze_run, profiles
 from jaxorder.experiments.analysis.outputs import summary_text, write_compare, write_outputs
 from jaxorder.experiments.sweep import run_sweep
 from jaxorder.interop.hf_export import export_hf
@@ -81,6 +81,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    if args.what != "attention":
+        return profiles.run(args)
     options = dict(inputs=args.inputs, max_offset=args.max_offset, windows=args.windows,
                    mask_rate=args.mask_rate, seed=args.seed, threshold=args.slash_threshold)
     run_dir = Path(args.run_dir)
@@ -258,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "rank-one-ness of the pre-RoPE queries and keys, attention entropy and "
                                    "first-token (sink) mass; writes heads.json, heads.csv, "
                                    "attention_heads.png and slash_vs_offset.png.")
-    p.add_argument("what", choices=["attention"], help="the analysis (attention)")
+    p.add_argument("what", choices=["attention", *profiles.WHATS],
+                   help="attention, or mixtures | loss-profile | grad-snr (docs/analysis.md)")
     p.add_argument("run_dir",
                    help="a run directory made by `jaxorder train` or `jaxorder sweep` (l2r, r2l or mdm)")
     p.add_argument("--inputs", default="corpus",
@@ -276,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default RUN_DIR/analysis/attention_<inputs> or "
                                  "RUN_DIR/analysis/compare_<run2>_<inputs>)")
     p.add_argument("--json", action="store_true", help="print the full tables as one JSON object on stdout")
+    profiles.add_arguments(p)
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("sample", help="generate or infill text with a trained run (every objective)",

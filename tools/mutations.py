@@ -38,6 +38,7 @@ TPU_REC = "tests/test_tpu_recovery.py::"
 SLURM = "tests/test_distributed_slurm.py::"
 OBSERVE = "tests/test_observe.py::"
 GCS = "tests/test_gcs.py::"
+MIX = "tests/test_order_mixtures.py::"
 PRE = "tests/test_preemption_unit.py::"
 PRE2 = "tests/test_preemption.py::"
 ILM = "tests/test_ilm.py::"
@@ -743,6 +744,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "out.append(r[\"terms\"][prompt_len - 1:].sum() / (LN2 * size) if size else math.nan)",
         "the judge's continuation NLL includes the prompt's last token",
         (RERANK + "test_scorer_equal_to_judge_picks_the_judges_best",)),
+    Mutation("mixture-bound-log-k", "jaxorder/experiments/analysis/mixtures.py",
+             "lme_WG = np.logaddexp.reduce(groups_WGK, axis=2) - math.log(k)",
+             "lme_WG = np.logaddexp.reduce(groups_WGK, axis=2) - math.log(k + 1)",
+             "K-order bound normalised by K+1 instead of K (log-sum-exp, not log-mean-exp)",
+             (MIX + "test_k1_bound_is_the_single_order_nll_and_groups_are_disjoint",
+              MIX + "test_bound_in_expectation_non_increasing_in_k_and_tends_to_all_order_mixture")),
+    Mutation("grad-snr-uncentred-spread", "jaxorder/experiments/analysis/grad_snr.py",
+             "spread = math.sqrt(float(((g - mean_P) ** 2).sum(axis=1).mean()))",
+             "spread = math.sqrt(float(((g - 0.0) ** 2).sum(axis=1).mean()))",
+             "gradient spread taken about 0 instead of about the mean gradient",
+             (MIX + "test_gradient_snr_closed_form_and_against_covariance",)),
+    Mutation("mdm-position-nll-step-order", "jaxorder/objectives/mdm.py",
+             "nll_BL = nll_BL.at[rows_B, pos_B].set(-logp_BLV[rows_B, pos_B, target_B])",
+             "nll_BL = nll_BL.at[rows_B, j].set(-logp_BLV[rows_B, pos_B, target_B])",
+             "per-position chain-rule NLL stored at the reveal step instead of the revealed position",
+             (MIX + "test_position_curves_sum_to_the_sequence_nll",)),
 )
 
 

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from etils import epath
 
 from jaxorder import config as config_lib
@@ -29,8 +30,9 @@ from jaxorder.training.optimizer import make_optimizer
 from jaxorder.training.state import make_placement
 
 
-def load_params(run_dir: str | os.PathLike) -> tuple[Config, Any, int]:
-    """Config, params and step of a run's newest readable checkpoint (for eval and analysis)."""
+def load_params(run_dir: str | os.PathLike, step: int | None = None) -> tuple[Config, Any, int]:
+    """Config, params and step of a run's newest readable checkpoint, or of checkpoint `step`
+    (for eval and analysis)."""
     run_dir = epath.Path(run_dir)
     ckpt_dir = require_checkpoint(run_dir)
     cfg = config_lib.load_saved(run_dir / "config.yaml")
@@ -43,13 +45,28 @@ def load_params(run_dir: str | os.PathLike) -> tuple[Config, Any, int]:
         placement = make_placement(cfg, optimizer)
     ckpt = Checkpointer(ckpt_dir, cfg.train.max_to_keep, async_save=False)
     try:
-        restored = ckpt.restore_latest(placement.abstract_state(cfg, optimizer))
+        if step is None:
+            restored = ckpt.restore_latest(placement.abstract_state(cfg, optimizer))
+        elif step not in ckpt.steps():
+            raise ConfigError(f"{ckpt_dir} has no checkpoint at step {step}; it has {ckpt.steps()}")
+        else:
+            restored = step, ckpt.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(placement.abstract_state(cfg, optimizer))))["state"]
     finally:
         ckpt.close()
     if restored is None:
         raise ConfigError(f"no readable checkpoint in {ckpt_dir}; re-train with `jaxorder train`")
     step, state = restored
     return cfg, state["params"], step
+
+
+def checkpoint_steps(run_dir: str | os.PathLike) -> list[int]:
+    """The steps of a run's kept checkpoints, oldest first."""
+    ckpt = Checkpointer(require_checkpoint(epath.Path(run_dir)), 10**9, async_save=False)  # reads only
+    try:
+        return ckpt.steps()
+    finally:
+        ckpt.close()
 
 
 def eval_run(run_dir: str | os.PathLike, orders: str | None = None, max_windows: int | None = None) -> dict:

@@ -105,6 +105,14 @@ def order_nll(params, tokens_BL: jnp.ndarray, order_BL: jnp.ndarray, cfg: Config
     return order_token_nll(params, tokens_BL, order_BL, cfg).sum(axis=1)
 
 
+def position_nll(params, tokens_BL: jnp.ndarray, rng: jax.Array, cfg: Config) -> dict[str, jnp.ndarray]:
+    """The exact per-position NLL [B, L] of the l2r and the r2l order (slot j of r2l fills L-1-j)."""
+    del rng
+    ident_BL = identity_orders(*tokens_BL.shape)
+    return {"l2r": position_token_nll(params, tokens_BL, ident_BL, cfg),
+            "r2l": position_token_nll(params, tokens_BL, ident_BL[:, ::-1], cfg)}
+
+
 def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> jnp.ndarray:
     """Exact per-sequence NLL in nats [B] of the model read left to right."""
     del rng
@@ -136,4 +144,5 @@ OBJECTIVE = register(Objective(
     name="ao_ar", loss=loss, nll=nll, exact=True, yardstick="exact (l2r order)", sampling="any_order",
     default_sampler="l2r", target_positions=True,
     order_scoring=OrderScoring(order_nll=order_nll, mixture_bound=True, order_token_nll=position_token_nll),
-    token_nll=identity_token_nll, options=OPTIONS, validate_config=validate_config))
+    token_nll=identity_token_nll, position_nll=position_nll, options=OPTIONS,
+    validate_config=validate_config))

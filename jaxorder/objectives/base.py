@@ -27,6 +27,12 @@ TokenNllFn = Callable[[Params, jax.Array, Config], jax.Array]
 # analysis_inputs(tokens [N, L], cfg, mask_rate, seed) -> (model input tokens [N, L], mask kind, the
 # mask rate applied: 0 for families whose input has no MASK tokens)
 AnalysisInputsFn = Callable[[np.ndarray, Config, float, int], tuple[np.ndarray, str, float]]
+# position_nll(params, tokens [B, L], rng, cfg) -> {curve name: NLL in nats [B, L] in position order}: the
+# family's per-position loss curves (each row sums to that curve's sequence NLL or one-sample bound)
+PositionNllFn = Callable[[Params, jax.Array, jax.Array, Config], dict[str, jax.Array]]
+# rate_nll(params, tokens [B, L], t [B], rng, cfg) -> (per-token NLL [B, L], is_masked [B, L] bool): every
+# token masked independently with probability t of its row (masked families)
+RateNllFn = Callable[[Params, jax.Array, jax.Array, jax.Array, Config], tuple[jax.Array, jax.Array]]
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,9 @@ class Objective:
     - `token_nll`: for exact families whose nll is a chain rule in reading order (causal), the
       per-token terms of nll [B, L] in position order; None otherwise (`jaxorder score` then has
       no per-token view of the yardstick and no sliding windows with context).
+    - `position_nll`: per-position loss curves (`jaxorder analyze loss-profile`), None if unsupported.
+    - `rate_nll`: the masked per-token NLL at a given mask rate (loss by mask rate and the gradient
+      SNR by mask rate), None for families without a mask rate.
     - `options`: the config knobs it reads (`cfg.objective.<name>`); families may share one
       (mdm and bd3 both read mdm_eps) if they declare it alike.
     - `validate_config`: the family's own config checks (ConfigError with the fix).
@@ -95,6 +104,8 @@ class Objective:
     judge: bool = False
     analysis_inputs: Optional[AnalysisInputsFn] = None
     token_nll: Optional[TokenNllFn] = None
+    position_nll: Optional[PositionNllFn] = None
+    rate_nll: Optional[RateNllFn] = None
     options: tuple[Option, ...] = ()
     validate_config: Callable[[Config], None] = _no_checks
     length_classes: Callable[[Config], int] = _no_length_head

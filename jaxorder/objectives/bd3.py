@@ -151,6 +151,27 @@ def validate_config(cfg: Config) -> None:
                           f"got {o.noise_min}, {o.noise_max}")
 
 
+def position_nll(params, tokens_BL: jnp.ndarray, rng: jax.Array, cfg: Config) -> dict[str, jnp.ndarray]:
+    """One draw of the ELBO per position [B, n]: (1/t_k) -log p(x_i | ...) at masked i, full schedule."""
+    o = cfg.objective
+    B, n = tokens_BL.shape
+    t_rng, m_rng = jax.random.split(rng)
+    t_BK = block_times(t_rng, B, n // o.block_size, o.mdm_eps, 1.0, o.mdm_eps, o.antithetic)
+    x_t_BL, is_masked_BL = corrupt(tokens_BL, t_BK, m_rng, special_ids(cfg.model).mask, o.block_size)
+    nll_BL = masked_token_nll(params, tokens_BL, x_t_BL, is_masked_BL, cfg, o.block_size)
+    return {"elbo": nll_BL / jnp.repeat(t_BK, o.block_size, axis=1)}
+
+
+def rate_nll(params, tokens_BL: jnp.ndarray, t_B: jnp.ndarray, rng: jax.Array,
+             cfg: Config) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """-log p(x_i | ...) [B, n] (0 where unmasked) and is_masked [B, n], every block at mask rate t_B."""
+    b = cfg.objective.block_size
+    t_BK = jnp.broadcast_to(t_B[:, None], (tokens_BL.shape[0], tokens_BL.shape[1] // b))
+    x_t_BL, is_masked_BL = corrupt(tokens_BL, t_BK, rng, special_ids(cfg.model).mask, b)
+    return masked_token_nll(params, tokens_BL, x_t_BL, is_masked_BL, cfg, b), is_masked_BL
+
+
 OBJECTIVE = register(Objective(
     name="bd3", loss=loss, nll=nll, exact=False, yardstick="upper bound (ELBO)", sampling="block",
-    default_sampler="confidence", options=OPTIONS, validate_config=validate_config))
+    default_sampler="confidence", position_nll=position_nll, rate_nll=rate_nll, options=OPTIONS,
+    validate_config=validate_config))

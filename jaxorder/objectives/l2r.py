@@ -44,6 +44,12 @@ def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float,
     return np.concatenate([bos_N1, tokens_NL[:, :-1]], axis=1).astype(np.int32), "causal", 0.0
 
 
+def position_nll(params, tokens_BL: jnp.ndarray, rng: jax.Array, cfg: Config) -> dict[str, jnp.ndarray]:
+    """The exact per-position NLL of the reading order [B, L]."""
+    del rng
+    return {"l2r": sequence_token_nll(params, tokens_BL, cfg)}
+
+
 OBJECTIVE = register(Objective(
     name="l2r", loss=loss, nll=nll, exact=True, yardstick="exact", sampling="ar", default_sampler="ar",
-    judge=True, analysis_inputs=analysis_inputs, token_nll=sequence_token_nll))
+    judge=True, analysis_inputs=analysis_inputs, token_nll=sequence_token_nll, position_nll=position_nll))

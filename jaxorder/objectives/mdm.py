@@ -116,6 +116,21 @@ def chain_rule_token_nll(params, tokens_BL: jnp.ndarray, orders_BL: jnp.ndarray 
     return nll_BL
 
 
+def position_nll(params, tokens_BL: jnp.ndarray, rng: jax.Array, cfg: Config) -> dict[str, jnp.ndarray]:
+    """The exact chain-rule NLL per position [B, L] of revealing left to right and right to left."""
+    del rng
+    l2r_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
+    return {"l2r": chain_rule_token_nll(params, tokens_BL, l2r_BL, cfg),
+            "r2l": chain_rule_token_nll(params, tokens_BL, l2r_BL[:, ::-1], cfg)}
+
+
+def rate_nll(params, tokens_BL: jnp.ndarray, t_B: jnp.ndarray, rng: jax.Array,
+             cfg: Config) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """-log p(x_i | x_t) [B, L] (0 where unmasked) and is_masked [B, L] at mask rate t_B."""
+    x_t_BL, is_masked_BL = corrupt(tokens_BL, t_B, rng, special_ids(cfg.model).mask)
+    return masked_token_nll(params, tokens_BL, x_t_BL, is_masked_BL, cfg), is_masked_BL
+
+
 def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float,
                     seed: int) -> tuple[np.ndarray, str, float]:
     """The window with each token replaced by MASK with probability `mask_rate` (0 = clean)."""
@@ -129,5 +144,7 @@ OBJECTIVE = register(Objective(
     default_sampler="confidence",
     order_scoring=OrderScoring(
         order_nll=chain_rule_nll, order_token_nll=chain_rule_token_nll,
-        greedy_nll=lambda params, tokens_BL, cfg: chain_rule_nll(params, tokens_BL, None, cfg)),
-    analysis_inputs=analysis_inputs, options=DIFFUSION_TIME_OPTIONS, validate_config=check_diffusion_time))
+        greedy_nll=lambda params, tokens_BL, cfg: chain_rule_nll(params, tokens_BL, None, cfg),
+        mixture_bound=True),  # the uniform mixture over orders is a proper model, as for ao_ar
+    analysis_inputs=analysis_inputs, position_nll=position_nll, rate_nll=rate_nll,
+    options=DIFFUSION_TIME_OPTIONS, validate_config=check_diffusion_time))

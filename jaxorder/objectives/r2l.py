@@ -33,6 +33,12 @@ def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float,
     return l2r.analysis_inputs(tokens_NL[:, ::-1], cfg, mask_rate, seed)
 
 
+def position_nll(params, tokens_BL: jnp.ndarray, rng: jax.Array, cfg: Config) -> dict[str, jnp.ndarray]:
+    """The exact per-position NLL [B, L] of reading right to left, in (left-to-right) position order."""
+    del rng
+    return {"r2l": token_nll(params, tokens_BL, cfg)}
+
+
 OBJECTIVE = register(Objective(
     name="r2l", loss=loss, nll=nll, exact=True, yardstick="exact", sampling="ar", default_sampler="ar",
-    reading_order="r2l", analysis_inputs=analysis_inputs, token_nll=token_nll))
+    reading_order="r2l", analysis_inputs=analysis_inputs, token_nll=token_nll, position_nll=position_nll))
