@@ -52,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    for flag, value in (("--max-windows", args.max_windows), ("--num-samples", args.num_samples)):
+    for flag, value in (("--windows", args.max_windows), ("--num-samples", args.num_samples)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
     result = eval_run(args.run_dir, args.orders, args.max_windows)
@@ -223,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orders", help="mdm, ao_ar and latent_order runs: also score exactly under fixed "
                                     "orders, a comma list of l2r, r2l, random:K, greedy (mdm only; mdm takes "
                                     "n forward passes per window, the any-order models one)")
-    p.add_argument("--max-windows", type=int, default=32,
-                   help="validation windows used for --orders (default 32)")
+    p.add_argument("--windows", "--max-windows", dest="max_windows", type=int, default=64,
+                   help="validation windows scored for --orders, each score with its s.e. over them "
+                        "(default 64; --max-windows is an old name)")
     p.add_argument("--generate", action="store_true",
                    help="also sample unprompted windows and report sample quality: unigram entropy, NLL "
                         "under a judge l2r run (--judge, default: the l2r run beside this one on the same "

@@ -10,7 +10,7 @@ A sweep file:
     grid:                               # optional: cartesian product of dotted keys
       objective.name: [l2r, r2l, mdm]
     orders: l2r,r2l,random:4,greedy     # optional: fixed-order scores of mdm/ao_ar/latent_order runs
-    order_windows: 16                   # validation windows for those scores
+    order_windows: 64                   # validation windows for those scores (default 64)
     attention_summary: false            # optional: slash-dominant head fraction per run
     generate:                           # optional: the sampler table (jaxorder eval --generate per sampler)
       num_samples: 8                    #   unprompted samples per run and sampler
@@ -110,7 +110,7 @@ def load_sweep(path: Path) -> dict:
         parse_orders(str(orders))
     return {"name": spec.get("name", path.stem), "base": (path.parent / spec["base"]).resolve(),
             "overrides": list(spec.get("overrides") or []), "grid": grid, "axes": axes,
-            "orders": orders, "order_windows": int(spec.get("order_windows", 16)),
+            "orders": orders, "order_windows": int(spec.get("order_windows", 64)),
             "attention_summary": bool(spec.get("attention_summary", False)),
             "generate": _generate_spec(path, spec.get("generate"))}
 
@@ -145,7 +145,8 @@ def expand(spec: dict, extra_overrides: Sequence[str] = ()) -> list[tuple[str, c
 def _extras(spec: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> dict:
     """Fixed-order scores and the attention summary of one finished run, cached in the run dir."""
     cache = run_dir / "sweep_extras.json"
-    key = {"orders": spec["orders"], "order_windows": spec["order_windows"],
+    # version 2: order scores carry their s.e. (older caches are recomputed)
+    key = {"version": 2, "orders": spec["orders"], "order_windows": spec["order_windows"],
            "attention_summary": spec["attention_summary"], "slash_threshold": cfg.eval.slash_threshold,
            "generate": spec["generate"]}
     if cache.exists():
@@ -157,7 +158,8 @@ def _extras(spec: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> dic
         orders = ",".join(o.label for o in supported_specs(cfg, parse_orders(str(spec["orders"]))))
         log(f"[{name}] fixed-order scores ({orders}) on {spec['order_windows']} windows")
         scored = eval_run(run_dir, orders, spec["order_windows"])["orders"]
-        extras["orders"] = {label: r["bpb"] for label, r in scored.items()}
+        extras["orders"] = {label: {"bpb": r["bpb"], "bpb_stderr": r["bpb_stderr"], "windows": r["windows"]}
+                            for label, r in scored.items()}
     if spec["attention_summary"] and supported(cfg):
         summary = summarize_run(run_dir, threshold=cfg.eval.slash_threshold)
         extras["slash_dominant_fraction"] = summary["slash_dominant_fraction"]
