@@ -19,9 +19,10 @@ from jaxorder.errors import describe_os_error, out_of_memory_line
 from jaxorder.evaluation import filter_training
 from jaxorder.evaluation.runs import eval_run, sample_run
 from jaxorder.evaluation.sample_quality import generation_quality
+from jaxorder.experiments import report
 from jaxorder.experiments.analysis import analyze_run
 from jaxorder.experiments.analysis.outputs import summary_text, write_compare, write_outputs
-from jaxorder.experiments.sweep import run_sweep
+from jaxorder.experiments.sweep import plan, run_sweep
 from jaxorder.interop.hf_export import export_hf
 from jaxorder.paths import absolute
 from jaxorder.platform import aot
@@ -73,6 +74,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.plan:  # nothing is trained
+        return int(plan(Path(args.sweep), args.overrides) < 0)
     results = run_sweep(Path(args.sweep), Path(args.out) if args.out else None, args.overrides,
                         table_to_stderr=args.json)
     if args.json:
@@ -250,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides for every run")
     p.add_argument("--out", help="sweep directory (default: runs/sweeps/<sweep name>)")
     p.add_argument("--json", action="store_true", help="also print all results as one JSON object on stdout")
+    p.add_argument("--plan", action="store_true", help="print sizes, compute, est. time; no training")
     p.set_defaults(func=cmd_sweep)
+    report.add_parser(sub)
 
     p = sub.add_parser("analyze", help="diagnostics of a trained run (attention: slash heads, rank-one q/k)",
                        description="Analyses of a run directory's newest checkpoint. `analyze attention`: "

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from jaxorder.experiments.figures import plot_key_curve, scaling_section
 from jaxorder.training.metrics import read_metrics
 
 COLUMNS = [  # (key in the result dict, header, format)
@@ -144,13 +145,18 @@ def sampler_section(results: Sequence[dict]) -> str:
 
 def write_report(results: Sequence[dict], run_dirs: dict[str, Path], out_dir: Path, title: str) -> None:
     out_dir = Path(out_dir)
+    curve = plot_key_curve(results, out_dir / "block_curve.png")
+    extra = ("\n## Bits/byte vs " + next(r["curve_key"] for r in results if r.get("curve_key"))
+             + "\n\nOne panel per data set, ± 1 s.e. bars; dashed lines (with their ± s.e. band) are "
+             "the reference runs.\n\n![curve](block_curve.png)\n") if curve else ""
+    extra += scaling_section(results, out_dir)
     (out_dir / "results.md").write_text(
         f"# {title}\n\nValidation bits per byte (lower is better), each with its standard error over "
         f"windows (`± s.e.`; for diffusion runs it includes the variance of the time draws). `kind` says "
         f"whether a run's number is exact or an upper bound on its NLL. `order X` columns score the same "
         f"model exactly under a fixed generation order (on the sweep's `order_windows`), each with its "
         f"± s.e.; `entropy floor` is the data's exact entropy rate where known.\n\n"
-        f"{markdown_table(results)}\n![curves](val_bpb.png)\n{sampler_section(results)}")
+        f"{markdown_table(results)}\n![curves](val_bpb.png)\n{sampler_section(results)}{extra}")
     write_csv(results, out_dir / "results.csv")
     # everything the tables show, for `jaxorder report` to redraw without re-running
     (out_dir / "results.json").write_text(json.dumps({"title": title, "runs": list(results)}, indent=1,
@@ -159,3 +165,30 @@ def write_report(results: Sequence[dict], run_dirs: dict[str, Path], out_dir: Pa
     if rows:
         write_csv(rows, out_dir / "samplers.csv", sampler_columns(rows))
     plot_curves(run_dirs, out_dir / "val_bpb.png", title)
+
+
+def cmd_report(args) -> int:
+    """`jaxorder report SWEEP_DIR`: redraw a finished sweep's tables and figures from results.json."""
+    from jaxorder.config import ConfigError
+
+    out_dir = Path(args.sweep_dir)
+    if not (out_dir / "results.json").is_file():
+        raise ConfigError(f"no results.json in {out_dir}; run `jaxorder sweep SWEEP.yaml --out {out_dir}` "
+                          f"first")
+    saved = json.loads((out_dir / "results.json").read_text())
+    runs = saved["runs"]
+    run_dirs = {r["run"]: out_dir / r["run"] for r in runs}
+    write_report(runs, run_dirs, out_dir, saved.get("title", out_dir.name))
+    print(text_table(runs), end="")
+    print(f"wrote {out_dir / 'results.md'} and its figures")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="redraw a sweep's tables and figures (curves, scaling fits)",
+                       description="Rewrite results.md/.csv and the figures of a finished sweep directory "
+                                   "from its results.json: validation curves, the bits/byte vs key curve "
+                                   "(sweep `curve:`) and the compute-scaling fits with the compute "
+                                   "multiplier (sweep `scaling:`).")
+    p.add_argument("sweep_dir", help="a sweep output directory (runs/sweeps/<name>)")
+    p.set_defaults(func=cmd_report)
