@@ -87,3 +87,35 @@ def test_tables_carry_stderr_columns_equal_to_the_json(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| order l2r | ± s.e. |" in md and "| 2.7000 | 0.0400 |" in md and "| 3.1000 | 0.2000 |" in md
     assert json.loads((tmp_path / "results.json").read_text())["runs"] == results
+
+
+def test_series_labels_and_figures_from_a_sweep(tmp_path, tiny_config_file):
+    """The curve axis is the one whose parts set the key: its other parts are references, the other axes'
+    parts name the groups; the report draws block_curve.png and scaling.png and states the multiplier."""
+    from jaxorder.experiments.sweep import load_sweep, series_labels
+
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\nbase: {tiny_config_file}\naxes:\n"
+                    "  - {corpus: [], markov: [data.source=markov]}\n"
+                    "  - {l2r: [objective.name=l2r], bd3_b2: [objective.name=bd3, objective.block_size=2]}\n"
+                    "curve: objective.block_size\nscaling: {sizes: data.source, reference: l2r}\n")
+    spec = load_sweep(path)
+    labels = series_labels(spec, "objective.block_size")
+    assert labels["markov_bd3_b2"] == ("markov", "bd3_b2", True)
+    assert labels["corpus_l2r"] == ("corpus", "l2r", False)
+    with pytest.raises(config_lib.ConfigError, match="no axis of sweep s sets model.d_model"):
+        series_labels(spec, "model.d_model")
+    C = np.logspace(10, 13, 4)
+    results = [{"run": f"{s}_{i}", "objective": s, "bpb": float(scaling.power_law(c, *p)), "bpb_stderr": 0.01,
+                "series": s, "compute_flops": float(c), "scaling_reference": "l2r"}
+               for s, p in (("l2r", (300.0, 0.25, 1.0)), ("mdm", (300.0 * 4 ** 0.25, 0.25, 1.0)))
+               for i, c in enumerate(C)]
+    curve = {"curve_group": "corpus", "curve_key": "objective.block_size", "bpb_stderr": 0.02}
+    results += [{"run": f"b{b}", "objective": "bd3", "bpb": 2.0 + b / 10, "curve_label": f"bd3_b{b}",
+                 "curve_x": b, **curve} for b in (1, 2, 4)]
+    results.append({"run": "ref", "objective": "l2r", "bpb": 2.0, "curve_label": "l2r", "curve_x": None,
+                    **curve})
+    report.write_report(results, {}, tmp_path, "t")
+    md = (tmp_path / "results.md").read_text()
+    assert (tmp_path / "block_curve.png").stat().st_size > 0 and (tmp_path / "scaling.png").stat().st_size > 0
+    assert "- mdm: 4x" in md and "| l2r | 4 |" in md and "Bits/byte vs objective.block_size" in md
