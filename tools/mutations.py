@@ -38,6 +38,7 @@ TPU_REC = "tests/test_tpu_recovery.py::"
 SLURM = "tests/test_distributed_slurm.py::"
 OBSERVE = "tests/test_observe.py::"
 GCS = "tests/test_gcs.py::"
+SCALING = "tests/test_scaling.py::"
 PRE = "tests/test_preemption_unit.py::"
 PRE2 = "tests/test_preemption.py::"
 
@@ -670,6 +671,21 @@ MUTATIONS: tuple[Mutation, ...] = (
         "                if True:\n                    for bad_step",
         "every process renames the same damaged checkpoint directory",
         (PRE2 + "test_two_processes_move_a_damaged_checkpoint_aside_once",)),
+    Mutation(
+        "scaling-inverse-not-inverted", "jaxorder/experiments/scaling.py",
+        "(a / (loss - L_inf)) ** (1.0 / alpha)", "(a / (loss - L_inf)) ** alpha",
+        "the compute needed for a loss raises to alpha instead of 1/alpha: wrong compute multiplier",
+        (SCALING + "test_compute_multiplier_of_shifted_curves",)),
+    Mutation(
+        "scaling-fit-growing-law", "jaxorder/experiments/scaling.py",
+        "return A * np.exp(-alpha * x) + L_inf", "return A * np.exp(alpha * x) + L_inf",
+        "the fitted law grows with compute (sign of alpha flipped)",
+        (SCALING + "test_power_law_fit_recovers_synthetic_parameters",)),
+    Mutation(
+        "judge-stderr-biased", "jaxorder/evaluation/sample_quality.py",
+        "(k * (k - 1))", "(k * k)",
+        "the judge's standard error uses the biased variance (divides by K, not K - 1)",
+        (SCALING + "test_ratio_stderr_is_the_mean_stderr_for_equal_lengths_and_matches_resampling",)),
 )
 
 
