@@ -116,5 +116,6 @@ def scaling_section(results: Sequence[dict], out_dir: Path) -> str:
         target, mult = found
         lines.append(f"\nCompute multiplier at {reference}'s fitted loss at its largest C ({target:.4f} "
                      f"bits/byte): C_series(L) / C_{reference}(L), inf when the series' L_inf is above L.\n")
-        lines += [f"- {s}: {m:.3g}x" for s, m in mult.items()]
+        never = "inf (its fitted L_inf is above the target)"
+        lines += [f"- {s}: {m:.3g}x" if math.isfinite(m) else f"- {s}: {never}" for s, m in mult.items()]
     return "\n".join(lines) + "\n\n![scaling](scaling.png)\n"

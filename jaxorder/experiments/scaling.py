@@ -34,7 +34,9 @@ def fit_power_law(C: Sequence[float], L: Sequence[float],
     C is rescaled by its geometric mean C0 first, so the fitted amplitude A = a C0^-alpha is of the
     order of the losses whatever the units of C; the start comes from a straight-line fit of
     log(L - L_inf) on log C for the L_inf on a grid below min(L) with the smallest residual."""
-    from scipy.optimize import curve_fit
+    import warnings
+
+    from scipy.optimize import OptimizeWarning, curve_fit
 
     C_N, L_N = np.asarray(C, np.float64), np.asarray(L, np.float64)
     if len(C_N) < 3 or len(C_N) != len(L_N) or np.any(C_N <= 0):
@@ -52,10 +54,12 @@ def fit_power_law(C: Sequence[float], L: Sequence[float],
     def model_fn(x, A, alpha, L_inf):
         return A * np.exp(-alpha * x) + L_inf
 
-    (A, alpha, L_inf), _ = curve_fit(model_fn, x_N, L_N, p0=(A0, min(alpha0, 4.9), floor0),
-                                     sigma=None if sigma is None else np.asarray(sigma, np.float64),
-                                     bounds=([0.0, 0.0, 0.0], [np.inf, 5.0, float(min(L_N))]),
-                                     maxfev=20000)
+    with warnings.catch_warnings():  # 3 points fit 3 parameters exactly: no covariance, and none is used
+        warnings.simplefilter("ignore", OptimizeWarning)
+        (A, alpha, L_inf), _ = curve_fit(model_fn, x_N, L_N, p0=(A0, min(alpha0, 4.9), floor0),
+                                         sigma=None if sigma is None else np.asarray(sigma, np.float64),
+                                         bounds=([0.0, 0.0, 0.0], [np.inf, 5.0, float(min(L_N))]),
+                                         maxfev=20000)
     return float(A * C0 ** alpha), float(alpha), float(L_inf)
 
 
