@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from jaxorder.config import ConfigError
 from jaxorder.experiments.figures import plot_key_curve, scaling_section
 from jaxorder.training.metrics import read_metrics
 
@@ -169,8 +170,6 @@ def write_report(results: Sequence[dict], run_dirs: dict[str, Path], out_dir: Pa
 
 def cmd_report(args) -> int:
     """`jaxorder report SWEEP_DIR`: redraw a finished sweep's tables and figures from results.json."""
-    from jaxorder.config import ConfigError
-
     out_dir = Path(args.sweep_dir)
     if not (out_dir / "results.json").is_file():
         raise ConfigError(f"no results.json in {out_dir}; run `jaxorder sweep SWEEP.yaml --out {out_dir}` "
