@@ -19,9 +19,10 @@ from jaxorder.errors import describe_os_error, out_of_memory_line
 from jaxorder.evaluation import filter_training, rerank, scoring
 from jaxorder.evaluation.runs import eval_run, sample_run
 from jaxorder.evaluation.sample_quality import generation_quality
+from jaxorder.experiments import report
 from jaxorder.experiments.analysis import analyze_run, profiles
 from jaxorder.experiments.analysis.outputs import summary_text, write_compare, write_outputs
-from jaxorder.experiments.sweep import run_sweep
+from jaxorder.experiments.sweep import plan, run_sweep
 from jaxorder.interop.hf_export import export_hf
 from jaxorder.paths import absolute
 from jaxorder.platform import aot
@@ -52,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    for flag, value in (("--max-windows", args.max_windows), ("--num-samples", args.num_samples)):
+    for flag, value in (("--windows", args.max_windows), ("--num-samples", args.num_samples)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
     result = eval_run(args.run_dir, args.orders, args.max_windows)
@@ -73,6 +74,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.plan:  # nothing is trained
+        return int(plan(Path(args.sweep), args.overrides) < 0)
     results = run_sweep(Path(args.sweep), Path(args.out) if args.out else None, args.overrides,
                         table_to_stderr=args.json)
     if args.json:
@@ -225,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orders", help="mdm, ao_ar, latent_order runs: also score exactly under fixed orders, a "
                                     "comma list of l2r, r2l, random:K, greedy (mdm only), perm:5,1-4,0,6- "
                                     "(explicit; a last k- = the rest), perm@FILE (one per line or window)")
-    p.add_argument("--max-windows", type=int, default=32,
-                   help="validation windows used for --orders (default 32)")
+    p.add_argument("--windows", "--max-windows", dest="max_windows", type=int, default=64,
+                   help="validation windows scored for --orders, each score with its s.e. over them "
+                        "(default 64; --max-windows is an old name)")
     p.add_argument("--generate", action="store_true",
                    help="also sample unprompted windows and report sample quality: unigram entropy, NLL "
                         "under a judge l2r run (--judge, default: the l2r run beside this one on the same "
@@ -251,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides for every run")
     p.add_argument("--out", help="sweep directory (default: runs/sweeps/<sweep name>)")
     p.add_argument("--json", action="store_true", help="also print all results as one JSON object on stdout")
+    p.add_argument("--plan", action="store_true", help="print sizes, compute, est. time; no training")
     p.set_defaults(func=cmd_sweep)
+    report.add_parser(sub)
 
     p = sub.add_parser("analyze", help="diagnostics of a trained run (attention: slash heads, rank-one q/k)",
                        description="Analyses of a run directory's newest checkpoint. `analyze attention`: "

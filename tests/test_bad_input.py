@@ -61,10 +61,11 @@ def test_bad_config_value(override, tmp_path, tiny_config_file, capsys):
     assert step_dirs(tmp_path / "run") == []
 
 
-@pytest.mark.parametrize("flag", ["--max-windows", "--num-samples"])
+@pytest.mark.parametrize("flag", ["--windows", "--max-windows", "--num-samples"])
 def test_eval_counts_below_one(flag, finished_run, capsys):
     code = cli.main(["eval", str(finished_run.run_dir), "--orders", "l2r", flag, "-1"])
-    one_line_error(code, capsys.readouterr().err, f"{flag} must be >= 1, got -1")
+    named = "--windows" if flag == "--max-windows" else flag  # the old name is an alias of --windows
+    one_line_error(code, capsys.readouterr().err, f"{named} must be >= 1, got -1")
 
 
 CORPORA = {

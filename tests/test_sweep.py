@@ -61,7 +61,9 @@ def test_report_has_order_scores_and_slash_fraction(tmp_path, text_corpus):
     for r in rows.values():
         assert 0.0 <= float(r["slash_dominant_fraction"]) <= 1.0
     assert "order l2r" in (tmp_path / "out" / "results.md").read_text()
-    assert results[1]["orders"]["l2r"] > 0
+    assert results[1]["orders"]["l2r"]["bpb"] == pytest.approx(float(rows["mdm"]["order:l2r"]))
+    assert results[1]["orders"]["l2r"]["bpb_stderr"] == pytest.approx(float(rows["mdm"]["order_stderr:l2r"]))
+    assert results[1]["orders"]["l2r"]["bpb_stderr"] > 0 and results[1]["orders"]["l2r"]["windows"] == 2
     # the sampler table: each run with the samplers its objective has; the l2r run judges the mdm samples
     table = list(csv.DictReader((tmp_path / "out" / "samplers.csv").open()))
     samplers = [(r["run"], r["sampler"], r.get("judge_bpb", "")) for r in table]

@@ -39,6 +39,7 @@ SLURM = "tests/test_distributed_slurm.py::"
 OBSERVE = "tests/test_observe.py::"
 GCS = "tests/test_gcs.py::"
 MIX = "tests/test_order_mixtures.py::"
+SCALING = "tests/test_scaling.py::"
 PRE = "tests/test_preemption_unit.py::"
 PRE2 = "tests/test_preemption.py::"
 ILM = "tests/test_ilm.py::"
@@ -760,6 +761,21 @@ MUTATIONS: tuple[Mutation, ...] = (
              "nll_BL = nll_BL.at[rows_B, j].set(-logp_BLV[rows_B, pos_B, target_B])",
              "per-position chain-rule NLL stored at the reveal step instead of the revealed position",
              (MIX + "test_position_curves_sum_to_the_sequence_nll",)),
+    Mutation(
+        "scaling-inverse-not-inverted", "jaxorder/experiments/scaling.py",
+        "(a / (loss - L_inf)) ** (1.0 / alpha)", "(a / (loss - L_inf)) ** alpha",
+        "the compute needed for a loss raises to alpha instead of 1/alpha: wrong compute multiplier",
+        (SCALING + "test_compute_multiplier_of_shifted_curves",)),
+    Mutation(
+        "scaling-fit-growing-law", "jaxorder/experiments/scaling.py",
+        "return A * np.exp(-alpha * x) + L_inf", "return A * np.exp(alpha * x) + L_inf",
+        "the fitted law grows with compute (sign of alpha flipped)",
+        (SCALING + "test_power_law_fit_recovers_synthetic_parameters",)),
+    Mutation(
+        "judge-stderr-biased", "jaxorder/evaluation/sample_quality.py",
+        "(k * (k - 1))", "(k * k)",
+        "the judge's standard error uses the biased variance (divides by K, not K - 1)",
+        (SCALING + "test_ratio_stderr_is_the_mean_stderr_for_equal_lengths_and_matches_resampling",)),
 )
 
 

@@ -73,7 +73,8 @@ def eval_run(run_dir: str | os.PathLike, orders: str | None = None, max_windows:
     """Evaluates a run directory's newest checkpoint on the validation windows.
 
     `orders` (e.g. 'l2r,r2l,random:8,greedy') adds exact fixed-order scores of an mdm, ao_ar or
-    latent_order model under result["orders"]; `max_windows` limits the windows used for them.
+    latent_order model under result["orders"]; `max_windows` is the number of windows used for them
+    (fewer when the validation split has fewer).
     """
 
     specs = parse_orders(orders) if orders else []
@@ -84,7 +85,10 @@ def eval_run(run_dir: str | os.PathLike, orders: str | None = None, max_windows:
     result = evaluate(params, cfg, val_batches, data.val_bytes_per_token)
     result.update({"run": epath.Path(run_dir).name, "step": step})
     if specs:
-        if max_windows:
+        if max_windows:  # more windows than eval.batches hold when asked (as many as the split has)
+            wanted = -(-max_windows // len(val_batches[0]))
+            if wanted > len(val_batches):
+                val_batches = data.val_batches(wanted)
             val_batches = _first_windows(val_batches, max_windows)
         result["orders"] = score_orders(params, cfg, val_batches, data.val_bytes_per_token, specs,
                                         cfg.eval.seed)

@@ -50,6 +50,19 @@ def unigram_entropy_bits(samples: Iterable[Any], exclude: Sequence[int] = ()) ->
     return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0: one symbol gives 0.0, not -0.0
 
 
+def ratio_stderr(num_K: np.ndarray, den_K: np.ndarray) -> float:
+    """Standard error of the pooled ratio sum(num) / sum(den) over K samples (delta method: the ratio
+    estimator's variance), NaN for fewer than two samples. With equal denominators it is the usual
+    standard error of the mean of num_k / den_k."""
+    num_K, den_K = np.asarray(num_K, np.float64), np.asarray(den_K, np.float64)
+    k = len(num_K)
+    if k < 2 or den_K.sum() <= 0:
+        return float("nan")
+    ratio = num_K.sum() / den_K.sum()
+    residual_K = num_K - ratio * den_K  # linearised deviations of each sample from the pooled ratio
+    return float(math.sqrt((residual_K ** 2).sum() / (k * (k - 1))) / den_K.mean())
+
+
 def judge_nll_params(params, cfg: Config, texts: Sequence[str], tokenizer: Any) -> dict:
     """``judge_nll`` with the judge already loaded (params, cfg, tokenizer)."""
     _require_judge(cfg)
@@ -73,6 +86,7 @@ def judge_nll_params(params, cfg: Config, texts: Sequence[str], tokenizer: Any) 
     to_bits = 1.0 / math.log(2.0)
     per_sample = [float(n * to_bits / b) if b else None for n, b in zip(nats, bytes_per_sample)]
     return {"bpb": float(nats.sum() * to_bits / total_bytes) if total_bytes else float("nan"),
+            "bpb_stderr": ratio_stderr(nats, bytes_per_sample) * to_bits,  # over samples
             "nll_nats": float(nats.sum()), "bytes": total_bytes, "samples": len(texts),
             "per_sample_bpb": per_sample, "window": window}
 
@@ -87,7 +101,8 @@ def _require_judge(cfg: Config) -> None:
 def judge_nll(samples: Sequence[str], judge_run_dir: str | Path) -> dict:
     """Generative NLL of sample texts under the newest checkpoint of a judge run, in bits/byte.
 
-    Returns dict(bpb (all samples pooled: total NLL / total bytes), nll_nats, bytes, samples,
+    Returns dict(bpb (all samples pooled: total NLL / total bytes), bpb_stderr (its standard error over
+    samples, ``ratio_stderr``), nll_nats, bytes, samples,
     per_sample_bpb, window, judge, judge_step)."""
     judge_run_dir = Path(judge_run_dir)
     if (judge_run_dir / "config.yaml").is_file():  # fail fast on a run that cannot judge
@@ -164,7 +179,8 @@ def generation_quality(run_dir: str | Path, *, num_samples: int = 16, sampler: s
     judge = Path(judge) if judge else default_judge(run_dir)
     if judge is not None:
         scored = judge_nll(texts, judge)
-        result.update({"judge": scored["judge"], "judge_bpb": scored["bpb"]})
+        result.update({"judge": scored["judge"], "judge_bpb": scored["bpb"],
+                       "judge_bpb_stderr": scored["bpb_stderr"]})
     if cfg.data.source == "sudoku":
         result.update(sudoku_grids_valid(texts))
     return result

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Sequence
 
+from jaxorder.config import ConfigError
+from jaxorder.experiments.figures import plot_key_curve, scaling_section
 from jaxorder.training.metrics import read_metrics
 
 COLUMNS = [  # (key in the result dict, header, format)
@@ -32,6 +35,7 @@ SAMPLER_COLUMNS = [  # the sampler table: one row per run and sampler (sweep `ge
     ("accepted_per_round", "accepted/round", "{:.2f}"),
     ("guide_forward_passes", "guide passes", "{}"),
     ("judge_bpb", "judge bits/byte", "{:.4f}"),
+    ("judge_bpb_stderr", "± s.e.", "{:.4f}"),
     ("unigram_entropy_bits", "unigram entropy", "{:.3f}"),
     ("valid_grid_fraction", "valid grids", "{:.2f}"),
     ("grid_conflicts", "grid conflicts", "{:.1f}"),
@@ -43,17 +47,23 @@ SAMPLER_COLUMNS = [  # the sampler table: one row per run and sampler (sweep `ge
 
 
 def columns(results: Sequence[dict]) -> list[tuple[str, str, str]]:
-    """The fixed columns in use, then one column per fixed-order score ('order:LABEL')."""
+    """The fixed columns in use, then per fixed-order score its bits/byte ('order:LABEL') and standard
+    error over windows ('order_stderr:LABEL')."""
     cols = [c for c in COLUMNS if c[0] not in OPTIONAL or any(r.get(c[0]) is not None for r in results)]
     labels: list[str] = []
     for r in results:
         labels += [label for label in r.get("orders", {}) if label not in labels]
-    return cols + [(f"order:{label}", f"order {label}", "{:.4f}") for label in labels]
+    for label in labels:
+        cols += [(f"order:{label}", f"order {label}", "{:.4f}"),
+                 (f"order_stderr:{label}", "± s.e.", "{:.4f}")]
+    return cols
 
 
 def _value(result: dict, key: str):
-    if key.startswith("order:"):
-        return result.get("orders", {}).get(key[len("order:"):])
+    kind, _, label = key.partition(":")
+    if kind in ("order", "order_stderr"):  # orders: {label: {"bpb": .., "bpb_stderr": ..}}
+        score = result.get("orders", {}).get(label)
+        return None if score is None else score["bpb" if kind == "order" else "bpb_stderr"]
     return result.get(key)
 
 
@@ -97,7 +107,7 @@ def write_csv(results: Sequence[dict], path: Path,
 
 
 def plot_curves(run_dirs: dict[str, Path], path: Path, title: str) -> None:
-    """Validation bits/byte vs step, one line per run."""
+    """Validation bits/byte vs step, one line per run, with ± 1 standard error bars (over windows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,10 +115,11 @@ def plot_curves(run_dirs: dict[str, Path], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for name, run_dir in run_dirs.items():
-        points = [(r["step"], r["bpb"]) for r in read_metrics(run_dir) if r.get("split") == "val"]
+        points = [(r["step"], r["bpb"], r.get("bpb_stderr", 0.0)) for r in read_metrics(run_dir)
+                  if r.get("split") == "val"]
         if points:
-            steps, bpb = zip(*sorted(points))
-            ax.plot(steps, bpb, marker="o", markersize=3, label=name)
+            steps, bpb, stderr = zip(*sorted(points))
+            ax.errorbar(steps, bpb, yerr=stderr, marker="o", markersize=3, capsize=2, label=name)
     ax.axhline(8.0, color="grey", linestyle=":", linewidth=1, label="uniform bytes (8)")
     ax.set_xlabel("training step")
     ax.set_ylabel("validation bits/byte (bounds for diffusion)")
@@ -126,22 +137,57 @@ def sampler_section(results: Sequence[dict]) -> str:
     if not rows:
         return ""
     return ("\n## Samplers\n\nUnprompted samples of each run (`jaxorder eval --generate`): their bits/byte "
-            "under the judge (the l2r run on the same data; lower = more plausible, but repetitive text also "
-            "scores low), the unigram entropy of their tokens in bits (diversity), the valid-grid fraction "
-            "on Sudoku data, and generated tokens/s after compilation on this machine.\n\n"
+            "under the judge with its standard error over samples (the l2r run on the same data; lower = "
+            "more plausible, but repetitive text also scores low), the unigram entropy of their tokens in "
+            "bits (diversity), the valid-grid fraction on Sudoku data, and generated tokens/s after "
+            "compilation on this machine.\n\n"
             + markdown_table(rows, sampler_columns(rows)))
 
 
 def write_report(results: Sequence[dict], run_dirs: dict[str, Path], out_dir: Path, title: str) -> None:
     out_dir = Path(out_dir)
+    curve = plot_key_curve(results, out_dir / "block_curve.png")
+    extra = ("\n## Bits/byte vs " + next(r["curve_key"] for r in results if r.get("curve_key"))
+             + "\n\nOne panel per data set, ± 1 s.e. bars; dashed lines (with their ± s.e. band) are "
+             "the reference runs.\n\n![curve](block_curve.png)\n") if curve else ""
+    extra += scaling_section(results, out_dir)
     (out_dir / "results.md").write_text(
-        f"# {title}\n\nValidation bits per byte (lower is better). `kind` says whether a run's number is "
-        f"exact or an upper bound on its NLL. `order X` columns score the same model exactly under a "
-        f"fixed generation order (on fewer windows); `entropy floor` is the data's exact entropy rate "
-        f"where known.\n\n"
-        f"{markdown_table(results)}\n![curves](val_bpb.png)\n{sampler_section(results)}")
+        f"# {title}\n\nValidation bits per byte (lower is better), each with its standard error over "
+        f"windows (`± s.e.`; for diffusion runs it includes the variance of the time draws). `kind` says "
+        f"whether a run's number is exact or an upper bound on its NLL. `order X` columns score the same "
+        f"model exactly under a fixed generation order (on the sweep's `order_windows`), each with its "
+        f"± s.e.; `entropy floor` is the data's exact entropy rate where known.\n\n"
+        f"{markdown_table(results)}\n![curves](val_bpb.png)\n{sampler_section(results)}{extra}")
     write_csv(results, out_dir / "results.csv")
+    # everything the tables show, for `jaxorder report` to redraw without re-running
+    (out_dir / "results.json").write_text(json.dumps({"title": title, "runs": list(results)}, indent=1,
+                                                     default=str) + "\n")
     rows = sampler_rows(results)
     if rows:
         write_csv(rows, out_dir / "samplers.csv", sampler_columns(rows))
     plot_curves(run_dirs, out_dir / "val_bpb.png", title)
+
+
+def cmd_report(args) -> int:
+    """`jaxorder report SWEEP_DIR`: redraw a finished sweep's tables and figures from results.json."""
+    out_dir = Path(args.sweep_dir)
+    if not (out_dir / "results.json").is_file():
+        raise ConfigError(f"no results.json in {out_dir}; run `jaxorder sweep SWEEP.yaml --out {out_dir}` "
+                          f"first")
+    saved = json.loads((out_dir / "results.json").read_text())
+    runs = saved["runs"]
+    run_dirs = {r["run"]: out_dir / r["run"] for r in runs}
+    write_report(runs, run_dirs, out_dir, saved.get("title", out_dir.name))
+    print(text_table(runs), end="")
+    print(f"wrote {out_dir / 'results.md'} and its figures")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="redraw a sweep's tables and figures (curves, scaling fits)",
+                       description="Rewrite results.md/.csv and the figures of a finished sweep directory "
+                                   "from its results.json: validation curves, the bits/byte vs key curve "
+                                   "(sweep `curve:`) and the compute-scaling fits with the compute "
+                                   "multiplier (sweep `scaling:`).")
+    p.add_argument("sweep_dir", help="a sweep output directory (runs/sweeps/<name>)")
+    p.set_defaults(func=cmd_report)

@@ -10,8 +10,16 @@ A sweep file:
     grid:                               # optional: cartesian product of dotted keys
       objective.name: [l2r, r2l, mdm]
     orders: l2r,r2l,random:4,greedy     # optional: fixed-order scores of mdm/ao_ar/latent_order runs
-    order_windows: 16                   # validation windows for those scores
+    order_windows: 64                   # validation windows for those scores (default 64)
     attention_summary: false            # optional: slash-dominant head fraction per run
+    curve: objective.block_size         # optional: report bits/byte vs this key (block_curve.png) for the
+                                        #   runs of the axis whose parts set it; that axis's other parts
+                                        #   are reference lines, the other axes' parts name the panels
+    scaling:                            # optional: compute scaling (scaling.png, fits, multiplier)
+      sizes: model.d_model              #   the key the size axis sets (default model.d_model); the other
+                                        #   axes' parts name the series (e.g. l2r, mdm, bd3_b4)
+      tokens_per_param: 20              #   train.steps = ceil(20 * matmul params / tokens per step)
+      reference: l2r                    #   the series the compute multiplier is relative to
     generate:                           # optional: the sampler table (jaxorder eval --generate per sampler)
       num_samples: 8                    #   unprompted samples per run and sampler
       samplers: [confidence, ar]        #   each run uses those its objective has (default: its default one)
@@ -40,12 +48,19 @@ from jaxorder.evaluation.runs import companion_dirs, eval_run
 from jaxorder.evaluation.sample_quality import generation_quality
 from jaxorder.experiments.analysis.attention import summarize_run, supported
 from jaxorder.experiments.report import sampler_columns, sampler_rows, text_table, write_report
+from jaxorder.experiments.scaling import (
+    compute_optimal_steps,
+    measure_step_seconds,
+    model_size,
+    training_flops,
+)
 from jaxorder.platform import progress
 from jaxorder.platform.distributed import initialize, is_main_process, log
 from jaxorder.training.loop import train
 
 SWEEP_KEYS = ("name", "base", "overrides", "axes", "grid", "orders", "order_windows", "attention_summary",
-              "generate")
+              "generate", "curve", "scaling")
+SCALING_KEYS = ("sizes", "tokens_per_param", "reference")
 GENERATE_KEYS = ("num_samples", "samplers")  # plus any sampler option name
 
 
@@ -87,6 +102,56 @@ def _generate_spec(path: Path, value) -> dict | None:
     return {"num_samples": num_samples, "samplers": samplers, "options": options}
 
 
+def _scaling_spec(path: Path, value) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - set(SCALING_KEYS):
+        raise ConfigError(f"{path}: 'scaling' must be a mapping of {', '.join(SCALING_KEYS)}; got {value!r}")
+    tpp = value.get("tokens_per_param")
+    if tpp is not None and (isinstance(tpp, bool) or not isinstance(tpp, (int, float)) or tpp <= 0):
+        raise ConfigError(f"{path}: 'scaling.tokens_per_param' must be a positive number (e.g. 20), "
+                          f"got {tpp!r}")
+    return {"sizes": str(value.get("sizes", "model.d_model")), "tokens_per_param": tpp,
+            "reference": value.get("reference")}
+
+
+def axis_setting(spec: dict, key: str) -> int:
+    """Index of the axis whose parts set the dotted `key` (a ConfigError naming the fix when none does)."""
+    for i, axis in enumerate(spec["axes"]):
+        if any(ov.split("=", 1)[0].strip() == key for ovs in axis.values() for ov in ovs):
+            return i
+    raise ConfigError(f"no axis of sweep {spec['name']} sets {key}; add an axis whose parts set {key}=VALUE")
+
+
+def run_parts(spec: dict) -> dict[str, list[tuple[str, list[str]]]]:
+    """Run name -> its axis parts [(part name, overrides)], in the order `expand` names them."""
+    parts = {}
+    for named in itertools.product(*(list(axis.items()) for axis in spec["axes"])):
+        for values in itertools.product(*spec["grid"].values()):
+            name = "_".join([n for n, _ in named] + _grid_name(dict(zip(spec["grid"], values)))) or "base"
+            parts[name] = list(named)
+    return parts
+
+
+def series_labels(spec: dict, key: str) -> dict[str, tuple[str, str, bool]]:
+    """Run name -> (group: its parts on the other axes, label: its part on `key`'s axis, whether that
+    part sets `key`)."""
+    axis = axis_setting(spec, key)
+    out = {}
+    for name, named in run_parts(spec).items():
+        part, overrides = named[axis]
+        group = "_".join(n for i, (n, _) in enumerate(named) if i != axis)
+        out[name] = (group, part, any(ov.split("=", 1)[0].strip() == key for ov in overrides))
+    return out
+
+
+def config_value(cfg: config_lib.Config, key: str):
+    value = cfg
+    for attr in key.split("."):
+        value = getattr(value, attr)
+    return value
+
+
 def load_sweep(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -110,9 +175,11 @@ def load_sweep(path: Path) -> dict:
         parse_orders(str(orders))
     return {"name": spec.get("name", path.stem), "base": (path.parent / spec["base"]).resolve(),
             "overrides": list(spec.get("overrides") or []), "grid": grid, "axes": axes,
-            "orders": orders, "order_windows": int(spec.get("order_windows", 16)),
+            "orders": orders, "order_windows": int(spec.get("order_windows", 64)),
             "attention_summary": bool(spec.get("attention_summary", False)),
-            "generate": _generate_spec(path, spec.get("generate"))}
+            "generate": _generate_spec(path, spec.get("generate")),
+            "curve": None if spec.get("curve") is None else str(spec["curve"]),
+            "scaling": _scaling_spec(path, spec.get("scaling"))}
 
 
 def _grid_name(assignment: dict) -> list[str]:
@@ -131,8 +198,11 @@ def expand(spec: dict, extra_overrides: Sequence[str] = ()) -> list[tuple[str, c
                               for k, v in assignment.items()]
             axis_overrides = [ov for _, ovs in named for ov in ovs]
             name = "_".join([n for n, _ in named] + _grid_name(assignment)) or "base"
-            cfg = config_lib.load(spec["base"], [*spec["overrides"], *axis_overrides, *grid_overrides,
-                                                 *extra_overrides])
+            overrides = [*spec["overrides"], *axis_overrides, *grid_overrides, *extra_overrides]
+            cfg = config_lib.load(spec["base"], overrides)
+            if spec.get("scaling") and spec["scaling"]["tokens_per_param"]:  # compute-optimal budget
+                steps = compute_optimal_steps(cfg, spec["scaling"]["tokens_per_param"])
+                cfg = config_lib.load(spec["base"], [*overrides, f"train.steps={steps}"])
             runs.append((name, cfg))
     names = [n for n, _ in runs]
     if len(set(names)) != len(names):
@@ -145,7 +215,8 @@ def expand(spec: dict, extra_overrides: Sequence[str] = ()) -> list[tuple[str, c
 def _extras(spec: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> dict:
     """Fixed-order scores and the attention summary of one finished run, cached in the run dir."""
     cache = run_dir / "sweep_extras.json"
-    key = {"orders": spec["orders"], "order_windows": spec["order_windows"],
+    # version 2: order scores carry their s.e. (older caches are recomputed)
+    key = {"version": 2, "orders": spec["orders"], "order_windows": spec["order_windows"],
            "attention_summary": spec["attention_summary"], "slash_threshold": cfg.eval.slash_threshold,
            "generate": spec["generate"]}
     if cache.exists():
@@ -157,7 +228,8 @@ def _extras(spec: dict, name: str, cfg: config_lib.Config, run_dir: Path) -> dic
         orders = ",".join(o.label for o in supported_specs(cfg, parse_orders(str(spec["orders"]))))
         log(f"[{name}] fixed-order scores ({orders}) on {spec['order_windows']} windows")
         scored = eval_run(run_dir, orders, spec["order_windows"])["orders"]
-        extras["orders"] = {label: r["bpb"] for label, r in scored.items()}
+        extras["orders"] = {label: {"bpb": r["bpb"], "bpb_stderr": r["bpb_stderr"], "windows": r["windows"]}
+                            for label, r in scored.items()}
     if spec["attention_summary"] and supported(cfg):
         summary = summarize_run(run_dir, threshold=cfg.eval.slash_threshold)
         extras["slash_dominant_fraction"] = summary["slash_dominant_fraction"]
@@ -199,11 +271,48 @@ def _sample_quality(gen: dict, name: str, cfg: config_lib.Config, run_dir: Path)
     return rows
 
 
+def _annotate(spec: dict, results: list[dict], runs: list[tuple[str, config_lib.Config]]) -> None:
+    """Adds what the curve and scaling figures read: curve_group/label/x and series/compute_flops."""
+    curve = series_labels(spec, spec["curve"]) if spec["curve"] else {}
+    sizes = series_labels(spec, spec["scaling"]["sizes"]) if spec["scaling"] else {}
+    for result, (name, cfg) in zip(results, runs):
+        if name in curve:
+            group, label, on_curve = curve[name]
+            result.update({"curve_group": group, "curve_label": label, "curve_key": spec["curve"],
+                           "curve_x": config_value(cfg, spec["curve"]) if on_curve else None})
+        if name in sizes:
+            result.update({"series": sizes[name][0], "scaling_reference": spec["scaling"]["reference"],
+                           "compute_flops": training_flops(cfg, int(result["tokens_seen"]))})
+
+
+def plan(path: Path, overrides: Sequence[str] = ()) -> float:
+    """Prints each run's size, steps, tokens, compute and measured step time; returns the estimated
+    total training seconds (`jaxorder sweep --plan`; nothing is trained)."""
+    spec = load_sweep(path)
+    total = 0.0
+    print(f"{'run':<24} {'params':>10} {'matmul':>10} {'steps':>7} {'tokens':>12} {'FLOPs':>9} "
+          f"{'s/step':>7} {'est. min':>8}")
+    for name, cfg in expand(spec, overrides):
+        params, matmul = model_size(cfg)
+        tokens = cfg.train.steps * cfg.data.batch_size * cfg.data.seq_len
+        seconds = measure_step_seconds(cfg) * cfg.train.steps
+        total += seconds
+        print(f"{name:<24} {params:>10,} {matmul:>10,} {cfg.train.steps:>7} {tokens:>12,} "
+              f"{training_flops(cfg, tokens):>9.2e} {seconds / cfg.train.steps:>7.3f} {seconds / 60:>8.1f}",
+              flush=True)
+    print(f"estimated training time: {total / 60:.1f} minutes (steps only: no evaluation, no compile)")
+    return total
+
+
 def run_sweep(path: Path, out_dir: Path | None = None, overrides: Sequence[str] = (),
               table_to_stderr: bool = False) -> list[dict]:
     spec = load_sweep(path)
     out_dir = Path(out_dir) if out_dir else Path("runs") / "sweeps" / spec["name"]
     runs = expand(spec, overrides)
+    if spec["curve"]:  # fail before training on a curve key no axis sets
+        axis_setting(spec, spec["curve"])
+    if spec["scaling"]:
+        axis_setting(spec, spec["scaling"]["sizes"])
     initialize(runs[0][1].distributed)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"sweep {spec['name']}: {len(runs)} runs -> {out_dir}", file=sys.stderr, flush=True)
@@ -213,6 +322,7 @@ def run_sweep(path: Path, out_dir: Path | None = None, overrides: Sequence[str] 
         results.append(train(cfg, run_dirs[name], name=name))
     for result, (name, cfg) in zip(results, runs):  # after training: the judges exist
         result.update(_extras(spec, name, cfg, run_dirs[name]))
+    _annotate(spec, results, runs)
     if not is_main_process():
         return results
     write_report(results, run_dirs, out_dir, f"sweep {spec['name']}")
