@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from etils import epath
 
 from jaxorder import config as config_lib
 from jaxorder.config import ConfigError
-from jaxorder.data.prepared import prepare_dataset
+from jaxorder.data import prepare_command
 from jaxorder.errors import describe_os_error, out_of_memory_line
 from jaxorder.evaluation import filter_training, rerank, scoring
 from jaxorder.evaluation.runs import eval_run, sample_run
@@ -24,7 +23,7 @@ from jaxorder.experiments.analysis import analyze_run, profiles
 from jaxorder.experiments.analysis.outputs import summary_text, write_compare, write_outputs
 from jaxorder.experiments.sweep import plan, run_sweep
 from jaxorder.interop.hf_export import export_hf
-from jaxorder.paths import absolute
+from jaxorder.jsonout import dumps
 from jaxorder.platform import aot
 from jaxorder.platform.distributed import initialize
 from jaxorder.platform.host_memory import configure_host_malloc
@@ -79,7 +78,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     results = run_sweep(Path(args.sweep), Path(args.out) if args.out else None, args.overrides,
                         table_to_stderr=args.json)
     if args.json:
-        print(json.dumps(json_safe({"runs": results}), allow_nan=False))
+        print(dumps({"runs": results}))
     return 0
 
 
@@ -115,40 +114,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data(args: argparse.Namespace) -> int:
-    cfg = config_lib.load(args.config, args.overrides)
-    out = absolute(args.out)  # a gs:// --out stays a URL (prepare_dataset refuses it in one line)
-    meta = prepare_dataset(cfg.data, out)
-    use = ["data.source=prepared", f"data.path={out}", f"data.seq_len={meta['seq_len']}",
-           f"data.tokenizer={meta['tokenizer']}"]
-    if meta["tokenizer"] == "bpe":
-        use.append(f"data.bpe_vocab_size={meta['vocab_size']}")
-    use.append(f"model.vocab_size={meta['vocab_size']}")
-    if args.json:
-        keys = ("tokenizer", "vocab_size", "seq_len", "val_bytes_per_token", "entropy_floor_bits_per_byte",
-                "source", "train_documents", "val_documents", "train_tokens", "val_tokens", "train_windows",
-                "val_windows")
-        print(json.dumps(json_safe({"out": str(out), **{k: meta[k] for k in keys}, "overrides": use}),
-                         allow_nan=False))
-    else:
-        print(f"prepared {out}: {meta['train_windows']} training and {meta['val_windows']} validation "
-              f"windows of {meta['seq_len']} {meta['tokenizer']} tokens (vocabulary {meta['vocab_size']}, "
-              f"{meta['val_bytes_per_token']:.3f} bytes/token) from {meta['source']}")
-        print(f"train from it with: {' '.join(use)}")
-    return 0
-
-
-def json_safe(value):
-    """NaN/inf (e.g. the standard error of a single window) become null: strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     summary = export_hf(args.run_dir, args.out)
     if args.json:
@@ -165,7 +130,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                         num_samples=args.num_samples, record_traces=args.record_traces,
                         seed=args.seed, prompt=args.prompt, template=args.template, length=args.length)
     if args.json:
-        print(json.dumps(json_safe(result), allow_nan=False))
+        print(dumps(result))
         return 0
     for i, s in enumerate(result["samples"]):
         print(f"--- sample {i + 1}/{len(result['samples'])} (log p = {s['logprob']:.2f} nats)")
@@ -188,7 +153,7 @@ def _save_eval(run_dir: str, result: dict) -> None:
     path = epath.Path(run_dir) / "eval" / f"step{result['step']}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n")
+        path.write_text(dumps(result, indent=1) + "\n")
     except OSError as e:
         print(f"warning: the eval result was not saved to {path} ({describe_os_error(e)[0]})",
               file=sys.stderr)
@@ -196,7 +161,7 @@ def _save_eval(run_dir: str, result: dict) -> None:
 
 def _print_result(result: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(json_safe(result), allow_nan=False))
+        print(dumps(result))
     else:
         print(f"{result['run']}: {result['bpb']:.4f} ± {result['bpb_stderr']:.4f} bits/byte "
               f"({result['kind']}, {result['objective']}, step {result['step']}, "
@@ -329,23 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
     for module in (filter_training, scoring, rerank):  # subcommands kept beside what they run
         module.add_command(sub)
-    p = sub.add_parser("data", help="prepare a tokenized TFDS ArrayRecord dataset for training at scale",
-                       description="`data prepare --out DIR`: load the documents picked by the data.* "
-                                   "overrides (embedded corpus, data.source=text data.path=FILE_OR_DIR of "
-                                   ".txt/.md/.jsonl files, or a synthetic task), split them by document, "
-                                   "build the tokenizer (data.tokenizer=bpe: learned from the training "
-                                   "documents), pack windows of data.seq_len tokens and write them as a TFDS "
-                                   "dataset in ArrayRecord format with metadata.json and tokenizer.json. "
-                                   "Train from it with data.source=prepared data.path=DIR.",
-                       epilog=EPILOG_OVERRIDES)
-    p.add_argument("what", choices=["prepare"], help="the data command (prepare)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="dotted data.* overrides picking the source")
-    p.add_argument("--out", required=True, help="the new dataset directory (must not exist or be empty)")
-    p.add_argument("--config", help="read the data section from this experiment YAML first")
-    p.add_argument("--json", action="store_true",
-                   help="print the dataset summary as one JSON object on stdout")
-    p.set_defaults(func=cmd_data)
+    prepare_command.add_command(sub, EPILOG_OVERRIDES)
 
     p = sub.add_parser("export", help="write a run as a Hugging Face model directory (needs the [hf] extra)",
                        description="`export hf RUN_DIR OUT`: the newest checkpoint as safetensors weights, "

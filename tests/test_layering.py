@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Lowest first; a module belongs to the longest prefix listed (docs/design.md, "Dependency rules").
 LAYERS = (
-    ("jaxorder.errors", "jaxorder.registry", "jaxorder.config", "jaxorder.paths"),
+    ("jaxorder.errors", "jaxorder.registry", "jaxorder.config", "jaxorder.paths", "jaxorder.jsonout"),
     ("jaxorder.platform.sharding", "jaxorder.platform.distributed", "jaxorder.platform.host_memory",
      "jaxorder.platform.progress", "jaxorder.platform.flops", "jaxorder.platform.compile_cache",
      "jaxorder.platform.topology", "jaxorder.interop", "jaxorder.interop.extras",

@@ -15,7 +15,6 @@ by its own log-probability, the judge's own best (an oracle) and the mean over a
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -29,6 +28,7 @@ from jaxorder.config import ConfigError
 from jaxorder.data.run_tokenizer import tokenizer_json
 from jaxorder.evaluation.runs import load_companions, load_params, run_tokenizer
 from jaxorder.evaluation.scoring import LN2, read_lines, score_rows
+from jaxorder.jsonout import dumps
 from jaxorder.sampling.flags import add_sampler_flags, given_options, sampler_help
 
 PICKS = ("scorer_top1", "random", "generator_best", "judge_best", "all_candidates")
@@ -144,24 +144,13 @@ def _prompts(path: str) -> list[str]:
     return prompts
 
 
-def _finite(value):
-    """NaN (a 0-byte candidate, the standard error of one prompt) becomes null: strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def run_command(args: argparse.Namespace) -> int:
     options = given_options(args)
     records, summary = rerank(args.generator, args.scorer, _prompts(args.prompts), args.n,
                               args.max_new_tokens, args.judge, args.sampler, options, args.seed)
     for record in records:
-        print(json.dumps(_finite(record), allow_nan=False))
-    print(json.dumps(_finite({"summary": summary}), allow_nan=False))
+        print(dumps(record))
+    print(dumps({"summary": summary}))
     for name in (*PICKS, "scorer_top1_minus_random"):
         s = summary[name]
         print(f"{name:<25} {s['mean']:.4f} ± {s['stderr']:.4f} judge bits/byte ({s['prompts']} prompts)",
