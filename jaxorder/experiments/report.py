@@ -35,6 +35,7 @@ SAMPLER_COLUMNS = [  # the sampler table: one row per run and sampler (sweep `ge
     ("unigram_entropy_bits", "unigram entropy", "{:.3f}"),
     ("valid_grid_fraction", "valid grids", "{:.2f}"),
     ("grid_conflicts", "grid conflicts", "{:.1f}"),
+    ("correct_product_fraction", "correct products", "{:.2f}"),
     ("ar_ness", "AR-ness", "{:.2f}"),
     ("commit_distance", "commit distance", "{:.2f}"),
     ("uncertainty_per_token", "uncertainty/token", "{:.3f}"),
