@@ -5,6 +5,7 @@ import csv
 from pathlib import Path
 from typing import Sequence
 
+from jaxorder.experiments.epochs import epochs_section
 from jaxorder.training.metrics import read_metrics
 
 COLUMNS = [  # (key in the result dict, header, format)
@@ -19,8 +20,12 @@ COLUMNS = [  # (key in the result dict, header, format)
     ("params", "params", "{:,}"),
     ("train_seconds", "train s", "{:.0f}"),
     ("slash_dominant_fraction", "slash heads", "{:.2f}"),
+    ("w_l2r", "w l2r", "{:.3f}"),  # latent_order: average posterior weight of each kind of order
+    ("w_r2l", "w r2l", "{:.3f}"),
+    ("w_random", "w random", "{:.3f}"),
 ]
-OPTIONAL = ("entropy_floor_bpb", "slash_dominant_fraction")  # shown only when some run has them
+OPTIONAL = ("entropy_floor_bpb", "slash_dominant_fraction", "w_l2r", "w_r2l", "w_random")  # shown only
+# when some run has them
 SAMPLER_COLUMNS = [  # the sampler table: one row per run and sampler (sweep `generate:`)
     ("run", "run", "{}"),
     ("objective", "objective", "{}"),
@@ -135,12 +140,15 @@ def sampler_section(results: Sequence[dict]) -> str:
 
 def write_report(results: Sequence[dict], run_dirs: dict[str, Path], out_dir: Path, title: str) -> None:
     out_dir = Path(out_dir)
+    repeated = epochs_section(results, run_dirs, out_dir, title)
     (out_dir / "results.md").write_text(
         f"# {title}\n\nValidation bits per byte (lower is better). `kind` says whether a run's number is "
-        f"exact or an upper bound on its NLL. `order X` columns score the same model exactly under a "
+        f"exact or an upper bound on its NLL. `w l2r`, `w r2l`, `w random` are a latent-order run's "
+        f"average posterior weight of each kind of candidate order at its last logged step (1/K each when "
+        f"indifferent). `order X` columns score the same model exactly under a "
         f"fixed generation order (on fewer windows); `entropy floor` is the data's exact entropy rate "
         f"where known.\n\n"
-        f"{markdown_table(results)}\n![curves](val_bpb.png)\n{sampler_section(results)}")
+        f"{markdown_table(results)}\n![curves](val_bpb.png)\n{repeated}{sampler_section(results)}")
     write_csv(results, out_dir / "results.csv")
     rows = sampler_rows(results)
     if rows:
