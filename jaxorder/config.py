@@ -105,13 +105,17 @@ def declared_objective_options() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "shakespeare"  # shakespeare (embedded corpus) | text | markov | sudoku | prepared
+    source: str = "shakespeare"  # shakespeare (embedded corpus) | text | markov | sudoku | multiply |
+    # prepared
     path: str = ""  # source=text: a file or directory of text files; source=prepared: the dataset dir
     transform: str = "none"  # none | swap05 (swap positions 0 and 5 of every window)
     markov_vocab: int = 16  # markov: number of states (symbols)
     markov_temperature: float = 1.0  # markov: softmax temperature of the random transition logits
     markov_sparsity: float = 0.0  # markov: share of transitions set to zero probability
-    synthetic_tokens: int = 2_000_000  # markov/sudoku: tokens generated (train + validation)
+    synthetic_tokens: int = 2_000_000  # markov/sudoku/multiply: tokens generated (train + validation)
+    multiply_digits: int = 3  # multiply: digits of each factor (no leading zeros)
+    multiply_reverse: bool = False  # multiply: write every number least-significant digit first
+    max_train_tokens: int = 0  # keep only the first N training tokens (0 = all): data-constrained runs
     bpe_vocab_size: int = 4096  # tokenizer=bpe: vocabulary incl. the 4 specials (set model.vocab_size
     # to match)
     num_workers: int = 0  # grain worker processes for source=prepared (0 = in-process)
@@ -234,7 +238,8 @@ class Config:
     compile: CompileConfig = field(default_factory=CompileConfig)
 
 
-DATA_SOURCES = ("shakespeare", "text", "markov", "sudoku", "prepared")
+DATA_SOURCES = ("shakespeare", "text", "markov", "sudoku", "multiply", "prepared")
+MULTIPLY_MAX_DIGITS = 9  # a * b < 10**18 fits int64
 TOKENIZERS = ("byte", "bpe")
 DATA_TRANSFORMS = ("none", "swap05")
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -532,6 +537,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.markov_sparsity must be in [0, 1), got {d.markov_sparsity}")
     _positive(d.markov_temperature, "data.markov_temperature")
     _positive(d.synthetic_tokens, "data.synthetic_tokens")
+    if not 1 <= d.multiply_digits <= MULTIPLY_MAX_DIGITS:
+        raise ConfigError(f"data.multiply_digits must be in [1, {MULTIPLY_MAX_DIGITS}], "
+                          f"got {d.multiply_digits}")
+    if d.max_train_tokens < 0:
+        raise ConfigError(f"data.max_train_tokens must be >= 0 (0 = all), got {d.max_train_tokens}")
+    if d.max_train_tokens and d.source == "prepared":
+        raise ConfigError("data.max_train_tokens does not apply to data.source=prepared; set it when "
+                          "preparing (jaxorder data prepare data.max_train_tokens=N) and 0 here")
     if d.source == "text" and not d.path:
         raise ConfigError("data.source=text needs data.path=FILE_OR_DIR (a text file or a "
                           "directory of .txt files)")

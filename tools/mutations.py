@@ -776,6 +776,24 @@ MUTATIONS: tuple[Mutation, ...] = (
         "(k * (k - 1))", "(k * k)",
         "the judge's standard error uses the biased variance (divides by K, not K - 1)",
         (SCALING + "test_ratio_stderr_is_the_mean_stderr_for_equal_lengths_and_matches_resampling",)),
+    Mutation(
+        "crossing-wrong-endpoint", "jaxorder/experiments/epochs.py",
+        "xs[i - 1] + (xs[i] - xs[i - 1]) * d[i - 1] / (",
+        "xs[i - 1] + (xs[i] - xs[i - 1]) * d[i] / (",
+        "the crossing interpolated from the wrong end of the segment",
+        ("tests/test_epochs.py::test_crossings_match_brute_force_on_random_curves",
+         "tests/test_epochs.py::test_crossing_sign_touching_and_no_overlap")),
+    Mutation(
+        "multiply-sum-not-product", "jaxorder/data/multiply.py",
+        "nums = [str(a), str(b), str(a * b)]", "nums = [str(a), str(b), str(a + b)]",
+        "the multiply source writes a sum instead of the product",
+        ("tests/test_multiply.py::test_every_line_is_a_correct_product_of_d_digit_factors",)),
+    Mutation(
+        "max-train-tokens-keeps-the-tail", "jaxorder/data/pipeline.py",
+        "train_stream = train_stream[:cfg.max_train_tokens]",
+        "train_stream = train_stream[-cfg.max_train_tokens:]",
+        "the unique-token budget keeps the last training tokens instead of the first",
+        ("tests/test_multiply.py::test_max_train_tokens_keeps_the_first_tokens_and_not_validation",)),
 )
 
 

@@ -33,6 +33,8 @@ def make_data(cfg: DataConfig, process_index: int = 0, process_count: int = 1) -
     train_docs, val_docs = load_documents(cfg)
     tokenizer = make_tokenizer(cfg, document_texts(train_docs) if cfg.tokenizer != "byte" else None)
     train_stream = pack_documents(train_docs, tokenizer)
+    if cfg.max_train_tokens:  # a fixed unique-token budget, repeated for as many epochs as training takes
+        train_stream = train_stream[:cfg.max_train_tokens]
     val_stream = pack_documents(val_docs, tokenizer)
     train_windows = apply_transform(cfg.transform, cut_windows(train_stream, L))
     val_windows = apply_transform(cfg.transform, cut_windows(val_stream, L))
@@ -57,6 +59,7 @@ def make_data(cfg: DataConfig, process_index: int = 0, process_count: int = 1) -
         "train_windows": len(train_windows),
         "val_windows": len(val_windows),
         "steps_per_epoch": len(train_windows) // B,
+        "unique_train_tokens": len(train_windows) * L,  # what one epoch visits (the tail is dropped)
         "val_bytes_per_token": val_bytes_per_token,
         "entropy_floor_bits_per_byte": markov_entropy_rate_bits(cfg) if cfg.source == "markov" else None,
     }

@@ -100,8 +100,8 @@ def _builder_class():
 def prepare_dataset(cfg: DataConfig, out: str | os.PathLike) -> dict[str, Any]:
     """Builds the prepared dataset of ``cfg`` in the new directory ``out``; returns its metadata."""
     if cfg.source == "prepared":
-        raise DataError("data prepare needs a document source (data.source=shakespeare, text, markov or "
-                        "sudoku), not data.source=prepared")
+        raise DataError("data prepare needs a document source (data.source=shakespeare, text, markov, "
+                        "sudoku or multiply), not data.source=prepared")
     if cfg.transform != "none":
         raise DataError(f"data.transform={cfg.transform} is applied when training from a prepared dataset; "
                         f"prepare without it (data.transform=none) and set it in the training config")
@@ -116,6 +116,8 @@ def prepare_dataset(cfg: DataConfig, out: str | os.PathLike) -> dict[str, Any]:
     train_docs, val_docs = load_documents(cfg)
     tokenizer = make_tokenizer(cfg, document_texts(train_docs) if cfg.tokenizer != "byte" else None)
     train_stream = pack_documents(train_docs, tokenizer)
+    if cfg.max_train_tokens:  # the same cut as the in-memory pipeline
+        train_stream = train_stream[:cfg.max_train_tokens]
     val_stream = pack_documents(val_docs, tokenizer)
     windows = {"train": cut_windows(train_stream, L), "validation": cut_windows(val_stream, L)}
     for split, stream in (("train", train_stream), ("validation", val_stream)):
@@ -299,6 +301,7 @@ def make_prepared_data(cfg: DataConfig, process_index: int = 0, process_count: i
         "train_windows": len(train),
         "val_windows": len(val),
         "steps_per_epoch": len(train) // B,
+        "unique_train_tokens": len(train) * L,
         "val_bytes_per_token": meta["val_bytes_per_token"],
         "entropy_floor_bits_per_byte": meta.get("entropy_floor_bits_per_byte"),
     }

@@ -1,5 +1,6 @@
 """Where the text comes from: the embedded Shakespeare corpus, the user's text files, or a
-seeded generator with known answers (``markov``, ``sudoku``: see ``jaxorder.data.synthetic``).
+seeded generator with known answers (``markov``, ``sudoku``: see ``jaxorder.data.synthetic``;
+``multiply``: see ``jaxorder.data.multiply``).
 
 Text sources read ``.txt``/``.md`` files (one document each) and ``.jsonl`` files (one document
 per line: the line's ``"text"`` field). ``load_documents`` returns (train, validation) lists of
@@ -21,6 +22,7 @@ from typing import Any
 from jaxorder.config import DataConfig
 from jaxorder.data.documents import Document
 from jaxorder.data.errors import DataError
+from jaxorder.data.multiply import multiply_documents
 from jaxorder.data.synthetic import markov_documents, sudoku_documents
 from jaxorder.paths import as_path, is_url
 from jaxorder.platform.distributed import log
@@ -45,8 +47,11 @@ def load_documents(cfg: DataConfig) -> tuple[list[Document], list[Document]]:
         docs = markov_documents(cfg)
     elif cfg.source == "sudoku":
         docs = sudoku_documents(cfg)
+    elif cfg.source == "multiply":
+        docs = multiply_documents(cfg)
     else:
-        raise DataError(f"data.source='{cfg.source}' is not one of: shakespeare, text, markov, sudoku")
+        raise DataError(f"data.source='{cfg.source}' is not one of: shakespeare, text, markov, sudoku, "
+                        f"multiply")
     return split_documents(docs, cfg.val_fraction)
 
 

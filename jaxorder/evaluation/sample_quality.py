@@ -25,6 +25,7 @@ import numpy as np
 from jaxorder import config as config_lib
 from jaxorder import objectives, sampling
 from jaxorder.config import Config, ConfigError
+from jaxorder.data.multiply import product_accuracy
 from jaxorder.data.synthetic import grid_conflicts, is_valid_grid
 from jaxorder.evaluation.commit_order import plot_commit_orders
 from jaxorder.evaluation.runs import load_params, run_tokenizer, sample_run
@@ -151,7 +152,8 @@ def generation_quality(run_dir: str | Path, *, num_samples: int = 16, sampler: s
     length. Reports the sampler, its settings, steps and forward passes, its speed (generated
     tokens/s in steady state: a first untimed run compiles), the unigram entropy of the samples
     (diversity), their NLL under a judge run (`judge`, default: the l2r run beside this one on the
-    same data; omitted if there is none), for Sudoku data the fraction of valid grids, and for masked,
+    same data; omitted if there is none), for Sudoku data the fraction of valid grids, for multiply
+    data the fraction of complete sampled lines that are correct products, and for masked,
     block and any-order runs the AR-ness and commit distance of the order the sampler used
     (``evaluation.commit_order``), with a plot of it written to RUN_DIR/commit_order.png, and for
     masked and block runs the sampler's cumulative uncertainty per generated token
@@ -183,4 +185,6 @@ def generation_quality(run_dir: str | Path, *, num_samples: int = 16, sampler: s
                        "judge_bpb_stderr": scored["bpb_stderr"]})
     if cfg.data.source == "sudoku":
         result.update(sudoku_grids_valid(texts))
+    if cfg.data.source == "multiply":
+        result.update(product_accuracy(texts, cfg.data.multiply_reverse))
     return result

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxorder.config import ConfigError
+from jaxorder.experiments.epochs import epochs_section
 from jaxorder.experiments.figures import plot_key_curve, scaling_section
 from jaxorder.training.metrics import read_metrics
 
@@ -22,8 +23,12 @@ COLUMNS = [  # (key in the result dict, header, format)
     ("params", "params", "{:,}"),
     ("train_seconds", "train s", "{:.0f}"),
     ("slash_dominant_fraction", "slash heads", "{:.2f}"),
+    ("w_l2r", "w l2r", "{:.3f}"),  # latent_order: average posterior weight of each kind of order
+    ("w_r2l", "w r2l", "{:.3f}"),
+    ("w_random", "w random", "{:.3f}"),
 ]
-OPTIONAL = ("entropy_floor_bpb", "slash_dominant_fraction")  # shown only when some run has them
+OPTIONAL = ("entropy_floor_bpb", "slash_dominant_fraction", "w_l2r", "w_r2l", "w_random")  # shown only
+# when some run has them
 SAMPLER_COLUMNS = [  # the sampler table: one row per run and sampler (sweep `generate:`)
     ("run", "run", "{}"),
     ("objective", "objective", "{}"),
@@ -39,6 +44,7 @@ SAMPLER_COLUMNS = [  # the sampler table: one row per run and sampler (sweep `ge
     ("unigram_entropy_bits", "unigram entropy", "{:.3f}"),
     ("valid_grid_fraction", "valid grids", "{:.2f}"),
     ("grid_conflicts", "grid conflicts", "{:.1f}"),
+    ("correct_product_fraction", "correct products", "{:.2f}"),
     ("ar_ness", "AR-ness", "{:.2f}"),
     ("commit_distance", "commit distance", "{:.2f}"),
     ("uncertainty_per_token", "uncertainty/token", "{:.3f}"),
@@ -146,6 +152,7 @@ def sampler_section(results: Sequence[dict]) -> str:
 
 def write_report(results: Sequence[dict], run_dirs: dict[str, Path], out_dir: Path, title: str) -> None:
     out_dir = Path(out_dir)
+    repeated = epochs_section(results, run_dirs, out_dir, title)
     curve = plot_key_curve(results, out_dir / "block_curve.png")
     extra = ("\n## Bits/byte vs " + next(r["curve_key"] for r in results if r.get("curve_key"))
              + "\n\nOne panel per data set, ± 1 s.e. bars; dashed lines (with their ± s.e. band) are "
@@ -154,10 +161,12 @@ def write_report(results: Sequence[dict], run_dirs: dict[str, Path], out_dir: Pa
     (out_dir / "results.md").write_text(
         f"# {title}\n\nValidation bits per byte (lower is better), each with its standard error over "
         f"windows (`± s.e.`; for diffusion runs it includes the variance of the time draws). `kind` says "
-        f"whether a run's number is exact or an upper bound on its NLL. `order X` columns score the same "
-        f"model exactly under a fixed generation order (on the sweep's `order_windows`), each with its "
-        f"± s.e.; `entropy floor` is the data's exact entropy rate where known.\n\n"
-        f"{markdown_table(results)}\n![curves](val_bpb.png)\n{sampler_section(results)}{extra}")
+        f"whether a run's number is exact or an upper bound on its NLL. `w l2r`, `w r2l`, `w random` are "
+        f"a latent-order run's average posterior weight of each kind of candidate order at its last "
+        f"logged step (1/K each when indifferent). `order X` columns score the same model exactly under a "
+        f"fixed generation order (on the sweep's `order_windows`), each with its ± s.e.; `entropy floor` "
+        f"is the data's exact entropy rate where known.\n\n"
+        f"{markdown_table(results)}\n![curves](val_bpb.png)\n{repeated}{sampler_section(results)}{extra}")
     write_csv(results, out_dir / "results.csv")
     # everything the tables show, for `jaxorder report` to redraw without re-running
     (out_dir / "results.json").write_text(json.dumps({"title": title, "runs": list(results)}, indent=1,

@@ -47,6 +47,7 @@ from jaxorder.evaluation.fixed_orders import parse_orders, scorable, supported_s
 from jaxorder.evaluation.runs import companion_dirs, eval_run
 from jaxorder.evaluation.sample_quality import generation_quality
 from jaxorder.experiments.analysis.attention import summarize_run, supported
+from jaxorder.experiments.epochs import posterior_weights
 from jaxorder.experiments.report import sampler_columns, sampler_rows, text_table, write_report
 from jaxorder.experiments.scaling import (
     compute_optimal_steps,
@@ -320,6 +321,7 @@ def run_sweep(path: Path, out_dir: Path | None = None, overrides: Sequence[str] 
     for name, cfg in progress.track(runs, f"sweep {spec['name']}", unit="run"):
         run_dirs[name] = out_dir / name
         results.append(train(cfg, run_dirs[name], name=name))
+        results[-1].update(posterior_weights(run_dirs[name]))  # latent_order only; {} otherwise
     for result, (name, cfg) in zip(results, runs):  # after training: the judges exist
         result.update(_extras(spec, name, cfg, run_dirs[name]))
     _annotate(spec, results, runs)

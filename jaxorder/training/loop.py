@@ -219,6 +219,7 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
         metrics_out.close()
     result.update({"run": name, "step": total, "tokens_seen": total * tokens_per_step, "params": n_params,
                    "entropy_floor_bpb": data.info.get("entropy_floor_bits_per_byte"),
+                   "unique_train_tokens": data.info.get("unique_train_tokens"),  # epochs = tokens_seen / it
                    "train_seconds": round(seconds_before + time.time() - started, 1)})
     if is_main_process():
         (run_dir / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
