@@ -211,3 +211,5 @@ def test_posterior_metrics_land_in_metrics_jsonl(tmp_path, text_corpus):
     for r in records:
         assert 1.0 <= r["eff_orders"] <= 4.0
         assert abs(r["w_l2r"] + r["w_r2l"] + 2 * r["w_random"] - 1.0) < 1e-4
+    log = (tmp_path / "run" / "logs" / "train.log").read_text()
+    assert "step 4/4 loss" in log and " beta 0.75 eff_orders " in log  # the log line shows them too

@@ -66,6 +66,8 @@ class Objective:
     - `options`: the config knobs it reads (`cfg.objective.<name>`); families may share one
       (mdm and bd3 both read mdm_eps) if they declare it alike.
     - `validate_config`: the family's own config checks (ConfigError with the fix).
+    - `log_metrics`: keys of its loss metrics that the train log line shows after the loss (all
+      of them reach metrics.jsonl and TensorBoard anyway).
     """
 
     name: str
@@ -82,6 +84,7 @@ class Objective:
     analysis_inputs: Optional[AnalysisInputsFn] = None
     options: tuple[Option, ...] = ()
     validate_config: Callable[[Config], None] = _no_checks
+    log_metrics: tuple[str, ...] = ()
 
 
 def register(objective: Objective) -> Objective:
