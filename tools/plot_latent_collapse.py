@@ -20,6 +20,8 @@ from jaxorder.training.metrics import read_metrics  # noqa: E402
 
 def main(sweep_dir: Path, png: Path) -> None:
     runs = sorted(p for p in sweep_dir.iterdir() if (p / "metrics.jsonl").exists())
+    variants = sorted({run.name.rsplit("_", 1)[0] for run in runs})  # one colour per variant, style per seed
+    colour = {v: f"C{i}" for i, v in enumerate(variants)}
     fig, (ax_h, ax_v) = plt.subplots(1, 2, figsize=(10, 4))
     print("| run | val bits/byte (bound) | eff_orders | w_l2r | w_r2l | w_random |")
     print("|---|---|---|---|---|---|")
@@ -29,9 +31,10 @@ def main(sweep_dir: Path, png: Path) -> None:
         val = [r for r in records if r.get("split") == "val"]
         if not train:
             continue
-        style = "-" if "seed0" in run.name else "--"
-        ax_h.plot([r["step"] for r in train], [r["eff_orders"] for r in train], style, label=run.name)
-        ax_v.plot([r["step"] for r in val], [r["bpb"] for r in val], style, marker="o", label=run.name)
+        style = dict(ls="-" if run.name.endswith("seed0") else "--", color=colour[run.name.rsplit("_", 1)[0]],
+                     label=run.name)
+        ax_h.plot([r["step"] for r in train], [r["eff_orders"] for r in train], **style)
+        ax_v.plot([r["step"] for r in val], [r["bpb"] for r in val], marker="o", **style)
         last, end = train[-1], (val[-1] if val else {})
         nan = float("nan")
         print(f"| {run.name} | {end.get('bpb', nan):.3f} ± {end.get('bpb_stderr', nan):.3f} | "
