@@ -183,6 +183,7 @@ def test_train_step_feeds_the_step_to_the_schedule(accum):
 @pytest.mark.parametrize("override,message", [
     ("objective.beta_schedule=cosine", "beta_schedule='cosine' must be constant or linear"),
     ("objective.beta=-0.5", "objective.beta=-0.5 must be >= 0"),
+    ("objective.beta_start=nan", "objective.beta_start must be a finite number, got 'nan'"),
     ("objective.order_entropy_bonus=-1", "order_entropy_bonus=-1.0 must be >= 0"),
 ])
 def test_bad_collapse_options_are_one_line_config_errors(override, message):

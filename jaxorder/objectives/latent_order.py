@@ -172,7 +172,7 @@ def validate_config(cfg: Config) -> None:
     if o.beta_schedule not in ("constant", "linear"):
         raise ConfigError(f"objective.beta_schedule={o.beta_schedule!r} must be constant or linear")
     for key in ("beta", "beta_start", "order_entropy_bonus", "beta_warmup_steps"):
-        if getattr(o, key) < 0:
+        if getattr(o, key) < 0:  # NaN and inf are refused by the config loader already
             raise ConfigError(f"objective.{key}={getattr(o, key)} must be >= 0")
 
 
