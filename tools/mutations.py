@@ -40,6 +40,7 @@ OBSERVE = "tests/test_observe.py::"
 GCS = "tests/test_gcs.py::"
 MIX = "tests/test_order_mixtures.py::"
 SCALING = "tests/test_scaling.py::"
+COLLAPSE = "tests/test_latent_collapse.py::"
 PRE = "tests/test_preemption_unit.py::"
 PRE2 = "tests/test_preemption.py::"
 ILM = "tests/test_ilm.py::"
@@ -121,6 +122,30 @@ MUTATIONS: tuple[Mutation, ...] = (
         "return -jax.nn.logsumexp(l_BK, axis=1)",
         "latent_order log-mean-exp without the log K (a log-sum-exp)",
         (ORD + "test_latent_order_bound_over_all_orders_is_log_mean_exp",)),
+    Mutation(
+        "latent-beta-outside-log", "jaxorder/objectives/latent_order.py",
+        "-m_B - lme_B / safe_beta",
+        "-m_B - lme_B * safe_beta",
+        "tempered latent_order loss with the temperature multiplied outside the log instead of 1/beta",
+        (COLLAPSE + "test_tempered_nll_matches_float64_reference_and_is_non_increasing_in_beta",)),
+    Mutation(
+        "latent-beta-schedule-cap", "jaxorder/objectives/latent_order.py",
+        "/ warmup, 1.0)",
+        "/ warmup, 2.0)",
+        "linear beta schedule that keeps rising past its warmup (to twice the target beta)",
+        (COLLAPSE + "test_linear_schedule_at_0_half_full_and_twice",)),
+    Mutation(
+        "latent-beta-zero-division", "jaxorder/objectives/latent_order.py",
+        "jnp.where(positive, beta, 1.0)",
+        "jnp.where(positive, beta, 0.0)",
+        "beta = 0 branch guarded by where only: 0/0 in the unused branch makes the gradient NaN",
+        (COLLAPSE + "test_tempered_gradient_is_softmax_of_beta_l_and_finite_at_zero",)),
+    Mutation(
+        "latent-entropy-bonus-sign", "jaxorder/objectives/latent_order.py",
+        "value = value - o.order_entropy_bonus",
+        "value = value + o.order_entropy_bonus",
+        "entropy bonus with the wrong sign: it lowers the posterior entropy (speeds up the collapse)",
+        (COLLAPSE + "test_entropy_bonus_gradient_raises_the_posterior_entropy",)),
     # ------------------------------------------------------------------ yardstick and order scoring
     Mutation(
         "yardstick-bytes-per-token", "jaxorder/evaluation/yardstick.py",

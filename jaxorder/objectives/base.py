@@ -89,6 +89,8 @@ class Objective:
     - `options`: the config knobs it reads (`cfg.objective.<name>`); families may share one
       (mdm and bd3 both read mdm_eps) if they declare it alike.
     - `validate_config`: the family's own config checks (ConfigError with the fix).
+    - `log_metrics`: keys of its loss metrics that the train log line shows after the loss (all
+      of them reach metrics.jsonl and TensorBoard anyway).
     """
 
     name: str
@@ -109,6 +111,7 @@ class Objective:
     options: tuple[Option, ...] = ()
     validate_config: Callable[[Config], None] = _no_checks
     length_classes: Callable[[Config], int] = _no_length_head
+    log_metrics: tuple[str, ...] = ()
 
 
 def register(objective: Objective) -> Objective:

@@ -24,6 +24,25 @@ exactly their share), Jensen gives E[L_K(x)] >= -log p_mix(x): `nll` is a stocha
 tightens in expectation as K grows for iid random candidates and equals -log p_mix(x) in the
 limit. Orders are drawn from the eval rng with the training K (not exact). Note that p_mix
 depends on K when fixed orders are included (their mixture weight is 1/K each).
+
+Collapse controls. The posterior weighting is rich-get-richer: an order that explains x a little
+better gets more gradient and explains it better still, until one order takes all the weight
+(docs/study.md). Two optional controls, off by default (beta = 1, bonus 0: the loss above, bit for
+bit):
+- a posterior temperature beta: minimize L_beta(x) = -(1/beta) log (1/K) sum_k exp(beta l_k),
+  whose gradient weights order k by softmax_k(beta l_k). L_0 = -(1/K) sum_k l_k (the mean of
+  logs, every order pushed equally, as masked diffusion does), L_1 = L_K; L_beta is non-increasing
+  in beta (a power mean of the p(x | sigma_k)). beta follows `beta_schedule`: `constant`, or
+  `linear` from `beta_start` to `beta` over `beta_warmup_steps` steps (0: all of train.steps),
+  read from the step the train step puts in the batch (no step: the final beta).
+- an entropy bonus: add -lambda H(w) (per sequence, batch mean) with w = softmax_k(l_k) the
+  candidate posterior at beta = 1. Its gradient flows through w into every l_k (with w
+  stop-gradiented the term would be a constant): it raises the likelihood of orders weighted below
+  exp(-H) and lowers that of orders above, so it can also spread the weight by making the winning
+  order worse; its effect on the bound is measured by `nll`, which stays the K-order bound at
+  beta = 1 whatever the controls.
+Metrics: `beta` (this step's), `eff_orders` = exp(H(w)) averaged over the batch's windows (1: one
+order takes all the weight, K: all equal), `order_entropy` = H(w), and the weights above.
 """
 from __future__ import annotations
 
@@ -77,16 +96,56 @@ def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> jnp.ndarray:
     return _sampled(params, batch["tokens"], rng, cfg)[0]
 
 
+def tempered_nll(l_BK: jnp.ndarray, beta: jnp.ndarray) -> jnp.ndarray:
+    """-(1/beta) log (1/K) sum_k exp(beta l_k) per sequence [B]; beta = 0 gives -(1/K) sum_k l_k.
+
+    Computed as -m - (1/beta) log(1 + mean_k expm1(y_k - max y)) - max y / beta with the centred
+    y_k = beta (l_k - m), m = mean_k l_k: the log-mean-exp of small y cancels to ~beta^2, which
+    logsumexp - log K would lose to float32 rounding divided by a small beta."""
+    m_B = l_BK.mean(axis=1)
+    positive = beta > 0
+    safe_beta = jnp.where(positive, beta, 1.0)  # no 0/0 in the unused branch (NaN gradients otherwise)
+    y_BK = safe_beta * (l_BK - m_B[:, None])
+    top_B = y_BK.max(axis=1)
+    lme_B = top_B + jnp.log1p(jnp.expm1(y_BK - top_B[:, None]).mean(axis=1))
+    return jnp.where(positive, -m_B - lme_B / safe_beta, -m_B)
+
+
+def scheduled_beta(step: jnp.ndarray | None, cfg: Config) -> jnp.ndarray:
+    """The posterior temperature at `step` (the number of updates done; None: the final beta)."""
+    o = cfg.objective
+    if o.beta_schedule == "constant" or step is None:
+        return jnp.asarray(o.beta, jnp.float32)
+    warmup = o.beta_warmup_steps or cfg.train.steps
+    frac = jnp.minimum(jnp.asarray(step, jnp.float32) / warmup, 1.0)
+    return jnp.asarray(o.beta_start + (o.beta - o.beta_start) * frac, jnp.float32)
+
+
+def order_entropy(l_BK: jnp.ndarray) -> jnp.ndarray:
+    """H(w) in nats [B] of the candidate posterior w = softmax_k(l_k)."""
+    logw_BK = jax.nn.log_softmax(l_BK, axis=1)
+    return -(jnp.exp(logw_BK) * logw_BK).sum(axis=1)
+
+
 def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, dict]:
+    o = cfg.objective
     tokens_BL = batch["tokens"]
     n = tokens_BL.shape[1]
     bound_B, l_BK = _sampled(params, tokens_BL, rng, cfg)
-    value = bound_B.mean() / n
+    bound = bound_B.mean() / n
+    beta = scheduled_beta(batch.get("step"), cfg)
+    untempered = o.beta_schedule == "constant" and o.beta == 1.0  # today's loss, bit for bit
+    value = bound if untempered else tempered_nll(l_BK, beta).mean() / n
+    entropy_B = order_entropy(l_BK)
+    if o.order_entropy_bonus:
+        value = value - o.order_entropy_bonus * entropy_B.mean()
+    entropy_B = jax.lax.stop_gradient(entropy_B)
     w_BK = jax.lax.stop_gradient(jax.nn.softmax(l_BK, axis=1))
-    metrics = {"loss": value, "nll_per_token": value,
-               "nll_per_token_avg_order": jax.lax.stop_gradient(-l_BK.mean() / n)}
+    metrics = {"loss": value, "nll_per_token": jax.lax.stop_gradient(bound),
+               "nll_per_token_avg_order": jax.lax.stop_gradient(-l_BK.mean() / n), "beta": beta,
+               "order_entropy": entropy_B.mean(), "eff_orders": jnp.exp(entropy_B).mean()}
     first_random = 0
-    if cfg.objective.include_fixed_orders:
+    if o.include_fixed_orders:
         metrics["w_l2r"], metrics["w_r2l"] = w_BK[:, 0].mean(), w_BK[:, 1].mean()
         first_random = 2
     if l_BK.shape[1] > first_random:
@@ -97,6 +156,11 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
 OPTIONS = (
     Option("num_orders", 4, "K candidate orders per sequence"),
     Option("include_fixed_orders", True, "l2r and r2l are always among the K candidates"),
+    Option("beta", 1.0, "posterior temperature (the final one with a schedule): 0 mean of logs, 1 log-sum"),
+    Option("beta_schedule", "constant", "constant | linear (beta_start -> beta over beta_warmup_steps)"),
+    Option("beta_start", 0.0, "linear schedule: beta at step 0"),
+    Option("beta_warmup_steps", 0, "linear schedule: steps to reach beta (0: train.steps)"),
+    Option("order_entropy_bonus", 0.0, "lambda: adds -lambda * H(candidate posterior) to the loss"),
 )
 
 
@@ -105,6 +169,11 @@ def validate_config(cfg: Config) -> None:
     if o.num_orders < 1 or (o.include_fixed_orders and o.num_orders < 2):
         raise ConfigError(f"objective.num_orders={o.num_orders} must be >= 1 (>= 2 with "
                           f"include_fixed_orders)")
+    if o.beta_schedule not in ("constant", "linear"):
+        raise ConfigError(f"objective.beta_schedule={o.beta_schedule!r} must be constant or linear")
+    for key in ("beta", "beta_start", "order_entropy_bonus", "beta_warmup_steps"):
+        if getattr(o, key) < 0:  # NaN and inf are refused by the config loader already
+            raise ConfigError(f"objective.{key}={getattr(o, key)} must be >= 0")
 
 
 OBJECTIVE = register(Objective(  # same network and inputs as ao_ar: a (stochastic, IWAE-style) bound
@@ -112,5 +181,5 @@ OBJECTIVE = register(Objective(  # same network and inputs as ao_ar: a (stochast
     sampling="any_order", default_sampler="l2r", target_positions=True,
     order_scoring=OrderScoring(order_nll=ao_ar.order_nll, mixture_bound=True,
                                order_token_nll=ao_ar.position_token_nll), position_nll=ao_ar.position_nll,
-    options=OPTIONS,
-    validate_config=validate_config))
+    options=OPTIONS, validate_config=validate_config,
+    log_metrics=("beta", "eff_orders", "w_l2r", "w_r2l")))

@@ -188,7 +188,9 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
                     values["wall_seconds"] = seconds_before + time.time() - started
                     metrics_out.write(step, "train", values)
                     skipped = "" if bool(step_metrics["finite"]) else " (non-finite: step skipped)"
-                    log(f"[{name}] step {step}/{total} loss {values['loss']:.4f}{skipped}"
+                    shown = "".join(f" {k} {values[k]:.3g}" for k in objectives.of(cfg).log_metrics
+                                    if k in values)
+                    log(f"[{name}] step {step}/{total} loss {values['loss']:.4f}{shown}{skipped}"
                         f"{speed_text(speed)}{eta}")
                 if step % cfg.train.checkpoint_every == 0 and step != total:
                     with clock.excluded(state):

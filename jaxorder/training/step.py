@@ -21,6 +21,9 @@ def compile_train_step(cfg: Config, optimizer: optax.GradientTransformation, pla
 def make_train_step(cfg: Config, optimizer: optax.GradientTransformation):
     """Pure (state, tokens [B, L]) -> (state, metrics); the step's rng is derived from the step.
 
+    The loss gets batch = {"tokens": [B, L], "step": int32 scalar (updates done before this one)};
+    only objectives with a schedule read the step (latent_order's posterior temperature).
+
     Dtypes. The state stores float32 parameters ("master weights") and float32 optimizer state
     whatever model.param_dtype is; the optimizer updates the float32 copy. The forward pass
     (model.apply) casts the parameters to model.param_dtype, and each matmul casts its weight and
@@ -40,32 +43,34 @@ def make_train_step(cfg: Config, optimizer: optax.GradientTransformation):
     base_rng = jax.random.key(cfg.train.seed + 1)
     k = cfg.train.grad_accum_steps
 
-    def grads_of(params, tokens_BL, rng):
-        grad_fn = jax.value_and_grad(lambda p: objective.loss(p, {"tokens": tokens_BL}, rng, cfg),
-                                     has_aux=True)
+    def grads_of(params, tokens_BL, rng, step):
+        # The batch carries the step (a traced int32 scalar) for losses with a schedule (latent_order's
+        # beta); the others read only "tokens".
+        batch = {"tokens": tokens_BL, "step": step}
+        grad_fn = jax.value_and_grad(lambda p: objective.loss(p, batch, rng, cfg), has_aux=True)
         (_, metrics), grads = grad_fn(params)
         return grads, metrics
 
-    def accumulated(params, tokens_BL, rng):
+    def accumulated(params, tokens_BL, rng, step):
         B, L = tokens_BL.shape
         micro_kBL = tokens_BL.reshape(B // k, k, L).swapaxes(0, 1)
 
         def body(acc, xs):
             i, micro_BL = xs
-            grads, metrics = grads_of(params, micro_BL, jax.random.fold_in(rng, i))
+            grads, metrics = grads_of(params, micro_BL, jax.random.fold_in(rng, i), step)
             return jax.tree.map(jnp.add, acc, (grads, metrics)), None
 
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                             jax.eval_shape(grads_of, params, micro_kBL[0], rng))
+                             jax.eval_shape(grads_of, params, micro_kBL[0], rng, step))
         total, _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro_kBL))
         return jax.tree.map(lambda x: x / k, total)
 
     def step_fn(state: dict, tokens_BL: jnp.ndarray) -> tuple[dict, dict]:
         rng = jax.random.fold_in(base_rng, state["step"])
         if k == 1:
-            grads, metrics = grads_of(state["params"], tokens_BL, rng)
+            grads, metrics = grads_of(state["params"], tokens_BL, rng, state["step"])
         else:
-            grads, metrics = accumulated(state["params"], tokens_BL, rng)
+            grads, metrics = accumulated(state["params"], tokens_BL, rng, state["step"])
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         grad_norm = optax.tree.norm(grads)
