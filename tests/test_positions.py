@@ -13,8 +13,10 @@ from jaxorder import config as config_lib
 from jaxorder import model
 from jaxorder.config import ConfigError
 from jaxorder.model import decode
+from jaxorder.model.rope import rope_base_lower_bound
 from jaxorder.objectives import ao_ar
 from jaxorder.objectives.common import special_ids
+from jaxorder.platform.aot import rope_base_warning
 from jaxorder.sampling import SamplerOptions, sample
 from jaxorder.sampling.ar import banned_tokens
 from jaxorder.training.optimizer import make_optimizer
@@ -160,3 +162,33 @@ def test_pallas_path_skips_rotation(kind):
         xla = model.apply(params, dataclasses.replace(cfg.model, attention_impl="xla"), toks, pos, mask)
         pallas = model.apply(params, dataclasses.replace(cfg.model, attention_impl="pallas"), toks, pos, mask)
         np.testing.assert_allclose(np.asarray(pallas), np.asarray(xla), atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- RoPE base bound
+
+def _criterion_brute(base: float, head_dim: int, context: int) -> bool:
+    """B_m = sum_i cos(m * base^(-2i/D)) >= 0 for every m < context, one distance at a time."""
+    import math
+
+    theta = [base ** (-2 * i / head_dim) for i in range(head_dim // 2)]
+    return all(sum(math.cos(m * t) for t in theta) >= 0 for m in range(context))
+
+
+def test_rope_base_bound_is_the_edge_of_the_criterion_and_grows_with_context():
+    """At the returned base the criterion holds, just below it fails (a bisection that returned the
+    wrong end, or a criterion over the wrong distances, breaks this), and the bound never falls as the
+    context grows; every larger base on a log grid also passes."""
+    bounds = [rope_base_lower_bound(16, L) for L in (16, 32, 64, 128, 256)]
+    assert bounds == sorted(bounds) and bounds[-1] > 10 * bounds[0]
+    for L, bound in zip((16, 32, 64, 128, 256), bounds):
+        assert _criterion_brute(bound, 16, L)
+        assert not _criterion_brute(bound * (1 - 1e-5), 16, L)
+        assert all(_criterion_brute(b, 16, L) for b in np.geomspace(bound, 1e4 * bound, 12))
+    assert rope_base_lower_bound(16, 2) == 1.0  # m < 2: cos(m theta) > 0 for every base >= 1
+
+
+def test_rope_base_warning_only_below_the_bound():
+    report = {"rope_base_bound": 5000.0, "rope_base": 100.0, "max_len": 1024}
+    assert rope_base_warning(report).startswith("warning: model.rope_base=100 is below 5000")
+    assert rope_base_warning({**report, "rope_base": 5000.0}) == ""
+    assert rope_base_warning({**report, "rope_base_bound": None}) == ""
