@@ -22,9 +22,10 @@ LossFn = Callable[[Params, dict, jax.Array, Config], tuple[jax.Array, dict]]
 NllFn = Callable[[Params, dict, jax.Array, Config], jax.Array]
 # order_nll(params, tokens [B, L], orders [B, L], cfg) -> exact -log p(x | order) in nats [B]
 OrderNllFn = Callable[[Params, jax.Array, jax.Array, Config], jax.Array]
-# analysis_inputs(tokens [N, L], cfg, mask_rate, seed) -> (model input tokens [N, L], mask kind, the
-# mask rate applied: 0 for families whose input has no MASK tokens)
-AnalysisInputsFn = Callable[[np.ndarray, Config, float, int], tuple[np.ndarray, str, float]]
+# analysis_inputs(tokens [N, L], cfg, mask_rate, seed) -> (model input tokens [N, L'], mask kind, the
+# mask rate applied: 0 for families whose input has no MASK tokens[, position ids [N, L'], target
+# positions [N, L'] or None]); without the last two, positions are 0..L'-1 and there are no targets
+AnalysisInputsFn = Callable[[np.ndarray, Config, float, int], tuple]
 
 
 @dataclass(frozen=True)

@@ -111,4 +111,4 @@ OBJECTIVE = register(Objective(  # same network and inputs as ao_ar: a (stochast
     name="latent_order", loss=loss, nll=nll, exact=False, yardstick="upper bound (K-order log-mean-exp)",
     sampling="any_order", default_sampler="l2r", target_positions=True,
     order_scoring=OrderScoring(order_nll=ao_ar.order_nll, mixture_bound=True), options=OPTIONS,
-    validate_config=validate_config))
+    validate_config=validate_config, analysis_inputs=ao_ar.analysis_inputs))
