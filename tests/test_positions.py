@@ -192,3 +192,16 @@ def test_rope_base_warning_only_below_the_bound():
     assert rope_base_warning(report).startswith("warning: model.rope_base=100 is below 5000")
     assert rope_base_warning({**report, "rope_base": 5000.0}) == ""
     assert rope_base_warning({**report, "rope_base_bound": None}) == ""
+
+
+def test_positions_sweep_expands_to_the_ablation_grid():
+    from pathlib import Path
+
+    from jaxorder.experiments.sweep import expand, load_sweep
+
+    runs = expand(load_sweep(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "positions.yaml"))
+    got = {(c.objective.name, c.model.positions, c.model.rope_base if c.model.positions == "rope" else None)
+           for _, c in runs}
+    kinds = (("none", None), ("learned", None), ("rope", 100.0), ("rope", 1e4), ("rope", 5e5))
+    assert got == {(o, p, b) for o in ("l2r", "mdm") for p, b in kinds}
+    assert len(runs) == 10
