@@ -35,7 +35,9 @@ class ModelConfig:
     n_heads: int = 4
     d_ff: int = 0  # 0 = SwiGLU default: 8/3 * d_model rounded up to a multiple of 64
     max_len: int = 512
-    rope_base: float = 10000.0
+    positions: str = "rope"  # rope | learned | none: rotary q/k (rope_base), a learned absolute embedding
+    # [max_len, d_model] added to the input by position id, or no position signal at all (NoPE)
+    rope_base: float = 10000.0  # read only when positions=rope
     dtype: str = "float32"  # compute dtype: float32 on CPU, bfloat16 on accelerators
     param_dtype: str = "float32"
     attention_impl: str = "auto"  # auto | xla | pallas (fused RoPE flash attention; on CPU its plain-JAX
@@ -63,11 +65,13 @@ class ModelConfig:
     def param_count(self, target_positions: bool = False) -> int:
         """Parameters of the Transformer this config builds (equals model.count_params of its init):
         embedding and untied head, per layer 4 attention projections, SwiGLU's 3 and 2 RMSNorm scales,
-        the final RMSNorm, and the target-position embedding of any-order models."""
+        the final RMSNorm, the learned position embedding (positions=learned) and the target-position
+        embedding of any-order models."""
         d = self.d_model
         per_layer = 4 * d * d + 3 * d * self.ff_dim + 2 * d
         target = self.max_len * d if target_positions else 0
-        return 2 * self.vocab_size * d + self.n_layers * per_layer + d + target
+        learned = self.max_len * d if self.positions == "learned" else 0
+        return 2 * self.vocab_size * d + self.n_layers * per_layer + d + target + learned
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 DISTRIBUTED_MODES = ("none", "auto", "explicit", "slurm")
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("auto", "xla", "pallas")
+POSITION_KINDS = ("rope", "learned", "none")
 BACKWARD_REWRITES = ("auto", "cpu", "none")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 WANDB_MODES = ("offline", "online")
@@ -515,6 +520,10 @@ def validate(cfg: Config) -> None:
     if m.d_ff < 0:
         raise ConfigError(f"model.d_ff must be >= 0 (0 = 8/3 * d_model), got {m.d_ff}")
     _positive(m.rope_base, "model.rope_base")
+    _choice(m.positions, POSITION_KINDS, "model.positions")
+    if m.init_from and m.positions != "rope":
+        raise ConfigError(f"model.init_from needs model.positions=rope (Llama-family checkpoints use RoPE), "
+                          f"got model.positions={m.positions}")
     _choice(m.dtype, DTYPES, "model.dtype")
     _choice(m.param_dtype, DTYPES, "model.param_dtype")
     _choice(m.attention_impl, ATTENTION_IMPLS, "model.attention_impl")

@@ -17,10 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxorder import cli, model
+from jaxorder import cli, model, objectives
 from jaxorder import config as config_lib
-from jaxorder.config import ConfigError, ModelConfig
+from jaxorder.config import ModelConfig
 from jaxorder.experiments.analysis import (
+    analysis_view,
     analyze_capture,
     capture_attention,
     dominant_offset,
@@ -29,10 +30,12 @@ from jaxorder.experiments.analysis import (
     rank_one_ness,
     slash_dominant_fraction,
     slash_scores,
+    supported,
 )
 from jaxorder.experiments.analysis.attention import uniform_baseline
 from jaxorder.model import transformer
 from jaxorder.model.attention import attention_mask
+from jaxorder.objectives import ao_ar, bd3
 
 TINY_MODEL = ModelConfig(vocab_size=260, d_model=32, n_layers=2, n_heads=2)
 
@@ -92,7 +95,7 @@ def test_entropy_sink_and_uniform_baseline():
     assert ent[0] == 0.0 and sink[0] == 1.0
 
 
-def test_unsupported_objective_is_a_config_error():
+def test_model_inputs_of_each_family():
     tokens_NL = np.arange(16, dtype=np.int32).reshape(2, 8)
     cfg = {name: config_lib.load(None, [f"objective.name={name}", "data.seq_len=8"])
            for name in ("mdm", "r2l", "bd3")}
@@ -100,8 +103,32 @@ def test_unsupported_objective_is_a_config_error():
     assert kind == "bidirectional" and rate == 0.5 and (inputs == cfg["mdm"].model.vocab_size - 3).any()
     inputs, kind, rate = model_inputs(tokens_NL, cfg["r2l"], 0.5, 0)
     assert kind == "causal" and rate == 0.0 and inputs[0, 1] == tokens_NL[0, -1]  # BOS, then x_{L-1}
-    with pytest.raises(ConfigError, match="bd3"):
-        model_inputs(tokens_NL, cfg["bd3"])
+    inputs, kind, rate = model_inputs(tokens_NL, cfg["bd3"], 0.0, 0)  # [x_t ; x], clean x_t at rate 0
+    assert kind == "bd3:4" and inputs.shape == (2, 16) and (inputs[:, :8] == inputs[:, 8:]).all()
+
+
+@pytest.mark.parametrize("objective", ["bd3", "ao_ar", "latent_order"])
+def test_every_family_is_analysed_on_its_own_forward_pass(objective):
+    """The captured logits are the objective's own training pass (bd3: the noisy half of [x_t ; x];
+    any-order: the identity order with target positions): wrong positions, targets or mask kind in
+    the analysis view break this."""
+    cfg = config_lib.load(None, [f"objective.name={objective}", "model.d_model=32", "model.n_layers=1",
+                                 "model.n_heads=2", "data.seq_len=8"])
+    assert all(supported(dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, name=o.name)))
+               for o in objectives.all_objectives())
+    target = objectives.of(cfg).target_positions
+    params = model.init_params(cfg.model, jax.random.key(0), target_positions=target)
+    tokens_NL = np.random.default_rng(0).integers(0, 256, size=(2, 8), dtype=np.int32)
+    model_in, kind, _, positions, targets = analysis_view(tokens_NL, cfg, 0.5, 0)
+    cap = capture_attention(params, cfg.model, model_in, positions, kind, targets)
+    if objective == "bd3":
+        want = bd3.noisy_logits(params, jnp.asarray(model_in[:, :8]), jnp.asarray(tokens_NL), cfg, 4)
+        got = cap.logits[:, :8]
+    else:
+        order = jnp.broadcast_to(jnp.arange(8, dtype=jnp.int32), (2, 8))
+        want, got = ao_ar.order_logits(params, jnp.asarray(tokens_NL), order, cfg)[0], cap.logits
+    np.testing.assert_allclose(got, np.asarray(want), atol=1e-4)
+    assert cap.probs.shape[-1] == model_in.shape[1]
 
 
 # ----------------------------------------------------------------------------- capture on a model
@@ -242,3 +269,16 @@ def test_cli_bad_input_is_one_line_error(case, expected, tiny_runs, tmp_path, ca
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
     assert "Traceback" not in err
+
+
+def test_cli_ablate_slash(tiny_runs, tmp_path, capsys):
+    out = tmp_path / "abl"
+    code, stdout, err = _main(["analyze", "attention", tiny_runs["l2r"], "--windows", "4", "--max-offset",
+                               "3", "--ablate-slash", "1", "--ablate-draws", "2", "--out", out], capsys)
+    assert code == 0, err
+    assert "zero top-1 slash heads" in stdout and "zero 1 random heads (mean of 2 draws)" in stdout
+    ablation = json.loads((out / "heads.json").read_text())["ablation"]
+    assert ablation["k"] == 1 and len(ablation["random_deltas"]) == 2
+    code, _, err = _main(["analyze", "attention", tiny_runs["l2r"], "--ablate-slash", "9", "--out",
+                          tmp_path / "bad"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--ablate-slash 9" in err

@@ -127,3 +127,13 @@ def test_relative_cache_dirs_resolve_under_the_run_directory():
     assert resolve("../.jax_cache", "/tmp/runs/r1") == "/tmp/runs/.jax_cache"
     assert resolve("./cache/x", "/tmp/runs/r1") == "/tmp/runs/r1/cache/x"
     assert resolve("/abs/cache", "/tmp/runs/r1") == "/abs/cache" and resolve("gs://b/c", "/r") == "gs://b/c"
+
+
+def test_rope_base_bound_is_in_the_report(reports):
+    from jaxorder.model.rope import rope_base_lower_bound
+    from jaxorder.platform.aot import format_report
+
+    r = reports["data8"]
+    assert r["positions"] == "rope"
+    assert r["rope_base_bound"] == rope_base_lower_bound(r["head_dim"], r["max_len"])
+    assert f"lower bound for max_len {r['max_len']:,}" in format_report(r)

@@ -41,6 +41,7 @@ GCS = "tests/test_gcs.py::"
 MIX = "tests/test_order_mixtures.py::"
 SCALING = "tests/test_scaling.py::"
 COLLAPSE = "tests/test_latent_collapse.py::"
+POS = "tests/test_positions.py::"
 PRE = "tests/test_preemption_unit.py::"
 PRE2 = "tests/test_preemption.py::"
 ILM = "tests/test_ilm.py::"
@@ -695,6 +696,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a time-based checkpoint does not restart the clock: it saves again at every following step",
         (PRE + "test_one_process_decides_at_once_and_a_checkpoint_restarts_the_clock",
          PRE + "test_several_processes_act_one_step_late_on_the_exchanged_flags")),
+    Mutation(
+        "rope-bound-returns-failing-end", "jaxorder/model/rope.py",
+        "    return float(np.exp(log_hi))", "    return float(np.exp(log_lo))",
+        "the RoPE base bound returns the bisection's failing end (criterion false at the printed base)",
+        (POS + "test_rope_base_bound_is_the_edge_of_the_criterion_and_grows_with_context",)),
+    Mutation(
+        "learned-positions-also-rotated", "jaxorder/model/transformer.py",
+        '    if cfg.positions != "rope":\n        return x_BLHD',
+        '    if cfg.positions == "none":\n        return x_BLHD',
+        "learned-position models also get RoPE on the XLA path (the fused kernel does not rotate them)",
+        (POS + "test_pallas_path_skips_rotation",)),
+    Mutation(
+        "ablate-head-dim-not-head", "jaxorder/experiments/analysis/ablation.py",
+        'attn["out"] = attn["out"].at[head].set(0.0)', 'attn["out"] = attn["out"].at[:, head].set(0.0)',
+        "zeroing a head clears one head-dim row of every head instead of the head's rows",
+        ("tests/test_slash_ablation.py::test_zeroed_output_rows_equal_removing_the_heads_attention_output",)),
     Mutation(
         "move-aside-on-every-process", "jaxorder/training/checkpoint.py",
         "                if is_main_process():\n                    for bad_step",

@@ -171,6 +171,9 @@ def export_hf(run_dir: str | os.PathLike, out: str | os.PathLike) -> dict:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not an empty directory; choose a new output directory")
     cfg, params, step = load_params(run_dir)
+    if cfg.model.positions != "rope":  # both exported architectures are Llama-family: RoPE only
+        raise ConfigError(f"{run_dir}: model.positions={cfg.model.positions} cannot be exported (the Hugging "
+                          f"Face architectures use RoPE); export a model.positions=rope run")
     stock = is_stock_llama(cfg)
     state = to_hf_state(params, cfg.model)
     out.mkdir(parents=True, exist_ok=True)

@@ -79,17 +79,19 @@ class Attention(nn.Module):
         self.sow("intermediates", "k_pre_rope", k_BLHD)
         if self.has_variable("cache", "cached_key"):  # incremental decoding: jaxorder.model.decode
             cache = tuple(self.variable("cache", n, lambda: None) for n in CACHE_NAMES)
-            o_BLHD = cached_attention(apply_rope(q_BLHD, positions_BL, cfg.rope_base, cfg.max_len),
-                                      apply_rope(k_BLHD, positions_BL, cfg.rope_base, cfg.max_len), v_BLHD,
-                                      *cache, new_mask=mask_kind)
+            o_BLHD = cached_attention(rotate(q_BLHD, positions_BL, cfg), rotate(k_BLHD, positions_BL, cfg),
+                                      v_BLHD, *cache, new_mask=mask_kind)
             return ops.dense(o_BLHD.reshape(B, L, H * D), w_out.astype(dt).reshape(H * D, d))
         # the fused kernel has no per-row key mask: rows with padding keys take the XLA path
         if cfg.attention_impl == "pallas" and key_valid_BL is None:  # RoPE is applied inside the kernel
-            o_BLHD = pallas_attention(q_BLHD, k_BLHD, v_BLHD, positions_BL, mask_kind, cfg.rope_base,
+            # learned / none: position 0 everywhere is the identity rotation (cos 0 = 1, sin 0 = 0); the
+            # kernel's masks use sequence indices, never position ids
+            kernel_pos_BL = positions_BL if cfg.positions == "rope" else jnp.zeros_like(positions_BL)
+            o_BLHD = pallas_attention(q_BLHD, k_BLHD, v_BLHD, kernel_pos_BL, mask_kind, cfg.rope_base,
                                       interpret=True if cfg.pallas_interpret else None)
         # dead code for pallas unless captured
-        q_BLHD = apply_rope(q_BLHD, positions_BL, cfg.rope_base, cfg.max_len)
-        k_BLHD = apply_rope(k_BLHD, positions_BL, cfg.rope_base, cfg.max_len)
+        q_BLHD = rotate(q_BLHD, positions_BL, cfg)
+        k_BLHD = rotate(k_BLHD, positions_BL, cfg)
         self.sow("intermediates", "q_post_rope", q_BLHD)
         self.sow("intermediates", "k_post_rope", k_BLHD)
         if cfg.attention_impl == "xla" or key_valid_BL is not None:
@@ -98,6 +100,14 @@ class Attention(nn.Module):
                 mask_LL = mask_LL[None, None] & key_valid_BL[:, None, None, :]
             o_BLHD = xla_attention(q_BLHD, k_BLHD, v_BLHD, mask_LL, ops)
         return ops.dense(o_BLHD.reshape(B, L, H * D), w_out.astype(dt).reshape(H * D, d))
+
+
+def rotate(x_BLHD: jnp.ndarray, positions_BL: jnp.ndarray, cfg: ModelConfig) -> jnp.ndarray:
+    """q or k rotated by RoPE when model.positions=rope; unchanged for learned (the position is in the
+    input embedding) and none (no position signal)."""
+    if cfg.positions != "rope":
+        return x_BLHD
+    return apply_rope(x_BLHD, positions_BL, cfg.rope_base, cfg.max_len)
 
 
 class SwiGLU(nn.Module):
@@ -172,6 +182,8 @@ def unstack_layers(params: Params, n_layers: int) -> Params:
 class Transformer(nn.Module):
     """tokens [B, L] int, positions [B, L] int, mask kind -> logits [B, L, vocab] (float32).
 
+    model.positions says how `positions_BL` enter: RoPE on q and k (rope), a learned table `pos_embed`
+    [max_len, d_model] added to the input embeddings (learned), or not at all (none).
     Optional `target_positions_BL` [B, L] int (any-order AR): the position each slot must predict,
     embedded by a learned table `target_embed` [max_len, d_model] added to the input embeddings.
     The table exists only in models initialized with target positions.
@@ -192,6 +204,9 @@ class Transformer(nn.Module):
         ops = cpu_rewrites.ops(cfg)
         embed_Vd = self.param("embed", _init(1.0, ("vocab", "embed")), (cfg.vocab_size, cfg.d_model), pdt)
         x_BLd = jnp.take(embed_Vd, tokens_BL, axis=0).astype(dt)
+        if cfg.positions == "learned":  # absolute positions, looked up by position id (permuted for ao_ar)
+            pos_Pd = self.param("pos_embed", _init(1.0, (None, "embed")), (cfg.max_len, cfg.d_model), pdt)
+            x_BLd = x_BLd + jnp.take(pos_Pd, positions_BL, axis=0).astype(dt)
         if target_positions_BL is not None:
             target_Pd = self.param("target_embed", _init(1.0, (None, "embed")), (cfg.max_len, cfg.d_model),
                                    pdt)

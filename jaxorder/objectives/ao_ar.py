@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxorder import model
 from jaxorder.config import Config, ConfigError
@@ -128,6 +129,18 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     return value, {"loss": value, "nll_per_token": value}
 
 
+def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float, seed: int) -> tuple:
+    """The training input of the identity (left-to-right) order: [BOS, x_0..x_{L-2}] at positions
+    [0, 0..L-2] with target positions 0..L-1, causal (mask_rate does not apply)."""
+    del mask_rate, seed
+    N, L = tokens_NL.shape
+    bos_N1 = np.full_like(tokens_NL[:, :1], special_ids(cfg.model).bos)
+    inputs_NL = np.concatenate([bos_N1, tokens_NL[:, :-1]], axis=1).astype(np.int32)
+    order_NL = np.broadcast_to(np.arange(L, dtype=np.int32), (N, L))
+    positions_NL = np.concatenate([np.zeros((N, 1), np.int32), order_NL[:, :-1]], axis=1)
+    return inputs_NL, "causal", 0.0, positions_NL, order_NL
+
+
 OPTIONS = (
     Option("l2r_fraction", 0.0, "share of sequences trained in the l2r order"),
     Option("r2l_fraction", 0.0, "share of sequences trained in the r2l order"),
@@ -145,4 +158,4 @@ OBJECTIVE = register(Objective(
     default_sampler="l2r", target_positions=True,
     order_scoring=OrderScoring(order_nll=order_nll, mixture_bound=True, order_token_nll=position_token_nll),
     token_nll=identity_token_nll, position_nll=position_nll, options=OPTIONS,
-    validate_config=validate_config))
+    validate_config=validate_config, analysis_inputs=analysis_inputs))

@@ -24,9 +24,10 @@ NllFn = Callable[[Params, dict, jax.Array, Config], jax.Array]
 OrderNllFn = Callable[[Params, jax.Array, jax.Array, Config], jax.Array]
 # token_nll(params, tokens [B, L], cfg) -> per-token NLL in nats [B, L], position order, summing to nll
 TokenNllFn = Callable[[Params, jax.Array, Config], jax.Array]
-# analysis_inputs(tokens [N, L], cfg, mask_rate, seed) -> (model input tokens [N, L], mask kind, the
-# mask rate applied: 0 for families whose input has no MASK tokens)
-AnalysisInputsFn = Callable[[np.ndarray, Config, float, int], tuple[np.ndarray, str, float]]
+# analysis_inputs(tokens [N, L], cfg, mask_rate, seed) -> (model input tokens [N, L'], mask kind, the
+# mask rate applied: 0 for families whose input has no MASK tokens[, position ids [N, L'], target
+# positions [N, L'] or None]); without the last two, positions are 0..L'-1 and there are no targets
+AnalysisInputsFn = Callable[[np.ndarray, Config, float, int], tuple]
 # position_nll(params, tokens [B, L], rng, cfg) -> {curve name: NLL in nats [B, L] in position order}: the
 # family's per-position loss curves (each row sums to that curve's sequence NLL or one-sample bound)
 PositionNllFn = Callable[[Params, jax.Array, jax.Array, Config], dict[str, jax.Array]]

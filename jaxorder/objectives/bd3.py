@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxorder import model
 from jaxorder.config import Config, ConfigError
@@ -171,7 +172,18 @@ def rate_nll(params, tokens_BL: jnp.ndarray, t_B: jnp.ndarray, rng: jax.Array,
     return masked_token_nll(params, tokens_BL, x_t_BL, is_masked_BL, cfg, b), is_masked_BL
 
 
+def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float, seed: int) -> tuple:
+    """The training layout [x_t ; x] (2n slots, positions 0..n-1 twice, mask bd3:<block_size>) with
+    x_t the window with each token replaced by MASK with probability `mask_rate` (0 = clean)."""
+    rng = np.random.default_rng(seed)
+    x_t_NL = np.where(rng.random(tokens_NL.shape) < mask_rate, special_ids(cfg.model).mask, tokens_NL)
+    N, L = tokens_NL.shape
+    pos_NL = np.broadcast_to(np.arange(L, dtype=np.int32), (N, L))
+    return (np.concatenate([x_t_NL, tokens_NL], axis=1).astype(np.int32), mask_kind(cfg.objective.block_size),
+            mask_rate, np.concatenate([pos_NL, pos_NL], axis=1), None)
+
+
 OBJECTIVE = register(Objective(
     name="bd3", loss=loss, nll=nll, exact=False, yardstick="upper bound (ELBO)", sampling="block",
     default_sampler="confidence", position_nll=position_nll, rate_nll=rate_nll, options=OPTIONS,
-    validate_config=validate_config))
+    validate_config=validate_config, analysis_inputs=analysis_inputs))

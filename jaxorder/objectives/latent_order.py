@@ -181,5 +181,5 @@ OBJECTIVE = register(Objective(  # same network and inputs as ao_ar: a (stochast
     sampling="any_order", default_sampler="l2r", target_positions=True,
     order_scoring=OrderScoring(order_nll=ao_ar.order_nll, mixture_bound=True,
                                order_token_nll=ao_ar.position_token_nll), position_nll=ao_ar.position_nll,
-    options=OPTIONS, validate_config=validate_config,
+    options=OPTIONS, validate_config=validate_config, analysis_inputs=ao_ar.analysis_inputs,
     log_metrics=("beta", "eff_orders", "w_l2r", "w_r2l")))

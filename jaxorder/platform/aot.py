@@ -4,7 +4,9 @@
 host devices (XLA_FLAGS must be set before JAX starts), builds the mesh and shardings exactly as
 training does, compiles the step on abstract inputs (nothing is allocated) and prints the
 per-device memory from the compiled executable's memory analysis, the FLOPs per step and the
-compile time, so an out-of-memory configuration shows up before a pod is rented.
+compile time, so an out-of-memory configuration shows up before a pod is rented. With
+model.positions=rope it also prints the lower bound on the RoPE base for model.max_len
+(`model.rope.rope_base_lower_bound`) and warns in one line on stderr when model.rope_base is below it.
 
 `--topology v5e-256` compiles for that Cloud TPU slice's compile-only devices (times mesh.dcn_data
 slices) where this JAX can describe TPU topologies (libtpu installed); elsewhere it says so in one
@@ -27,6 +29,7 @@ import jax
 from jaxorder import config as config_lib
 from jaxorder import model
 from jaxorder.config import ConfigError
+from jaxorder.model.rope import rope_base_lower_bound
 from jaxorder.platform import compile_cache, topology
 from jaxorder.training.optimizer import make_optimizer
 from jaxorder.training.state import make_placement
@@ -81,7 +84,15 @@ def compile_report(config_path: str, overrides: list[str], devices: list | None 
         "slices": cfg.mesh.dcn_data,  # the mesh's data axis spans them
         "params": int(n_params),
         "non_embedding_params": int(n_params - model.count_params(
-            {k: v for k, v in abstract_state["params"].items() if k in ("embed", "head", "target_embed")})),
+            {k: v for k, v in abstract_state["params"].items()
+             if k in ("embed", "head", "target_embed", "pos_embed")})),
+        "positions": cfg.model.positions,
+        "rope_base": cfg.model.rope_base,
+        "max_len": cfg.model.max_len,
+        "head_dim": cfg.model.head_dim,
+        # Men et al. 2024's lower bound on the base for max_len (None: no RoPE to bound)
+        "rope_base_bound": (rope_base_lower_bound(cfg.model.head_dim, cfg.model.max_len)
+                            if cfg.model.positions == "rope" else None),
         "tokens_per_step": cfg.data.batch_size * cfg.data.seq_len,
         "param_gib_per_device": per_device_bytes(abstract_state["params"]) / GIB,
         "opt_state_gib_per_device": per_device_bytes(abstract_state["opt_state"]) / GIB,
@@ -114,6 +125,12 @@ def format_report(r: dict) -> str:
         f"temporaries - aliased)",
         f"  FLOPs per step    {r['flops_per_step_per_device']:.3e} (XLA cost analysis, per device)",
     ]
+    if r["rope_base_bound"] is not None:
+        lines.append(f"RoPE base {r['rope_base']:,g}; lower bound for max_len {r['max_len']:,} at head dim "
+                     f"{r['head_dim']}: {r['rope_base_bound']:,.4g} (B_m >= 0 for all m < max_len, "
+                     f"Men et al. 2024)")
+    else:
+        lines.append(f"positions: {r['positions']} (no RoPE base to bound)")
     if r["compile_cache"]:
         c = r["compile_cache"]
         lines.append(f"compilation cache {c['dir']}: {c['hits']} of {c['requests']} compilations loaded")
@@ -167,7 +184,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report) if args.json else format_report(report))
+    warning = rope_base_warning(report)
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
+
+
+def rope_base_warning(r: dict) -> str:
+    """One line when model.rope_base is below the long-context bound for max_len, else ''."""
+    if r["rope_base_bound"] is None or r["rope_base"] >= r["rope_base_bound"]:
+        return ""
+    return (f"warning: model.rope_base={r['rope_base']:g} is below {r['rope_base_bound']:.4g}, the lower "
+            f"bound for max_len {r['max_len']} (Men et al. 2024: some m < max_len has B_m < 0); raise "
+            f"model.rope_base or lower model.max_len")
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

@@ -18,6 +18,9 @@ Measurements (per layer and head, pooled over the windows of the batch):
     mask allows it). Δ > 0 exists for bidirectional models only (NaN / null for causal ones). For
     r2l runs positions are those of the reversed window (Δ = -1 is the next token of the text); for
     l2r/r2l the input is [BOS, x_0..x_{L-2}] as in training, so Δ = 0 is the latest token seen.
+    Any-order runs (ao_ar, latent_order) are read in their identity order (the same input, with
+    target positions); bd3 runs in the training layout [x_t ; x], where Δ counts slots of that 2n
+    layout (within a half while |Δ| < n).
   * dominant offset: argmax of s(Δ) over Δ != 0 (the first on ties), its score, and separately the
     self score s(0). Slash-dominant means: best Δ != 0 score >= threshold. Δ = 0 is excluded
     because the slash heads of the paper sit at fixed *nonzero* offsets (a head that attends to
@@ -97,9 +100,10 @@ def attention_probs(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, mask_LL: jnp.ndarr
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4))
-def _capture(params, model_cfg: ModelConfig, tokens_BL, positions_BL, mask_kind: str):
+def _capture(params, model_cfg: ModelConfig, tokens_BL, positions_BL, mask_kind: str, targets_BL=None):
     logits, state = Transformer(model_cfg).apply({"params": cast_params(params, model_cfg)}, tokens_BL,
-                                                 positions_BL, mask_kind, mutable=["intermediates"])
+                                                 positions_BL, mask_kind, targets_BL,
+                                                 mutable=["intermediates"])
     inter = state["intermediates"]
     if model_cfg.scan_layers:  # nn.scan stacks what each layer sows on a leading layer axis
         get = lambda name: inter["layers"]["attn"][name][0]  # noqa: E731 - sow stores a tuple
@@ -113,10 +117,12 @@ def _capture(params, model_cfg: ModelConfig, tokens_BL, positions_BL, mask_kind:
 
 
 def capture_attention(params: Any, model_cfg: ModelConfig, tokens_BL, positions_BL,
-                      mask_kind: str) -> Capture:
-    """Runs the model once with intermediates capture: its logits, pre-RoPE q/k and attention maps."""
+                      mask_kind: str, target_positions_BL=None) -> Capture:
+    """Runs the model once with intermediates capture: its logits, pre-RoPE q/k and attention maps
+    (`target_positions_BL`: any-order models' target positions)."""
     params = nn.meta.unbox(params)
-    out = _capture(params, model_cfg, jnp.asarray(tokens_BL), jnp.asarray(positions_BL), mask_kind)
+    targets = None if target_positions_BL is None else jnp.asarray(target_positions_BL)
+    out = _capture(params, model_cfg, jnp.asarray(tokens_BL), jnp.asarray(positions_BL), mask_kind, targets)
     logits, q_pre, k_pre, probs, mask = (np.asarray(x) for x in jax.device_get(out))
     return Capture(logits=logits, q_pre=q_pre, k_pre=k_pre, probs=probs, mask=mask.astype(bool))
 
@@ -197,7 +203,20 @@ def model_inputs(tokens_BL: np.ndarray, cfg: Config, mask_rate: float = 0.0,
     """The model's input for windows `tokens_BL` as the run's objective builds it in training, its
     mask kind and the mask rate applied (the objective's `analysis_inputs`; e.g. mdm replaces tokens
     by MASK with probability `mask_rate`, causal runs see clean windows: rate 0)."""
-    return _analysis_inputs(cfg)(np.asarray(tokens_BL, dtype=np.int32), cfg, mask_rate, seed)
+    return analysis_view(tokens_BL, cfg, mask_rate, seed)[:3]
+
+
+def analysis_view(tokens_BL: np.ndarray, cfg: Config, mask_rate: float = 0.0,
+                  seed: int = 0) -> tuple[np.ndarray, str, float, np.ndarray, np.ndarray | None]:
+    """model_inputs plus the position ids [N, L'] (0..L'-1 unless the objective gives its own: bd3's
+    2n layout repeats 0..n-1, any-order models read the identity order) and target positions (any-order
+    models) or None."""
+    view = _analysis_inputs(cfg)(np.asarray(tokens_BL, dtype=np.int32), cfg, mask_rate, seed)
+    model_in, mask_kind, rate = view[:3]
+    positions = (view[3] if len(view) > 3 else
+                 np.broadcast_to(np.arange(model_in.shape[1], dtype=np.int32), model_in.shape))
+    targets = view[4] if len(view) > 4 else None
+    return model_in, mask_kind, rate, np.asarray(positions, np.int32), targets
 
 
 def input_windows(cfg: Config, inputs: str, windows: int, seed: int = 0) -> np.ndarray:
@@ -279,9 +298,8 @@ def analyze_run(run_dir: str | Path, inputs: str = "corpus", max_offset: int = D
     cfg, params, step = load_params(run_dir)
     _analysis_inputs(cfg)  # fails before the data is read
     tokens = input_windows(cfg, inputs, windows, seed)
-    model_in, mask_kind, mask_rate = model_inputs(tokens, cfg, mask_rate, seed)
-    positions = np.broadcast_to(np.arange(model_in.shape[1], dtype=np.int32), model_in.shape)
-    cap = capture_attention(params, cfg.model, model_in, positions, mask_kind)
+    model_in, mask_kind, mask_rate, positions, targets = analysis_view(tokens, cfg, mask_rate, seed)
+    cap = capture_attention(params, cfg.model, model_in, positions, mask_kind, targets)
     result = analyze_capture(cap, max_offset, threshold)
     result.table = {"run": run_dir.resolve().name, "run_dir": str(run_dir), "objective": cfg.objective.name,
                     "step": step, "mask_kind": mask_kind, "inputs": inputs, "windows": int(tokens.shape[0]),
