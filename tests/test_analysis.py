@@ -98,13 +98,16 @@ def test_entropy_sink_and_uniform_baseline():
 def test_model_inputs_of_each_family():
     tokens_NL = np.arange(16, dtype=np.int32).reshape(2, 8)
     cfg = {name: config_lib.load(None, [f"objective.name={name}", "data.seq_len=8"])
-           for name in ("mdm", "r2l", "bd3")}
+           for name in ("mdm", "r2l", "bd3", "ilm")}
     inputs, kind, rate = model_inputs(tokens_NL, cfg["mdm"], 0.5, 0)
     assert kind == "bidirectional" and rate == 0.5 and (inputs == cfg["mdm"].model.vocab_size - 3).any()
     inputs, kind, rate = model_inputs(tokens_NL, cfg["r2l"], 0.5, 0)
     assert kind == "causal" and rate == 0.0 and inputs[0, 1] == tokens_NL[0, -1]  # BOS, then x_{L-1}
     inputs, kind, rate = model_inputs(tokens_NL, cfg["bd3"], 0.0, 0)  # [x_t ; x], clean x_t at rate 0
     assert kind == "bd3:4" and inputs.shape == (2, 16) and (inputs[:, :8] == inputs[:, 8:]).all()
+    inputs, kind, rate = model_inputs(tokens_NL, cfg["ilm"], 0.5, 0)  # nothing dropped: [BOS, x]
+    assert kind == "bidirectional" and rate == 0.0 and inputs.shape == (2, 9)
+    assert (inputs[:, 0] == cfg["ilm"].model.vocab_size - 2).all() and (inputs[:, 1:] == tokens_NL).all()
 
 
 @pytest.mark.parametrize("objective", ["bd3", "ao_ar", "latent_order"])

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxorder import model
 from jaxorder.config import Config, ConfigError
@@ -172,6 +173,14 @@ OPTIONS = (Option("ilm_max_gap", 32, "ilm: the length head's largest count; more
                                      "are trained as this many"),)
 
 
+def analysis_inputs(tokens_NL: np.ndarray, cfg: Config, mask_rate: float, seed: int) -> tuple:
+    """The state with nothing dropped, [BOS, x] (n + 1 slots, bidirectional): a dropped state is padded
+    per row, which the attention capture does not take, so `mask_rate` is ignored (rate 0)."""
+    del mask_rate, seed
+    bos_N1 = np.full((tokens_NL.shape[0], 1), special_ids(cfg.model).bos, np.int32)
+    return np.concatenate([bos_N1, tokens_NL], axis=1).astype(np.int32), "bidirectional", 0.0
+
+
 def validate_config(cfg: Config) -> None:
     if cfg.objective.ilm_max_gap < 1:
         raise ConfigError(f"objective.ilm_max_gap must be >= 1, got {cfg.objective.ilm_max_gap}")
@@ -183,4 +192,5 @@ def validate_config(cfg: Config) -> None:
 OBJECTIVE = register(Objective(
     name="ilm", loss=loss, nll=nll, exact=False, yardstick="upper bound (l2r insertion path)",
     sampling="insertion", default_sampler="insert", order_scoring=OrderScoring(order_nll=order_nll),
-    options=OPTIONS, validate_config=validate_config, length_classes=length_classes))
+    options=OPTIONS, validate_config=validate_config, length_classes=length_classes,
+    analysis_inputs=analysis_inputs))
