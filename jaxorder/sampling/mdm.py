@@ -75,6 +75,7 @@ from jaxorder.objectives import mdm as mdm_objective
 from jaxorder.objectives.common import positions_like, special_ids
 from jaxorder.sampling import mdm_cached, remask
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
+from jaxorder.sampling.eos import eos_id
 from jaxorder.sampling.mdm_steps import (
     _SCORE,
     PARALLEL_RULES,
@@ -97,8 +98,8 @@ from pallas_kernels import mdm_sample_step
 
 RULE_OPTIONS = {"threshold": ("threshold",), "factor": ("factor",),  # options a rule adds to OPTIONS
                 **{rule: ("remask", "remask_candidates") for rule in ("confidence", "margin", "entropy")}}
-OPTIONS = ("steps", "temperature", "block_length", "noise", "fused", "interpret", "prophet", "approx_cache",
-           "cache_refresh", "chunk_length", "chunks")
+OPTIONS = ("steps", "temperature", "block_length", "noise", "ignore_eos", "fused", "interpret", "prophet",
+           "approx_cache", "cache_refresh", "chunk_length", "chunks")
 
 
 def final_hidden(params, x_BL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
@@ -192,7 +193,7 @@ def build(cfg: Config, loop: Loop):
                 s = prophet_commit(s, logp_BLV, 0, in_block_L, prophet_threshold(sc.prophet, j, block_budget))
             return s
 
-        st = over_blocks(st, block_L, budget, block_step)
+        st = over_blocks(st, block_L, budget, block_step, None if forced else eos_id(cfg, sc))
         return dict(result(st), remasked=st["remasked"]) if sc.remask > 0 else result(st)
 
     return run
