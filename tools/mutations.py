@@ -538,6 +538,34 @@ MUTATIONS: tuple[Mutation, ...] = (
         "jnp.sum(jnp.where(commit_BL, -lp_tok_BL, 0.0), axis=1)",
         "the cumulative uncertainty sums -log p of the committed tokens instead of their entropy",
         (IG + "test_uncertainty_is_the_entropy_at_commit_time[confidence-options0]",)),
+    Mutation(
+        "eos-fill-off-by-one", "jaxorder/sampling/eos.py",
+        "after_BL = generated_BL & ((jnp.cumsum(is_eos_BL, axis=1) - is_eos_BL) > 0)",
+        "after_BL = generated_BL & ((jnp.cumsum(is_eos_BL, axis=1) - is_eos_BL) > 1)",
+        "the masked samplers' EOS fill waits for a second EOS",
+        ("tests/test_sampling_eos.py::test_commit_after_eos_commits_the_masked_positions_after_a_committed_"
+         "eos_at_the_step_taken",
+         "tests/test_sampling_eos.py::test_sampling_stops_early_when_only_eos_is_left[mdm-confidence]")),
+    Mutation(
+        "eos-fill-ignores-fixed", "jaxorder/sampling/eos.py",
+        "is_eos_BL = committed_BL & (st[\"x\"] == eos)",
+        "is_eos_BL = st[\"x\"] == eos",
+        "a fixed EOS (prompt, template) ends the text of the masked samplers",
+        ("tests/test_sampling_eos.py::test_commit_after_eos_commits_the_masked_positions_after_a_committed_"
+         "eos_at_the_step_taken",)),
+    Mutation(
+        "l2r-eos-mask-inverted", "jaxorder/objectives/l2r.py",
+        "return ~after_first_eos(tokens_BL, special_ids(cfg.model).eos)",
+        "return after_first_eos(tokens_BL, special_ids(cfg.model).eos)",
+        "data.eos: l2r scores only the padding instead of the document and its EOS",
+        ("tests/test_data_eos.py::test_l2r_nll_and_loss_leave_out_the_padding_after_the_first_eos",
+         "tests/test_data_eos.py::test_yardstick_bits_per_byte_is_nats_over_text_bytes")),
+    Mutation(
+        "eos-window-off-by-one", "jaxorder/data/documents.py",
+        "n = -(-(len(p) + 1) // seq_len)",
+        "n = -(-len(p) // seq_len)",
+        "data.eos: a document of k * seq_len tokens loses its EOS window (its end is never marked)",
+        ("tests/test_data_eos.py::test_windows_hold_document_eos_then_padding",)),
 )
 
 
