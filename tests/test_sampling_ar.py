@@ -139,9 +139,9 @@ def test_stops_at_eos(tiny, direction):
         out = generate(swapped, cfg, PROMPTS, N, jax.random.key(0),
                        SamplerOptions(temperature=0.0, cache=cache), direction)
         assert bool(out["eos"][0]) and int(out["generated"][0]) == j + 1
-        assert len(out["tokens"][0]) == p0 + j  # EOS excluded
+        assert len(out["tokens"][0]) == p0 + N  # the EOS kept, EOS padding after it (sampling.eos)
         want = np.concatenate([np.asarray(PROMPTS[0][::-1] if direction == "r2l" else PROMPTS[0], np.int32),
-                               gen0[:j]])
+                               gen0[:j], np.full(N - j, eos, np.int32)])
         assert np.array_equal(out["tokens"][0], want[::-1] if direction == "r2l" else want)
     # EOS ignored: the row continues with `tok`'s old place taken by EOS
     on = generate(swapped, cfg, PROMPTS, N, jax.random.key(0), GREEDY, direction)
