@@ -18,7 +18,7 @@ from jaxorder import model, objectives, sampling
 from jaxorder.config import ConfigError
 from jaxorder.data import ByteTokenizer
 from jaxorder.sampling import SamplerOptions, commit_filter, sample
-from jaxorder.sampling.eos import after_eos, commit_after_eos, fill_after_eos
+from jaxorder.sampling.eos import after_eos, commit_after_eos, fill_after_eos, release_padding
 from jaxorder.sampling.mdm import final_hidden
 from jaxorder.sampling.prompts import build_inputs
 
@@ -34,6 +34,11 @@ def _run(name: str, seed: int = 0):
     params = model.init_params(cfg.model, jax.random.key(seed),
                                target_positions=objectives.of(cfg).target_positions)
     return cfg, params
+
+
+def _steps(sampler: sampling.Sampler) -> dict:
+    """steps=L for the samplers that take it (one commit per step at most: the EOS rule ends early)."""
+    return {"steps": L} if "steps" in sampler.options else {}
 
 
 def _needs(sampler: str, tmp_path: Path) -> tuple[dict, dict | None]:
@@ -95,18 +100,69 @@ def test_commit_after_eos_commits_the_masked_positions_after_a_committed_eos_at_
     np.testing.assert_array_equal(after_eos(x, masked | (committed_at >= 0), EOS)[0], [0, 0, 1, 1, 1])
 
 
-CASES = [(run, s.name) for run in RUNS for s in sampling.for_config(_run(run)[0])]
+def _remask_state(x, committed_at, lp_at, ent_at=None, **more):
+    x = jnp.array(x)
+    lp_at = jnp.array(lp_at, jnp.float32)
+    B = x.shape[0]
+    return dict(x=x, masked=x == MASK, committed_at=jnp.array(committed_at), lp_at=lp_at,
+                ent_at=jnp.zeros_like(lp_at) if ent_at is None else jnp.array(ent_at, jnp.float32),
+                logprob=jnp.sum(jnp.where(jnp.isfinite(lp_at), lp_at, 0.0), axis=1),
+                uncertainty=jnp.zeros((B,)) if ent_at is None else jnp.array(ent_at, jnp.float32).sum(axis=1),
+                step=jnp.int32(2), commits=jnp.zeros((3, B), jnp.int32),
+                eos_filled=jnp.zeros((B,), jnp.int32), **more)
 
 
-@pytest.mark.parametrize("run,name", CASES, ids=[f"{r}-{n}" for r, n in CASES])
-def test_text_after_the_first_eos_is_padding_in_every_sampler(run, name, tmp_path):
+def test_overwritten_text_leaves_a_remasking_runs_logprob_and_fills_discard_a_kept_pass():
+    inf = np.inf
+    st = _remask_state([[1, EOS, 2, MASK]], [[0, 1, 0, -1]], [[-0.1, -0.5, -0.7, inf]],
+                       [[0.1, 0.2, 0.3, 0.0]], fresh=jnp.bool_(True), dirty=jnp.bool_(False))
+    out = commit_after_eos(st, EOS)
+    np.testing.assert_array_equal(out["x"], [[1, EOS, EOS, EOS]])
+    np.testing.assert_allclose(out["logprob"], [-0.6])  # the 2 at position 2 was overwritten
+    np.testing.assert_allclose(out["uncertainty"], [0.3])
+    np.testing.assert_array_equal(np.isfinite(out["lp_at"]), [[1, 1, 0, 0]])  # padding, not a candidate
+    np.testing.assert_array_equal(out["committed_at"], [[0, 1, 0, 1]])
+    assert not bool(out["fresh"]) and bool(out["dirty"]) and out["eos_filled"].tolist() == [1]
+    same = commit_after_eos(_remask_state([[1, EOS, EOS, 2]], [[0, 1, 1, -1]], [[-0.1, -0.5, inf, inf]],
+                                          fresh=jnp.bool_(True)), EOS)  # already padded, fixed 2 stays
+    assert bool(same["fresh"]) and same["x"].tolist() == [[1, EOS, EOS, 2]]
+
+
+def test_release_padding_returns_the_padding_of_a_remasked_eos_to_mask():
+    inf = np.inf
+    st = _remask_state([[1, MASK, EOS, EOS],  # its drawn EOS (position 1) was just remasked
+                        [1, EOS, EOS, EOS],  # its drawn EOS stays: so does its padding
+                        [EOS, 2, EOS, EOS]],  # a fixed EOS ends nothing; the drawn one at 2 does
+                       [[0, -1, 1, 1], [0, 1, 1, 1], [-1, 0, 1, 1]],
+                       [[-0.1, inf, inf, inf], [-0.1, -0.5, inf, inf], [inf, -0.2, -0.3, inf]])
+    out = release_padding(st, EOS, MASK)
+    np.testing.assert_array_equal(out["x"], [[1, MASK, MASK, MASK], [1, EOS, EOS, EOS], [EOS, 2, EOS, EOS]])
+    np.testing.assert_array_equal(out["masked"][0], [0, 1, 1, 1])
+    np.testing.assert_array_equal(out["committed_at"][0], [0, -1, -1, -1])
+    assert release_padding(st, None, MASK) is st
+
+
+CASES = [(run, s.name, {}) for run in RUNS for s in sampling.for_config(_run(run)[0])]
+CASES += [("mdm", "confidence", {"remask": 0.5, "remask_candidates": 4})]  # a remasked EOS frees its padding
+
+
+def _eos_likely(params):
+    """EOS's head column = token 1's: EOS as likely as the random model's favourite token, so rows end
+    after some text (a random model alone rarely says EOS)."""
+    return dict(params, head=params["head"].at[:, EOS].set(params["head"][:, 1]))
+
+
+@pytest.mark.parametrize("run,name,extra", CASES,
+                         ids=[f"{r}-{n}" + ("-remask" if e else "") for r, n, e in CASES])
+def test_text_after_the_first_eos_is_padding_in_every_sampler(run, name, extra, tmp_path):
     cfg, params = _run(run)
+    params = _eos_likely(params)
     given, companions = _needs(name, tmp_path)
     rows = _rows(cfg)
     generated = rows == MASK
     outs = {}
     for ignore in (False, True):
-        opts = SamplerOptions(steps=L, ignore_eos=ignore, **given)
+        opts = SamplerOptions(ignore_eos=ignore, **_steps(sampling.resolve(cfg, name)), **given, **extra)
         outs[ignore] = jax.device_get(sample(params, cfg, rows, jax.random.key(3), name, opts, companions))
     tokens = np.asarray(outs[False]["tokens"])
     assert np.array_equal(tokens, _plain_fill(tokens, generated)), f"{name}: text after an EOS"
@@ -115,6 +171,8 @@ def test_text_after_the_first_eos_is_padding_in_every_sampler(run, name, tmp_pat
     assert any(ended), f"{name}: no row ended after some text (the test would prove nothing)"
     full = np.asarray(outs[True]["tokens"])
     assert not np.array_equal(full, _plain_fill(full, generated)), f"{name}: ignore_eos changed nothing"
+    if extra:
+        assert int(np.sum(outs[False]["remasked"])) > 0, "nothing was remasked (the case would prove nothing)"
 
 
 def _eos_model(cfg, params):

@@ -42,7 +42,15 @@ def fill_after_eos(x_BL: jnp.ndarray, generated_BL: jnp.ndarray, eos: int | None
 def commit_after_eos(st: dict, eos: int | None) -> dict:
     """The masked loop state (``mdm_steps.initial_state``) after the step just taken, with every
     generated position after the first committed EOS set to EOS; the still-masked ones among them
-    are committed at that step (``committed_at``, ``commits``) and counted in ``eos_filled`` [B]."""
+    are committed at that step (``committed_at``, ``commits``) and counted in ``eos_filled`` [B].
+
+    A text token committed after that EOS (in the same step or earlier) is overwritten by the
+    padding; its log-prob stays in ``logprob`` (it was drawn), except in a remasking run, whose
+    ``logprob`` is of the final tokens (``lp_at``, ``jaxorder.sampling.remask``): there the
+    overwritten token's log-prob and entropy are taken out and it becomes padding like a filled
+    position (``lp_at`` = +inf). A pass the loop kept for its next step (info-gain's look-ahead,
+    ``fresh``; ancestral's, ``dirty``) is of the sequence before the fill, so a fill that changed the
+    sequence discards it."""
     if eos is None:
         return st
     committed_BL = (st["committed_at"] >= 0) & ~st["masked"]
@@ -50,11 +58,39 @@ def commit_after_eos(st: dict, eos: int | None) -> dict:
     is_eos_BL = committed_BL & (st["x"] == eos)
     after_BL = generated_BL & ((jnp.cumsum(is_eos_BL, axis=1) - is_eos_BL) > 0)
     fill_BL = after_BL & st["masked"]
+    changed = jnp.any(after_BL & (st["x"] != eos))
     i = st["step"] - 1  # the step just taken
-    return dict(st, x=jnp.where(after_BL, eos, st["x"]), masked=st["masked"] & ~after_BL,
-                committed_at=jnp.where(fill_BL, i, st["committed_at"]),
-                commits=st["commits"].at[i].add(fill_BL.sum(axis=1).astype(jnp.int32)),
-                eos_filled=st["eos_filled"] + fill_BL.sum(axis=1).astype(jnp.int32))
+    out = dict(st, x=jnp.where(after_BL, eos, st["x"]), masked=st["masked"] & ~after_BL,
+               committed_at=jnp.where(fill_BL, i, st["committed_at"]),
+               commits=st["commits"].at[i].add(fill_BL.sum(axis=1).astype(jnp.int32)),
+               eos_filled=st["eos_filled"] + fill_BL.sum(axis=1).astype(jnp.int32))
+    if "lp_at" in st:  # remasking: the overwritten tokens leave logprob and become padding
+        drop_BL = after_BL & committed_BL & jnp.isfinite(st["lp_at"])
+        out.update(logprob=st["logprob"] - jnp.sum(jnp.where(drop_BL, st["lp_at"], 0.0), axis=1),
+                   uncertainty=st["uncertainty"] - jnp.sum(jnp.where(drop_BL, st["ent_at"], 0.0), axis=1),
+                   lp_at=jnp.where(after_BL, jnp.inf, st["lp_at"]),
+                   ent_at=jnp.where(after_BL, 0.0, st["ent_at"]))
+    if "fresh" in st:
+        out["fresh"] = st["fresh"] & ~changed
+    if "dirty" in st:
+        out["dirty"] = st["dirty"] | changed
+    return out
+
+
+def release_padding(st: dict, eos: int | None, mask_id: int) -> dict:
+    """A remasking run's state (``jaxorder.sampling.remask``) after its remask: when the EOS that
+    ended the text went back to MASK, the padding after it (EOS never drawn, ``lp_at`` = +inf; see
+    ``commit_after_eos``) goes back to MASK too, so the end of the text is decided again instead of
+    being kept by padding that no drawn EOS justifies any more. ``eos_filled`` keeps counting fills
+    (a position filled, released and filled again counts twice)."""
+    if eos is None:
+        return st
+    committed_BL = st["committed_at"] >= 0
+    padding_BL = committed_BL & (st["x"] == eos) & ~jnp.isfinite(st["lp_at"])
+    drawn_BL = committed_BL & (st["x"] == eos) & jnp.isfinite(st["lp_at"])
+    back_BL = padding_BL & ((jnp.cumsum(drawn_BL, axis=1) - drawn_BL) == 0)  # no drawn EOS before it
+    return dict(st, x=jnp.where(back_BL, mask_id, st["x"]), masked=st["masked"] | back_BL,
+                committed_at=jnp.where(back_BL, -1, st["committed_at"]))
 
 
 def ar_rows(seq_BL: jnp.ndarray, written_B: jnp.ndarray, end_B: jnp.ndarray, stopped_B: jnp.ndarray,

@@ -75,7 +75,7 @@ from jaxorder.objectives import mdm as mdm_objective
 from jaxorder.objectives.common import positions_like, special_ids
 from jaxorder.sampling import mdm_cached, remask
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
-from jaxorder.sampling.eos import eos_id
+from jaxorder.sampling.eos import eos_id, release_padding
 from jaxorder.sampling.mdm_steps import (
     _SCORE,
     PARALLEL_RULES,
@@ -147,7 +147,8 @@ def build(cfg: Config, loop: Loop):
                 ent_BL = entropy(logp_BLV)
                 st = remask.record(advance(st, tok_BL, commit_BL, lp_tok_BL, 1 + calls, ent_BL), commit_BL,
                                    lp_tok_BL, ent_BL)
-                st = remask.apply(st, pos_Bn, score_Bn, r_B, mask_id)
+                st = release_padding(remask.apply(st, pos_Bn, score_Bn, r_B, mask_id), eos_id(cfg, sc),
+                                     mask_id)
                 return dict(st, rows=st["rows"] + L + rows), logp_BLV
             if forced:
                 logp_BLV = mdm_objective.masked_log_probs(params, x_BL, cfg)
