@@ -566,6 +566,26 @@ MUTATIONS: tuple[Mutation, ...] = (
         "n = -(-len(p) // seq_len)",
         "data.eos: a document of k * seq_len tokens loses its EOS window (its end is never marked)",
         ("tests/test_data_eos.py::test_windows_hold_document_eos_then_padding",)),
+    Mutation(
+        "eos-fill-keeps-stale-pass", "jaxorder/sampling/eos.py",
+        'out["fresh"] = st["fresh"] & ~changed',
+        'out["fresh"] = st["fresh"] & changed',
+        "info-gain reuses the look-ahead of the sequence before the EOS fill (a stale next step)",
+        ("tests/test_sampling_eos.py::test_overwritten_text_leaves_a_remasking_runs_logprob_and_fills_discard_a_"
+         "kept_pass",)),
+    Mutation(
+        "remask-overwrite-keeps-logprob", "jaxorder/sampling/eos.py",
+        'out.update(logprob=st["logprob"] - jnp.sum(jnp.where(drop_BL, st["lp_at"], 0.0), axis=1),',
+        'out.update(logprob=st["logprob"] + jnp.sum(jnp.where(drop_BL, st["lp_at"], 0.0), axis=1),',
+        "remasking: text overwritten by EOS padding is counted twice instead of leaving logprob",
+        ("tests/test_sampling_eos.py::test_overwritten_text_leaves_a_remasking_runs_logprob_and_fills_discard_a_"
+         "kept_pass",)),
+    Mutation(
+        "remask-padding-outlives-its-eos", "jaxorder/sampling/eos.py",
+        "back_BL = padding_BL & ((jnp.cumsum(drawn_BL, axis=1) - drawn_BL) == 0)",
+        "back_BL = padding_BL & ((jnp.cumsum(drawn_BL, axis=1) - drawn_BL) > 0)",
+        "remasking: the padding of a remasked EOS stays and the padding of a kept one is released",
+        ("tests/test_sampling_eos.py::test_release_padding_returns_the_padding_of_a_remasked_eos_to_mask",)),
 )
 
 
