@@ -17,6 +17,7 @@ from jaxorder import config as config_lib
 from jaxorder import model, objectives, sampling
 from jaxorder.config import ConfigError
 from jaxorder.data import ByteTokenizer
+from jaxorder.evaluation.runs import text_ids
 from jaxorder.sampling import SamplerOptions, commit_filter, sample
 from jaxorder.sampling.eos import after_eos, commit_after_eos, fill_after_eos, release_padding
 from jaxorder.sampling.mdm import final_hidden
@@ -209,3 +210,16 @@ def test_max_new_tokens_sets_the_length_after_the_prompt():
     assert len(row) == 8 and (row[3:] == tok.mask_id).all()
     with pytest.raises(ConfigError, match="without --length"):
         build_inputs(tok, 10, 32, 64, prompt="abc", max_new_tokens=5)
+
+
+def test_the_text_drops_the_eos_and_its_padding_but_keeps_fixed_tokens():
+    tok = ByteTokenizer()
+    e, p = tok.eos_id, tok.pad_id
+    a, b, c = (ord(ch) for ch in "abc")
+    ids = np.array([a, e, b, e, e, c, c, p])
+    generated = np.array([0, 0, 1, 1, 1, 0, 1, 0], bool)  # the fixed EOS at 1 ends nothing
+    np.testing.assert_array_equal(text_ids(ids, generated, tok, False), [a, e, b, c])  # fixed c kept
+    np.testing.assert_array_equal(text_ids(ids, generated, tok, True), [a, e, b, e, e, c, c])
+    r2l = np.array([e, e, b, e, c])  # r2l: generated right to left, the padding comes first
+    np.testing.assert_array_equal(text_ids(r2l, np.array([1, 1, 1, 1, 0], bool), tok, False, reverse=True),
+                                  [c])

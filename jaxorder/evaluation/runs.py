@@ -212,15 +212,17 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
 
 def text_ids(ids_L: np.ndarray, generated_L: np.ndarray, tokenizer: Any, ignore_eos: bool,
              reverse: bool = False) -> np.ndarray:
-    """The ids a sample's text decodes: without PAD, and up to its first generated EOS (the rest is
-    padding, ``sampling.eos``) unless ``ignore_eos``; ``reverse`` (r2l runs, generated right to left
-    and returned in reading order): the text is what follows the last generated EOS."""
+    """The ids a sample's text decodes: without PAD, and unless ``ignore_eos`` without its first
+    generated EOS and the generated positions after it (padding, ``sampling.eos``); fixed tokens
+    (a template's text after the span that ended) are kept. ``reverse`` (r2l runs, generated right
+    to left and returned in reading order): the last generated EOS and the generated positions
+    before it are dropped."""
     keep_L = ids_L != tokenizer.pad_id
     is_end_L = generated_L & (ids_L == tokenizer.eos_id)
     if not ignore_eos and is_end_L.any():
         pos_L = np.arange(len(ids_L))
         last, first = len(ids_L) - 1 - np.argmax(is_end_L[::-1]), np.argmax(is_end_L)
-        keep_L &= (pos_L > last) if reverse else (pos_L < first)
+        keep_L &= ~generated_L | ((pos_L > last) if reverse else (pos_L < first))
     return ids_L[keep_L]
 
 
