@@ -42,9 +42,9 @@ def _steps(sampler: sampling.Sampler) -> dict:
     return {"steps": L} if "steps" in sampler.options else {}
 
 
-def _needs(sampler: str, tmp_path: Path) -> tuple[dict, dict | None]:
+def _needs(sampler: str, run: str, tmp_path: Path) -> tuple[dict, dict | None]:
     """The settings and companion runs a sampler cannot go without."""
-    if sampler in ("speculative", "guided"):
+    if sampler in ("speculative", "guided") and run != "ao_ar":  # any-order speculative drafts itself
         cfg, params = _run("l2r", seed=1)
         field = "draft" if sampler == "speculative" else "guide"
         return {field: field}, {field: sampling.Companion(cfg, params, field)}
@@ -144,7 +144,8 @@ def test_release_padding_returns_the_padding_of_a_remasked_eos_to_mask():
 
 
 CASES = [(run, s.name, {}) for run in RUNS for s in sampling.for_config(_run(run)[0])]
-CASES += [("mdm", "confidence", {"remask": 0.5, "remask_candidates": 4})]  # a remasked EOS frees its padding
+# remasking: 4 steps, k = 2: the second step (the first with candidates) may remask 1
+CASES += [("mdm", "confidence", {"remask": 1.0, "remask_candidates": 4, "steps": 4})]
 
 
 def _eos_likely(params):
@@ -158,12 +159,13 @@ def _eos_likely(params):
 def test_text_after_the_first_eos_is_padding_in_every_sampler(run, name, extra, tmp_path):
     cfg, params = _run(run)
     params = _eos_likely(params)
-    given, companions = _needs(name, tmp_path)
+    given, companions = _needs(name, run, tmp_path)
     rows = _rows(cfg)
     generated = rows == MASK
     outs = {}
     for ignore in (False, True):
-        opts = SamplerOptions(ignore_eos=ignore, **_steps(sampling.resolve(cfg, name)), **given, **extra)
+        settings = {**_steps(sampling.resolve(cfg, name)), **given, **extra, "ignore_eos": ignore}
+        opts = SamplerOptions(**settings)
         outs[ignore] = jax.device_get(sample(params, cfg, rows, jax.random.key(3), name, opts, companions))
     tokens = np.asarray(outs[False]["tokens"])
     assert np.array_equal(tokens, _plain_fill(tokens, generated)), f"{name}: text after an EOS"
@@ -189,15 +191,16 @@ def _eos_model(cfg, params):
     return dict(p, head=p["head"].at[:, EOS].set(jnp.asarray(40.0 * hv / (hv @ hv))))
 
 
-@pytest.mark.parametrize("run,name", [("mdm", "confidence"), ("mdm", "threshold"), ("bd3", "confidence"),
+@pytest.mark.parametrize("run,name", [("mdm", "confidence"), ("mdm", "margin"), ("bd3", "confidence"),
                                       ("l2r", "ar")])
 def test_sampling_stops_early_when_only_eos_is_left(run, name):
     cfg, params = _run(run)
     eos_params = _eos_model(cfg, params)
     rows = _rows(cfg)
-    fast = jax.device_get(sample(eos_params, cfg, rows, jax.random.key(0), name, SamplerOptions(steps=L)))
+    steps = _steps(sampling.resolve(cfg, name))
+    fast = jax.device_get(sample(eos_params, cfg, rows, jax.random.key(0), name, SamplerOptions(**steps)))
     slow = jax.device_get(sample(eos_params, cfg, rows, jax.random.key(0), name,
-                                 SamplerOptions(steps=L, ignore_eos=True)))
+                                 SamplerOptions(**steps, ignore_eos=True)))
     assert np.all(fast["tokens"][:, 1:] == EOS) and np.all(slow["tokens"][:, 1:] == EOS)
     assert int(fast["nfe"]) < int(slow["nfe"]), (int(fast["nfe"]), int(slow["nfe"]))
     if name != "ar":
