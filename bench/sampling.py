@@ -139,7 +139,7 @@ def bench_ar(quick: bool) -> None:
     for n in lengths:
         times = {}
         for cache in (True, False):
-            opts = SamplerOptions(temperature=1.0, stop_at_eos=False, cache=cache)
+            opts = SamplerOptions(temperature=1.0, ignore_eos=True, cache=cache)
             rows = np.full((B, n), special_ids(cfg.model).mask, np.int32)  # unprompted: n tokens per row
             out, times[cache] = timed(compile_sample(params, cfg, rows, jax.random.key(0), "ar", opts))
             assert int(np.asarray(out["generated"]).sum()) == B * n

@@ -26,7 +26,7 @@ from jaxorder.jsonout import dumps
 from jaxorder.platform import aot
 from jaxorder.platform.distributed import initialize
 from jaxorder.platform.host_memory import configure_host_malloc
-from jaxorder.sampling.flags import add_sampler_flags, given_options, sampler_help
+from jaxorder.sampling.flags import add_length_flags, add_sampler_flags, given_options, sampler_help
 from jaxorder.training.loop import Preempted, train
 
 EPILOG_OVERRIDES = ("Overrides are section.field=value pairs applied after the config file, e.g. "
@@ -95,7 +95,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     result = sample_run(args.run_dir, sampler=args.sampler, options=given_options(args),
                         num_samples=args.num_samples, record_traces=args.record_traces,
-                        seed=args.seed, prompt=args.prompt, template=args.template, length=args.length)
+                        seed=args.seed, prompt=args.prompt, template=args.template, length=args.length,
+                        max_new_tokens=args.max_new_tokens)
     if args.json:
         print(dumps(result))
         return 0
@@ -224,8 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "any-order: unused (one per token)")
     p.add_argument("--num-samples", type=int, default=1, help="sequences sampled in one batch (default 1)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same samples (default 0)")
-    p.add_argument("--length", type=int,
-                   help="tokens per sequence incl. the prompt (default: the run's data.seq_len)")
+    add_length_flags(p)
     add_sampler_flags(p)
     p.add_argument("--record-traces", metavar="PATH", help="mdm runs: also write the decoding traces (.npz) "
                                                            "that `jaxorder train-filter` fits a filter to")

@@ -127,6 +127,7 @@ class DataConfig:
     seq_len: int = 128  # tokens per training/validation window
     batch_size: int = 32  # global batch (windows per step)
     val_fraction: float = 0.1  # share of documents (whole works) held out, at least one
+    eos: bool = False  # one document per window, then EOS up to the end (docs/data.md); False: packed
     seed: int = 0
     allow_embedded_corpus: bool = False  # let a model of EMBEDDED_CORPUS_MAX_PARAMS+ train on shakespeare
 

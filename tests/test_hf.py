@@ -103,7 +103,7 @@ def test_l2r_export_greedy_generation_matches_jaxorders_ar_sampler(l2r_export):
     row = np.concatenate([np.frombuffer(prompt.encode(), np.uint8).astype(np.int32),
                           np.full(new, ids.mask, np.int32)])[None]
     ours = jax.device_get(sampling.sample(params, cfg, row, jax.random.key(0), "ar",
-                                          sampling.SamplerOptions(temperature=0.0, stop_at_eos=False)))
+                                          sampling.SamplerOptions(temperature=0.0, ignore_eos=True)))
     ours_new = [int(t) for t in np.asarray(ours["tokens"][0])[len(prompt):]]
     gen = transformers.GenerationConfig(max_new_tokens=new, do_sample=False,
                                         suppress_tokens=[ids.pad, ids.mask, ids.bos], pad_token_id=ids.pad,

@@ -75,9 +75,10 @@ def test_cached_equals_uncached_at_temperature_zero(tiny, order):
     """Same orders and tokens exactly, per-step logits within 1e-5, both = order_logits over the result."""
     cfg, params = tiny
     key = jax.random.key(3)
-    a = _get(sample(params, cfg, RAGGED, key, spec(order, temperature=0.0),
+    # ignore_eos: the padding after an EOS would replace tokens the later steps were conditioned on
+    a = _get(sample(params, cfg, RAGGED, key, spec(order, temperature=0.0, ignore_eos=True),
                     collect_logits=True))
-    b = _get(sample(params, cfg, RAGGED, key, spec(order, temperature=0.0, cache=False),
+    b = _get(sample(params, cfg, RAGGED, key, spec(order, temperature=0.0, cache=False, ignore_eos=True),
                     collect_logits=True))
     assert np.array_equal(a["tokens"], b["tokens"]) and np.array_equal(a["order"], b["order"])
     gen = _generated_slots(RAGGED)
@@ -121,8 +122,8 @@ def test_greedy_takes_the_most_confident_position(tiny):
     """The first generated slots of a greedy run, re-scored by hand: every remaining masked position
     as the next target (one order_logits pass each), the chosen one has the largest max-probability."""
     cfg, params = tiny
-    out = _get(sample(params, cfg, RAGGED, jax.random.key(3), spec("greedy", temperature=0.0),
-                      collect_logits=True))
+    out = _get(sample(params, cfg, RAGGED, jax.random.key(3),
+                      spec("greedy", temperature=0.0, ignore_eos=True), collect_logits=True))
     score = jax.jit(lambda tokens_L, orders_KL: ao_ar.order_logits(
         params, jnp.tile(tokens_L, (orders_KL.shape[0], 1)), orders_KL, cfg)[0])
     for r in range(len(RAGGED)):
@@ -138,7 +139,8 @@ def test_logprob_is_the_order_chain_rule(tiny, order):
     """At temperature 1 the sampler's logprob = -ao_ar's order NLL of the sample in the returned
     order over the generated slots (the whole order_nll for the row with nothing fixed)."""
     cfg, params = tiny
-    out = _get(sample(params, cfg, FREE, jax.random.key(7), spec(order)))
+    # ignore_eos: logprob is of the drawn tokens, and EOS padding may replace drawn tokens (sampling.eos)
+    out = _get(sample(params, cfg, FREE, jax.random.key(7), spec(order, ignore_eos=True)))
     _check_filled(FREE, out)
     tokens, orders = jnp.asarray(out["tokens"]), jnp.asarray(out["order"])
     nll = np.asarray(ao_ar.order_token_nll(params, tokens, orders, cfg))

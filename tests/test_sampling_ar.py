@@ -27,7 +27,7 @@ TINY_L2R = ("objective.name=l2r", "model.d_model=32", "model.n_layers=2", "model
             "data.seq_len=32")
 TOK = ByteTokenizer()
 PROMPTS = [TOK.encode("To be"), [], TOK.encode("or not to")]  # different lengths, one empty
-GREEDY = SamplerOptions(temperature=0.0, stop_at_eos=False)
+GREEDY = SamplerOptions(temperature=0.0, ignore_eos=True)
 N = 10  # generated tokens (one shape: the tests share compilations)
 
 
@@ -89,7 +89,7 @@ def test_cached_equals_uncached_at_temperature_zero(tiny, direction):
     cfg, params = tiny
     key = jax.random.key(0)
     a = generate(params, cfg, PROMPTS, N, key, GREEDY, direction, collect_logits=True)
-    uncached = SamplerOptions(temperature=0.0, stop_at_eos=False, cache=False)
+    uncached = SamplerOptions(temperature=0.0, ignore_eos=True, cache=False)
     b = generate(params, cfg, PROMPTS, N, key, uncached, direction, collect_logits=True)
     assert np.array_equal(a["seq"], b["seq"])
     assert all(np.array_equal(x, y) for x, y in zip(a["tokens"], b["tokens"]))
@@ -139,9 +139,9 @@ def test_stops_at_eos(tiny, direction):
         out = generate(swapped, cfg, PROMPTS, N, jax.random.key(0),
                        SamplerOptions(temperature=0.0, cache=cache), direction)
         assert bool(out["eos"][0]) and int(out["generated"][0]) == j + 1
-        assert len(out["tokens"][0]) == p0 + j  # EOS excluded
+        assert len(out["tokens"][0]) == p0 + N  # the EOS kept, EOS padding after it (sampling.eos)
         want = np.concatenate([np.asarray(PROMPTS[0][::-1] if direction == "r2l" else PROMPTS[0], np.int32),
-                               gen0[:j]])
+                               gen0[:j], np.full(N - j, eos, np.int32)])
         assert np.array_equal(out["tokens"][0], want[::-1] if direction == "r2l" else want)
     # EOS ignored: the row continues with `tok`'s old place taken by EOS
     on = generate(swapped, cfg, PROMPTS, N, jax.random.key(0), GREEDY, direction)
@@ -161,7 +161,7 @@ def test_banned_tokens_are_never_generated(tiny):
         head[:, [tok, bad]] = head[:, [bad, tok]]
         swapped = {**params, "head": jnp.asarray(head)}
         for cache in (True, False):
-            options = SamplerOptions(temperature=0.0, stop_at_eos=False, cache=cache)
+            options = SamplerOptions(temperature=0.0, ignore_eos=True, cache=cache)
             out = generate(swapped, cfg, PROMPTS, N, jax.random.key(0), options, collect_logits=True)
             assert int(np.argmax(out["logits"][0, first])) in banned  # without the ban it would be emitted
             for r, p in enumerate(PROMPTS):
@@ -186,11 +186,11 @@ def test_filter_logits_top_k_top_p():
 
 def test_seeds_temperature_and_top_k_one(tiny):
     cfg, params = tiny
-    t1 = SamplerOptions(temperature=1.0, stop_at_eos=False)
+    t1 = SamplerOptions(temperature=1.0, ignore_eos=True)
     a, b, c = (generate(params, cfg, PROMPTS, N, jax.random.key(s), t1)["seq"] for s in (1, 1, 2))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     greedy = generate(params, cfg, PROMPTS, N, jax.random.key(0), GREEDY)["seq"]
-    top_1 = SamplerOptions(top_k=1, stop_at_eos=False)
+    top_1 = SamplerOptions(top_k=1, ignore_eos=True)
     top1 = generate(params, cfg, PROMPTS, N, jax.random.key(5), top_1)["seq"]
     assert np.array_equal(greedy, top1)
 
@@ -207,7 +207,7 @@ def test_cli_sample_l2r_and_r2l_runs(tmp_path, repeated_corpus):
     run = tmp_path / "l2r"
     train_on_corpus(run, TINY_L2R, repeated_corpus)
     code, out, _ = cli_in_process(["sample", run, "--prompt", "the cat", "--length", "16", "--num-samples",
-                                   "2", "--top-k", "20", "--top-p", "0.9", "--seed", "1", "--no-stop-at-eos",
+                                   "2", "--top-k", "20", "--top-p", "0.9", "--seed", "1", "--ignore-eos",
                                    "--json"])
     assert code == 0
     res = json.loads(out)
@@ -220,7 +220,7 @@ def test_cli_sample_l2r_and_r2l_runs(tmp_path, repeated_corpus):
     # compiled above
     code, out, err = cli_in_process(["sample", r2l, "--prompt", "the mat", "--length", "16", "--num-samples",
                                      "2", "--top-k", "20", "--top-p", "0.9", "--seed", "1",
-                                     "--no-stop-at-eos"])
+                                     "--ignore-eos"])
     assert code == 0 and out.startswith("--- sample 1/2") and out.count("the mat\n") == 2 and "ar, " in err
     code, _, err = cli_in_process(["sample", run, "--sampler", "confidence"])
     assert code == 2 and "unknown sampler 'confidence'; for l2r runs use one of ar" in err

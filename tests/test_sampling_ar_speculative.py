@@ -77,10 +77,10 @@ def test_greedy_equals_ar_token_for_token(runs, direction, drafter):
 def test_equal_prompts_batch_and_draft_length_one(runs):
     cfg, params, draft = runs
     rows = ar_rows(cfg, [TOK.encode("abc")] * 4, N)
-    greedy = SamplerOptions(temperature=0.0, stop_at_eos=False)
+    greedy = SamplerOptions(temperature=0.0, ignore_eos=True)
     ref = jax.device_get(sampling.sample(params, cfg, rows, jax.random.key(0), "ar", greedy))
     out = speculative(params, cfg, rows, jax.random.key(0), draft, temperature=0.0, draft_length=1,
-                      stop_at_eos=False)
+                      ignore_eos=True)
     np.testing.assert_array_equal(out["tokens"], ref["tokens"])
     assert np.all(out["generated"] == N) and np.all(out["rounds"] <= N)
 
@@ -102,7 +102,7 @@ def _chain_rule(params, cfg, prompt: list[int], new: int, options: SamplerOption
     out: dict[tuple, float] = {}
 
     def walk(prefix: tuple, prob: float) -> None:
-        if len(prefix) == new or (prefix and prefix[-1] == ids.eos and options.stop_at_eos):
+        if len(prefix) == new or (prefix and prefix[-1] == ids.eos and not options.ignore_eos):
             out[prefix] = prob
             return
         p = next_probs(prefix)
@@ -124,11 +124,11 @@ def test_samples_follow_the_targets_chain_rule(options):
     params = model.init_params(cfg.model, jax.random.key(5))
     draft = Companion(dcfg, model.init_params(dcfg.model, jax.random.key(6)))
     prompt, new, n = [0], 3, 4000
-    opts = SamplerOptions(**options, stop_at_eos=True)
+    opts = SamplerOptions(**options)
     law = _chain_rule(params, cfg, prompt, new, opts)
     assert abs(sum(law.values()) - 1) < 1e-5
     rows = ar_rows(cfg, [prompt] * n, new)
-    out = speculative(params, cfg, rows, jax.random.key(7), draft, draft_length=2, stop_at_eos=True,
+    out = speculative(params, cfg, rows, jax.random.key(7), draft, draft_length=2,
                       **options)
     eos = special_ids(cfg.model).eos
     counts: dict[tuple, int] = {}
@@ -237,6 +237,6 @@ def test_every_combination_of_the_small_vocab_is_enumerated():
     """The brute-force law itself: with no filtering its sum is 1 over all 3-token continuations."""
     cfg = config_lib.load(None, (*TINY, "model.vocab_size=7", "model.max_len=8", "data.seq_len=8"))
     params = model.init_params(cfg.model, jax.random.key(0))
-    law = _chain_rule(params, cfg, [0], 2, SamplerOptions(stop_at_eos=False))
+    law = _chain_rule(params, cfg, [0], 2, SamplerOptions(ignore_eos=True))
     assert len(law) == 4 ** 2 and set(law) == set(itertools.product([0, 1, 2, 6], repeat=2))
     assert abs(sum(law.values()) - 1) < 1e-6

@@ -242,10 +242,11 @@ def test_end_of_text_stop_fills_the_rest_and_stops(peaked, tmp_path):
     assert int(out["steps"]) == 1 == int(out["nfe"]) and np.all(out["eos_stopped"])
     assert out["eos_filled"].tolist() == [10] * B and np.all(out["tokens"][:, 2:] == ids.eos)
     assert np.array_equal(out["tokens"][:, :2], rows[:, :2]) and np.all(out["committed_at"][:, 2:] == 0)
+    # (ignore_eos: the filter's own stop; by default an EOS committed at step 0 ends the text there)
     # the filter accepts only positions < 2.78 blocks ahead (logit 30 - 10 * block_position): at step 0
     # the last block is 3 blocks ahead, so no stop; at step 1 (block 1) everything left passes
     near = write_filter(tmp_path / "near", features=("block_position",), w0=[-10.0], b2=30.0)
-    out = _learned(eos_model, cfg, rows, 0, near, steps=8, block_length=4)
+    out = _learned(eos_model, cfg, rows, 0, near, steps=8, block_length=4, ignore_eos=True)
     assert int(out["steps"]) == 2 and out["eos_filled"].tolist() == [6] * B and np.all(out["complete"])
     ref = reference(eos_model, cfg, rows, 0, near, 8, 4)
     assert np.array_equal(out["committed_at"], ref["committed_at"]) and ref["eos_filled"].tolist() == [6] * B
@@ -255,7 +256,7 @@ def test_end_of_text_stop_fills_the_rest_and_stops(peaked, tmp_path):
     assert np.all(letter["tokens"][:, 2:] == 97)
     # and a filter that rejects EOS predictions (logit 30 - 60 is_end) never stops either
     no_end = write_filter(tmp_path / "no_end", features=("is_end",), w0=[-60.0], b2=30.0)
-    out = _learned(eos_model, cfg, rows, 0, no_end, steps=8, block_length=4)
+    out = _learned(eos_model, cfg, rows, 0, no_end, steps=8, block_length=4, ignore_eos=True)
     assert int(out["steps"]) == 8 and not np.any(out["eos_stopped"]) and np.all(out["complete"])
 
 

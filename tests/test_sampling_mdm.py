@@ -142,7 +142,7 @@ def test_block_schedule_and_semi_autoregressive_order(tiny):
         block_schedule(16, 3, 4)
     cfg, params = tiny
     B, L = 2, 16
-    sc = spec("entropy", steps=4, temperature=1.0, block_length=4)
+    sc = spec("entropy", steps=4, temperature=1.0, block_length=4, ignore_eos=True)  # the schedule, not EOS
     out = jax.device_get(sample(params, cfg, np.full((B, L), special_ids(cfg.model).mask),
                                 jax.random.key(3), sc))
     assert np.all(out["commits"] == 4) and np.all(out["complete"])  # one block of 4 per step

@@ -19,6 +19,7 @@ from jaxorder.config import ConfigError
 from jaxorder.data import ByteTokenizer
 from jaxorder.objectives import mdm as mdm_objective
 from jaxorder.objectives.common import special_ids
+from jaxorder.sampling.mdm import final_hidden
 from jaxorder.sampling.mdm_steps import block_schedule, commit_step
 from jaxorder.sampling.prompts import parse_template
 from jaxorder.sampling.remask import budget
@@ -36,13 +37,42 @@ def tiny():
     return cfg, model.init_params(cfg.model, jax.random.key(0))
 
 
+def end_of_text(x, masked, committed_at, lp_at, logprob, generated, i: int, eos: int, mask_id: int) -> int:
+    """The EOS rule after a remasking step, one row and one position at a time (in place): padding
+    (a committed EOS never drawn, lp_at = inf) with no drawn EOS before it goes back to MASK; then
+    every generated position after the first committed EOS becomes padding (a masked one committed
+    at step i, a drawn one leaving logprob). Returns the positions sent back to MASK."""
+    released = 0
+    for row in range(x.shape[0]):
+        drawn = False
+        for p in range(x.shape[1]):
+            if committed_at[row, p] >= 0 and x[row, p] == eos and not masked[row, p]:
+                if np.isfinite(lp_at[row, p]):
+                    drawn = True
+                elif not drawn:
+                    x[row, p], masked[row, p], committed_at[row, p] = mask_id, True, -1
+                    released += 1
+        end = False
+        for p in range(x.shape[1]):
+            if end and generated[row, p]:
+                if masked[row, p]:
+                    committed_at[row, p] = i
+                elif np.isfinite(lp_at[row, p]):
+                    logprob[row] -= lp_at[row, p]
+                x[row, p], masked[row, p], lp_at[row, p] = eos, False, np.inf
+            end = end or (committed_at[row, p] >= 0 and not masked[row, p] and x[row, p] == eos)
+    return released
+
+
 def reference(params, cfg, tokens_BL, key, rule: str, steps: int, rho: float, n: int,
-              block_length: int = 0, temperature: float = 1.0) -> dict:
-    """The sampler's decode written as a plain loop, one model call per leave-one-out copy."""
+              block_length: int = 0, temperature: float = 1.0, eos: int | None = None) -> dict:
+    """The sampler's decode written as a plain loop, one model call per leave-one-out copy; ``eos``:
+    with the end-of-text rule (``end_of_text``)."""
     mask_id = special_ids(cfg.model).mask
     x = np.array(tokens_BL, np.int32)
     B, L = x.shape
     masked = x == mask_id
+    generated, released = masked.copy(), 0
     start = int(np.argmax(masked.any(axis=0)))
     block_L, budgets = block_schedule(L, steps, block_length, start)
     committed_at = np.full((B, L), -1)
@@ -89,8 +119,11 @@ def reference(params, cfg, tokens_BL, key, rule: str, steps: int, rho: float, n:
                     logprob[row] -= lp_at[row, p]
                     lp_at[row, p] = np.inf
                     remasked[row] += 1
+            if eos is not None:
+                released += end_of_text(x, masked, committed_at, lp_at, logprob, generated, i, eos, mask_id)
             i += 1
-    return dict(tokens=x, committed_at=committed_at, logprob=logprob, remasked=remasked, steps=i)
+    return dict(tokens=x, committed_at=committed_at, logprob=logprob, remasked=remasked, steps=i,
+                released=released)
 
 
 @pytest.mark.parametrize("rule,block_length", [("confidence", 0), ("confidence", 8), ("margin", 8),
@@ -103,7 +136,8 @@ def test_remasking_equals_the_plain_reference(tiny, rule, block_length):
     key = jax.random.key(3)
     out = sample(params, cfg, tokens, key, spec(rule, steps=8, remask=1.0, remask_candidates=3,
                                                 block_length=block_length))
-    ref = reference(params, cfg, tokens, key, rule, steps=8, rho=1.0, n=3, block_length=block_length)
+    ref = reference(params, cfg, tokens, key, rule, steps=8, rho=1.0, n=3, block_length=block_length,
+                    eos=special_ids(cfg.model).eos)
     assert ref["remasked"].sum() > 0, "the case must remask something to test anything"
     np.testing.assert_array_equal(np.asarray(out["tokens"]), ref["tokens"])
     np.testing.assert_array_equal(np.asarray(out["committed_at"]), ref["committed_at"])
@@ -111,6 +145,25 @@ def test_remasking_equals_the_plain_reference(tiny, rule, block_length):
     np.testing.assert_allclose(np.asarray(out["logprob"]), ref["logprob"], rtol=1e-4, atol=1e-4)
     assert int(out["steps"]) == ref["steps"] and not (np.asarray(out["tokens"]) == mask_id).any()
     assert (np.asarray(out["tokens"])[1, :3] == [84, 111, 32]).all()
+
+
+def test_a_remasked_eos_frees_its_padding_as_the_plain_reference_does(tiny):
+    """EOS made likely (its head column aimed at the mean hidden state of a masked row, logit ~2.5):
+    rows end early, and the remasker returns some drawn EOS to MASK; its padding goes back to MASK
+    with it (eos.release_padding) and the decode, logprob included, equals the plain loop."""
+    cfg, params = tiny
+    ids = special_ids(cfg.model)
+    h_d = np.asarray(final_hidden(params, jnp.full((1, 16), ids.mask, jnp.int32), cfg))[0].mean(axis=0)
+    params = dict(params, head=params["head"].at[:, ids.eos].set(jnp.asarray(2.5 * h_d / (h_d @ h_d))))
+    tokens = np.full((3, 16), ids.mask, np.int32)
+    tokens[1, :3] = [84, 111, 32]
+    key = jax.random.key(0)
+    out = sample(params, cfg, tokens, key, spec("confidence", steps=8, remask=1.0, remask_candidates=3))
+    ref = reference(params, cfg, tokens, key, "confidence", steps=8, rho=1.0, n=3, eos=ids.eos)
+    assert ref["released"] > 0, "no padding was released: the case tests nothing"
+    for name in ("tokens", "committed_at", "remasked"):
+        np.testing.assert_array_equal(np.asarray(out[name]), ref[name], err_msg=name)
+    np.testing.assert_allclose(np.asarray(out["logprob"]), ref["logprob"], rtol=1e-4, atol=1e-4)
 
 
 def test_a_zero_budget_equals_the_base_rule(tiny):

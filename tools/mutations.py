@@ -832,10 +832,58 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_multiply.py::test_every_line_is_a_correct_product_of_d_digit_factors",)),
     Mutation(
         "max-train-tokens-keeps-the-tail", "jaxorder/data/pipeline.py",
-        "train_stream = train_stream[:cfg.max_train_tokens]",
-        "train_stream = train_stream[-cfg.max_train_tokens:]",
+        "train_windows = train_windows[:cfg.max_train_tokens // L]",
+        "train_windows = train_windows[-(cfg.max_train_tokens // L):]",
         "the unique-token budget keeps the last training tokens instead of the first",
         ("tests/test_multiply.py::test_max_train_tokens_keeps_the_first_tokens_and_not_validation",)),
+    Mutation(
+        "eos-fill-off-by-one", "jaxorder/sampling/eos.py",
+        "after_BL = generated_BL & ((jnp.cumsum(is_eos_BL, axis=1) - is_eos_BL) > 0)",
+        "after_BL = generated_BL & ((jnp.cumsum(is_eos_BL, axis=1) - is_eos_BL) > 1)",
+        "the masked samplers' EOS fill waits for a second EOS",
+        ("tests/test_sampling_eos.py::test_commit_after_eos_commits_the_masked_positions_after_a_committed_"
+         "eos_at_the_step_taken",
+         "tests/test_sampling_eos.py::test_sampling_stops_early_when_only_eos_is_left[mdm-confidence]")),
+    Mutation(
+        "eos-fill-ignores-fixed", "jaxorder/sampling/eos.py",
+        "is_eos_BL = committed_BL & (st[\"x\"] == eos)",
+        "is_eos_BL = st[\"x\"] == eos",
+        "a fixed EOS (prompt, template) ends the text of the masked samplers",
+        ("tests/test_sampling_eos.py::test_commit_after_eos_commits_the_masked_positions_after_a_committed_"
+         "eos_at_the_step_taken",)),
+    Mutation(
+        "l2r-eos-mask-inverted", "jaxorder/objectives/l2r.py",
+        "return ~after_first_eos(tokens_BL, special_ids(cfg.model).eos)",
+        "return after_first_eos(tokens_BL, special_ids(cfg.model).eos)",
+        "data.eos: l2r scores only the padding instead of the document and its EOS",
+        ("tests/test_data_eos.py::test_l2r_nll_and_loss_leave_out_the_padding_after_the_first_eos",
+         "tests/test_data_eos.py::test_yardstick_bits_per_byte_is_nats_over_text_bytes")),
+    Mutation(
+        "eos-window-off-by-one", "jaxorder/data/documents.py",
+        "n = -(-(len(p) + 1) // seq_len)",
+        "n = -(-len(p) // seq_len)",
+        "data.eos: a document of k * seq_len tokens loses its EOS window (its end is never marked)",
+        ("tests/test_data_eos.py::test_windows_hold_document_eos_then_padding",)),
+    Mutation(
+        "eos-fill-keeps-stale-pass", "jaxorder/sampling/eos.py",
+        'out["fresh"] = st["fresh"] & ~changed',
+        'out["fresh"] = st["fresh"] & changed',
+        "info-gain reuses the look-ahead of the sequence before the EOS fill (a stale next step)",
+        ("tests/test_sampling_eos.py::test_overwritten_text_leaves_a_remasking_runs_logprob_and_fills_discard_a_"
+         "kept_pass",)),
+    Mutation(
+        "remask-overwrite-keeps-logprob", "jaxorder/sampling/eos.py",
+        'out.update(logprob=st["logprob"] - jnp.sum(jnp.where(drop_BL, st["lp_at"], 0.0), axis=1),',
+        'out.update(logprob=st["logprob"] + jnp.sum(jnp.where(drop_BL, st["lp_at"], 0.0), axis=1),',
+        "remasking: text overwritten by EOS padding is counted twice instead of leaving logprob",
+        ("tests/test_sampling_eos.py::test_overwritten_text_leaves_a_remasking_runs_logprob_and_fills_discard_a_"
+         "kept_pass",)),
+    Mutation(
+        "remask-padding-outlives-its-eos", "jaxorder/sampling/eos.py",
+        "back_BL = padding_BL & ((jnp.cumsum(drawn_BL, axis=1) - drawn_BL) == 0)",
+        "back_BL = padding_BL & ((jnp.cumsum(drawn_BL, axis=1) - drawn_BL) > 0)",
+        "remasking: the padding of a remasked EOS stays and the padding of a kept one is released",
+        ("tests/test_sampling_eos.py::test_release_padding_returns_the_padding_of_a_remasked_eos_to_mask",)),
 )
 
 

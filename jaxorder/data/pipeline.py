@@ -3,7 +3,8 @@
 
 The tokenized training documents are concatenated into one stream with EOS between documents and
 cut into non-overlapping windows of ``seq_len`` tokens (``documents.pack_documents``); likewise the
-validation documents.
+validation documents. With ``data.eos`` every window starts at a document start instead and ends in
+EOS padding (``documents.document_windows``).
 
 Transforms (``data.transform``, e.g. swap05) are applied to every window, training and
 validation alike, right after packing; ``train_windows``/``val_windows`` hold transformed windows.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from jaxorder.config import DataConfig
 from jaxorder.data.bundle import DataBundle, too_little_val
-from jaxorder.data.documents import cut_windows, document_texts, pack_documents
+from jaxorder.data.documents import document_texts, make_windows
 from jaxorder.data.errors import DataError
 from jaxorder.data.prepared import make_prepared_data
 from jaxorder.data.sources import load_documents
@@ -32,20 +33,19 @@ def make_data(cfg: DataConfig, process_index: int = 0, process_count: int = 1) -
         return make_prepared_data(cfg, process_index, process_count)
     train_docs, val_docs = load_documents(cfg)
     tokenizer = make_tokenizer(cfg, document_texts(train_docs) if cfg.tokenizer != "byte" else None)
-    train_stream = pack_documents(train_docs, tokenizer)
+    train_windows, train_tokens, _ = make_windows(train_docs, tokenizer, L, cfg.eos)
     if cfg.max_train_tokens:  # a fixed unique-token budget, repeated for as many epochs as training takes
-        train_stream = train_stream[:cfg.max_train_tokens]
-    val_stream = pack_documents(val_docs, tokenizer)
-    train_windows = apply_transform(cfg.transform, cut_windows(train_stream, L))
-    val_windows = apply_transform(cfg.transform, cut_windows(val_stream, L))
+        train_windows = train_windows[:cfg.max_train_tokens // L]
+        train_tokens = min(train_tokens, cfg.max_train_tokens)
+    val_windows, val_tokens, val_bytes_per_token = make_windows(val_docs, tokenizer, L, cfg.eos)
+    train_windows = apply_transform(cfg.transform, train_windows)
+    val_windows = apply_transform(cfg.transform, val_windows)
     if len(train_windows) < B:
-        raise DataError(f"the training text has {len(train_stream)} tokens = {len(train_windows)} windows "
+        raise DataError(f"the training text has {train_tokens} tokens = {len(train_windows)} windows "
                         f"of data.seq_len={L}, fewer than one batch of data.batch_size={B}; "
                         f"lower data.seq_len or data.batch_size (or add text)")
     if len(val_windows) < process_count:
-        raise DataError(too_little_val(len(val_stream), len(val_windows), L, process_count))
-    val_tokens = len(val_stream)
-    val_bytes_per_token = tokenizer.num_bytes(val_stream) / val_tokens
+        raise DataError(too_little_val(val_tokens, len(val_windows), L, process_count))
     info = {
         "source": cfg.source,
         "transform": cfg.transform,
@@ -54,7 +54,8 @@ def make_data(cfg: DataConfig, process_index: int = 0, process_count: int = 1) -
         "train_documents": len(train_docs),
         "val_documents": len(val_docs),
         "val_names": [d.name for d in val_docs],
-        "train_tokens": len(train_stream),
+        "eos": cfg.eos,
+        "train_tokens": train_tokens,
         "val_tokens": val_tokens,
         "train_windows": len(train_windows),
         "val_windows": len(val_windows),

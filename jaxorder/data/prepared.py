@@ -4,7 +4,9 @@
 any source (embedded corpus, text/JSONL files, synthetic task), splits them by document exactly as
 ``make_data`` does, builds the tokenizer (``data.tokenizer=bpe``: learned from the training
 documents), packs each split into one stream with EOS between documents and cuts it into windows of
-``data.seq_len`` tokens - the very windows of the in-memory pipeline - and writes::
+``data.seq_len`` tokens (``data.eos``: one document per window, then EOS padding; recorded as ``eos``
+in the metadata, and a training config must match it) - the very windows of the in-memory pipeline -
+and writes::
 
     DIR/metadata.json      format, tokenizer, vocab_size, seq_len, val_bytes_per_token, counts,
                            entropy floor (markov), the data config it was made from
@@ -39,7 +41,7 @@ import numpy as np
 
 from jaxorder.config import DataConfig
 from jaxorder.data.bundle import DataBundle, too_little_val
-from jaxorder.data.documents import cut_windows, document_texts, pack_documents
+from jaxorder.data.documents import document_texts, make_windows
 from jaxorder.data.errors import DataError
 from jaxorder.data.sources import load_documents
 from jaxorder.data.synthetic import apply_transform, markov_entropy_rate_bits
@@ -115,16 +117,17 @@ def prepare_dataset(cfg: DataConfig, out: str | os.PathLike) -> dict[str, Any]:
     L = cfg.seq_len
     train_docs, val_docs = load_documents(cfg)
     tokenizer = make_tokenizer(cfg, document_texts(train_docs) if cfg.tokenizer != "byte" else None)
-    train_stream = pack_documents(train_docs, tokenizer)
+    train, train_tokens, _ = make_windows(train_docs, tokenizer, L, cfg.eos)
     if cfg.max_train_tokens:  # the same cut as the in-memory pipeline
-        train_stream = train_stream[:cfg.max_train_tokens]
-    val_stream = pack_documents(val_docs, tokenizer)
-    windows = {"train": cut_windows(train_stream, L), "validation": cut_windows(val_stream, L)}
-    for split, stream in (("train", train_stream), ("validation", val_stream)):
+        train = train[:cfg.max_train_tokens // L]
+        train_tokens = min(train_tokens, cfg.max_train_tokens)
+    val, val_tokens, val_bytes_per_token = make_windows(val_docs, tokenizer, L, cfg.eos)
+    windows = {"train": train, "validation": val}
+    for split, tokens in (("train", train_tokens), ("validation", val_tokens)):
         if len(windows[split]) == 0:
-            raise DataError(f"the {split} text has {len(stream)} tokens, less than one window of "
+            raise DataError(f"the {split} text has {tokens} tokens, less than one window of "
                             f"data.seq_len={L}; lower data.seq_len or add text")
-    dtype = str(train_stream.dtype)
+    dtype = str(train.dtype)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -134,15 +137,16 @@ def prepare_dataset(cfg: DataConfig, out: str | os.PathLike) -> dict[str, Any]:
                         "eos": tokenizer.eos_id},
         "seq_len": L,
         "dtype": dtype,
-        "val_bytes_per_token": tokenizer.num_bytes(val_stream) / len(val_stream),
+        "val_bytes_per_token": val_bytes_per_token,
+        "eos": cfg.eos,
         "entropy_floor_bits_per_byte": markov_entropy_rate_bits(cfg) if cfg.source == "markov" else None,
         "source": cfg.source,
         "data_config": dataclasses.asdict(cfg),
         "train_documents": len(train_docs),
         "val_documents": len(val_docs),
         "val_names": [d.name for d in val_docs],
-        "train_tokens": len(train_stream),
-        "val_tokens": len(val_stream),
+        "train_tokens": train_tokens,
+        "val_tokens": val_tokens,
         "train_windows": len(windows["train"]),
         "val_windows": len(windows["validation"]),
         "tfds_dir": f"{TFDS_SUBDIR}/{BUILDER_NAME}/1.0.0",
@@ -260,6 +264,10 @@ def check_compatible(cfg: DataConfig, meta: dict[str, Any]) -> None:
         raise DataError(f"data.seq_len={cfg.seq_len} does not match the seq_len={meta['seq_len']} of "
                         f"{where}; set data.seq_len={meta['seq_len']} or prepare the data again with "
                         f"data.seq_len={cfg.seq_len}")
+    if cfg.eos != meta.get("eos", False):
+        raise DataError(f"data.eos={cfg.eos} does not match the windows of {where} (prepared with "
+                        f"data.eos={meta.get('eos', False)}); set data.eos={meta.get('eos', False)} or "
+                        f"prepare the data again")
     if cfg.tokenizer != meta["tokenizer"]:
         raise DataError(f"data.tokenizer={cfg.tokenizer} does not match the {meta['tokenizer']} tokenizer of "
                         f"{where}; set data.tokenizer={meta['tokenizer']}")

@@ -153,7 +153,8 @@ def load_companions(sampler: sampling.Sampler,
 
 def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, options: Mapping[str, Any] = {},
                num_samples: int = 1, seed: int = 0, prompt: str | None = None, template: str | None = None,
-               length: int | None = None, warmup: bool = False, record_traces: str | None = None) -> dict:
+               length: int | None = None, warmup: bool = False, record_traces: str | None = None,
+               max_new_tokens: int | None = None) -> dict:
     """Samples `num_samples` sequences from a run's newest checkpoint; returns a JSON-able dict.
 
     `sampler` None = the objective's default; `options` are explicit SamplerOptions settings (an
@@ -181,7 +182,7 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
     companions = load_companions(chosen, opts)
     tokenizer = run_tokenizer(cfg, run_dir)
     row = build_inputs(tokenizer, length, cfg.data.seq_len, cfg.model.max_len, prompt, template,
-                       prompt_at_end=objectives.of(cfg).reading_order == "r2l")
+                       prompt_at_end=objectives.of(cfg).reading_order == "r2l", max_new_tokens=max_new_tokens)
     tokens_BL = np.tile(row, (num_samples, 1))
     out, seconds = _timed(lambda: jax.device_get(
         sampling.sample(params, cfg, tokens_BL, jax.random.key(seed), chosen, opts, companions)), warmup)
@@ -193,13 +194,12 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
                                         template=template)
         traced = {"traces": {"path": str(trace_lib.save(record_traces, trace, header)),
                              "rows": header["rows"], "label_rate": header["label_rate"]}}
-    pad = tokenizer.pad_id
     samples = []
     for b in range(num_samples):
         ids = np.asarray(out["tokens"][b])
-        if "eos" in out:  # rows that stop early end in PAD
-            ids = ids[ids != pad]
-        sample = {"text": tokenizer.decode(ids), "tokens": [int(x) for x in ids],
+        text = tokenizer.decode(text_ids(ids, row == tokenizer.mask_id, tokenizer, opts.ignore_eos,
+                                         objectives.of(cfg).reading_order == "r2l"))
+        sample = {"text": text, "tokens": [int(x) for x in ids],
                   "logprob": float(out["logprob"][b])}
         if "eos" in out:
             sample["stopped_at_eos"] = bool(out["eos"][b])
@@ -230,6 +230,22 @@ def sample_run(run_dir: str | os.PathLike, *, sampler: str | None = None, option
         **speculation_stats(out), **traced,
         **(order_stats(out["committed_at"]) if "committed_at" in out else {}),
     }
+
+
+def text_ids(ids_L: np.ndarray, generated_L: np.ndarray, tokenizer: Any, ignore_eos: bool,
+             reverse: bool = False) -> np.ndarray:
+    """The ids a sample's text decodes: without PAD, and unless ``ignore_eos`` without its first
+    generated EOS and the generated positions after it (padding, ``sampling.eos``); fixed tokens
+    (a template's text after the span that ended) are kept. ``reverse`` (r2l runs, generated right
+    to left and returned in reading order): the last generated EOS and the generated positions
+    before it are dropped."""
+    keep_L = ids_L != tokenizer.pad_id
+    is_end_L = generated_L & (ids_L == tokenizer.eos_id)
+    if not ignore_eos and is_end_L.any():
+        pos_L = np.arange(len(ids_L))
+        last, first = len(ids_L) - 1 - np.argmax(is_end_L[::-1]), np.argmax(is_end_L)
+        keep_L &= ~generated_L | ((pos_L > last) if reverse else (pos_L < first))
+    return ids_L[keep_L]
 
 
 def speculation_stats(out: Mapping[str, Any]) -> dict:

@@ -23,6 +23,13 @@ def special_ids(model_cfg: ModelConfig) -> SpecialIds:
     return SpecialIds(pad=v - 4, mask=v - 3, bos=v - 2, eos=v - 1)
 
 
+def after_first_eos(tokens_BL: jnp.ndarray, eos: int) -> jnp.ndarray:
+    """bool [B, L]: the positions strictly after a row's first EOS (``data.eos`` padding; samplers
+    fill them with EOS, the l2r loss leaves them out)."""
+    is_eos_BL = tokens_BL == eos
+    return (jnp.cumsum(is_eos_BL, axis=1) - is_eos_BL) > 0
+
+
 def positions_like(tokens_BL: jnp.ndarray) -> jnp.ndarray:
     return jnp.broadcast_to(jnp.arange(tokens_BL.shape[1], dtype=jnp.int32), tokens_BL.shape)
 

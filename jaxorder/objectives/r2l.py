@@ -1,4 +1,7 @@
-"""Right-to-left autoregression: L2R on the reversed window (same model, same causal mask)."""
+"""Right-to-left autoregression: L2R on the reversed window (same model, same causal mask).
+
+Every target is scored, ``data.eos`` padding too: generated right to left, the padding comes first
+and says where the document ends (l2r's exclusion of it would drop the length from the NLL)."""
 from __future__ import annotations
 
 import jax
@@ -15,11 +18,14 @@ def _reversed(batch: dict) -> dict:
 
 
 def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> jnp.ndarray:
-    return l2r.nll(params, _reversed(batch), rng, cfg)
+    del rng
+    return l2r.sequence_token_nll(params, _reversed(batch)["tokens"], cfg).sum(axis=1)
 
 
 def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, dict]:
-    return l2r.loss(params, _reversed(batch), rng, cfg)
+    del rng
+    value = l2r.sequence_token_nll(params, _reversed(batch)["tokens"], cfg).mean()
+    return value, {"loss": value, "nll_per_token": value}
 
 
 def token_nll(params, tokens_BL: jnp.ndarray, cfg: Config) -> jnp.ndarray:

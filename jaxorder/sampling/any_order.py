@@ -33,7 +33,9 @@ generate. The loop runs L - P steps.
 
 Token choice per generated slot: ``ar.choose_tokens`` (temperature, top-k, top-p, Gumbel-max with
 ``noise.gumbel_noise`` from fold_in(noise key, c), argmax at temperature 0); PAD, MASK and BOS are
-never generated; EOS may be (the length is fixed, nothing stops). ``logprob`` sums log p(token)
+never generated; EOS may be: the generated positions after the first generated EOS (reading order) are
+returned as EOS unless ``ignore_eos`` (``jaxorder.sampling.eos``; every step still runs). ``logprob``
+sums log p(token)
 of the generated tokens under the model at temperature 1, unfiltered: the chain rule of
 ``ao_ar.order_nll`` for the returned order, restricted to the generated slots.
 
@@ -62,6 +64,7 @@ from jaxorder.objectives import ao_ar
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling.ar import banned_tokens, choose_tokens
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
+from jaxorder.sampling.eos import eos_id, fill_after_eos
 
 ORDERS = ("l2r", "r2l", "random", "greedy")
 
@@ -195,7 +198,9 @@ def build(cfg: Config, loop: Loop):
             return st
 
         st = jax.lax.fori_loop(prefill, L, body, st)
-        out = dict(tokens=st["x"], order=st["order"], logprob=st["logprob"], nfe=st["nfe"],
+        # the text ends at its first generated EOS (reading order; the loop itself runs to the end)
+        out = dict(tokens=fill_after_eos(st["x"], masked_BL, eos_id(cfg, tc)), order=st["order"],
+                   logprob=st["logprob"], nfe=st["nfe"],
                    steps=jnp.int32(L - prefill), committed_at=commit_index(st["order"], masked_BL))
         if collect_logits:
             out["logits"] = st["logits"]
@@ -216,4 +221,5 @@ def prepare_order(order: str):
 
 for _order in ORDERS:
     register(Sampler(name=_order, family="any_order", prepare=prepare_order(_order), build=build,
-                     options=("temperature", "top_k", "top_p", "noise", "cache", "collect_logits")))
+                     options=("temperature", "top_k", "top_p", "noise", "cache", "ignore_eos",
+                              "collect_logits")))

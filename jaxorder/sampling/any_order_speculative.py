@@ -60,6 +60,7 @@ from jaxorder.objectives.common import special_ids
 from jaxorder.sampling.any_order import commit_index, initial_orders, slot_inputs
 from jaxorder.sampling.ar import banned_tokens, filter_logits
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
+from jaxorder.sampling.eos import eos_id, fill_after_eos
 from jaxorder.sampling.noise import gumbel_noise
 
 
@@ -219,7 +220,9 @@ def build(cfg: Config, loop: Loop):
             return st
 
         st = jax.lax.while_loop(lambda st: jnp.any(st["c"] < L), body, st)
-        return dict(tokens=st["x"], order=order_BL, committed_at=commit_index(order_BL, masked_BL),
+        # the text ends at its first generated EOS (reading order; every round still runs)
+        return dict(tokens=fill_after_eos(st["x"], masked_BL, eos_id(cfg, opts)), order=order_BL,
+                    committed_at=commit_index(order_BL, masked_BL),
                     logprob=st["logprob"], nfe=st["nfe"], steps=st["steps"],
                     row_nfe=st["row_nfe"], rounds=st["rounds"], accepted=st["accepted"])
 
@@ -234,6 +237,6 @@ def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions) -> Prep
 
 
 register(Sampler(name="speculative", family="any_order", prepare=prepare, build=build,
-                 options=("temperature", "top_k", "top_p", "noise", "draft_length"),
+                 options=("temperature", "top_k", "top_p", "noise", "ignore_eos", "draft_length"),
                  description="any-subset speculative decoding in a random order: K drafts per round, "
                              "verified in one causal call (exact)"))

@@ -2,7 +2,7 @@
 
 Rows [B, L] hold a prompt followed by MASK (r2l runs: MASK, then the prompt as the *end* of the
 text), optionally followed by PAD: rows of different lengths end at their last MASK. A row is
-filled to its end unless it stops at EOS (`stop_at_eos`). The l2r model reads
+filled to its end unless it stops at EOS (unless `ignore_eos`; `jaxorder.sampling.eos`). The l2r model reads
 [BOS, x_0, x_1, ...] at positions 0, 1, ...: the logits of slot s predict slot s + 1. The batch
 shares one buffer [B, T = L + 1] with slot 0 = BOS and slots 1..p_b = row b's prompt. The shortest
 prompt is prefilled in one call; after that every step decodes one slot for all rows at once: a
@@ -20,7 +20,9 @@ Sampling per step: logits / temperature, then top-k (k > 0) and top-p (nucleus, 
 filtering, then Gumbel-max with `noise.gumbel_noise` (high-precision tails); temperature 0 is
 argmax. PAD, MASK and BOS are never generated. `logprob` sums the model's log p (temperature 1,
 unfiltered) of the generated tokens, EOS included. Output: ``tokens`` [B, L] in reading order with
-PAD at EOS and after it, ``generated`` [B] (new tokens, EOS included), ``eos`` [B], ``seq`` (the
+EOS at the row's EOS and at its generated slots after it (the padding of ``data.eos`` windows; r2l:
+the slots before it in reading order), PAD where the input had PAD, ``generated`` [B] (new tokens,
+EOS included), ``eos`` [B], ``seq`` (the
 raw buffer in generation order) and, with `collect_logits`, ``logits`` [B, T, V] (slot s holds the
 logits that chose slot s, generation order, for s >= the prefill).
 """
@@ -37,6 +39,7 @@ from jaxorder.config import Config, ConfigError, ModelConfig
 from jaxorder.model import decode
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
+from jaxorder.sampling.eos import ar_rows
 from jaxorder.sampling.noise import first_argmax, gumbel_noise
 
 
@@ -128,7 +131,7 @@ def build(cfg: Config, loop: Loop):
                                        axis=-1)[:, 0]
             out = dict(st, c=s, steps=st["steps"] + 1,
                        seq=jax.lax.dynamic_update_index_in_dim(st["seq"], new_B, s, axis=1),
-                       eos=st["eos"] | (active_B & (tok_B == ids.eos) & ac.stop_at_eos),
+                       eos=st["eos"] | (active_B & (tok_B == ids.eos) & (not ac.ignore_eos)),
                        n_gen=st["n_gen"] + active_B, logprob=st["logprob"] + jnp.where(active_B, lp_B, 0.0))
             if collect_logits:
                 out["all_logits"] = jax.lax.dynamic_update_index_in_dim(st["all_logits"], st["logits"], s,
@@ -147,9 +150,9 @@ def build(cfg: Config, loop: Loop):
             return out
 
         st = jax.lax.while_loop(cond, body, st)
-        slot_L = jnp.arange(1, T)
-        kept_BL = slot_L[None, :] < (known_B + st["n_gen"] - st["eos"])[:, None]  # EOS itself is dropped
-        tokens_BL = jnp.where(kept_BL, st["seq"][:, 1:], ids.pad)
+        # slot s of the buffer is row position s - 1 (slot 0 is BOS)
+        tokens_BL = ar_rows(st["seq"][:, 1:], known_B - 1 + st["n_gen"], end_B - 1, st["eos"], ids.eos,
+                            ids.pad)
         result = dict(tokens=tokens_BL[:, ::-1] if loop.reverse else tokens_BL, generated=st["n_gen"],
                       eos=st["eos"], logprob=st["logprob"], steps=st["steps"], nfe=st["steps"] + 1,
                       seq=st["seq"])
@@ -163,6 +166,9 @@ def build(cfg: Config, loop: Loop):
 def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions) -> Prepared:
     """Rows [B, L]: a prompt (any length, l2r: a prefix; r2l: a suffix), then MASK, then optionally PAD."""
     reverse = objectives.of(cfg).reading_order == "r2l"
+    if reverse and cfg.data.eos and not options.ignore_eos:
+        raise ConfigError("this r2l run was trained with data.eos: right to left its EOS padding comes "
+                          "first, so EOS cannot end a row; sample it with --ignore-eos")
     ids = special_ids(cfg.model)
     rows_BL = tokens_BL[:, ::-1] if reverse else tokens_BL
     masked_BL, pad_BL = rows_BL == ids.mask, rows_BL == ids.pad
@@ -187,5 +193,5 @@ def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions) -> Prep
 
 
 register(Sampler(name="ar", family="ar", prepare=prepare, build=build,
-                 options=("temperature", "top_k", "top_p", "noise", "cache", "stop_at_eos", "collect_logits"),
+                 options=("temperature", "top_k", "top_p", "noise", "cache", "ignore_eos", "collect_logits"),
                  description="KV-cache decoding in the run's reading order, stopping at EOS"))

@@ -32,14 +32,14 @@ writes out of range; positions past the last real one are clamped (their outputs
 Prompts as in `ar`: rows are [prompt, MASK..., PAD...] (r2l: reversed); ragged prompts are
 supported: the shortest is prefilled, and a row still inside its prompt has its "drafts" forced
 to the prompt tokens and accepted (teacher forcing), which leaves the generated slots' law intact.
-A row stops at EOS (`stop_at_eos`; tokens after it in the same round are dropped) or at its end.
+A row stops at EOS (unless `ignore_eos`; tokens after it in the same round are dropped) or at its end.
 
 Counts: ``nfe`` = target calls (the prefill, if the shortest prompt is non-empty, plus one per
 round), ``draft_nfe`` = draft calls (its prefill plus k per round: k - 1 proposals and the
 catch-up), ``steps`` = rounds. Per row: ``rounds`` [B] (rounds in which the row was active),
 ``accepted`` [B] (draft tokens accepted at generated slots), ``generated`` [B], ``eos`` [B],
 ``logprob`` [B] (target log p at temperature 1, unfiltered, EOS included), ``tokens`` [B, L] in
-reading order with PAD at EOS and after it. Accepted tokens per round = accepted / rounds.
+reading order with EOS padding after the EOS (``eos.ar_rows``). Accepted tokens per round = accepted / rounds.
 """
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ from jaxorder.model import decode
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling import ar
 from jaxorder.sampling.base import Companion, Prepared, Sampler, SamplerOptions, register
+from jaxorder.sampling.eos import ar_rows
 from jaxorder.sampling.noise import gumbel_noise
 
 
@@ -230,7 +231,7 @@ def build(cfg: Config, loop: Loop):
             buffer_BK1 = _take(st["seq"], slot_BK1)  # the prompt where forced
             tok_BK1, a_B = verify(p_BK1V, q_BKV, d_BK, forced_BK1, buffer_BK1, ukey, rskey, ac)
             open_BK1 = active_B[:, None] & (slot_BK1 < end_B[:, None])
-            keep_BK1, eos_BK1 = kept_slots(tok_BK1, a_B, forced_BK1, open_BK1, ids.eos, ac.stop_at_eos)
+            keep_BK1, eos_BK1 = kept_slots(tok_BK1, a_B, forced_BK1, open_BK1, ids.eos, not ac.ignore_eos)
             new_n_B = n_B + jnp.sum(keep_BK1, axis=1)
             i_K1 = jnp.arange(k + 1)
             gen_BK1 = keep_BK1 & ~forced_BK1
@@ -250,9 +251,8 @@ def build(cfg: Config, loop: Loop):
                         rounds=st["rounds"] + active_B, steps=st["steps"] + 1)
 
         st = jax.lax.while_loop(lambda st: ~jnp.all(done(st)), body, st)
-        slot_L = jnp.arange(1, T)
-        kept_BL = slot_L[None, :] < (st["n"] - st["eos"])[:, None]  # EOS itself is dropped
-        tokens_BL = jnp.where(kept_BL, st["seq"][:, 1:T], ids.pad)
+        # slot s of the buffer is row position s - 1 (slot 0 is BOS); n_B slots are written
+        tokens_BL = ar_rows(st["seq"][:, 1:T], st["n"] - 1, end_B - 1, st["eos"], ids.eos, ids.pad)
         rounds = st["steps"]
         return dict(tokens=tokens_BL[:, ::-1] if loop.reverse else tokens_BL, generated=st["n"] - known_B,
                     eos=st["eos"], logprob=st["logprob"], steps=rounds,
@@ -307,7 +307,7 @@ def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions,
 
 
 register(Sampler(name="speculative", family="ar", prepare=prepare, build=build,
-                 options=("temperature", "top_k", "top_p", "noise", "stop_at_eos", "draft", "draft_length"),
+                 options=("temperature", "top_k", "top_p", "noise", "ignore_eos", "draft", "draft_length"),
                  companions=("draft",),
                  description="speculative decoding: a draft run proposes draft_length tokens, the target "
                              "verifies them in one call (exact: the target's distribution)"))

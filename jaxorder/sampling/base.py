@@ -20,7 +20,8 @@ directory (evaluation.runs, `run_file_options`), and prepare reads the file from
 
 and ends with `register(Sampler(...))`. `sample` and `compile_sample` below are the only places
 that compile: one jit per (sampler, cfg, static), cached. Every sampler returns at least
-``tokens`` [B, L] int32 (reading order, no MASK left; PAD where an AR row stopped at EOS),
+``tokens`` [B, L] int32 (reading order, no MASK left; EOS after the first generated EOS unless
+``ignore_eos``, ``jaxorder.sampling.eos``),
 ``logprob`` [B] (log p of the generated tokens under the model at temperature 1), ``nfe`` (network
 calls) and ``steps``; samplers that choose an order (masked, block, any-order) also return
 ``committed_at`` [B, L] int32, the step (any-order: the index in the generation order) at which
@@ -106,7 +107,9 @@ class SamplerOptions:
     interpret: bool | None = option(None, "fused path: None = by backend (CPU: reference), True = Pallas "
                                           "interpret", cli=False)
     cache: bool = option(True, "KV cache; False = the uncached reference (recompute every step)", cli=False)
-    stop_at_eos: bool = option(True, "ar: a row stops at EOS (--no-stop-at-eos: generate up to --length)")
+    ignore_eos: bool = option(False, "every sampler: generate the full length, EOS as an ordinary token "
+                                     "(default: the text ends at the first generated EOS, the rest is EOS "
+                                     "padding, and sampling stops early; jaxorder.sampling.eos)")
     collect_logits: bool = option(False, "ar, any_order: also return the logits that chose each token",
                                   cli=False)
     draft: str = option("", "speculative sampler (l2r/r2l runs): the draft run directory, a smaller run "

@@ -66,6 +66,7 @@ from jaxorder.objectives import bd3 as bd3_objective
 from jaxorder.objectives.common import special_ids, subs_log_probs
 from jaxorder.sampling import info_gain, mdm, mdm_steps
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
+from jaxorder.sampling.eos import commit_after_eos, eos_id
 
 
 def build(cfg: Config, loop: mdm_steps.Loop):
@@ -73,6 +74,7 @@ def build(cfg: Config, loop: mdm_steps.Loop):
     mcfg, b = cfg.model, cfg.objective.block_size
     mask_id = special_ids(mcfg).mask
     sc, cache = loop.options, loop.options.cache
+    eos = eos_id(cfg, sc)
     ancestral, info = loop.rule == "ancestral", loop.rule == info_gain.NAME
 
     def run(params, key, tokens_BL, threshold, budget_K):
@@ -82,7 +84,8 @@ def build(cfg: Config, loop: mdm_steps.Loop):
                   committed_at=jnp.full(tokens_BL.shape, -1, jnp.int32),
                   logprob=jnp.zeros((B,), jnp.float32), uncertainty=jnp.zeros((B,), jnp.float32),
                   step=jnp.zeros((), jnp.int32),
-                  nfe=jnp.zeros((), jnp.int32), commits=jnp.zeros((sc.steps, B), jnp.int32))
+                  nfe=jnp.zeros((), jnp.int32), commits=jnp.zeros((sc.steps, B), jnp.int32),
+                  eos_filled=jnp.zeros((B,), jnp.int32))
         if cache:
             st["cache"] = decode.init_cache(mcfg, B, n)
 
@@ -135,13 +138,13 @@ def build(cfg: Config, loop: mdm_steps.Loop):
 
             def body(carry):
                 j, s = carry
-                return j + 1, one_step(s, budget_K[k] - j)
+                return j + 1, commit_after_eos(one_step(s, budget_K[k] - j), eos)  # within the block
 
             blk = dict(x=lax.dynamic_slice_in_dim(st["x"], start, b, axis=1),
                        masked=lax.dynamic_slice_in_dim(st["masked"], start, b, axis=1),
                        committed_at=lax.dynamic_slice_in_dim(st["committed_at"], start, b, axis=1),
                        logprob=st["logprob"], uncertainty=st["uncertainty"], step=st["step"], nfe=st["nfe"],
-                       commits=st["commits"])
+                       commits=st["commits"], eos_filled=st["eos_filled"])
             if ancestral or info:
                 blk["logp"] = jnp.zeros((B, b, mcfg.vocab_size), jnp.float32)
             if ancestral:
@@ -154,12 +157,13 @@ def build(cfg: Config, loop: mdm_steps.Loop):
                        committed_at=lax.dynamic_update_slice_in_dim(st["committed_at"], blk["committed_at"],
                                                                     start, axis=1),
                        logprob=blk["logprob"], uncertainty=blk["uncertainty"], step=blk["step"],
-                       nfe=blk["nfe"], commits=blk["commits"])
+                       nfe=blk["nfe"], commits=blk["commits"], eos_filled=blk["eos_filled"])
+            out = commit_after_eos(out, eos)  # the later blocks after an EOS: filled, never decoded
             if cache:  # the finished block's clean tokens join the cache (not the last one: nothing follows)
                 def write(c):
                     return decode.decode_step(params, mcfg, c, blk["x"], pos_Bb, "bidirectional")[1]
 
-                last = k == K - 1
+                last = (k == K - 1) | ~jnp.any(out["masked"])  # nothing follows, or nothing left to decode
                 out["cache"] = lax.cond(last, lambda c: c, write, st["cache"])
                 out["nfe"] = out["nfe"] + (~last).astype(jnp.int32)
             return out
@@ -167,7 +171,7 @@ def build(cfg: Config, loop: mdm_steps.Loop):
         st = lax.fori_loop(0, K, block_body, st)
         return dict(tokens=st["x"], logprob=st["logprob"], uncertainty=st["uncertainty"], nfe=st["nfe"],
                     steps=st["step"],
-                    commits=st["commits"], complete=~st["masked"].any(axis=1),
+                    commits=st["commits"], complete=~st["masked"].any(axis=1), eos_filled=st["eos_filled"],
                     committed_at=st["committed_at"])
 
     return run
@@ -207,7 +211,7 @@ def prepare_rule(rule: str):
 
 # fused and block_length do not apply: the fused step needs the full sequence, and the blocks are
 # the run's objective.block_size
-OPTIONS = ("steps", "temperature", "noise", "cache")
+OPTIONS = ("steps", "temperature", "noise", "cache", "ignore_eos")
 for _rule in mdm_steps.RULES:
     register(Sampler(name=_rule, family="block",
                      options=OPTIONS + mdm.RULE_OPTIONS.get(_rule, ()),

@@ -35,6 +35,16 @@ def add_sampler_flags(p: argparse.ArgumentParser) -> None:
                            metavar=f.metadata["metavar"] or None, help=help_text)
 
 
+def add_length_flags(p: argparse.ArgumentParser) -> None:
+    """`jaxorder sample`'s two ways to say how long: the whole row, or the tokens after the prompt."""
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--length", type=int,
+                        help="tokens per sequence incl. the prompt (default: the run's data.seq_len)")
+    length.add_argument("--max-new-tokens", type=int, metavar="N",
+                        help="tokens to generate after the prompt (the length is the prompt's + N); "
+                             "generation ends earlier at EOS unless --ignore-eos")
+
+
 def given_options(args: argparse.Namespace) -> dict:
     """The sampler settings set on the command line, by SamplerOptions field name."""
     names = [f.name for f in dataclasses.fields(SamplerOptions)]

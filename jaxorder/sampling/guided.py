@@ -64,6 +64,7 @@ from jaxorder.objectives import mdm as mdm_objective
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling.ar_speculative import tokenizer_of
 from jaxorder.sampling.base import Companion, Prepared, Sampler, SamplerOptions, register
+from jaxorder.sampling.eos import eos_id
 from jaxorder.sampling.mdm_steps import (
     advance,
     block_schedule,
@@ -180,7 +181,7 @@ def build(cfg: Config, loop: Loop):
         def block_step(s, in_block_L, j, block_budget):
             return one_step(s, s["masked"] & in_block_L[None, :], block_budget - j)
 
-        st = over_blocks(st, block_L, budget, block_step)
+        st = over_blocks(st, block_L, budget, block_step, eos_id(cfg, sc))
         return dict(result(st), guide_nfe=st["guide_nfe"], guide_rows=st["guide_rows"],
                     guide_logp=st["guide_logp"])
 
@@ -229,8 +230,8 @@ def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions,
 
 
 register(Sampler(name="guided", family="masked", prepare=prepare, build=build,
-                 options=("steps", "temperature", "noise", "block_length", "guide", "guide_threshold",
-                          "guide_window"),
+                 options=("steps", "temperature", "noise", "block_length", "ignore_eos", "guide",
+                          "guide_threshold", "guide_window"),
                  companions=("guide",),
                  description="AR-guided unmasking: a guide l2r run accepts the longest run of the mdm's "
                              "proposals, in reading order, that it finds likely (>= guide_threshold)"))

@@ -55,6 +55,7 @@ from jaxorder.objectives import mdm as mdm_objective
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling import mdm
 from jaxorder.sampling.base import Sampler, SamplerOptions, register
+from jaxorder.sampling.eos import eos_id
 from jaxorder.sampling.mdm_steps import (
     Loop,
     advance,
@@ -71,7 +72,7 @@ from pallas_kernels.sampling import commit as commit_top_k
 
 NAME = "info-gain"
 OWN_OPTIONS = ("candidates", "position_temperature", "skip_confidence")
-OPTIONS = ("steps", "temperature", "block_length", "noise") + OWN_OPTIONS
+OPTIONS = ("steps", "temperature", "block_length", "noise", "ignore_eos") + OWN_OPTIONS
 CANDIDATE_NOISE = 2  # fold_in(step key, 2) keys the candidates' position noise (ancestral uses 1)
 
 
@@ -182,7 +183,7 @@ def build(cfg: Config, loop: Loop):
         def block_step(s, in_block_L, j, block_budget):
             return one_step(s, s["masked"] & in_block_L[None, :], block_budget - j)
 
-        return result(over_blocks(st, block_L, budget, block_step))
+        return result(over_blocks(st, block_L, budget, block_step, eos_id(cfg, sc)))
 
     return run
 

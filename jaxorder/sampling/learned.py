@@ -43,6 +43,7 @@ from jaxorder.sampling.commit_filter import (
     hidden_and_log_probs,
     scalar_features,
 )
+from jaxorder.sampling.eos import eos_id
 from jaxorder.sampling.mdm_steps import (
     advance,
     block_schedule,
@@ -55,7 +56,7 @@ from jaxorder.sampling.mdm_steps import (
 )
 from pallas_kernels.sampling import commit as commit_top_k
 
-OPTIONS = ("steps", "temperature", "block_length", "noise", "commit_filter", "filter_threshold")
+OPTIONS = ("steps", "temperature", "block_length", "noise", "ignore_eos", "commit_filter", "filter_threshold")
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def build(cfg: Config, loop: LearnedLoop):
             st = advance(st, tok_BL, commit_BL, lp_tok_BL, 1, entropy(logp_BLV))
             return dict(st, rows=st["rows"] + L, eos_filled=st["eos_filled"] + filled_BL.sum(axis=1))
 
-        st = over_blocks(st, block_L, budget, one_step)
+        st = over_blocks(st, block_L, budget, one_step, eos_id(cfg, sc))
         return dict(result(st), eos_filled=st["eos_filled"], eos_stopped=st["eos_filled"] > 0)
 
     return run

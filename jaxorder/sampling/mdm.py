@@ -75,6 +75,7 @@ from jaxorder.objectives import mdm as mdm_objective
 from jaxorder.objectives.common import positions_like, special_ids
 from jaxorder.sampling import mdm_cached, remask
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
+from jaxorder.sampling.eos import eos_id, release_padding
 from jaxorder.sampling.mdm_steps import (
     _SCORE,
     PARALLEL_RULES,
@@ -97,8 +98,8 @@ from pallas_kernels import mdm_sample_step
 
 RULE_OPTIONS = {"threshold": ("threshold",), "factor": ("factor",),  # options a rule adds to OPTIONS
                 **{rule: ("remask", "remask_candidates") for rule in ("confidence", "margin", "entropy")}}
-OPTIONS = ("steps", "temperature", "block_length", "noise", "fused", "interpret", "prophet", "approx_cache",
-           "cache_refresh", "chunk_length", "chunks")
+OPTIONS = ("steps", "temperature", "block_length", "noise", "ignore_eos", "fused", "interpret", "prophet",
+           "approx_cache", "cache_refresh", "chunk_length", "chunks")
 
 
 def final_hidden(params, x_BL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
@@ -146,7 +147,8 @@ def build(cfg: Config, loop: Loop):
                 ent_BL = entropy(logp_BLV)
                 st = remask.record(advance(st, tok_BL, commit_BL, lp_tok_BL, 1 + calls, ent_BL), commit_BL,
                                    lp_tok_BL, ent_BL)
-                st = remask.apply(st, pos_Bn, score_Bn, r_B, mask_id)
+                st = release_padding(remask.apply(st, pos_Bn, score_Bn, r_B, mask_id), eos_id(cfg, sc),
+                                     mask_id)
                 return dict(st, rows=st["rows"] + L + rows), logp_BLV
             if forced:
                 logp_BLV = mdm_objective.masked_log_probs(params, x_BL, cfg)
@@ -192,7 +194,7 @@ def build(cfg: Config, loop: Loop):
                 s = prophet_commit(s, logp_BLV, 0, in_block_L, prophet_threshold(sc.prophet, j, block_budget))
             return s
 
-        st = over_blocks(st, block_L, budget, block_step)
+        st = over_blocks(st, block_L, budget, block_step, None if forced else eos_id(cfg, sc))
         return dict(result(st), remasked=st["remasked"]) if sc.remask > 0 else result(st)
 
     return run

@@ -37,6 +37,7 @@ from jaxorder.config import Config
 from jaxorder.model import decode
 from jaxorder.model.chunk_attention import ChunkLayout, ChunkSelect
 from jaxorder.objectives.common import special_ids, subs_log_probs
+from jaxorder.sampling.eos import commit_after_eos, eos_id
 from jaxorder.sampling.mdm_steps import (
     Loop,
     advance,
@@ -61,6 +62,7 @@ def build(cfg: Config, loop: Loop):
     windows [s, L) shrink block by block, so its blocks are unrolled (one compiled window each)."""
     mcfg, mask_id = cfg.model, special_ids(cfg.model).mask
     rule, sc, block_start, mode = loop.rule, loop.options, loop.block_start, loop.options.approx_cache
+    eos = eos_id(cfg, sc)
 
     def run(params, key, tokens_BL, threshold):
         B, L = tokens_BL.shape
@@ -122,7 +124,7 @@ def build(cfg: Config, loop: Loop):
                 if sc.prophet > 0:
                     gap = prophet_threshold(sc.prophet, j, steps_b)
                     st = prophet_commit(st, logp_BnV, qb, in_block_L, gap)
-                return j + 1, st
+                return j + 1, commit_after_eos(st, eos)
 
             return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))[1]
 

@@ -13,6 +13,7 @@ from jax import lax
 
 from jaxorder.config import ConfigError
 from jaxorder.sampling.base import SamplerOptions
+from jaxorder.sampling.eos import commit_after_eos
 from jaxorder.sampling.noise import first_argmax, gumbel_noise
 from pallas_kernels.sampling import commit as commit_top_k
 
@@ -190,19 +191,23 @@ def initial_state(tokens_BL: jnp.ndarray, mask_id: int, steps: int) -> dict:
                 committed_at=jnp.full(tokens_BL.shape, -1, jnp.int32),
                 logprob=jnp.zeros((B,), jnp.float32), uncertainty=jnp.zeros((B,), jnp.float32),
                 step=jnp.zeros((), jnp.int32), nfe=jnp.zeros((), jnp.int32), rows=jnp.zeros((), jnp.int32),
-                commits=jnp.zeros((steps, B), jnp.int32), early=jnp.zeros((B,), jnp.int32))
+                commits=jnp.zeros((steps, B), jnp.int32), early=jnp.zeros((B,), jnp.int32),
+                eos_filled=jnp.zeros((B,), jnp.int32))
 
 
 def result(st: dict) -> dict:
     return dict(tokens=st["x"], logprob=st["logprob"], uncertainty=st["uncertainty"], nfe=st["nfe"],
                 steps=st["step"], rows=st["rows"], commits=st["commits"], early=st["early"],
+                eos_filled=st["eos_filled"],
                 complete=~st["masked"].any(axis=1), committed_at=st["committed_at"])
 
 
-def over_blocks(st: dict, block_L: jnp.ndarray, budget: jnp.ndarray, step) -> dict:
+def over_blocks(st: dict, block_L: jnp.ndarray, budget: jnp.ndarray, step, eos: int | None = None) -> dict:
     """The blocks in order, each with ``step(st, in_block_L, j, block_budget) -> st`` for j = 0, 1, ...
     while the block has budget left and a row still has a masked position in it (a block whose
-    masks are all filled ends early)."""
+    masks are all filled ends early). ``eos`` (``eos.eos_id``): after every step the positions after
+    a committed EOS are committed as EOS (``eos.commit_after_eos``), so the blocks after the end of
+    the text cost nothing."""
 
     def block_body(b, st):
         in_block_L = block_L == b
@@ -213,7 +218,7 @@ def over_blocks(st: dict, block_L: jnp.ndarray, budget: jnp.ndarray, step) -> di
 
         def body(carry):
             j, s = carry
-            return j + 1, step(s, in_block_L, j, budget[b])
+            return j + 1, commit_after_eos(step(s, in_block_L, j, budget[b]), eos)
 
         return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))[1]
 

@@ -53,10 +53,17 @@ def prompt_tokens(prompt: str, tokenizer: Any, length: int, at_end: bool = False
 
 def build_inputs(tokenizer: Any, length: int | None, default_length: int, max_len: int,
                  prompt: str | None = None, template: str | None = None,
-                 prompt_at_end: bool = False) -> np.ndarray:
-    """The input row [L] for a prompt, a template or unconditional sampling (all MASK)."""
+                 prompt_at_end: bool = False, max_new_tokens: int | None = None) -> np.ndarray:
+    """The input row [L] for a prompt, a template or unconditional sampling (all MASK). The length is
+    ``length``, or the prompt's tokens + ``max_new_tokens``, or ``default_length``."""
     if prompt is not None and template is not None:
         raise ConfigError("give either --prompt or --template, not both")
+    if max_new_tokens is not None:
+        if length is not None or template is not None:
+            raise ConfigError("--max-new-tokens sets the length; give it without --length and --template")
+        if max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+        length = (len(tokenizer.encode(prompt)) if prompt else 0) + max_new_tokens
     if template is not None:
         if length is not None:
             raise ConfigError("--length does not apply to --template: the template fixes the length")
