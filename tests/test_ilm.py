@@ -241,7 +241,8 @@ def test_sampler_logprob_is_the_path_likelihood():
     """Unconditional rows that stopped: logprob = -order_nll(tokens, the sampler's insertion order)."""
     cfg = tiny_cfg(8, max_gap=1)  # two length classes: stops are likely at random init
     params = model.init_params(cfg.model, jax.random.key(7), length_classes=ilm.length_classes(cfg))
-    out = sampling.sample(params, cfg, np.full((64, 8), MASK, np.int32), jax.random.key(3), "insert")
+    out = sampling.sample(params, cfg, np.full((64, 8), MASK, np.int32), jax.random.key(3), "insert",
+                          sampling.SamplerOptions(ignore_eos=True))  # the path as drawn, no EOS padding
     stopped = [b for b in range(64) if bool(out["eos"][b]) and int(out["length"][b]) >= 1]
     lengths = sorted({int(out["length"][b]) for b in stopped})
     assert len(stopped) >= 3 and lengths[-1] >= 2
@@ -252,6 +253,34 @@ def test_sampler_logprob_is_the_path_likelihood():
         order = np.argsort(np.asarray(out["committed_at"])[rows, :m], axis=1).astype(np.int32)
         nll = ilm.order_nll(params, jnp.asarray(tokens), jnp.asarray(order), cfg)
         np.testing.assert_allclose(np.asarray(out["logprob"])[rows], -np.asarray(nll), rtol=1e-4, atol=1e-4)
+
+
+def test_sampler_pads_inserted_text_after_the_first_inserted_eos():
+    """The end-of-text rule of every sampler: with the same key (the rule changes only the output), the
+    output equals the ignore_eos output with every inserted token after the first inserted EOS set to
+    EOS; fixed tokens and padding stay."""
+    cfg = tiny_cfg(8, max_gap=1)
+    params = model.init_params(cfg.model, jax.random.key(7), length_classes=ilm.length_classes(cfg))
+    params = dict(params, head=params["head"].at[:, EOS].set(params["head"][:, 1] + 1.0))  # EOS likely
+    rows = np.full((64, 8), MASK, np.int32)
+    rows[:, 0] = 2  # a fixed first token that must stay
+    key = jax.random.key(3)
+    raw = jax.device_get(sampling.sample(params, cfg, rows, key, "insert",
+                                         sampling.SamplerOptions(ignore_eos=True)))
+    out = jax.device_get(sampling.sample(params, cfg, rows, key, "insert"))
+    want = np.array(raw["tokens"])
+    gen = np.asarray(raw["generated"])
+    hits = 0
+    for b in range(len(want)):
+        seen = False
+        for i in range(want.shape[1]):
+            if gen[b, i] and seen:
+                hits += int(want[b, i] != EOS)
+                want[b, i] = EOS
+            seen = seen or (gen[b, i] and want[b, i] == EOS)
+    np.testing.assert_array_equal(out["tokens"], want)
+    np.testing.assert_array_equal(out["tokens"][:, 0], 2)
+    assert hits > 0, "no row had text after an inserted EOS (the test would prove nothing)"
 
 
 def test_config_errors():

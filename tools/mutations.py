@@ -837,6 +837,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the unique-token budget keeps the last training tokens instead of the first",
         ("tests/test_multiply.py::test_max_train_tokens_keeps_the_first_tokens_and_not_validation",)),
     Mutation(
+        "ilm-output-ignores-eos", "jaxorder/sampling/ilm.py",
+        'tokens_BL = fill_after_eos(st["buf"][:, 1:], st["gen"][:, 1:], eos_id(cfg, opts))',
+        'tokens_BL = st["buf"][:, 1:]',
+        "the insert sampler returns text inserted after its first inserted EOS",
+        ("tests/test_ilm.py::test_sampler_pads_inserted_text_after_the_first_inserted_eos",)),
+    Mutation(
         "eos-fill-off-by-one", "jaxorder/sampling/eos.py",
         "after_BL = generated_BL & ((jnp.cumsum(is_eos_BL, axis=1) - is_eos_BL) > 0)",
         "after_BL = generated_BL & ((jnp.cumsum(is_eos_BL, axis=1) - is_eos_BL) > 1)",

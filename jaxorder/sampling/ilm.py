@@ -23,7 +23,9 @@ all-MASK row that stopped it equals -ilm.order_nll(tokens, insertion order).
 Result: ``tokens`` [B, L] (y, then PAD), ``generated`` [B, L] (inserted tokens), ``committed_at``
 [B, L] (the step that inserted each token, -1 for fixed tokens and padding), ``eos`` [B] (the row
 stopped by the model's own stop, not by the cap), ``length`` [B], ``logprob``, ``nfe`` (passes)
-and ``steps``. Randomness: step t draws from fold_in(key, t). Same key -> same output.
+and ``steps``. Inserted tokens after the first inserted EOS are returned as EOS unless
+``ignore_eos`` (``jaxorder.sampling.eos``; the loop itself ends by the model's stop or the cap).
+Randomness: step t draws from fold_in(key, t). Same key -> same output.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from jaxorder.objectives import ilm
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling.ar import choose_tokens
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
+from jaxorder.sampling.eos import eos_id, fill_after_eos
 from jaxorder.sampling.noise import gumbel_noise
 
 
@@ -119,7 +122,10 @@ def build(cfg: Config, loop: Loop):
             return st
 
         st = jax.lax.while_loop(lambda st: ~st["done"].all(), body, st)
-        return dict(tokens=st["buf"][:, 1:], generated=st["gen"][:, 1:], committed_at=st["at"][:, 1:],
+        # the end-of-text rule of every sampler: inserted tokens after the first inserted EOS become EOS
+        # (the output only, as for the any-order samplers: the model's stop ends the loop)
+        tokens_BL = fill_after_eos(st["buf"][:, 1:], st["gen"][:, 1:], eos_id(cfg, opts))
+        return dict(tokens=tokens_BL, generated=st["gen"][:, 1:], committed_at=st["at"][:, 1:],
                     eos=st["eos"], length=st["m"], logprob=st["logprob"], nfe=st["t"], steps=st["t"])
 
     return run
@@ -136,5 +142,5 @@ def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions) -> Prep
 
 
 register(Sampler(name="insert", family="insertion", prepare=prepare, build=build,
-                 options=("temperature", "top_k", "top_p", "noise"),
+                 options=("temperature", "top_k", "top_p", "noise", "ignore_eos"),
                  description="insert one token per pass into an open gap until the model stops"))
