@@ -85,7 +85,7 @@ def test_l2r_kv_cache_equals_full_pass_and_greedy_reference(kind):
     prompt = np.array([[84, 104, 101], [65, 32, 99]], np.int32)
     rows = np.concatenate([prompt, np.full((2, 6), ids.mask, np.int32)], axis=1)
     out = jax.device_get(sample(params, cfg, rows, jax.random.key(0), "ar", SamplerOptions(temperature=0.0,
-                                                                                    stop_at_eos=False)))
+                                                                                    ignore_eos=True)))
     x = prompt.copy()
     for _ in range(6):  # the l2r model reads BOS, x_0, ..., x_{n-1} at positions 0..n
         inputs = np.concatenate([np.full((2, 1), ids.bos, np.int32), x], axis=1)

@@ -71,8 +71,8 @@ def rerank(generator: str | os.PathLike, scorer: str | os.PathLike, prompts: lis
                           f"to the right: use an l2r, mdm, bd3 or any-order run")
     chosen = sampling.resolve(gen_cfg, sampler)
     options = dict(options)
-    if "stop_at_eos" in chosen.options:  # every candidate gets max_new_tokens tokens
-        options.setdefault("stop_at_eos", False)
+    if "ignore_eos" in chosen.options:  # every candidate gets max_new_tokens tokens
+        options.setdefault("ignore_eos", True)
     opts = sampling.run_file_options(chosen, sampling.make_options(chosen, options), str(generator))
     companions = load_companions(chosen, opts)
     tokenizer = run_tokenizer(gen_cfg, generator)
