@@ -2,6 +2,8 @@
 call, and one-line errors for bad study files before anything trains."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -12,25 +14,42 @@ import pytest
 from jaxorder import cli
 from jaxorder.experiments.study import Analysis, is_current, load_study, newest_checkpoint_mtime
 from jaxorder.experiments.study_page import grad_snr_numbers, loss_profile_numbers, mixtures_numbers
+from jaxorder.experiments.sweep import run_sweep
 
 from conftest import REPO, tiny_config_yaml
 
 MIXTURES = {"sweep": "t", "run": "mdm", "kind": "mixtures", "flags": "--ks 1,2 --windows 2"}
 
 
-@pytest.fixture
-def study_files(tmp_path, text_corpus):
-    """A tiny sweep `t` (l2r and mdm, 5 steps each) and a writer of study YAMLs over it."""
-    base = tmp_path / "base.yaml"
+@pytest.fixture(scope="module")
+def sweep_yaml(tmp_path_factory, text_corpus) -> Path:
+    """A tiny sweep `t`: l2r and mdm, 5 steps each (one checkpoint, one validation)."""
+    root = tmp_path_factory.mktemp("study_sweep")
+    base = root / "base.yaml"
     base.write_text(tiny_config_yaml(text_corpus, steps=5, checkpoint_every=5, eval_every=5))
-    (tmp_path / "sweeps").mkdir()
-    (tmp_path / "sweeps" / "t.yaml").write_text(
-        f"name: t\nbase: {base}\naxes:\n  - {{l2r: [objective.name=l2r], mdm: [objective.name=mdm]}}\n")
+    path = root / "t.yaml"
+    path.write_text(f"name: t\nbase: {base}\n"
+                    "axes:\n  - {l2r: [objective.name=l2r], mdm: [objective.name=mdm]}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_sweeps(sweep_yaml, tmp_path_factory) -> Path:
+    """The sweeps directory after `jaxorder sweep` of `t` (SWEEPS/t/{l2r,mdm}): the study must reuse it."""
+    sweeps = tmp_path_factory.mktemp("study_runs")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        run_sweep(sweep_yaml, sweeps / "t")
+    return sweeps
+
+
+@pytest.fixture
+def study_files(tmp_path, sweep_yaml):
+    """Writes a study YAML (the sweep path SWEEP stands for the tiny sweep's absolute path)."""
 
     def write(body: dict) -> Path:
         path = tmp_path / "studies" / "s.yaml"
         path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps(body))  # JSON is YAML
+        path.write_text(json.dumps(body).replace('"SWEEP"', json.dumps(str(sweep_yaml))))  # JSON is YAML
         return path
 
     return write
@@ -46,11 +65,13 @@ def _mtimes(root: Path) -> dict[str, float]:
     return {str(p.relative_to(root)): p.stat().st_mtime for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.slow  # two tiny training runs, their evaluation and one analysis: ~25-40 s on 2 shared cores
-def test_study_runs_sweeps_and_analysis_into_one_page_and_reuses_them(study_files, tmp_path, capsys):
-    study = study_files({"name": "s", "sweeps": ["../sweeps/t.yaml"], "analyses": [MIXTURES]})
-    out, sweeps = tmp_path / "study", tmp_path / "runs"
+@pytest.mark.slow  # two tiny training runs, their evaluation and one analysis: ~60 s on 2 shared cores
+def test_study_runs_sweeps_and_analysis_into_one_page_and_reuses_them(study_files, trained_sweeps, tmp_path,
+                                                                      capsys):
+    study = study_files({"name": "s", "sweeps": ["SWEEP"], "analyses": [MIXTURES]})
+    out, sweeps = tmp_path / "study", trained_sweeps
     argv = ["study", study, "--out", out, "--sweeps-dir", sweeps]
+    trained = _mtimes(sweeps / "t")
     code, _, err = _study(argv, capsys)
     assert code == 0, err
     assert "sweep 1/1 t (2 runs)" in err and "analysis 1/1 mixtures on t/mdm ->" in err
@@ -76,6 +97,10 @@ def test_study_runs_sweeps_and_analysis_into_one_page_and_reuses_them(study_file
         assert (out / link).is_file(), link
 
     before_runs, before_analysis = _mtimes(sweeps / "t"), _mtimes(out / "analysis")
+    for runs in (trained, before_runs):  # the finished sweep's runs were reused: no retraining
+        for name in ("l2r", "mdm"):
+            assert all(before_runs[k] == runs[k] for k in runs
+                       if k.startswith(f"{name}/checkpoints/") or k == f"{name}/metrics.jsonl"), name
     code, _, err = _study(argv, capsys)
     assert code == 0, err
     assert "analysis 1/1 mixtures on t/mdm: reused" in err
@@ -94,6 +119,38 @@ def test_study_runs_sweeps_and_analysis_into_one_page_and_reuses_them(study_file
     assert code == 0 and "analysis 1/1 mixtures on t/mdm ->" in err, err
     assert (out / "analysis" / "t" / "mdm" / "mixtures" / "mixtures.json").stat().st_mtime > \
         before_analysis["t/mdm/mixtures/mixtures.json"]
+
+
+@pytest.mark.slow  # three analyses of the tiny runs (more compilations): ~40 s on 2 shared cores
+def test_every_analysis_kind_puts_its_numbers_on_the_page(study_files, trained_sweeps, tmp_path, capsys):
+    analyses = [{"sweep": "t", "run": "mdm", "kind": "loss-profile",
+                 "flags": "--windows 2 --draws 1 --bins 2"},
+                {"sweep": "t", "run": "mdm", "kind": "grad-snr", "flags": ["--batches", "2", "--bins", "2"]},
+                {"sweep": "t", "run": "l2r", "kind": "attention",
+                 "flags": "--windows 2 --ablate-slash 1 --ablate-draws 2"}]
+    out = tmp_path / "study"
+    code, _, err = _study(["study", study_files({"sweeps": ["SWEEP"], "analyses": analyses}), "--out", out,
+                           "--sweeps-dir", trained_sweeps], capsys)
+    assert code == 0, err
+    page = (out / "report.md").read_text()
+    analysis = out / "analysis" / "t"
+    profile = json.loads((analysis / "mdm" / "loss-profile" / "loss-profile.json").read_text())
+    for r in profile["by_mask_rate"]:
+        if r["nll"] is not None:
+            assert f"| {r['pairs']} | {r['masked_tokens']} | {r['nll']:.4f} |" in page
+    for name, c in profile["by_position"].items():
+        assert f"| {name} | {c['sequence_nll']:.3f} |" in page
+    snr = json.loads((analysis / "mdm" / "grad-snr" / "grad-snr.json").read_text())["by_step"]["5"]
+    assert f"| 5 | 2 | {snr['loss']['snr']:.3f} |" in page
+    assert f"{snr['by_mask_rate'][1]['snr']:.3f} |" in page
+    heads = json.loads((analysis / "l2r" / "attention" / "heads.json").read_text())
+    fraction = heads["summary"]["slash_dominant_fraction"]
+    assert f"| slash-dominant heads (>= 0.5) | {fraction:.2f} |" in page
+    assert "zero top-1 slash heads" in page and f"base loss {heads['ablation']['loss_base']:.4f}" in page
+    for png in ("loss_by_mask_rate", "loss_by_position", "grad_snr", "attention_heads", "slash_vs_offset"):
+        assert f"![{png}](analysis/t/" in page, png
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page):
+        assert (out / link).is_file(), link
 
 
 def test_is_current_needs_outputs_same_flags_and_newer_than_the_checkpoint(tmp_path):
@@ -120,25 +177,25 @@ def test_is_current_needs_outputs_same_flags_and_newer_than_the_checkpoint(tmp_p
 @pytest.mark.parametrize("body, expected", [
     ({"sweeps": ["../sweeps/nope.yaml"]}, "sweeps[0]: sweep file not found"),
     ({"sweeps": []}, "'sweeps' must be a non-empty list"),
-    ({"sweeps": ["../sweeps/t.yaml"], "sideways": 1}, "unknown study keys ['sideways']"),
-    ({"sweeps": ["../sweeps/t.yaml", "../sweeps/t.yaml"]}, "sweep 't' is listed twice"),
-    ({"sweeps": ["../sweeps/t.yaml"], "analyses": [{**MIXTURES, "run": "bd3"}]},
+    ({"sweeps": ["SWEEP"], "sideways": 1}, "unknown study keys ['sideways']"),
+    ({"sweeps": ["SWEEP", "SWEEP"]}, "sweep 't' is listed twice"),
+    ({"sweeps": ["SWEEP"], "analyses": [{**MIXTURES, "run": "bd3"}]},
      "analyses[0]: sweep t has no run 'bd3'; its runs are l2r, mdm"),
-    ({"sweeps": ["../sweeps/t.yaml"], "analyses": [{**MIXTURES, "kind": "sideways"}]},
+    ({"sweeps": ["SWEEP"], "analyses": [{**MIXTURES, "kind": "sideways"}]},
      "unknown analysis kind 'sideways'; known: attention, mixtures, loss-profile, grad-snr"),
-    ({"sweeps": ["../sweeps/t.yaml"], "analyses": [{**MIXTURES, "sweep": "other"}]},
+    ({"sweeps": ["SWEEP"], "analyses": [{**MIXTURES, "sweep": "other"}]},
      "unknown sweep 'other'; the study's sweeps are t"),
-    ({"sweeps": ["../sweeps/t.yaml"], "analyses": [{**MIXTURES, "flags": "--ks 3,4"}]}, "--ks '3,4'"),
-    ({"sweeps": ["../sweeps/t.yaml"], "analyses": [{**MIXTURES, "flags": "--sideways 1"}]},
+    ({"sweeps": ["SWEEP"], "analyses": [{**MIXTURES, "flags": "--ks 3,4"}]}, "--ks '3,4'"),
+    ({"sweeps": ["SWEEP"], "analyses": [{**MIXTURES, "flags": "--sideways 1"}]},
      "unrecognized arguments: --sideways 1"),
-    ({"sweeps": ["../sweeps/t.yaml"], "analyses": [{**MIXTURES, "flags": "--out x"}]},
+    ({"sweeps": ["SWEEP"], "analyses": [{**MIXTURES, "flags": "--out x"}]},
      "are set by the study"),
-    ({"sweeps": ["../sweeps/t.yaml"], "analyses": [{**MIXTURES, "flags": "--bins 0"}]},
+    ({"sweeps": ["SWEEP"], "analyses": [{**MIXTURES, "flags": "--bins 0"}]},
      "--bins must be >= 1"),
-    ({"sweeps": ["../sweeps/t.yaml"], "analyses": [{**MIXTURES, "run": "l2r"}]},
+    ({"sweeps": ["SWEEP"], "analyses": [{**MIXTURES, "run": "l2r"}]},
      "fixed-order scoring needs a run of"),
-    ({"sweeps": ["../sweeps/t.yaml"], "analyses": [MIXTURES, MIXTURES]}, "mixtures on t/mdm is listed twice"),
-    ({"sweeps": ["../sweeps/t.yaml"], "analyses": [{"sweep": "t", "run": "mdm"}]},
+    ({"sweeps": ["SWEEP"], "analyses": [MIXTURES, MIXTURES]}, "mixtures on t/mdm is listed twice"),
+    ({"sweeps": ["SWEEP"], "analyses": [{"sweep": "t", "run": "mdm"}]},
      "must be a mapping of sweep, run, kind"),
 ])
 def test_bad_study_is_a_one_line_error_before_training(body, expected, study_files, tmp_path, capsys):
@@ -150,12 +207,13 @@ def test_bad_study_is_a_one_line_error_before_training(body, expected, study_fil
 
 
 @pytest.mark.slow  # `sweep --plan` compiles and times a train step per run: ~45 s on 2 shared cores
-def test_plan_prints_each_sweep_plan_and_the_analyses_without_training(study_files, tmp_path, capsys):
-    study = study_files({"sweeps": ["../sweeps/t.yaml"], "analyses": [MIXTURES]})
+def test_plan_prints_each_sweep_plan_and_the_analyses_without_training(study_files, sweep_yaml, tmp_path,
+                                                                       capsys):
+    study = study_files({"sweeps": ["SWEEP"], "analyses": [MIXTURES]})
     code, out, err = _study(["study", study, "--plan", "--out", tmp_path / "study", "--sweeps-dir",
                              tmp_path / "runs"], capsys)
     assert code == 0, err
-    assert f"sweep t ({tmp_path / 'sweeps' / 't.yaml'}) -> {tmp_path / 'runs' / 't'}: 2 runs" in out
+    assert f"sweep t ({sweep_yaml}) -> {tmp_path / 'runs' / 't'}: 2 runs" in out
     assert re.search(r"^l2r +[\d,]+ ", out, re.M) and re.search(r"^mdm +[\d,]+ ", out, re.M)  # sweep --plan
     assert "estimated training time" in out
     assert re.search(r"mixtures +t/mdm +--ks 1,2 --windows 2 +\[run\]", out)
