@@ -35,6 +35,7 @@ from jaxorder.experiments.analysis import mixtures, profiles
 from jaxorder.experiments.analysis.attention import supported
 from jaxorder.experiments.study_page import write_page
 from jaxorder.experiments.sweep import expand, load_sweep, plan, run_sweep
+from jaxorder.platform.distributed import is_main_process
 
 STUDY_KEYS = ("name", "sweeps", "analyses")
 ANALYSIS_KEYS = ("sweep", "run", "kind", "flags")
@@ -242,7 +243,10 @@ def run_study(study: Study, study_dir: Path, sweeps_dir: Path) -> Path:
     for i, s in enumerate(study.sweeps, 1):
         _progress(f"study {study.name}: sweep {i}/{n} {s.name} ({len(s.runs)} runs) -> {sweeps_dir / s.name}")
         run_sweep(s.path, sweeps_dir / s.name)
-        report.redraw(sweeps_dir / s.name)
+        if is_main_process():  # only process 0 writes a sweep's report
+            report.redraw(sweeps_dir / s.name)
+    if not is_main_process():  # the analyses and the page are single-process work
+        return study_dir / "report.md"
     for i, a in enumerate(study.analyses, 1):
         run_dir = sweeps_dir / a.sweep / a.run
         if is_current(a, study_dir, run_dir):
