@@ -1,4 +1,4 @@
-"""The `jaxorder` command: train, eval, sweep, analyze, sample."""
+"""The `jaxorder` command: train, eval, sweep, study, analyze, sample."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +18,7 @@ from jaxorder.errors import describe_os_error, out_of_memory_line
 from jaxorder.evaluation import filter_training, rerank, scoring
 from jaxorder.evaluation.runs import eval_run, sample_run
 from jaxorder.evaluation.sample_quality import generation_quality
-from jaxorder.experiments import report
+from jaxorder.experiments import report, study
 from jaxorder.experiments.analysis import command as analysis_command
 from jaxorder.experiments.sweep import plan, run_sweep
 from jaxorder.interop.hf_export import export_hf
@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", action="store_true", help="print sizes, compute, est. time; no training")
     p.set_defaults(func=cmd_sweep)
     report.add_parser(sub)
+    study.add_parser(sub)
 
     analysis_command.add_command(sub)
 

@@ -819,6 +819,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the judge's standard error uses the biased variance (divides by K, not K - 1)",
         (SCALING + "test_ratio_stderr_is_the_mean_stderr_for_equal_lengths_and_matches_resampling",)),
     Mutation(
+        "study-reuses-stale-analysis", "jaxorder/experiments/study.py",
+        "return main.stat().st_mtime > newest_checkpoint_mtime(run_dir)",
+        "return main.stat().st_mtime < newest_checkpoint_mtime(run_dir)",
+        "`jaxorder study` keeps an analysis older than the run's newest checkpoint and re-runs a current one",
+        ("tests/test_study.py::test_is_current_needs_outputs_same_flags_and_newer_than_the_checkpoint",)),
+    Mutation(
+        "study-ignores-changed-flags", "jaxorder/experiments/study.py",
+        'if json.loads(saved.read_text()).get("flags") != list(a.flags):',
+        'if json.loads(saved.read_text()).get("flags") is None:',
+        "`jaxorder study` reuses an analysis made with other flags (e.g. other --ks)",
+        ("tests/test_study.py::test_is_current_needs_outputs_same_flags_and_newer_than_the_checkpoint",)),
+    Mutation(
+        "study-oldest-checkpoint", "jaxorder/experiments/study.py",
+        "return max(p.stat().st_mtime for p in steps)", "return min(p.stat().st_mtime for p in steps)",
+        "an analysis is compared with the run's oldest checkpoint, so a resumed run's stale analysis is kept",
+        ("tests/test_study.py::test_is_current_needs_outputs_same_flags_and_newer_than_the_checkpoint",)),
+    Mutation(
         "crossing-wrong-endpoint", "jaxorder/experiments/epochs.py",
         "xs[i - 1] + (xs[i] - xs[i - 1]) * d[i - 1] / (",
         "xs[i - 1] + (xs[i] - xs[i - 1]) * d[i] / (",

@@ -177,9 +177,10 @@ def write_report(results: Sequence[dict], run_dirs: dict[str, Path], out_dir: Pa
     plot_curves(run_dirs, out_dir / "val_bpb.png", title)
 
 
-def cmd_report(args) -> int:
-    """`jaxorder report SWEEP_DIR`: redraw a finished sweep's tables and figures from results.json."""
-    out_dir = Path(args.sweep_dir)
+def redraw(out_dir: Path) -> list[dict]:
+    """Rewrites a finished sweep directory's results.md/.csv and figures from its results.json; returns
+    its runs' results."""
+    out_dir = Path(out_dir)
     if not (out_dir / "results.json").is_file():
         raise ConfigError(f"no results.json in {out_dir}; run `jaxorder sweep SWEEP.yaml --out {out_dir}` "
                           f"first")
@@ -187,6 +188,13 @@ def cmd_report(args) -> int:
     runs = saved["runs"]
     run_dirs = {r["run"]: out_dir / r["run"] for r in runs}
     write_report(runs, run_dirs, out_dir, saved.get("title", out_dir.name))
+    return runs
+
+
+def cmd_report(args) -> int:
+    """`jaxorder report SWEEP_DIR`: redraw a finished sweep's tables and figures from results.json."""
+    out_dir = Path(args.sweep_dir)
+    runs = redraw(out_dir)
     print(text_table(runs), end="")
     print(f"wrote {out_dir / 'results.md'} and its figures")
     return 0

@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="grad-snr: every kept checkpoint or the newest (default all)")
 
 
-def _check(args: argparse.Namespace) -> None:
+def check_args(args: argparse.Namespace) -> None:
+    """One-line errors for out-of-range counts (also run by `jaxorder study` before any training)."""
     for flag, value in (("--windows", args.windows), ("--bins", args.bins), ("--draws", args.draws),
                         ("--batches", args.batches)):
         if value < (2 if flag == "--batches" else 1):
@@ -73,7 +74,7 @@ def run_grad_snr(run_dir: Path, args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Runs args.what on args.run_dir, writes <what>.json and its PNGs, prints JSON or a short line."""
-    _check(args)
+    check_args(args)
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "analysis" / args.what
     result = {"run": run_dir.name, "what": args.what,
