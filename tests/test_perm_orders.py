@@ -1,4 +1,4 @@
-"""Explicit orders `perm:...` and `perm@FILE` (jaxorder/evaluation/perm_orders.py): syntax, round
+"""Explicit orders `perm:...` and `perm@FILE` (jaxorder/orders.py): syntax, round
 trip, every malformed case, and their use in fixed-order scoring (`eval --orders`)."""
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from jaxorder import config as config_lib
+from jaxorder import orders as perm_orders
 from jaxorder.config import ConfigError
-from jaxorder.evaluation import perm_orders
 from jaxorder.evaluation.fixed_orders import order_matrix, parse_orders, score_orders
 from jaxorder.objectives import ao_ar
 from jaxorder.training.optimizer import make_optimizer

@@ -776,7 +776,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "any-order per-token terms left in slot order instead of position order",
         (SCORE + "test_any_order_terms_in_position_order",)),
     Mutation(
-        "perm-open-range-skips-k", "jaxorder/evaluation/perm_orders.py",
+        "perm-open-range-skips-k", "jaxorder/orders.py",
         "listed += [i for i in range(open_from, length) if i not in seen]",
         "listed += [i for i in range(open_from + 1, length) if i not in seen]",
         "the open range k- starts after k",
