@@ -138,11 +138,13 @@ def read_file(path: str) -> list[Perm]:
     return perms
 
 
-def window_orders(perms: list[Perm], windows: int, length: int, label: str) -> np.ndarray:
-    """Orders [windows, length]: one spec for every window, or one per window."""
+def window_orders(perms: list[Perm], windows: int, length: int, label: str,
+                  unit: str = "window") -> np.ndarray:
+    """Orders [windows, length]: one spec for every window, or one per window (`unit`: the word for a
+    window in messages, e.g. a sample row)."""
     if len(perms) not in (1, windows):
-        raise ConfigError(f"{label} has {len(perms)} permutations for {windows} windows; give one line "
-                          f"(the same order everywhere) or exactly one per window")
+        raise ConfigError(f"{label} has {len(perms)} permutations for {windows} {unit}s; give one line "
+                          f"(the same order everywhere) or exactly one per {unit}")
     rows = [resolve(p, length, f"{label} line {i + 1}" if len(perms) > 1 else label)
             for i, p in enumerate(perms)]
     return np.stack(rows if len(rows) == windows else rows * windows)
@@ -178,5 +180,5 @@ def row_orders(text: str, rows: int, length: int, where: str) -> np.ndarray:
     """Orders [rows, length] of `l2r`, `r2l`, a perm spec (every row) or perm@FILE (one line for every
     row, or one per row)."""
     if text.startswith(FILE_PREFIX):
-        return window_orders(read_file(text[len(FILE_PREFIX):]), rows, length, f"{where} {text}")
+        return window_orders(read_file(text[len(FILE_PREFIX):]), rows, length, f"{where} {text}", "row")
     return np.tile(named_or_perm(text, length, where), (rows, 1))
