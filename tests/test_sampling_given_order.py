@@ -95,6 +95,8 @@ def test_named_order_equal_to_the_drawn_one_gives_the_default_samplers_result(ti
     for k in ("tokens", "order", "committed_at"):
         np.testing.assert_array_equal(b[k], a[k], err_msg=k)
     np.testing.assert_allclose(b["logprob"], a["logprob"], rtol=1e-6)
+    d = _get(sampling.sample(params, cfg, ROWS, key, *spec(named, order="random")))  # the default's draw
+    assert all(np.array_equal(d[k], a[k]) for k in ("tokens", "order"))
     # and a different order changes the tokens: the given order is really used
     c = _get(sampling.sample(params, cfg, ROWS, key, *spec(named, order="r2l")))
     assert not np.array_equal(c["tokens"], a["tokens"])
