@@ -424,6 +424,9 @@ def _objective_section(raw: dict) -> ObjectiveConfig:
             continue
         if k not in declared:
             raise ConfigError(f"unknown config key 'objective.{k}'{_closest(k, ['name', *sorted(declared)])}")
+        listed = isinstance(v, list) and all(isinstance(x, str) for x in v)
+        if listed and isinstance(declared[k].default, str):
+            v = ",".join(v)  # a comma-list option written as a YAML list (objective.candidate_orders)
         options.append((k, _coerce(v, type(declared[k].default), f"objective.{k}")))
     name = _coerce(raw.get("name", ObjectiveConfig.name), str, "objective.name")
     return ObjectiveConfig(name=name, options=tuple(options))

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Lowest first; a module belongs to the longest prefix listed (docs/design.md, "Dependency rules").
 LAYERS = (
-    ("jaxorder.errors", "jaxorder.registry", "jaxorder.config", "jaxorder.paths", "jaxorder.jsonout"),
+    ("jaxorder.errors", "jaxorder.registry", "jaxorder.config", "jaxorder.paths", "jaxorder.jsonout",
+     "jaxorder.orders"),
     ("jaxorder.platform.sharding", "jaxorder.platform.distributed", "jaxorder.platform.host_memory",
      "jaxorder.platform.progress", "jaxorder.platform.flops", "jaxorder.platform.compile_cache",
      "jaxorder.platform.topology", "jaxorder.interop", "jaxorder.interop.extras",
@@ -22,7 +23,7 @@ LAYERS = (
     ("jaxorder.data",),
     ("jaxorder.objectives",),
     ("jaxorder.sampling",),
-    ("jaxorder.evaluation.yardstick", "jaxorder.evaluation.fixed_orders", "jaxorder.evaluation.perm_orders",
+    ("jaxorder.evaluation.yardstick", "jaxorder.evaluation.fixed_orders",
      "jaxorder.evaluation.commit_order",
      "jaxorder.evaluation.filter_training", "jaxorder.interop.hf_weights", "jaxorder.interop.hf_import"),
     ("jaxorder.training",),

@@ -1,4 +1,4 @@
-"""Explicit orders `perm:...` and `perm@FILE` (jaxorder/evaluation/perm_orders.py): syntax, round
+"""Explicit orders `perm:...` and `perm@FILE` (jaxorder/orders.py): syntax, round
 trip, every malformed case, and their use in fixed-order scoring (`eval --orders`)."""
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from jaxorder import config as config_lib
+from jaxorder import orders as perm_orders
 from jaxorder.config import ConfigError
-from jaxorder.evaluation import perm_orders
 from jaxorder.evaluation.fixed_orders import order_matrix, parse_orders, score_orders
 from jaxorder.objectives import ao_ar
 from jaxorder.training.optimizer import make_optimizer
@@ -110,3 +110,14 @@ def test_perm_scores_equal_the_orders_they_spell(tmp_path):
     tokens = jnp.asarray(np.concatenate(batches))
     want = np.asarray(ao_ar.order_nll(params, tokens, jnp.asarray(rows, jnp.int32), cfg)) / 8
     assert got["bpb"] == pytest.approx(float(want.mean() / np.log(2)), rel=1e-5)
+
+
+def test_comma_lists_group_a_perms_indices():
+    """The split behind eval --orders and objective.candidate_orders: digit tokens after perm: belong to
+    it, a blank item ends it (so a stray index after it stays a bare index)."""
+    assert perm_orders.split_list("l2r, perm:3,1,0,2-,r2l,perm:1-0,2-") == [
+        "l2r", "perm:3,1,0,2-", "r2l", "perm:1-0,2-"]
+    assert perm_orders.split_list("perm:1,,2,") == ["perm:1", "2"]
+    np.testing.assert_array_equal(perm_orders.named_or_perm("r2l", 3, "x"), [2, 1, 0])
+    with pytest.raises(ConfigError, match="x: unknown order 'perm@f'"):
+        perm_orders.named_or_perm("perm@f", 3, "x")

@@ -55,6 +55,8 @@ def _needs(sampler: str, run: str, tmp_path: Path) -> tuple[dict, dict | None]:
         path = commit_filter.save(tmp_path / commit_filter.FILTER_FILE, arrays,
                                   {"features": ["confidence"], "hidden_size": 0, "hidden_units": 2})
         return {"commit_filter": str(path)}, None
+    if sampler == "perm":  # an explicit order: the one option it cannot go without
+        return {"order": "perm:3,1,0,2-"}, None
     return {}, None
 
 

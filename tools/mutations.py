@@ -47,6 +47,8 @@ PRE2 = "tests/test_preemption.py::"
 ILM = "tests/test_ilm.py::"
 SCORE = "tests/test_scoring.py::"
 PERM = "tests/test_perm_orders.py::"
+GIVEN = "tests/test_sampling_given_order.py::"
+CANDS = "tests/test_latent_candidate_orders.py::"
 RERANK = "tests/test_rerank.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
@@ -776,11 +778,29 @@ MUTATIONS: tuple[Mutation, ...] = (
         "any-order per-token terms left in slot order instead of position order",
         (SCORE + "test_any_order_terms_in_position_order",)),
     Mutation(
-        "perm-open-range-skips-k", "jaxorder/evaluation/perm_orders.py",
+        "perm-open-range-skips-k", "jaxorder/orders.py",
         "listed += [i for i in range(open_from, length) if i not in seen]",
         "listed += [i for i in range(open_from + 1, length) if i not in seen]",
         "the open range k- starts after k",
         (PERM + "test_resolve[perm:5,1,2,3,4,0,6--9-expected0]",)),
+    Mutation(
+        "given-order-rank-is-order", "jaxorder/sampling/given_order.py",
+        "return np.argsort(order_BL, axis=1).astype(np.int32)",
+        "return order_BL.astype(np.int32)",
+        "the named order used as each position's rank (its inverse permutation is generated instead)",
+        (GIVEN + "test_positions_are_generated_in_exactly_the_named_order[spec-perm-True]",)),
+    Mutation(
+        "latent-w-random-takes-a-named-candidate", "jaxorder/objectives/latent_order.py",
+        "metrics[\"w_random\"] = w_BK[:, len(names):].mean()",
+        "metrics[\"w_random\"] = w_BK[:, len(names) - 1:].mean()",
+        "w_random averages the last named candidate in with the random ones",
+        (CANDS + "test_named_candidates_follow_l2r_r2l_and_precede_the_random_ones",)),
+    Mutation(
+        "latent-named-candidates-dropped", "jaxorder/objectives/latent_order.py",
+        "return [*(orders.NAMED if include_fixed_orders else ()), *orders.split_list(named)]",
+        "return [*(orders.NAMED if include_fixed_orders else ())]",
+        "objective.candidate_orders ignored: the named candidates never join the loss",
+        (CANDS + "test_loss_and_nll_are_over_exactly_the_named_orders",)),
     Mutation(
         "rerank-judge-slice-off-by-one", "jaxorder/evaluation/rerank.py",
         "out.append(r[\"terms\"][prompt_len:].sum() / (LN2 * size) if size else math.nan)",

@@ -6,7 +6,7 @@ causal pass over the permuted window). All requested orders of a batch are score
 batch is the orders stacked). `greedy` (where the family has it) lets the model pick the next
 position. Families with `mixture_bound` also report, for random:K, the K-order log-mean-exp bound
 -log (1/K) sum_k p(x | sigma_k). Explicit orders, `perm:...` and `perm@FILE`, are parsed in
-`perm_orders`.
+`jaxorder.orders`.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxorder import objectives
+from jaxorder import orders as perm_orders
 from jaxorder.config import Config, ConfigError
-from jaxorder.evaluation import perm_orders
 from jaxorder.objectives.latent_order import mixture_nll
 
 
@@ -42,21 +42,10 @@ def parse_orders(text: str) -> list[OrderSpec]:
     """Parses 'l2r,r2l,random:8,greedy,perm:5,1-4,0,6-,perm@FILE': the digit tokens after `perm:`
     belong to that perm."""
     specs: list[OrderSpec] = []
-    parts = [p.strip() for p in text.split(",")]
-    i = 0
-    while i < len(parts):
-        part = parts[i]
-        i += 1
-        if not part:
-            continue
+    for part in perm_orders.split_list(text):
         name, _, arg = part.partition(":")
         if part.startswith(perm_orders.PREFIX):
-            tokens = [arg]
-            while i < len(parts) and perm_orders.looks_like_item(parts[i]):
-                tokens.append(parts[i])
-                i += 1
-            perm = perm_orders.parse_items(tokens, f"order 'perm:{','.join(tokens)}'")
-            specs.append(OrderSpec("perm", perms=(perm,)))
+            specs.append(OrderSpec("perm", perms=(perm_orders.parse(part),)))
         elif part.startswith(perm_orders.FILE_PREFIX):
             path = part[len(perm_orders.FILE_PREFIX):]
             specs.append(OrderSpec("perm", perms=tuple(perm_orders.read_file(path)), file=path))

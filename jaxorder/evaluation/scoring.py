@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxorder import objectives
+from jaxorder import orders as perm_orders
 from jaxorder.config import Config, ConfigError
-from jaxorder.evaluation import perm_orders
 from jaxorder.evaluation.fixed_orders import OrderSpec, parse_orders, require_order_scoring
 from jaxorder.evaluation.runs import load_params, run_tokenizer
 

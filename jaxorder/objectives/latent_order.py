@@ -1,9 +1,10 @@
 """The generation order as a latent variable: a log-sum over orders instead of a sum of logs.
 
 Shares the any-order network of ao_ar (same model inputs, same one-pass exact order NLL). For
-each sequence take K = cfg.objective.num_orders candidate orders sigma_1..sigma_K (with
-include_fixed_orders, candidate 0 is l2r and candidate 1 is r2l; the others are iid uniform
-random permutations), compute l_k = log p(x | sigma_k) in one batched pass over B*K sequences,
+each sequence take K = cfg.objective.num_orders candidate orders sigma_1..sigma_K: first the F
+fixed candidates, l2r and r2l with include_fixed_orders, then those named by candidate_orders (a
+comma list of l2r, r2l and perm:INDICES specs, ``jaxorder.orders``), and K - F iid uniform
+random permutations; compute l_k = log p(x | sigma_k) in one batched pass over B*K sequences,
 and minimize
 
     L_K(x) = -log (1/K) sum_k exp(l_k)          (reported per token: / n, batch mean).
@@ -11,12 +12,13 @@ and minimize
 Its gradient is sum_k softmax_k(l_k) * grad(-l_k): orders are weighted by their posterior
 weight, so the model can concentrate on orders that explain x well, instead of being pushed to
 fit every order equally (the sum-of-logs -1/K sum_k l_k that masked diffusion effectively
-optimizes, which is >= L_K by Jensen). The metrics `w_l2r`, `w_r2l`, `w_random` are the average
+optimizes, which is >= L_K by Jensen). The metrics `w_l2r`, `w_r2l`, `w_<name>` (one per fixed
+candidate, named by its spec: `w_perm_3_1_0_2-` for perm:3,1,0,2-) and `w_random` are the average
 posterior weight softmax_k(l_k) of one candidate of each kind (w_random averaged over the random
-candidates, so the three are comparable: all equal 1/K when the model is indifferent).
+candidates, so all are comparable: all equal 1/K when the model is indifferent).
 
 What `nll` (the yardstick) bounds. Let q be the distribution of one candidate drawn as above
-(q = 1/K on l2r, 1/K on r2l, (K-2)/K uniform, with include_fixed_orders; uniform otherwise) and
+(q = 1/K on each fixed candidate, (K-F)/K uniform) and
 p_mix(x) = E_{sigma~q} p(x | sigma), a mixture of normalized distributions, hence a proper
 model of x. Because E[(1/K) sum_k p(x | sigma_k)] = p_mix(x) (the fixed candidates contribute
 exactly their share), Jensen gives E[L_K(x)] >= -log p_mix(x): `nll` is a stochastic upper bound
@@ -46,23 +48,45 @@ order takes all the weight, K: all equal), `order_entropy` = H(w), and the weigh
 """
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jaxorder import orders
 from jaxorder.config import Config, ConfigError
 from jaxorder.objectives import ao_ar
 from jaxorder.objectives.base import Objective, Option, OrderScoring, register
 
+WHERE = "objective.candidate_orders"
+
+
+def fixed_names(include_fixed_orders: bool, named: str) -> list[str]:
+    """The fixed candidates' specs in candidate order: l2r, r2l (include_fixed_orders), then `named`."""
+    return [*(orders.NAMED if include_fixed_orders else ()), *orders.split_list(named)]
+
+
+def fixed_orders(names: list[str], n: int) -> np.ndarray:
+    """The fixed candidates [F, n] of a window of n tokens (one-line ConfigError for a bad spec)."""
+    rows = [orders.named_or_perm(name, n, WHERE) for name in names]
+    return np.stack(rows).astype(np.int32) if rows else np.zeros((0, n), np.int32)
+
+
+def weight_metric(name: str) -> str:
+    """The posterior-weight metric of a fixed candidate: w_l2r, w_perm_3_1_0_2- (a TensorBoard-safe tag)."""
+    return "w_" + re.sub(r"[^-\w.]", "_", name)
+
 
 def candidate_orders(rng: jax.Array, batch_size: int, n: int, num_orders: int,
-                     include_fixed_orders: bool) -> jnp.ndarray:
-    """Orders [B, K, n]: [l2r, r2l, random...] with include_fixed_orders, else K random."""
-    num_random = num_orders - 2 if include_fixed_orders else num_orders
+                     include_fixed_orders: bool, named: str = "") -> jnp.ndarray:
+    """Orders [B, K, n]: the fixed candidates (l2r, r2l with include_fixed_orders, then the specs of
+    `named`), then K - F random ones."""
+    fixed_Fn = jnp.asarray(fixed_orders(fixed_names(include_fixed_orders, named), n))
+    num_random = num_orders - fixed_Fn.shape[0]
     random_BKn = ao_ar.random_orders(rng, batch_size * num_random, n).reshape(batch_size, num_random, n)
-    if not include_fixed_orders:
-        return random_BKn
-    ident_B1n = ao_ar.identity_orders(batch_size, n)[:, None, :]
-    return jnp.concatenate([ident_B1n, ident_B1n[..., ::-1], random_BKn], axis=1)
+    fixed_BFn = jnp.broadcast_to(fixed_Fn, (batch_size, *fixed_Fn.shape))
+    return jnp.concatenate([fixed_BFn, random_BKn.astype(fixed_BFn.dtype)], axis=1)
 
 
 def order_log_likelihoods(params, tokens_BL: jnp.ndarray, orders_BKL: jnp.ndarray,
@@ -87,7 +111,8 @@ def orders_nll(params, tokens_BL: jnp.ndarray, orders_BKL: jnp.ndarray,
 
 def _sampled(params, tokens_BL: jnp.ndarray, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, jnp.ndarray]:
     o = cfg.objective
-    orders_BKL = candidate_orders(rng, *tokens_BL.shape, o.num_orders, o.include_fixed_orders)
+    orders_BKL = candidate_orders(rng, *tokens_BL.shape, o.num_orders, o.include_fixed_orders,
+                                  o.candidate_orders)
     return orders_nll(params, tokens_BL, orders_BKL, cfg)
 
 
@@ -144,18 +169,19 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     metrics = {"loss": value, "nll_per_token": jax.lax.stop_gradient(bound),
                "nll_per_token_avg_order": jax.lax.stop_gradient(-l_BK.mean() / n), "beta": beta,
                "order_entropy": entropy_B.mean(), "eff_orders": jnp.exp(entropy_B).mean()}
-    first_random = 0
-    if o.include_fixed_orders:
-        metrics["w_l2r"], metrics["w_r2l"] = w_BK[:, 0].mean(), w_BK[:, 1].mean()
-        first_random = 2
-    if l_BK.shape[1] > first_random:
-        metrics["w_random"] = w_BK[:, first_random:].mean()
+    names = fixed_names(o.include_fixed_orders, o.candidate_orders)
+    for k, name in enumerate(names):
+        metrics[weight_metric(name)] = w_BK[:, k].mean()
+    if l_BK.shape[1] > len(names):
+        metrics["w_random"] = w_BK[:, len(names):].mean()
     return value, metrics
 
 
 OPTIONS = (
     Option("num_orders", 4, "K candidate orders per sequence"),
-    Option("include_fixed_orders", True, "l2r and r2l are always among the K candidates"),
+    Option("include_fixed_orders", True, "l2r and r2l are always among the K candidates (the first two)"),
+    Option("candidate_orders", "", "more fixed candidates after those: a comma list of l2r, r2l, "
+                                   "perm:INDICES (e.g. 'perm:3,1,0,2-,perm:0-3,7-4'); the rest are random"),
     Option("beta", 1.0, "posterior temperature (the final one with a schedule): 0 mean of logs, 1 log-sum"),
     Option("beta_schedule", "constant", "constant | linear (beta_start -> beta over beta_warmup_steps)"),
     Option("beta_start", 0.0, "linear schedule: beta at step 0"),
@@ -169,6 +195,20 @@ def validate_config(cfg: Config) -> None:
     if o.num_orders < 1 or (o.include_fixed_orders and o.num_orders < 2):
         raise ConfigError(f"objective.num_orders={o.num_orders} must be >= 1 (>= 2 with "
                           f"include_fixed_orders)")
+    names = fixed_names(o.include_fixed_orders, o.candidate_orders)
+    if any(name.startswith(orders.FILE_PREFIX) for name in names):
+        raise ConfigError(f"{WHERE} takes l2r, r2l and perm:INDICES specs, not a perm@FILE; write the orders "
+                          f"in the config")
+    fixed_Fn = fixed_orders(names, cfg.data.seq_len)
+    for k in range(len(names)):
+        same = [names[j] for j in range(k) if np.array_equal(fixed_Fn[j], fixed_Fn[k])]
+        if same:
+            by = " (include_fixed_orders has l2r and r2l)" if o.include_fixed_orders else ""
+            raise ConfigError(f"{WHERE}: '{names[k]}' is the same order as '{same[0]}'{by}; name each "
+                              f"candidate once")
+    if o.num_orders < len(names):
+        raise ConfigError(f"objective.num_orders={o.num_orders} is less than the {len(names)} fixed "
+                          f"candidates ({', '.join(names)}); raise num_orders or name fewer")
     if o.beta_schedule not in ("constant", "linear"):
         raise ConfigError(f"objective.beta_schedule={o.beta_schedule!r} must be constant or linear")
     for key in ("beta", "beta_start", "order_entropy_bonus", "beta_warmup_steps"):

@@ -12,6 +12,8 @@ position order (conditioned on, teacher-forced), then the masked positions, one 
 - ``l2r`` / ``r2l``: by increasing / decreasing position;
 - ``random``: a uniform random permutation of the row's masked positions (``ao_ar.random_orders``
   from the key), independently per row;
+- ``perm``: the order named by the ``order`` option (``given_order``: l2r, r2l, random, perm:...,
+  perm@FILE, a permutation of all L positions whose given ones are skipped);
 - ``greedy``: chosen as it goes. At slot c every position is scored as the next target in ONE
   "self" decode call over the cache (L candidates of slot c, each seeing the cache and only
   itself), and the rule takes the still-masked position whose predicted distribution is the most
@@ -58,10 +60,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxorder.config import Config
+from jaxorder.config import Config, ConfigError
 from jaxorder.model import decode
 from jaxorder.objectives import ao_ar
 from jaxorder.objectives.common import special_ids
+from jaxorder.sampling import given_order
 from jaxorder.sampling.ar import banned_tokens, choose_tokens
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
 from jaxorder.sampling.eos import eos_id, fill_after_eos
@@ -78,12 +81,16 @@ class Loop:
     prefill: int  # min over rows of the fixed tokens: prefilled in one call
 
 
-def initial_orders(masked_BL: jnp.ndarray, order: str, key: jax.Array) -> jnp.ndarray:
+def initial_orders(masked_BL: jnp.ndarray, order: str, key: jax.Array,
+                   given_rank_BL: jnp.ndarray | None = None) -> jnp.ndarray:
     """Orders [B, L]: fixed positions first (position order), then the masked ones in `order`
-    (greedy: l2r to start with; each slot's entry is replaced when its position is chosen)."""
+    (greedy: l2r to start with; each slot's entry is replaced when its position is chosen), or by
+    `given_rank_BL`, each position's step in an explicit order (``given_order``), when given."""
     B, L = masked_BL.shape
     pos_BL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
-    if order == "random":
+    if given_rank_BL is not None:
+        rank_BL = given_rank_BL
+    elif order == "random":
         # rank of each position
         rank_BL = jnp.argsort(ao_ar.random_orders(key, B, L), axis=1).astype(jnp.int32)
     elif order == "r2l":
@@ -127,7 +134,7 @@ def build(cfg: Config, loop: Loop):
     greedy = loop.order == "greedy"
     calls_per_step = 2 if greedy else 1
 
-    def run(params, key, tokens_BL):
+    def run(params, key, tokens_BL, given_rank_BL=None):
         B, L = tokens_BL.shape
         x_BL = tokens_BL.astype(jnp.int32)
         masked_BL = x_BL == ids.mask
@@ -135,8 +142,8 @@ def build(cfg: Config, loop: Loop):
         noise_key, order_key = jax.random.split(key)
         banned_V = banned_tokens(mcfg)
         pos_L = jnp.arange(L, dtype=jnp.int32)
-        st = dict(x=x_BL, order=initial_orders(masked_BL, loop.order, order_key), masked=masked_BL,
-                  logprob=jnp.zeros((B,), jnp.float32), nfe=jnp.int32(0), cache=None)
+        st = dict(x=x_BL, order=initial_orders(masked_BL, loop.order, order_key, given_rank_BL),
+                  masked=masked_BL, logprob=jnp.zeros((B,), jnp.float32), nfe=jnp.int32(0), cache=None)
         if loop.options.cache:
             # scratch slots may pass max_len
             st["cache"] = decode.init_cache(mcfg, B, _cache_slots(L, loop.order))
@@ -210,16 +217,28 @@ def build(cfg: Config, loop: Loop):
 
 
 def prepare_order(order: str):
-    """prepare(cfg, tokens_BL, options) of the sampler generating in `order`."""
+    """prepare(cfg, tokens_BL, options) of the sampler generating in `order` (`perm`: options.order)."""
 
     def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions) -> Prepared:
-        prefill = int((tokens_BL != special_ids(cfg.model).mask).sum(axis=1).min())
-        return Prepared(Loop(order, options, prefill), (jnp.asarray(tokens_BL),))
+        mask = special_ids(cfg.model).mask
+        prefill = int((tokens_BL != mask).sum(axis=1).min())
+        if order != "perm":
+            return Prepared(Loop(order, options, prefill), (jnp.asarray(tokens_BL),))
+        if not options.order:
+            raise ConfigError(f"the perm sampler needs --order: {given_order.VALUES}")
+        given_BL = given_order.explicit_order(options.order, tokens_BL, mask)
+        if given_BL is None:  # random: the random sampler's loop, same key -> same order
+            return Prepared(Loop("random", options, prefill), (jnp.asarray(tokens_BL),))
+        return Prepared(Loop("perm", options, prefill),
+                        (jnp.asarray(tokens_BL), jnp.asarray(given_order.ranks(given_BL))))
 
     return prepare
 
 
+SAMPLER_OPTIONS = ("temperature", "top_k", "top_p", "noise", "cache", "ignore_eos", "collect_logits")
 for _order in ORDERS:
     register(Sampler(name=_order, family="any_order", prepare=prepare_order(_order), build=build,
-                     options=("temperature", "top_k", "top_p", "noise", "cache", "ignore_eos",
-                              "collect_logits")))
+                     options=SAMPLER_OPTIONS))
+register(Sampler(name="perm", family="any_order", prepare=prepare_order("perm"), build=build,
+                 options=("order", *SAMPLER_OPTIONS),
+                 description="generates in the order --order names (l2r, r2l, random, perm:..., perm@FILE)"))

@@ -2,7 +2,9 @@
 
 The order sigma is fixed in advance as for the ``random`` sampler of ``any_order`` (fixed tokens
 first in position order, then a uniform permutation of the row's masked positions, from the same
-key split, so both samplers read a row in the same order for the same key), with the slot layout
+key split, so both samplers read a row in the same order for the same key), or given by the
+``order`` option (``given_order``: l2r, r2l, perm:..., perm@FILE; the given positions still come
+first: exactness holds for any order fixed before sampling), with the slot layout
 of ``ao_ar``: slot j feeds x_sigma_{j-1} at position sigma_{j-1} and predicts position sigma_j.
 A round at slot c (x_sigma_<c known, cache slots 0..c-1 written) makes two network calls, with
 K = ``draft_length``:
@@ -57,6 +59,7 @@ import numpy as np
 from jaxorder.config import Config
 from jaxorder.model import decode
 from jaxorder.objectives.common import special_ids
+from jaxorder.sampling import given_order
 from jaxorder.sampling.any_order import commit_index, initial_orders, slot_inputs
 from jaxorder.sampling.ar import banned_tokens, filter_logits
 from jaxorder.sampling.base import Prepared, Sampler, SamplerOptions, register
@@ -148,13 +151,13 @@ def build(cfg: Config, loop: Loop):
                                                target_positions_BL=targets_K[None])
         return logits_1KV[0], cache
 
-    def run(params, key, tokens_BL):
+    def run(params, key, tokens_BL, given_rank_BL=None):
         B, L = tokens_BL.shape
         x_BL = tokens_BL.astype(jnp.int32)
         masked_BL = x_BL == ids.mask
         n_fixed_B = (L - masked_BL.sum(axis=1)).astype(jnp.int32)
         noise_key, order_key = jax.random.split(key)
-        order_BL = initial_orders(masked_BL, "random", order_key)
+        order_BL = initial_orders(masked_BL, "random", order_key, given_rank_BL)
         banned_V = banned_tokens(mcfg)
         calls = jax.vmap(row_call, in_axes=(None, 0, 0, 0, 0, None))
         row_cache = decode.init_cache(mcfg, 1, L + K)
@@ -233,10 +236,15 @@ def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions) -> Prep
     n_fixed_B = (tokens_BL != special_ids(cfg.model).mask).sum(axis=1)
     # nothing to generate in any row: no call at all
     prefill = int(n_fixed_B.max()) if (n_fixed_B < tokens_BL.shape[1]).any() else 0
-    return Prepared(Loop(options, prefill), (jnp.asarray(tokens_BL),))
+    given_BL = given_order.explicit_order(options.order or given_order.RANDOM, tokens_BL,
+                                          special_ids(cfg.model).mask)
+    if given_BL is None:
+        return Prepared(Loop(options, prefill), (jnp.asarray(tokens_BL),))
+    rank_BL = jnp.asarray(given_order.ranks(given_BL))
+    return Prepared(Loop(options, prefill), (jnp.asarray(tokens_BL), rank_BL))
 
 
 register(Sampler(name="speculative", family="any_order", prepare=prepare, build=build,
-                 options=("temperature", "top_k", "top_p", "noise", "ignore_eos", "draft_length"),
-                 description="any-subset speculative decoding in a random order: K drafts per round, "
-                             "verified in one causal call (exact)"))
+                 options=("temperature", "top_k", "top_p", "noise", "ignore_eos", "draft_length", "order"),
+                 description="any-subset speculative decoding in a random order (or --order): K drafts "
+                             "per round, verified in one causal call (exact)"))

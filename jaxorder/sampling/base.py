@@ -112,6 +112,11 @@ class SamplerOptions:
                                      "padding, and sampling stops early; jaxorder.sampling.eos)")
     collect_logits: bool = option(False, "ar, any_order: also return the logits that chose each token",
                                   cli=False)
+    order: str = option("", "any-order runs, perm and speculative samplers: the generation order, "
+                            "random, l2r, r2l, perm:5,1-4,0,6- (all L positions in generation order; a-b "
+                            "ranges, a last k- = the rest in reading order) or perm@FILE (one line for "
+                            "every row, or one per row); given (prompt) positions are skipped. Default: "
+                            "speculative draws a random order, perm needs it", metavar="ORDER")
     draft: str = option("", "speculative sampler (l2r/r2l runs): the draft run directory, a smaller run "
                             "with the same tokenizer and reading order that proposes tokens for the target "
                             "to verify", metavar="RUN_DIR")

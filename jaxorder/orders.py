@@ -5,7 +5,11 @@ ranges `a-b` (descending when a > b, so `perm:7-0` is r2l on 8 tokens) and, last
 range `k-`: every index >= k not listed before it, in reading order. A spec covers the whole
 window: one that lists fewer indices than the window has is an error unless it ends with `k-`.
 `perm@FILE` holds one spec per non-blank line (with or without the `perm:` prefix): one line is
-the order of every window, otherwise line w is the order of window w.
+the order of every window (or sample row), otherwise line w is the order of window w.
+
+`l2r` and `r2l` name the two reading orders wherever an order spec is taken. The specs are read by
+`eval --orders` and `score --order` (evaluation), the any-order samplers' `order` option (sampling)
+and latent_order's `objective.candidate_orders` (objectives), so this module sits at the bottom.
 """
 from __future__ import annotations
 
@@ -15,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxorder.config import ConfigError
+from jaxorder.errors import ConfigError
 
 PREFIX = "perm:"
+NAMED = ("l2r", "r2l")  # orders named without indices; they fit every length
 FILE_PREFIX = "perm@"
 # An index, a range a-b, or an open range k-: what may follow `perm:` in a comma list.
 ITEM = re.compile(r"^(\d+)(-(\d*))?$")
@@ -133,11 +138,47 @@ def read_file(path: str) -> list[Perm]:
     return perms
 
 
-def window_orders(perms: list[Perm], windows: int, length: int, label: str) -> np.ndarray:
-    """Orders [windows, length]: one spec for every window, or one per window."""
+def window_orders(perms: list[Perm], windows: int, length: int, label: str,
+                  unit: str = "window") -> np.ndarray:
+    """Orders [windows, length]: one spec for every window, or one per window (`unit`: the word for a
+    window in messages, e.g. a sample row)."""
     if len(perms) not in (1, windows):
-        raise ConfigError(f"{label} has {len(perms)} permutations for {windows} windows; give one line "
-                          f"(the same order everywhere) or exactly one per window")
+        raise ConfigError(f"{label} has {len(perms)} permutations for {windows} {unit}s; give one line "
+                          f"(the same order everywhere) or exactly one per {unit}")
     rows = [resolve(p, length, f"{label} line {i + 1}" if len(perms) > 1 else label)
             for i, p in enumerate(perms)]
     return np.stack(rows if len(rows) == windows else rows * windows)
+
+
+def split_list(text: str) -> list[str]:
+    """'l2r,perm:5,1-4,0,6-,r2l' -> ['l2r', 'perm:5,1-4,0,6-', 'r2l']: the digit tokens right after a
+    `perm:` belong to it; blank items are dropped (and end a perm)."""
+    items: list[str] = []
+    in_perm = False
+    for part in (p.strip() for p in text.split(",")):
+        if in_perm and looks_like_item(part):
+            items[-1] += "," + part
+        elif part:
+            items.append(part)
+        in_perm = bool(part) and items[-1].startswith(PREFIX)
+    return items
+
+
+def named_or_perm(text: str, length: int, where: str) -> np.ndarray:
+    """The order [length] of `l2r`, `r2l` or one perm spec; ConfigError otherwise (`where` names the
+    setting in the message)."""
+    if text == "l2r":
+        return np.arange(length, dtype=np.int32)
+    if text == "r2l":
+        return np.arange(length, dtype=np.int32)[::-1].copy()
+    if not text.startswith(PREFIX):
+        raise ConfigError(f"{where}: unknown order '{text}'; use l2r, r2l or perm:INDICES (e.g. perm:1,0,2-)")
+    return resolve(parse(text), length, f"'{text}' in {where}")
+
+
+def row_orders(text: str, rows: int, length: int, where: str) -> np.ndarray:
+    """Orders [rows, length] of `l2r`, `r2l`, a perm spec (every row) or perm@FILE (one line for every
+    row, or one per row)."""
+    if text.startswith(FILE_PREFIX):
+        return window_orders(read_file(text[len(FILE_PREFIX):]), rows, length, f"{where} {text}", "row")
+    return np.tile(named_or_perm(text, length, where), (rows, 1))
