@@ -301,3 +301,23 @@ def test_eval_orders_and_extras_on_a_tiny_trained_run(tmp_path, text_corpus):
     assert 0 <= ex["mode_5_before_0"]["mean"] <= 1
     code, out, err = cli_in_process(["eval", run])
     assert code == 0 and "elbo_nll:" in out and "mode_l2r:" in out, (out, err)
+
+
+@pytest.mark.slow
+def test_sharded_training_equals_one_device(tmp_path):
+    """10 train steps on meshes 2x2x2 and 1x2x4 (8 forced host devices, a subprocess) equal one
+    device within 1e-5: the own parameter subtree and the posterior draws shard like the network."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "losses.json"
+    script = Path(__file__).parent / "scripts" / "mesh_equivalence.py"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    proc = subprocess.run([sys.executable, str(script), str(out), "learned_order:2x2x2,1x2x4"], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = json.loads(out.read_text())["learned_order"]
+    for mesh in ("2x2x2", "1x2x4"):
+        np.testing.assert_allclose(losses[mesh], losses["single"], atol=1e-5, rtol=0)
