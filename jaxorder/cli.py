@@ -134,6 +134,11 @@ def _print_result(result: dict, as_json: bool) -> None:
         print(f"{result['run']}: {result['bpb']:.4f} ± {result['bpb_stderr']:.4f} bits/byte "
               f"({result['kind']}, {result['objective']}, step {result['step']}, "
               f"{result['windows']} windows)")
+        for name, e in result.get("extras", {}).items():  # an objective's eval_extras
+            value = (f"{e['bpb']:.4f} ± {e['bpb_stderr']:.4f} bits/byte" if "bpb" in e
+                     else f"{e['mean']:.4f} ± {e['stderr']:.4f}" if isinstance(e["mean"], float)
+                     else " ".join(f"{v:.2f}" for v in e["mean"]))
+            print(f"  {name}: {value}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,6 +50,7 @@ PERM = "tests/test_perm_orders.py::"
 GIVEN = "tests/test_sampling_given_order.py::"
 CANDS = "tests/test_latent_candidate_orders.py::"
 RERANK = "tests/test_rerank.py::"
+LO = "tests/test_learned_order.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -149,6 +150,49 @@ MUTATIONS: tuple[Mutation, ...] = (
         "value = value + o.order_entropy_bonus",
         "entropy bonus with the wrong sign: it lowers the posterior entropy (speeds up the collapse)",
         (COLLAPSE + "test_entropy_bonus_gradient_raises_the_posterior_entropy",)),
+    # ------------------------------------------------------------------ learned_order
+    Mutation(
+        "lo-policy-no-open-mask", "jaxorder/objectives/learned_order.py",
+        "jnp.where(open_NLL, logits_NLP, -jnp.inf)",
+        "jnp.where(True, logits_NLP, -jnp.inf)",
+        "order policy not masked to the open positions (it may pick a generated position again)",
+        (LO + "test_policy_is_a_distribution_over_orders_and_the_joint_over_everything",)),
+    Mutation(
+        "lo-baseline-includes-self", "jaxorder/objectives/learned_order.py",
+        "return (w_BK.sum(axis=1, keepdims=True) - w_BK) / (K - 1)",
+        "return (w_BK.sum(axis=1, keepdims=True) - 0 * w_BK) / K",
+        "score-function baseline that includes w_k itself (q's gradient scaled by (K-1)/K: biased)",
+        (LO + "test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient",)),
+    Mutation(
+        "lo-score-sign", "jaxorder/objectives/learned_order.py",
+        "(lp_BK + (w_BK - loo_baseline(w_BK)) * lq_BK)",
+        "(lp_BK - (w_BK - loo_baseline(w_BK)) * lq_BK)",
+        "wrong sign of the score-function term (q climbs away from the posterior)",
+        (LO + "test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient",)),
+    Mutation(
+        "lo-pl-forward-normalizer", "jaxorder/objectives/learned_order.py",
+        "jax.lax.cumlogsumexp(s_BKL, axis=2, reverse=True)",
+        "jax.lax.cumlogsumexp(s_BKL, axis=2, reverse=False)",
+        "Plackett-Luce normalized over the chosen instead of the remaining positions",
+        (LO + "test_plackett_luce_sums_to_one_and_gumbel_top_n_samples_it",)),
+    Mutation(
+        "lo-iw-no-log-k", "jaxorder/objectives/learned_order.py",
+        "return jnp.log(w_BK.shape[1]) - jax.nn.logsumexp(w_BK, axis=1)",
+        "return -jax.nn.logsumexp(w_BK, axis=1)",
+        "importance-weighted bound as a log-sum-exp (off by log K: below -log p(x))",
+        (LO + "test_log_px_above_iw_bounds_above_elbo_and_the_yardstick_estimates_them",)),
+    Mutation(
+        "lo-sampler-reference-slot", "jaxorder/sampling/learned_order.py",
+        "jax.lax.dynamic_index_in_dim(hidden_BLd, c, axis=1, keepdims=False)",
+        "jax.lax.dynamic_index_in_dim(hidden_BLd, c + 1, axis=1, keepdims=False)",
+        "uncached policy stream reads the next slot's state (it sees the token it is choosing for)",
+        (LO + "test_cached_sampler_equals_the_uncached_reference",)),
+    Mutation(
+        "lo-sampler-policy-temperature", "jaxorder/sampling/learned_order.py",
+        "jax.random.categorical(jax.random.fold_in(order_key, c), logp_BL, axis=-1)",
+        "jax.random.categorical(jax.random.fold_in(order_key, c), 2 * logp_BL, axis=-1)",
+        "policy sampled at temperature 1/2 (not ancestral sampling of p(x, sigma))",
+        (LO + "test_policy_sampler_draws_the_joint_exactly",)),
     # ------------------------------------------------------------------ yardstick and order scoring
     Mutation(
         "yardstick-bytes-per-token", "jaxorder/evaluation/yardstick.py",

@@ -82,7 +82,7 @@ def eval_run(run_dir: str | os.PathLike, orders: str | None = None, max_windows:
     data = make_data(cfg.data, jax.process_index(), jax.process_count())
     require_same_tokenizer(run_dir, data.tokenizer, cfg)
     val_batches = data.val_batches(cfg.eval.batches)
-    result = evaluate(params, cfg, val_batches, data.val_bytes_per_token)
+    result = evaluate(params, cfg, val_batches, data.val_bytes_per_token, extras=True)
     result.update({"run": epath.Path(run_dir).name, "step": step})
     if specs:
         if max_windows:  # more windows than eval.batches hold when asked (as many as the split has)

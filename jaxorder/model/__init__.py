@@ -4,6 +4,7 @@ from jaxorder.model.transformer import (
                                         Transformer,
                                         apply,
                                         apply_insertion,
+                                        apply_with_hidden,
                                         count_params,
                                         init_boxed_params,
                                         init_params,
@@ -11,4 +12,5 @@ from jaxorder.model.transformer import (
 )
 
 __all__ = ["MASK_KINDS", "attention_mask", "apply_rope", "Transformer", "apply", "apply_insertion",
+           "apply_with_hidden",
            "count_params", "init_boxed_params", "init_params", "logical_axes"]

@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxorder.config import ModelConfig
 from jaxorder.model.chunk_attention import ChunkLayout, ChunkPrefill
-from jaxorder.model.transformer import Transformer, cast_params, jnp_dtype, unstack_layers
+from jaxorder.model.transformer import Transformer, cast_params, final_norm_only, jnp_dtype, unstack_layers
 
 Cache = Any
 
@@ -73,6 +73,24 @@ def decode_step(params: Any, cfg: ModelConfig, cache: Cache, tokens_BL: jnp.ndar
     logits_BLV, mutated = Transformer(dcfg).apply(variables, tokens_BL, positions_BL, new_mask,
                                                   target_positions_BL, mutable=["cache"])
     return logits_BLV, mutated["cache"]
+
+
+def decode_step_hidden(params: Any, cfg: ModelConfig, cache: Cache, tokens_BL: jnp.ndarray,
+                       positions_BL: jnp.ndarray, new_mask: Any = "causal",
+                       target_positions_BL: jnp.ndarray | None = None,
+                       ) -> tuple[jnp.ndarray, jnp.ndarray, Cache]:
+    """`decode_step` that also returns the final hidden state [B, L, d_model] of the new slots (what the
+    head reads; `transformer.apply_with_hidden`'s, for an objective's own output heads)."""
+    dcfg = decode_config(cfg)
+    if "layers" in params:
+        params = unstack_layers(params, cfg.n_layers)
+    variables = {"params": cast_params(params, cfg), "cache": cache}
+    if target_positions_BL is not None and "target_embed" not in params:
+        raise ValueError("target positions need a model initialized with them (ao_ar / latent_order runs)")
+    logits_BLV, mutated = Transformer(dcfg).apply(variables, tokens_BL, positions_BL, new_mask,
+                                                  target_positions_BL, mutable=["cache", "intermediates"],
+                                                  capture_intermediates=final_norm_only)
+    return logits_BLV, mutated["intermediates"]["final_norm"]["__call__"][0], mutated["cache"]
 
 
 def rewrite_positions(params: Any, cfg: ModelConfig, cache: Cache, tokens_BQ: jnp.ndarray,

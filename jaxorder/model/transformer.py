@@ -268,6 +268,28 @@ def apply(params: Params, cfg: ModelConfig, tokens_BL: jnp.ndarray, positions_BL
                                   target_positions_BL)
 
 
+def final_norm_only(module: nn.Module, method: str) -> bool:
+    """capture_intermediates filter: the output of the final RMSNorm (the hidden state the head reads)."""
+    return module.name == "final_norm" and method == "__call__"
+
+
+def apply_with_hidden(params: Params, cfg: ModelConfig, tokens_BL: jnp.ndarray, positions_BL: jnp.ndarray,
+                      mask_kind: str, target_positions_BL: jnp.ndarray | None = None,
+                      ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """`apply` and the final hidden state [B, L, d_model] (after final_norm) that the head reads, for an
+    objective's own output heads; unused outputs (the logits, if only the state is read) cost nothing
+    under jit."""
+    if target_positions_BL is not None and "target_embed" not in params:
+        raise ValueError("target positions need a model initialized with them (init_params(..., "
+                         "target_positions=True))")
+    check_positions(cfg, positions_BL, target_positions_BL)
+    logits_BLV, state = Transformer(cfg).apply({"params": cast_params(params, cfg)}, tokens_BL, positions_BL,
+                                               mask_kind, target_positions_BL,
+                                               capture_intermediates=final_norm_only,
+                                               mutable=["intermediates"])
+    return logits_BLV, state["intermediates"]["final_norm"]["__call__"][0]
+
+
 def apply_insertion(params: Params, cfg: ModelConfig, tokens_BL: jnp.ndarray, positions_BL: jnp.ndarray,
                     key_valid_BL: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Bidirectional pass over rows padded on the right (`key_valid_BL` False at padding) with the

@@ -4,7 +4,16 @@ This import list is the table of contents: adding a family means adding its file
 """
 from __future__ import annotations
 
-from jaxorder.objectives import ao_ar, bd3, ilm, l2r, latent_order, mdm, r2l  # noqa: F401  (registration)
-from jaxorder.objectives.base import Objective, Option, OrderScoring, all_objectives, get, of, register
+from jaxorder.objectives import ao_ar, bd3, ilm, l2r, latent_order, learned_order, mdm, r2l  # noqa: F401  (registration)
+from jaxorder.objectives.base import (
+    OWN_PARAMS,
+    Objective,
+    Option,
+    OrderScoring,
+    all_objectives,
+    get,
+    of,
+    register,
+)
 
-__all__ = ["Objective", "Option", "OrderScoring", "all_objectives", "get", "of", "register"]
+__all__ = ["OWN_PARAMS", "Objective", "Option", "OrderScoring", "all_objectives", "get", "of", "register"]

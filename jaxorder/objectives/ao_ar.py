@@ -71,13 +71,20 @@ def sample_orders(rng: jax.Array, batch_size: int, n: int, l2r_fraction: float =
     return jnp.where((u_B < l2r_fraction)[:, None], ident_Bn, orders_Bn)
 
 
-def order_logits(params, tokens_BL: jnp.ndarray, order_BL: jnp.ndarray,
-                 cfg: Config) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """One causal pass over the permuted window: (logits [B, n, V] of slot j, targets x_sigma_j [B, n])."""
+def order_inputs(tokens_BL: jnp.ndarray, order_BL: jnp.ndarray,
+                 cfg: Config) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """The permuted pass's (input tokens, current positions, targets x_sigma_j), each [B, n]."""
     permuted_BL = jnp.take_along_axis(tokens_BL, order_BL, axis=1)
     bos_B1 = jnp.full_like(tokens_BL[:, :1], special_ids(cfg.model).bos)
     inputs_BL = jnp.concatenate([bos_B1, permuted_BL[:, :-1]], axis=1)
     positions_BL = jnp.concatenate([jnp.zeros_like(order_BL[:, :1]), order_BL[:, :-1]], axis=1)
+    return inputs_BL, positions_BL, permuted_BL
+
+
+def order_logits(params, tokens_BL: jnp.ndarray, order_BL: jnp.ndarray,
+                 cfg: Config) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """One causal pass over the permuted window: (logits [B, n, V] of slot j, targets x_sigma_j [B, n])."""
+    inputs_BL, positions_BL, permuted_BL = order_inputs(tokens_BL, order_BL, cfg)
     logits_BLV = model.apply(params, cfg.model, inputs_BL, positions_BL, "causal",
                              target_positions_BL=order_BL)
     return logits_BLV, permuted_BL

@@ -34,6 +34,14 @@ PositionNllFn = Callable[[Params, jax.Array, jax.Array, Config], dict[str, jax.A
 # rate_nll(params, tokens [B, L], t [B], rng, cfg) -> (per-token NLL [B, L], is_masked [B, L] bool): every
 # token masked independently with probability t of its row (masked families)
 RateNllFn = Callable[[Params, jax.Array, jax.Array, jax.Array, Config], tuple[jax.Array, jax.Array]]
+# own_params(cfg, rng) -> the family's own parameters (beside the network's), leaves boxed with logical axis
+# names (nn.LogicallyPartitioned); the train state keeps them under params[OWN_PARAMS]
+OwnParamsFn = Callable[[Config, jax.Array], Any]
+# eval_extras(params, batch, rng, cfg) -> {name: [B] or [B, L]}: per-window numbers the yardstick reports
+# beside nll (mean and standard error over windows; a name ending in `_nll` is in nats and also gets
+# bits/byte)
+EvalExtrasFn = Callable[[Params, dict, jax.Array, Config], dict[str, jax.Array]]
+OWN_PARAMS = "objective"  # the key of a family's own parameter subtree; the network ignores it
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,10 @@ class Objective:
     - `validate_config`: the family's own config checks (ConfigError with the fix).
     - `log_metrics`: keys of its loss metrics that the train log line shows after the loss (all
       of them reach metrics.jsonl and TensorBoard anyway).
+    - `own_params`: the family's own parameters (e.g. an order policy head, a posterior), created
+      beside the network's and kept under params[OWN_PARAMS]; None (the default): none.
+    - `eval_extras`: per-window numbers the yardstick reports beside `nll` (e.g. a second bound,
+      order statistics); None: none.
     """
 
     name: str
@@ -113,6 +125,8 @@ class Objective:
     validate_config: Callable[[Config], None] = _no_checks
     length_classes: Callable[[Config], int] = _no_length_head
     log_metrics: tuple[str, ...] = ()
+    own_params: Optional[OwnParamsFn] = None
+    eval_extras: Optional[EvalExtrasFn] = None
 
 
 def register(objective: Objective) -> Objective:

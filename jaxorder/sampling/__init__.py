@@ -25,6 +25,9 @@
   features) says the prediction is final, at least one per step; stop a row when it says all that is
   left is end of text. Its training data are decoding ``traces`` (`jaxorder sample --record-traces`),
   fitted by `jaxorder train-filter` (``jaxorder.evaluation.filter_training``);
+- ``learned_order``: samplers of learned_order runs: ``policy`` (exact ancestral sampling of (sigma, x):
+  the order policy draws the next position, the token head its token, two KV caches) and the fixed
+  any-order rules;
 plus Gumbel noise with float64-accurate tails (``noise``) and prompts / infilling templates
 (``prompts``). This import list is the table of contents: a new sampler file is added here.
 """
@@ -40,6 +43,7 @@ from jaxorder.sampling import (  # noqa: F401  (registration)
     ilm,
     info_gain,
     learned,
+    learned_order,
     mdm,
 )
 from jaxorder.sampling.base import (

@@ -20,6 +20,9 @@ def init_boxed_state(cfg: Config, optimizer: optax.GradientTransformation) -> di
     objective = objectives.of(cfg)
     params = model.init_boxed_params(cfg.model, jax.random.key(cfg.train.seed), cfg.data.seq_len,
                                      objective.target_positions, objective.length_classes(cfg))
+    if objective.own_params is not None:  # a separate key: the network's own initialization is unchanged
+        own = objective.own_params(cfg, jax.random.fold_in(jax.random.key(cfg.train.seed), 1))
+        params = {**params, objectives.OWN_PARAMS: own}
     return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
 
 

@@ -1,0 +1,240 @@
+"""A learned generation order: a joint model of (x, sigma) with a variational posterior over orders.
+
+After LO-ARM (Wang et al. 2025) and variational order inference (Li et al. 2021). The generative
+model picks the next position, then its token:
+
+    p(x, sigma) = prod_j pi(sigma_j | x_sigma<j, sigma_<j) * p(x_sigma_j | x_sigma<j; sigma_<=j).
+
+- Token head: exactly ao_ar's causal pass over the permuted window (BOS + tokens in order, current
+  positions, target positions sigma_j), `ao_ar.order_token_nll`.
+- Order policy pi: a second causal pass over the same permuted inputs WITHOUT target positions, so
+  slot j's state depends on x_sigma<j and sigma_<j only (never on sigma_j); its final hidden state
+  goes through its own linear head `order_policy` [d_model, max_len] to position logits, masked to
+  the positions not yet generated (and < n), log-softmax. Exact: pi(. | slot j) is a normalized
+  distribution over the n - j open positions, so sum_sigma prod_j pi = 1, and the token head is
+  normalized per slot, so p(x, sigma) sums to 1 over (x, sigma).
+
+Posterior q(sigma | x): Plackett-Luce over positions with scores s_i = g_i + c_i(x): g [max_len] a
+learned global score (`q_global`, initialized by `q_init`: uniform 0, l2r g_i = -scale*i, r2l
++scale*i), c a small network that sees the whole window (the choice: a separate embedding of
+(token, position) e_i [q_width], a window summary h = mean_i e_i, and c_i = tanh(e_i + h W) . u with u
+initialized to 0, so q starts exactly at g; cheap, and the trunk gets no gradient from q). Sampling
+is Gumbel-top-n, sigma = argsort(-(s + G)); log q(sigma) = sum_j [s_sigma_j - logsumexp_{i open} s_i].
+
+Training with K = num_samples posterior draws per window, w_k = log p(x, sigma_k) - log q(sigma_k | x):
+    ELBO = E_q[w] <= log p(x) = log sum_sigma p(x, sigma).
+grad_theta ELBO = E_q[grad_theta log p(x, sigma)] (p's parameters). For q's parameters phi,
+grad_phi E_q[log p - log q] = E_q[w grad_phi log q] - E_q[grad_phi log q] = E_q[w grad_phi log q]
+(the score has mean zero). With the leave-one-out baseline b_k = mean_{l != k} w_l (independent of
+sigma_k, so E[b_k grad log q(sigma_k)] = E[b_k] E[grad log q(sigma_k)] = 0) the surrogate maximized is
+    S = mean_k [ log p(x, sigma_k) + stop_grad(w_k - b_k) * log q(sigma_k | x) ],
+whose gradient is unbiased for grad ELBO in both theta and phi. The direct gradient of the -log q
+term inside w is left out: it has mean zero and only adds variance. K = 1: b = 0. The loss value is
+-ELBO per token (the surrogate only shapes the gradient: value = sg(-ELBO) + (-S - sg(-S)), per token).
+
+Yardstick (`nll`, exact=False): the importance-weighted bound -log mean_k exp(w_k) over K_eval =
+eval_samples draws (>= -log p(x), tighter in expectation as K grows); `eval_extras` reports the
+ELBO -mean_k w_k from the same draws beside it, and order statistics of q: the share of windows whose
+PL mode argsort(-s) is l2r, r2l or other, the mean rank of each position over the draws, and the
+share of windows whose mode puts position 5 before position 0. `order_nll` (`eval --orders`) is the
+token head's -log p(x | sigma) given the order (ao_ar's), WITHOUT the policy term log pi(sigma).
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxorder import model
+from jaxorder.config import Config, ConfigError
+from jaxorder.objectives import ao_ar
+from jaxorder.objectives.base import OWN_PARAMS, Objective, Option, OrderScoring, register
+
+Q_INITS = ("uniform", "l2r", "r2l")
+
+
+def initial_global_scores(q_init: str, scale: float, max_len: int) -> jnp.ndarray:
+    """g [max_len]: 0 (uniform), -scale*i (l2r: position 0 most likely first) or +scale*i (r2l)."""
+    i_P = jnp.arange(max_len, dtype=jnp.float32)
+    return {"uniform": 0.0 * i_P, "l2r": -scale * i_P, "r2l": scale * i_P}[q_init]
+
+
+def own_params(cfg: Config, rng: jax.Array) -> dict:
+    """The policy head and q's parameters, boxed with logical axis names (the train state's own subtree)."""
+    o, m = cfg.objective, cfg.model
+    P, d, w = m.max_len, m.d_model, o.q_width
+    k_pol, k_tok, k_pos, k_mix = jax.random.split(rng, 4)
+    box = nn.LogicallyPartitioned
+    return {
+        "order_policy": box(jax.random.normal(k_pol, (d, P)) * d ** -0.5, ("embed", None)),
+        "q_global": box(initial_global_scores(o.q_init, o.q_init_scale, P), (None,)),
+        "q_token": box(jax.random.normal(k_tok, (m.vocab_size, w)), (None, None)),
+        "q_position": box(jax.random.normal(k_pos, (P, w)), (None, None)),
+        "q_mix": box(jax.random.normal(k_mix, (w, w)) * w ** -0.5, (None, None)),
+        "q_out": box(jnp.zeros((w,)), (None,)),  # c = 0 at init: q starts exactly at g
+    }
+
+
+def q_scores(params, tokens_BL: jnp.ndarray) -> jnp.ndarray:
+    """PL scores s [B, n] = g_i + c_i(x)."""
+    own = params[OWN_PARAMS]
+    n = tokens_BL.shape[1]
+    e_BLw = jnp.take(own["q_token"], tokens_BL, axis=0) + own["q_position"][None, :n]
+    h_Bw = e_BLw.mean(axis=1)  # the window summary every position's score sees
+    c_BL = jnp.tanh(e_BLw + (h_Bw @ own["q_mix"])[:, None, :]) @ own["q_out"]
+    return own["q_global"][None, :n] + c_BL
+
+
+def pl_log_prob(s_BL: jnp.ndarray, order_BKL: jnp.ndarray) -> jnp.ndarray:
+    """log q(sigma) [B, K] under Plackett-Luce with scores s: sum_j s_sigma_j - lse(s over sigma_>=j)."""
+    s_BKL = jnp.take_along_axis(jnp.broadcast_to(s_BL[:, None], order_BKL.shape), order_BKL, axis=2)
+    return (s_BKL - jax.lax.cumlogsumexp(s_BKL, axis=2, reverse=True)).sum(axis=2)
+
+
+def pl_sample(s_BL: jnp.ndarray, rng: jax.Array, num: int) -> jnp.ndarray:
+    """num Gumbel-top-n draws per row [B, num, n]: sigma = argsort(-(s + Gumbel))."""
+    B, n = s_BL.shape
+    gumbel_BKL = jax.random.gumbel(rng, (B, num, n))
+    return jnp.argsort(-(jax.lax.stop_gradient(s_BL)[:, None] + gumbel_BKL), axis=2).astype(jnp.int32)
+
+
+def open_mask(order_NL: jnp.ndarray) -> jnp.ndarray:
+    """bool [N, n (slot j), n (position i)]: position i is not yet generated at slot j (i not in sigma_<j)."""
+    N, n = order_NL.shape
+    slot_L = jnp.arange(n, dtype=order_NL.dtype)
+    rank_NL = jnp.zeros_like(order_NL).at[jnp.arange(N)[:, None], order_NL].set(slot_L)
+    return rank_NL[:, None, :] >= jnp.arange(n)[None, :, None]
+
+
+def policy_log_probs(hidden_NLd: jnp.ndarray, params, open_NLL: jnp.ndarray) -> jnp.ndarray:
+    """log pi(position | slot) [N, n, n]: the policy head on slot hidden states, masked to open positions."""
+    n = open_NLL.shape[-1]
+    logits_NLP = hidden_NLd.astype(jnp.float32) @ params[OWN_PARAMS]["order_policy"][:, :n]
+    return jax.nn.log_softmax(jnp.where(open_NLL, logits_NLP, -jnp.inf), axis=-1)
+
+
+def policy_terms(params, tokens_NL: jnp.ndarray, order_NL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
+    """log pi(sigma_j | x_sigma<j, sigma_<j) per slot [N, n]: the causal pass without target positions."""
+    inputs_NL, positions_NL, _ = ao_ar.order_inputs(tokens_NL, order_NL, cfg)
+    _, hidden_NLd = model.apply_with_hidden(params, cfg.model, inputs_NL, positions_NL, "causal")
+    logp_NLL = policy_log_probs(hidden_NLd, params, open_mask(order_NL))
+    return jnp.take_along_axis(logp_NLL, order_NL[..., None], axis=2)[..., 0]
+
+
+def log_joint(params, tokens_BL: jnp.ndarray, orders_BKL: jnp.ndarray,
+              cfg: Config) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(log p(x, sigma_k) [B, K], its policy part sum_j log pi [B, K]): one pass per stream over B*K rows."""
+    B, K, L = orders_BKL.shape
+    tokens_NL, order_NL = jnp.repeat(tokens_BL, K, axis=0), orders_BKL.reshape(B * K, L)  # row b*K + k
+    token_N = -ao_ar.order_token_nll(params, tokens_NL, order_NL, cfg).sum(axis=1)
+    policy_N = policy_terms(params, tokens_NL, order_NL, cfg).sum(axis=1)
+    return (token_N + policy_N).reshape(B, K), policy_N.reshape(B, K)
+
+
+def weights(params, tokens_BL: jnp.ndarray, rng: jax.Array, num: int, cfg: Config) -> dict:
+    """num posterior draws per window and their log weights w = log p(x, sigma) - log q(sigma | x)."""
+    s_BL = q_scores(params, tokens_BL)
+    orders_BKL = pl_sample(s_BL, rng, num)
+    lq_BK = pl_log_prob(s_BL, orders_BKL)
+    lp_BK, policy_BK = log_joint(params, tokens_BL, orders_BKL, cfg)
+    return dict(s=s_BL, orders=orders_BKL, lq=lq_BK, lp=lp_BK, policy=policy_BK, w=lp_BK - lq_BK)
+
+
+def iw_nll(w_BK: jnp.ndarray) -> jnp.ndarray:
+    """-log mean_k exp(w_k) per window [B]."""
+    return jnp.log(w_BK.shape[1]) - jax.nn.logsumexp(w_BK, axis=1)
+
+
+def loo_baseline(w_BK: jnp.ndarray) -> jnp.ndarray:
+    """b_k = mean_{l != k} w_l [B, K] (0 for K = 1); computed from stop-gradiented weights."""
+    K = w_BK.shape[1]
+    if K == 1:
+        return jnp.zeros_like(w_BK)
+    return (w_BK.sum(axis=1, keepdims=True) - w_BK) / (K - 1)
+
+
+def surrogate(lp_BK: jnp.ndarray, lq_BK: jnp.ndarray) -> jnp.ndarray:
+    """S per window [B] (module docstring): its gradient is an unbiased estimate of grad ELBO."""
+    w_BK = jax.lax.stop_gradient(lp_BK - lq_BK)
+    return (lp_BK + (w_BK - loo_baseline(w_BK)) * lq_BK).mean(axis=1)
+
+
+def first_choice_entropy(s_BL: jnp.ndarray) -> jnp.ndarray:
+    """Entropy (nats) of q's first choice softmax(s) [B]."""
+    logp_BL = jax.nn.log_softmax(s_BL, axis=1)
+    return -(jnp.exp(logp_BL) * logp_BL).sum(axis=1)
+
+
+def is_order(orders_BKL: jnp.ndarray, reverse: bool) -> jnp.ndarray:
+    """bool [B, K]: the order is l2r (or r2l with reverse)."""
+    ident_L = jnp.arange(orders_BKL.shape[-1])
+    return (orders_BKL == (ident_L[::-1] if reverse else ident_L)).all(axis=-1)
+
+
+def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, dict]:
+    tokens_BL = batch["tokens"]
+    n = tokens_BL.shape[1]
+    d = weights(params, tokens_BL, rng, cfg.objective.num_samples, cfg)
+    neg_s = -surrogate(d["lp"], d["lq"]).mean() / n
+    neg_elbo = jax.lax.stop_gradient(-d["w"].mean() / n)
+    value = neg_elbo + (neg_s - jax.lax.stop_gradient(neg_s))  # = -ELBO per token, gradient of -S
+    sg = jax.lax.stop_gradient
+    metrics = {"loss": value, "nll_per_token": neg_elbo, "elbo": -neg_elbo,
+               "iw_bound": sg(iw_nll(d["w"]).mean() / n), "policy_nll_per_token": sg(-d["policy"].mean() / n),
+               "q_entropy": sg(first_choice_entropy(d["s"]).mean()),
+               "frac_l2r": is_order(d["orders"], False).mean(),
+               "frac_r2l": is_order(d["orders"], True).mean()}
+    return value, metrics
+
+
+def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> jnp.ndarray:
+    """The eval_samples-draw importance-weighted bound per window in nats [B] (E >= -log p(x))."""
+    return iw_nll(weights(params, batch["tokens"], rng, cfg.objective.eval_samples, cfg)["w"])
+
+
+def eval_extras(params, batch: dict, rng: jax.Array, cfg: Config) -> dict[str, jnp.ndarray]:
+    """The ELBO of the same draws as `nll` (same rng) and q's order statistics, per window."""
+    d = weights(params, batch["tokens"], rng, cfg.objective.eval_samples, cfg)
+    B, K, n = d["orders"].shape
+    mode_B1L = jnp.argsort(-d["s"], axis=1)[:, None, :]
+    l2r_B, r2l_B = is_order(mode_B1L, False)[:, 0], is_order(mode_B1L, True)[:, 0]
+    rank_BKL = jnp.zeros_like(d["orders"]).at[jnp.arange(B)[:, None, None], jnp.arange(K)[None, :, None],
+                                              d["orders"]].set(jnp.arange(n, dtype=jnp.int32))
+    extras = {"elbo_nll": -d["w"].mean(axis=1), "mode_l2r": l2r_B.astype(jnp.float32),
+              "mode_r2l": r2l_B.astype(jnp.float32), "mode_other": (~l2r_B & ~r2l_B).astype(jnp.float32),
+              "mean_rank": rank_BKL.astype(jnp.float32).mean(axis=1)}
+    if n > 5:  # the swap05 question: does q's mode generate position 5 before position 0?
+        mode_rank_BL = jnp.argsort(mode_B1L[:, 0], axis=1)
+        extras["mode_5_before_0"] = (mode_rank_BL[:, 5] < mode_rank_BL[:, 0]).astype(jnp.float32)
+    return extras
+
+
+OPTIONS = (
+    Option("num_samples", 4, "learned_order: K posterior orders per window in training"),
+    Option("eval_samples", 16, "learned_order: K posterior orders per window of the yardstick"),
+    Option("q_init", "uniform", "learned_order: posterior start, uniform | l2r | r2l"),
+    Option("q_init_scale", 1.0, "learned_order: l2r/r2l start, global scores -/+ scale * position"),
+    Option("q_width", 32, "learned_order: width of the posterior's content network"),
+)
+
+
+def validate_config(cfg: Config) -> None:
+    o = cfg.objective
+    for key in ("num_samples", "eval_samples", "q_width"):
+        if getattr(o, key) < 1:
+            raise ConfigError(f"objective.{key}={getattr(o, key)} must be >= 1")
+    if o.q_init not in Q_INITS:
+        raise ConfigError(f"objective.q_init={o.q_init!r} must be one of {', '.join(Q_INITS)}")
+    if o.q_init_scale < 0:
+        raise ConfigError(f"objective.q_init_scale={o.q_init_scale} must be >= 0")
+
+
+OBJECTIVE = register(Objective(  # ao_ar's token network plus an order policy and a posterior of its own
+    name="learned_order", loss=loss, nll=nll, exact=False,
+    yardstick="upper bound (K-sample importance-weighted)", sampling="learned_order",
+    default_sampler="policy", target_positions=True,
+    order_scoring=OrderScoring(order_nll=ao_ar.order_nll, mixture_bound=True,
+                               order_token_nll=ao_ar.position_token_nll), position_nll=ao_ar.position_nll,
+    options=OPTIONS, validate_config=validate_config, analysis_inputs=ao_ar.analysis_inputs,
+    own_params=own_params, eval_extras=eval_extras,
+    log_metrics=("elbo", "iw_bound", "q_entropy", "frac_l2r", "frac_r2l")))

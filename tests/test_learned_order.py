@@ -1,0 +1,323 @@
+"""learned_order (objectives/learned_order.py, sampling/learned_order.py) against brute force.
+
+Vocabulary: 2 symbols + PAD, MASK, BOS, EOS; windows of n = 3 or 4 tokens; random (untrained)
+parameters with a non-trivial posterior (q's content head and global scores drawn at random), so
+every conditional, policy step and posterior probability is a non-trivial function of its inputs.
+"""
+import itertools
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from jaxorder import config as config_lib
+from jaxorder import model, sampling
+from jaxorder.config import ConfigError
+from jaxorder.objectives import OWN_PARAMS, ao_ar
+from jaxorder.objectives import learned_order as lo
+from jaxorder.sampling.ar import banned_tokens
+
+from conftest import TINY, cli_in_process, train_on_corpus
+
+VOCAB = 6  # 0, 1 + PAD 2, MASK 3, BOS 4, EOS 5
+EOS, MASK = 5, 3
+
+
+def tiny_cfg(n: int, **over) -> config_lib.Config:
+    ov = [f"model.vocab_size={VOCAB}", "model.d_model=16", "model.n_layers=1", "model.n_heads=2",
+          "model.max_len=8", f"data.seq_len={n}", "data.batch_size=8", "objective.name=learned_order"]
+    return config_lib.load(None, ov + [f"{k}={v}" for k, v in over.items()])
+
+
+def random_params(cfg, seed: int = 0) -> dict:
+    """Network + own params, with q's content head and global scores random (not at their init)."""
+    k_net, k_own, k_out, k_g = jax.random.split(jax.random.key(seed), 4)
+    params = model.init_params(cfg.model, k_net, 4, target_positions=True)
+    own = nn.meta.unbox(lo.own_params(cfg, k_own))
+    own["q_out"] = 0.15 * jax.random.normal(k_out, own["q_out"].shape)  # scores of order 1
+    own["q_global"] = 0.7 * jax.random.normal(k_g, own["q_global"].shape)
+    return {**params, OWN_PARAMS: own}
+
+
+def perms(n: int) -> np.ndarray:
+    return np.array(list(itertools.permutations(range(n))), np.int32)
+
+
+log_joint = jax.jit(lo.log_joint, static_argnums=(3,))
+policy_terms = jax.jit(lo.policy_terms, static_argnums=(3,))
+q_scores = jax.jit(lo.q_scores)
+pl_log_prob = jax.jit(lo.pl_log_prob)
+
+
+def exact_terms(params, x_BL: np.ndarray, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """(log p(x, sigma) [B, n!], log q(sigma | x) [B, n!]) over every permutation, float64."""
+    P = perms(x_BL.shape[1])
+    orders_BKL = jnp.broadcast_to(jnp.asarray(P), (len(x_BL), *P.shape))
+    lp_BK = np.asarray(log_joint(params, jnp.asarray(x_BL), orders_BKL, cfg)[0], np.float64)
+    lq_BK = np.asarray(pl_log_prob(q_scores(params, jnp.asarray(x_BL)), orders_BKL), np.float64)
+    return lp_BK, lq_BK
+
+
+def logsumexp(a, axis=-1):
+    m = np.max(a, axis=axis, keepdims=True)
+    return (m + np.log(np.exp(a - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+# ------------------------------------------------------------------------------- the model p(x, sigma)
+
+def test_policy_is_a_distribution_over_orders_and_the_joint_over_everything():
+    """Catches a policy that sees sigma_j, an open-position mask that lets it pick a generated
+    position (or one >= n), and a token head that is not ao_ar's normalized pass."""
+    cfg4 = tiny_cfg(4)
+    params = random_params(cfg4)
+    xs = np.random.default_rng(0).integers(0, VOCAB, (5, 4)).astype(np.int32)
+    P = perms(4)
+    tokens_NL = jnp.asarray(np.repeat(xs, len(P), axis=0))
+    terms_N = np.asarray(policy_terms(params, tokens_NL, jnp.asarray(np.tile(P, (5, 1))), cfg4), np.float64)
+    np.testing.assert_allclose(np.exp(terms_N.sum(1)).reshape(5, -1).sum(1), 1.0, atol=1e-5)
+    cfg3 = tiny_cfg(3)
+    all_x = np.array(list(itertools.product(range(VOCAB), repeat=3)), np.int32)  # 216 windows
+    lp_BK, _ = exact_terms(params, all_x, cfg3)
+    assert abs(logsumexp(lp_BK.reshape(-1))) < 1e-4
+    # the policy depends on the window's tokens (not a constant order distribution)
+    assert np.abs(terms_N.reshape(5, len(P), 4)[0] - terms_N.reshape(5, len(P), 4)[1])[:, 1:].max() > 1e-3
+
+
+# ------------------------------------------------------------------------------- the posterior q
+
+def test_plackett_luce_sums_to_one_and_gumbel_top_n_samples_it():
+    """Catches a wrong PL normalizer (a forward instead of a reverse cumulative logsumexp) and a
+    Gumbel-top-n sampler that draws from another distribution (e.g. argsort(s + G) ascending)."""
+    s_BL = jnp.asarray(np.random.default_rng(1).normal(size=(3, 4)) * 1.5, jnp.float32)
+    P = perms(4)
+    lq = np.asarray(pl_log_prob(s_BL, jnp.broadcast_to(jnp.asarray(P), (3, *P.shape))), np.float64)
+    np.testing.assert_allclose(np.exp(lq).sum(1), 1.0, atol=1e-5)
+    s_13 = jnp.asarray([[0.8, -0.5, 0.2]], jnp.float32)
+    draws = 30000
+    samples = np.asarray(lo.pl_sample(s_13, jax.random.key(3), draws))[0]
+    P3 = perms(3)
+    index = {tuple(p): i for i, p in enumerate(P3)}
+    counts = np.bincount([index[tuple(s)] for s in samples], minlength=len(P3))
+    expected = draws * np.exp(np.asarray(pl_log_prob(s_13, jnp.asarray(P3)[None]), np.float64)[0])
+    assert stats.chisquare(counts, expected * counts.sum() / expected.sum()).pvalue > 1e-3
+
+
+def test_q_init_starts_at_the_asked_order():
+    """Catches swapped l2r/r2l signs of the global score initialization."""
+    x = jnp.zeros((1, 6), jnp.int32)
+    for q_init, want in (("l2r", np.arange(6)), ("r2l", np.arange(6)[::-1])):
+        cfg = tiny_cfg(6, **{"objective.q_init": q_init, "objective.q_init_scale": 2.0})
+        params = {**model.init_params(cfg.model, jax.random.key(0), 4, True),
+                  OWN_PARAMS: nn.meta.unbox(lo.own_params(cfg, jax.random.key(1)))}
+        np.testing.assert_array_equal(np.argsort(-np.asarray(lo.q_scores(params, x))[0]), want)
+    cfg = tiny_cfg(6)
+    params = {OWN_PARAMS: nn.meta.unbox(lo.own_params(cfg, jax.random.key(1)))}
+    np.testing.assert_allclose(np.asarray(lo.q_scores(params, x)), 0.0)  # uniform: every order 1/n!
+
+
+# ------------------------------------------------------------------------------- bounds
+
+def test_log_px_above_iw_bounds_above_elbo_and_the_yardstick_estimates_them():
+    """Exact expectations by enumeration: log p(x) >= E[IW_K] non-decreasing in K, E[IW_1] = ELBO.
+    Catches an IW bound that is not a log-mean-exp (e.g. log-sum-exp, off by log K) and an nll /
+    eval_extras that do not estimate them (checked against the exact values within 4 s.e.)."""
+    cfg = tiny_cfg(3, **{"objective.eval_samples": 3})
+    params = random_params(cfg, seed=2)
+    x_BL = np.array([[0, 1, 1], [1, 0, 5]], np.int32)
+    lp, lq = exact_terms(params, x_BL, cfg)
+    w, q = lp - lq, np.exp(lq)
+    log_px, elbo = logsumexp(lp), (q * w).sum(1)
+    iw = []
+    for K in (1, 2, 3):
+        idx = np.array(list(itertools.product(range(6), repeat=K)))
+        prob = q[:, idx].prod(-1)
+        iw.append((prob * (logsumexp(w[:, idx]) - np.log(K))).sum(1))
+    np.testing.assert_allclose(iw[0], elbo, rtol=1e-6, atol=1e-6)
+    assert np.all(log_px > iw[2] + 1e-6) and np.all(iw[2] > iw[1] + 1e-6) and np.all(iw[1] > iw[0] + 1e-6)
+    reps = 4000
+    tokens = jnp.asarray(np.repeat(x_BL, reps, axis=0))
+    key = jax.random.key(5)
+    nll = np.asarray(jax.jit(lambda p, t, r: lo.nll(p, {"tokens": t}, r, cfg))(params, tokens, key))
+    extras = jax.jit(lambda p, t, r: lo.eval_extras(p, {"tokens": t}, r, cfg))(params, tokens, key)
+    for est, exact in ((nll, -iw[2]), (np.asarray(extras["elbo_nll"]), -elbo)):
+        est = est.reshape(2, reps)
+        se = est.std(1) / np.sqrt(reps)
+        assert np.all(np.abs(est.mean(1) - exact) < 4 * se + 1e-4), (est.mean(1), exact, se)
+    assert np.asarray(extras["mean_rank"]).shape == (2 * reps, 3)
+
+
+# ------------------------------------------------------------------------------- the gradient estimator
+
+def test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient():
+    """Mean over 16000 draws of the loss gradient (K = 4, leave-one-out baseline) against jax.grad of
+    the exact ELBO enumerated over the 6 orders, per coordinate (|z| < 6) and by projection on the
+    exact gradient (separately for p's and q's parameters: within 4 s.e. of 1). Catches a wrong sign of
+    the score-function term, a baseline that includes w_k itself (q's gradient scaled by (K-1)/K), a
+    missing stop-gradient on the weights, and a p gradient taken through the wrong terms."""
+    n = 3
+    cfg = tiny_cfg(n, **{"objective.num_samples": 4})
+    params = random_params(cfg, seed=3)
+    x = jnp.asarray([[0, 1, 5]], jnp.int32)
+    P = jnp.asarray(perms(n))[None]
+
+    def neg_elbo_per_token(p):
+        lp_BK, _ = lo.log_joint(p, x, P, cfg)
+        lq_BK = lo.pl_log_prob(lo.q_scores(p, x), P)
+        return -(jnp.exp(lq_BK) * (lp_BK - lq_BK)).sum() / n
+
+    exact = jax.jit(jax.grad(neg_elbo_per_token))(params)
+    grad_loss = jax.jit(jax.grad(lambda p, t, r: lo.loss(p, {"tokens": t}, r, cfg)[0]))
+    rows, chunks = 400, 40
+    tokens = jnp.tile(x, (rows, 1))
+    draws = [grad_loss(params, tokens, jax.random.key(100 + c)) for c in range(chunks)]
+    flat = lambda g: np.concatenate([np.ravel(v) for v in jax.tree.leaves(g)])  # noqa: E731
+    own = {k for k in params[OWN_PARAMS] if k.startswith("q_")}
+    is_q = flat(jax.tree_util.tree_map_with_path(
+        lambda path, v: np.full(v.shape, any(getattr(k, "key", None) in own for k in path)), exact))
+    est_CP, exact_P = np.stack([flat(g) for g in draws]).astype(np.float64), flat(exact).astype(np.float64)
+    mean_P, se_P = est_CP.mean(0), est_CP.std(0, ddof=1) / np.sqrt(chunks)
+    live = (se_P > 0) | (exact_P != 0)
+    z_P = np.abs(mean_P - exact_P)[live] / (se_P[live] + 1e-9)
+    assert z_P.max() < 6, z_P.max()
+    for part in (is_q, ~is_q):
+        e = exact_P * part
+        ratio_C = est_CP @ e / (e @ e)
+        se = ratio_C.std(ddof=1) / np.sqrt(chunks)
+        assert abs(ratio_C.mean() - 1) < 4 * se and se < 0.05, (ratio_C.mean(), se)
+
+
+def test_loss_value_is_minus_elbo_per_token_and_metrics():
+    """Catches a loss value that reports the surrogate instead of -ELBO, and order-fraction metrics
+    that are not fractions of the drawn orders."""
+    cfg = tiny_cfg(4, **{"objective.num_samples": 3, "objective.q_init": "l2r",
+                         "objective.q_init_scale": 50.0})
+    params = {**model.init_params(cfg.model, jax.random.key(0), 4, True),
+              OWN_PARAMS: nn.meta.unbox(lo.own_params(cfg, jax.random.key(1)))}
+    x = jnp.asarray([[0, 1, 1, 0], [1, 1, 0, 0]], jnp.int32)
+    value, m = jax.jit(lambda p, t, r: lo.loss(p, {"tokens": t}, r, cfg))(params, x, jax.random.key(2))
+    # q is (numerically) the point mass on l2r: w = log p(x, l2r), ELBO = IW bound
+    lp_B1, _ = log_joint(params, x, jnp.asarray(perms(4)[:1])[None].repeat(2, 0), cfg)
+    np.testing.assert_allclose(float(value), -float(np.mean(lp_B1)) / 4, rtol=1e-5)
+    np.testing.assert_allclose(float(m["iw_bound"]), float(value), rtol=1e-5)
+    assert float(m["frac_l2r"]) == 1.0 and float(m["frac_r2l"]) == 0.0 and float(m["q_entropy"]) < 1e-3
+
+
+# ------------------------------------------------------------------------------- sampling
+
+def sample(params, cfg, tokens_BL, key, **options):
+    sampler = sampling.resolve(cfg, options.pop("sampler", None))
+    out = sampling.sample(params, cfg, tokens_BL, key, sampler, sampling.make_options(sampler, options))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def test_policy_sampler_draws_the_joint_exactly():
+    """Chi-square of (sigma, x) frequencies against p(x, sigma) (the token head restricted to the
+    tokens samplers may generate, as every sampler does) at temperature 1, n = 3. Catches a policy
+    that samples a generated position again, at another temperature, from the wrong stream (with
+    target positions), or a token drawn for another slot; and logprob + order_logprob = log p(x, sigma)."""
+    n = 3
+    cfg = tiny_cfg(n)
+    params = random_params(cfg, seed=4)
+    draws = 24000
+    out = sample(params, cfg, np.full((draws, n), MASK, np.int32), jax.random.key(7), ignore_eos=True)
+    symbols = (0, 1, EOS)  # what may be generated
+    assert set(np.unique(out["tokens"])) <= set(symbols)
+    all_x = np.array(list(itertools.product(symbols, repeat=n)), np.int32)
+    P = perms(n)
+    x_N = np.repeat(all_x, len(P), axis=0)
+    o_N = np.tile(P, (len(all_x), 1))
+    pol = np.asarray(policy_terms(params, jnp.asarray(x_N), jnp.asarray(o_N), cfg), np.float64).sum(1)
+    logits, targets = ao_ar.order_logits(params, jnp.asarray(x_N), jnp.asarray(o_N), cfg)
+    logp = jax.nn.log_softmax(jnp.where(banned_tokens(cfg.model), -jnp.inf, logits), axis=-1)
+    tok = np.asarray(jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0], np.float64).sum(1)
+    expected = np.exp(pol + tok)
+    np.testing.assert_allclose(expected.sum(), 1.0, atol=1e-5)
+    cell = {(tuple(x), tuple(o)): i for i, (x, o) in enumerate(zip(x_N, o_N))}
+    counts = np.bincount([cell[(tuple(x), tuple(o))] for x, o in zip(out["tokens"], out["order"])],
+                         minlength=len(expected))
+    assert stats.chisquare(counts, expected / expected.sum() * draws).pvalue > 1e-3
+    lp, _ = log_joint(params, jnp.asarray(out["tokens"][:64]), jnp.asarray(out["order"][:64])[:, None], cfg)
+    np.testing.assert_allclose(out["logprob"][:64] + out["order_logprob"][:64], np.asarray(lp)[:, 0],
+                               atol=1e-4)
+
+
+def test_cached_sampler_equals_the_uncached_reference():
+    """Same key, with and without KV caches: same orders and tokens, token for token, on ragged
+    prompts/templates (one row with nothing fixed; prefill 0) and on rows that all fix a token
+    (prefill 1). Catches a cache written with the wrong target (policy stream with targets), a
+    slot/position mix-up in either stream, and a policy that may choose a fixed position."""
+    n = 4
+    cfg = tiny_cfg(n)
+    params = random_params(cfg, seed=5)
+    ragged = np.full((6, n), MASK, np.int32)
+    ragged[1, 2] = 1
+    ragged[2, [0, 3]] = [0, 1]
+    ragged[3:, 1] = 0
+    for tokens, options in ((ragged, {"temperature": 0.7, "top_k": 2}), (ragged[1:], {})):
+        cached = sample(params, cfg, tokens, jax.random.key(11), cache=True, **options)
+        plain = sample(params, cfg, tokens, jax.random.key(11), cache=False, **options)
+        np.testing.assert_array_equal(cached["order"], plain["order"])
+        np.testing.assert_array_equal(cached["tokens"], plain["tokens"])
+        np.testing.assert_allclose(cached["logprob"], plain["logprob"], atol=1e-4)
+        fixed = tokens != MASK
+        np.testing.assert_array_equal(cached["tokens"][fixed], tokens[fixed])
+        for row, order in zip(fixed, cached["order"]):  # fixed positions first, in position order
+            np.testing.assert_array_equal(order[:row.sum()], np.flatnonzero(row))
+            assert sorted(order) == list(range(n))
+
+
+# ------------------------------------------------------------------------------- config and CLI
+
+@pytest.mark.parametrize("over, message", [
+    ({"objective.num_samples": 0}, "num_samples=0 must be >= 1"),
+    ({"objective.eval_samples": 0}, "eval_samples=0 must be >= 1"),
+    ({"objective.q_init": "random"}, "q_init='random' must be one of uniform, l2r, r2l"),
+])
+def test_bad_options_are_one_line_config_errors(over, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        tiny_cfg(4, **over)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_eval_orders_and_extras_on_a_tiny_trained_run(tmp_path, text_corpus):
+    """`eval --orders perm:1,0,2-,l2r,r2l` and the yardstick's extras (the ELBO beside the IW bound,
+    q's order statistics) on a 3-step learned_order run; the policy sampler decodes it."""
+    run = tmp_path / "run"
+    train_on_corpus(run, (*TINY, "objective.name=learned_order", "objective.eval_samples=4"), text_corpus)
+    code, out, err = cli_in_process(["eval", run, "--orders", "perm:1,0,2-,l2r,r2l", "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert set(result["orders"]) >= {"perm:1,0,2-", "l2r", "r2l"}
+    assert all(np.isfinite(result["orders"][k]["bpb"]) for k in ("perm:1,0,2-", "l2r", "r2l"))
+    ex = result["extras"]
+    assert ex["elbo_nll"]["bpb"] >= result["bpb"] - 1e-6  # the ELBO is the looser bound (same draws)
+    assert abs(ex["mode_l2r"]["mean"] + ex["mode_r2l"]["mean"] + ex["mode_other"]["mean"] - 1) < 1e-6
+    assert len(ex["mean_rank"]["mean"]) == 32 and abs(np.mean(ex["mean_rank"]["mean"]) - 15.5) < 1e-4
+    assert 0 <= ex["mode_5_before_0"]["mean"] <= 1
+    code, out, err = cli_in_process(["eval", run])
+    assert code == 0 and "elbo_nll:" in out and "mode_l2r:" in out, (out, err)
+
+
+@pytest.mark.slow
+def test_sharded_training_equals_one_device(tmp_path):
+    """10 train steps on meshes 2x2x2 and 1x2x4 (8 forced host devices, a subprocess) equal one
+    device within 1e-5: the own parameter subtree and the posterior draws shard like the network."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "losses.json"
+    script = Path(__file__).parent / "scripts" / "mesh_equivalence.py"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    proc = subprocess.run([sys.executable, str(script), str(out), "learned_order:2x2x2,1x2x4"], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = json.loads(out.read_text())["learned_order"]
+    for mesh in ("2x2x2", "1x2x4"):
+        np.testing.assert_allclose(losses[mesh], losses["single"], atol=1e-5, rtol=0)
