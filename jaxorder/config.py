@@ -47,6 +47,8 @@ class ModelConfig:
     query_positions: str = "auto"  # auto | current | target: the position RoPE rotates an any-order
     # model's queries by (keys: always their own). auto: the objective's registered choice (settled when
     # the config is built); target needs an objective with target positions and positions=rope
+    target_adaln: bool = False  # any-order models: the target embedding also modulates every block's norms
+    # (adaLN-Zero: h * (1 + scale) + shift, a zero-initialized [d_model, 4, d_model] map per layer)
     scan_layers: bool = False  # one compiled layer body under nn.scan (compile time flat in depth)
     remat: str = "none"  # rematerialization per layer: none | full | dots_saveable |
     # dots_with_no_batch_dims_saveable
@@ -68,13 +70,14 @@ class ModelConfig:
     def param_count(self, target_positions: bool = False) -> int:
         """Parameters of the Transformer this config builds (equals model.count_params of its init):
         embedding and untied head, per layer 4 attention projections, SwiGLU's 3 and 2 RMSNorm scales,
-        the final RMSNorm, the learned position embedding (positions=learned) and the target-position
-        embedding of any-order models."""
+        the final RMSNorm, the learned position embedding (positions=learned), the target-position
+        embedding of any-order models and their per-layer adaLN maps (target_adaln)."""
         d = self.d_model
         per_layer = 4 * d * d + 3 * d * self.ff_dim + 2 * d
         target = self.max_len * d if target_positions else 0
         learned = self.max_len * d if self.positions == "learned" else 0
-        return 2 * self.vocab_size * d + self.n_layers * per_layer + d + target + learned
+        adaln = self.n_layers * 4 * d * d if target_positions and self.target_adaln else 0
+        return 2 * self.vocab_size * d + self.n_layers * per_layer + d + target + learned + adaln
 
 
 @dataclass(frozen=True)
@@ -560,6 +563,9 @@ def validate(cfg: Config) -> None:
     if m.query_positions == "target" and not OBJECTIVES.get(o.name).target_positions:
         raise ConfigError(f"model.query_positions=target needs an objective with target positions (ao_ar, "
                           f"latent_order); objective {o.name} has none: use auto or current")
+    if m.target_adaln and not OBJECTIVES.get(o.name).target_positions:
+        raise ConfigError(f"model.target_adaln needs an objective with target positions (ao_ar, "
+                          f"latent_order); objective {o.name} has none: set it to false")
     if m.query_positions == "target" and m.positions != "rope":
         raise ConfigError(f"model.query_positions=target rotates queries by RoPE: it needs "
                           f"model.positions=rope, got {m.positions}")

@@ -150,3 +150,38 @@ def test_saved_configs_keep_their_mode_and_old_ones_read_as_current(tmp_path):
     old = "\n".join(ln for ln in text.splitlines() if "query_positions" not in ln)
     (tmp_path / "old.yaml").write_text(old)
     assert config_lib.load_saved(tmp_path / "old.yaml").model.query_positions == "current"
+
+
+# ----------------------------------------------------------------------------- model.target_adaln
+
+def test_target_adaln_starts_as_the_plain_model_and_decodes_like_the_full_pass(setup):
+    """Zero-initialized maps: the same logits as without adaLN (catches a modulation h * scale, or
+    one applied without the 1 +); param_count counts the maps; with non-zero maps the modes differ,
+    the maps get gradients, and KV-cache decoding (which must get the conditioning too) equals the
+    full pass."""
+    params, tokens_BL, order_BL = setup
+    cfg = _cfg("target", "model.target_adaln=true")
+    ada = jax.jit(lambda k: model.init_params(cfg.model, k, target_positions=True))(jax.random.key(0))
+    assert model.count_params(ada) == cfg.model.param_count(target_positions=True)
+    assert model.count_params(ada) == model.count_params(params) + 2 * 4 * 32 * 32
+    base_cfg = _cfg("target")
+    np.testing.assert_array_equal(ao_ar.order_nll(ada, tokens_BL, order_BL, cfg),
+                                  ao_ar.order_nll(params, tokens_BL, order_BL, base_cfg))
+    grads = jax.grad(lambda p: ao_ar.order_nll(p, tokens_BL, order_BL, cfg).sum())(ada)
+    assert all(float(jnp.abs(grads[f"layer_{i}"]["target_mod"]).max()) > 0 for i in range(2))
+    keys = jax.random.split(jax.random.key(7), 2)
+    for i in range(2):
+        ada[f"layer_{i}"] = dict(ada[f"layer_{i}"], target_mod=0.05 * jax.random.normal(keys[i], (32, 4, 32)))
+    assert np.abs(np.asarray(ao_ar.order_nll(ada, tokens_BL, order_BL, cfg)
+                             - ao_ar.order_nll(params, tokens_BL, order_BL, base_cfg))).max() > 1e-3
+    current_BL = jnp.concatenate([jnp.zeros_like(order_BL[:, :1]), order_BL[:, :-1]], axis=1)
+    full = model.apply(ada, cfg.model, tokens_BL, current_BL, "causal", target_positions_BL=order_BL)
+    cache = decode.init_cache(cfg.model, B, L)
+    steps = []
+    for j0, j1 in ((0, 12), *((j, j + 1) for j in range(12, L))):
+        logits, cache = decode.decode_step(ada, cfg.model, cache, tokens_BL[:, j0:j1], current_BL[:, j0:j1],
+                                           target_positions_BL=order_BL[:, j0:j1])
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
+    with pytest.raises(ConfigError, match="target_adaln needs an objective with target positions"):
+        config_lib.load(None, ("objective.name=mdm", "model.target_adaln=true"))

@@ -134,6 +134,12 @@ class SwiGLU(nn.Module):
         return ops.dense(h_BLF, w_out.astype(dt))
 
 
+def _modulate(h_BLd: jnp.ndarray, mod: tuple[jnp.ndarray, jnp.ndarray] | None) -> jnp.ndarray:
+    if mod is None:
+        return h_BLd
+    return h_BLd * (1 + mod[0]) + mod[1]
+
+
 class Block(nn.Module):
     """One pre-norm layer. `scanned=True` is the nn.scan body form: returns (x, None)."""
     cfg: ModelConfig
@@ -141,11 +147,22 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x_BLd: jnp.ndarray, positions_BL: jnp.ndarray, mask_kind: str,
-                 key_valid_BL: jnp.ndarray | None = None, query_positions_BL: jnp.ndarray | None = None):
-        x_BLd = x_BLd + Attention(self.cfg, name="attn")(RMSNorm(self.cfg, name="attn_norm")(x_BLd),
-                                                        positions_BL, mask_kind, key_valid_BL,
-                                                        query_positions_BL)
-        x_BLd = x_BLd + SwiGLU(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BLd))
+                 key_valid_BL: jnp.ndarray | None = None, query_positions_BL: jnp.ndarray | None = None,
+                 cond_BLd: jnp.ndarray | None = None):
+        """`cond_BLd` (model.target_adaln): each norm's output h becomes h * (1 + scale) + shift with
+        (scale, shift) a per-layer linear map of it, zero at init (adaLN-Zero)."""
+        cfg = self.cfg
+        mods = [None, None]
+        if cond_BLd is not None:
+            w_dMd = self.param("target_mod", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                          ("embed", None, None)),
+                               (cfg.d_model, 4, cfg.d_model), jnp_dtype(cfg.param_dtype))
+            mod_BLMd = jnp.einsum("bld,dme->blme", cond_BLd, w_dMd.astype(cond_BLd.dtype))
+            mods = [(mod_BLMd[:, :, 0], mod_BLMd[:, :, 1]), (mod_BLMd[:, :, 2], mod_BLMd[:, :, 3])]
+        h_BLd = _modulate(RMSNorm(cfg, name="attn_norm")(x_BLd), mods[0])
+        x_BLd = x_BLd + Attention(cfg, name="attn")(h_BLd, positions_BL, mask_kind, key_valid_BL,
+                                                   query_positions_BL)
+        x_BLd = x_BLd + SwiGLU(cfg, name="mlp")(_modulate(RMSNorm(cfg, name="mlp_norm")(x_BLd), mods[1]))
         x_BLd = nn.with_logical_constraint(x_BLd, ("batch", "length", "embed"))
         return (x_BLd, None) if self.scanned else x_BLd
 
@@ -196,6 +213,7 @@ class Transformer(nn.Module):
     The table exists only in models initialized with target positions. With model.query_positions
     = target the queries are also rotated by RoPE at the target positions (keys stay at
     `positions_BL`); any other value (current, or an unsettled auto) rotates them at `positions_BL`.
+    With model.target_adaln the target embedding also modulates every block's two norms (Block).
 
     Optional `key_valid_BL` [B, L] bool (insertion models, rows of different lengths): keys where it
     is False (padding) are attended by no query. `length_classes` C > 0 (insertion models): a second
@@ -219,7 +237,9 @@ class Transformer(nn.Module):
         if target_positions_BL is not None:
             target_Pd = self.param("target_embed", _init(1.0, (None, "embed")), (cfg.max_len, cfg.d_model),
                                    pdt)
-            x_BLd = x_BLd + jnp.take(target_Pd, target_positions_BL, axis=0).astype(dt)
+            target_BLd = jnp.take(target_Pd, target_positions_BL, axis=0).astype(dt)
+            x_BLd = x_BLd + target_BLd
+        cond_BLd = target_BLd if cfg.target_adaln and target_positions_BL is not None else None
         x_BLd = nn.with_logical_constraint(x_BLd, ("batch", "length", "embed"))
         # without target positions there is only one position per slot to rotate its query by
         target_q = cfg.query_positions == "target" and target_positions_BL is not None
@@ -227,14 +247,14 @@ class Transformer(nn.Module):
         if cfg.scan_layers:  # one layer body; params and sown intermediates get a leading layer axis
             layers = nn.scan(block_class(cfg, scanned=True), variable_axes={"params": 0, "intermediates": 0},
                              split_rngs={"params": True},
-                             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                             in_axes=(nn.broadcast,) * 5,
                              length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: SCAN_AXIS})
             x_BLd, _ = layers(cfg, scanned=True, name="layers")(x_BLd, positions_BL, mask_kind, key_valid_BL,
-                                                                q_pos_BL)
+                                                                q_pos_BL, cond_BLd)
         else:
             for i in range(cfg.n_layers):
                 x_BLd = block_class(cfg)(cfg, name=f"layer_{i}")(x_BLd, positions_BL, mask_kind, key_valid_BL,
-                                                                 q_pos_BL)
+                                                                 q_pos_BL, cond_BLd)
         x_BLd = RMSNorm(cfg, name="final_norm")(x_BLd)
         head_dV = self.param("head", _init(cfg.d_model ** -0.5, ("embed", "vocab")),
                              (cfg.d_model, cfg.vocab_size), pdt)
