@@ -44,6 +44,11 @@ class ModelConfig:
     # reference). auto: pallas on TPU/GPU if a compile probe at run start passes, else xla
     backward_rewrites: str = "auto"  # auto | cpu | none: backward passes rewritten for XLA:CPU (same math;
     # jaxorder/model/cpu_rewrites.py) or JAX's autodiff of the plain formulas. auto: cpu on CPU, else none
+    query_positions: str = "auto"  # auto | current | target: the position RoPE rotates an any-order
+    # model's queries by (keys: always their own). auto: the objective's registered choice (settled when
+    # the config is built); target needs an objective with target positions and positions=rope
+    target_adaln: bool = False  # any-order models: the target embedding also modulates every block's norms
+    # (adaLN-Zero: h * (1 + scale) + shift, a zero-initialized [d_model, 4, d_model] map per layer)
     scan_layers: bool = False  # one compiled layer body under nn.scan (compile time flat in depth)
     remat: str = "none"  # rematerialization per layer: none | full | dots_saveable |
     # dots_with_no_batch_dims_saveable
@@ -65,13 +70,14 @@ class ModelConfig:
     def param_count(self, target_positions: bool = False) -> int:
         """Parameters of the Transformer this config builds (equals model.count_params of its init):
         embedding and untied head, per layer 4 attention projections, SwiGLU's 3 and 2 RMSNorm scales,
-        the final RMSNorm, the learned position embedding (positions=learned) and the target-position
-        embedding of any-order models."""
+        the final RMSNorm, the learned position embedding (positions=learned), the target-position
+        embedding of any-order models and their per-layer adaLN maps (target_adaln)."""
         d = self.d_model
         per_layer = 4 * d * d + 3 * d * self.ff_dim + 2 * d
         target = self.max_len * d if target_positions else 0
         learned = self.max_len * d if self.positions == "learned" else 0
-        return 2 * self.vocab_size * d + self.n_layers * per_layer + d + target + learned
+        adaln = self.n_layers * 4 * d * d if target_positions and self.target_adaln else 0
+        return 2 * self.vocab_size * d + self.n_layers * per_layer + d + target + learned + adaln
 
 
 @dataclass(frozen=True)
@@ -252,6 +258,7 @@ DISTRIBUTED_MODES = ("none", "auto", "explicit", "slurm")
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("auto", "xla", "pallas")
 POSITION_KINDS = ("rope", "learned", "none")
+QUERY_POSITIONS = ("auto", "current", "target")
 BACKWARD_REWRITES = ("auto", "cpu", "none")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 WANDB_MODES = ("offline", "online")
@@ -412,7 +419,16 @@ def from_dict(raw: dict) -> Config:
         kwargs[sec_name] = cls(**values)
     cfg = Config(**kwargs)
     validate(cfg)
-    return cfg
+    return settle_query_positions(cfg)
+
+
+def settle_query_positions(cfg: Config) -> Config:
+    """`cfg` with model.query_positions=auto replaced by its objective's registered choice, so a saved
+    run config names the mode its network was trained in."""
+    if cfg.model.query_positions != "auto":
+        return cfg
+    mode = OBJECTIVES.get(cfg.objective.name).query_positions
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, query_positions=mode))
 
 
 def _objective_section(raw: dict) -> ObjectiveConfig:
@@ -459,8 +475,14 @@ def read_yaml_mapping(path: Any, what: str) -> dict:
 
 
 def load_saved(path: Any) -> Config:
-    """A resolved config saved by `save` (no includes), from a local or remote (gs://) path."""
-    return from_dict(read_yaml_mapping(path, "a saved config"))
+    """A resolved config saved by `save` (no includes), from a local or remote (gs://) path.
+
+    A config saved before model.query_positions existed is read with `current`: the only mode
+    its run can have been trained in."""
+    raw = read_yaml_mapping(path, "a saved config")
+    if isinstance(raw.get("model"), dict) and "query_positions" not in raw["model"]:
+        raw = {**raw, "model": {**raw["model"], "query_positions": "current"}}
+    return from_dict(raw)
 
 
 def to_dict(cfg: Config) -> dict:
@@ -533,6 +555,7 @@ def validate(cfg: Config) -> None:
     _choice(m.attention_impl, ATTENTION_IMPLS, "model.attention_impl")
     _choice(m.backward_rewrites, BACKWARD_REWRITES, "model.backward_rewrites")
     _choice(m.remat, REMAT_POLICIES, "model.remat")
+    _choice(m.query_positions, QUERY_POSITIONS, "model.query_positions")
     if m.init_from and not m.init_from.startswith("hf:"):
         raise ConfigError(f"model.init_from='{m.init_from}' must be hf:PATH (a local Hugging Face model "
                           f"directory) or empty")
@@ -540,6 +563,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1 and divide "
                           f"data.batch_size={d.batch_size}")
     _choice(o.name, OBJECTIVES.names(), "objective.name")
+    if m.query_positions == "target" and not OBJECTIVES.get(o.name).target_positions:
+        raise ConfigError(f"model.query_positions=target needs an objective with target positions (ao_ar, "
+                          f"latent_order); objective {o.name} has none: use auto or current")
+    if m.target_adaln and not OBJECTIVES.get(o.name).target_positions:
+        raise ConfigError(f"model.target_adaln needs an objective with target positions (ao_ar, "
+                          f"latent_order); objective {o.name} has none: set it to false")
+    if m.query_positions == "target" and m.positions != "rope":
+        raise ConfigError(f"model.query_positions=target rotates queries by RoPE: it needs "
+                          f"model.positions=rope, got {m.positions}")
     _choice(d.source, DATA_SOURCES, "data.source")
     _choice(d.transform, DATA_TRANSFORMS, "data.transform")
     if d.transform == "swap05" and d.seq_len < 6:

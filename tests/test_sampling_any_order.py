@@ -43,9 +43,9 @@ RAGGED = _rows([{0: 10, 1: 11}, dict(zip(range(5), (1, 2, 3, 4, 5))),
 FREE = _rows([{}, dict(zip(range(5), (1, 2, 3, 4, 5)))])
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    cfg = config_lib.load(None, ("objective.name=ao_ar", *TINY))
+@pytest.fixture(scope="module", params=["current", "target"])  # model.query_positions
+def tiny(request):
+    cfg = config_lib.load(None, ("objective.name=ao_ar", f"model.query_positions={request.param}", *TINY))
     assert special_ids(cfg.model).mask == MASK
     return cfg, model.init_params(cfg.model, jax.random.key(0), target_positions=True)
 

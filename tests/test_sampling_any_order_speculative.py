@@ -44,9 +44,9 @@ def _init(cfg, seed: int):
     return jax.jit(lambda key: model.init_params(cfg.model, key, target_positions=True))(jax.random.key(seed))
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    cfg = config_lib.load(None, ("objective.name=ao_ar", *TINY))
+@pytest.fixture(scope="module", params=["current", "target"])  # model.query_positions
+def tiny(request):
+    cfg = config_lib.load(None, ("objective.name=ao_ar", f"model.query_positions={request.param}", *TINY))
     return cfg, _init(cfg, 0)
 
 
@@ -60,9 +60,9 @@ SMALL = ("model.vocab_size=8", "model.d_model=32", "model.n_layers=2", "model.n_
 N_SAMPLES = 24_000
 
 
-@pytest.fixture(scope="module")
-def small():
-    cfg = config_lib.load(None, ("objective.name=ao_ar", *SMALL))
+@pytest.fixture(scope="module", params=["current", "target"])  # model.query_positions
+def small(request):
+    cfg = config_lib.load(None, ("objective.name=ao_ar", f"model.query_positions={request.param}", *SMALL))
     params = _init(cfg, 1)
     params = dict(params, head=params["head"] * 4.0)  # peaked, context-dependent conditionals
     return cfg, params

@@ -38,6 +38,7 @@ TPU_REC = "tests/test_tpu_recovery.py::"
 SLURM = "tests/test_distributed_slurm.py::"
 OBSERVE = "tests/test_observe.py::"
 GCS = "tests/test_gcs.py::"
+QP = "tests/test_query_positions.py::"
 MIX = "tests/test_order_mixtures.py::"
 SCALING = "tests/test_scaling.py::"
 COLLAPSE = "tests/test_latent_collapse.py::"
@@ -971,6 +972,29 @@ MUTATIONS: tuple[Mutation, ...] = (
         "back_BL = padding_BL & ((jnp.cumsum(drawn_BL, axis=1) - drawn_BL) > 0)",
         "remasking: the padding of a remasked EOS stays and the padding of a kept one is released",
         ("tests/test_sampling_eos.py::test_release_padding_returns_the_padding_of_a_remasked_eos_to_mask",)),
+    Mutation(
+        "query-positions-keys-at-targets", "jaxorder/model/transformer.py",
+        "k_BLHD = rotate(k_BLHD, positions_BL, cfg)", "k_BLHD = rotate(k_BLHD, q_pos_BL, cfg)",
+        "model.query_positions=target: the keys are rotated at the target positions too",
+        (QP + "test_rotations_are_queries_at_targets_and_keys_at_their_own_positions",)),
+    Mutation(
+        "query-positions-cached-keys-at-targets", "jaxorder/model/transformer.py",
+        "rotate(q_BLHD, q_pos_BL, cfg), rotate(k_BLHD, positions_BL, cfg)",
+        "rotate(q_BLHD, q_pos_BL, cfg), rotate(k_BLHD, q_pos_BL, cfg)",
+        "KV-cache decoding in target mode: the cached keys are rotated at their slots' targets",
+        (QP + "test_decode_step_equals_the_full_pass_in_target_mode",)),
+    Mutation(
+        "query-positions-kernel-gets-key-positions", "jaxorder/model/attention.py",
+        "q_pos_BL = positions_BL if query_positions_BL is None else query_positions_BL",
+        "q_pos_BL = positions_BL",
+        "the fused kernel's queries are rotated at the key positions (the target mode lost on TPU/GPU)",
+        (QP + "test_model_pallas_path_equals_xla_in_target_mode",)),
+    Mutation(
+        "query-positions-switch-ignored", "jaxorder/model/transformer.py",
+        "q_pos_BL = target_positions_BL if target_q else positions_BL",
+        "q_pos_BL = positions_BL if target_q else positions_BL",
+        "model.query_positions=target silently runs the current mode",
+        (QP + "test_order_pass_differs_between_modes_and_follows_the_config",)),
 )
 
 

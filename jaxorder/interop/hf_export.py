@@ -109,6 +109,7 @@ def remote_config(cfg: Config) -> dict:
         "max_position_embeddings": m.max_len, "rope_theta": m.rope_base, "rms_norm_eps": 1e-6,
         "objective": cfg.objective.name, "attention": attention_kind(cfg),
         "target_positions": objectives.of(cfg).target_positions, "mask_token_id": ids.mask,
+        "query_positions": m.query_positions,
         "bos_token_id": ids.bos, "eos_token_id": ids.eos, "pad_token_id": ids.pad, "torch_dtype": "float32",
         "dtype": "float32",
     }
@@ -174,6 +175,8 @@ def export_hf(run_dir: str | os.PathLike, out: str | os.PathLike) -> dict:
     if cfg.model.positions != "rope":  # both exported architectures are Llama-family: RoPE only
         raise ConfigError(f"{run_dir}: model.positions={cfg.model.positions} cannot be exported (the Hugging "
                           f"Face architectures use RoPE); export a model.positions=rope run")
+    if cfg.model.target_adaln:  # the remote-code module has no adaLN maps
+        raise ConfigError(f"{run_dir}: model.target_adaln runs cannot be exported; export a run without it")
     stock = is_stock_llama(cfg)
     state = to_hf_state(params, cfg.model)
     out.mkdir(parents=True, exist_ok=True)

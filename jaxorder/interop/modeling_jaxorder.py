@@ -9,7 +9,8 @@ the architecture is Llama's (RMSNorm, SwiGLU, half-split RoPE, untied head) with
     exports), "causal", or "bd3:<b>" (block diffusion's [x_t ; x] layout of length 2n);
   - positions given per call (`position_ids`), as any-order models read permuted windows;
   - `target_position_ids` (any-order models): the position each slot predicts, embedded by
-    `model.target_embed` and added to the token embeddings.
+    `model.target_embed` and added to the token embeddings; with `config.query_positions`
+    "target" the queries are also rotated at them (keys at `position_ids`).
 The MASK id is `config.mask_token_id`; masked-diffusion logits never predict it (callers apply
 the SUBS rule: set its logit to -inf).
 """
@@ -28,7 +29,7 @@ class JaxorderConfig(PretrainedConfig):
                  num_hidden_layers: int = 4, num_attention_heads: int = 4, max_position_embeddings: int = 512,
                  rope_theta: float = 10000.0, rms_norm_eps: float = 1e-6, objective: str = "mdm",
                  attention: str = "bidirectional", target_positions: bool = False,
-                 mask_token_id: int | None = None, **kwargs):
+                 mask_token_id: int | None = None, query_positions: str = "current", **kwargs):
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
@@ -41,6 +42,7 @@ class JaxorderConfig(PretrainedConfig):
         self.attention = attention
         self.target_positions = target_positions
         self.mask_token_id = mask_token_id
+        self.query_positions = query_positions
         super().__init__(**kwargs)
 
 
@@ -91,10 +93,11 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(d, d, bias=False)
         self.base = cfg.rope_theta
 
-    def forward(self, x: torch.Tensor, positions_BL: torch.Tensor, mask_LL: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions_BL: torch.Tensor, mask_LL: torch.Tensor,
+                query_positions_BL: torch.Tensor) -> torch.Tensor:
         B, L, d = x.shape
         split = lambda t: t.view(B, L, self.H, d // self.H)  # noqa: E731
-        q = rope(split(self.q_proj(x)), positions_BL, self.base)
+        q = rope(split(self.q_proj(x)), query_positions_BL, self.base)
         k = rope(split(self.k_proj(x)), positions_BL, self.base)
         v = split(self.v_proj(x))
         scores = torch.einsum("blhd,bshd->bhls", q, k).float() * (d // self.H) ** -0.5
@@ -123,8 +126,9 @@ class Layer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, positions_BL: torch.Tensor, mask_LL: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions_BL, mask_LL)
+    def forward(self, x: torch.Tensor, positions_BL: torch.Tensor, mask_LL: torch.Tensor,
+                query_positions_BL: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions_BL, mask_LL, query_positions_BL)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -167,6 +171,10 @@ class JaxorderModel(PreTrainedModel):
                 raise ValueError("this model has no target-position embedding (not an any-order run)")
             x = x + self.model.target_embed(target_position_ids)
         mask_LL = attention_mask(attention or self.config.attention, L, input_ids.device)
+        # exports written before config.query_positions existed are current-mode models
+        target_q = (getattr(self.config, "query_positions", "current") == "target"
+                    and target_position_ids is not None)
+        query_position_ids = target_position_ids if target_q else position_ids
         for layer in self.model.layers:
-            x = layer(x, position_ids, mask_LL)
+            x = layer(x, position_ids, mask_LL, query_position_ids)
         return MaskedLMOutput(logits=self.lm_head(self.model.norm(x)).float())

@@ -75,8 +75,10 @@ def xla_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarray,
 
 
 def pallas_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarray, positions_BL: jnp.ndarray,
-                     mask_kind: str, rope_base: float, interpret: bool | None = None) -> jnp.ndarray:
-    """The fused RoPE flash-attention kernel on un-rotated q/k (`model.attention_impl: pallas`).
+                     mask_kind: str, rope_base: float, interpret: bool | None = None,
+                     query_positions_BL: jnp.ndarray | None = None) -> jnp.ndarray:
+    """The fused RoPE flash-attention kernel on un-rotated q/k (`model.attention_impl: pallas`): keys
+    rotated at `positions_BL`, queries at `query_positions_BL` (default: the same).
 
     `interpret=None` runs the kernel on TPU/GPU and its plain-JAX reference on CPU; True forces
     Pallas interpret mode (tests).
@@ -85,7 +87,8 @@ def pallas_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarr
         spec = pallas_kernels.bd3(int(mask_kind.split(":", 1)[1]))
     else:
         spec = pallas_kernels.as_mask_spec(mask_kind)
-    return pallas_kernels.rope_attention(q_BLHD, k_BLHD, v_BLHD, positions_BL, positions_BL, mask=spec,
+    q_pos_BL = positions_BL if query_positions_BL is None else query_positions_BL
+    return pallas_kernels.rope_attention(q_BLHD, k_BLHD, v_BLHD, q_pos_BL, positions_BL, mask=spec,
                                          rope_base=rope_base, interpret=interpret)
 
 

@@ -59,8 +59,11 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x_BLd: jnp.ndarray, positions_BL: jnp.ndarray, mask_kind: str,
-                 key_valid_BL: jnp.ndarray | None = None) -> jnp.ndarray:
+                 key_valid_BL: jnp.ndarray | None = None,
+                 query_positions_BL: jnp.ndarray | None = None) -> jnp.ndarray:
+        """Keys are rotated at `positions_BL`, queries at `query_positions_BL` (default: the same)."""
         cfg = self.cfg
+        q_pos_BL = positions_BL if query_positions_BL is None else query_positions_BL
         dt, pdt = jnp_dtype(cfg.dtype), jnp_dtype(cfg.param_dtype)
         d, H, D = cfg.d_model, cfg.n_heads, cfg.head_dim
         w_qkv = self.param("qkv", _init(d ** -0.5, ("embed", None, "heads", "kv")), (d, 3, H, D), pdt)
@@ -79,18 +82,21 @@ class Attention(nn.Module):
         self.sow("intermediates", "k_pre_rope", k_BLHD)
         if self.has_variable("cache", "cached_key"):  # incremental decoding: jaxorder.model.decode
             cache = tuple(self.variable("cache", n, lambda: None) for n in CACHE_NAMES)
-            o_BLHD = cached_attention(rotate(q_BLHD, positions_BL, cfg), rotate(k_BLHD, positions_BL, cfg),
+            o_BLHD = cached_attention(rotate(q_BLHD, q_pos_BL, cfg), rotate(k_BLHD, positions_BL, cfg),
                                       v_BLHD, *cache, new_mask=mask_kind)
             return ops.dense(o_BLHD.reshape(B, L, H * D), w_out.astype(dt).reshape(H * D, d))
         # the fused kernel has no per-row key mask: rows with padding keys take the XLA path
         if cfg.attention_impl == "pallas" and key_valid_BL is None:  # RoPE is applied inside the kernel
             # learned / none: position 0 everywhere is the identity rotation (cos 0 = 1, sin 0 = 0); the
             # kernel's masks use sequence indices, never position ids
-            kernel_pos_BL = positions_BL if cfg.positions == "rope" else jnp.zeros_like(positions_BL)
+            rope = cfg.positions == "rope"
+            kernel_pos_BL = positions_BL if rope else jnp.zeros_like(positions_BL)
+            kernel_q_pos_BL = q_pos_BL if rope else jnp.zeros_like(q_pos_BL)
             o_BLHD = pallas_attention(q_BLHD, k_BLHD, v_BLHD, kernel_pos_BL, mask_kind, cfg.rope_base,
-                                      interpret=True if cfg.pallas_interpret else None)
+                                      interpret=True if cfg.pallas_interpret else None,
+                                      query_positions_BL=kernel_q_pos_BL)
         # dead code for pallas unless captured
-        q_BLHD = rotate(q_BLHD, positions_BL, cfg)
+        q_BLHD = rotate(q_BLHD, q_pos_BL, cfg)
         k_BLHD = rotate(k_BLHD, positions_BL, cfg)
         self.sow("intermediates", "q_post_rope", q_BLHD)
         self.sow("intermediates", "k_post_rope", k_BLHD)
@@ -128,6 +134,12 @@ class SwiGLU(nn.Module):
         return ops.dense(h_BLF, w_out.astype(dt))
 
 
+def _modulate(h_BLd: jnp.ndarray, mod: tuple[jnp.ndarray, jnp.ndarray] | None) -> jnp.ndarray:
+    if mod is None:
+        return h_BLd
+    return h_BLd * (1 + mod[0]) + mod[1]
+
+
 class Block(nn.Module):
     """One pre-norm layer. `scanned=True` is the nn.scan body form: returns (x, None)."""
     cfg: ModelConfig
@@ -135,10 +147,22 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x_BLd: jnp.ndarray, positions_BL: jnp.ndarray, mask_kind: str,
-                 key_valid_BL: jnp.ndarray | None = None):
-        x_BLd = x_BLd + Attention(self.cfg, name="attn")(RMSNorm(self.cfg, name="attn_norm")(x_BLd),
-                                                        positions_BL, mask_kind, key_valid_BL)
-        x_BLd = x_BLd + SwiGLU(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BLd))
+                 key_valid_BL: jnp.ndarray | None = None, query_positions_BL: jnp.ndarray | None = None,
+                 cond_BLd: jnp.ndarray | None = None):
+        """`cond_BLd` (model.target_adaln): each norm's output h becomes h * (1 + scale) + shift with
+        (scale, shift) a per-layer linear map of it, zero at init (adaLN-Zero)."""
+        cfg = self.cfg
+        mods = [None, None]
+        if cond_BLd is not None:
+            w_dMd = self.param("target_mod", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                          ("embed", None, None)),
+                               (cfg.d_model, 4, cfg.d_model), jnp_dtype(cfg.param_dtype))
+            mod_BLMd = jnp.einsum("bld,dme->blme", cond_BLd, w_dMd.astype(cond_BLd.dtype))
+            mods = [(mod_BLMd[:, :, 0], mod_BLMd[:, :, 1]), (mod_BLMd[:, :, 2], mod_BLMd[:, :, 3])]
+        h_BLd = _modulate(RMSNorm(cfg, name="attn_norm")(x_BLd), mods[0])
+        x_BLd = x_BLd + Attention(cfg, name="attn")(h_BLd, positions_BL, mask_kind, key_valid_BL,
+                                                   query_positions_BL)
+        x_BLd = x_BLd + SwiGLU(cfg, name="mlp")(_modulate(RMSNorm(cfg, name="mlp_norm")(x_BLd), mods[1]))
         x_BLd = nn.with_logical_constraint(x_BLd, ("batch", "length", "embed"))
         return (x_BLd, None) if self.scanned else x_BLd
 
@@ -186,7 +210,10 @@ class Transformer(nn.Module):
     [max_len, d_model] added to the input embeddings (learned), or not at all (none).
     Optional `target_positions_BL` [B, L] int (any-order AR): the position each slot must predict,
     embedded by a learned table `target_embed` [max_len, d_model] added to the input embeddings.
-    The table exists only in models initialized with target positions.
+    The table exists only in models initialized with target positions. With model.query_positions
+    = target the queries are also rotated by RoPE at the target positions (keys stay at
+    `positions_BL`); any other value (current, or an unsettled auto) rotates them at `positions_BL`.
+    With model.target_adaln the target embedding also modulates every block's two norms (Block).
 
     Optional `key_valid_BL` [B, L] bool (insertion models, rows of different lengths): keys where it
     is False (padding) are attended by no query. `length_classes` C > 0 (insertion models): a second
@@ -210,16 +237,24 @@ class Transformer(nn.Module):
         if target_positions_BL is not None:
             target_Pd = self.param("target_embed", _init(1.0, (None, "embed")), (cfg.max_len, cfg.d_model),
                                    pdt)
-            x_BLd = x_BLd + jnp.take(target_Pd, target_positions_BL, axis=0).astype(dt)
+            target_BLd = jnp.take(target_Pd, target_positions_BL, axis=0).astype(dt)
+            x_BLd = x_BLd + target_BLd
+        cond_BLd = target_BLd if cfg.target_adaln and target_positions_BL is not None else None
         x_BLd = nn.with_logical_constraint(x_BLd, ("batch", "length", "embed"))
+        # without target positions there is only one position per slot to rotate its query by
+        target_q = cfg.query_positions == "target" and target_positions_BL is not None
+        q_pos_BL = target_positions_BL if target_q else positions_BL
         if cfg.scan_layers:  # one layer body; params and sown intermediates get a leading layer axis
             layers = nn.scan(block_class(cfg, scanned=True), variable_axes={"params": 0, "intermediates": 0},
-                             split_rngs={"params": True}, in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                             split_rngs={"params": True},
+                             in_axes=(nn.broadcast,) * 5,
                              length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: SCAN_AXIS})
-            x_BLd, _ = layers(cfg, scanned=True, name="layers")(x_BLd, positions_BL, mask_kind, key_valid_BL)
+            x_BLd, _ = layers(cfg, scanned=True, name="layers")(x_BLd, positions_BL, mask_kind, key_valid_BL,
+                                                                q_pos_BL, cond_BLd)
         else:
             for i in range(cfg.n_layers):
-                x_BLd = block_class(cfg)(cfg, name=f"layer_{i}")(x_BLd, positions_BL, mask_kind, key_valid_BL)
+                x_BLd = block_class(cfg)(cfg, name=f"layer_{i}")(x_BLd, positions_BL, mask_kind, key_valid_BL,
+                                                                 q_pos_BL, cond_BLd)
         x_BLd = RMSNorm(cfg, name="final_norm")(x_BLd)
         head_dV = self.param("head", _init(cfg.d_model ** -0.5, ("embed", "vocab")),
                              (cfg.d_model, cfg.vocab_size), pdt)

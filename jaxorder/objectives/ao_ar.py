@@ -8,8 +8,9 @@ and the network predicts each token from the ones before it in that order:
 Layout of the single pass (length n, causal mask over the *permuted* sequence):
     slot j:            0      1         2        ...  n-1
     input token:       BOS    x_sigma_0 x_sigma_1 ... x_sigma_{n-2}
-    current position:  0      sigma_0   sigma_1   ... sigma_{n-2}      (RoPE)
-    target position:   sigma_0 sigma_1  sigma_2   ... sigma_{n-1}      (learned embedding)
+    current position:  0      sigma_0   sigma_1   ... sigma_{n-2}      (RoPE of keys; of queries: current)
+    target position:   sigma_0 sigma_1  sigma_2   ... sigma_{n-1}      (learned embedding; RoPE of queries:
+                                                                        target)
     target token:      x_sigma_0 ...                  x_sigma_{n-1}
 Slot j sees slots <= j only, i.e. exactly x_sigma_<j with their true positions and the position
 sigma_j it must fill, never x_sigma_j itself, so one forward pass gives the exact NLL of the order.
@@ -30,6 +31,20 @@ the model is initialized with target positions: the Objective's `target_position
     property of the query slot that the MLPs can use from the first layer on; a two-stream
     (XLNet) query stream would double the attention cost.
 The Transformer stays order-agnostic: it receives tokens, two position arrays and a mask kind.
+
+Where RoPE puts the query (`model.query_positions`; auto = QUERY_POSITIONS below). Keys are always
+rotated at their own (current) positions. `current` rotates slot j's query at its own position
+sigma_{j-1}: the attention scores then see each known token's offset from the *previous* token
+in the order, which in a random order says nothing about the position to fill. `target` rotates
+it at sigma_j instead, so every q.k score is a function of (key position - target position):
+how far each known token is from the position being predicted, the quantity a left-to-right
+model gets for free (its target is always its position + 1). The target embedding stays in both
+modes, so the MLPs still see the absolute target. No parameters change: a checkpoint loads in
+either mode (but predicts well only in the one it was trained in; saved run configs name it, and
+those saved before the option existed are read as `current`). The same switch applies wherever
+this network runs: this order pass (training, yardstick, `eval --orders`, `score`), the fused
+kernel (separate query and key positions) and the KV-cache samplers, whose new slot's query sits
+at its target position while the cached keys keep their own.
 
 Order distribution (cfg.objective): with probability l2r_fraction the identity, with
 r2l_fraction the reversal, otherwise a uniform random permutation, independently per sequence
@@ -160,9 +175,13 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError("objective.l2r_fraction and r2l_fraction must be >= 0 and sum to <= 1")
 
 
+# The query rotation of any-order networks under model.query_positions=auto (ao_ar and the
+# families sharing its pass); measured in docs/study.md, "Query positions of any-order models".
+QUERY_POSITIONS = "target"
+
 OBJECTIVE = register(Objective(
     name="ao_ar", loss=loss, nll=nll, exact=True, yardstick="exact (l2r order)", sampling="any_order",
-    default_sampler="l2r", target_positions=True,
+    default_sampler="l2r", target_positions=True, query_positions=QUERY_POSITIONS,
     order_scoring=OrderScoring(order_nll=order_nll, mixture_bound=True, order_token_nll=position_token_nll),
     token_nll=identity_token_nll, position_nll=position_nll, options=OPTIONS,
     validate_config=validate_config, analysis_inputs=analysis_inputs))

@@ -81,6 +81,8 @@ class Objective:
       upper bound on it (False); `yardstick` is how reports label it.
     - `target_positions`: the network takes target positions (any-order models), so the model is
       initialized with the target-position embedding.
+    - `query_positions`: what `model.query_positions: auto` means for it: "current" (queries rotated
+      by RoPE at the slot's own position) or "target" (at its target position; target_positions only).
     - `length_classes(cfg)`: the width C of the network's length head (insertion models: the count
       of tokens missing in each gap, 0..C-1); 0 (the default) = no length head.
     - `sampling`: the sampler family that can decode its runs (samplers register for a family:
@@ -114,6 +116,7 @@ class Objective:
     sampling: str
     default_sampler: str
     target_positions: bool = False
+    query_positions: str = "current"
     reading_order: str = "l2r"
     order_scoring: Optional[OrderScoring] = None
     judge: bool = False
@@ -130,6 +133,10 @@ class Objective:
 
 
 def register(objective: Objective) -> Objective:
+    if objective.query_positions not in ("current", "target") or (
+            objective.query_positions == "target" and not objective.target_positions):
+        raise ValueError(f"objective '{objective.name}': query_positions must be current, or target with "
+                         f"target_positions=True; got {objective.query_positions!r}")
     for option in objective.options:
         for other in OBJECTIVES.values():
             same = [o for o in other.options if o.name == option.name]

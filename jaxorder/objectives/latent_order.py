@@ -218,7 +218,7 @@ def validate_config(cfg: Config) -> None:
 
 OBJECTIVE = register(Objective(  # same network and inputs as ao_ar: a (stochastic, IWAE-style) bound
     name="latent_order", loss=loss, nll=nll, exact=False, yardstick="upper bound (K-order log-mean-exp)",
-    sampling="any_order", default_sampler="l2r", target_positions=True,
+    sampling="any_order", default_sampler="l2r", target_positions=True, query_positions=ao_ar.QUERY_POSITIONS,
     order_scoring=OrderScoring(order_nll=ao_ar.order_nll, mixture_bound=True,
                                order_token_nll=ao_ar.position_token_nll), position_nll=ao_ar.position_nll,
     options=OPTIONS, validate_config=validate_config, analysis_inputs=ao_ar.analysis_inputs,
