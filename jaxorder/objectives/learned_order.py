@@ -232,7 +232,7 @@ def validate_config(cfg: Config) -> None:
 OBJECTIVE = register(Objective(  # ao_ar's token network plus an order policy and a posterior of its own
     name="learned_order", loss=loss, nll=nll, exact=False,
     yardstick="upper bound (K-sample importance-weighted)", sampling="learned_order",
-    default_sampler="policy", target_positions=True,
+    default_sampler="policy", target_positions=True, query_positions=ao_ar.QUERY_POSITIONS,
     order_scoring=OrderScoring(order_nll=ao_ar.order_nll, mixture_bound=True,
                                order_token_nll=ao_ar.position_token_nll), position_nll=ao_ar.position_nll,
     options=OPTIONS, validate_config=validate_config, analysis_inputs=ao_ar.analysis_inputs,
