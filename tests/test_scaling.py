@@ -38,6 +38,21 @@ def test_compute_multiplier_of_shifted_curves():
     assert scaling.compute_at(l2r, float(scaling.power_law(1e15, *l2r))) == pytest.approx(1e15)
 
 
+def test_multiplier_interval_covers_the_truth_and_shrinks_with_the_errors():
+    """The bootstrap interval of the 16x pair above: with tiny errors it is tight around 16, with
+    larger ones it widens and still contains 16 (a bug that ignores the errors, or refits only one
+    curve, keeps it at a point or moves it off 16)."""
+    C = np.logspace(13, 17, 5)
+    curves = [(200.0, 0.25, 1.2), (200.0 * 16 ** 0.25, 0.25, 1.2)]
+    series = [lambda se, p=p: {"C": C, "L": scaling.power_law(C, *p), "stderr": np.full(5, se)}
+              for p in curves]
+    tight = scaling.multiplier_interval(series[0](1e-6), series[1](1e-6), draws=40)
+    wide = scaling.multiplier_interval(series[0](1e-3), series[1](1e-3), draws=40)
+    assert 15.5 < tight[0] <= tight[1] < 16.5
+    assert wide[0] < 16.0 < wide[1]
+    assert wide[1] - wide[0] > 5 * (tight[1] - tight[0])
+
+
 def test_fit_needs_three_points():
     with pytest.raises(config_lib.ConfigError, match=">= 3 points"):
         scaling.fit_power_law([1.0, 2.0], [3.0, 2.0])

@@ -77,6 +77,25 @@ def compute_multiplier(reference: tuple[float, float, float], other: tuple[float
     return compute_at(other, loss) / compute_at(reference, loss)
 
 
+def multiplier_interval(reference: dict, other: dict, draws: int = 200, seed: int = 0,
+                        quantiles: tuple[float, float] = (0.16, 0.84)) -> tuple[float, float]:
+    """A parametric-bootstrap interval of the compute multiplier of `other` against `reference`.
+
+    Each series is a dict with "C", "L" and "stderr" lists (figures.scaling_fits). Every draw
+    resamples each point as L + stderr * N(0, 1), refits both curves and takes the multiplier at the
+    refitted reference's loss at its largest C (the target of figures.multipliers); the result is
+    the (16 %, 84 %) quantiles of the draws, about +- 1 s.e. for a normal spread (inf included)."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        fits = [fit_power_law(s["C"], np.asarray(s["L"]) + np.asarray(s["stderr"]) * rng.standard_normal(
+            len(s["L"])), s["stderr"]) for s in (reference, other)]
+        target = float(power_law(reference["C"][-1], *fits[0]))
+        values.append(compute_multiplier(fits[0], fits[1], target))
+    low, high = np.quantile(np.asarray(values), quantiles)
+    return float(low), float(high)
+
+
 def model_size(cfg: config_lib.Config) -> tuple[int, int]:
     """(all parameters, matmul parameters) of cfg's model, from shapes only (nothing is allocated)."""
     shapes = jax.eval_shape(lambda: model.init_params(cfg.model, jax.random.key(0), cfg.data.seq_len,
