@@ -76,9 +76,9 @@ def test_eval_generate_takes_the_sampler_options_of_sample(sweep_dir):
     assert code == 2 and "the confidence sampler does not take 'top_k'" in err
 
 
-def test_fast_masked_decoding_is_reachable_from_sample_eval_and_a_sweep(sweep_dir, tmp_path):
-    """threshold / factor, Prophet and the approximate caches from `jaxorder sample`, `eval --generate`
-    and a sweep's generate grid; a cache option on an AR run is a one-line error."""
+def test_fast_masked_decoding_is_reachable_from_sample_and_eval(sweep_dir):
+    """threshold / factor, Prophet and the approximate caches from `jaxorder sample` and `eval --generate`
+    (a sweep's generate grid: the slow test below); a cache option on an AR run is a one-line error."""
     run = sweep_dir / "mdm"
     code, out, err = cli_in_process(["sample", run, "--sampler", "threshold", "--threshold", "0.5",
                                      "--approx-cache", "dual", "--block-length", "16", "--prophet", "5",
@@ -102,6 +102,12 @@ def test_fast_masked_decoding_is_reachable_from_sample_eval_and_a_sweep(sweep_di
     assert Path(generated["commit_order_png"]).read_bytes()[:4] == b"\x89PNG"
     code, _, err = cli_in_process(["sample", sweep_dir / "l2r", "--approx-cache", "prefix"])
     assert code == 2 and "the ar sampler does not take 'approx_cache'" in err
+
+
+# slow: the sweep trains a third run, then samples with and without the cache (minutes on 2 busy cores).
+# fast: a generate grid over an option, test_registry_toys.py::test_toy_sampler_in_sample_and_in_a_sweep
+@pytest.mark.slow
+def test_fast_masked_decoding_is_reachable_from_a_sweeps_generate_grid(sweep_dir, tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(f"name: fast\nbase: {sweep_dir / 'mdm' / 'config.yaml'}\n"
                      "generate: {num_samples: 2, samplers: [threshold], approx_cache: [none, dual], "
