@@ -45,8 +45,15 @@ def test_generation_quality_of_an_mdm_run_with_the_l2r_judge_beside_it(sweep_dir
     assert 0 < r["unigram_entropy_bits"] <= 8 and r["judge_bpb"] > 0 and r["tokens_per_s"] > 0
     assert r["grids"] <= 4 and 0.0 <= r["valid_grid_fraction"] <= 1.0
     # the cumulative uncertainty per generated token (nats, at most log of the vocabulary), beside the
-    # quality, for every masked sampler; Info-Gain is reachable with its options
+    # quality, for every masked sampler
     assert 0 < r["uncertainty_per_token"] < 6.0
+
+
+# slow: a second sampler compiled on the seq_len-82 model, with its judge pass (a minute on 2 busy cores).
+# fast: info-gain in a sweep's generate grid with the l2r judge and the uncertainty,
+# test_sweep.py::test_report_has_order_scores_and_slash_fraction
+@pytest.mark.slow
+def test_generation_quality_of_info_gain_with_its_options(sweep_dir):
     ig = generation_quality(sweep_dir / "mdm", num_samples=2, sampler="info-gain",
                             options={"steps": 8, "candidates": 2}, seed=1)
     assert ig["sampler"] == "info-gain" and ig["judge_bpb"] > 0 and 0 < ig["uncertainty_per_token"] < 6.0
