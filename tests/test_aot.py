@@ -21,11 +21,20 @@ def compile_json(*args: str, env: dict | None = None) -> dict:
     return json.loads(proc.stdout)
 
 
+def no_jax_env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}  # no cache from elsewhere
+
+
 @pytest.fixture(scope="module")
-def reports():
+def reports(tmp_path_factory):
+    """The fsdp8 and data8 reports; data8 compiles into a fresh persistent cache (reports["cache"]), which
+    the cache test compiles against again."""
     config = str(REPO / "configs" / "experiments" / "l2r_tiny.yaml")
-    return {mesh: compile_json(config, "--devices", "8", *TINY, *over)
-            for mesh, over in {"fsdp8": ["mesh.data=1", "mesh.fsdp=8"], "data8": ["mesh.data=8"]}.items()}
+    cache = [f"compile.cache_dir={tmp_path_factory.mktemp('aot') / 'cache'}", "compile.cache_min_seconds=0"]
+    meshes = {"fsdp8": ["mesh.data=1", "mesh.fsdp=8"], "data8": ["mesh.data=8", *cache]}
+    out = {mesh: compile_json(config, "--devices", "8", *TINY, *over, env=no_jax_env())
+           for mesh, over in meshes.items()}
+    return {**out, "cache": [config, "--devices", "8", *TINY, "mesh.data=8", *cache]}
 
 
 def test_parameters_are_split_by_fsdp_and_replicated_by_data(reports):
@@ -99,14 +108,13 @@ def test_topology_without_libtpu_is_one_notice_and_a_labelled_cpu_estimate_with_
     assert "simulating 2 slices of 4 consecutive devices" in proc.stderr
 
 
-def test_second_compile_loads_the_train_step_from_the_persistent_cache(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}  # no cache from elsewhere
-    args = [str(REPO / "configs" / "experiments" / "l2r_tiny.yaml"), "--devices", "1", *TINY,
-            f"compile.cache_dir={tmp_path / 'cache'}", "compile.cache_min_seconds=0"]
-    first, second = (compile_json(*args, env=env)["compile_cache"] for _ in range(2))
+def test_second_compile_loads_the_train_step_from_the_persistent_cache(reports):
+    # the first compile is the data8 report's, into a cache directory of its own
+    first, second = reports["data8"]["compile_cache"], compile_json(*reports["cache"], env=no_jax_env())
     assert first["hits"] == 0 and first["requests"] >= 1
-    assert second["hits"] == second["requests"] == first["requests"]
-    assert any((tmp_path / "cache").iterdir())
+    assert second["compile_cache"]["hits"] == second["compile_cache"]["requests"] == first["requests"]
+    cache_dir = next(a for a in reports["cache"] if a.startswith("compile.cache_dir=")).split("=", 1)[1]
+    assert any(Path(cache_dir).iterdir())
 
 
 def test_topology_flag_errors_are_one_line(capsys):

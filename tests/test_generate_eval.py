@@ -45,8 +45,15 @@ def test_generation_quality_of_an_mdm_run_with_the_l2r_judge_beside_it(sweep_dir
     assert 0 < r["unigram_entropy_bits"] <= 8 and r["judge_bpb"] > 0 and r["tokens_per_s"] > 0
     assert r["grids"] <= 4 and 0.0 <= r["valid_grid_fraction"] <= 1.0
     # the cumulative uncertainty per generated token (nats, at most log of the vocabulary), beside the
-    # quality, for every masked sampler; Info-Gain is reachable with its options
+    # quality, for every masked sampler
     assert 0 < r["uncertainty_per_token"] < 6.0
+
+
+# slow: a second sampler compiled on the seq_len-82 model, with its judge pass (a minute on 2 busy cores).
+# fast: info-gain in a sweep's generate grid with the l2r judge and the uncertainty,
+# test_sweep.py::test_report_has_order_scores_and_slash_fraction
+@pytest.mark.slow
+def test_generation_quality_of_info_gain_with_its_options(sweep_dir):
     ig = generation_quality(sweep_dir / "mdm", num_samples=2, sampler="info-gain",
                             options={"steps": 8, "candidates": 2}, seed=1)
     assert ig["sampler"] == "info-gain" and ig["judge_bpb"] > 0 and 0 < ig["uncertainty_per_token"] < 6.0
@@ -76,9 +83,9 @@ def test_eval_generate_takes_the_sampler_options_of_sample(sweep_dir):
     assert code == 2 and "the confidence sampler does not take 'top_k'" in err
 
 
-def test_fast_masked_decoding_is_reachable_from_sample_eval_and_a_sweep(sweep_dir, tmp_path):
-    """threshold / factor, Prophet and the approximate caches from `jaxorder sample`, `eval --generate`
-    and a sweep's generate grid; a cache option on an AR run is a one-line error."""
+def test_fast_masked_decoding_is_reachable_from_sample_and_eval(sweep_dir):
+    """threshold / factor, Prophet and the approximate caches from `jaxorder sample` and `eval --generate`
+    (a sweep's generate grid: the slow test below); a cache option on an AR run is a one-line error."""
     run = sweep_dir / "mdm"
     code, out, err = cli_in_process(["sample", run, "--sampler", "threshold", "--threshold", "0.5",
                                      "--approx-cache", "dual", "--block-length", "16", "--prophet", "5",
@@ -102,6 +109,12 @@ def test_fast_masked_decoding_is_reachable_from_sample_eval_and_a_sweep(sweep_di
     assert Path(generated["commit_order_png"]).read_bytes()[:4] == b"\x89PNG"
     code, _, err = cli_in_process(["sample", sweep_dir / "l2r", "--approx-cache", "prefix"])
     assert code == 2 and "the ar sampler does not take 'approx_cache'" in err
+
+
+# slow: the sweep trains a third run, then samples with and without the cache (minutes on 2 busy cores).
+# fast: a generate grid over an option, test_registry_toys.py::test_toy_sampler_in_sample_and_in_a_sweep
+@pytest.mark.slow
+def test_fast_masked_decoding_is_reachable_from_a_sweeps_generate_grid(sweep_dir, tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(f"name: fast\nbase: {sweep_dir / 'mdm' / 'config.yaml'}\n"
                      "generate: {num_samples: 2, samplers: [threshold], approx_cache: [none, dual], "

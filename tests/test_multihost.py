@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# the smallest model that still trains (each run here is a subprocess, mostly startup and compilation)
 CONFIG = """
-model: {{d_model: 32, n_layers: 2, n_heads: 2, max_len: 64}}
-data: {{source: text, path: {corpus}, seq_len: 32, batch_size: 8}}
+model: {{d_model: 16, n_layers: 1, n_heads: 2, max_len: 32}}
+data: {{source: text, path: {corpus}, seq_len: 16, batch_size: 8}}
 train: {{steps: 12, log_every: 1, eval_every: 6, checkpoint_every: 6}}
 eval: {{batches: 2}}
 """

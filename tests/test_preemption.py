@@ -2,8 +2,12 @@
 ONE of them (process 1, after step K, by tests/scripts/sigterm_at.py); both save the same step (K+1:
 the agreed decision is read one step late), both exit 143, and restarting both resumes to the
 parameters of an uninterrupted run. Also: a damaged newest checkpoint is moved aside once (by
-process 0) when two processes resume. Each two-process run takes ~20-60 s on 2 busy CPU cores, so
-one signal step runs by default and four more are marked slow."""
+process 0) when two processes resume. Each two-process run takes ~20-60 s on 2 busy CPU cores (the
+module runs four or more), so every test here is marked slow (`make test-all`); the fast suite covers
+the same logic by tests/test_preemption_unit.py (the one-step-late agreement over a fake exchange of
+several processes and the real collective over one), tests/test_train.py (SIGTERM end to end in one
+process), tests/test_restore.py (a damaged checkpoint moved aside) and tests/test_multihost.py (two
+real processes train, checkpoint and resume)."""
 from __future__ import annotations
 
 import os
@@ -104,6 +108,8 @@ def _sigterm_one_process_then_resume(setup, uninterrupted, k: int) -> None:
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+# fast: test_preemption_unit.py::test_several_processes_act_one_step_late_on_the_exchanged_flags
+@pytest.mark.slow
 def test_sigterm_to_one_process_saves_the_same_step_on_both_and_resumes(setup, uninterrupted):
     _sigterm_one_process_then_resume(setup, uninterrupted, 5)
 
@@ -114,6 +120,8 @@ def test_sigterm_to_one_process_at_other_steps(setup, uninterrupted, k):
     _sigterm_one_process_then_resume(setup, uninterrupted, k)
 
 
+# fast: test_restore.py::test_damaged_newest_checkpoint_falls_back_with_one_warning_line
+@pytest.mark.slow
 def test_two_processes_move_a_damaged_checkpoint_aside_once(setup, uninterrupted):
     tmp, env = setup
     import shutil

@@ -165,11 +165,18 @@ def test_one_line_errors(runs):
         speculative(params, cfg, rows, key, Companion(small_vocab, None, "d"))
     for objective in ("r2l", "mdm"):
         other = config_lib.load(None, (*SMALL, f"objective.name={objective}"))
-        with pytest.raises(ConfigError, match=f"is a {objective} run; the draft must be a l2r run"):
+        with pytest.raises(ConfigError, match=f"is a {objective} run; the draft must be an l2r run"):
             speculative(params, cfg, rows, key, Companion(other, None, "d"))
     bpe = config_lib.load(None, (*SMALL, "data.tokenizer=bpe", "data.bpe_vocab_size=260"))
-    with pytest.raises(ConfigError, match="another tokenizer"):
+    with pytest.raises(ConfigError, match="another tokenizer than the target; train the draft on the"):
         speculative(params, cfg, rows, key, Companion(bpe, None, "d"))
+    # the order the draft must read in is the target's: an l2r draft of an r2l target is refused
+    r2l = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, name="r2l"))
+    with pytest.raises(ConfigError, match=r"draft d is a l2r run; the draft must be an r2l run \(the target"):
+        speculative(params, r2l, ar_rows(r2l, [[1, 2]], 4), key, Companion(draft.cfg, None, "d"))
+    short = config_lib.load(None, (*SMALL, "model.max_len=4", "data.seq_len=4"))
+    with pytest.raises(ConfigError, match="length 6 exceeds the draft's model.max_len=4; use a shorter"):
+        speculative(params, cfg, rows, key, Companion(short, None, "d"))
     with pytest.raises(ConfigError, match="does not take 'draft'"):
         sampling.sample(params, cfg, rows, key, "ar", SamplerOptions(draft="d"))
     for bad in ({"draft_length": 0}, {"draft_length": "2"}):

@@ -226,7 +226,7 @@ def test_one_line_errors(runs):
     with pytest.raises(ConfigError, match="vocab_size 300, the sampled run 260; train the guide with"):
         guided(params, cfg, rows, key, Companion(big, None, "g"))
     bpe = config_lib.load(None, (*GUIDE, "data.tokenizer=bpe", "data.bpe_vocab_size=260"))
-    with pytest.raises(ConfigError, match="another tokenizer"):
+    with pytest.raises(ConfigError, match="another tokenizer than the sampled run; train the guide on the"):
         guided(params, cfg, rows, key, Companion(bpe, None, "g"))
     short = config_lib.load(None, (*GUIDE, "model.max_len=8", "data.seq_len=8"))
     with pytest.raises(ConfigError, match="length 16 exceeds the guide's model.max_len=8"):

@@ -521,6 +521,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "bd3's commit order is never written back from the block loop",
         ("tests/test_commit_order.py::test_masked_and_block_samplers_record_each_commit_step[bd3]",)),
     Mutation(
+        "companion-order-unchecked", "jaxorder/sampling/base.py",
+        'if objective.sampling != "ar" or objective.reading_order != order:',
+        'if objective.sampling != "ar":',
+        "a companion of the other reading order (an r2l guide, an l2r draft of an r2l target) is accepted",
+        (GUIDED + "test_one_line_errors", SPEC + "test_one_line_errors")),
+    Mutation(
+        "companion-tokenizer-self-compare", "jaxorder/sampling/base.py",
+        "if tokenizer_of(ccfg.data) != tokenizer_of(cfg.data):",
+        "if tokenizer_of(ccfg.data) != tokenizer_of(ccfg.data):",
+        "the companion's tokenizer is compared with itself: a BPE guide or draft of a byte run is accepted",
+        (GUIDED + "test_one_line_errors", SPEC + "test_one_line_errors")),
+    Mutation(
         "guided-not-a-run", "jaxorder/sampling/guided.py",
         "return eligible_BL & (jnp.cumprod(ok_BL.astype(jnp.int32), axis=1) > 0)",
         "return eligible_BL & (ok_BL > 0)",

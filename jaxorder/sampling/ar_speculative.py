@@ -51,11 +51,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxorder import objectives
-from jaxorder.config import Config, ConfigError, DataConfig, ModelConfig
+from jaxorder.config import Config, ConfigError, ModelConfig
 from jaxorder.model import decode
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling import ar
-from jaxorder.sampling.base import Companion, Prepared, Sampler, SamplerOptions, register
+from jaxorder.sampling.base import Companion, Prepared, Sampler, SamplerOptions, check_companion, register
 from jaxorder.sampling.eos import ar_rows
 from jaxorder.sampling.noise import gumbel_noise
 
@@ -264,34 +264,6 @@ def build(cfg: Config, loop: Loop):
 
 # ----------------------------------------------------------------------------- prepare
 
-def tokenizer_of(data: DataConfig) -> tuple:
-    """What determines a run's tokenizer: the byte tokenizer is fixed; BPE is learned from the data."""
-    if data.tokenizer == "byte":
-        return ("byte",)
-    return (data.tokenizer, data.bpe_vocab_size, data.source, data.path, data.seed, data.val_fraction)
-
-
-def check_draft(cfg: Config, draft: Companion | None, length: int) -> None:
-    """One-line ConfigErrors for a missing or incompatible draft run."""
-    if draft is None:
-        raise ConfigError("the speculative sampler needs a draft run: give --draft RUN_DIR (a smaller "
-                          "l2r/r2l run with the same tokenizer)")
-    dcfg, name = draft.cfg, draft.name or "the draft run"
-    target_order, draft_objective = objectives.of(cfg).reading_order, objectives.of(dcfg)
-    if draft_objective.sampling != "ar" or draft_objective.reading_order != target_order:
-        raise ConfigError(f"draft {name} is a {dcfg.objective.name} run; the draft must be a {target_order} "
-                          f"run like the target")
-    if dcfg.model.vocab_size != cfg.model.vocab_size:
-        raise ConfigError(f"draft {name} has vocab_size {dcfg.model.vocab_size}, the target "
-                          f"{cfg.model.vocab_size}; train the draft with "
-                          f"model.vocab_size={cfg.model.vocab_size}")
-    if tokenizer_of(dcfg.data) != tokenizer_of(cfg.data):
-        raise ConfigError(f"draft {name} has another tokenizer than the target; train the draft on the "
-                          f"target's data.tokenizer and data")
-    if length > dcfg.model.max_len:
-        raise ConfigError(f"length {length} exceeds the draft's model.max_len={dcfg.model.max_len}")
-
-
 def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions,
             companions: Mapping[str, Companion]) -> Prepared:
     """Rows as for `ar`; the draft run comes loaded in companions["draft"]."""
@@ -299,10 +271,13 @@ def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions,
     if options.draft and draft is None:
         raise ConfigError(f"draft run {options.draft} is not loaded: pass companions={{'draft': Companion}} "
                           f"to sampling.sample (jaxorder sample and sample_run load it)")
-    check_draft(cfg, draft, tokens_BL.shape[1])
+    order = objectives.of(cfg).reading_order
+    check_companion(cfg, draft, tokens_BL.shape[1], role="draft", sampler="speculative", order=order,
+                    why="the target's reading order", hint=f"a smaller {order} run with the same tokenizer",
+                    target="the target")
     base = ar.prepare(cfg, tokens_BL, options)  # the same rows and buffer as `ar`; only its args are used
     known_B = np.asarray(base.args[1])
-    loop = Loop(options, draft.cfg.model, int(known_B.min()), objectives.of(cfg).reading_order == "r2l")
+    loop = Loop(options, draft.cfg.model, int(known_B.min()), order == "r2l")
     return Prepared(loop, (draft.params, *base.args))
 
 

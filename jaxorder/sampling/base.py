@@ -41,7 +41,7 @@ import jax
 import numpy as np
 
 from jaxorder import objectives
-from jaxorder.config import Config, ConfigError
+from jaxorder.config import Config, ConfigError, DataConfig
 from jaxorder.registry import SAMPLERS
 from jaxorder.sampling.noise import PRECISIONS
 
@@ -203,6 +203,38 @@ class Companion:
     cfg: Config
     params: Any
     name: str = ""  # the run directory's name, for messages
+
+
+def tokenizer_of(data: DataConfig) -> tuple:
+    """What determines a run's tokenizer: the byte tokenizer is fixed; BPE is learned from the data."""
+    if data.tokenizer == "byte":
+        return ("byte",)
+    return (data.tokenizer, data.bpe_vocab_size, data.source, data.path, data.seed, data.val_fraction)
+
+
+def check_companion(cfg: Config, companion: Companion | None, length: int, *, role: str, sampler: str,
+                    order: str, why: str, hint: str, target: str) -> None:
+    """One-line ConfigErrors for a missing or incompatible AR companion run (the guide of `guided`, the
+    draft of `speculative`): it must read in `order` and share the sampled run's vocab_size and
+    tokenizer, and its model.max_len must fit `length`. `role` is the option (--guide, --draft), `why`
+    says why the order, `hint` describes a fitting run, `target` names the sampled run in messages."""
+    if companion is None:
+        raise ConfigError(f"the {sampler} sampler needs a {role} run: give --{role} RUN_DIR ({hint})")
+    ccfg, name = companion.cfg, companion.name or f"the {role} run"
+    objective = objectives.of(ccfg)
+    if objective.sampling != "ar" or objective.reading_order != order:
+        raise ConfigError(f"{role} {name} is a {ccfg.objective.name} run; the {role} must be an {order} run "
+                          f"({why})")
+    if ccfg.model.vocab_size != cfg.model.vocab_size:
+        vocab = cfg.model.vocab_size
+        raise ConfigError(f"{role} {name} has vocab_size {ccfg.model.vocab_size}, {target} {vocab}; train "
+                          f"the {role} with model.vocab_size={vocab}")
+    if tokenizer_of(ccfg.data) != tokenizer_of(cfg.data):
+        raise ConfigError(f"{role} {name} has another tokenizer than {target}; train the {role} on the "
+                          f"data.tokenizer and data of {target}")
+    if length > ccfg.model.max_len:
+        raise ConfigError(f"length {length} exceeds the {role}'s model.max_len={ccfg.model.max_len}; use a "
+                          f"shorter --length or a {role} trained with a longer max_len")
 
 
 @dataclass(frozen=True)

@@ -57,13 +57,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxorder import objectives
 from jaxorder.config import Config, ConfigError, ModelConfig
 from jaxorder.model import decode
 from jaxorder.objectives import mdm as mdm_objective
 from jaxorder.objectives.common import special_ids
-from jaxorder.sampling.ar_speculative import tokenizer_of
-from jaxorder.sampling.base import Companion, Prepared, Sampler, SamplerOptions, register
+from jaxorder.sampling.base import Companion, Prepared, Sampler, SamplerOptions, check_companion, register
 from jaxorder.sampling.eos import eos_id
 from jaxorder.sampling.mdm_steps import (
     advance,
@@ -188,28 +186,6 @@ def build(cfg: Config, loop: Loop):
     return run
 
 
-def check_guide(cfg: Config, guide: Companion | None, length: int) -> None:
-    """One-line ConfigErrors for a missing or incompatible guide run."""
-    if guide is None:
-        raise ConfigError("the guided sampler needs a guide run: give --guide RUN_DIR (an l2r run with the "
-                          "same tokenizer)")
-    gcfg, name = guide.cfg, guide.name or "the guide run"
-    objective = objectives.of(gcfg)
-    if objective.sampling != "ar" or objective.reading_order != "l2r":
-        raise ConfigError(f"guide {name} is a {gcfg.objective.name} run; the guide must be an l2r run (it "
-                          f"reads left to right)")
-    if gcfg.model.vocab_size != cfg.model.vocab_size:
-        raise ConfigError(f"guide {name} has vocab_size {gcfg.model.vocab_size}, the sampled run "
-                          f"{cfg.model.vocab_size}; train the guide with "
-                          f"model.vocab_size={cfg.model.vocab_size}")
-    if tokenizer_of(gcfg.data) != tokenizer_of(cfg.data):
-        raise ConfigError(f"guide {name} has another tokenizer than the sampled run; train the guide on its "
-                          f"data.tokenizer and data")
-    if length > gcfg.model.max_len:
-        raise ConfigError(f"length {length} exceeds the guide's model.max_len={gcfg.model.max_len}; use a "
-                          f"shorter --length or a guide trained with a longer max_len")
-
-
 def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions,
             companions: Mapping[str, Companion]) -> Prepared:
     """Rows [B, L] with MASK at the positions to generate (prompts, templates); the guide comes loaded
@@ -219,7 +195,8 @@ def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions,
         raise ConfigError(f"guide run {options.guide} is not loaded: pass companions={{'guide': Companion}} "
                           f"to sampling.sample (jaxorder sample and sample_run load it)")
     L = tokens_BL.shape[1]
-    check_guide(cfg, guide, L)
+    check_companion(cfg, guide, L, role="guide", sampler="guided", order="l2r", why="it reads left to right",
+                    hint="an l2r run with the same tokenizer", target="the sampled run")
     masked = tokens_BL == special_ids(cfg.model).mask
     # the first column with a mask: blocks start there and the guide prefills the columns before it
     start = int(np.argmax(masked.any(axis=0))) if masked.any() else 0
