@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_CPU ?= 2.13.0+cpu
+# pytest-xdist workers of `make test`: test files are spread over them whole (--dist loadfile), so a
+# file's module fixtures are built once; most test time is single-threaded XLA compilation
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-kill test-all lint clean
 
@@ -25,7 +28,7 @@ demo: install
 	$(BIN)/jaxorder sweep configs/sweeps/orders_smoke.yaml
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check .

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -278,6 +279,18 @@ def test_corrupted_newest_checkpoint_train_resumes_from_previous(tmp_path, finis
 
 
 # ----------------------------------------------------------------------------- 8. metrics and TensorBoard
+
+def test_tensorboard_writer_does_not_import_torch(tmp_path):
+    """tensorboardX imports torch (when installed) at module load; the writer keeps it out of a
+    training process (seconds of start-up per run), and torch stays importable afterwards."""
+    code = ("import sys; from jaxorder.training.metrics import MetricsWriter; "
+            f"w = MetricsWriter({str(tmp_path)!r}, tensorboard=True); w.write(1, 'train', {{'loss': 1.0}}); "
+            "w.close(); print('torch' in sys.modules); import torch")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
 
 def test_metrics_jsonl_and_tensorboard_events(finished_run):
     run = finished_run.run_dir

@@ -67,6 +67,23 @@ class _Parts:
         self.legacy.unlink(missing_ok=True)
 
 
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported lazily (it pulls in protobuf) and without torch.
+
+    tensorboardX imports torch at module load only to accept torch tensors, which jaxorder never
+    logs; with torch installed (the [hf] extra) that import is most of a run's start-up time. The
+    None entry makes its optional `import torch` fail for the duration of this import only."""
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     """Appends metrics; `enabled=False` (processes other than 0) makes every call a no-op."""
 
@@ -91,8 +108,7 @@ class MetricsWriter:
         self._tb_local: str | None = None  # remote: where events wait for their upload
         self._tb_written = False
         if tensorboard:
-            from tensorboardX import SummaryWriter  # imported lazily: it pulls in protobuf
-
+            SummaryWriter = _summary_writer_class()
             self._summary_writer = SummaryWriter
             if self._remote:
                 self._tb_local = tempfile.mkdtemp(prefix="jaxorder-tb-")
