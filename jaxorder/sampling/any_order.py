@@ -117,6 +117,18 @@ def slot_inputs(tokens_BL: jnp.ndarray, order_BL: jnp.ndarray, bos: int) -> tupl
     return inputs_BL, prev_BL
 
 
+def slot_step(params, cfg: Config, cache, x_BL: jnp.ndarray, order_BL: jnp.ndarray, c, tok_B: jnp.ndarray,
+              pos_B: jnp.ndarray, target_B: jnp.ndarray):
+    """Logits [B, V] of slot c (input tok_B at pos_B, predicting target_B) and the cache with the slot
+    written; without a cache (None) one full causal pass over the permuted rows, and None."""
+    if cache is not None:
+        logits_B1V, cache = decode.decode_step(params, cfg.model, cache, tok_B[:, None], pos_B[:, None],
+                                               target_positions_BL=target_B[:, None])
+        return logits_B1V[:, 0], cache
+    logits_BLV, _ = ao_ar.order_logits(params, x_BL, order_BL, cfg)
+    return jax.lax.dynamic_index_in_dim(logits_BLV, c, axis=1, keepdims=False), None
+
+
 def confidence(logits_BLV: jnp.ndarray, banned_V: jnp.ndarray) -> jnp.ndarray:
     """max_v p(v) [B, L] (as log p) at temperature 1 over the tokens that can be generated."""
     return jnp.max(jax.nn.log_softmax(jnp.where(banned_V, -jnp.inf, logits_BLV), axis=-1), axis=-1)
@@ -170,12 +182,8 @@ def build(cfg: Config, loop: Loop):
             return logits_NLV[:, c].reshape(B, L, -1)
 
         def slot_logits(st, c, tok_B, pos_B, target_B):  # [B, V] of slot c, and the cache with it written
-            if loop.options.cache:
-                logits_B1V, cache = decode.decode_step(params, mcfg, st["cache"], tok_B[:, None],
-                                                       pos_B[:, None], target_positions_BL=target_B[:, None])
-                return logits_B1V[:, 0], cache
-            logits_BLV, _ = ao_ar.order_logits(params, st["x"], st["order"], cfg)
-            return jax.lax.dynamic_index_in_dim(logits_BLV, c, axis=1, keepdims=False), None
+            return slot_step(params, cfg, st["cache"] if loop.options.cache else None, st["x"], st["order"],
+                             c, tok_B, pos_B, target_B)
 
         def body(c, st):
             st = dict(st)

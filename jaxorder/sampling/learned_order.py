@@ -36,7 +36,7 @@ import numpy as np
 
 from jaxorder.config import Config
 from jaxorder.model import apply_with_hidden, decode
-from jaxorder.objectives import ao_ar, learned_order
+from jaxorder.objectives import learned_order
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling import any_order
 from jaxorder.sampling.ar import banned_tokens, choose_tokens
@@ -86,12 +86,8 @@ def build(cfg: Config, loop: any_order.Loop):
             return jax.lax.dynamic_index_in_dim(hidden_BLd, c, axis=1, keepdims=False), None
 
         def token_logits(st, c, tok_B, pos_B, target_B):  # [B, V] of slot c with its target, and the cache
-            if tc.cache:
-                logits_B1V, cache = decode.decode_step(params, mcfg, st["token_cache"], tok_B[:, None],
-                                                       pos_B[:, None], target_positions_BL=target_B[:, None])
-                return logits_B1V[:, 0], cache
-            logits_BLV, _ = ao_ar.order_logits(params, st["x"], st["order"], cfg)
-            return jax.lax.dynamic_index_in_dim(logits_BLV, c, axis=1, keepdims=False), None
+            return any_order.slot_step(params, cfg, st["token_cache"] if tc.cache else None, st["x"],
+                                       st["order"], c, tok_B, pos_B, target_B)
 
         def body(c, st):
             st = dict(st)
