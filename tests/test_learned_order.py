@@ -148,6 +148,19 @@ def test_log_px_above_iw_bounds_above_elbo_and_the_yardstick_estimates_them():
         se = est.std(1) / np.sqrt(reps)
         assert np.all(np.abs(est.mean(1) - exact) < 4 * se + 1e-4), (est.mean(1), exact, se)
     assert np.asarray(extras["mean_rank"]).shape == (2 * reps, 3)
+    # the ELBO's three terms: exact identity per window, and each estimates its enumerated expectation
+    # (catches a policy part counted in the token term, or the entropy with the wrong sign)
+    names = ("elbo_nll", "token_nll", "policy_nll", "q_entropy_nll")
+    terms = {k: np.asarray(extras[k], np.float64) for k in names}
+    np.testing.assert_allclose(terms["token_nll"] + terms["policy_nll"] - terms["q_entropy_nll"],
+                               terms["elbo_nll"], rtol=1e-5, atol=1e-4)
+    orders = jnp.broadcast_to(jnp.asarray(perms(3)), (2, 6, 3))
+    pol = np.asarray(log_joint(params, jnp.asarray(x_BL), orders, cfg)[1], np.float64)
+    for name, exact in (("token_nll", -(q * (lp - pol)).sum(1)), ("policy_nll", -(q * pol).sum(1)),
+                        ("q_entropy_nll", -(q * lq).sum(1))):
+        est = terms[name].reshape(2, reps)
+        se = est.std(1) / np.sqrt(reps)
+        assert np.all(np.abs(est.mean(1) - exact) < 4 * se + 1e-4), (name, est.mean(1), exact, se)
 
 
 # ------------------------------------------------------------------------------- the gradient estimator
@@ -276,11 +289,33 @@ def test_cached_sampler_equals_the_uncached_reference():
     ({"objective.num_samples": 0}, "num_samples=0 must be >= 1"),
     ({"objective.eval_samples": 0}, "eval_samples=0 must be >= 1"),
     ({"objective.q_init": "random"}, "q_init='random' must be one of uniform, l2r, r2l"),
+    ({"objective.q_lr_scale": 0}, "q_lr_scale=0.0 must be > 0"),
 ])
 def test_bad_options_are_one_line_config_errors(over, message):
     with pytest.raises(ConfigError, match=message) as info:
         tiny_cfg(4, **over)
     assert "\n" not in str(info.value)
+
+
+def test_q_lr_scale_scales_only_the_posteriors_updates():
+    """One AdamW step with q_lr_scale=7 moves q's leaves exactly 7x as far as with 1, and the network
+    and the order policy head exactly as far. Catches the factor applied as a gradient factor (Adam
+    cancels it), to the wrong subtree (the policy head, the network) or not at all."""
+    from jaxorder.training.optimizer import make_optimizer
+    params = random_params(tiny_cfg(4))
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3) + 0.1 * p, params)
+    steps = {}
+    for scale in (1.0, 7.0):
+        opt = make_optimizer(tiny_cfg(4, **{"objective.q_lr_scale": scale, "optimizer.warmup_steps": 0,
+                                            "optimizer.grad_clip": 0}))
+        steps[scale], _ = opt.update(grads, opt.init(params), params)
+    for path, u1 in jax.tree_util.tree_flatten_with_path(steps[1.0])[0]:
+        u7 = dict(jax.tree_util.tree_flatten_with_path(steps[7.0])[0])[path]
+        keys = [k.key for k in path]
+        factor = 7.0 if keys[0] == OWN_PARAMS and keys[1] in lo.Q_PARAMS else 1.0
+        assert np.abs(np.asarray(u1)).max() > 0, keys
+        np.testing.assert_allclose(np.asarray(u7), factor * np.asarray(u1), rtol=1e-6, err_msg=str(keys))
+    assert set(lo.Q_PARAMS) < set(params[OWN_PARAMS]) and "order_policy" not in lo.Q_PARAMS
 
 
 @pytest.mark.slow

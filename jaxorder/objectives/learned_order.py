@@ -193,14 +193,19 @@ def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> jnp.ndarray:
 
 
 def eval_extras(params, batch: dict, rng: jax.Array, cfg: Config) -> dict[str, jnp.ndarray]:
-    """The ELBO of the same draws as `nll` (same rng) and q's order statistics, per window."""
+    """The ELBO of the same draws as `nll` (same rng), its three terms (elbo_nll = token_nll + policy_nll
+    - q_entropy_nll exactly: token head, order policy, the Monte Carlo entropy -log q) and q's order
+    statistics, per window."""
     d = weights(params, batch["tokens"], rng, cfg.objective.eval_samples, cfg)
     B, K, n = d["orders"].shape
     mode_B1L = jnp.argsort(-d["s"], axis=1)[:, None, :]
     l2r_B, r2l_B = is_order(mode_B1L, False)[:, 0], is_order(mode_B1L, True)[:, 0]
     rank_BKL = jnp.zeros_like(d["orders"]).at[jnp.arange(B)[:, None, None], jnp.arange(K)[None, :, None],
                                               d["orders"]].set(jnp.arange(n, dtype=jnp.int32))
-    extras = {"elbo_nll": -d["w"].mean(axis=1), "mode_l2r": l2r_B.astype(jnp.float32),
+    token_BK = d["lp"] - d["policy"]  # log p(x | sigma) of the token head alone
+    extras = {"elbo_nll": -d["w"].mean(axis=1), "token_nll": -token_BK.mean(axis=1),
+              "policy_nll": -d["policy"].mean(axis=1), "q_entropy_nll": -d["lq"].mean(axis=1),
+              "mode_l2r": l2r_B.astype(jnp.float32),
               "mode_r2l": r2l_B.astype(jnp.float32), "mode_other": (~l2r_B & ~r2l_B).astype(jnp.float32),
               "mean_rank": rank_BKL.astype(jnp.float32).mean(axis=1)}
     if n > 5:  # the swap05 question: does q's mode generate position 5 before position 0?
@@ -215,7 +220,15 @@ OPTIONS = (
     Option("q_init", "uniform", "learned_order: posterior start, uniform | l2r | r2l"),
     Option("q_init_scale", 1.0, "learned_order: l2r/r2l start, global scores -/+ scale * position"),
     Option("q_width", 32, "learned_order: width of the posterior's content network"),
+    Option("q_lr_scale", 1.0, "learned_order: the posterior's learning rate = optimizer.lr * q_lr_scale"),
 )
+
+Q_PARAMS = ("q_global", "q_token", "q_position", "q_mix", "q_out")  # the posterior's own params
+
+
+def lr_scales(cfg: Config) -> dict[str, float]:
+    """q's parameters step at q_lr_scale times the learning rate (Adam ignores a gradient factor)."""
+    return {name: cfg.objective.q_lr_scale for name in Q_PARAMS}
 
 
 def validate_config(cfg: Config) -> None:
@@ -227,6 +240,8 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"objective.q_init={o.q_init!r} must be one of {', '.join(Q_INITS)}")
     if o.q_init_scale < 0:
         raise ConfigError(f"objective.q_init_scale={o.q_init_scale} must be >= 0")
+    if o.q_lr_scale <= 0:
+        raise ConfigError(f"objective.q_lr_scale={o.q_lr_scale} must be > 0")
 
 
 OBJECTIVE = register(Objective(  # ao_ar's token network plus an order policy and a posterior of its own
@@ -236,5 +251,5 @@ OBJECTIVE = register(Objective(  # ao_ar's token network plus an order policy an
     order_scoring=OrderScoring(order_nll=ao_ar.order_nll, mixture_bound=True,
                                order_token_nll=ao_ar.position_token_nll), position_nll=ao_ar.position_nll,
     options=OPTIONS, validate_config=validate_config, analysis_inputs=ao_ar.analysis_inputs,
-    own_params=own_params, eval_extras=eval_extras,
+    own_params=own_params, eval_extras=eval_extras, lr_scales=lr_scales,
     log_metrics=("elbo", "iw_bound", "q_entropy", "frac_l2r", "frac_r2l")))
