@@ -165,14 +165,17 @@ def test_log_px_above_iw_bounds_above_elbo_and_the_yardstick_estimates_them():
 
 # ------------------------------------------------------------------------------- the gradient estimator
 
-def test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient():
+@pytest.mark.parametrize("beta_start", [1.0, 2.5])
+def test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient(beta_start):
     """Mean over 16000 draws of the loss gradient (K = 4, leave-one-out baseline) against jax.grad of
     the exact ELBO enumerated over the 6 orders, per coordinate (|z| < 6) and by projection on the
     exact gradient (separately for p's and q's parameters: within 4 s.e. of 1). Catches a wrong sign of
     the score-function term, a baseline that includes w_k itself (q's gradient scaled by (K-1)/K), a
-    missing stop-gradient on the weights, and a p gradient taken through the wrong terms."""
+    missing stop-gradient on the weights, and a p gradient taken through the wrong terms. With
+    q_entropy_start=2.5 at step 0 the target is E_q[log p - 2.5 log q] (catches beta left out of the
+    weights, or applied to log p)."""
     n = 3
-    cfg = tiny_cfg(n, **{"objective.num_samples": 4})
+    cfg = tiny_cfg(n, **{"objective.num_samples": 4, "objective.q_entropy_start": beta_start})
     params = random_params(cfg, seed=3)
     x = jnp.asarray([[0, 1, 5]], jnp.int32)
     P = jnp.asarray(perms(n))[None]
@@ -180,10 +183,10 @@ def test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient():
     def neg_elbo_per_token(p):
         lp_BK, _ = lo.log_joint(p, x, P, cfg)
         lq_BK = lo.pl_log_prob(lo.q_scores(p, x), P)
-        return -(jnp.exp(lq_BK) * (lp_BK - lq_BK)).sum() / n
+        return -(jnp.exp(lq_BK) * (lp_BK - beta_start * lq_BK)).sum() / n
 
     exact = jax.jit(jax.grad(neg_elbo_per_token))(params)
-    grad_loss = jax.jit(jax.grad(lambda p, t, r: lo.loss(p, {"tokens": t}, r, cfg)[0]))
+    grad_loss = jax.jit(jax.grad(lambda p, t, r: lo.loss(p, {"tokens": t, "step": 0}, r, cfg)[0]))
     rows, chunks = 400, 40
     tokens = jnp.tile(x, (rows, 1))
     draws = [grad_loss(params, tokens, jax.random.key(100 + c)) for c in range(chunks)]
@@ -290,6 +293,7 @@ def test_cached_sampler_equals_the_uncached_reference():
     ({"objective.eval_samples": 0}, "eval_samples=0 must be >= 1"),
     ({"objective.q_init": "random"}, "q_init='random' must be one of uniform, l2r, r2l"),
     ({"objective.q_lr_scale": 0}, "q_lr_scale=0.0 must be > 0"),
+    ({"objective.q_entropy_start": -1}, "q_entropy_start=-1.0 and objective.q_entropy_steps=0 must be >= 0"),
 ])
 def test_bad_options_are_one_line_config_errors(over, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -193,6 +193,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         "q_lr_scale applied outside the objective's own subtree instead of to q's leaves",
         (LO + "test_q_lr_scale_scales_only_the_posteriors_updates",)),
     Mutation(
+        "lo-entropy-weight-dropped", "jaxorder/objectives/learned_order.py",
+        "w_BK = jax.lax.stop_gradient(lp_BK - beta * lq_BK)", "w_BK = jax.lax.stop_gradient(lp_BK - lq_BK)",
+        "q_entropy_start ignored by q's score-function weights (no annealing of the entropy term)",
+        (LO + "test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient",)),
+    Mutation(
         "lo-sampler-reference-slot", "jaxorder/sampling/learned_order.py",
         "jax.lax.dynamic_index_in_dim(hidden_BLd, c, axis=1, keepdims=False)",
         "jax.lax.dynamic_index_in_dim(hidden_BLd, c + 1, axis=1, keepdims=False)",
