@@ -322,6 +322,23 @@ def test_q_lr_scale_scales_only_the_posteriors_updates():
     assert set(lo.Q_PARAMS) < set(params[OWN_PARAMS]) and "order_policy" not in lo.Q_PARAMS
 
 
+def test_target_embed_std_zero_starts_without_target_information():
+    """model.target_embed_std=0: the target embedding starts at zero, so an untrained any-order network's
+    logits do not depend on the targets (with model.query_positions=current); at the default 1 they do.
+    Catches the option not reaching the initializer."""
+    x = jnp.asarray([[0, 1, 1, 0]], jnp.int32)
+    pos, t1, t2 = (jnp.asarray([[0, 0, 1, 2]]), jnp.asarray([[0, 1, 2, 3]]), jnp.asarray([[3, 2, 1, 0]]))
+    diffs = {}
+    for std in (0.0, 1.0):
+        cfg = tiny_cfg(4, **{"model.target_embed_std": std, "model.query_positions": "current"})
+        params = model.init_params(cfg.model, jax.random.key(0), 4, target_positions=True)
+        out = [model.apply(params, cfg.model, x, pos, "causal", target_positions_BL=t) for t in (t1, t2)]
+        diffs[std] = float(jnp.abs(out[0] - out[1]).max())
+    assert diffs[0.0] == 0.0 and diffs[1.0] > 1e-3, diffs
+    with pytest.raises(ConfigError, match="model.target_embed_std=-1.0 must be >= 0"):
+        tiny_cfg(4, **{"model.target_embed_std": -1})
+
+
 @pytest.mark.slow
 def test_eval_orders_and_extras_on_a_tiny_trained_run(tmp_path, text_corpus):
     """`eval --orders perm:1,0,2-,l2r,r2l` and the yardstick's extras (the ELBO beside the IW bound,
