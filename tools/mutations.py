@@ -198,6 +198,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         "q_entropy_start ignored by q's score-function weights (no annealing of the entropy term)",
         (LO + "test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient",)),
     Mutation(
+        "target-embed-std-ignored", "jaxorder/model/transformer.py",
+        '_init(cfg.target_embed_std, (None, "embed"))', '_init(1.0, (None, "embed"))',
+        "model.target_embed_std not passed to the target embedding's initializer",
+        (LO + "test_target_embed_std_zero_starts_without_target_information",)),
+    Mutation(
         "lo-sampler-reference-slot", "jaxorder/sampling/learned_order.py",
         "jax.lax.dynamic_index_in_dim(hidden_BLd, c, axis=1, keepdims=False)",
         "jax.lax.dynamic_index_in_dim(hidden_BLd, c + 1, axis=1, keepdims=False)",
