@@ -49,6 +49,8 @@ class ModelConfig:
     # the config is built); target needs an objective with target positions and positions=rope
     target_adaln: bool = False  # any-order models: the target embedding also modulates every block's norms
     # (adaLN-Zero: h * (1 + scale) + shift, a zero-initialized [d_model, 4, d_model] map per layer)
+    target_embed_std: float = 1.0  # any-order models: init std of the target-position embedding (0: starts
+    # at zero, so an untrained model's input is the token embedding alone, as in l2r)
     scan_layers: bool = False  # one compiled layer body under nn.scan (compile time flat in depth)
     remat: str = "none"  # rematerialization per layer: none | full | dots_saveable |
     # dots_with_no_batch_dims_saveable
@@ -569,6 +571,8 @@ def validate(cfg: Config) -> None:
     if m.target_adaln and not OBJECTIVES.get(o.name).target_positions:
         raise ConfigError(f"model.target_adaln needs an objective with target positions (ao_ar, "
                           f"latent_order); objective {o.name} has none: set it to false")
+    if m.target_embed_std < 0:
+        raise ConfigError(f"model.target_embed_std={m.target_embed_std} must be >= 0")
     if m.query_positions == "target" and m.positions != "rope":
         raise ConfigError(f"model.query_positions=target rotates queries by RoPE: it needs "
                           f"model.positions=rope, got {m.positions}")

@@ -148,18 +148,34 @@ def test_log_px_above_iw_bounds_above_elbo_and_the_yardstick_estimates_them():
         se = est.std(1) / np.sqrt(reps)
         assert np.all(np.abs(est.mean(1) - exact) < 4 * se + 1e-4), (est.mean(1), exact, se)
     assert np.asarray(extras["mean_rank"]).shape == (2 * reps, 3)
+    # the ELBO's three terms: exact identity per window, and each estimates its enumerated expectation
+    # (catches a policy part counted in the token term, or the entropy with the wrong sign)
+    names = ("elbo_nll", "token_nll", "policy_nll", "q_entropy_nll")
+    terms = {k: np.asarray(extras[k], np.float64) for k in names}
+    np.testing.assert_allclose(terms["token_nll"] + terms["policy_nll"] - terms["q_entropy_nll"],
+                               terms["elbo_nll"], rtol=1e-5, atol=1e-4)
+    orders = jnp.broadcast_to(jnp.asarray(perms(3)), (2, 6, 3))
+    pol = np.asarray(log_joint(params, jnp.asarray(x_BL), orders, cfg)[1], np.float64)
+    for name, exact in (("token_nll", -(q * (lp - pol)).sum(1)), ("policy_nll", -(q * pol).sum(1)),
+                        ("q_entropy_nll", -(q * lq).sum(1))):
+        est = terms[name].reshape(2, reps)
+        se = est.std(1) / np.sqrt(reps)
+        assert np.all(np.abs(est.mean(1) - exact) < 4 * se + 1e-4), (name, est.mean(1), exact, se)
 
 
 # ------------------------------------------------------------------------------- the gradient estimator
 
-def test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient():
+@pytest.mark.parametrize("beta_start", [1.0, 2.5])
+def test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient(beta_start):
     """Mean over 16000 draws of the loss gradient (K = 4, leave-one-out baseline) against jax.grad of
     the exact ELBO enumerated over the 6 orders, per coordinate (|z| < 6) and by projection on the
     exact gradient (separately for p's and q's parameters: within 4 s.e. of 1). Catches a wrong sign of
     the score-function term, a baseline that includes w_k itself (q's gradient scaled by (K-1)/K), a
-    missing stop-gradient on the weights, and a p gradient taken through the wrong terms."""
+    missing stop-gradient on the weights, and a p gradient taken through the wrong terms. With
+    q_entropy_start=2.5 at step 0 the target is E_q[log p - 2.5 log q] (catches beta left out of the
+    weights, or applied to log p)."""
     n = 3
-    cfg = tiny_cfg(n, **{"objective.num_samples": 4})
+    cfg = tiny_cfg(n, **{"objective.num_samples": 4, "objective.q_entropy_start": beta_start})
     params = random_params(cfg, seed=3)
     x = jnp.asarray([[0, 1, 5]], jnp.int32)
     P = jnp.asarray(perms(n))[None]
@@ -167,10 +183,10 @@ def test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient():
     def neg_elbo_per_token(p):
         lp_BK, _ = lo.log_joint(p, x, P, cfg)
         lq_BK = lo.pl_log_prob(lo.q_scores(p, x), P)
-        return -(jnp.exp(lq_BK) * (lp_BK - lq_BK)).sum() / n
+        return -(jnp.exp(lq_BK) * (lp_BK - beta_start * lq_BK)).sum() / n
 
     exact = jax.jit(jax.grad(neg_elbo_per_token))(params)
-    grad_loss = jax.jit(jax.grad(lambda p, t, r: lo.loss(p, {"tokens": t}, r, cfg)[0]))
+    grad_loss = jax.jit(jax.grad(lambda p, t, r: lo.loss(p, {"tokens": t, "step": 0}, r, cfg)[0]))
     rows, chunks = 400, 40
     tokens = jnp.tile(x, (rows, 1))
     draws = [grad_loss(params, tokens, jax.random.key(100 + c)) for c in range(chunks)]
@@ -276,11 +292,51 @@ def test_cached_sampler_equals_the_uncached_reference():
     ({"objective.num_samples": 0}, "num_samples=0 must be >= 1"),
     ({"objective.eval_samples": 0}, "eval_samples=0 must be >= 1"),
     ({"objective.q_init": "random"}, "q_init='random' must be one of uniform, l2r, r2l"),
+    ({"objective.q_lr_scale": 0}, "q_lr_scale=0.0 must be > 0"),
+    ({"objective.q_entropy_start": -1}, "q_entropy_start=-1.0 and objective.q_entropy_steps=0 must be >= 0"),
 ])
 def test_bad_options_are_one_line_config_errors(over, message):
     with pytest.raises(ConfigError, match=message) as info:
         tiny_cfg(4, **over)
     assert "\n" not in str(info.value)
+
+
+def test_q_lr_scale_scales_only_the_posteriors_updates():
+    """One AdamW step with q_lr_scale=7 moves q's leaves exactly 7x as far as with 1, and the network
+    and the order policy head exactly as far. Catches the factor applied as a gradient factor (Adam
+    cancels it), to the wrong subtree (the policy head, the network) or not at all."""
+    from jaxorder.training.optimizer import make_optimizer
+    params = random_params(tiny_cfg(4))
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3) + 0.1 * p, params)
+    steps = {}
+    for scale in (1.0, 7.0):
+        opt = make_optimizer(tiny_cfg(4, **{"objective.q_lr_scale": scale, "optimizer.warmup_steps": 0,
+                                            "optimizer.grad_clip": 0}))
+        steps[scale], _ = opt.update(grads, opt.init(params), params)
+    for path, u1 in jax.tree_util.tree_flatten_with_path(steps[1.0])[0]:
+        u7 = dict(jax.tree_util.tree_flatten_with_path(steps[7.0])[0])[path]
+        keys = [k.key for k in path]
+        factor = 7.0 if keys[0] == OWN_PARAMS and keys[1] in lo.Q_PARAMS else 1.0
+        assert np.abs(np.asarray(u1)).max() > 0, keys
+        np.testing.assert_allclose(np.asarray(u7), factor * np.asarray(u1), rtol=1e-6, err_msg=str(keys))
+    assert set(lo.Q_PARAMS) < set(params[OWN_PARAMS]) and "order_policy" not in lo.Q_PARAMS
+
+
+def test_target_embed_std_zero_starts_without_target_information():
+    """model.target_embed_std=0: the target embedding starts at zero, so an untrained any-order network's
+    logits do not depend on the targets (with model.query_positions=current); at the default 1 they do.
+    Catches the option not reaching the initializer."""
+    x = jnp.asarray([[0, 1, 1, 0]], jnp.int32)
+    pos, t1, t2 = (jnp.asarray([[0, 0, 1, 2]]), jnp.asarray([[0, 1, 2, 3]]), jnp.asarray([[3, 2, 1, 0]]))
+    diffs = {}
+    for std in (0.0, 1.0):
+        cfg = tiny_cfg(4, **{"model.target_embed_std": std, "model.query_positions": "current"})
+        params = model.init_params(cfg.model, jax.random.key(0), 4, target_positions=True)
+        out = [model.apply(params, cfg.model, x, pos, "causal", target_positions_BL=t) for t in (t1, t2)]
+        diffs[std] = float(jnp.abs(out[0] - out[1]).max())
+    assert diffs[0.0] == 0.0 and diffs[1.0] > 1e-3, diffs
+    with pytest.raises(ConfigError, match="model.target_embed_std=-1.0 must be >= 0"):
+        tiny_cfg(4, **{"model.target_embed_std": -1})
 
 
 @pytest.mark.slow

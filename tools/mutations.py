@@ -183,6 +183,26 @@ MUTATIONS: tuple[Mutation, ...] = (
         "importance-weighted bound as a log-sum-exp (off by log K: below -log p(x))",
         (LO + "test_log_px_above_iw_bounds_above_elbo_and_the_yardstick_estimates_them",)),
     Mutation(
+        "lo-extras-token-with-policy", "jaxorder/objectives/learned_order.py",
+        'token_BK = d["lp"] - d["policy"]', 'token_BK = d["lp"] + 0 * d["policy"]',
+        "eval extra token_nll that still contains the policy term (the ELBO's split double-counts it)",
+        (LO + "test_log_px_above_iw_bounds_above_elbo_and_the_yardstick_estimates_them",)),
+    Mutation(
+        "lo-q-lr-scale-prefix", "jaxorder/training/optimizer.py",
+        "keys[0] == OWN_PARAMS else 1.0", "keys[0] != OWN_PARAMS else 1.0",
+        "q_lr_scale applied outside the objective's own subtree instead of to q's leaves",
+        (LO + "test_q_lr_scale_scales_only_the_posteriors_updates",)),
+    Mutation(
+        "lo-entropy-weight-dropped", "jaxorder/objectives/learned_order.py",
+        "w_BK = jax.lax.stop_gradient(lp_BK - beta * lq_BK)", "w_BK = jax.lax.stop_gradient(lp_BK - lq_BK)",
+        "q_entropy_start ignored by q's score-function weights (no annealing of the entropy term)",
+        (LO + "test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient",)),
+    Mutation(
+        "target-embed-std-ignored", "jaxorder/model/transformer.py",
+        '_init(cfg.target_embed_std, (None, "embed"))', '_init(1.0, (None, "embed"))',
+        "model.target_embed_std not passed to the target embedding's initializer",
+        (LO + "test_target_embed_std_zero_starts_without_target_information",)),
+    Mutation(
         "lo-sampler-reference-slot", "jaxorder/sampling/learned_order.py",
         "jax.lax.dynamic_index_in_dim(hidden_BLd, c, axis=1, keepdims=False)",
         "jax.lax.dynamic_index_in_dim(hidden_BLd, c + 1, axis=1, keepdims=False)",

@@ -235,8 +235,8 @@ class Transformer(nn.Module):
             pos_Pd = self.param("pos_embed", _init(1.0, (None, "embed")), (cfg.max_len, cfg.d_model), pdt)
             x_BLd = x_BLd + jnp.take(pos_Pd, positions_BL, axis=0).astype(dt)
         if target_positions_BL is not None:
-            target_Pd = self.param("target_embed", _init(1.0, (None, "embed")), (cfg.max_len, cfg.d_model),
-                                   pdt)
+            target_Pd = self.param("target_embed", _init(cfg.target_embed_std, (None, "embed")),
+                                   (cfg.max_len, cfg.d_model), pdt)
             target_BLd = jnp.take(target_Pd, target_positions_BL, axis=0).astype(dt)
             x_BLd = x_BLd + target_BLd
         cond_BLd = target_BLd if cfg.target_adaln and target_positions_BL is not None else None

@@ -68,6 +68,11 @@ def _no_checks(cfg: Config) -> None:
     del cfg
 
 
+def _no_lr_scales(cfg: Config) -> dict[str, float]:
+    del cfg
+    return {}
+
+
 def _no_length_head(cfg: Config) -> int:
     del cfg
     return 0
@@ -106,6 +111,8 @@ class Objective:
       beside the network's and kept under params[OWN_PARAMS]; None (the default): none.
     - `eval_extras`: per-window numbers the yardstick reports beside `nll` (e.g. a second bound,
       order statistics); None: none.
+    - `lr_scales`: {own-param name: factor}: those leaves of params[OWN_PARAMS] step at factor times
+      the learning rate (e.g. a posterior that must move faster than the network); {}: none.
     """
 
     name: str
@@ -130,6 +137,7 @@ class Objective:
     log_metrics: tuple[str, ...] = ()
     own_params: Optional[OwnParamsFn] = None
     eval_extras: Optional[EvalExtrasFn] = None
+    lr_scales: Callable[[Config], dict[str, float]] = _no_lr_scales
 
 
 def register(objective: Objective) -> Objective:

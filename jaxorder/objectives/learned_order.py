@@ -153,10 +153,21 @@ def loo_baseline(w_BK: jnp.ndarray) -> jnp.ndarray:
     return (w_BK.sum(axis=1, keepdims=True) - w_BK) / (K - 1)
 
 
-def surrogate(lp_BK: jnp.ndarray, lq_BK: jnp.ndarray) -> jnp.ndarray:
-    """S per window [B] (module docstring): its gradient is an unbiased estimate of grad ELBO."""
-    w_BK = jax.lax.stop_gradient(lp_BK - lq_BK)
+def surrogate(lp_BK: jnp.ndarray, lq_BK: jnp.ndarray, beta: jnp.ndarray | float = 1.0) -> jnp.ndarray:
+    """S per window [B] (module docstring): its gradient is an unbiased estimate of the gradient of
+    E_q[log p - beta log q] (beta = 1: the ELBO; the same score-function argument with w = lp - beta lq)."""
+    w_BK = jax.lax.stop_gradient(lp_BK - beta * lq_BK)
     return (lp_BK + (w_BK - loo_baseline(w_BK)) * lq_BK).mean(axis=1)
+
+
+def entropy_weight(step: jnp.ndarray | None, cfg: Config) -> jnp.ndarray:
+    """beta at `step` (updates done): q_entropy_start, linearly to 1 over q_entropy_steps (0: train.steps);
+    1 without a step. beta > 1 rewards q's entropy early (exploration of orders), then the ELBO."""
+    o = cfg.objective
+    if step is None or o.q_entropy_start == 1.0:
+        return jnp.asarray(1.0, jnp.float32)
+    frac = jnp.minimum(jnp.asarray(step, jnp.float32) / (o.q_entropy_steps or cfg.train.steps), 1.0)
+    return jnp.asarray(o.q_entropy_start + (1.0 - o.q_entropy_start) * frac, jnp.float32)
 
 
 def first_choice_entropy(s_BL: jnp.ndarray) -> jnp.ndarray:
@@ -175,13 +186,14 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     tokens_BL = batch["tokens"]
     n = tokens_BL.shape[1]
     d = weights(params, tokens_BL, rng, cfg.objective.num_samples, cfg)
-    neg_s = -surrogate(d["lp"], d["lq"]).mean() / n
+    beta = entropy_weight(batch.get("step"), cfg)
+    neg_s = -surrogate(d["lp"], d["lq"], beta).mean() / n
     neg_elbo = jax.lax.stop_gradient(-d["w"].mean() / n)
     value = neg_elbo + (neg_s - jax.lax.stop_gradient(neg_s))  # = -ELBO per token, gradient of -S
     sg = jax.lax.stop_gradient
     metrics = {"loss": value, "nll_per_token": neg_elbo, "elbo": -neg_elbo,
                "iw_bound": sg(iw_nll(d["w"]).mean() / n), "policy_nll_per_token": sg(-d["policy"].mean() / n),
-               "q_entropy": sg(first_choice_entropy(d["s"]).mean()),
+               "q_entropy": sg(first_choice_entropy(d["s"]).mean()), "q_entropy_weight": beta,
                "frac_l2r": is_order(d["orders"], False).mean(),
                "frac_r2l": is_order(d["orders"], True).mean()}
     return value, metrics
@@ -193,14 +205,19 @@ def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> jnp.ndarray:
 
 
 def eval_extras(params, batch: dict, rng: jax.Array, cfg: Config) -> dict[str, jnp.ndarray]:
-    """The ELBO of the same draws as `nll` (same rng) and q's order statistics, per window."""
+    """The ELBO of the same draws as `nll` (same rng), its three terms (elbo_nll = token_nll + policy_nll
+    - q_entropy_nll exactly: token head, order policy, the Monte Carlo entropy -log q) and q's order
+    statistics, per window."""
     d = weights(params, batch["tokens"], rng, cfg.objective.eval_samples, cfg)
     B, K, n = d["orders"].shape
     mode_B1L = jnp.argsort(-d["s"], axis=1)[:, None, :]
     l2r_B, r2l_B = is_order(mode_B1L, False)[:, 0], is_order(mode_B1L, True)[:, 0]
     rank_BKL = jnp.zeros_like(d["orders"]).at[jnp.arange(B)[:, None, None], jnp.arange(K)[None, :, None],
                                               d["orders"]].set(jnp.arange(n, dtype=jnp.int32))
-    extras = {"elbo_nll": -d["w"].mean(axis=1), "mode_l2r": l2r_B.astype(jnp.float32),
+    token_BK = d["lp"] - d["policy"]  # log p(x | sigma) of the token head alone
+    extras = {"elbo_nll": -d["w"].mean(axis=1), "token_nll": -token_BK.mean(axis=1),
+              "policy_nll": -d["policy"].mean(axis=1), "q_entropy_nll": -d["lq"].mean(axis=1),
+              "mode_l2r": l2r_B.astype(jnp.float32),
               "mode_r2l": r2l_B.astype(jnp.float32), "mode_other": (~l2r_B & ~r2l_B).astype(jnp.float32),
               "mean_rank": rank_BKL.astype(jnp.float32).mean(axis=1)}
     if n > 5:  # the swap05 question: does q's mode generate position 5 before position 0?
@@ -215,7 +232,18 @@ OPTIONS = (
     Option("q_init", "uniform", "learned_order: posterior start, uniform | l2r | r2l"),
     Option("q_init_scale", 1.0, "learned_order: l2r/r2l start, global scores -/+ scale * position"),
     Option("q_width", 32, "learned_order: width of the posterior's content network"),
+    Option("q_entropy_start", 1.0, "learned_order: q's gradient follows E_q[log p - beta log q], beta from "
+           "this at step 0 linearly to 1 (the ELBO)"),
+    Option("q_entropy_steps", 0, "learned_order: steps of that annealing (0: train.steps)"),
+    Option("q_lr_scale", 1.0, "learned_order: the posterior's learning rate = optimizer.lr * q_lr_scale"),
 )
+
+Q_PARAMS = ("q_global", "q_token", "q_position", "q_mix", "q_out")  # the posterior's own params
+
+
+def lr_scales(cfg: Config) -> dict[str, float]:
+    """q's parameters step at q_lr_scale times the learning rate (Adam ignores a gradient factor)."""
+    return {name: cfg.objective.q_lr_scale for name in Q_PARAMS}
 
 
 def validate_config(cfg: Config) -> None:
@@ -227,6 +255,11 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"objective.q_init={o.q_init!r} must be one of {', '.join(Q_INITS)}")
     if o.q_init_scale < 0:
         raise ConfigError(f"objective.q_init_scale={o.q_init_scale} must be >= 0")
+    if o.q_entropy_start < 0 or o.q_entropy_steps < 0:
+        raise ConfigError(f"objective.q_entropy_start={o.q_entropy_start} and objective.q_entropy_steps="
+                          f"{o.q_entropy_steps} must be >= 0")
+    if o.q_lr_scale <= 0:
+        raise ConfigError(f"objective.q_lr_scale={o.q_lr_scale} must be > 0")
 
 
 OBJECTIVE = register(Objective(  # ao_ar's token network plus an order policy and a posterior of its own
@@ -236,5 +269,5 @@ OBJECTIVE = register(Objective(  # ao_ar's token network plus an order policy an
     order_scoring=OrderScoring(order_nll=ao_ar.order_nll, mixture_bound=True,
                                order_token_nll=ao_ar.position_token_nll), position_nll=ao_ar.position_nll,
     options=OPTIONS, validate_config=validate_config, analysis_inputs=ao_ar.analysis_inputs,
-    own_params=own_params, eval_extras=eval_extras,
+    own_params=own_params, eval_extras=eval_extras, lr_scales=lr_scales,
     log_metrics=("elbo", "iw_bound", "q_entropy", "frac_l2r", "frac_r2l")))
