@@ -307,4 +307,4 @@ def test_cli_sample_mdm_run_and_errors(tmp_path, repeated_corpus):
     # fails before any restore
     code, _, err = cli_in_process(["sample", untrained, "--sampler", "confidence"])
     assert code == 2 and err.strip() == ("error: unknown sampler 'confidence'; for ao_ar runs use one of "
-                                         "l2r, r2l, random, greedy, speculative")
+                                         "l2r, r2l, random, greedy, perm, speculative")
