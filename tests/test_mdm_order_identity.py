@@ -58,12 +58,8 @@ def _per_window_estimates(cfg, params, windows_WL: np.ndarray) -> tuple[np.ndarr
             draws_WS.mean(1), draws_WS.std(1, ddof=1) / math.sqrt(TIME_DRAWS))
 
 
-# slow (a 150-step training run, then 1024 order scorings and 256 ELBO draws: ~1-3 min on 2 busy cores).
-# fast: the identity and both estimators (chain_rule_nll = order_nll, and the 1/t-weighted ELBO that nll
-# and loss share) against enumeration at n = 3 in tests/test_objectives.py
-# (test_mdm_time_average_equals_average_over_all_orders, test_mdm_loss_monte_carlo_matches_exact_time_average,
-# test_fixed_order_chain_rule_over_all_orders_matches_enumeration)
-@pytest.mark.slow
+# ~15 s on an idle 2-core machine (a 150-step run, then 1024 order scorings and 256 ELBO draws); the
+# enumeration tests at n = 3 in tests/test_objectives.py check the same identity exactly
 def test_mean_over_random_orders_equals_the_elbo_on_a_trained_model(trained_mdm):
     cfg, params, windows_WL = trained_mdm
     assert len(windows_WL) == WINDOWS

@@ -3,6 +3,7 @@
 Vocabulary: 4 symbols + PAD, MASK, BOS, EOS; windows of n = 3 or 4 tokens; random (untrained)
 parameters, so every conditional is a non-trivial function of its inputs.
 """
+import dataclasses
 import itertools
 
 import jax
@@ -137,6 +138,83 @@ def test_bd3_b1_elbo_is_the_chain_rule_of_its_conditionals(bd3_setup):
                                             jnp.tile(jnp.asarray(t)[None], (len(masks), 1)), cfg, 1))
             prob = np.prod(np.where(masks, t, 1 - t), axis=1)
             np.testing.assert_allclose((prob * elbo).sum(), c[b_idx].sum(), rtol=1e-5)
+
+
+def _prefix_network(n_symbols: int, vocab: int, length: int, seed: int = 0):
+    """A stand-in for `model.apply` whose logits at a query slot are a fixed random function of the
+    *content* tokens the slot may attend to (the mask kind's own attention mask; specials such as
+    BOS and MASK carry nothing), read in position order: the r-th visible content token v adds
+    W[r, v]. Positions enter only through that order, so the function does not care which layout
+    (l2r's [BOS, x_<i] or bd3's [x_t ; x]) shows it the prefix. Special ids get a logit of -1e9."""
+    rng = np.random.default_rng(seed)
+    w_RSV = jnp.asarray(rng.normal(size=(length, n_symbols, vocab)), jnp.float32)
+    bias_CV = jnp.asarray(rng.normal(size=(length + 1, vocab)), jnp.float32)
+    special_V = jnp.arange(vocab) >= n_symbols
+
+    def fake_apply(params, model_cfg, inputs_BL, positions_BL, mask_kind):
+        del params, model_cfg
+        content_BL = inputs_BL < n_symbols
+        visible_BQK = attention_mask(mask_kind, inputs_BL.shape[1])[None] & content_BL[:, None, :]
+        before_BKK = positions_BL[:, None, :] < positions_BL[:, :, None]  # [b, k, k']: pos k' < pos k
+        rank_BQK = jnp.einsum("bqj,bkj->bqk", visible_BQK.astype(jnp.int32), before_BKK.astype(jnp.int32))
+        symbol_BL = jnp.minimum(inputs_BL, n_symbols - 1)
+        contrib_BQKV = w_RSV[jnp.minimum(rank_BQK, length - 1), symbol_BL[:, None, :]]
+        logits_BQV = (jnp.where(visible_BQK[..., None], contrib_BQKV, 0.0).sum(axis=2)
+                      + bias_CV[visible_BQK.sum(axis=2)])
+        return jnp.where(special_V, -1e9, logits_BQV)
+
+    return fake_apply
+
+
+def test_bd3_b1_and_l2r_losses_are_the_same_function_of_the_prefix_conditionals(monkeypatch):
+    """b = 1 is l2r: on the same batch, the two objectives compute the same losses from the same
+    conditionals p(x_i | x_<i).
+
+    The two layouts cannot share a Transformer's weights (l2r reads x_i off the slot holding x_{i-1},
+    bd3 off a MASK slot that sees the clean x_<i), so the network is replaced by `_prefix_network`,
+    which depends only on what each slot may see under the objective's own attention mask. Then
+    (1) for any corruption and block times, bd3's ELBO = sum_i m_i / t_i * (l2r's per-token NLL),
+    and with everything masked at t = 1 it is l2r's `nll`; (2) the registered bd3 `nll` and `loss`
+    average, over time draws, to l2r's `nll` and `loss` within 4 standard errors (the time draw is
+    the only difference). A bd3 slot that saw its own clean token or a later one, a shifted l2r
+    input, or a wrong 1/t weight fails (1)."""
+    from jaxorder.objectives import l2r
+
+    n, batch = 5, 6
+    monkeypatch.setattr(model, "apply", _prefix_network(SYMBOLS, VOCAB, 2 * n))
+    cfg_l2r = tiny_cfg(n, **{"objective.name": "l2r"})
+    cfg_bd3 = tiny_cfg(n, **{"objective.name": "bd3", "objective.block_size": 1, "objective.mdm_eps": 1e-3})
+    x = jax.random.randint(jax.random.key(7), (batch, n), 0, SYMBOLS)
+    l2r_tok = np.asarray(l2r.sequence_token_nll(None, x, cfg_l2r), np.float64)
+    assert l2r_tok.std() > 0.1  # the conditionals genuinely vary
+    l2r_nll = np.asarray(objectives.of(cfg_l2r).nll(None, {"tokens": x}, jax.random.key(0), cfg_l2r))
+    np.testing.assert_allclose(l2r_nll, l2r_tok.sum(axis=1), rtol=1e-6)
+
+    mask_id = special_ids(cfg_bd3.model).mask
+    everything = jnp.ones(x.shape, bool)
+    ones = jnp.ones(x.shape, jnp.float32)
+    full = bd3.elbo_from(None, x, jnp.full_like(x, mask_id), everything, ones, cfg_bd3, 1)
+    np.testing.assert_allclose(np.asarray(full), l2r_nll, rtol=1e-5)
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        m = rng.random(x.shape) < 0.5
+        t = rng.uniform(0.05, 1.0, x.shape)
+        elbo = bd3.elbo_from(None, x, jnp.where(m, mask_id, x), jnp.asarray(m), jnp.asarray(t, jnp.float32),
+                             cfg_bd3, 1)
+        np.testing.assert_allclose(np.asarray(elbo), (m / t * l2r_tok).sum(axis=1), rtol=1e-5)
+
+    draws = 2000
+    keys = jax.random.split(jax.random.key(2), draws)
+    cfg_one = dataclasses.replace(cfg_bd3, eval=dataclasses.replace(cfg_bd3.eval, mdm_time_samples=1))
+    batch_of = {"tokens": x}
+    nll_SB = np.asarray(jax.jit(jax.vmap(
+        lambda k: objectives.of(cfg_one).nll(None, batch_of, k, cfg_one)))(keys))
+    loss_S = np.asarray(jax.jit(jax.vmap(
+        lambda k: objectives.of(cfg_bd3).loss(None, batch_of, k, cfg_bd3)[0]))(keys))
+    se_B = nll_SB.std(axis=0, ddof=1) / np.sqrt(draws)
+    assert np.all(np.abs(nll_SB.mean(axis=0) - l2r_nll) < 4 * se_B), (nll_SB.mean(axis=0), l2r_nll, se_B)
+    l2r_loss = float(objectives.of(cfg_l2r).loss(None, {"tokens": x}, jax.random.key(0), cfg_l2r)[0])
+    assert abs(loss_S.mean() - l2r_loss) < 4 * loss_S.std(ddof=1) / np.sqrt(draws), (loss_S.mean(), l2r_loss)
 
 
 def test_bd3_bn_logits_and_elbo_equal_mdm(bd3_setup):

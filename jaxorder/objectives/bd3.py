@@ -22,7 +22,10 @@ on the NLL, comparable to the mdm ELBO.
 
 Limits: b = 1 makes every block one token, whose conditional sees exactly the clean x_<i (and
 the MASK at its own position), so E_mask[ELBO] = sum_i -log p(x_i | x_<i): the exact chain rule
-of the network's AR conditionals, for any t. b = n makes the noisy half attend only to itself,
+of the network's AR conditionals, for any t. It is l2r's loss with another input layout (a MASK
+slot at position i instead of x_{i-1}'s slot), so the two cannot share trained weights; given the
+same conditionals they compute the same loss (tests/test_order_objectives.py checks this with a
+network that sees only the prefix each layout shows it). b = n makes the noisy half attend only to itself,
 so its logits are those of the bidirectional model on x_t and the ELBO is the mdm ELBO.
 """
 from __future__ import annotations
