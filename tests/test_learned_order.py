@@ -288,12 +288,28 @@ def test_cached_sampler_equals_the_uncached_reference():
 
 # ------------------------------------------------------------------------------- config and CLI
 
+def test_entropy_weight_schedule_runs_from_start_to_end_then_holds():
+    """beta(step) goes linearly from q_entropy_start to q_entropy_end over q_entropy_steps (0: train.steps)
+    and is held after; no step (evaluation) is always the ELBO's beta = 1. Catches an end value ignored
+    (the old fixed end 1), a schedule that keeps moving past its steps, and beta < 1 leaking into eval."""
+    cfg = tiny_cfg(4, **{"objective.q_entropy_start": 1.0, "objective.q_entropy_end": 0.2,
+                         "objective.q_entropy_steps": 100, "train.steps": 400})
+    got = [float(lo.entropy_weight(jnp.asarray(s), cfg)) for s in (0, 50, 100, 300)]
+    np.testing.assert_allclose(got, [1.0, 0.6, 0.2, 0.2], rtol=1e-6)
+    assert float(lo.entropy_weight(None, cfg)) == 1.0
+    whole_run = tiny_cfg(4, **{"objective.q_entropy_start": 2.0, "train.steps": 400})
+    np.testing.assert_allclose([float(lo.entropy_weight(jnp.asarray(s), whole_run)) for s in (0, 200, 400)],
+                               [2.0, 1.5, 1.0], rtol=1e-6)
+
+
 @pytest.mark.parametrize("over, message", [
     ({"objective.num_samples": 0}, "num_samples=0 must be >= 1"),
     ({"objective.eval_samples": 0}, "eval_samples=0 must be >= 1"),
     ({"objective.q_init": "random"}, "q_init='random' must be one of uniform, l2r, r2l"),
     ({"objective.q_lr_scale": 0}, "q_lr_scale=0.0 must be > 0"),
-    ({"objective.q_entropy_start": -1}, "q_entropy_start=-1.0 and objective.q_entropy_steps=0 must be >= 0"),
+    ({"objective.q_entropy_start": -1}, "q_entropy_start=-1.0, objective.q_entropy_end=1.0 and "
+                                        "objective.q_entropy_steps=0 must be >= 0"),
+    ({"objective.q_entropy_end": -0.5}, "q_entropy_end=-0.5 and"),
 ])
 def test_bad_options_are_one_line_config_errors(over, message):
     with pytest.raises(ConfigError, match=message) as info:

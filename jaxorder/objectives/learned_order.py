@@ -161,13 +161,14 @@ def surrogate(lp_BK: jnp.ndarray, lq_BK: jnp.ndarray, beta: jnp.ndarray | float 
 
 
 def entropy_weight(step: jnp.ndarray | None, cfg: Config) -> jnp.ndarray:
-    """beta at `step` (updates done): q_entropy_start, linearly to 1 over q_entropy_steps (0: train.steps);
-    1 without a step. beta > 1 rewards q's entropy early (exploration of orders), then the ELBO."""
+    """beta at `step` (updates done): q_entropy_start, linearly to q_entropy_end over q_entropy_steps
+    (0: train.steps), then held; 1 without a step (the ELBO). beta > 1 rewards q's entropy (exploration
+    of orders); beta < 1 discounts it, so q sharpens toward the orders with the highest log p(x, sigma)."""
     o = cfg.objective
-    if step is None or o.q_entropy_start == 1.0:
+    if step is None or o.q_entropy_start == o.q_entropy_end == 1.0:
         return jnp.asarray(1.0, jnp.float32)
     frac = jnp.minimum(jnp.asarray(step, jnp.float32) / (o.q_entropy_steps or cfg.train.steps), 1.0)
-    return jnp.asarray(o.q_entropy_start + (1.0 - o.q_entropy_start) * frac, jnp.float32)
+    return jnp.asarray(o.q_entropy_start + (o.q_entropy_end - o.q_entropy_start) * frac, jnp.float32)
 
 
 def first_choice_entropy(s_BL: jnp.ndarray) -> jnp.ndarray:
@@ -233,8 +234,10 @@ OPTIONS = (
     Option("q_init_scale", 1.0, "learned_order: l2r/r2l start, global scores -/+ scale * position"),
     Option("q_width", 32, "learned_order: width of the posterior's content network"),
     Option("q_entropy_start", 1.0, "learned_order: q's gradient follows E_q[log p - beta log q], beta from "
-           "this at step 0 linearly to 1 (the ELBO)"),
-    Option("q_entropy_steps", 0, "learned_order: steps of that annealing (0: train.steps)"),
+           "this at step 0 linearly to q_entropy_end"),
+    Option("q_entropy_end", 1.0, "learned_order: beta at the end of that schedule "
+           "(1: the ELBO; < 1 sharpens q)"),
+    Option("q_entropy_steps", 0, "learned_order: steps of that schedule (0: train.steps), then beta is held"),
     Option("q_lr_scale", 1.0, "learned_order: the posterior's learning rate = optimizer.lr * q_lr_scale"),
 )
 
@@ -255,9 +258,9 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"objective.q_init={o.q_init!r} must be one of {', '.join(Q_INITS)}")
     if o.q_init_scale < 0:
         raise ConfigError(f"objective.q_init_scale={o.q_init_scale} must be >= 0")
-    if o.q_entropy_start < 0 or o.q_entropy_steps < 0:
-        raise ConfigError(f"objective.q_entropy_start={o.q_entropy_start} and objective.q_entropy_steps="
-                          f"{o.q_entropy_steps} must be >= 0")
+    if o.q_entropy_start < 0 or o.q_entropy_end < 0 or o.q_entropy_steps < 0:
+        raise ConfigError(f"objective.q_entropy_start={o.q_entropy_start}, objective.q_entropy_end="
+                          f"{o.q_entropy_end} and objective.q_entropy_steps={o.q_entropy_steps} must be >= 0")
     if o.q_lr_scale <= 0:
         raise ConfigError(f"objective.q_lr_scale={o.q_lr_scale} must be > 0")
 
