@@ -40,6 +40,8 @@ def random_params(cfg, seed: int = 0) -> dict:
     own = nn.meta.unbox(lo.own_params(cfg, k_own))
     own["q_out"] = 0.15 * jax.random.normal(k_out, own["q_out"].shape)  # scores of order 1
     own["q_global"] = 0.7 * jax.random.normal(k_g, own["q_global"].shape)
+    if "q_log_scale" in own:  # objective.q_learn_scale: a temperature other than 1
+        own["q_log_scale"] = jnp.asarray(0.4)
     return {**params, OWN_PARAMS: own}
 
 
@@ -119,6 +121,20 @@ def test_q_init_starts_at_the_asked_order():
     np.testing.assert_allclose(np.asarray(lo.q_scores(params, x)), 0.0)  # uniform: every order 1/n!
 
 
+def test_learned_scale_multiplies_every_score_and_starts_at_one():
+    """objective.q_learn_scale adds one scalar a (init 0, so q starts unchanged) and s = exp(a) * (g + c).
+    Catches a scale that is added instead of multiplied, applied to g only, or started away from 1."""
+    x = jnp.asarray([[0, 1, 2, 3, 1]], jnp.int32)
+    plain = random_params(tiny_cfg(5), seed=2)
+    cfg = tiny_cfg(5, **{"objective.q_learn_scale": True})
+    scaled = {**plain, OWN_PARAMS: {**plain[OWN_PARAMS], "q_log_scale": jnp.asarray(0.0)}}
+    s_plain = np.asarray(lo.q_scores(plain, x))
+    np.testing.assert_allclose(np.asarray(lo.q_scores(scaled, x)), s_plain, rtol=1e-6)
+    assert float(nn.meta.unbox(lo.own_params(cfg, jax.random.key(0)))["q_log_scale"]) == 0.0
+    scaled[OWN_PARAMS]["q_log_scale"] = jnp.asarray(0.7)
+    np.testing.assert_allclose(np.asarray(lo.q_scores(scaled, x)), np.exp(0.7) * s_plain, rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------- bounds
 
 def test_log_px_above_iw_bounds_above_elbo_and_the_yardstick_estimates_them():
@@ -165,17 +181,18 @@ def test_log_px_above_iw_bounds_above_elbo_and_the_yardstick_estimates_them():
 
 # ------------------------------------------------------------------------------- the gradient estimator
 
-@pytest.mark.parametrize("beta_start", [1.0, 2.5])
-def test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient(beta_start):
+@pytest.mark.parametrize("beta_start, learn_scale", [(1.0, False), (2.5, True)])
+def test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient(beta_start, learn_scale):
     """Mean over 16000 draws of the loss gradient (K = 4, leave-one-out baseline) against jax.grad of
     the exact ELBO enumerated over the 6 orders, per coordinate (|z| < 6) and by projection on the
     exact gradient (separately for p's and q's parameters: within 4 s.e. of 1). Catches a wrong sign of
     the score-function term, a baseline that includes w_k itself (q's gradient scaled by (K-1)/K), a
     missing stop-gradient on the weights, and a p gradient taken through the wrong terms. With
     q_entropy_start=2.5 at step 0 the target is E_q[log p - 2.5 log q] (catches beta left out of the
-    weights, or applied to log p)."""
+    weights, or applied to log p). The second case also learns q's inverse temperature (q_learn_scale)."""
     n = 3
-    cfg = tiny_cfg(n, **{"objective.num_samples": 4, "objective.q_entropy_start": beta_start})
+    cfg = tiny_cfg(n, **{"objective.num_samples": 4, "objective.q_entropy_start": beta_start,
+                         "objective.q_learn_scale": learn_scale})
     params = random_params(cfg, seed=3)
     x = jnp.asarray([[0, 1, 5]], jnp.int32)
     P = jnp.asarray(perms(n))[None]
@@ -335,7 +352,7 @@ def test_q_lr_scale_scales_only_the_posteriors_updates():
         factor = 7.0 if keys[0] == OWN_PARAMS and keys[1] in lo.Q_PARAMS else 1.0
         assert np.abs(np.asarray(u1)).max() > 0, keys
         np.testing.assert_allclose(np.asarray(u7), factor * np.asarray(u1), rtol=1e-6, err_msg=str(keys))
-    assert set(lo.Q_PARAMS) < set(params[OWN_PARAMS]) and "order_policy" not in lo.Q_PARAMS
+    assert set(lo.Q_PARAMS) - {"q_log_scale"} < set(params[OWN_PARAMS]) and "order_policy" not in lo.Q_PARAMS
 
 
 def test_target_embed_std_zero_starts_without_target_information():

@@ -14,7 +14,8 @@ model picks the next position, then its token:
   distribution over the n - j open positions, so sum_sigma prod_j pi = 1, and the token head is
   normalized per slot, so p(x, sigma) sums to 1 over (x, sigma).
 
-Posterior q(sigma | x): Plackett-Luce over positions with scores s_i = g_i + c_i(x): g [max_len] a
+Posterior q(sigma | x): Plackett-Luce over positions with scores s_i = g_i + c_i(x) (times a learned
+exp(a) under q_learn_scale, so one parameter can sharpen every choice): g [max_len] a
 learned global score (`q_global`, initialized by `q_init`: uniform 0, l2r g_i = -scale*i, r2l
 +scale*i), c a small network that sees the whole window (the choice: a separate embedding of
 (token, position) e_i [q_width], a window summary h = mean_i e_i, and c_i = tanh(e_i + h W) . u with u
@@ -72,17 +73,20 @@ def own_params(cfg: Config, rng: jax.Array) -> dict:
         "q_position": box(jax.random.normal(k_pos, (P, w)), (None, None)),
         "q_mix": box(jax.random.normal(k_mix, (w, w)) * w ** -0.5, (None, None)),
         "q_out": box(jnp.zeros((w,)), (None,)),  # c = 0 at init: q starts exactly at g
+        # one learned inverse temperature on all scores: q can sharpen (or spread) every choice at once
+        **({"q_log_scale": box(jnp.zeros(()), ())} if o.q_learn_scale else {}),
     }
 
 
 def q_scores(params, tokens_BL: jnp.ndarray) -> jnp.ndarray:
-    """PL scores s [B, n] = g_i + c_i(x)."""
+    """PL scores s [B, n] = g_i + c_i(x), times exp(a) with a learned `q_log_scale` a (q_learn_scale)."""
     own = params[OWN_PARAMS]
     n = tokens_BL.shape[1]
     e_BLw = jnp.take(own["q_token"], tokens_BL, axis=0) + own["q_position"][None, :n]
     h_Bw = e_BLw.mean(axis=1)  # the window summary every position's score sees
     c_BL = jnp.tanh(e_BLw + (h_Bw @ own["q_mix"])[:, None, :]) @ own["q_out"]
-    return own["q_global"][None, :n] + c_BL
+    s_BL = own["q_global"][None, :n] + c_BL
+    return s_BL * jnp.exp(own["q_log_scale"]) if "q_log_scale" in own else s_BL
 
 
 def pl_log_prob(s_BL: jnp.ndarray, order_BKL: jnp.ndarray) -> jnp.ndarray:
@@ -232,6 +236,8 @@ OPTIONS = (
     Option("eval_samples", 16, "learned_order: K posterior orders per window of the yardstick"),
     Option("q_init", "uniform", "learned_order: posterior start, uniform | l2r | r2l"),
     Option("q_init_scale", 1.0, "learned_order: l2r/r2l start, global scores -/+ scale * position"),
+    Option("q_learn_scale", False, "learned_order: a learned inverse temperature exp(a) on q's scores "
+           "(a starts at 0)"),
     Option("q_width", 32, "learned_order: width of the posterior's content network"),
     Option("q_entropy_start", 1.0, "learned_order: q's gradient follows E_q[log p - beta log q], beta from "
            "this at step 0 linearly to q_entropy_end"),
@@ -241,7 +247,8 @@ OPTIONS = (
     Option("q_lr_scale", 1.0, "learned_order: the posterior's learning rate = optimizer.lr * q_lr_scale"),
 )
 
-Q_PARAMS = ("q_global", "q_token", "q_position", "q_mix", "q_out")  # the posterior's own params
+# the posterior's own params
+Q_PARAMS = ("q_global", "q_token", "q_position", "q_mix", "q_out", "q_log_scale")
 
 
 def lr_scales(cfg: Config) -> dict[str, float]:
