@@ -42,6 +42,9 @@ def random_params(cfg, seed: int = 0) -> dict:
     own["q_global"] = 0.7 * jax.random.normal(k_g, own["q_global"].shape)
     if "q_log_scale" in own:  # objective.q_learn_scale: a temperature other than 1
         own["q_log_scale"] = jnp.asarray(0.4)
+    if "policy_transition" in own:  # objective.policy_transitions: a table far from its zero init
+        shape = own["policy_transition"].shape
+        own["policy_transition"] = 1.5 * jax.random.normal(jax.random.key(seed + 99), shape)
     return {**params, OWN_PARAMS: own}
 
 
@@ -71,17 +74,19 @@ def logsumexp(a, axis=-1):
 
 # ------------------------------------------------------------------------------- the model p(x, sigma)
 
-def test_policy_is_a_distribution_over_orders_and_the_joint_over_everything():
+@pytest.mark.parametrize("transitions", [False, True])
+def test_policy_is_a_distribution_over_orders_and_the_joint_over_everything(transitions):
     """Catches a policy that sees sigma_j, an open-position mask that lets it pick a generated
-    position (or one >= n), and a token head that is not ao_ar's normalized pass."""
-    cfg4 = tiny_cfg(4)
+    position (or one >= n), and a token head that is not ao_ar's normalized pass; with
+    policy_transitions, a table indexed by the position being chosen instead of the previous one."""
+    cfg4 = tiny_cfg(4, **{"objective.policy_transitions": transitions})
     params = random_params(cfg4)
     xs = np.random.default_rng(0).integers(0, VOCAB, (5, 4)).astype(np.int32)
     P = perms(4)
     tokens_NL = jnp.asarray(np.repeat(xs, len(P), axis=0))
     terms_N = np.asarray(policy_terms(params, tokens_NL, jnp.asarray(np.tile(P, (5, 1))), cfg4), np.float64)
     np.testing.assert_allclose(np.exp(terms_N.sum(1)).reshape(5, -1).sum(1), 1.0, atol=1e-5)
-    cfg3 = tiny_cfg(3)
+    cfg3 = tiny_cfg(3, **{"objective.policy_transitions": transitions})
     all_x = np.array(list(itertools.product(range(VOCAB), repeat=3)), np.int32)  # 216 windows
     lp_BK, _ = exact_terms(params, all_x, cfg3)
     assert abs(logsumexp(lp_BK.reshape(-1))) < 1e-4
@@ -247,13 +252,15 @@ def sample(params, cfg, tokens_BL, key, **options):
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def test_policy_sampler_draws_the_joint_exactly():
+@pytest.mark.parametrize("transitions", [False, True])
+def test_policy_sampler_draws_the_joint_exactly(transitions):
     """Chi-square of (sigma, x) frequencies against p(x, sigma) (the token head restricted to the
     tokens samplers may generate, as every sampler does) at temperature 1, n = 3. Catches a policy
     that samples a generated position again, at another temperature, from the wrong stream (with
-    target positions), or a token drawn for another slot; and logprob + order_logprob = log p(x, sigma)."""
+    target positions), or a token drawn for another slot; and logprob + order_logprob = log p(x, sigma).
+    With policy_transitions: a sampler that reads the table at another row than training does."""
     n = 3
-    cfg = tiny_cfg(n)
+    cfg = tiny_cfg(n, **{"objective.policy_transitions": transitions})
     params = random_params(cfg, seed=4)
     draws = 24000
     out = sample(params, cfg, np.full((draws, n), MASK, np.int32), jax.random.key(7), ignore_eos=True)
@@ -284,7 +291,7 @@ def test_cached_sampler_equals_the_uncached_reference():
     (prefill 1). Catches a cache written with the wrong target (policy stream with targets), a
     slot/position mix-up in either stream, and a policy that may choose a fixed position."""
     n = 4
-    cfg = tiny_cfg(n)
+    cfg = tiny_cfg(n, **{"objective.policy_transitions": True})
     params = random_params(cfg, seed=5)
     ragged = np.full((6, n), MASK, np.int32)
     ragged[1, 2] = 1

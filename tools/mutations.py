@@ -210,6 +210,24 @@ MUTATIONS: tuple[Mutation, ...] = (
         "q_entropy_start ignored by q's score-function weights (no annealing of the entropy term)",
         (LO + "test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient",)),
     Mutation(
+        "lo-transition-sees-current", "jaxorder/objectives/learned_order.py",
+        "return jnp.concatenate([jnp.full_like(order_NL[:, :1], max_len), order_NL[:, :-1]], axis=1)",
+        "return order_NL",
+        "policy transition table indexed by the position being chosen (pi sees sigma_j)",
+        (LO + "test_policy_is_a_distribution_over_orders_and_the_joint_over_everything[True]",)),
+    Mutation(
+        "lo-sampler-transition-no-start-row", "jaxorder/sampling/learned_order.py",
+        "previous_B = jnp.where(c == 0, cfg.model.max_len, pos_B)",
+        "previous_B = pos_B",
+        "sampler reads the table's row of position 0 at the first slot instead of the start row",
+        (LO + "test_policy_sampler_draws_the_joint_exactly[True]",)),
+    Mutation(
+        "lo-learned-scale-added", "jaxorder/objectives/learned_order.py",
+        'return s_BL * jnp.exp(own["q_log_scale"]) if "q_log_scale" in own else s_BL',
+        'return s_BL + own["q_log_scale"] if "q_log_scale" in own else s_BL',
+        "q's learned scale added to the scores instead of multiplying them (a no-op under softmax)",
+        (LO + "test_learned_scale_multiplies_every_score_and_starts_at_one",)),
+    Mutation(
         "target-embed-std-ignored", "jaxorder/model/transformer.py",
         '_init(cfg.target_embed_std, (None, "embed"))', '_init(1.0, (None, "embed"))',
         "model.target_embed_std not passed to the target embedding's initializer",

@@ -10,9 +10,10 @@ model picks the next position, then its token:
 - Order policy pi: a second causal pass over the same permuted inputs WITHOUT target positions, so
   slot j's state depends on x_sigma<j and sigma_<j only (never on sigma_j); its final hidden state
   goes through its own linear head `order_policy` [d_model, max_len] to position logits, masked to
-  the positions not yet generated (and < n), log-softmax. Exact: pi(. | slot j) is a normalized
-  distribution over the n - j open positions, so sum_sigma prod_j pi = 1, and the token head is
-  normalized per slot, so p(x, sigma) sums to 1 over (x, sigma).
+  the positions not yet generated (and < n), log-softmax; under policy_transitions a learned table
+  T[sigma_{j-1}, i] (a start row at slot 0) is added to the logits first. Exact: pi(. | slot j) is a
+  normalized distribution over the n - j open positions, so sum_sigma prod_j pi = 1, and the token
+  head is normalized per slot, so p(x, sigma) sums to 1 over (x, sigma).
 
 Posterior q(sigma | x): Plackett-Luce over positions with scores s_i = g_i + c_i(x) (times a learned
 exp(a) under q_learn_scale, so one parameter can sharpen every choice): g [max_len] a
@@ -75,6 +76,8 @@ def own_params(cfg: Config, rng: jax.Array) -> dict:
         "q_out": box(jnp.zeros((w,)), (None,)),  # c = 0 at init: q starts exactly at g
         # one learned inverse temperature on all scores: q can sharpen (or spread) every choice at once
         **({"q_log_scale": box(jnp.zeros(()), ())} if o.q_learn_scale else {}),
+        # a score per (previous position or start, next position): lets pi learn a fixed order directly
+        **({"policy_transition": box(jnp.zeros((P + 1, P)), (None, None))} if o.policy_transitions else {}),
     }
 
 
@@ -110,10 +113,20 @@ def open_mask(order_NL: jnp.ndarray) -> jnp.ndarray:
     return rank_NL[:, None, :] >= jnp.arange(n)[None, :, None]
 
 
-def policy_log_probs(hidden_NLd: jnp.ndarray, params, open_NLL: jnp.ndarray) -> jnp.ndarray:
-    """log pi(position | slot) [N, n, n]: the policy head on slot hidden states, masked to open positions."""
+def previous_positions(order_NL: jnp.ndarray, max_len: int) -> jnp.ndarray:
+    """[N, n]: sigma_{j-1} at slot j, and max_len (the start row of the transition table) at slot 0."""
+    return jnp.concatenate([jnp.full_like(order_NL[:, :1], max_len), order_NL[:, :-1]], axis=1)
+
+
+def policy_log_probs(hidden_NLd: jnp.ndarray, params, open_NLL: jnp.ndarray,
+                     previous_NL: jnp.ndarray) -> jnp.ndarray:
+    """log pi(position | slot) [N, n, n]: the policy head on slot hidden states, plus (policy_transitions)
+    the learned score of moving from the previous position to each position, masked to open positions."""
     n = open_NLL.shape[-1]
-    logits_NLP = hidden_NLd.astype(jnp.float32) @ params[OWN_PARAMS]["order_policy"][:, :n]
+    own = params[OWN_PARAMS]
+    logits_NLP = hidden_NLd.astype(jnp.float32) @ own["order_policy"][:, :n]
+    if "policy_transition" in own:  # a function of sigma_{j-1} only, so pi stays a policy of sigma_<j
+        logits_NLP = logits_NLP + own["policy_transition"][previous_NL][..., :n]
     return jax.nn.log_softmax(jnp.where(open_NLL, logits_NLP, -jnp.inf), axis=-1)
 
 
@@ -121,7 +134,8 @@ def policy_terms(params, tokens_NL: jnp.ndarray, order_NL: jnp.ndarray, cfg: Con
     """log pi(sigma_j | x_sigma<j, sigma_<j) per slot [N, n]: the causal pass without target positions."""
     inputs_NL, positions_NL, _ = ao_ar.order_inputs(tokens_NL, order_NL, cfg)
     _, hidden_NLd = model.apply_with_hidden(params, cfg.model, inputs_NL, positions_NL, "causal")
-    logp_NLL = policy_log_probs(hidden_NLd, params, open_mask(order_NL))
+    previous_NL = previous_positions(order_NL, cfg.model.max_len)
+    logp_NLL = policy_log_probs(hidden_NLd, params, open_mask(order_NL), previous_NL)
     return jnp.take_along_axis(logp_NLL, order_NL[..., None], axis=2)[..., 0]
 
 
@@ -238,6 +252,8 @@ OPTIONS = (
     Option("q_init_scale", 1.0, "learned_order: l2r/r2l start, global scores -/+ scale * position"),
     Option("q_learn_scale", False, "learned_order: a learned inverse temperature exp(a) on q's scores "
            "(a starts at 0)"),
+    Option("policy_transitions", False, "learned_order: add to the policy's logits a learned score per "
+           "(previous position, next position)"),
     Option("q_width", 32, "learned_order: width of the posterior's content network"),
     Option("q_entropy_start", 1.0, "learned_order: q's gradient follows E_q[log p - beta log q], beta from "
            "this at step 0 linearly to q_entropy_end"),
@@ -252,8 +268,9 @@ Q_PARAMS = ("q_global", "q_token", "q_position", "q_mix", "q_out", "q_log_scale"
 
 
 def lr_scales(cfg: Config) -> dict[str, float]:
-    """q's parameters step at q_lr_scale times the learning rate (Adam ignores a gradient factor)."""
-    return {name: cfg.objective.q_lr_scale for name in Q_PARAMS}
+    """q's parameters step at q_lr_scale times the learning rate (Adam ignores a gradient factor), and so
+    does the policy's transition table, which has to follow q's order as fast as q moves."""
+    return {name: cfg.objective.q_lr_scale for name in (*Q_PARAMS, "policy_transition")}
 
 
 def validate_config(cfg: Config) -> None:

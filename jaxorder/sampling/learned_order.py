@@ -98,7 +98,9 @@ def build(cfg: Config, loop: any_order.Loop):
             hidden_Bd, st["policy_cache"] = policy_hidden(st, c, tok_B, pos_B)
             # the open positions of this slot: the row's still-masked ones (forced rows: any, unused)
             open_B1L = jnp.where(forced_B[:, None], True, st["open"])[:, None, :]
-            logp_BL = learned_order.policy_log_probs(hidden_Bd[:, None], params, open_B1L)[:, 0]
+            previous_B = jnp.where(c == 0, cfg.model.max_len, pos_B)  # slot c's input sits at sigma_{c-1}
+            logp_BL = learned_order.policy_log_probs(hidden_Bd[:, None], params, open_B1L,
+                                                     previous_B[:, None])[:, 0]
             chosen_B = jax.random.categorical(jax.random.fold_in(order_key, c), logp_BL, axis=-1)
             chosen_B = chosen_B.astype(jnp.int32)
             current_B = jax.lax.dynamic_index_in_dim(st["order"], c, axis=1, keepdims=False)
