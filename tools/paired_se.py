@@ -6,7 +6,8 @@ SCORE is `yardstick` (the run's validation number, as `jaxorder eval` computes i
 eval rng) or one order spec of `jaxorder eval --orders` (l2r, r2l, random:K, perm:...; random:K
 is the mean of its K orders per window, with eval's order draws). Both scores are taken per window
 on the first `--windows` validation windows, as `eval --orders` takes them; the difference A - B
-is averaged over windows and its standard error is std(a - b) / sqrt(N). Two scores of the same
+is averaged over windows (which must hold the same tokens, or with --other-windows only the same
+count, paired by index) and its standard error is std(a - b) / sqrt(N). Two scores of the same
 windows are correlated, so this error is smaller than either score's own when the correlation is
 positive. Each score's mean is checked against the library's own number (`evaluate`,
 `score_orders`), so the per-window values are the ones `jaxorder eval` averages.
@@ -116,15 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("a", help="RUN[@STEP]:SCORE, SCORE = yardstick or an order (l2r, r2l, random:K, perm:...)")
     p.add_argument("b", help="the other side, on the same validation windows")
     p.add_argument("--windows", type=int, default=64, help="validation windows (default 64, as eval)")
+    p.add_argument("--other-windows", action="store_true",
+                   help="pair windows by index even where their tokens differ (the same documents under "
+                        "another data.transform, e.g. corpus and swap05); the counts must still match")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = p.parse_args(argv)
     try:
         if args.windows < 2:
             raise ConfigError(f"--windows {args.windows}: a standard error needs at least 2 windows")
         a, b = (per_window(*parse_side(side), args.windows) for side in (args.a, args.b))
-        if a.windows_NL.shape != b.windows_NL.shape or not np.array_equal(a.windows_NL, b.windows_NL):
+        same = a.windows_NL.shape == b.windows_NL.shape and (args.other_windows
+                                                             or np.array_equal(a.windows_NL, b.windows_NL))
+        if not same:
             raise ConfigError(f"{a.label} and {b.label} scored different windows (other data or seq_len); "
-                              f"pair runs trained on the same data")
+                              f"pair runs trained on the same data (or --other-windows for transforms)")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
