@@ -38,6 +38,7 @@ TPU_REC = "tests/test_tpu_recovery.py::"
 SLURM = "tests/test_distributed_slurm.py::"
 OBSERVE = "tests/test_observe.py::"
 GCS = "tests/test_gcs.py::"
+PAIRED = "tests/test_paired_se.py::"
 QP = "tests/test_query_positions.py::"
 MIX = "tests/test_order_mixtures.py::"
 SCALING = "tests/test_scaling.py::"
@@ -1057,6 +1058,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "q_pos_BL = positions_BL if target_q else positions_BL",
         "model.query_positions=target silently runs the current mode",
         (QP + "test_order_pass_differs_between_modes_and_follows_the_config",)),
+    Mutation(
+        "paired-se-ddof0", "tools/paired_se.py",
+        '"diff_stderr": float(diff_N.std(ddof=1) / math.sqrt(n))',
+        '"diff_stderr": float(diff_N.std(ddof=0) / math.sqrt(n))',
+        "the paired error of docs/study.md's differences uses the biased variance",
+        (PAIRED + "test_paired_error_is_the_spread_of_the_differences_not_of_each_side",)),
+    Mutation(
+        "paired-se-order-draws-shifted", "tools/paired_se.py",
+        "orders = order_matrix(spec, batch, length, jax.random.fold_in(rng, i), first, total)",
+        "orders = order_matrix(spec, batch, length, jax.random.fold_in(rng, i + 1), first, total)",
+        "the per-window random-order scores use other order draws than eval's (not its number)",
+        (PAIRED + "test_per_window_scores_average_to_evals_numbers",)),
 )
 
 
