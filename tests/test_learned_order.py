@@ -186,30 +186,42 @@ def test_log_px_above_iw_bounds_above_elbo_and_the_yardstick_estimates_them():
 
 # ------------------------------------------------------------------------------- the gradient estimator
 
-@pytest.mark.parametrize("beta_start, learn_scale", [(1.0, False), (2.5, True)])
-def test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient(beta_start, learn_scale):
+@pytest.mark.parametrize("bound, beta_start, learn_scale", [("elbo", 1.0, False), ("elbo", 2.5, True),
+                                                          ("iw", 1.0, True)])
+def test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient(bound, beta_start, learn_scale):
     """Mean over 16000 draws of the loss gradient (K = 4, leave-one-out baseline) against jax.grad of
     the exact ELBO enumerated over the 6 orders, per coordinate (|z| < 6) and by projection on the
     exact gradient (separately for p's and q's parameters: within 4 s.e. of 1). Catches a wrong sign of
     the score-function term, a baseline that includes w_k itself (q's gradient scaled by (K-1)/K), a
     missing stop-gradient on the weights, and a p gradient taken through the wrong terms. With
     q_entropy_start=2.5 at step 0 the target is E_q[log p - 2.5 log q] (catches beta left out of the
-    weights, or applied to log p). The second case also learns q's inverse temperature (q_learn_scale)."""
+    weights, or applied to log p). The second case also learns q's inverse temperature (q_learn_scale).
+    The third trains the K = 3 importance-weighted bound (train_bound=iw, VIMCO): the target is
+    E[log mean_k exp(w_k)] enumerated over all 6^3 triples of orders (catches normalized weights left
+    out of the direct term, or a baseline L_-k that still contains w_k)."""
     n = 3
-    cfg = tiny_cfg(n, **{"objective.num_samples": 4, "objective.q_entropy_start": beta_start,
-                         "objective.q_learn_scale": learn_scale})
+    K = 3 if bound == "iw" else 4
+    cfg = tiny_cfg(n, **{"objective.num_samples": K, "objective.q_entropy_start": beta_start,
+                         "objective.q_learn_scale": learn_scale, "objective.train_bound": bound})
     params = random_params(cfg, seed=3)
     x = jnp.asarray([[0, 1, 5]], jnp.int32)
     P = jnp.asarray(perms(n))[None]
 
+    triples_TK = np.array(list(itertools.product(range(6), repeat=K))) if bound == "iw" else None
+
     def neg_elbo_per_token(p):
         lp_BK, _ = lo.log_joint(p, x, P, cfg)
         lq_BK = lo.pl_log_prob(lo.q_scores(p, x), P)
-        return -(jnp.exp(lq_BK) * (lp_BK - beta_start * lq_BK)).sum() / n
+        w_K = (lp_BK - beta_start * lq_BK)[0]
+        if bound == "elbo":
+            return -(jnp.exp(lq_BK[0]) * w_K).sum() / n
+        prob_T = jnp.exp(lq_BK[0][triples_TK].sum(axis=1))
+        bound_T = jax.nn.logsumexp(w_K[triples_TK], axis=1) - jnp.log(K)
+        return -(prob_T * bound_T).sum() / n
 
     exact = jax.jit(jax.grad(neg_elbo_per_token))(params)
     grad_loss = jax.jit(jax.grad(lambda p, t, r: lo.loss(p, {"tokens": t, "step": 0}, r, cfg)[0]))
-    rows, chunks = 400, 40
+    rows, chunks = (1200 if bound == "iw" else 400), 40  # VIMCO's q gradient is the noisier one
     tokens = jnp.tile(x, (rows, 1))
     draws = [grad_loss(params, tokens, jax.random.key(100 + c)) for c in range(chunks)]
     flat = lambda g: np.concatenate([np.ravel(v) for v in jax.tree.leaves(g)])  # noqa: E731

@@ -211,6 +211,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "q_entropy_start ignored by q's score-function weights (no annealing of the entropy term)",
         (LO + "test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient",)),
     Mutation(
+        "lo-iw-direct-unweighted", "jaxorder/objectives/learned_order.py",
+        "return (normalized_BK * w_BK + (bound_B[:, None] - bound_minus_BK) * lq_BK).sum(axis=1)",
+        "return (w_BK / K + (bound_B[:, None] - bound_minus_BK) * lq_BK).sum(axis=1)",
+        "VIMCO direct term with uniform instead of normalized importance weights (the ELBO's p gradient)",
+        (LO + "test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient[iw-1.0-True]",)),
+    Mutation(
+        "lo-iw-baseline-keeps-own", "jaxorder/objectives/learned_order.py",
+        "bound_minus_BK = jax.nn.logsumexp(w_minus_BKK, axis=2) - jnp.log(K)",
+        "bound_minus_BK = 0.5 * (jax.nn.logsumexp(w_minus_BKK, axis=2) - jnp.log(K) + bound_B[:, None])",
+        "VIMCO baseline that half depends on the draw's own weight (biased q gradient)",
+        (LO + "test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient[iw-1.0-True]",)),
+    Mutation(
         "lo-transition-sees-current", "jaxorder/objectives/learned_order.py",
         "return jnp.concatenate([jnp.full_like(order_NL[:, :1], max_len), order_NL[:, :-1]], axis=1)",
         "return order_NL",

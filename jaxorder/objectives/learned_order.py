@@ -53,6 +53,7 @@ from jaxorder.objectives import ao_ar
 from jaxorder.objectives.base import OWN_PARAMS, Objective, Option, OrderScoring, register
 
 Q_INITS = ("uniform", "l2r", "r2l")
+TRAIN_BOUNDS = ("elbo", "iw")
 
 
 def initial_global_scores(q_init: str, scale: float, max_len: int) -> jnp.ndarray:
@@ -178,6 +179,23 @@ def surrogate(lp_BK: jnp.ndarray, lq_BK: jnp.ndarray, beta: jnp.ndarray | float 
     return (lp_BK + (w_BK - loo_baseline(w_BK)) * lq_BK).mean(axis=1)
 
 
+def iw_surrogate(lp_BK: jnp.ndarray, lq_BK: jnp.ndarray, beta: jnp.ndarray | float = 1.0) -> jnp.ndarray:
+    """VIMCO's surrogate per window [B] for the K-sample bound L = log mean_k exp(w_k), w = lp - beta lq
+    (beta = 1: the importance-weighted bound): its gradient, sum_k softmax(w)_k grad w_k + sum_k
+    (L - L_-k) grad log q(sigma_k), is unbiased for grad E_q[L], where L_-k replaces w_k by the mean of
+    the other weights (a function of the other draws only, so a valid baseline for draw k)."""
+    w_BK = lp_BK - beta * lq_BK
+    w_sg_BK = jax.lax.stop_gradient(w_BK)
+    K = w_BK.shape[1]
+    bound_B = jax.nn.logsumexp(w_sg_BK, axis=1) - jnp.log(K)
+    # [B, k, l]: the weights with w_k replaced by the leave-one-out mean
+    is_k_KK = jnp.eye(K, dtype=bool)[None]
+    w_minus_BKK = jnp.where(is_k_KK, loo_baseline(w_sg_BK)[:, :, None], w_sg_BK[:, None, :])
+    bound_minus_BK = jax.nn.logsumexp(w_minus_BKK, axis=2) - jnp.log(K)
+    normalized_BK = jax.nn.softmax(w_sg_BK, axis=1)
+    return (normalized_BK * w_BK + (bound_B[:, None] - bound_minus_BK) * lq_BK).sum(axis=1)
+
+
 def entropy_weight(step: jnp.ndarray | None, cfg: Config) -> jnp.ndarray:
     """beta at `step` (updates done): q_entropy_start, linearly to q_entropy_end over q_entropy_steps
     (0: train.steps), then held; 1 without a step (the ELBO). beta > 1 rewards q's entropy (exploration
@@ -206,11 +224,16 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     n = tokens_BL.shape[1]
     d = weights(params, tokens_BL, rng, cfg.objective.num_samples, cfg)
     beta = entropy_weight(batch.get("step"), cfg)
-    neg_s = -surrogate(d["lp"], d["lq"], beta).mean() / n
-    neg_elbo = jax.lax.stop_gradient(-d["w"].mean() / n)
-    value = neg_elbo + (neg_s - jax.lax.stop_gradient(neg_s))  # = -ELBO per token, gradient of -S
     sg = jax.lax.stop_gradient
-    metrics = {"loss": value, "nll_per_token": neg_elbo, "elbo": -neg_elbo,
+    neg_elbo = sg(-d["w"].mean() / n)
+    if cfg.objective.train_bound == "iw":
+        neg_s = -iw_surrogate(d["lp"], d["lq"], beta).mean() / n
+        reported = sg(iw_nll(d["w"]).mean() / n)
+    else:
+        neg_s = -surrogate(d["lp"], d["lq"], beta).mean() / n
+        reported = neg_elbo
+    value = reported + (neg_s - sg(neg_s))  # = the trained bound per token, gradient of -S
+    metrics = {"loss": value, "nll_per_token": reported, "elbo": -neg_elbo,
                "iw_bound": sg(iw_nll(d["w"]).mean() / n), "policy_nll_per_token": sg(-d["policy"].mean() / n),
                "q_entropy": sg(first_choice_entropy(d["s"]).mean()), "q_entropy_weight": beta,
                "frac_l2r": is_order(d["orders"], False).mean(),
@@ -250,6 +273,8 @@ OPTIONS = (
     Option("eval_samples", 16, "learned_order: K posterior orders per window of the yardstick"),
     Option("q_init", "uniform", "learned_order: posterior start, uniform | l2r | r2l"),
     Option("q_init_scale", 1.0, "learned_order: l2r/r2l start, global scores -/+ scale * position"),
+    Option("train_bound", "elbo", "learned_order: the bound training maximizes, elbo | iw (the K-sample "
+           "importance-weighted bound, VIMCO's estimator)"),
     Option("q_learn_scale", False, "learned_order: a learned inverse temperature exp(a) on q's scores "
            "(a starts at 0)"),
     Option("policy_transitions", False, "learned_order: add to the policy's logits a learned score per "
@@ -278,6 +303,8 @@ def validate_config(cfg: Config) -> None:
     for key in ("num_samples", "eval_samples", "q_width"):
         if getattr(o, key) < 1:
             raise ConfigError(f"objective.{key}={getattr(o, key)} must be >= 1")
+    if o.train_bound not in TRAIN_BOUNDS:
+        raise ConfigError(f"objective.train_bound={o.train_bound!r} must be one of {', '.join(TRAIN_BOUNDS)}")
     if o.q_init not in Q_INITS:
         raise ConfigError(f"objective.q_init={o.q_init!r} must be one of {', '.join(Q_INITS)}")
     if o.q_init_scale < 0:
