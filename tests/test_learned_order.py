@@ -336,6 +336,10 @@ def test_entropy_weight_schedule_runs_from_start_to_end_then_holds():
     whole_run = tiny_cfg(4, **{"objective.q_entropy_start": 2.0, "train.steps": 400})
     np.testing.assert_allclose([float(lo.entropy_weight(jnp.asarray(s), whole_run)) for s in (0, 200, 400)],
                                [2.0, 1.5, 1.0], rtol=1e-6)
+    delayed = tiny_cfg(4, **{"objective.q_entropy_end": 0.0, "objective.q_entropy_delay": 300,
+                             "train.steps": 400})
+    np.testing.assert_allclose([float(lo.entropy_weight(jnp.asarray(s), delayed))
+                                for s in (0, 300, 350, 400)], [1.0, 1.0, 0.5, 0.0], rtol=1e-6)
 
 
 @pytest.mark.parametrize("over, message", [
@@ -343,9 +347,10 @@ def test_entropy_weight_schedule_runs_from_start_to_end_then_holds():
     ({"objective.eval_samples": 0}, "eval_samples=0 must be >= 1"),
     ({"objective.q_init": "random"}, "q_init='random' must be one of uniform, l2r, r2l"),
     ({"objective.q_lr_scale": 0}, "q_lr_scale=0.0 must be > 0"),
-    ({"objective.q_entropy_start": -1}, "q_entropy_start=-1.0, objective.q_entropy_end=1.0 and "
-                                        "objective.q_entropy_steps=0 must be >= 0"),
-    ({"objective.q_entropy_end": -0.5}, "q_entropy_end=-0.5 and"),
+    ({"objective.q_entropy_start": -1}, "q_entropy_start=-1.0, objective.q_entropy_end=1.0, "
+                                        "objective.q_entropy_steps=0 and objective.q_entropy_delay=0"),
+    ({"objective.q_entropy_delay": -3}, "q_entropy_delay=-3 must be >= 0"),
+    ({"objective.q_entropy_end": -0.5}, "q_entropy_end=-0.5, "),
 ])
 def test_bad_options_are_one_line_config_errors(over, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -197,13 +197,15 @@ def iw_surrogate(lp_BK: jnp.ndarray, lq_BK: jnp.ndarray, beta: jnp.ndarray | flo
 
 
 def entropy_weight(step: jnp.ndarray | None, cfg: Config) -> jnp.ndarray:
-    """beta at `step` (updates done): q_entropy_start, linearly to q_entropy_end over q_entropy_steps
-    (0: train.steps), then held; 1 without a step (the ELBO). beta > 1 rewards q's entropy (exploration
-    of orders); beta < 1 discounts it, so q sharpens toward the orders with the highest log p(x, sigma)."""
+    """beta at `step` (updates done): q_entropy_start for q_entropy_delay steps, then linearly to
+    q_entropy_end over q_entropy_steps (0: the rest of the run), then held; 1 without a step (the
+    ELBO). beta > 1 rewards q's entropy (exploration of orders); beta < 1 discounts it, so q sharpens
+    toward the orders with the highest log p(x, sigma)."""
     o = cfg.objective
     if step is None or o.q_entropy_start == o.q_entropy_end == 1.0:
         return jnp.asarray(1.0, jnp.float32)
-    frac = jnp.minimum(jnp.asarray(step, jnp.float32) / (o.q_entropy_steps or cfg.train.steps), 1.0)
+    ramp = o.q_entropy_steps or max(cfg.train.steps - o.q_entropy_delay, 1)
+    frac = jnp.clip((jnp.asarray(step, jnp.float32) - o.q_entropy_delay) / ramp, 0.0, 1.0)
     return jnp.asarray(o.q_entropy_start + (o.q_entropy_end - o.q_entropy_start) * frac, jnp.float32)
 
 
@@ -284,7 +286,9 @@ OPTIONS = (
            "this at step 0 linearly to q_entropy_end"),
     Option("q_entropy_end", 1.0, "learned_order: beta at the end of that schedule "
            "(1: the ELBO; < 1 sharpens q)"),
-    Option("q_entropy_steps", 0, "learned_order: steps of that schedule (0: train.steps), then beta is held"),
+    Option("q_entropy_delay", 0, "learned_order: steps beta stays at q_entropy_start before it moves"),
+    Option("q_entropy_steps", 0, "learned_order: steps of that schedule (0: the rest of the run), then beta "
+           "is held"),
     Option("q_lr_scale", 1.0, "learned_order: the posterior's learning rate = optimizer.lr * q_lr_scale"),
 )
 
@@ -309,9 +313,10 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"objective.q_init={o.q_init!r} must be one of {', '.join(Q_INITS)}")
     if o.q_init_scale < 0:
         raise ConfigError(f"objective.q_init_scale={o.q_init_scale} must be >= 0")
-    if o.q_entropy_start < 0 or o.q_entropy_end < 0 or o.q_entropy_steps < 0:
+    if o.q_entropy_start < 0 or o.q_entropy_end < 0 or o.q_entropy_steps < 0 or o.q_entropy_delay < 0:
         raise ConfigError(f"objective.q_entropy_start={o.q_entropy_start}, objective.q_entropy_end="
-                          f"{o.q_entropy_end} and objective.q_entropy_steps={o.q_entropy_steps} must be >= 0")
+                          f"{o.q_entropy_end}, objective.q_entropy_steps={o.q_entropy_steps} and "
+                          f"objective.q_entropy_delay={o.q_entropy_delay} must be >= 0")
     if o.q_lr_scale <= 0:
         raise ConfigError(f"objective.q_lr_scale={o.q_lr_scale} must be > 0")
 
