@@ -224,9 +224,13 @@ def is_order(orders_BKL: jnp.ndarray, reverse: bool) -> jnp.ndarray:
 def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray, dict]:
     tokens_BL = batch["tokens"]
     n = tokens_BL.shape[1]
-    d = weights(params, tokens_BL, rng, cfg.objective.num_samples, cfg)
     beta = entropy_weight(batch.get("step"), cfg)
     sg = jax.lax.stop_gradient
+    own = params[OWN_PARAMS]
+    if "q_log_scale" in own:  # learned only while beta < 1: at beta >= 1 it would spread q at once
+        params = {**params, OWN_PARAMS: {**own, "q_log_scale": jnp.where(beta < 1, own["q_log_scale"],
+                                                                         sg(own["q_log_scale"]))}}
+    d = weights(params, tokens_BL, rng, cfg.objective.num_samples, cfg)
     neg_elbo = sg(-d["w"].mean() / n)
     if cfg.objective.train_bound == "iw":
         neg_s = -iw_surrogate(d["lp"], d["lq"], beta).mean() / n
@@ -278,7 +282,7 @@ OPTIONS = (
     Option("train_bound", "elbo", "learned_order: the bound training maximizes, elbo | iw (the K-sample "
            "importance-weighted bound, VIMCO's estimator)"),
     Option("q_learn_scale", False, "learned_order: a learned inverse temperature exp(a) on q's scores "
-           "(a starts at 0)"),
+           "(a starts at 0; it learns only while beta < 1)"),
     Option("policy_transitions", False, "learned_order: add to the policy's logits a learned score per "
            "(previous position, next position)"),
     Option("q_width", 32, "learned_order: width of the posterior's content network"),
