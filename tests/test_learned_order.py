@@ -94,6 +94,22 @@ def test_policy_is_a_distribution_over_orders_and_the_joint_over_everything(tran
     assert np.abs(terms_N.reshape(5, len(P), 4)[0] - terms_N.reshape(5, len(P), 4)[1])[:, 1:].max() > 1e-3
 
 
+@pytest.mark.parametrize("trunk_grad", [True, False])
+def test_policy_trunk_grad_decides_whether_the_policy_trains_the_trunk(trunk_grad):
+    """policy_trunk_grad=false: the policy's log-probabilities give the shared trunk no gradient (its own
+    head and table still learn); true: they do. Catches the option ignored, or the stop put on the head."""
+    cfg = tiny_cfg(4, **{"objective.policy_trunk_grad": trunk_grad, "objective.policy_transitions": True})
+    params = random_params(cfg, seed=6)
+    x = jnp.asarray([[0, 1, 2, 3], [3, 3, 1, 0]], jnp.int32)
+    orders = jnp.asarray([[2, 0, 3, 1], [1, 3, 0, 2]], jnp.int32)
+    grads = jax.grad(lambda p: lo.policy_terms(p, x, orders, cfg).sum())(params)
+    trunk = [np.abs(np.asarray(leaf)).max() for k, sub in grads.items() if k != OWN_PARAMS
+             for leaf in jax.tree.leaves(sub)]
+    assert (max(trunk) > 1e-6) == trunk_grad
+    for name in ("order_policy", "policy_transition"):
+        assert np.abs(np.asarray(grads[OWN_PARAMS][name])).max() > 1e-6
+
+
 # ------------------------------------------------------------------------------- the posterior q
 
 def test_plackett_luce_sums_to_one_and_gumbel_top_n_samples_it():

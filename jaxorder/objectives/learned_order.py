@@ -135,6 +135,8 @@ def policy_terms(params, tokens_NL: jnp.ndarray, order_NL: jnp.ndarray, cfg: Con
     """log pi(sigma_j | x_sigma<j, sigma_<j) per slot [N, n]: the causal pass without target positions."""
     inputs_NL, positions_NL, _ = ao_ar.order_inputs(tokens_NL, order_NL, cfg)
     _, hidden_NLd = model.apply_with_hidden(params, cfg.model, inputs_NL, positions_NL, "causal")
+    if not cfg.objective.policy_trunk_grad:  # the trunk then learns from the token head alone
+        hidden_NLd = jax.lax.stop_gradient(hidden_NLd)
     previous_NL = previous_positions(order_NL, cfg.model.max_len)
     logp_NLL = policy_log_probs(hidden_NLd, params, open_mask(order_NL), previous_NL)
     return jnp.take_along_axis(logp_NLL, order_NL[..., None], axis=2)[..., 0]
@@ -285,6 +287,8 @@ OPTIONS = (
            "(a starts at 0; it learns only while beta < 1)"),
     Option("policy_transitions", False, "learned_order: add to the policy's logits a learned score per "
            "(previous position, next position)"),
+    Option("policy_trunk_grad", True, "learned_order: the policy's loss trains the shared trunk too "
+           "(false: only its own head and transition table)"),
     Option("q_width", 32, "learned_order: width of the posterior's content network"),
     Option("q_entropy_start", 1.0, "learned_order: q's gradient follows E_q[log p - beta log q], beta from "
            "this at step 0 linearly to q_entropy_end"),
