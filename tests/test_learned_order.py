@@ -417,7 +417,8 @@ def test_entropy_weight_schedule_runs_from_start_to_end_then_holds():
     ({"objective.q_entropy_delay": -3}, "q_entropy_delay=-3 must be >= 0"),
     ({"objective.q_entropy_end": -0.5}, "q_entropy_end=-0.5, "),
     ({"objective.p_orders": "best"}, "p_orders='best' must be one of draws, mode"),
-    ({"objective.p_orders": "mode", "objective.train_bound": "iw"}, "p_orders=mode .* needs objective.train_bound=elbo"),
+    ({"objective.p_orders": "mode", "objective.train_bound": "iw"},
+     "p_orders=mode .* needs objective.train_bound=elbo"),
 ])
 def test_bad_options_are_one_line_config_errors(over, message):
     with pytest.raises(ConfigError, match=message) as info:
