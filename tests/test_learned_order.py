@@ -263,40 +263,43 @@ def test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient(bound,
         assert abs(ratio_C.mean() - 1) < 4 * se and se < 0.05, (ratio_C.mean(), se)
 
 
-def test_mode_training_fits_p_to_q_mode_and_q_to_the_token_likelihood():
-    """p_orders=mode: p's gradient (trunk, policy head, transition table) is exactly that of
-    -log p(x, q's mode) per token, whatever the draws (two keys); q's gradient, averaged over 16000
-    draws (K = 4), matches jax.grad of the exact -(E_q[log p(x | sigma)] - 1.5 E_q[log q]) / n
-    enumerated over the 6 orders (|z| < 6 per coordinate, projection within 4 s.e. of 1). Catches the
-    draws training p, the policy term left in q's weights (it is fitted to the mode and would hold q
-    there), beta dropped, and a mode taken as argsort(s) (the least likely order)."""
+def test_mode_training_fits_the_token_head_to_q_mode_and_the_rest_to_the_elbo():
+    """token_orders=mode (policy_trunk_grad=false, so the trunk learns from the token head alone): the
+    trunk's gradient is exactly that of -log p(x | q's mode) per token, whatever the draws (two keys);
+    the gradient of the policy's and q's parameters, averaged over 16000 draws (K = 4), matches jax.grad
+    of the exact -(E_q[sg(log p(x | sigma)) + log pi(sigma)] - 1.5 E_q[log q]) / n enumerated over the 6
+    orders (|z| < 6 per coordinate, projection within 4 s.e. of 1). Catches the draws training the
+    token head, the policy left out of q's weights or not trained on the draws, beta dropped, and a
+    mode taken as argsort(s) (the least likely order)."""
     n, beta = 3, 1.5
     cfg = tiny_cfg(n, **{"objective.num_samples": 4, "objective.q_entropy_start": beta,
-                         "objective.policy_transitions": True, "objective.p_orders": "mode"})
+                         "objective.policy_transitions": True, "objective.token_orders": "mode",
+                         "objective.policy_trunk_grad": False})
     params = random_params(cfg, seed=3)
     x = jnp.asarray([[0, 1, 5]], jnp.int32)
     P = jnp.asarray(perms(n))[None]
-    mode_11L = jnp.argsort(-q_scores(params, x), axis=1)[:, None].astype(jnp.int32)
-    assert mode_11L.tolist() != [[[0, 1, 2]]]  # a non-trivial mode, so the test sees which order p learns
+    mode_1L = jnp.argsort(-q_scores(params, x), axis=1).astype(jnp.int32)
+    assert mode_1L.tolist() != [[0, 1, 2]]  # a non-trivial mode, so the test sees which order is learned
     grad_loss = jax.jit(jax.grad(lambda p, t, r: lo.loss(p, {"tokens": t, "step": 0}, r, cfg)[0]))
-    mode_grad = jax.grad(lambda p: -lo.log_joint(p, x, mode_11L, cfg)[0].mean() / n)(params)
-    is_q = lambda path: any(getattr(k, "key", None) in lo.Q_PARAMS for k in path)  # noqa: E731
+    mode_grad = jax.grad(lambda p: ao_ar.order_token_nll(p, x, mode_1L, cfg).sum() / n)(params)
+    own = lambda path: getattr(path[0], "key", None) == OWN_PARAMS  # noqa: E731
     for key in (1, 2):
         g = grad_loss(params, x, jax.random.key(key))
         for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(g), jax.tree.leaves(mode_grad)):
-            if not is_q(path):
+            if not own(path):
                 np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=str(path))
 
-    def exact_q_objective(p):
-        lp_BK, policy_BK = lo.log_joint(jax.lax.stop_gradient(p), x, P, cfg)
+    def exact_objective(p):
+        lp_BK, policy_BK = lo.log_joint(p, x, P, cfg)
+        token_K = jax.lax.stop_gradient(lp_BK - policy_BK)[0]
         lq_K = lo.pl_log_prob(lo.q_scores(p, x), P)[0]
-        return -(jnp.exp(lq_K) * ((lp_BK - policy_BK)[0] - beta * lq_K)).sum() / n
+        return -(jnp.exp(lq_K) * (token_K + policy_BK[0] - beta * lq_K)).sum() / n
 
-    flat_q = lambda g: np.concatenate([np.ravel(v) for path, v in jax.tree_util.tree_leaves_with_path(g)  # noqa: E731
-                                       if is_q(path)]).astype(np.float64)
-    exact_P = flat_q(jax.grad(exact_q_objective)(params))
+    flat_own = lambda g: np.concatenate([np.ravel(v) for path, v in jax.tree_util.tree_leaves_with_path(g)  # noqa: E731
+                                         if own(path)]).astype(np.float64)
+    exact_P = flat_own(jax.grad(exact_objective)(params))
     tokens, chunks = jnp.tile(x, (400, 1)), 40
-    est_CP = np.stack([flat_q(grad_loss(params, tokens, jax.random.key(100 + c))) for c in range(chunks)])
+    est_CP = np.stack([flat_own(grad_loss(params, tokens, jax.random.key(100 + c))) for c in range(chunks)])
     mean_P, se_P = est_CP.mean(0), est_CP.std(0, ddof=1) / np.sqrt(chunks)
     live = (se_P > 0) | (exact_P != 0)
     assert (np.abs(mean_P - exact_P)[live] / (se_P[live] + 1e-9)).max() < 6
@@ -416,9 +419,9 @@ def test_entropy_weight_schedule_runs_from_start_to_end_then_holds():
                                         "objective.q_entropy_steps=0 and objective.q_entropy_delay=0"),
     ({"objective.q_entropy_delay": -3}, "q_entropy_delay=-3 must be >= 0"),
     ({"objective.q_entropy_end": -0.5}, "q_entropy_end=-0.5, "),
-    ({"objective.p_orders": "best"}, "p_orders='best' must be one of draws, mode"),
-    ({"objective.p_orders": "mode", "objective.train_bound": "iw"},
-     "p_orders=mode .* needs objective.train_bound=elbo"),
+    ({"objective.token_orders": "best"}, "token_orders='best' must be one of draws, mode"),
+    ({"objective.token_orders": "mode", "objective.train_bound": "iw"},
+     "token_orders=mode .* needs objective.train_bound=elbo"),
 ])
 def test_bad_options_are_one_line_config_errors(over, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -54,7 +54,7 @@ from jaxorder.objectives.base import OWN_PARAMS, Objective, Option, OrderScoring
 
 Q_INITS = ("uniform", "l2r", "r2l")
 TRAIN_BOUNDS = ("elbo", "iw")
-P_ORDERS = ("draws", "mode")
+TOKEN_ORDERS = ("draws", "mode")
 
 
 def initial_global_scores(q_init: str, scale: float, max_len: int) -> jnp.ndarray:
@@ -233,7 +233,7 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     if "q_log_scale" in own:  # learned only while beta < 1: at beta >= 1 it would spread q at once
         params = {**params, OWN_PARAMS: {**own, "q_log_scale": jnp.where(beta < 1, own["q_log_scale"],
                                                                          sg(own["q_log_scale"]))}}
-    if cfg.objective.p_orders == "mode":
+    if cfg.objective.token_orders == "mode":
         return mode_loss(params, tokens_BL, rng, beta, cfg)
     d = weights(params, tokens_BL, rng, cfg.objective.num_samples, cfg)
     neg_elbo = sg(-d["w"].mean() / n)
@@ -256,30 +256,29 @@ def train_metrics(value, reported, d: dict, beta, n: int) -> dict:
 
 
 def mode_loss(params, tokens_BL: jnp.ndarray, rng: jax.Array, beta, cfg: Config) -> tuple[jnp.ndarray, dict]:
-    """p_orders=mode (hard EM in the order): the token head and the policy learn only q's PL mode
-    argsort(-s), one order per window, while q learns from its K draws scored by the token head alone,
-    maximizing E_q[log p(x | sigma)] - beta E_q[log q] with the same leave-one-out score-function
-    estimator. The draws train nothing in p, so exploring orders costs the token head nothing; the policy
-    is left out of q's weights because it is fitted to q's mode and would hold q there. Once q is a point
-    mass, mode = draws and this is the ELBO's gradient. The reported loss is still -ELBO of the draws."""
+    """token_orders=mode (hard EM for the token head): the token head learns only q's PL mode
+    argsort(-s), one order per window; the policy and q learn from the K draws exactly as in the ELBO
+    (the policy fits q's draws, q's weights are the whole w = log p(x, sigma) - beta log q, with the
+    draws' token terms gradient-stopped). Exploring orders then costs the token head nothing, and the
+    policy term still charges q for any information its order carries about x. Once q is a point mass,
+    mode = draws and this is the ELBO's gradient. The reported loss is still -ELBO of the draws."""
     sg = jax.lax.stop_gradient
-    n = tokens_BL.shape[1]
-    d = weights(sg_p(params), tokens_BL, rng, cfg.objective.num_samples, cfg)
-    mode_B1L = jnp.argsort(-sg(d["s"]), axis=1)[:, None, :].astype(jnp.int32)
-    lp_mode_B = log_joint(params, tokens_BL, mode_B1L, cfg)[0][:, 0]
-    w_BK = sg(d["lp"] - d["policy"] - beta * d["lq"])
-    neg_s = -(lp_mode_B + ((w_BK - loo_baseline(w_BK)) * d["lq"]).mean(axis=1)).mean() / n
+    B, n = tokens_BL.shape
+    K = cfg.objective.num_samples
+    s_BL = q_scores(params, tokens_BL)
+    orders_BKL = pl_sample(s_BL, rng, K)
+    lq_BK = pl_log_prob(s_BL, orders_BKL)
+    tokens_NL, order_NL = jnp.repeat(tokens_BL, K, axis=0), orders_BKL.reshape(B * K, n)
+    token_BK = -ao_ar.order_token_nll(sg(params), tokens_NL, order_NL, cfg).sum(axis=1).reshape(B, K)
+    policy_BK = policy_terms(params, tokens_NL, order_NL, cfg).sum(axis=1).reshape(B, K)
+    mode_BL = jnp.argsort(-sg(s_BL), axis=1).astype(jnp.int32)
+    token_mode_B = -ao_ar.order_token_nll(params, tokens_BL, mode_BL, cfg).sum(axis=1)
+    w_BK = sg(token_BK + policy_BK - beta * lq_BK)
+    neg_s = -(token_mode_B + (policy_BK + (w_BK - loo_baseline(w_BK)) * lq_BK).mean(axis=1)).mean() / n
+    d = dict(s=s_BL, orders=orders_BKL, policy=policy_BK, w=sg(token_BK + policy_BK - lq_BK))
     reported = sg(-d["w"].mean() / n)
     value = reported + (neg_s - sg(neg_s))
     return value, train_metrics(value, reported, d, beta, n)
-
-
-def sg_p(params) -> dict:
-    """params with p's leaves (trunk, policy head, transition table) gradient-stopped; q's kept."""
-    sg = jax.lax.stop_gradient
-    own = params[OWN_PARAMS]
-    return {**sg({k: v for k, v in params.items() if k != OWN_PARAMS}),
-            OWN_PARAMS: {k: (v if k in Q_PARAMS else sg(v)) for k, v in own.items()}}
 
 
 def nll(params, batch: dict, rng: jax.Array, cfg: Config) -> jnp.ndarray:
@@ -316,8 +315,8 @@ OPTIONS = (
     Option("q_init_scale", 1.0, "learned_order: l2r/r2l start, global scores -/+ scale * position"),
     Option("train_bound", "elbo", "learned_order: the bound training maximizes, elbo | iw (the K-sample "
            "importance-weighted bound, VIMCO's estimator)"),
-    Option("p_orders", "draws", "learned_order: the orders p (token head and policy) learns from, draws "
-           "(q's K draws: the ELBO's gradient) | mode (q's mode only; q learns from the draws' token NLL)"),
+    Option("token_orders", "draws", "learned_order: the orders the token head learns from, draws (q's K "
+           "draws: the ELBO's gradient) | mode (q's mode only; the policy and q still learn from the draws)"),
     Option("q_learn_scale", False, "learned_order: a learned inverse temperature exp(a) on q's scores "
            "(a starts at 0; it learns only while beta < 1)"),
     Option("policy_transitions", False, "learned_order: add to the policy's logits a learned score per "
@@ -352,10 +351,12 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"objective.{key}={getattr(o, key)} must be >= 1")
     if o.train_bound not in TRAIN_BOUNDS:
         raise ConfigError(f"objective.train_bound={o.train_bound!r} must be one of {', '.join(TRAIN_BOUNDS)}")
-    if o.p_orders not in P_ORDERS:
-        raise ConfigError(f"objective.p_orders={o.p_orders!r} must be one of {', '.join(P_ORDERS)}")
-    if o.p_orders == "mode" and o.train_bound != "elbo":
-        raise ConfigError("objective.p_orders=mode trains p on q's mode; it needs objective.train_bound=elbo")
+    if o.token_orders not in TOKEN_ORDERS:
+        raise ConfigError(f"objective.token_orders={o.token_orders!r} must be one of "
+                          f"{', '.join(TOKEN_ORDERS)}")
+    if o.token_orders == "mode" and o.train_bound != "elbo":
+        raise ConfigError("objective.token_orders=mode trains the token head on q's mode; it needs "
+                          "objective.train_bound=elbo")
     if o.q_init not in Q_INITS:
         raise ConfigError(f"objective.q_init={o.q_init!r} must be one of {', '.join(Q_INITS)}")
     if o.q_init_scale < 0:
