@@ -262,6 +262,24 @@ MUTATIONS: tuple[Mutation, ...] = (
         "jax.random.categorical(jax.random.fold_in(order_key, c), 2 * logp_BL, axis=-1)",
         "policy sampled at temperature 1/2 (not ancestral sampling of p(x, sigma))",
         (LO + "test_policy_sampler_draws_the_joint_exactly",)),
+    Mutation(
+        "lo-mode-token-from-draws", "jaxorder/objectives/learned_order.py",
+        "neg_s = -(token_mode_B + (policy_BK",
+        "neg_s = -(token_BK.mean(axis=1) + (policy_BK",
+        "token_orders=mode: the token term taken from the (gradient-stopped) draws, not the mode",
+        (LO + "test_mode_training_fits_the_token_head_to_q_mode_and_the_rest_to_the_elbo",)),
+    Mutation(
+        "lo-mode-policy-not-in-weights", "jaxorder/objectives/learned_order.py",
+        "w_BK = sg(token_BK + policy_BK - beta * lq_BK)",
+        "w_BK = sg(token_BK - beta * lq_BK)",
+        "token_orders=mode: q's weights leave out the policy term (q may encode x in its order)",
+        (LO + "test_mode_training_fits_the_token_head_to_q_mode_and_the_rest_to_the_elbo",)),
+    Mutation(
+        "lo-mode-least-likely", "jaxorder/objectives/learned_order.py",
+        "mode_BL = jnp.argsort(-sg(s_BL), axis=1)",
+        "mode_BL = jnp.argsort(sg(s_BL), axis=1)",
+        "token_orders=mode: the token head learns q's least likely order",
+        (LO + "test_mode_training_fits_the_token_head_to_q_mode_and_the_rest_to_the_elbo",)),
     # ------------------------------------------------------------------ yardstick and order scoring
     Mutation(
         "yardstick-bytes-per-token", "jaxorder/evaluation/yardstick.py",
