@@ -1,5 +1,6 @@
 """Sweeps with named axes, fixed-order scores and the attention summary in the report."""
 import csv
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,14 @@ def test_report_has_order_scores_and_slash_fraction(tmp_path, text_corpus):
     assert all(float(r["uncertainty_per_token"]) > 0 for r in table[1:])
     assert "## Samplers" in (tmp_path / "out" / "results.md").read_text()
     assert all(g["tokens_per_s"] > 0 and g["steps"] == 8 for g in results[1]["generate"])
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "configs" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_sweep_loads_and_expands(path):
+    """A shipped sweep that no longer validates (a renamed option, a bad order spec) fails here, not hours
+    into a study."""
+    runs = expand(load_sweep(path))
+    assert runs and len({name for name, _ in runs}) == len(runs)
