@@ -13,6 +13,7 @@ from jaxorder.evaluation.commit_order import (
     ar_ness,
     commit_distance,
     filled_neighbours,
+    most_constrained_order,
     order_stats,
     plot_commit_orders,
 )
@@ -68,10 +69,12 @@ def test_filled_peers_on_sudoku_random_zero_and_most_constrained_positive():
         assert chosen.mean() == 10.0
         excess.append((chosen - open_mean).mean())
     assert abs(np.mean(excess)) < 4 * np.std(excess) / np.sqrt(len(excess))
-    committed, filled = np.full(81, 81), np.zeros(81, bool)
-    for step in range(81):  # most filled peers first, lowest cell on ties
-        cell = int(np.argmax(np.where(filled, -1, peers.astype(int) @ filled)))
-        committed[cell], filled[cell] = step, True
+    # from an empty grid (ties: the lowest cell) the next cell in reading order always has the most
+    committed = most_constrained_order(np.zeros(81, bool), peers)
+    assert committed.tolist() == list(range(81))
+    fixed = rng.random(81) < 0.4
+    committed = most_constrained_order(fixed, peers)
+    assert (committed[fixed] == -1).all() and sorted(committed[~fixed]) == list(range((~fixed).sum()))
     chosen, open_mean = filled_neighbours(committed, peers)
     assert (chosen >= open_mean).all() and (chosen - open_mean).mean() > 2 + max(excess)
     givens = np.where(rng.random(81) < 0.4, -1, rng.permutation(81))  # fixed cells count as filled

@@ -77,6 +77,19 @@ def filled_neighbours(committed_at_L: np.ndarray, adjacency_LL: np.ndarray) -> t
     return np.asarray(chosen, np.float64), np.asarray(open_mean, np.float64)
 
 
+def most_constrained_order(fixed_L: np.ndarray, adjacency_LL: np.ndarray) -> np.ndarray:
+    """committed_at [L] of the order that always fills the open position with the most filled
+    neighbours (fixed ones count; ties: the lowest position), -1 at the fixed positions: the reference
+    that maximizes ``filled_neighbours``' difference step by step."""
+    adjacency_LL = np.asarray(adjacency_LL, np.int64)
+    filled_L = np.asarray(fixed_L, bool).copy()
+    committed_L = np.full(len(filled_L), -1)
+    for step in range(int((~filled_L).sum())):
+        pos = int(np.argmax(np.where(filled_L, -1, adjacency_LL @ filled_L)))
+        committed_L[pos], filled_L[pos] = step, True
+    return committed_L
+
+
 def order_stats(committed_at_BL: np.ndarray) -> dict:
     """Mean AR-ness and commit distance over the rows that generated something."""
     ar = [v for v in (ar_ness(row) for row in np.asarray(committed_at_BL)) if v is not None]
