@@ -2,7 +2,7 @@
 the order each sampler fills a grid in, for the runs of configs/sweeps/sudoku_orders.yaml.
 
     python bench/sudoku_orders.py [--runs runs/sweeps/sudoku_orders] [--names l2r,mdm,ao_ar,learned_order]
-                                  [--windows 128] [--samples 128] [--givens 36]
+                                  [--windows 128] [--samples 128] [--givens 36,60]
 
 Each run (trained first with `jaxorder sweep` if the directory has none of them) is decoded with its
 objective's natural sampler at temperature 1 (l2r: ar; mdm: confidence, 82 steps, one commit per step;
@@ -13,9 +13,9 @@ ao_ar: greedy; learned_order: policy), every sampler with ignore_eos so each row
     window's bits (81 cells and the separator) / 81, ± s.e. over windows;
 (b) --samples unprompted rows (batches of 16, key = batch index): valid grids and conflicts per grid
     (bench/sudoku.py's grid_stats; a cell holding anything but a digit is an empty cell);
-(c) solving: the first --samples validation grids with --givens random cells kept (the same cells for
-    every run, numpy seed 0) and the others masked, the separator kept: the fraction solved (a valid
-    grid that keeps every given, synthetic.solves);
+(c) solving: the first --samples validation grids with G random cells kept for each G of --givens (the
+    same cells for every run, numpy seed 0) and the others masked, the separator kept: the fraction
+    solved (a valid grid that keeps every given, synthetic.solves);
 (d) fill orders of (b) and (c) (the samplers' committed_at; ar: reading order), cells only: per fill,
     the filled peers (same row, column or box) of the chosen cell minus the mean over the cells still
     open (commit_order.filled_neighbours; a uniformly random order scores 0 in expectation, exactly);
@@ -113,7 +113,8 @@ def order_summary(committed_NL: np.ndarray) -> dict:
         rank[filled] = np.argsort(np.argsort(committed[filled], kind="stable"), kind="stable")
         ranks.append(rank)
     d = np.asarray(per_grid)
-    return {"excess": float(d.mean()), "excess_se": float(d.std(ddof=1) / math.sqrt(len(d))),
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0  # one order: no spread
+    return {"excess": float(d.mean()), "excess_se": se,
             "excess_by_fill": np.mean(np.stack(per_index), axis=0).tolist(),
             "filled_peers": float(np.mean(plain)), "filled_peers_random": float(np.mean(random)),
             "fill_rank": np.nanmean(np.stack(ranks), axis=0).tolist()}
@@ -130,7 +131,23 @@ def q_mode(cfg, params, windows: np.ndarray) -> dict:
     return summary
 
 
-def measure_run(name: str, runs: Path, n_windows: int, n_samples: int, givens: int) -> dict:
+def solve(cfg, params, tokenizer, windows: np.ndarray, givens: int, sampler: str, options: dict) -> dict:
+    """(c) and (d) on the windows' grids with `givens` cells kept."""
+    mask = special_ids(cfg.model).mask
+    puzzles = templates(windows, givens, mask)
+    tokens, committed = decode(cfg, params, puzzles, sampler, options)
+    lines = [grid_cells(t, tokenizer) for t in tokens]
+    given_lines = [grid_cells(np.where(p == mask, tokenizer.pad_id, p), tokenizer) for p in puzzles]
+    solved = np.asarray([solves(x, g) for x, g in zip(lines, given_lines)], np.float64)
+    peers = sudoku_peers()  # the reference order: most filled peers first
+    reference = order_summary(np.stack([most_constrained_order(p[:CELLS] != mask, peers) for p in puzzles]))
+    return {**grid_stats(lines), "givens": givens, "solved": int(solved.sum()),
+            "solved_fraction": float(solved.mean()),
+            "solved_se": float(math.sqrt(solved.mean() * (1 - solved.mean()) / len(solved))),
+            **order_summary(committed), "reference": reference}
+
+
+def measure_run(name: str, runs: Path, n_windows: int, n_samples: int, givens: list[int]) -> dict:
     cfg, params, step = load_params(runs / name)
     tokenizer = run_tokenizer(cfg, runs / name)
     sampler, options = NATURAL[cfg.objective.name]
@@ -150,49 +167,47 @@ def measure_run(name: str, runs: Path, n_windows: int, n_samples: int, givens: i
     unprompted = np.full((n_samples, LENGTH), mask, np.int32)
     tokens, committed = decode(cfg, params, unprompted, sampler, options)
     row["unprompted"] = {**grid_stats([grid_cells(t, tokenizer) for t in tokens]), **order_summary(committed)}
-    puzzles = templates(windows[:n_samples], givens, mask)
-    tokens, committed = decode(cfg, params, puzzles, sampler, options)
-    lines = [grid_cells(t, tokenizer) for t in tokens]
-    given_lines = [grid_cells(np.where(p == mask, tokenizer.pad_id, p), tokenizer) for p in puzzles]
-    solved = np.asarray([solves(x, g) for x, g in zip(lines, given_lines)], np.float64)
-    row["solving"] = {**grid_stats(lines), "givens": givens, "solved": int(solved.sum()),
-                      "solved_fraction": float(solved.mean()),
-                      "solved_se": float(math.sqrt(solved.mean() * (1 - solved.mean()) / len(solved))),
-                      **order_summary(committed)}
+    row["solving"] = [solve(cfg, params, tokenizer, windows[:n_samples], g, sampler, options) for g in givens]
     if cfg.objective.name == "learned_order":
         row["q_mode"] = q_mode(cfg, params, windows[:n_windows])
-    peers = sudoku_peers()  # the reference order: most filled peers first (same puzzles for every run)
-    row["reference"] = {part: order_summary(np.stack([most_constrained_order(r[:CELLS] != mask, peers)
-                                                      for r in rows]))
-                        for part, rows in (("unprompted", unprompted), ("solving", puzzles))}
+    row["unprompted"]["reference"] = order_summary(most_constrained_order(np.zeros(CELLS, bool),
+                                                                          sudoku_peers())[None])
     row["seconds"] = time.perf_counter() - t0
     return row
 
 
 def markdown(rows: list[dict]) -> str:
+    counts = [x["givens"] for x in rows[0]["solving"]]
     out = ["| run | sampler | bits per cell (yardstick) | valid grids (unprompted) | conflicts per grid | "
-           "solved (givens) | conflicts, solving |", "|---|---|---|---|---|---|---|"]
+           + " | ".join(f"solved, {g} givens | conflicts, {g} givens" for g in counts) + " |",
+           "|---|---|---|---|---|" + "---|---|" * len(counts)]
     for r in rows:
-        u, s = r["unprompted"], r["solving"]
+        u = r["unprompted"]
+        cells = [f"{s['solved']}/{s['samples']} ({s['solved_fraction']:.3f} ± {s['solved_se']:.3f}) | "
+                 f"{s['conflicts']:.2f} ± {s['conflicts_se']:.2f}" for s in r["solving"]]
         out.append(f"| {r['run']} | {r['sampler']} | {r['bits_per_cell']:.3f} ± {r['bits_per_cell_se']:.3f} "
                    f"({r['yardstick']}) | {u['valid']}/{u['samples']} ({u['valid_fraction']:.3f} ± "
                    f"{u['valid_se']:.3f}) | {u['conflicts']:.2f} ± {u['conflicts_se']:.2f} | "
-                   f"{s['solved']}/{s['samples']} ({s['solved_fraction']:.3f} ± {s['solved_se']:.3f}; "
-                   f"{s['givens']}) | {s['conflicts']:.2f} ± {s['conflicts_se']:.2f} |")
-    out += ["", "| run | sampler | filled peers − open-cell mean, unprompted | same, solving |",
-            "|---|---|---|---|"]
+                   + " | ".join(cells) + " |")
+    out += ["", "Filled peers of the chosen cell − mean over the open cells, per fill (random order: 0):",
+            "",
+            "| run | order | unprompted | " + " | ".join(f"{g} givens" for g in counts) + " |",
+            "|---|---|---|" + "---|" * len(counts)]
+
+    def cell(x: dict) -> str:
+        return f"{x['excess']:+.3f} ± {x['excess_se']:.3f}"
+
     for r in rows:
-        out.append(f"| {r['run']} | {r['sampler']} | {r['unprompted']['excess']:+.3f} ± "
-                   f"{r['unprompted']['excess_se']:.3f} | {r['solving']['excess']:+.3f} ± "
-                   f"{r['solving']['excess_se']:.3f} |")
+        out.append(f"| {r['run']} | {r['sampler']} | {cell(r['unprompted'])} | "
+                   + " | ".join(cell(s) for s in r["solving"]) + " |")
         if "q_mode" in r:
             q = r["q_mode"]
             out.append(f"| {r['run']} | q's PL mode ({q['distinct_modes']} distinct cell orders) | "
-                       f"{q['excess']:+.3f} ± {q['excess_se']:.3f} | |")
-    ref = rows[0]["reference"]
-    out.append(f"| reference | most filled peers first | {ref['unprompted']['excess']:+.3f} | "
-               f"{ref['solving']['excess']:+.3f} ± {ref['solving']['excess_se']:.3f} |")
-    out.append("| reference | uniformly random order | 0 (exact) | 0 (exact) |")
+                       f"{cell(q)} | " + " | ".join("" for _ in counts) + " |")
+    first = rows[0]["unprompted"]["reference"]["excess"]
+    out.append(f"| reference | most filled peers first | {first:+.3f} | "
+               + " | ".join(cell(s["reference"]) for s in rows[0]["solving"]) + " |")
+    out.append("| reference | uniformly random | 0 | " + " | ".join("0" for _ in counts) + " |")
     return "\n".join(out)
 
 
@@ -221,17 +236,22 @@ def plot(rows: list[dict], out_dir: Path) -> None:
     fig.savefig(out_dir / "sudoku_orders_fill_rank.png", dpi=120)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, part in zip(axes, ("unprompted", "solving")):
+    parts = [("unprompted", lambda r: r["unprompted"])]
+    parts += [(f"solving, {s['givens']} givens", lambda r, i=i: r["solving"][i])
+              for i, s in enumerate(rows[0]["solving"])]
+    fig, axes = plt.subplots(1, len(parts), figsize=(5 * len(parts), 3.8), squeeze=False)
+    for ax, (title, part) in zip(axes[0], parts):
         for r in rows:
-            y = r[part]["excess_by_fill"]
+            y = part(r)["excess_by_fill"]
             ax.plot(np.arange(len(y)), y, label=f"{r['run']} ({r['sampler']})")
-        ax.axhline(0, color="black", lw=0.8, ls="--", label="random order (expectation)")
+        y = part(rows[0])["reference"]["excess_by_fill"]
+        ax.plot(np.arange(len(y)), y, color="gray", lw=0.8, label="most filled peers first")
+        ax.axhline(0, color="black", lw=0.8, ls="--", label="uniformly random (expectation)")
         ax.set_xlabel("fill index (cells)")
         ax.set_ylabel("filled peers of the chosen cell − open-cell mean")
-        ax.set_title(part if part == "unprompted" else f"solving ({rows[0]['solving']['givens']} givens)")
+        ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "sudoku_orders_constrained.png", dpi=120)
     plt.close(fig)
@@ -244,7 +264,7 @@ def main() -> None:
     parser.add_argument("--names", default="l2r,mdm,ao_ar,learned_order")
     parser.add_argument("--windows", type=int, default=128, help="validation windows of the yardstick")
     parser.add_argument("--samples", type=int, default=128, help="unprompted samples and puzzles per run")
-    parser.add_argument("--givens", type=int, default=36, help="cells kept per puzzle")
+    parser.add_argument("--givens", default="36,60", help="cells kept per puzzle (a comma list)")
     args = parser.parse_args()
     runs, names = Path(args.runs), args.names.split(",")
     if not any((runs / n / "checkpoints").is_dir() for n in names):
@@ -254,12 +274,13 @@ def main() -> None:
     print(f"{stamp}; {machine_line()}", flush=True)
     rows = []
     for name in names:
-        rows.append(measure_run(name, runs, args.windows, args.samples, args.givens))
+        givens = [int(g) for g in args.givens.split(",")]
+        rows.append(measure_run(name, runs, args.windows, args.samples, givens))
         r = rows[-1]
+        solved = "  ".join(f"solved {s['solved']}/{s['samples']} ({s['givens']})" for s in r["solving"])
         print(f"{name:<16} {r['bits_per_cell']:.3f}±{r['bits_per_cell_se']:.3f} bits/cell  valid "
-              f"{r['unprompted']['valid']}/{r['unprompted']['samples']}  solved {r['solving']['solved']}/"
-              f"{r['solving']['samples']}  excess {r['unprompted']['excess']:+.3f} / "
-              f"{r['solving']['excess']:+.3f}  ({r['seconds']:.0f} s)", flush=True)
+              f"{r['unprompted']['valid']}/{r['unprompted']['samples']}  {solved}  excess "
+              f"{r['unprompted']['excess']:+.3f}  ({r['seconds']:.0f} s)", flush=True)
     out = runs / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "sudoku_orders.json").write_text(json.dumps({"date": stamp, "machine": machine_line(),
