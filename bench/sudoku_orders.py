@@ -218,8 +218,12 @@ def plot(rows: list[dict], out_dir: Path) -> None:
 
     panels = [(f"{r['run']}: {r['sampler']}", r["unprompted"]["fill_rank"]) for r in rows]
     panels += [(f"{r['run']}: q's PL mode", r["q_mode"]["fill_rank"]) for r in rows if "q_mode" in r]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
-    for ax, (title, rank) in zip(axes[0], panels):
+    cols = min(len(panels), 4)
+    n_rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3.2 * cols, 3.3 * n_rows + 0.3), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (title, rank) in zip(axes.flat, panels):
         grid = np.asarray(rank).reshape(9, 9)
         ax.imshow(grid, cmap="viridis", vmin=0, vmax=CELLS - 1)
         for (i, j), v in np.ndenumerate(grid):
