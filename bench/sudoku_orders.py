@@ -3,10 +3,12 @@ the order each sampler fills a grid in, for the runs of configs/sweeps/sudoku_or
 
     python bench/sudoku_orders.py [--runs runs/sweeps/sudoku_orders] [--names l2r,mdm,ao_ar,learned_order]
                                   [--windows 128] [--samples 128] [--givens 36,60]
+                                  [--sampler-for RUN=SAMPLER,...]
 
 Each run (trained first with `jaxorder sweep` if the directory has none of them) is decoded with its
 objective's natural sampler at temperature 1 (l2r: ar; mdm: confidence, 82 steps, one commit per step;
-ao_ar: greedy; learned_order: policy), every sampler with ignore_eos so each row keeps its 82 tokens:
+ao_ar: greedy; learned_order: policy; --sampler-for names another for a run, e.g. a control run trained
+in one order), every sampler with ignore_eos so each row keeps its 82 tokens:
 
 (a) bits per grid cell: the run's yardstick (as `jaxorder eval`: exact for l2r, exact in the l2r order
     for ao_ar, upper bounds for mdm and learned_order) on the first --windows validation windows: a
@@ -147,10 +149,12 @@ def solve(cfg, params, tokenizer, windows: np.ndarray, givens: int, sampler: str
             **order_summary(committed), "reference": reference}
 
 
-def measure_run(name: str, runs: Path, n_windows: int, n_samples: int, givens: list[int]) -> dict:
+def measure_run(name: str, runs: Path, n_windows: int, n_samples: int, givens: list[int],
+                sampler: str | None = None) -> dict:
     cfg, params, step = load_params(runs / name)
     tokenizer = run_tokenizer(cfg, runs / name)
-    sampler, options = NATURAL[cfg.objective.name]
+    natural, options = NATURAL[cfg.objective.name]
+    sampler, options = (natural, options) if sampler in (None, natural) else (sampler, {})
     windows, bytes_per_token = windows_of(cfg, max(n_windows, n_samples))
     t0 = time.perf_counter()
     ys = evaluate(params, cfg, [windows[:n_windows]], bytes_per_token,
@@ -269,6 +273,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=128, help="validation windows of the yardstick")
     parser.add_argument("--samples", type=int, default=128, help="unprompted samples and puzzles per run")
     parser.add_argument("--givens", default="36,60", help="cells kept per puzzle (a comma list)")
+    parser.add_argument("--sampler-for", default="", help="RUN=SAMPLER,...: another sampler for those runs")
     args = parser.parse_args()
     runs, names = Path(args.runs), args.names.split(",")
     if not any((runs / n / "checkpoints").is_dir() for n in names):
@@ -279,7 +284,8 @@ def main() -> None:
     rows = []
     for name in names:
         givens = [int(g) for g in args.givens.split(",")]
-        rows.append(measure_run(name, runs, args.windows, args.samples, givens))
+        chosen = dict(x.split("=") for x in args.sampler_for.split(",") if x)
+        rows.append(measure_run(name, runs, args.windows, args.samples, givens, chosen.get(name)))
         r = rows[-1]
         solved = "  ".join(f"solved {s['solved']}/{s['samples']} ({s['givens']})" for s in r["solving"])
         print(f"{name:<16} {r['bits_per_cell']:.3f}±{r['bits_per_cell_se']:.3f} bits/cell  valid "
