@@ -43,6 +43,24 @@ def grid_line(text: str) -> str:
     return "".join(c if c in "123456789" else "0" for c in text[:81])
 
 
+def grid_cells(tokens_L: np.ndarray, tokenizer) -> str:
+    """The grid of a row of tokens by position: its first 81 tokens, each a digit 1-9 or 0 (a missing
+    digit: anything else, specials included), so every cell stays at its place whatever was generated."""
+    chars = (tokenizer.decode(np.asarray([t])) for t in np.asarray(tokens_L)[:81])
+    return "".join(c if len(c) == 1 and c in "123456789" else "0" for c in chars)
+
+
+def grid_stats(lines: list[str]) -> dict:
+    """Valid-grid fraction (with its binomial s.e.) and conflicts per grid ± s.e. of 81-character lines
+    (a line of another length counts as an empty grid, 27 * 9 conflicts)."""
+    valid = np.asarray([is_valid_grid(x) for x in lines], np.float64)
+    conflicts = np.asarray([grid_conflicts(x) if len(x) == 81 else 27 * 9 for x in lines], np.float64)
+    n = len(lines)
+    return {"samples": n, "valid": int(valid.sum()), "valid_fraction": float(valid.mean()),
+            "valid_se": float(math.sqrt(valid.mean() * (1 - valid.mean()) / n)),
+            "conflicts": float(conflicts.mean()), "conflicts_se": float(conflicts.std(ddof=1) / math.sqrt(n))}
+
+
 def measure(cfg, params, tokenizer, name: str, options: dict, steps: int, samples: int,
             runs: Path) -> dict:
     sampler = sampling.resolve(cfg, name)
@@ -58,12 +76,10 @@ def measure(cfg, params, tokenizer, name: str, options: dict, steps: int, sample
         lines += [grid_line(tokenizer.decode(t[t != tokenizer.pad_id])) for t in tokens]
         uncertainty += list(np.asarray(out["uncertainty"]) / LENGTH)
         nfe += int(out["nfe"])
-    conflicts = np.asarray([grid_conflicts(x) if len(x) == 81 else 27 * 9 for x in lines], np.float64)
+    stats = grid_stats(lines)
     return {"sampler": name, "steps": steps, **options, "samples": len(lines),
-            "valid_fraction": float(np.mean([is_valid_grid(x) for x in lines])),
-            "conflicts": float(conflicts.mean()),
-            "conflicts_se": float(conflicts.std(ddof=1) / math.sqrt(len(conflicts))),
-            "uncertainty_per_token": float(np.mean(uncertainty)),
+            "valid_fraction": stats["valid_fraction"], "conflicts": stats["conflicts"],
+            "conflicts_se": stats["conflicts_se"], "uncertainty_per_token": float(np.mean(uncertainty)),
             "passes_per_token": nfe / (max(samples // BATCH, 1) * LENGTH),
             "seconds": time.perf_counter() - t0}
 

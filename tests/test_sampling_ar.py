@@ -148,6 +148,77 @@ def test_stops_at_eos(tiny, direction):
     assert not on["eos"].any() and on["generated"].tolist() == [N] * 3
 
 
+def _template_rows(cfg) -> np.ndarray:
+    """Two rows in generation order: prompt "ab", MASKs with givens among and after them; no prompt,
+    givens, a last MASK, then PAD. Reading order returned (r2l runs: reversed)."""
+    M, P = special_ids(cfg.model).mask, special_ids(cfg.model).pad
+    a, b, c, d, e = (int(x) for x in TOK.encode("abcde"))
+    rows = np.array([[a, b, M, M, c, M, M, M, d, e, M, e],
+                     [M, c, M, M, M, d, e, M, M, M, P, P]], np.int32)
+    return rows[:, ::-1].copy() if cfg.objective.name == "r2l" else rows
+
+
+@pytest.mark.parametrize("direction", ["l2r", "r2l"])
+def test_template_givens_are_kept_and_teacher_forced(tiny, direction):
+    """Fixed tokens among (and after) the MASKs come back unchanged, and every generated token is the
+    greedy choice after the row's final tokens before it in the run's order, givens included: a given
+    is fed when its slot comes. Cached = uncached."""
+    import dataclasses
+
+    cfg, params = tiny
+    cfg = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, name=direction))
+    ids = special_ids(cfg.model)
+    rows = _template_rows(cfg)
+    options = dataclasses.replace(GREEDY, collect_logits=True)
+    out = jax.device_get(sampling.sample(params, cfg, rows, jax.random.key(0), "ar", options))
+    plain = jax.device_get(sampling.sample(params, cfg, rows, jax.random.key(0), "ar",
+                                           dataclasses.replace(GREEDY, cache=False)))
+    assert np.array_equal(out["tokens"], plain["tokens"])
+    masked = rows == ids.mask
+    assert np.array_equal(out["tokens"][~masked], rows[~masked])  # givens, prompt and PAD unchanged
+    assert out["generated"].tolist() == masked.sum(axis=1).tolist()
+    gen_order = out["tokens"][:, ::-1] if direction == "r2l" else out["tokens"]
+    seq = np.concatenate([np.full((2, 1), ids.bos, np.int32), gen_order], axis=1)
+    assert np.array_equal(out["seq"][:, 1:][gen_order != ids.pad], gen_order[gen_order != ids.pad])
+    logits = _full_logits(params, cfg, seq).copy()  # slot s predicts row position s (generation order)
+    logits[..., [ids.pad, ids.mask, ids.bos]] = -np.inf
+    gen_masked = masked[:, ::-1] if direction == "r2l" else masked
+    assert np.array_equal(logits.argmax(-1)[gen_masked], gen_order[gen_masked])
+
+
+def test_template_givens_stay_after_eos(tiny):
+    """A row that stops at a generated EOS gets EOS at its later MASKs; its later givens stay."""
+    cfg, params = tiny
+    ids = special_ids(cfg.model)
+    rows = _template_rows(cfg)
+    greedy = jax.device_get(sampling.sample(params, cfg, rows, jax.random.key(0), "ar", GREEDY))
+    first = int(greedy["tokens"][0, 2])
+    head = np.array(params["head"])
+    head[:, [first, ids.eos]] = head[:, [ids.eos, first]]  # EOS is now row 0's greedy token at position 2
+    swapped = {**params, "head": jnp.asarray(head)}
+    for cache in (True, False):
+        out = jax.device_get(sampling.sample(swapped, cfg, rows, jax.random.key(0), "ar",
+                                             SamplerOptions(temperature=0.0, cache=cache)))
+        want = np.where(rows[0] == ids.mask, ids.eos, rows[0])
+        assert bool(out["eos"][0]) and int(out["generated"][0]) == 1
+        assert np.array_equal(out["tokens"][0], want), cache
+
+
+def test_template_errors(tiny):
+    """PAD inside a row is an error; the speculative sampler continues prompts only."""
+    cfg, params = tiny
+    ids = special_ids(cfg.model)
+    rows = _template_rows(cfg)
+    bad = rows.copy()
+    bad[1, 3] = ids.pad
+    with pytest.raises(config_lib.ConfigError, match="PAD among its tokens"):
+        sampling.sample(params, cfg, bad, jax.random.key(0), "ar", GREEDY)
+    draft = sampling.Companion(cfg, params, "draft")
+    with pytest.raises(config_lib.ConfigError, match="need the ar sampler"):
+        sampling.sample(params, cfg, rows, jax.random.key(0), "speculative", SamplerOptions(draft="draft"),
+                        companions={"draft": draft})
+
+
 def test_banned_tokens_are_never_generated(tiny):
     """Swap the head columns of a banned id (PAD, MASK, BOS) and row 0's first greedy token: the banned
     id then has the largest logit at that slot, yet greedy decoding (cached or not) never emits it."""
@@ -224,5 +295,6 @@ def test_cli_sample_l2r_and_r2l_runs(tmp_path, repeated_corpus):
     assert code == 0 and out.startswith("--- sample 1/2") and out.count("the mat\n") == 2 and "ar, " in err
     code, _, err = cli_in_process(["sample", run, "--sampler", "confidence"])
     assert code == 2 and "unknown sampler 'confidence'; for l2r runs use one of ar" in err
-    code, _, err = cli_in_process(["sample", run, "--template", "a [MASK:3] b"])
-    assert code == 2 and "infilling templates need an mdm, bd3 or any-order run" in err
+    code, out, _ = cli_in_process(["sample", run, "--template", "a [MASK:3] b", "--ignore-eos", "--json"])
+    text = json.loads(out)["samples"][0]["text"]  # the givens are kept (teacher-forced when reached)
+    assert code == 0 and text.startswith("a ") and text.endswith(" b")

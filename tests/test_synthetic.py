@@ -168,6 +168,28 @@ def test_is_valid_grid_rejects_broken_grids():
     assert not is_valid_grid("".join([rows[0][1:] + rows[0][0]] + rows[1:]))  # a rotated row
 
 
+def test_sudoku_peers_hand_counted():
+    peers = synthetic.sudoku_peers()
+    assert peers.shape == (81, 81) and (peers == peers.T).all() and not peers.diagonal().any()
+    assert (peers.sum(axis=1) == 20).all()
+    assert np.flatnonzero(peers[0]).tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 18, 19, 20, 27, 36, 45,
+                                                  54, 63, 72]
+    assert np.flatnonzero(peers[40]).tolist() == [4, 13, 22, 30, 31, 32, 36, 37, 38, 39, 41, 42, 43, 44, 48,
+                                                   49, 50, 58, 67, 76]
+
+
+def test_solves_needs_a_valid_grid_that_keeps_the_givens():
+    good = synthetic.grid_to_string(synthetic.sudoku_grids(1, 0)[0])
+    givens = "".join(c if i % 3 == 0 else "0" for i, c in enumerate(good))
+    assert synthetic.solves(good, givens) and synthetic.solves(good + "\n", givens)
+    relabelled = "".join(str(int(c) % 9 + 1) for c in good)  # valid, but every given changed
+    assert is_valid_grid(relabelled) and not synthetic.solves(relabelled, givens)
+    assert synthetic.solves(relabelled, "." * 81)  # no givens: any valid grid
+    assert not synthetic.solves(_change_cell(good, 1), givens)  # keeps the givens, not valid
+    with pytest.raises(ValueError, match="81"):
+        synthetic.solves(good, givens[:80])
+
+
 def test_sudoku_windows_hold_one_grid_each():
     b = make_data(DataConfig(source="sudoku", seq_len=82))
     tok = b.tokenizer

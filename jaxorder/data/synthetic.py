@@ -283,6 +283,23 @@ def grid_conflicts(s: str) -> int:
     return int(sum(9 - len(set(unit.tolist()) - {0}) for x in (g, g.T, boxes) for unit in x))
 
 
+def sudoku_peers() -> np.ndarray:
+    """bool [81, 81]: cells i and j (row-major) share a row, a column or a 3x3 box, i != j (20 per cell)."""
+    r, c = np.divmod(np.arange(81), 9)
+    box = 3 * (r // 3) + c // 3
+    same = (r[:, None] == r) | (c[:, None] == c) | (box[:, None] == box)
+    return same & ~np.eye(81, dtype=bool)
+
+
+def solves(line: str, givens: str) -> bool:
+    """True iff ``line`` is a valid grid (``is_valid_grid``) that keeps every given: ``givens`` is 81
+    characters, a digit '1'..'9' at each given cell and anything else at the holes."""
+    line = line.strip()
+    if len(givens) != 81:
+        raise ValueError(f"givens have 81 characters, got {len(givens)}")
+    return is_valid_grid(line) and all(g not in "123456789" or g == x for g, x in zip(givens, line))
+
+
 def sudoku_documents(cfg: DataConfig) -> list[Document]:
     """About ``synthetic_tokens`` tokens of grids: ``SUDOKU_DOCS`` documents of equal numbers of
     grids, joined by '\\n' (no trailing newline, so the EOS between documents keeps period 82)."""

@@ -11,6 +11,13 @@ tokens (prompt, template). Commits are taken in order of step, and by position w
 - ``commit_distance``: the mean distance from each commit to the nearest position committed at an
   earlier step or fixed (DiffuCoder's locality measure; commits with nothing committed before them
   are left out). Left to right and right to left both give 1.
+- ``filled_neighbours``: on a graph over the positions (e.g. Sudoku's peers: same row, column or
+  box), for each commit the neighbours of the committed position already filled (fixed or committed
+  at an earlier step), beside the mean of that count over the positions still open just before the
+  step: what a uniformly random choice of the next position gets in expectation, given the same
+  history. "Constrained first" is a positive difference. (The mean count over the commits alone
+  cannot tell orders apart: summed over a whole order it is the number of edges between generated
+  positions plus those from generated to fixed ones, the same for every order.)
 """
 from __future__ import annotations
 
@@ -52,6 +59,35 @@ def commit_distance(committed_at_L: np.ndarray) -> float | None:
         if before.any():
             distances.append(int(np.min(np.abs(positions[before] - j))))
     return float(np.mean(distances)) if distances else None
+
+
+def filled_neighbours(committed_at_L: np.ndarray, adjacency_LL: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(chosen [C], open mean [C]) per commit in commit order (module docstring): the committed
+    position's neighbours filled before its step, and the mean of that count over the positions still
+    open before the step (commits of one step are all scored against the state before it)."""
+    committed_at_L = np.asarray(committed_at_L)
+    adjacency_LL = np.asarray(adjacency_LL, np.int64)
+    chosen, open_mean = [], []
+    for step in np.unique(committed_at_L[committed_at_L >= 0]):
+        filled_L = committed_at_L < step  # fixed positions are -1
+        count_L = adjacency_LL @ filled_L
+        now = np.flatnonzero(committed_at_L == step)  # by position within the step
+        chosen += count_L[now].tolist()
+        open_mean += [float(count_L[~filled_L].mean())] * len(now)
+    return np.asarray(chosen, np.float64), np.asarray(open_mean, np.float64)
+
+
+def most_constrained_order(fixed_L: np.ndarray, adjacency_LL: np.ndarray) -> np.ndarray:
+    """committed_at [L] of the order that always fills the open position with the most filled
+    neighbours (fixed ones count; ties: the lowest position), -1 at the fixed positions: the reference
+    that maximizes ``filled_neighbours``' difference step by step."""
+    adjacency_LL = np.asarray(adjacency_LL, np.int64)
+    filled_L = np.asarray(fixed_L, bool).copy()
+    committed_L = np.full(len(filled_L), -1)
+    for step in range(int((~filled_L).sum())):
+        pos = int(np.argmax(np.where(filled_L, -1, adjacency_LL @ filled_L)))
+        committed_L[pos], filled_L[pos] = step, True
+    return committed_L
 
 
 def order_stats(committed_at_BL: np.ndarray) -> dict:

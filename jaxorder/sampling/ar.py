@@ -1,7 +1,10 @@
 """Autoregressive sampling (runs of family "ar": l2r, r2l) with a KV cache, in one jitted loop.
 
 Rows [B, L] hold a prompt followed by MASK (r2l runs: MASK, then the prompt as the *end* of the
-text), optionally followed by PAD: rows of different lengths end at their last MASK. A row is
+text), optionally followed by PAD: rows of different lengths end at their last MASK. Fixed tokens
+may also sit among (or after) the MASKs, an infilling template's givens: the model reads them when
+its order reaches them (teacher-forced, as the prompt) but cannot see them before, so they are
+kept, not conditioned on (the row is the model's continuation with those tokens forced). A row is
 filled to its end unless it stops at EOS (unless `ignore_eos`; `jaxorder.sampling.eos`). The l2r model reads
 [BOS, x_0, x_1, ...] at positions 0, 1, ...: the logits of slot s predict slot s + 1. The batch
 shares one buffer [B, T = L + 1] with slot 0 = BOS and slots 1..p_b = row b's prompt. The shortest
@@ -85,13 +88,14 @@ class Loop:
 
 
 def build(cfg: Config, loop: Loop):
-    """run(params, key, seq_BT, known_B, end_B) -> dict: the buffer is [BOS, prompt in generation order,
-    PAD]; a row's slots are known up to known_B and generated up to end_B (exclusive)."""
+    """run(params, key, seq_BT, known_B, end_B, given_BT) -> dict: the buffer is [BOS, prompt in generation
+    order, givens, PAD]; a row's slots are known up to known_B and generated up to end_B (exclusive),
+    except the given slots (given_BT), which are teacher-forced."""
     mcfg, ac, prefill, collect_logits = cfg.model, loop.options, loop.prefill, loop.options.collect_logits
     ids = special_ids(mcfg)
     banned_V = banned_tokens(mcfg)
 
-    def run(params, key, seq_BT, known_B, end_B):
+    def run(params, key, seq_BT, known_B, end_B, given_BT):
         B, T = seq_BT.shape
         seq_BT = seq_BT.astype(jnp.int32)
         positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
@@ -109,6 +113,7 @@ def build(cfg: Config, loop: Loop):
             logits_BV = full_logits(seq_BT)[:, prefill - 1]
         st = dict(c=jnp.int32(prefill - 1), seq=seq_BT, logits=logits_BV, cache=cache,
                   eos=jnp.zeros((B,), bool), n_gen=jnp.zeros((B,), jnp.int32),
+                  n_given=jnp.zeros((B,), jnp.int32),
                   logprob=jnp.zeros((B,), jnp.float32), steps=jnp.int32(0))
         if collect_logits:
             st["all_logits"] = jnp.zeros((B, T, mcfg.vocab_size), jnp.float32)
@@ -123,7 +128,8 @@ def build(cfg: Config, loop: Loop):
             s = st["c"] + 1
             logits_BV = jnp.where(banned_V, -jnp.inf, st["logits"])
             tok_B = choose_tokens(logits_BV, jax.random.fold_in(key, s), ac)
-            forced_B = s < known_B
+            given_B = jax.lax.dynamic_index_in_dim(given_BT, s, axis=1, keepdims=False)
+            forced_B = (s < known_B) | given_B
             active_B = ~forced_B & ~done(st)
             prompt_B = jax.lax.dynamic_index_in_dim(st["seq"], s, axis=1, keepdims=False)
             new_B = jnp.where(forced_B, prompt_B, jnp.where(active_B, tok_B, ids.pad))
@@ -132,7 +138,8 @@ def build(cfg: Config, loop: Loop):
             out = dict(st, c=s, steps=st["steps"] + 1,
                        seq=jax.lax.dynamic_update_index_in_dim(st["seq"], new_B, s, axis=1),
                        eos=st["eos"] | (active_B & (tok_B == ids.eos) & (not ac.ignore_eos)),
-                       n_gen=st["n_gen"] + active_B, logprob=st["logprob"] + jnp.where(active_B, lp_B, 0.0))
+                       n_gen=st["n_gen"] + active_B, n_given=st["n_given"] + (given_B & ~done(st)),
+                       logprob=st["logprob"] + jnp.where(active_B, lp_B, 0.0))
             if collect_logits:
                 out["all_logits"] = jax.lax.dynamic_update_index_in_dim(st["all_logits"], st["logits"], s,
                                                                         axis=1)
@@ -150,9 +157,10 @@ def build(cfg: Config, loop: Loop):
             return out
 
         st = jax.lax.while_loop(cond, body, st)
-        # slot s of the buffer is row position s - 1 (slot 0 is BOS)
-        tokens_BL = ar_rows(st["seq"][:, 1:], known_B - 1 + st["n_gen"], end_B - 1, st["eos"], ids.eos,
-                            ids.pad)
+        # slot s of the buffer is row position s - 1 (slot 0 is BOS); givens stay after an EOS too
+        written_B = known_B - 1 + st["n_gen"] + st["n_given"]
+        tokens_BL = jnp.where(given_BT[:, 1:], st["seq"][:, 1:],
+                              ar_rows(st["seq"][:, 1:], written_B, end_B - 1, st["eos"], ids.eos, ids.pad))
         result = dict(tokens=tokens_BL[:, ::-1] if loop.reverse else tokens_BL, generated=st["n_gen"],
                       eos=st["eos"], logprob=st["logprob"], steps=st["steps"], nfe=st["steps"] + 1,
                       seq=st["seq"])
@@ -164,7 +172,8 @@ def build(cfg: Config, loop: Loop):
 
 
 def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions) -> Prepared:
-    """Rows [B, L]: a prompt (any length, l2r: a prefix; r2l: a suffix), then MASK, then optionally PAD."""
+    """Rows [B, L]: a prompt (any length, l2r: a prefix; r2l: a suffix), then MASK with any givens (fixed
+    tokens) among them, then optionally PAD."""
     reverse = objectives.of(cfg).reading_order == "r2l"
     if reverse and cfg.data.eos and not options.ignore_eos:
         raise ConfigError("this r2l run was trained with data.eos: right to left its EOS padding comes "
@@ -172,24 +181,26 @@ def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions) -> Prep
     ids = special_ids(cfg.model)
     rows_BL = tokens_BL[:, ::-1] if reverse else tokens_BL
     masked_BL, pad_BL = rows_BL == ids.mask, rows_BL == ids.pad
-    prompt_B, new_B = np.argmax(masked_BL, axis=1), masked_BL.sum(axis=1)
     if not masked_BL.any(axis=1).all():
         raise ConfigError("a row has no MASK left to generate; give a longer length than the prompt")
-    slot_L = np.arange(rows_BL.shape[1])
-    in_mask_run_BL = (slot_L >= prompt_B[:, None]) & (slot_L < (prompt_B + new_B)[:, None])
-    after_BL = slot_L >= (prompt_B + new_B)[:, None]
-    if (masked_BL != in_mask_run_BL).any() or (after_BL & ~pad_BL).any():
-        where = "a suffix (the end of the text)" if reverse else "a prefix"
-        raise ConfigError(f"AR runs continue a prompt, which must be {where}, with every other token masked; "
-                          f"infilling templates need an mdm, bd3 or any-order run")
     B, L = rows_BL.shape
+    slot_L = np.arange(L)
+    prompt_B, last_B = np.argmax(masked_BL, axis=1), L - 1 - np.argmax(masked_BL[:, ::-1], axis=1)
+    text_end_B = L - np.argmax(~pad_BL[:, ::-1], axis=1)  # PAD may only end a row
+    if (pad_BL & (slot_L < text_end_B[:, None])).any():
+        where = "its start (r2l rows are generated right to left)" if reverse else "its end"
+        raise ConfigError(f"a row has PAD among its tokens; PAD may only sit at {where} (mask the positions "
+                          f"to generate with MASK)")
+    given_BL = ~masked_BL & ~pad_BL & (slot_L > prompt_B[:, None])  # fixed tokens after the first MASK
     seq_BT = np.full((B, L + 1), ids.pad, np.int32)
     seq_BT[:, 0] = ids.bos
     seq_BT[:, 1:] = np.where(masked_BL, ids.pad, rows_BL)
     known_B = (1 + prompt_B).astype(np.int32)
-    end_B = (known_B + new_B).astype(np.int32)
+    end_B = (2 + last_B).astype(np.int32)  # the slot after the last MASK
+    given_BT = np.zeros((B, L + 1), bool)
+    given_BT[:, 1:] = given_BL
     return Prepared(Loop(options, int(known_B.min()), reverse),
-                    (jnp.asarray(seq_BT), jnp.asarray(known_B), jnp.asarray(end_B)))
+                    (jnp.asarray(seq_BT), jnp.asarray(known_B), jnp.asarray(end_B), jnp.asarray(given_BT)))
 
 
 register(Sampler(name="ar", family="ar", prepare=prepare, build=build,

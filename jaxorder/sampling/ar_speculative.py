@@ -276,9 +276,12 @@ def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions,
                     why="the target's reading order", hint=f"a smaller {order} run with the same tokenizer",
                     target="the target")
     base = ar.prepare(cfg, tokens_BL, options)  # the same rows and buffer as `ar`; only its args are used
-    known_B = np.asarray(base.args[1])
-    loop = Loop(options, draft.cfg.model, int(known_B.min()), order == "r2l")
-    return Prepared(loop, (draft.params, *base.args))
+    seq_BT, known_B, end_B, given_BT = base.args
+    if np.asarray(given_BT).any():
+        raise ConfigError("the speculative sampler continues a prompt, with every other token masked; fixed "
+                          "tokens among the masked ones (a template) need the ar sampler")
+    loop = Loop(options, draft.cfg.model, int(np.asarray(known_B).min()), order == "r2l")
+    return Prepared(loop, (draft.params, seq_BT, known_B, end_B))
 
 
 register(Sampler(name="speculative", family="ar", prepare=prepare, build=build,
