@@ -280,6 +280,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         "mode_BL = jnp.argsort(sg(s_BL), axis=1)",
         "token_orders=mode: the token head learns q's least likely order",
         (LO + "test_mode_training_fits_the_token_head_to_q_mode_and_the_rest_to_the_elbo",)),
+    Mutation(
+        "ar-givens-not-forced", "jaxorder/sampling/ar.py",
+        "forced_B = (s < known_B) | given_B", "forced_B = s < known_B",
+        "ar sampler: a template's givens are generated over instead of teacher-forced",
+        ("tests/test_sampling_ar.py::test_template_givens_are_kept_and_teacher_forced",)),
+    Mutation(
+        "filled-neighbours-after-step", "jaxorder/evaluation/commit_order.py",
+        "filled_L = committed_at_L < step  # fixed", "filled_L = committed_at_L <= step  # fixed",
+        "constrained-first statistic counts the step's own commits as already filled",
+        ("tests/test_commit_order.py::test_filled_neighbours_hand_counted",
+         "tests/test_commit_order.py::test_filled_peers_on_sudoku_random_zero_and_most_constrained_positive")),
     # ------------------------------------------------------------------ yardstick and order scoring
     Mutation(
         "yardstick-bytes-per-token", "jaxorder/evaluation/yardstick.py",
