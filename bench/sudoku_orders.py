@@ -43,7 +43,7 @@ import numpy as np
 from decoding_common import REPO, machine_line
 from sudoku import BATCH, LENGTH, grid_cells, grid_stats
 
-from jaxorder import sampling
+from jaxorder import objectives, sampling
 from jaxorder.data import make_data
 from jaxorder.data.synthetic import solves, sudoku_peers
 from jaxorder.evaluation.commit_order import filled_neighbours, most_constrained_order
@@ -158,7 +158,7 @@ def measure_run(name: str, runs: Path, n_windows: int, n_samples: int, givens: l
     windows, bytes_per_token = windows_of(cfg, max(n_windows, n_samples))
     t0 = time.perf_counter()
     ys = evaluate(params, cfg, [windows[:n_windows]], bytes_per_token,
-                  extras=cfg.objective.name == "learned_order")
+                  extras=objectives.of(cfg).eval_extras is not None)
     bpc, bpc_se = bits_per_cell(ys, bytes_per_token)
     row = {"run": name, "objective": cfg.objective.name, "step": step, "sampler": sampler, **options,
            "yardstick": ys["kind"], "windows": ys["windows"], "bits_per_cell": bpc,
@@ -172,7 +172,7 @@ def measure_run(name: str, runs: Path, n_windows: int, n_samples: int, givens: l
     tokens, committed = decode(cfg, params, unprompted, sampler, options)
     row["unprompted"] = {**grid_stats([grid_cells(t, tokenizer) for t in tokens]), **order_summary(committed)}
     row["solving"] = [solve(cfg, params, tokenizer, windows[:n_samples], g, sampler, options) for g in givens]
-    if cfg.objective.name == "learned_order":
+    if objectives.of(cfg).own_params is learned_order.own_params:  # a run with a posterior q over orders
         row["q_mode"] = q_mode(cfg, params, windows[:n_windows])
     row["unprompted"]["reference"] = order_summary(most_constrained_order(np.zeros(CELLS, bool),
                                                                           sudoku_peers())[None])
