@@ -191,7 +191,7 @@ def test_learned_equals_the_host_reference_loop(peaked, tmp_path, temperature, b
     assert np.array_equal(out["committed_at"], ref["committed_at"]) and int(out["steps"]) == ref["steps"]
     per_step = np.bincount(ref["committed_at"][ref["committed_at"] >= 0], minlength=steps)
     assert 1 < len(set(per_step[:ref["steps"]].tolist())), "the filter should commit varying counts per step"
-    assert np.array_equal(out["eos_filled"], ref["eos_filled"]) and np.all(out["complete"])
+    assert np.array_equal(out["stop_filled"], ref["eos_filled"]) and np.all(out["complete"])
 
 
 def test_commit_rule_by_hand():
@@ -214,6 +214,10 @@ def test_commit_rule_by_hand():
     last, _ = commit_rule(prob, tok, masked, eligible, 1, 0.9, (eos, pad))
     assert np.array_equal(np.asarray(last) & np.asarray(eligible), np.asarray(eligible))
     assert np.asarray(last)[0].tolist() == [True, True, True, True, True]  # then 3, 4 are end text
+    # eos_stop off (the ablation): row 2 keeps its forced commit only
+    no_stop, none_filled = commit_rule(prob, tok, masked, eligible, 3, 0.9, (eos, pad), stop=False)
+    assert np.asarray(no_stop)[2].tolist() == [False, False, True, False, False]
+    assert not np.any(np.asarray(none_filled))
 
 
 # ----------------------------------------------------------------------------- end of text
@@ -240,16 +244,21 @@ def test_end_of_text_stop_fills_the_rest_and_stops(peaked, tmp_path):
     out = _learned(eos_model, cfg, rows, 0, yes, steps=8, block_length=4)
     # step 0 commits block 0 and everything after it is EOS with p >= 0.9: filled, stopped
     assert int(out["steps"]) == 1 == int(out["nfe"]) and np.all(out["eos_stopped"])
-    assert out["eos_filled"].tolist() == [10] * B and np.all(out["tokens"][:, 2:] == ids.eos)
+    assert out["stop_filled"].tolist() == [10] * B == out["eos_filled"].tolist()
+    assert np.all(out["tokens"][:, 2:] == ids.eos)
     assert np.array_equal(out["tokens"][:, :2], rows[:, :2]) and np.all(out["committed_at"][:, 2:] == 0)
     # (ignore_eos: the filter's own stop; by default an EOS committed at step 0 ends the text there)
     # the filter accepts only positions < 2.78 blocks ahead (logit 30 - 10 * block_position): at step 0
     # the last block is 3 blocks ahead, so no stop; at step 1 (block 1) everything left passes
     near = write_filter(tmp_path / "near", features=("block_position",), w0=[-10.0], b2=30.0)
     out = _learned(eos_model, cfg, rows, 0, near, steps=8, block_length=4, ignore_eos=True)
-    assert int(out["steps"]) == 2 and out["eos_filled"].tolist() == [6] * B and np.all(out["complete"])
+    assert int(out["steps"]) == 2 and out["stop_filled"].tolist() == [6] * B and np.all(out["complete"])
     ref = reference(eos_model, cfg, rows, 0, near, 8, 4)
     assert np.array_equal(out["committed_at"], ref["committed_at"]) and ref["eos_filled"].tolist() == [6] * B
+    # --no-eos-stop: the same decode without the stop spends a step on each of the four blocks
+    off = _learned(eos_model, cfg, rows, 0, near, steps=8, block_length=4, ignore_eos=True, eos_stop=False)
+    assert int(off["steps"]) == 4 and not np.any(off["eos_stopped"]) and np.all(off["complete"])
+    assert np.array_equal(off["tokens"], out["tokens"])
     # a model predicting a letter never stops early: one step per block
     letter = _learned(_end_model(cfg, params, 97), cfg, rows, 0, yes, steps=8, block_length=4)
     assert int(letter["steps"]) == 4 and not np.any(letter["eos_stopped"])
@@ -258,6 +267,11 @@ def test_end_of_text_stop_fills_the_rest_and_stops(peaked, tmp_path):
     no_end = write_filter(tmp_path / "no_end", features=("is_end",), w0=[-60.0], b2=30.0)
     out = _learned(eos_model, cfg, rows, 0, no_end, steps=8, block_length=4, ignore_eos=True)
     assert int(out["steps"]) == 8 and not np.any(out["eos_stopped"]) and np.all(out["complete"])
+    # without ignore_eos its forced first commit (EOS at position 2) ends the text by the fill after
+    # EOS: counted in eos_filled like every masked sampler's, not in stop_filled and eos_stopped
+    out = _learned(eos_model, cfg, rows, 0, no_end, steps=8, block_length=4)
+    assert int(out["steps"]) == 1 and out["eos_filled"].tolist() == [13] * B
+    assert out["stop_filled"].tolist() == [0] * B and not np.any(out["eos_stopped"])
 
 
 # ----------------------------------------------------------------------------- every masked sampler

@@ -138,6 +138,9 @@ class SamplerOptions:
     filter_threshold: float = option(0.9, "learned sampler: commit every masked position whose filter "
                                           "probability is >= P, at least one per step; also the bar of its "
                                           "end-of-text stop (default 0.9)", metavar="P")
+    eos_stop: bool = option(True, "learned sampler: fill a row's masked rest and stop it once the filter "
+                                  "says all of it is end of text (default on; --no-eos-stop: off, the "
+                                  "ablation)")
 
     def validate(self) -> None:
         if self.steps < 1:

@@ -12,16 +12,20 @@ Each step is one bidirectional pass (final hidden states and log-probs together)
    commits everything the block has left: ``steps`` is an upper bound, as for ``threshold``;
 4. end of text: when every position a row still has masked after 3 (in any block) has an EOS or PAD
    prediction with p >= ``filter_threshold``, they are all committed with those predictions in the
-   same step, and the row is complete. ``eos_filled`` [B] counts those positions and ``eos_stopped``
-   [B] marks the rows; it matters with ``block_length``, where it skips the blocks of padding after a
-   short answer (in one block, positions the filter accepts are committed by 3 anyway).
+   same step, and the row is complete. ``stop_filled`` [B] counts those positions and ``eos_stopped``
+   [B] marks the rows (``eos_filled`` [B] counts them and the fill after a committed EOS,
+   ``jaxorder.sampling.eos``, as for every masked sampler). It matters with ``block_length``, where
+   it skips the blocks of padding after a short answer (in one block, positions the filter accepts
+   are committed by 3 anyway).
+   ``eos_stop`` False (``--no-eos-stop``) turns this step off, the ablation of the stop; ``ignore_eos``
+   does not (it turns off the fill after the first committed EOS, ``jaxorder.sampling.eos``).
 
 Blocks, prompts and templates as in ``jaxorder.sampling.mdm`` (blocks from the first masked column,
 ``steps`` split over them); fixed tokens never change. The filter is read from ``commit_filter``, a
 path that `jaxorder sample` defaults to the run directory's commit_filter.yaml (``run_files``); its
 arrays are traced, so another filter of the same shapes or another threshold does not recompile.
 Output: the mdm outputs (``commits``, ``complete``, ``committed_at``, ``rows``, ``early`` = 0)
-plus ``eos_filled`` and ``eos_stopped``.
+plus ``stop_filled`` and ``eos_stopped``.
 """
 from __future__ import annotations
 
@@ -56,7 +60,8 @@ from jaxorder.sampling.mdm_steps import (
 )
 from pallas_kernels.sampling import commit as commit_top_k
 
-OPTIONS = ("steps", "temperature", "block_length", "noise", "ignore_eos", "commit_filter", "filter_threshold")
+OPTIONS = ("steps", "temperature", "block_length", "noise", "ignore_eos", "commit_filter", "filter_threshold",
+           "eos_stop")
 
 
 @dataclass(frozen=True)
@@ -69,15 +74,16 @@ class LearnedLoop:
 
 
 def commit_rule(prob_BL: jnp.ndarray, tok_BL: jnp.ndarray, masked_BL: jnp.ndarray, eligible_BL: jnp.ndarray,
-                steps_left, threshold, ends: tuple[int, ...]) -> tuple[jnp.ndarray, jnp.ndarray]:
+                steps_left, threshold, ends: tuple[int, ...],
+                stop: bool = True) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(positions committed by steps 3 and 4 of the module docstring [B, L], those of them filled by
-    the end-of-text stop [B, L]) given the filter's probabilities."""
+    the end-of-text stop [B, L]) given the filter's probabilities; ``stop`` False skips step 4."""
     yes_BL = prob_BL >= threshold
     floor_B = parallel_floor(eligible_BL, steps_left)  # 1, or the whole block on its last step
     commit_BL = commit_top_k(prob_BL, eligible_BL, k=floor_B) | (eligible_BL & yes_BL)
     left_BL = masked_BL & ~commit_BL
     end_BL = jnp.isin(tok_BL, jnp.asarray(ends, tok_BL.dtype)) & yes_BL
-    stop_B = jnp.any(left_BL, axis=1) & jnp.all(end_BL | ~left_BL, axis=1)
+    stop_B = jnp.any(left_BL, axis=1) & jnp.all(end_BL | ~left_BL, axis=1) & stop
     filled_BL = left_BL & stop_B[:, None]
     return commit_BL | filled_BL, filled_BL
 
@@ -96,7 +102,7 @@ def build(cfg: Config, loop: LearnedLoop):
         B, L = tokens_BL.shape
         block_np, budget_np = block_schedule(L, sc.steps, sc.block_length, loop.block_start)
         block_L, budget = jnp.asarray(block_np), jnp.asarray(budget_np)
-        st = dict(initial_state(tokens_BL, mask_id, sc.steps), eos_filled=jnp.zeros((B,), jnp.int32))
+        st = dict(initial_state(tokens_BL, mask_id, sc.steps), stop_filled=jnp.zeros((B,), jnp.int32))
         generated_BL = st["masked"]
 
         def one_step(st, in_block_L, j, block_budget):
@@ -109,12 +115,14 @@ def build(cfg: Config, loop: LearnedLoop):
                                           block_budget, ends)
             prob_BL = filter_probs(arrays, loop.features, scalars_BLS, hidden_BLd)
             commit_BL, filled_BL = commit_rule(prob_BL, tok_BL, masked_BL, eligible_BL, block_budget - j,
-                                               threshold, ends)
+                                               threshold, ends, sc.eos_stop)
             st = advance(st, tok_BL, commit_BL, lp_tok_BL, 1, entropy(logp_BLV))
-            return dict(st, rows=st["rows"] + L, eos_filled=st["eos_filled"] + filled_BL.sum(axis=1))
+            n_B = filled_BL.sum(axis=1).astype(jnp.int32)
+            return dict(st, rows=st["rows"] + L, eos_filled=st["eos_filled"] + n_B,
+                        stop_filled=st["stop_filled"] + n_B)
 
         st = over_blocks(st, block_L, budget, one_step, eos_id(cfg, sc))
-        return dict(result(st), eos_filled=st["eos_filled"], eos_stopped=st["eos_filled"] > 0)
+        return dict(result(st), stop_filled=st["stop_filled"], eos_stopped=st["stop_filled"] > 0)
 
     return run
 
