@@ -681,6 +681,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         "end-of-text stop judged on every masked position, the ones this step commits included",
         (LEARNED + "test_end_of_text_stop_fills_the_rest_and_stops", LEARNED + "test_commit_rule_by_hand")),
     Mutation(
+        "learned-eos-stop-ignored", "jaxorder/sampling/learned.py",
+        "axis=1) & jnp.all(end_BL | ~left_BL, axis=1) & stop",
+        "axis=1) & jnp.all(end_BL | ~left_BL, axis=1)",
+        "--no-eos-stop has no effect: the end-of-text stop still fills and stops rows",
+        (LEARNED + "test_end_of_text_stop_fills_the_rest_and_stops", LEARNED + "test_commit_rule_by_hand")),
+    Mutation(
         "filter-std-multiplies", "jaxorder/sampling/commit_filter.py",
         'z_NF = (x_NF - arrays["mean"]) / arrays["std"]',
         'z_NF = (x_NF - arrays["mean"]) * arrays["std"]',
