@@ -420,6 +420,7 @@ def test_entropy_weight_schedule_runs_from_start_to_end_then_holds():
     ({"objective.q_entropy_start": -1}, "q_entropy_start=-1.0, objective.q_entropy_end=1.0, "
                                         "objective.q_entropy_steps=0 and objective.q_entropy_delay=0"),
     ({"objective.q_entropy_delay": -3}, "q_entropy_delay=-3 must be >= 0"),
+    ({"objective.q_freeze_steps": -1}, "q_freeze_steps=-1 must be >= 0"),
     ({"objective.q_entropy_end": -0.5}, "q_entropy_end=-0.5, "),
     ({"objective.token_orders": "best"}, "token_orders='best' must be one of draws, mode"),
     ({"objective.token_orders": "mode", "objective.train_bound": "iw"},
@@ -450,6 +451,39 @@ def test_q_lr_scale_scales_only_the_posteriors_updates():
         assert np.abs(np.asarray(u1)).max() > 0, keys
         np.testing.assert_allclose(np.asarray(u7), factor * np.asarray(u1), rtol=1e-6, err_msg=str(keys))
     assert set(lo.Q_PARAMS) - {"q_log_scale"} < set(params[OWN_PARAMS]) and "order_policy" not in lo.Q_PARAMS
+
+
+@pytest.mark.parametrize("token_orders", ["draws", "mode"])
+def test_q_freeze_steps_stops_only_the_posteriors_gradient_until_the_step(token_orders):
+    """Before step q_freeze_steps every leaf of q has a zero gradient and the network and the policy a
+    nonzero one; from that step on q's gradient is back, equal to the unfrozen one, as is the loss value
+    at every step. Catches a freeze that also stops the policy or the network, one that never ends (or
+    ends a step late), and one that changes the loss."""
+    over = {"objective.num_samples": 3, "objective.q_learn_scale": True, "objective.policy_transitions": True,
+            "objective.q_entropy_end": 0.5, "objective.token_orders": token_orders}
+    free, frozen = tiny_cfg(4, **over), tiny_cfg(4, **over, **{"objective.q_freeze_steps": 5})
+    params = random_params(free)
+    x = jnp.asarray([[0, 1, 1, 0], [1, 1, 0, 0]], jnp.int32)
+
+    def grads(cfg, step):
+        fn = jax.jit(jax.value_and_grad(lambda p: lo.loss(p, {"tokens": x, "step": jnp.asarray(step)},
+                                                          jax.random.key(3), cfg)[0]))
+        return fn(params)
+
+    for step in (0, 4, 5, 9):
+        (v_free, g_free), (v_frozen, g_frozen) = grads(free, step), grads(frozen, step)
+        np.testing.assert_allclose(float(v_frozen), float(v_free), rtol=1e-6)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(g_frozen)[0]:
+            keys = [k.key for k in path]
+            want = dict(jax.tree_util.tree_flatten_with_path(g_free)[0])[path]
+            in_q = keys[0] == OWN_PARAMS and keys[1] in lo.Q_PARAMS
+            if in_q and step < 5:
+                assert not np.any(np.asarray(leaf)), (step, keys)
+            else:
+                np.testing.assert_allclose(np.asarray(leaf), np.asarray(want), rtol=1e-5, atol=1e-7,
+                                           err_msg=f"{step} {keys}")
+        q_norm = sum(float(jnp.abs(g_free[OWN_PARAMS][k]).sum()) for k in lo.Q_PARAMS)
+        assert q_norm > 0 and float(jnp.abs(g_frozen[OWN_PARAMS]["policy_transition"]).sum()) > 0
 
 
 def test_target_embed_std_zero_starts_without_target_information():

@@ -233,6 +233,7 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     if "q_log_scale" in own:  # learned only while beta < 1: at beta >= 1 it would spread q at once
         params = {**params, OWN_PARAMS: {**own, "q_log_scale": jnp.where(beta < 1, own["q_log_scale"],
                                                                          sg(own["q_log_scale"]))}}
+    params = freeze_q(params, batch.get("step"), cfg.objective.q_freeze_steps)
     if cfg.objective.token_orders == "mode":
         return mode_loss(params, tokens_BL, rng, beta, cfg)
     d = weights(params, tokens_BL, rng, cfg.objective.num_samples, cfg)
@@ -245,6 +246,18 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
         reported = neg_elbo
     value = reported + (neg_s - sg(neg_s))  # = the trained bound per token, gradient of -S
     return value, train_metrics(value, reported, d, beta, n)
+
+
+def freeze_q(params, step, freeze_steps: int):
+    """q's parameters with their gradient stopped while step < freeze_steps (q_freeze_steps): the token
+    head and policy first learn from q's initial spread, before q's order can lock in on an untrained
+    network. No step (evaluation) or freeze_steps 0: unchanged."""
+    if step is None or not freeze_steps:
+        return params
+    frozen = jnp.asarray(step) < freeze_steps
+    own = params[OWN_PARAMS]
+    return {**params, OWN_PARAMS: {k: jnp.where(frozen, jax.lax.stop_gradient(v), v) if k in Q_PARAMS else v
+                                   for k, v in own.items()}}
 
 
 def train_metrics(value, reported, d: dict, beta, n: int) -> dict:
@@ -332,6 +345,8 @@ OPTIONS = (
     Option("q_entropy_steps", 0, "learned_order: steps of that schedule (0: the rest of the run), then beta "
            "is held"),
     Option("q_lr_scale", 1.0, "learned_order: the posterior's learning rate = optimizer.lr * q_lr_scale"),
+    Option("q_freeze_steps", 0, "learned_order: q gets no gradient for this many first steps (it stays at "
+           "q_init while the token head and policy learn from its draws)"),
 )
 
 # the posterior's own params
@@ -365,6 +380,8 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"objective.q_entropy_start={o.q_entropy_start}, objective.q_entropy_end="
                           f"{o.q_entropy_end}, objective.q_entropy_steps={o.q_entropy_steps} and "
                           f"objective.q_entropy_delay={o.q_entropy_delay} must be >= 0")
+    if o.q_freeze_steps < 0:
+        raise ConfigError(f"objective.q_freeze_steps={o.q_freeze_steps} must be >= 0 (0: q learns from step 0)")
     if o.q_lr_scale <= 0:
         raise ConfigError(f"objective.q_lr_scale={o.q_lr_scale} must be > 0")
 
