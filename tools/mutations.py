@@ -281,6 +281,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "token_orders=mode: the token head learns q's least likely order",
         (LO + "test_mode_training_fits_the_token_head_to_q_mode_and_the_rest_to_the_elbo",)),
     Mutation(
+        "lo-freeze-ends-late", "jaxorder/objectives/learned_order.py",
+        "frozen = jnp.asarray(step) < freeze_steps",
+        "frozen = jnp.asarray(step) <= freeze_steps",
+        "q_freeze_steps keeps q frozen one step longer than asked",
+        (LO + "test_q_freeze_steps_stops_only_the_posteriors_gradient_until_the_step",)),
+    Mutation(
+        "lo-freeze-stops-the-policy", "jaxorder/objectives/learned_order.py",
+        "if k in Q_PARAMS else v",
+        "if k in (*Q_PARAMS, 'policy_transition') else v",
+        "q_freeze_steps also freezes the policy's transition table, which must learn q's initial draws",
+        (LO + "test_q_freeze_steps_stops_only_the_posteriors_gradient_until_the_step",)),
+    Mutation(
         "ar-givens-not-forced", "jaxorder/sampling/ar.py",
         "forced_B = (s < known_B) | given_B", "forced_B = s < known_B",
         "ar sampler: a template's givens are generated over instead of teacher-forced",

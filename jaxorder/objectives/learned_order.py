@@ -381,7 +381,8 @@ def validate_config(cfg: Config) -> None:
                           f"{o.q_entropy_end}, objective.q_entropy_steps={o.q_entropy_steps} and "
                           f"objective.q_entropy_delay={o.q_entropy_delay} must be >= 0")
     if o.q_freeze_steps < 0:
-        raise ConfigError(f"objective.q_freeze_steps={o.q_freeze_steps} must be >= 0 (0: q learns from step 0)")
+        raise ConfigError(f"objective.q_freeze_steps={o.q_freeze_steps} must be >= 0 "
+                          f"(0: q learns from step 0)")
     if o.q_lr_scale <= 0:
         raise ConfigError(f"objective.q_lr_scale={o.q_lr_scale} must be > 0")
 
