@@ -304,6 +304,9 @@ def _deep_merge(a: dict, b: dict) -> dict:
 
 def parse_override(text: str) -> tuple[str, Any]:
     """Parses ``section.field=value`` into (dotted key, YAML-parsed value)."""
+    if not isinstance(text, str):  # e.g. a YAML flow list split an unquoted value at its commas
+        raise ConfigError(f"override {text!r} is not a string section.field=value; in a YAML list, quote "
+                          f"values that contain commas (e.g. 'objective.candidate_orders=perm:5,1,0,2-')")
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form section.field=value (e.g. train.steps=500)")
     key, value = text.split("=", 1)

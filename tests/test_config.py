@@ -45,6 +45,7 @@ def test_repo_configs_load():
     (["train.max_to_keep=1"], "max_to_keep must be >= 2"),
     (["steps=3"], "section.field"),
     (["train.steps"], "section.field=value"),
+    ([5], "override 5 is not a string section.field=value; in a YAML list, quote"),  # a flow list split
     (["train.antithetic=true"], "unknown config key"),
     # each family's own checks, reached through its registered Objective
     (["objective.name=bd3", "objective.block_size=5"], "block_size=5 must divide data.seq_len=128"),
