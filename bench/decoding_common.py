@@ -77,6 +77,12 @@ def quality(texts: list[str], judge) -> dict:
             "_per_sample": per, "_texts": texts}
 
 
+def mean_se(x) -> tuple[float, float]:
+    """(mean, standard error of the mean); the error is nan for fewer than two values."""
+    x = np.asarray(x, np.float64)
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
+
+
 def bootstrap_indices(n: int) -> list[np.ndarray]:
     rng = np.random.default_rng(0)  # the same resamples for every row: paired differences
     return [rng.integers(0, n, n) for _ in range(BOOTSTRAP)]

@@ -1,6 +1,6 @@
 """The learned commit filter's end-of-text stop on short answers in long windows (issue #19).
 
-    python bench/end_of_text.py [--out /work/eot_runs/bench] [--digits 2] [--length 48] [--questions 128]
+    python bench/end_of_text.py [--out runs/end_of_text] [--digits 2] [--length 48] [--questions 128]
 
 Task: one line ``a*b=c`` (``jaxorder.data.multiply``: c = a * b, factors of ``--digits`` digits) per
 document, written to OUT/multiply.jsonl and trained with ``data.source=text data.eos=true``, so every
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
@@ -39,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax
 import numpy as np
-from decoding_common import REPO, machine_line
+from decoding_common import REPO, machine_line, mean_se
 
 from jaxorder import sampling
 from jaxorder.data.multiply import format_line, parse_line, sample_pairs
@@ -102,11 +101,6 @@ def scores(texts: list[str], pairs: np.ndarray) -> dict[str, np.ndarray]:
             "well_formed": np.asarray([float(q is not None) for q in parsed]),
             "last_digit": np.asarray([float(q is not None and q[2] % 10 == int(a * b) % 10)
                                       for q, (a, b) in zip(parsed, pairs)])}
-
-
-def mean_se(x: np.ndarray) -> tuple[float, float]:
-    x = np.asarray(x, np.float64)
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
 def record_traces(params, cfg, tokenizer, pairs, length: int, block: int, temperature: float, seed: int,
@@ -212,7 +206,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("/work/eot_runs/bench"))
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "end_of_text")
     p.add_argument("--run", type=Path, default=None, help="the mdm run (default OUT/mdm, trained if missing)")
     p.add_argument("--digits", type=int, default=2)
     p.add_argument("--length", type=int, default=48)

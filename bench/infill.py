@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.decoding_common import machine_line
+from bench.decoding_common import machine_line, mean_se
 from jaxorder import sampling
 from jaxorder.data import make_data
 from jaxorder.evaluation.runs import load_params
@@ -42,11 +42,6 @@ from jaxorder.objectives.common import special_ids
 
 CONTEXT, HOLE, SPAN, STARTS = 200, 40, (2, 20), (40, 100)
 SUFFIX = CONTEXT - STARTS[1] - int(round(1.5 * SPAN[1]))  # suffix tokens every row has: 70
-
-
-def mean_se(x) -> tuple[float, float]:
-    x = np.asarray(x, np.float64)
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x)))
 
 
 def judge_bits(judge, rows: list[np.ndarray]) -> list[np.ndarray]:
