@@ -224,7 +224,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         (LO + "test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient[iw-0.6-True]",)),
     Mutation(
         "lo-scale-gate-open", "jaxorder/objectives/learned_order.py",
-        'jnp.where(beta < 1, own["q_log_scale"],', 'jnp.where(beta <= 1, own["q_log_scale"],',
+        '("q_log_scale",), beta < 1)', '("q_log_scale",), beta <= 1)',
         "q's inverse temperature also learns at beta = 1 (where it spreads q)",
         (LO + "test_learned_scale_multiplies_every_score_and_starts_at_one",)),
     Mutation(
@@ -282,14 +282,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         (LO + "test_mode_training_fits_the_token_head_to_q_mode_and_the_rest_to_the_elbo",)),
     Mutation(
         "lo-freeze-ends-late", "jaxorder/objectives/learned_order.py",
-        "frozen = jnp.asarray(step) < freeze_steps",
-        "frozen = jnp.asarray(step) <= freeze_steps",
+        "Q_PARAMS, jnp.asarray(step) >= freeze_steps)",
+        "Q_PARAMS, jnp.asarray(step) > freeze_steps)",
         "q_freeze_steps keeps q frozen one step longer than asked",
         (LO + "test_q_freeze_steps_stops_only_the_posteriors_gradient_until_the_step",)),
     Mutation(
         "lo-freeze-stops-the-policy", "jaxorder/objectives/learned_order.py",
-        "if k in Q_PARAMS else v",
-        "if k in (*Q_PARAMS, 'policy_transition') else v",
+        "return gradient_only_where(params, Q_PARAMS, ",
+        "return gradient_only_where(params, (*Q_PARAMS, 'policy_transition'), ",
         "q_freeze_steps also freezes the policy's transition table, which must learn q's initial draws",
         (LO + "test_q_freeze_steps_stops_only_the_posteriors_gradient_until_the_step",)),
     Mutation(

@@ -229,10 +229,8 @@ def loss(params, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jnp.ndarray,
     n = tokens_BL.shape[1]
     beta = entropy_weight(batch.get("step"), cfg)
     sg = jax.lax.stop_gradient
-    own = params[OWN_PARAMS]
-    if "q_log_scale" in own:  # learned only while beta < 1: at beta >= 1 it would spread q at once
-        params = {**params, OWN_PARAMS: {**own, "q_log_scale": jnp.where(beta < 1, own["q_log_scale"],
-                                                                         sg(own["q_log_scale"]))}}
+    if "q_log_scale" in params[OWN_PARAMS]:  # learned only while beta < 1: at beta >= 1 it would spread q
+        params = gradient_only_where(params, ("q_log_scale",), beta < 1)
     params = freeze_q(params, batch.get("step"), cfg.objective.q_freeze_steps)
     if cfg.objective.token_orders == "mode":
         return mode_loss(params, tokens_BL, rng, beta, cfg)
@@ -254,9 +252,14 @@ def freeze_q(params, step, freeze_steps: int):
     network. No step (evaluation) or freeze_steps 0: unchanged."""
     if step is None or not freeze_steps:
         return params
-    frozen = jnp.asarray(step) < freeze_steps
+    return gradient_only_where(params, Q_PARAMS, jnp.asarray(step) >= freeze_steps)
+
+
+def gradient_only_where(params, names: tuple[str, ...], learns) -> dict:
+    """params with the gradient of the own params `names` stopped unless `learns` (a traced bool);
+    values unchanged."""
     own = params[OWN_PARAMS]
-    return {**params, OWN_PARAMS: {k: jnp.where(frozen, jax.lax.stop_gradient(v), v) if k in Q_PARAMS else v
+    return {**params, OWN_PARAMS: {k: jnp.where(learns, v, jax.lax.stop_gradient(v)) if k in names else v
                                    for k, v in own.items()}}
 
 
