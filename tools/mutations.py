@@ -673,7 +673,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a run whose nll is not the exact left-to-right likelihood judges samples",
         (SAMPLE_MDM + "test_unigram_entropy_and_judge_nll",)),
     Mutation(
-        "family-checks-skipped", "jaxorder/config.py",
+        "family-checks-skipped", "jaxorder/config/checks.py",
         "    OBJECTIVES.get(o.name).validate_config(cfg)",
         "    OBJECTIVES.get(o.name)",
         "config validation skips the chosen family's own checks",
