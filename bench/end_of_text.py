@@ -80,9 +80,11 @@ def ensure_run(run_dir: Path, data: Path, length: int, steps: int, batch: int) -
                     *overrides], check=True)
 
 
-def question_rows(pairs: np.ndarray, tokenizer, length: int) -> np.ndarray:
-    """Rows [N, length]: the prompt ``a*b=`` of each pair, then MASK."""
-    return np.stack([prompt_tokens(f"{a}*{b}=", tokenizer, length) for a, b in pairs])
+def question_rows(pairs: np.ndarray, tokenizer, length: int) -> tuple[np.ndarray, int]:
+    """(rows [N, length]: the prompt ``a*b=`` of each pair, then MASK; the step count that commits one
+    token per step, i.e. the most masks of any row)."""
+    rows = np.stack([prompt_tokens(f"{a}*{b}=", tokenizer, length) for a, b in pairs])
+    return rows, int((rows == tokenizer.mask_id).sum(axis=1).max())
 
 
 def answers(tokens_NL: np.ndarray, rows_NL: np.ndarray, tokenizer) -> list[str]:
@@ -105,8 +107,7 @@ def scores(texts: list[str], pairs: np.ndarray) -> dict[str, np.ndarray]:
 
 def record_traces(params, cfg, tokenizer, pairs, length: int, block: int, temperature: float, seed: int,
                   path: Path, run: str) -> dict:
-    rows = question_rows(pairs, tokenizer, length)
-    steps = int((rows == tokenizer.mask_id).sum(axis=1).max())
+    rows, steps = question_rows(pairs, tokenizer, length)
     opts = sampling.SamplerOptions(steps=steps, block_length=block, temperature=temperature)
     t0 = time.perf_counter()
     _, tr = trace_lib.sample_and_record(params, cfg, rows, jax.random.key(seed), "confidence", opts)
@@ -118,8 +119,7 @@ def record_traces(params, cfg, tokenizer, pairs, length: int, block: int, temper
 
 def measure(params, cfg, tokenizer, pairs, length: int, block: int, temperature: float, seed: int,
             label: str, name: str, given: dict, filter_path: str) -> dict:
-    rows = question_rows(pairs, tokenizer, length)
-    steps = int((rows == tokenizer.mask_id).sum(axis=1).max())  # one token per step
+    rows, steps = question_rows(pairs, tokenizer, length)
     sampler = sampling.resolve(cfg, name)
     extra = {"commit_filter": filter_path} if name == "learned" else {}
     opts = sampling.make_options(sampler, {"steps": steps, "block_length": block, "temperature": temperature,
