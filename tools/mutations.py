@@ -53,6 +53,7 @@ GIVEN = "tests/test_sampling_given_order.py::"
 CANDS = "tests/test_latent_candidate_orders.py::"
 RERANK = "tests/test_rerank.py::"
 LO = "tests/test_learned_order.py::"
+LO_SAMPLING = "tests/test_learned_order_sampling.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -204,7 +205,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "lo-q-lr-scale-prefix", "jaxorder/training/optimizer.py",
         "keys[0] == OWN_PARAMS else 1.0", "keys[0] != OWN_PARAMS else 1.0",
         "q_lr_scale applied outside the objective's own subtree instead of to q's leaves",
-        (LO + "test_q_lr_scale_scales_only_the_posteriors_updates",)),
+        (LO_SAMPLING + "test_q_lr_scale_scales_only_the_posteriors_updates",)),
     Mutation(
         "lo-entropy-weight-dropped", "jaxorder/objectives/learned_order.py",
         "w_BK = jax.lax.stop_gradient(lp_BK - beta * lq_BK)", "w_BK = jax.lax.stop_gradient(lp_BK - lq_BK)",
@@ -238,7 +239,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "previous_B = jnp.where(c == 0, cfg.model.max_len, pos_B)",
         "previous_B = pos_B",
         "sampler reads the table's row of position 0 at the first slot instead of the start row",
-        (LO + "test_policy_sampler_draws_the_joint_exactly[True]",)),
+        (LO_SAMPLING + "test_policy_sampler_draws_the_joint_exactly[True]",)),
     Mutation(
         "lo-learned-scale-added", "jaxorder/objectives/learned_order.py",
         'return s_BL * jnp.exp(own["q_log_scale"]) if "q_log_scale" in own else s_BL',
@@ -249,19 +250,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         "target-embed-std-ignored", "jaxorder/model/transformer.py",
         '_init(cfg.target_embed_std, (None, "embed"))', '_init(1.0, (None, "embed"))',
         "model.target_embed_std not passed to the target embedding's initializer",
-        (LO + "test_target_embed_std_zero_starts_without_target_information",)),
+        (LO_SAMPLING + "test_target_embed_std_zero_starts_without_target_information",)),
     Mutation(
         "lo-sampler-reference-slot", "jaxorder/sampling/learned_order.py",
         "jax.lax.dynamic_index_in_dim(hidden_BLd, c, axis=1, keepdims=False)",
         "jax.lax.dynamic_index_in_dim(hidden_BLd, c + 1, axis=1, keepdims=False)",
         "uncached policy stream reads the next slot's state (it sees the token it is choosing for)",
-        (LO + "test_cached_sampler_equals_the_uncached_reference",)),
+        (LO_SAMPLING + "test_cached_sampler_equals_the_uncached_reference",)),
     Mutation(
         "lo-sampler-policy-temperature", "jaxorder/sampling/learned_order.py",
         "jax.random.categorical(jax.random.fold_in(order_key, c), logp_BL, axis=-1)",
         "jax.random.categorical(jax.random.fold_in(order_key, c), 2 * logp_BL, axis=-1)",
         "policy sampled at temperature 1/2 (not ancestral sampling of p(x, sigma))",
-        (LO + "test_policy_sampler_draws_the_joint_exactly",)),
+        (LO_SAMPLING + "test_policy_sampler_draws_the_joint_exactly",)),
     Mutation(
         "lo-mode-token-from-draws", "jaxorder/objectives/learned_order.py",
         "neg_s = -(token_mode_B + (policy_BK",
@@ -285,13 +286,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "Q_PARAMS, jnp.asarray(step) >= freeze_steps)",
         "Q_PARAMS, jnp.asarray(step) > freeze_steps)",
         "q_freeze_steps keeps q frozen one step longer than asked",
-        (LO + "test_q_freeze_steps_stops_only_the_posteriors_gradient_until_the_step",)),
+        (LO_SAMPLING + "test_q_freeze_steps_stops_only_the_posteriors_gradient_until_the_step",)),
     Mutation(
         "lo-freeze-stops-the-policy", "jaxorder/objectives/learned_order.py",
         "return gradient_only_where(params, Q_PARAMS, ",
         "return gradient_only_where(params, (*Q_PARAMS, 'policy_transition'), ",
         "q_freeze_steps also freezes the policy's transition table, which must learn q's initial draws",
-        (LO + "test_q_freeze_steps_stops_only_the_posteriors_gradient_until_the_step",)),
+        (LO_SAMPLING + "test_q_freeze_steps_stops_only_the_posteriors_gradient_until_the_step",)),
     Mutation(
         "ar-givens-not-forced", "jaxorder/sampling/ar.py",
         "forced_B = (s < known_B) | given_B", "forced_B = s < known_B",
