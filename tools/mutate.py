@@ -1,4 +1,4 @@
-"""Mutation testing (`make mutate`): each curated bug of tools/mutations.py must fail its tests.
+"""Mutation testing (`make mutate`): each curated bug of tools/mutations/ must fail its tests.
 
 The repository (tracked and untracked-but-not-ignored files) is snapshotted once into a temporary
 directory; every mutation runs on its own copy of that snapshot, so the working tree is never

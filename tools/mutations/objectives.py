@@ -1,0 +1,272 @@
+"""Mutations of the order objectives, learned_order, the yardstick and order scoring."""
+from .base import COLLAPSE, LO, LO_SAMPLING, OBJ, ORD, PINS, Mutation
+
+MUTATIONS: tuple[Mutation, ...] = (
+    # ------------------------------------------------------------------ objectives
+    Mutation(
+        "l2r-no-bos", "jaxorder/objectives/l2r.py",
+        "inputs_BL = jnp.concatenate([jnp.full_like(tokens_BL[:, :1], bos), tokens_BL[:, :-1]], axis=1)",
+        "inputs_BL = tokens_BL",
+        "l2r input not shifted (no BOS prepended): slot i sees its own target",
+        (OBJ + "test_l2r_loss_equals_hand_computed_cross_entropy",)),
+    Mutation(
+        "l2r-target-shift", "jaxorder/objectives/l2r.py",
+        "return token_nll(logits_BLV, tokens_BL)",
+        "return token_nll(logits_BLV[:, :-1], tokens_BL[:, 1:])",
+        "l2r targets off by one (slot i scored against x_{i+1}; x_0 never scored)",
+        (OBJ + "test_l2r_loss_equals_hand_computed_cross_entropy",)),
+    Mutation(
+        "r2l-no-flip", "jaxorder/objectives/r2l.py",
+        'return {**batch, "tokens": jnp.flip(batch["tokens"], axis=1)}',
+        'return {**batch, "tokens": batch["tokens"]}',
+        "r2l does not reverse the window (it trains l2r)",
+        (OBJ + "test_r2l_equals_l2r_on_reversed_sequence",)),
+    Mutation(
+        "mdm-no-weight", "jaxorder/objectives/mdm.py",
+        "return nll_BL.sum(axis=1) / t_B, t_B",
+        "return nll_BL.sum(axis=1), t_B",
+        "mdm ELBO without the 1/t weight",
+        (OBJ + "test_mdm_loss_monte_carlo_matches_exact_time_average",)),
+    Mutation(
+        "mdm-weight-t", "jaxorder/objectives/mdm.py",
+        "return nll_BL.sum(axis=1) / t_B, t_B",
+        "return nll_BL.sum(axis=1) * t_B, t_B",
+        "mdm ELBO weighted by t instead of 1/t",
+        (OBJ + "test_mdm_loss_monte_carlo_matches_exact_time_average",)),
+    Mutation(
+        "mdm-weight-smoothed", "jaxorder/objectives/mdm.py",
+        "return nll_BL.sum(axis=1) / t_B, t_B",
+        "return nll_BL.sum(axis=1) / (t_B + 0.01), t_B",
+        "mdm ELBO weight 1/(t + 0.01): a lower-variance but biased yardstick (below the order average)",
+        ("tests/test_mdm_order_identity.py::test_mean_over_random_orders_equals_the_elbo_on_a_trained_model",)),
+    Mutation(
+        "mdm-no-subs", "jaxorder/objectives/mdm.py",
+        "logits_BLV = logits_BLV.at[..., special_ids(cfg.model).mask].set(-jnp.inf)",
+        "logits_BLV = logits_BLV",
+        "SUBS: the MASK logit is not set to -inf (MASK gets probability mass)",
+        (OBJ + "test_mdm_never_predicts_mask_and_scores_only_masked_positions",)),
+    Mutation(
+        "bd3-corrupt-tile", "jaxorder/objectives/bd3.py",
+        "t_BL = jnp.repeat(t_BK, block_size, axis=1)",
+        "t_BL = jnp.tile(t_BK, (1, block_size))",
+        "bd3 corruption: block times tiled instead of repeated (token i gets block i mod K's t)",
+        (ORD + "test_bd3_corrupt_and_elbo_use_each_tokens_own_block_time",)),
+    Mutation(
+        "bd3-elbo-tile", "jaxorder/objectives/bd3.py",
+        "(nll_BL / jnp.repeat(t_BK, block_size, axis=1))",
+        "(nll_BL / jnp.tile(t_BK, (1, block_size)))",
+        "bd3 ELBO: the 1/t_k weights tiled instead of repeated over each block's tokens",
+        (ORD + "test_bd3_corrupt_and_elbo_use_each_tokens_own_block_time",)),
+    Mutation(
+        "bd3-elbo-sqrt-weight", "jaxorder/objectives/bd3.py",
+        "(nll_BL / jnp.repeat(t_BK, block_size, axis=1))",
+        "(nll_BL / jnp.sqrt(jnp.repeat(t_BK, block_size, axis=1)))",
+        "bd3 ELBO weighted by 1/sqrt(t): b = 1 no longer averages to the l2r NLL",
+        (ORD + "test_bd3_b1_and_l2r_losses_are_the_same_function_of_the_prefix_conditionals",)),
+    Mutation(
+        "l2r-no-bos-shift", "jaxorder/objectives/l2r.py",
+        "inputs_BL = jnp.concatenate([jnp.full_like(tokens_BL[:, :1], bos), tokens_BL[:, :-1]], axis=1)",
+        "inputs_BL = jnp.concatenate([tokens_BL[:, :1], tokens_BL[:, :-1]], axis=1)",
+        "l2r input starts with x_0 instead of BOS: the first target is visible to its own slot",
+        (ORD + "test_bd3_b1_and_l2r_losses_are_the_same_function_of_the_prefix_conditionals",)),
+    Mutation(
+        "bd3-mask-kind", "jaxorder/objectives/bd3.py",
+        "positions_B2L, mask_kind(block_size))",
+        'positions_B2L, "bidirectional")',
+        "bd3 training pass over [x_t ; x] with a bidirectional mask (the noisy half sees the answer)",
+        (ORD + "test_bd3_noisy_block_sees_no_answer_and_no_future",)),
+    Mutation(
+        "ao-ar-target-shift", "jaxorder/objectives/ao_ar.py",
+        "target_positions_BL=order_BL)",
+        "target_positions_BL=positions_BL)",
+        "ao_ar target positions shifted by one slot (the current position instead of sigma_j)",
+        (ORD + "test_ao_ar_one_pass_nll_equals_brute_force_chain_rule",)),
+    Mutation(
+        "latent-no-log-k", "jaxorder/objectives/latent_order.py",
+        "return jnp.log(l_BK.shape[1]) - jax.nn.logsumexp(l_BK, axis=1)",
+        "return -jax.nn.logsumexp(l_BK, axis=1)",
+        "latent_order log-mean-exp without the log K (a log-sum-exp)",
+        (ORD + "test_latent_order_bound_over_all_orders_is_log_mean_exp",)),
+    Mutation(
+        "latent-beta-outside-log", "jaxorder/objectives/latent_order.py",
+        "-m_B - lme_B / safe_beta",
+        "-m_B - lme_B * safe_beta",
+        "tempered latent_order loss with the temperature multiplied outside the log instead of 1/beta",
+        (COLLAPSE + "test_tempered_nll_matches_float64_reference_and_is_non_increasing_in_beta",)),
+    Mutation(
+        "latent-beta-schedule-cap", "jaxorder/objectives/latent_order.py",
+        "/ warmup, 1.0)",
+        "/ warmup, 2.0)",
+        "linear beta schedule that keeps rising past its warmup (to twice the target beta)",
+        (COLLAPSE + "test_linear_schedule_at_0_half_full_and_twice",)),
+    Mutation(
+        "latent-beta-zero-division", "jaxorder/objectives/latent_order.py",
+        "jnp.where(positive, beta, 1.0)",
+        "jnp.where(positive, beta, 0.0)",
+        "beta = 0 branch guarded by where only: 0/0 in the unused branch makes the gradient NaN",
+        (COLLAPSE + "test_tempered_gradient_is_softmax_of_beta_l_and_finite_at_zero",)),
+    Mutation(
+        "latent-entropy-bonus-sign", "jaxorder/objectives/latent_order.py",
+        "value = value - o.order_entropy_bonus",
+        "value = value + o.order_entropy_bonus",
+        "entropy bonus with the wrong sign: it lowers the posterior entropy (speeds up the collapse)",
+        (COLLAPSE + "test_entropy_bonus_gradient_raises_the_posterior_entropy",)),
+    # ------------------------------------------------------------------ learned_order
+    Mutation(
+        "lo-policy-no-open-mask", "jaxorder/objectives/learned_order.py",
+        "jnp.where(open_NLL, logits_NLP, -jnp.inf)",
+        "jnp.where(True, logits_NLP, -jnp.inf)",
+        "order policy not masked to the open positions (it may pick a generated position again)",
+        (LO + "test_policy_is_a_distribution_over_orders_and_the_joint_over_everything",)),
+    Mutation(
+        "lo-baseline-includes-self", "jaxorder/objectives/learned_order.py",
+        "return (w_BK.sum(axis=1, keepdims=True) - w_BK) / (K - 1)",
+        "return (w_BK.sum(axis=1, keepdims=True) - 0 * w_BK) / K",
+        "score-function baseline that includes w_k itself (q's gradient scaled by (K-1)/K: biased)",
+        (LO + "test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient",)),
+    Mutation(
+        "lo-score-sign", "jaxorder/objectives/learned_order.py",
+        "(lp_BK + (w_BK - loo_baseline(w_BK)) * lq_BK)",
+        "(lp_BK - (w_BK - loo_baseline(w_BK)) * lq_BK)",
+        "wrong sign of the score-function term (q climbs away from the posterior)",
+        (LO + "test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient",)),
+    Mutation(
+        "lo-pl-forward-normalizer", "jaxorder/objectives/learned_order.py",
+        "jax.lax.cumlogsumexp(s_BKL, axis=2, reverse=True)",
+        "jax.lax.cumlogsumexp(s_BKL, axis=2, reverse=False)",
+        "Plackett-Luce normalized over the chosen instead of the remaining positions",
+        (LO + "test_plackett_luce_sums_to_one_and_gumbel_top_n_samples_it",)),
+    Mutation(
+        "lo-iw-no-log-k", "jaxorder/objectives/learned_order.py",
+        "return jnp.log(w_BK.shape[1]) - jax.nn.logsumexp(w_BK, axis=1)",
+        "return -jax.nn.logsumexp(w_BK, axis=1)",
+        "importance-weighted bound as a log-sum-exp (off by log K: below -log p(x))",
+        (LO + "test_log_px_above_iw_bounds_above_elbo_and_the_yardstick_estimates_them",)),
+    Mutation(
+        "lo-extras-token-with-policy", "jaxorder/objectives/learned_order.py",
+        'token_BK = d["lp"] - d["policy"]', 'token_BK = d["lp"] + 0 * d["policy"]',
+        "eval extra token_nll that still contains the policy term (the ELBO's split double-counts it)",
+        (LO + "test_log_px_above_iw_bounds_above_elbo_and_the_yardstick_estimates_them",)),
+    Mutation(
+        "lo-q-lr-scale-prefix", "jaxorder/training/optimizer.py",
+        "keys[0] == OWN_PARAMS else 1.0", "keys[0] != OWN_PARAMS else 1.0",
+        "q_lr_scale applied outside the objective's own subtree instead of to q's leaves",
+        (LO_SAMPLING + "test_q_lr_scale_scales_only_the_posteriors_updates",)),
+    Mutation(
+        "lo-entropy-weight-dropped", "jaxorder/objectives/learned_order.py",
+        "w_BK = jax.lax.stop_gradient(lp_BK - beta * lq_BK)", "w_BK = jax.lax.stop_gradient(lp_BK - lq_BK)",
+        "q_entropy_start ignored by q's score-function weights (no annealing of the entropy term)",
+        (LO + "test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient",)),
+    Mutation(
+        "lo-iw-direct-unweighted", "jaxorder/objectives/learned_order.py",
+        "return (normalized_BK * w_BK + (bound_B[:, None] - bound_minus_BK) * lq_BK).sum(axis=1)",
+        "return (w_BK / K + (bound_B[:, None] - bound_minus_BK) * lq_BK).sum(axis=1)",
+        "VIMCO direct term with uniform instead of normalized importance weights (the ELBO's p gradient)",
+        (LO + "test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient[iw-0.6-True]",)),
+    Mutation(
+        "lo-iw-baseline-keeps-own", "jaxorder/objectives/learned_order.py",
+        "bound_minus_BK = jax.nn.logsumexp(w_minus_BKK, axis=2) - jnp.log(K)",
+        "bound_minus_BK = 0.5 * (jax.nn.logsumexp(w_minus_BKK, axis=2) - jnp.log(K) + bound_B[:, None])",
+        "VIMCO baseline that half depends on the draw's own weight (biased q gradient)",
+        (LO + "test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient[iw-0.6-True]",)),
+    Mutation(
+        "lo-scale-gate-open", "jaxorder/objectives/learned_order.py",
+        '("q_log_scale",), beta < 1)', '("q_log_scale",), beta <= 1)',
+        "q's inverse temperature also learns at beta = 1 (where it spreads q)",
+        (LO + "test_learned_scale_multiplies_every_score_and_starts_at_one",)),
+    Mutation(
+        "lo-transition-sees-current", "jaxorder/objectives/learned_order.py",
+        "return jnp.concatenate([jnp.full_like(order_NL[:, :1], max_len), order_NL[:, :-1]], axis=1)",
+        "return order_NL",
+        "policy transition table indexed by the position being chosen (pi sees sigma_j)",
+        (LO + "test_policy_is_a_distribution_over_orders_and_the_joint_over_everything[True]",)),
+    Mutation(
+        "lo-sampler-transition-no-start-row", "jaxorder/sampling/learned_order.py",
+        "previous_B = jnp.where(c == 0, cfg.model.max_len, pos_B)",
+        "previous_B = pos_B",
+        "sampler reads the table's row of position 0 at the first slot instead of the start row",
+        (LO_SAMPLING + "test_policy_sampler_draws_the_joint_exactly[True]",)),
+    Mutation(
+        "lo-learned-scale-added", "jaxorder/objectives/learned_order.py",
+        'return s_BL * jnp.exp(own["q_log_scale"]) if "q_log_scale" in own else s_BL',
+        'return s_BL + own["q_log_scale"] if "q_log_scale" in own else s_BL',
+        "q's learned scale added to the scores instead of multiplying them (a no-op under softmax)",
+        (LO + "test_learned_scale_multiplies_every_score_and_starts_at_one",)),
+    Mutation(
+        "target-embed-std-ignored", "jaxorder/model/transformer.py",
+        '_init(cfg.target_embed_std, (None, "embed"))', '_init(1.0, (None, "embed"))',
+        "model.target_embed_std not passed to the target embedding's initializer",
+        (LO_SAMPLING + "test_target_embed_std_zero_starts_without_target_information",)),
+    Mutation(
+        "lo-sampler-reference-slot", "jaxorder/sampling/learned_order.py",
+        "jax.lax.dynamic_index_in_dim(hidden_BLd, c, axis=1, keepdims=False)",
+        "jax.lax.dynamic_index_in_dim(hidden_BLd, c + 1, axis=1, keepdims=False)",
+        "uncached policy stream reads the next slot's state (it sees the token it is choosing for)",
+        (LO_SAMPLING + "test_cached_sampler_equals_the_uncached_reference",)),
+    Mutation(
+        "lo-sampler-policy-temperature", "jaxorder/sampling/learned_order.py",
+        "jax.random.categorical(jax.random.fold_in(order_key, c), logp_BL, axis=-1)",
+        "jax.random.categorical(jax.random.fold_in(order_key, c), 2 * logp_BL, axis=-1)",
+        "policy sampled at temperature 1/2 (not ancestral sampling of p(x, sigma))",
+        (LO_SAMPLING + "test_policy_sampler_draws_the_joint_exactly",)),
+    Mutation(
+        "lo-mode-token-from-draws", "jaxorder/objectives/learned_order.py",
+        "neg_s = -(token_mode_B + (policy_BK",
+        "neg_s = -(token_BK.mean(axis=1) + (policy_BK",
+        "token_orders=mode: the token term taken from the (gradient-stopped) draws, not the mode",
+        (LO + "test_mode_training_fits_the_token_head_to_q_mode_and_the_rest_to_the_elbo",)),
+    Mutation(
+        "lo-mode-policy-not-in-weights", "jaxorder/objectives/learned_order.py",
+        "w_BK = sg(token_BK + policy_BK - beta * lq_BK)",
+        "w_BK = sg(token_BK - beta * lq_BK)",
+        "token_orders=mode: q's weights leave out the policy term (q may encode x in its order)",
+        (LO + "test_mode_training_fits_the_token_head_to_q_mode_and_the_rest_to_the_elbo",)),
+    Mutation(
+        "lo-mode-least-likely", "jaxorder/objectives/learned_order.py",
+        "mode_BL = jnp.argsort(-sg(s_BL), axis=1)",
+        "mode_BL = jnp.argsort(sg(s_BL), axis=1)",
+        "token_orders=mode: the token head learns q's least likely order",
+        (LO + "test_mode_training_fits_the_token_head_to_q_mode_and_the_rest_to_the_elbo",)),
+    Mutation(
+        "lo-freeze-ends-late", "jaxorder/objectives/learned_order.py",
+        "Q_PARAMS, jnp.asarray(step) >= freeze_steps)",
+        "Q_PARAMS, jnp.asarray(step) > freeze_steps)",
+        "q_freeze_steps keeps q frozen one step longer than asked",
+        (LO_SAMPLING + "test_q_freeze_steps_stops_only_the_posteriors_gradient_until_the_step",)),
+    Mutation(
+        "lo-freeze-stops-the-policy", "jaxorder/objectives/learned_order.py",
+        "return gradient_only_where(params, Q_PARAMS, ",
+        "return gradient_only_where(params, (*Q_PARAMS, 'policy_transition'), ",
+        "q_freeze_steps also freezes the policy's transition table, which must learn q's initial draws",
+        (LO_SAMPLING + "test_q_freeze_steps_stops_only_the_posteriors_gradient_until_the_step",)),
+    Mutation(
+        "ar-givens-not-forced", "jaxorder/sampling/ar.py",
+        "forced_B = (s < known_B) | given_B", "forced_B = s < known_B",
+        "ar sampler: a template's givens are generated over instead of teacher-forced",
+        ("tests/test_sampling_ar.py::test_template_givens_are_kept_and_teacher_forced",)),
+    Mutation(
+        "filled-neighbours-after-step", "jaxorder/evaluation/commit_order.py",
+        "filled_L = committed_at_L < step  # fixed", "filled_L = committed_at_L <= step  # fixed",
+        "constrained-first statistic counts the step's own commits as already filled",
+        ("tests/test_commit_order.py::test_filled_neighbours_hand_counted",
+         "tests/test_commit_order.py::test_filled_peers_on_sudoku_random_zero_and_most_constrained_positive")),
+    # ------------------------------------------------------------------ yardstick and order scoring
+    Mutation(
+        "yardstick-bytes-per-token", "jaxorder/evaluation/yardstick.py",
+        "to_bpb = 1.0 / (LN2 * bytes_per_token)",
+        "to_bpb = 1.0 / LN2",
+        "bits/byte without the bytes-per-token factor (bits per token)",
+        (PINS + "test_evaluate_bpb_and_stderr_equal_hand_computation[l2r]",)),
+    Mutation(
+        "yardstick-stderr-nats", "jaxorder/evaluation/yardstick.py",
+        '"bpb_stderr": stderr * to_bpb,',
+        '"bpb_stderr": stderr,',
+        "the standard error left in nats per token (not converted to bits/byte)",
+        (PINS + "test_evaluate_bpb_and_stderr_equal_hand_computation[l2r]",)),
+    Mutation(
+        "random-k-is-l2r", "jaxorder/evaluation/fixed_orders.py",
+        "return np.asarray(jax.vmap(lambda k: jax.random.permutation(k, length))(keys))",
+        "return np.tile(np.arange(length), (spec.count * batch, 1))",
+        "random:K order scoring uses K copies of the l2r order",
+        (PINS + "test_random_order_matrix_gives_each_window_k_distinct_permutations",)),
+)

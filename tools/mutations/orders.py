@@ -1,0 +1,247 @@
+"""Mutations of insertion (ilm), order scoring from the CLI, reranking, perm: orders."""
+from .base import CANDS, GIVEN, ILM, MIX, PAIRED, PERM, QP, RERANK, SCALING, SCORE, Mutation
+
+MUTATIONS: tuple[Mutation, ...] = (
+    # ------------------------------------------------------------------ insertion (ilm)
+    Mutation(
+        "ilm-gap-off-by-one", "jaxorder/objectives/ilm.py",
+        "jnp.zeros((L + 1,), jnp.int32).at[g].add(d)",
+        "jnp.zeros((L + 1,), jnp.int32).at[g + 1].add(d)",
+        "gap counts off by one gap: a dropped token is counted in the gap after its own",
+        (ILM + "test_gap_targets_hand_built", ILM + "test_loss_equals_plain_reference")),
+    Mutation(
+        "ilm-clip-one-short", "jaxorder/objectives/ilm.py",
+        "jnp.minimum(count_BS, max_gap)",
+        "jnp.minimum(count_BS, max_gap - 1)",
+        "gap counts clipped one below ilm_max_gap (the top length class is never a target)",
+        (ILM + "test_gap_targets_hand_built", ILM + "test_loss_equals_plain_reference")),
+    Mutation(
+        "ilm-target-is-left-neighbour", "jaxorder/objectives/ilm.py",
+        "first_BS = jnp.clip(src_BS + 1, 0, L - 1)",
+        "first_BS = jnp.clip(src_BS, 0, L - 1)",
+        "the token target of a gap is its kept left neighbour, not the first dropped token",
+        (ILM + "test_gap_targets_hand_built", ILM + "test_loss_equals_plain_reference")),
+    Mutation(
+        "ilm-padding-attended", "jaxorder/model/transformer.py",
+        "mask_LL = mask_LL[None, None] & key_valid_BL[:, None, None, :]",
+        "mask_LL = mask_LL[None, None] | key_valid_BL[:, None, None, :]",
+        "padding keys are attended: the number of dropped tokens leaks into the gaps' predictions",
+        (ILM + "test_loss_equals_plain_reference",)),
+    Mutation(
+        "ilm-bound-without-stop", "jaxorder/objectives/ilm.py",
+        "jnp.where(j < n, insert_B, log_s_B)",
+        "jnp.where(j < n, insert_B, 0.0)",
+        "the insertion-path bound leaves out the final stop probability",
+        (ILM + "test_order_nll_matches_step_by_step_reference",
+         ILM + "test_sampler_logprob_is_the_path_likelihood")),
+    Mutation(
+        "ilm-insert-right-of-gap", "jaxorder/sampling/ilm.py",
+        "at_B = gap_B + 1",
+        "at_B = gap_B",
+        "the sampler inserts before the gap's left neighbour instead of after it",
+        (ILM + "test_sampler_forced_insertion_goes_where_and_what[0.0]",)),
+    # ------------------------------------------------------------------ score, rerank, perm orders
+    Mutation(
+        "score-window-overlap", "jaxorder/evaluation/scoring.py",
+        "plan.append(Window(end - window, end, scored - (end - window), window))",
+        "plan.append(Window(end - window, end, scored - (end - window) - 1, window))",
+        "a later strided window also scores the last token of the one before it (counted twice)",
+        (SCORE + "test_window_plan_scores_every_token_once[40-16-8-l2r]",)),
+    Mutation(
+        "r2l-token-terms-unflipped", "jaxorder/objectives/r2l.py",
+        "return jnp.flip(l2r.sequence_token_nll(params, jnp.flip(tokens_BL, axis=1), cfg), axis=1)",
+        "return l2r.sequence_token_nll(params, jnp.flip(tokens_BL, axis=1), cfg)",
+        "r2l per-token terms stay in reversed order (same sum, wrong positions)",
+        (SCORE + "test_long_line_is_scored_in_strided_windows[r2l]",)),
+    Mutation(
+        "any-order-terms-slot-order", "jaxorder/objectives/ao_ar.py",
+        "return jnp.zeros_like(slot_BL).at[rows_B1, order_BL].set(slot_BL)",
+        "return slot_BL",
+        "any-order per-token terms left in slot order instead of position order",
+        (SCORE + "test_any_order_terms_in_position_order",)),
+    Mutation(
+        "perm-open-range-skips-k", "jaxorder/orders.py",
+        "listed += [i for i in range(open_from, length) if i not in seen]",
+        "listed += [i for i in range(open_from + 1, length) if i not in seen]",
+        "the open range k- starts after k",
+        (PERM + "test_resolve[perm:5,1,2,3,4,0,6--9-expected0]",)),
+    Mutation(
+        "given-order-rank-is-order", "jaxorder/sampling/given_order.py",
+        "return np.argsort(order_BL, axis=1).astype(np.int32)",
+        "return order_BL.astype(np.int32)",
+        "the named order used as each position's rank (its inverse permutation is generated instead)",
+        (GIVEN + "test_positions_are_generated_in_exactly_the_named_order[spec-perm-True]",)),
+    Mutation(
+        "latent-w-random-takes-a-named-candidate", "jaxorder/objectives/latent_order.py",
+        "metrics[\"w_random\"] = w_BK[:, len(names):].mean()",
+        "metrics[\"w_random\"] = w_BK[:, len(names) - 1:].mean()",
+        "w_random averages the last named candidate in with the random ones",
+        (CANDS + "test_named_candidates_follow_l2r_r2l_and_precede_the_random_ones",)),
+    Mutation(
+        "latent-named-candidates-dropped", "jaxorder/objectives/latent_order.py",
+        "return [*(orders.NAMED if include_fixed_orders else ()), *orders.split_list(named)]",
+        "return [*(orders.NAMED if include_fixed_orders else ())]",
+        "objective.candidate_orders ignored: the named candidates never join the loss",
+        (CANDS + "test_loss_and_nll_are_over_exactly_the_named_orders",)),
+    Mutation(
+        "rerank-judge-slice-off-by-one", "jaxorder/evaluation/rerank.py",
+        "out.append(r[\"terms\"][prompt_len:].sum() / (LN2 * size) if size else math.nan)",
+        "out.append(r[\"terms\"][prompt_len - 1:].sum() / (LN2 * size) if size else math.nan)",
+        "the judge's continuation NLL includes the prompt's last token",
+        (RERANK + "test_scorer_equal_to_judge_picks_the_judges_best",)),
+    Mutation("mixture-bound-log-k", "jaxorder/experiments/analysis/mixtures.py",
+             "lme_WG = np.logaddexp.reduce(groups_WGK, axis=2) - math.log(k)",
+             "lme_WG = np.logaddexp.reduce(groups_WGK, axis=2) - math.log(k + 1)",
+             "K-order bound normalised by K+1 instead of K (log-sum-exp, not log-mean-exp)",
+             (MIX + "test_k1_bound_is_the_single_order_nll_and_groups_are_disjoint",
+              MIX + "test_bound_in_expectation_non_increasing_in_k_and_tends_to_all_order_mixture")),
+    Mutation("grad-snr-uncentred-spread", "jaxorder/experiments/analysis/grad_snr.py",
+             "spread = math.sqrt(float(((g - mean_P) ** 2).sum(axis=1).mean()))",
+             "spread = math.sqrt(float(((g - 0.0) ** 2).sum(axis=1).mean()))",
+             "gradient spread taken about 0 instead of about the mean gradient",
+             (MIX + "test_gradient_snr_closed_form_and_against_covariance",)),
+    Mutation("mdm-position-nll-step-order", "jaxorder/objectives/mdm.py",
+             "nll_BL = nll_BL.at[rows_B, pos_B].set(-logp_BLV[rows_B, pos_B, target_B])",
+             "nll_BL = nll_BL.at[rows_B, j].set(-logp_BLV[rows_B, pos_B, target_B])",
+             "per-position chain-rule NLL stored at the reveal step instead of the revealed position",
+             (MIX + "test_position_curves_sum_to_the_sequence_nll",)),
+    Mutation(
+        "scaling-inverse-not-inverted", "jaxorder/experiments/scaling.py",
+        "(a / (loss - L_inf)) ** (1.0 / alpha)", "(a / (loss - L_inf)) ** alpha",
+        "the compute needed for a loss raises to alpha instead of 1/alpha: wrong compute multiplier",
+        (SCALING + "test_compute_multiplier_of_shifted_curves",)),
+    Mutation(
+        "scaling-fit-growing-law", "jaxorder/experiments/scaling.py",
+        "return A * np.exp(-alpha * x) + L_inf", "return A * np.exp(alpha * x) + L_inf",
+        "the fitted law grows with compute (sign of alpha flipped)",
+        (SCALING + "test_power_law_fit_recovers_synthetic_parameters",)),
+    Mutation(
+        "judge-stderr-biased", "jaxorder/evaluation/sample_quality.py",
+        "(k * (k - 1))", "(k * k)",
+        "the judge's standard error uses the biased variance (divides by K, not K - 1)",
+        (SCALING + "test_ratio_stderr_is_the_mean_stderr_for_equal_lengths_and_matches_resampling",)),
+    Mutation(
+        "study-reuses-stale-analysis", "jaxorder/experiments/study.py",
+        "return main.stat().st_mtime > newest_checkpoint_mtime(run_dir)",
+        "return main.stat().st_mtime < newest_checkpoint_mtime(run_dir)",
+        "`jaxorder study` keeps an analysis older than the run's newest checkpoint and re-runs a current one",
+        ("tests/test_study.py::test_is_current_needs_outputs_same_flags_and_newer_than_the_checkpoint",)),
+    Mutation(
+        "study-ignores-changed-flags", "jaxorder/experiments/study.py",
+        'if json.loads(saved.read_text()).get("flags") != list(a.flags):',
+        'if json.loads(saved.read_text()).get("flags") is None:',
+        "`jaxorder study` reuses an analysis made with other flags (e.g. other --ks)",
+        ("tests/test_study.py::test_is_current_needs_outputs_same_flags_and_newer_than_the_checkpoint",)),
+    Mutation(
+        "study-oldest-checkpoint", "jaxorder/experiments/study.py",
+        "return max(p.stat().st_mtime for p in steps)", "return min(p.stat().st_mtime for p in steps)",
+        "an analysis is compared with the run's oldest checkpoint, so a resumed run's stale analysis is kept",
+        ("tests/test_study.py::test_is_current_needs_outputs_same_flags_and_newer_than_the_checkpoint",)),
+    Mutation(
+        "crossing-wrong-endpoint", "jaxorder/experiments/epochs.py",
+        "xs[i - 1] + (xs[i] - xs[i - 1]) * d[i - 1] / (",
+        "xs[i - 1] + (xs[i] - xs[i - 1]) * d[i] / (",
+        "the crossing interpolated from the wrong end of the segment",
+        ("tests/test_epochs.py::test_crossings_match_brute_force_on_random_curves",
+         "tests/test_epochs.py::test_crossing_sign_touching_and_no_overlap")),
+    Mutation(
+        "multiply-sum-not-product", "jaxorder/data/multiply.py",
+        "nums = [str(a), str(b), str(a * b)]", "nums = [str(a), str(b), str(a + b)]",
+        "the multiply source writes a sum instead of the product",
+        ("tests/test_multiply.py::test_every_line_is_a_correct_product_of_d_digit_factors",)),
+    Mutation(
+        "max-train-tokens-keeps-the-tail", "jaxorder/data/pipeline.py",
+        "train_windows = train_windows[:cfg.max_train_tokens // L]",
+        "train_windows = train_windows[-(cfg.max_train_tokens // L):]",
+        "the unique-token budget keeps the last training tokens instead of the first",
+        ("tests/test_multiply.py::test_max_train_tokens_keeps_the_first_tokens_and_not_validation",)),
+    Mutation(
+        "ilm-output-ignores-eos", "jaxorder/sampling/ilm.py",
+        'tokens_BL = fill_after_eos(st["buf"][:, 1:], st["gen"][:, 1:], eos_id(cfg, opts))',
+        'tokens_BL = st["buf"][:, 1:]',
+        "the insert sampler returns text inserted after its first inserted EOS",
+        ("tests/test_ilm.py::test_sampler_pads_inserted_text_after_the_first_inserted_eos",)),
+    Mutation(
+        "eos-fill-off-by-one", "jaxorder/sampling/eos.py",
+        "after_BL = generated_BL & ((jnp.cumsum(is_eos_BL, axis=1) - is_eos_BL) > 0)",
+        "after_BL = generated_BL & ((jnp.cumsum(is_eos_BL, axis=1) - is_eos_BL) > 1)",
+        "the masked samplers' EOS fill waits for a second EOS",
+        ("tests/test_sampling_eos.py::test_commit_after_eos_commits_the_masked_positions_after_a_committed_"
+         "eos_at_the_step_taken",
+         "tests/test_sampling_eos.py::test_sampling_stops_early_when_only_eos_is_left[mdm-confidence]")),
+    Mutation(
+        "eos-fill-ignores-fixed", "jaxorder/sampling/eos.py",
+        "is_eos_BL = committed_BL & (st[\"x\"] == eos)",
+        "is_eos_BL = st[\"x\"] == eos",
+        "a fixed EOS (prompt, template) ends the text of the masked samplers",
+        ("tests/test_sampling_eos.py::test_commit_after_eos_commits_the_masked_positions_after_a_committed_"
+         "eos_at_the_step_taken",)),
+    Mutation(
+        "l2r-eos-mask-inverted", "jaxorder/objectives/l2r.py",
+        "return ~after_first_eos(tokens_BL, special_ids(cfg.model).eos)",
+        "return after_first_eos(tokens_BL, special_ids(cfg.model).eos)",
+        "data.eos: l2r scores only the padding instead of the document and its EOS",
+        ("tests/test_data_eos.py::test_l2r_nll_and_loss_leave_out_the_padding_after_the_first_eos",
+         "tests/test_data_eos.py::test_yardstick_bits_per_byte_is_nats_over_text_bytes")),
+    Mutation(
+        "eos-window-off-by-one", "jaxorder/data/documents.py",
+        "n = -(-(len(p) + 1) // seq_len)",
+        "n = -(-len(p) // seq_len)",
+        "data.eos: a document of k * seq_len tokens loses its EOS window (its end is never marked)",
+        ("tests/test_data_eos.py::test_windows_hold_document_eos_then_padding",)),
+    Mutation(
+        "eos-fill-keeps-stale-pass", "jaxorder/sampling/eos.py",
+        'out["fresh"] = st["fresh"] & ~changed',
+        'out["fresh"] = st["fresh"] & changed',
+        "info-gain reuses the look-ahead of the sequence before the EOS fill (a stale next step)",
+        ("tests/test_sampling_eos.py::test_overwritten_text_leaves_a_remasking_runs_logprob_and_fills_discard_a_"
+         "kept_pass",)),
+    Mutation(
+        "remask-overwrite-keeps-logprob", "jaxorder/sampling/eos.py",
+        'out.update(logprob=st["logprob"] - jnp.sum(jnp.where(drop_BL, st["lp_at"], 0.0), axis=1),',
+        'out.update(logprob=st["logprob"] + jnp.sum(jnp.where(drop_BL, st["lp_at"], 0.0), axis=1),',
+        "remasking: text overwritten by EOS padding is counted twice instead of leaving logprob",
+        ("tests/test_sampling_eos.py::test_overwritten_text_leaves_a_remasking_runs_logprob_and_fills_discard_a_"
+         "kept_pass",)),
+    Mutation(
+        "remask-padding-outlives-its-eos", "jaxorder/sampling/eos.py",
+        "back_BL = padding_BL & ((jnp.cumsum(drawn_BL, axis=1) - drawn_BL) == 0)",
+        "back_BL = padding_BL & ((jnp.cumsum(drawn_BL, axis=1) - drawn_BL) > 0)",
+        "remasking: the padding of a remasked EOS stays and the padding of a kept one is released",
+        ("tests/test_sampling_eos.py::test_release_padding_returns_the_padding_of_a_remasked_eos_to_mask",)),
+    Mutation(
+        "query-positions-keys-at-targets", "jaxorder/model/transformer.py",
+        "k_BLHD = rotate(k_BLHD, positions_BL, cfg)", "k_BLHD = rotate(k_BLHD, q_pos_BL, cfg)",
+        "model.query_positions=target: the keys are rotated at the target positions too",
+        (QP + "test_rotations_are_queries_at_targets_and_keys_at_their_own_positions",)),
+    Mutation(
+        "query-positions-cached-keys-at-targets", "jaxorder/model/transformer.py",
+        "rotate(q_BLHD, q_pos_BL, cfg), rotate(k_BLHD, positions_BL, cfg)",
+        "rotate(q_BLHD, q_pos_BL, cfg), rotate(k_BLHD, q_pos_BL, cfg)",
+        "KV-cache decoding in target mode: the cached keys are rotated at their slots' targets",
+        (QP + "test_decode_step_equals_the_full_pass_in_target_mode",)),
+    Mutation(
+        "query-positions-kernel-gets-key-positions", "jaxorder/model/attention.py",
+        "q_pos_BL = positions_BL if query_positions_BL is None else query_positions_BL",
+        "q_pos_BL = positions_BL",
+        "the fused kernel's queries are rotated at the key positions (the target mode lost on TPU/GPU)",
+        (QP + "test_model_pallas_path_equals_xla_in_target_mode",)),
+    Mutation(
+        "query-positions-switch-ignored", "jaxorder/model/transformer.py",
+        "q_pos_BL = target_positions_BL if target_q else positions_BL",
+        "q_pos_BL = positions_BL if target_q else positions_BL",
+        "model.query_positions=target silently runs the current mode",
+        (QP + "test_order_pass_differs_between_modes_and_follows_the_config",)),
+    Mutation(
+        "paired-se-ddof0", "tools/paired_se.py",
+        '"diff_stderr": float(diff_N.std(ddof=1) / math.sqrt(n))',
+        '"diff_stderr": float(diff_N.std(ddof=0) / math.sqrt(n))',
+        "the paired error of docs/study.md's differences uses the biased variance",
+        (PAIRED + "test_paired_error_is_the_spread_of_the_differences_not_of_each_side",)),
+    Mutation(
+        "paired-se-order-draws-shifted", "tools/paired_se.py",
+        "orders = order_matrix(spec, batch, length, jax.random.fold_in(rng, i), first, total)",
+        "orders = order_matrix(spec, batch, length, jax.random.fold_in(rng, i + 1), first, total)",
+        "the per-window random-order scores use other order draws than eval's (not its number)",
+        (PAIRED + "test_per_window_scores_average_to_evals_numbers",)),
+)
