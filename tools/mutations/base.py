@@ -19,6 +19,7 @@ class Mutation:
 
 OBJ = "tests/test_objectives.py::"
 ORD = "tests/test_order_objectives.py::"
+BD3 = "tests/test_bd3.py::"
 PINS = "tests/test_yardstick_pins.py::"
 SAMPLE_MDM = "tests/test_sampling_mdm.py::"
 FAST = "tests/test_sampling_mdm_fast.py::"

@@ -1,5 +1,5 @@
 """Mutations of the model's RoPE and attention masks, KV caches."""
-from .base import ORD, Mutation
+from .base import BD3, Mutation
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ model: RoPE and masks
@@ -26,7 +26,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "(~q_clean & k_clean & (kb < qb))",
         "(~q_clean & k_clean & (kb <= qb))",
         "bd3 four-part mask: noisy -> clean also sees its own block (the answer)",
-        (ORD + "test_bd3_mask_equals_four_part_definition",)),
+        (BD3 + "test_bd3_mask_equals_four_part_definition",)),
     # ------------------------------------------------------------------ KV caches
     Mutation(
         "decode-mask-off-by-one", "jaxorder/model/attention.py",

@@ -1,5 +1,5 @@
 """Mutations of the order objectives, learned_order, the yardstick and order scoring."""
-from .base import COLLAPSE, LO, LO_SAMPLING, OBJ, ORD, PINS, Mutation
+from .base import BD3, COLLAPSE, LO, LO_SAMPLING, OBJ, ORD, PINS, Mutation
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ objectives
@@ -50,31 +50,31 @@ MUTATIONS: tuple[Mutation, ...] = (
         "t_BL = jnp.repeat(t_BK, block_size, axis=1)",
         "t_BL = jnp.tile(t_BK, (1, block_size))",
         "bd3 corruption: block times tiled instead of repeated (token i gets block i mod K's t)",
-        (ORD + "test_bd3_corrupt_and_elbo_use_each_tokens_own_block_time",)),
+        (BD3 + "test_bd3_corrupt_and_elbo_use_each_tokens_own_block_time",)),
     Mutation(
         "bd3-elbo-tile", "jaxorder/objectives/bd3.py",
         "(nll_BL / jnp.repeat(t_BK, block_size, axis=1))",
         "(nll_BL / jnp.tile(t_BK, (1, block_size)))",
         "bd3 ELBO: the 1/t_k weights tiled instead of repeated over each block's tokens",
-        (ORD + "test_bd3_corrupt_and_elbo_use_each_tokens_own_block_time",)),
+        (BD3 + "test_bd3_corrupt_and_elbo_use_each_tokens_own_block_time",)),
     Mutation(
         "bd3-elbo-sqrt-weight", "jaxorder/objectives/bd3.py",
         "(nll_BL / jnp.repeat(t_BK, block_size, axis=1))",
         "(nll_BL / jnp.sqrt(jnp.repeat(t_BK, block_size, axis=1)))",
         "bd3 ELBO weighted by 1/sqrt(t): b = 1 no longer averages to the l2r NLL",
-        (ORD + "test_bd3_b1_and_l2r_losses_are_the_same_function_of_the_prefix_conditionals",)),
+        (BD3 + "test_bd3_b1_and_l2r_losses_are_the_same_function_of_the_prefix_conditionals",)),
     Mutation(
         "l2r-no-bos-shift", "jaxorder/objectives/l2r.py",
         "inputs_BL = jnp.concatenate([jnp.full_like(tokens_BL[:, :1], bos), tokens_BL[:, :-1]], axis=1)",
         "inputs_BL = jnp.concatenate([tokens_BL[:, :1], tokens_BL[:, :-1]], axis=1)",
         "l2r input starts with x_0 instead of BOS: the first target is visible to its own slot",
-        (ORD + "test_bd3_b1_and_l2r_losses_are_the_same_function_of_the_prefix_conditionals",)),
+        (BD3 + "test_bd3_b1_and_l2r_losses_are_the_same_function_of_the_prefix_conditionals",)),
     Mutation(
         "bd3-mask-kind", "jaxorder/objectives/bd3.py",
         "positions_B2L, mask_kind(block_size))",
         'positions_B2L, "bidirectional")',
         "bd3 training pass over [x_t ; x] with a bidirectional mask (the noisy half sees the answer)",
-        (ORD + "test_bd3_noisy_block_sees_no_answer_and_no_future",)),
+        (BD3 + "test_bd3_noisy_block_sees_no_answer_and_no_future",)),
     Mutation(
         "ao-ar-target-shift", "jaxorder/objectives/ao_ar.py",
         "target_positions_BL=order_BL)",
