@@ -49,7 +49,7 @@ from jaxorder.data.synthetic import solves, sudoku_peers
 from jaxorder.evaluation.commit_order import filled_neighbours, most_constrained_order
 from jaxorder.evaluation.runs import load_params, run_tokenizer
 from jaxorder.evaluation.yardstick import LN2, evaluate
-from jaxorder.objectives import learned_order
+from jaxorder.objectives import learned_order, order_posterior
 from jaxorder.objectives.common import special_ids
 
 SWEEP = REPO / "configs" / "sweeps" / "sudoku_orders.yaml"
@@ -123,10 +123,10 @@ def order_summary(committed_NL: np.ndarray) -> dict:
 
 
 def q_mode(cfg, params, windows: np.ndarray) -> dict:
-    """q's Plackett-Luce mode on the windows: the order statistics of its cell order, and how many
-    distinct cell orders the windows get."""
-    s_NL = np.asarray(jax.jit(learned_order.q_scores)(params, windows))
-    mode_NL = np.argsort(-s_NL, axis=1)
+    """q's mode on the windows (Plackett-Luce: argsort(-s); with q_transitions the greedy order): the
+    order statistics of its cell order, and how many distinct cell orders the windows get."""
+    scores = jax.jit(learned_order.q_scores)(params, windows)
+    mode_NL = np.asarray(order_posterior.mode(scores, learned_order.q_table(params)))
     committed = np.argsort(mode_NL, axis=1)[:, :CELLS]  # each position's rank, separator dropped
     summary = order_summary(committed)
     summary["distinct_modes"] = len({tuple(np.argsort(c)) for c in committed})

@@ -22,6 +22,8 @@ learned global score (`q_global`, initialized by `q_init`: uniform 0, l2r g_i = 
 (token, position) e_i [q_width], a window summary h = mean_i e_i, and c_i = tanh(e_i + h W) . u with u
 initialized to 0, so q starts exactly at g; cheap, and the trunk gets no gradient from q). Sampling
 is Gumbel-top-n, sigma = argsort(-(s + G)); log q(sigma) = sum_j [s_sigma_j - logsumexp_{i open} s_i].
+Under q_transitions a learned table T[sigma_{j-1}, i] is added to the scores of each choice (sampled
+choice by choice; `order_posterior.py`), so q can learn which position follows which.
 
 Training with K = num_samples posterior draws per window, w_k = log p(x, sigma_k) - log q(sigma_k | x):
     ELBO = E_q[w] <= log p(x) = log sum_sigma p(x, sigma).
@@ -37,9 +39,10 @@ term inside w is left out: it has mean zero and only adds variance. K = 1: b = 0
 Yardstick (`nll`, exact=False): the importance-weighted bound -log mean_k exp(w_k) over K_eval =
 eval_samples draws (>= -log p(x), tighter in expectation as K grows); `eval_extras` reports the
 ELBO -mean_k w_k from the same draws beside it, and order statistics of q: the share of windows whose
-PL mode argsort(-s) is l2r, r2l or other, the mean rank of each position over the draws, and the
-share of windows whose mode puts position 5 before position 0. `order_nll` (`eval --orders`) is the
-token head's -log p(x | sigma) given the order (ao_ar's), WITHOUT the policy term log pi(sigma).
+mode (PL: argsort(-s); with transitions: the greedy order) is l2r, r2l or other, the mean rank of each
+position over the draws, and the share of windows whose mode puts position 5 before position 0.
+`order_nll` (`eval --orders`) is the token head's -log p(x | sigma) given the order (ao_ar's),
+WITHOUT the policy term log pi(sigma).
 """
 from __future__ import annotations
 
@@ -50,7 +53,9 @@ import jax.numpy as jnp
 from jaxorder import model
 from jaxorder.config import Config, ConfigError
 from jaxorder.objectives import ao_ar
+from jaxorder.objectives import order_posterior as posterior
 from jaxorder.objectives.base import OWN_PARAMS, Objective, Option, OrderScoring, register
+from jaxorder.objectives.order_posterior import open_mask, previous_positions
 
 Q_INITS = ("uniform", "l2r", "r2l")
 TRAIN_BOUNDS = ("elbo", "iw")
@@ -78,6 +83,8 @@ def own_params(cfg: Config, rng: jax.Array) -> dict:
         "q_out": box(jnp.zeros((w,)), (None,)),  # c = 0 at init: q starts exactly at g
         # one learned inverse temperature on all scores: q can sharpen (or spread) every choice at once
         **({"q_log_scale": box(jnp.zeros(()), ())} if o.q_learn_scale else {}),
+        # q's score per (previous position or start, next position); 0 at init: q starts at g
+        **({"q_transition": box(jnp.zeros((P + 1, P)), (None, None))} if o.q_transitions else {}),
         # a score per (previous position or start, next position): lets pi learn a fixed order directly
         **({"policy_transition": box(jnp.zeros((P + 1, P)), (None, None))} if o.policy_transitions else {}),
     }
@@ -94,30 +101,18 @@ def q_scores(params, tokens_BL: jnp.ndarray) -> jnp.ndarray:
     return s_BL * jnp.exp(own["q_log_scale"]) if "q_log_scale" in own else s_BL
 
 
-def pl_log_prob(s_BL: jnp.ndarray, order_BKL: jnp.ndarray) -> jnp.ndarray:
-    """log q(sigma) [B, K] under Plackett-Luce with scores s: sum_j s_sigma_j - lse(s over sigma_>=j)."""
-    s_BKL = jnp.take_along_axis(jnp.broadcast_to(s_BL[:, None], order_BKL.shape), order_BKL, axis=2)
-    return (s_BKL - jax.lax.cumlogsumexp(s_BKL, axis=2, reverse=True)).sum(axis=2)
+def q_table(params) -> jnp.ndarray | None:
+    """q's transition table T [max_len + 1, max_len] (q_transitions; times exp(a) under q_learn_scale,
+    like the scores), or None."""
+    own = params[OWN_PARAMS]
+    if "q_transition" not in own:
+        return None
+    return own["q_transition"] * jnp.exp(own["q_log_scale"]) if "q_log_scale" in own else own["q_transition"]
 
 
-def pl_sample(s_BL: jnp.ndarray, rng: jax.Array, num: int) -> jnp.ndarray:
-    """num Gumbel-top-n draws per row [B, num, n]: sigma = argsort(-(s + Gumbel))."""
-    B, n = s_BL.shape
-    gumbel_BKL = jax.random.gumbel(rng, (B, num, n))
-    return jnp.argsort(-(jax.lax.stop_gradient(s_BL)[:, None] + gumbel_BKL), axis=2).astype(jnp.int32)
-
-
-def open_mask(order_NL: jnp.ndarray) -> jnp.ndarray:
-    """bool [N, n (slot j), n (position i)]: position i is not yet generated at slot j (i not in sigma_<j)."""
-    N, n = order_NL.shape
-    slot_L = jnp.arange(n, dtype=order_NL.dtype)
-    rank_NL = jnp.zeros_like(order_NL).at[jnp.arange(N)[:, None], order_NL].set(slot_L)
-    return rank_NL[:, None, :] >= jnp.arange(n)[None, :, None]
-
-
-def previous_positions(order_NL: jnp.ndarray, max_len: int) -> jnp.ndarray:
-    """[N, n]: sigma_{j-1} at slot j, and max_len (the start row of the transition table) at slot 0."""
-    return jnp.concatenate([jnp.full_like(order_NL[:, :1], max_len), order_NL[:, :-1]], axis=1)
+def q_log_prob(params, tokens_BL: jnp.ndarray, orders_BKL: jnp.ndarray) -> jnp.ndarray:
+    """log q(sigma_k | x) [B, K]."""
+    return posterior.log_prob(q_scores(params, tokens_BL), orders_BKL, q_table(params))
 
 
 def policy_log_probs(hidden_NLd: jnp.ndarray, params, open_NLL: jnp.ndarray,
@@ -155,11 +150,11 @@ def log_joint(params, tokens_BL: jnp.ndarray, orders_BKL: jnp.ndarray,
 
 def weights(params, tokens_BL: jnp.ndarray, rng: jax.Array, num: int, cfg: Config) -> dict:
     """num posterior draws per window and their log weights w = log p(x, sigma) - log q(sigma | x)."""
-    s_BL = q_scores(params, tokens_BL)
-    orders_BKL = pl_sample(s_BL, rng, num)
-    lq_BK = pl_log_prob(s_BL, orders_BKL)
+    s_BL, table = q_scores(params, tokens_BL), q_table(params)
+    orders_BKL = posterior.sample(s_BL, rng, num, table)
+    lq_BK = posterior.log_prob(s_BL, orders_BKL, table)
     lp_BK, policy_BK = log_joint(params, tokens_BL, orders_BKL, cfg)
-    return dict(s=s_BL, orders=orders_BKL, lq=lq_BK, lp=lp_BK, policy=policy_BK, w=lp_BK - lq_BK)
+    return dict(s=s_BL, table=table, orders=orders_BKL, lq=lq_BK, lp=lp_BK, policy=policy_BK, w=lp_BK - lq_BK)
 
 
 def iw_nll(w_BK: jnp.ndarray) -> jnp.ndarray:
@@ -212,12 +207,6 @@ def entropy_weight(step: jnp.ndarray | None, cfg: Config) -> jnp.ndarray:
     return jnp.asarray(o.q_entropy_start + (o.q_entropy_end - o.q_entropy_start) * frac, jnp.float32)
 
 
-def first_choice_entropy(s_BL: jnp.ndarray) -> jnp.ndarray:
-    """Entropy (nats) of q's first choice softmax(s) [B]."""
-    logp_BL = jax.nn.log_softmax(s_BL, axis=1)
-    return -(jnp.exp(logp_BL) * logp_BL).sum(axis=1)
-
-
 def is_order(orders_BKL: jnp.ndarray, reverse: bool) -> jnp.ndarray:
     """bool [B, K]: the order is l2r (or r2l with reverse)."""
     ident_L = jnp.arange(orders_BKL.shape[-1])
@@ -267,7 +256,8 @@ def train_metrics(value, reported, d: dict, beta, n: int) -> dict:
     sg = jax.lax.stop_gradient
     return {"loss": value, "nll_per_token": reported, "elbo": sg(d["w"].mean() / n),
             "iw_bound": sg(iw_nll(d["w"]).mean() / n), "policy_nll_per_token": sg(-d["policy"].mean() / n),
-            "q_entropy": sg(first_choice_entropy(d["s"]).mean()), "q_entropy_weight": beta,
+            "q_entropy": sg(posterior.first_choice_entropy(d["s"], d["table"]).mean()),
+            "q_entropy_weight": beta,
             "frac_l2r": is_order(d["orders"], False).mean(), "frac_r2l": is_order(d["orders"], True).mean()}
 
 
@@ -281,17 +271,17 @@ def mode_loss(params, tokens_BL: jnp.ndarray, rng: jax.Array, beta, cfg: Config)
     sg = jax.lax.stop_gradient
     B, n = tokens_BL.shape
     K = cfg.objective.num_samples
-    s_BL = q_scores(params, tokens_BL)
-    orders_BKL = pl_sample(s_BL, rng, K)
-    lq_BK = pl_log_prob(s_BL, orders_BKL)
+    s_BL, table = q_scores(params, tokens_BL), q_table(params)
+    orders_BKL = posterior.sample(s_BL, rng, K, table)
+    lq_BK = posterior.log_prob(s_BL, orders_BKL, table)
     tokens_NL, order_NL = jnp.repeat(tokens_BL, K, axis=0), orders_BKL.reshape(B * K, n)
     token_BK = -ao_ar.order_token_nll(sg(params), tokens_NL, order_NL, cfg).sum(axis=1).reshape(B, K)
     policy_BK = policy_terms(params, tokens_NL, order_NL, cfg).sum(axis=1).reshape(B, K)
-    mode_BL = jnp.argsort(-sg(s_BL), axis=1).astype(jnp.int32)
+    mode_BL = posterior.mode(s_BL, table)
     token_mode_B = -ao_ar.order_token_nll(params, tokens_BL, mode_BL, cfg).sum(axis=1)
     w_BK = sg(token_BK + policy_BK - beta * lq_BK)
     neg_s = -(token_mode_B + (policy_BK + (w_BK - loo_baseline(w_BK)) * lq_BK).mean(axis=1)).mean() / n
-    d = dict(s=s_BL, orders=orders_BKL, policy=policy_BK, w=sg(token_BK + policy_BK - lq_BK))
+    d = dict(s=s_BL, table=table, orders=orders_BKL, policy=policy_BK, w=sg(token_BK + policy_BK - lq_BK))
     reported = sg(-d["w"].mean() / n)
     value = reported + (neg_s - sg(neg_s))
     return value, train_metrics(value, reported, d, beta, n)
@@ -308,7 +298,7 @@ def eval_extras(params, batch: dict, rng: jax.Array, cfg: Config) -> dict[str, j
     statistics, per window."""
     d = weights(params, batch["tokens"], rng, cfg.objective.eval_samples, cfg)
     B, K, n = d["orders"].shape
-    mode_B1L = jnp.argsort(-d["s"], axis=1)[:, None, :]
+    mode_B1L = posterior.mode(d["s"], d["table"])[:, None, :]
     l2r_B, r2l_B = is_order(mode_B1L, False)[:, 0], is_order(mode_B1L, True)[:, 0]
     rank_BKL = jnp.zeros_like(d["orders"]).at[jnp.arange(B)[:, None, None], jnp.arange(K)[None, :, None],
                                               d["orders"]].set(jnp.arange(n, dtype=jnp.int32))
@@ -335,6 +325,8 @@ OPTIONS = (
            "draws: the ELBO's gradient) | mode (q's mode only; the policy and q still learn from the draws)"),
     Option("q_learn_scale", False, "learned_order: a learned inverse temperature exp(a) on q's scores "
            "(a starts at 0; it learns only while beta < 1)"),
+    Option("q_transitions", False, "learned_order: add to q's scores a learned score per (previous position, "
+           "next position), so q can learn which position follows which (sampled choice by choice)"),
     Option("policy_transitions", False, "learned_order: add to the policy's logits a learned score per "
            "(previous position, next position)"),
     Option("policy_trunk_grad", True, "learned_order: the policy's loss trains the shared trunk too "
@@ -353,7 +345,7 @@ OPTIONS = (
 )
 
 # the posterior's own params
-Q_PARAMS = ("q_global", "q_token", "q_position", "q_mix", "q_out", "q_log_scale")
+Q_PARAMS = ("q_global", "q_token", "q_position", "q_mix", "q_out", "q_log_scale", "q_transition")
 
 
 def lr_scales(cfg: Config) -> dict[str, float]:

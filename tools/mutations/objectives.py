@@ -131,7 +131,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "wrong sign of the score-function term (q climbs away from the posterior)",
         (LO + "test_score_function_surrogate_is_unbiased_for_the_exact_elbo_gradient",)),
     Mutation(
-        "lo-pl-forward-normalizer", "jaxorder/objectives/learned_order.py",
+        "lo-pl-forward-normalizer", "jaxorder/objectives/order_posterior.py",
         "jax.lax.cumlogsumexp(s_BKL, axis=2, reverse=True)",
         "jax.lax.cumlogsumexp(s_BKL, axis=2, reverse=False)",
         "Plackett-Luce normalized over the chosen instead of the remaining positions",
@@ -222,11 +222,29 @@ MUTATIONS: tuple[Mutation, ...] = (
         "token_orders=mode: q's weights leave out the policy term (q may encode x in its order)",
         (LO + "test_mode_training_fits_the_token_head_to_q_mode_and_the_rest_to_the_elbo",)),
     Mutation(
-        "lo-mode-least-likely", "jaxorder/objectives/learned_order.py",
-        "mode_BL = jnp.argsort(-sg(s_BL), axis=1)",
-        "mode_BL = jnp.argsort(sg(s_BL), axis=1)",
+        "lo-mode-least-likely", "jaxorder/objectives/order_posterior.py",
+        "return jnp.argsort(-s_BL, axis=1).astype(jnp.int32)",
+        "return jnp.argsort(s_BL, axis=1).astype(jnp.int32)",
         "token_orders=mode: the token head learns q's least likely order",
         (LO + "test_mode_training_fits_the_token_head_to_q_mode_and_the_rest_to_the_elbo",)),
+    Mutation(
+        "lo-q-table-start-row", "jaxorder/objectives/order_posterior.py",
+        "rows_NLn = table[previous_positions(order_NL, table.shape[1])][..., :n]",
+        "rows_NLn = table[previous_positions(order_NL, 0)][..., :n]",
+        "q_transitions: log q reads the first choice from position 0's row instead of the start row",
+        (LO + "test_transition_posterior_sums_to_one_samples_itself_and_its_greedy_mode",)),
+    Mutation(
+        "lo-q-table-sampler-blind", "jaxorder/objectives/order_posterior.py",
+        "logits_Nn = jnp.where(open_Nn, s_NL + table[prev_N, :n] + noise_Nn, -jnp.inf)",
+        "logits_Nn = jnp.where(open_Nn, s_NL + noise_Nn, -jnp.inf)",
+        "q_transitions: draws (and the greedy mode) ignore the table that log q uses",
+        (LO + "test_transition_posterior_sums_to_one_samples_itself_and_its_greedy_mode",)),
+    Mutation(
+        "lo-q-table-current-row", "jaxorder/objectives/order_posterior.py",
+        "return (open_Nn & (jnp.arange(n) != pick_N[:, None]), pick_N), pick_N",
+        "return (open_Nn & (jnp.arange(n) != pick_N[:, None]), prev_N), pick_N",
+        "q_transitions: the sampler keeps reading the start row instead of the previous choice's row",
+        (LO + "test_transition_posterior_sums_to_one_samples_itself_and_its_greedy_mode",)),
     Mutation(
         "lo-freeze-ends-late", "jaxorder/objectives/learned_order.py",
         "Q_PARAMS, jnp.asarray(step) >= freeze_steps)",
