@@ -129,7 +129,7 @@ def test_q_lr_scale_scales_only_the_posteriors_updates():
     and the order policy head exactly as far. Catches the factor applied as a gradient factor (Adam
     cancels it), to the wrong subtree (the policy head, the network) or not at all."""
     from jaxorder.training.optimizer import make_optimizer
-    params = random_params(tiny_cfg(4))
+    params = random_params(tiny_cfg(4, **{"objective.q_transitions": True}))  # q's table is q too
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3) + 0.1 * p, params)
     steps = {}
     for scale in (1.0, 7.0):
@@ -152,7 +152,8 @@ def test_q_freeze_steps_stops_only_the_posteriors_gradient_until_the_step(token_
     at every step. Catches a freeze that also stops the policy or the network, one that never ends (or
     ends a step late), and one that changes the loss."""
     over = {"objective.num_samples": 3, "objective.q_learn_scale": True, "objective.policy_transitions": True,
-            "objective.q_entropy_end": 0.5, "objective.token_orders": token_orders}
+            "objective.q_entropy_end": 0.5, "objective.token_orders": token_orders,
+            "objective.q_transitions": True}
     free, frozen = tiny_cfg(4, **over), tiny_cfg(4, **over, **{"objective.q_freeze_steps": 5})
     params = random_params(free)
     x = jnp.asarray([[0, 1, 1, 0], [1, 1, 0, 0]], jnp.int32)
