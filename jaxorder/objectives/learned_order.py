@@ -115,6 +115,14 @@ def q_log_prob(params, tokens_BL: jnp.ndarray, orders_BKL: jnp.ndarray) -> jnp.n
     return posterior.log_prob(q_scores(params, tokens_BL), orders_BKL, q_table(params))
 
 
+def q_draws(params, tokens_BL: jnp.ndarray, rng: jax.Array, num: int) -> dict:
+    """num draws from q per window: its scores s [B, n] and table (or None), the orders [B, num, n]
+    and their log q [B, num]."""
+    s_BL, table = q_scores(params, tokens_BL), q_table(params)
+    orders_BKL = posterior.sample(s_BL, rng, num, table)
+    return dict(s=s_BL, table=table, orders=orders_BKL, lq=posterior.log_prob(s_BL, orders_BKL, table))
+
+
 def policy_log_probs(hidden_NLd: jnp.ndarray, params, open_NLL: jnp.ndarray,
                      previous_NL: jnp.ndarray) -> jnp.ndarray:
     """log pi(position | slot) [N, n, n]: the policy head on slot hidden states, plus (policy_transitions)
@@ -150,11 +158,9 @@ def log_joint(params, tokens_BL: jnp.ndarray, orders_BKL: jnp.ndarray,
 
 def weights(params, tokens_BL: jnp.ndarray, rng: jax.Array, num: int, cfg: Config) -> dict:
     """num posterior draws per window and their log weights w = log p(x, sigma) - log q(sigma | x)."""
-    s_BL, table = q_scores(params, tokens_BL), q_table(params)
-    orders_BKL = posterior.sample(s_BL, rng, num, table)
-    lq_BK = posterior.log_prob(s_BL, orders_BKL, table)
-    lp_BK, policy_BK = log_joint(params, tokens_BL, orders_BKL, cfg)
-    return dict(s=s_BL, table=table, orders=orders_BKL, lq=lq_BK, lp=lp_BK, policy=policy_BK, w=lp_BK - lq_BK)
+    q = q_draws(params, tokens_BL, rng, num)
+    lp_BK, policy_BK = log_joint(params, tokens_BL, q["orders"], cfg)
+    return dict(**q, lp=lp_BK, policy=policy_BK, w=lp_BK - q["lq"])
 
 
 def iw_nll(w_BK: jnp.ndarray) -> jnp.ndarray:
@@ -271,17 +277,16 @@ def mode_loss(params, tokens_BL: jnp.ndarray, rng: jax.Array, beta, cfg: Config)
     sg = jax.lax.stop_gradient
     B, n = tokens_BL.shape
     K = cfg.objective.num_samples
-    s_BL, table = q_scores(params, tokens_BL), q_table(params)
-    orders_BKL = posterior.sample(s_BL, rng, K, table)
-    lq_BK = posterior.log_prob(s_BL, orders_BKL, table)
+    q = q_draws(params, tokens_BL, rng, K)
+    orders_BKL, lq_BK = q["orders"], q["lq"]
     tokens_NL, order_NL = jnp.repeat(tokens_BL, K, axis=0), orders_BKL.reshape(B * K, n)
     token_BK = -ao_ar.order_token_nll(sg(params), tokens_NL, order_NL, cfg).sum(axis=1).reshape(B, K)
     policy_BK = policy_terms(params, tokens_NL, order_NL, cfg).sum(axis=1).reshape(B, K)
-    mode_BL = posterior.mode(s_BL, table)
+    mode_BL = posterior.mode(q["s"], q["table"])
     token_mode_B = -ao_ar.order_token_nll(params, tokens_BL, mode_BL, cfg).sum(axis=1)
     w_BK = sg(token_BK + policy_BK - beta * lq_BK)
     neg_s = -(token_mode_B + (policy_BK + (w_BK - loo_baseline(w_BK)) * lq_BK).mean(axis=1)).mean() / n
-    d = dict(s=s_BL, table=table, orders=orders_BKL, policy=policy_BK, w=sg(token_BK + policy_BK - lq_BK))
+    d = dict(**q, policy=policy_BK, w=sg(token_BK + policy_BK - lq_BK))
     reported = sg(-d["w"].mean() / n)
     value = reported + (neg_s - sg(neg_s))
     return value, train_metrics(value, reported, d, beta, n)
