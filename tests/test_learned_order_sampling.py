@@ -145,6 +145,27 @@ def test_q_lr_scale_scales_only_the_posteriors_updates():
     assert set(lo.Q_PARAMS) - {"q_log_scale"} < set(params[OWN_PARAMS]) and "order_policy" not in lo.Q_PARAMS
 
 
+def test_posterior_params_get_no_weight_decay():
+    """With a zero gradient, one AdamW step leaves every leaf of q unchanged (a collapsed q has a zero
+    score-function gradient; decay would shrink its table toward the uniform order with nothing to
+    oppose it), while the network's matrices and the policy's transition table still shrink by
+    lr * weight_decay. Catches q decayed, or decay switched off for everything."""
+    from jaxorder.training.optimizer import make_optimizer
+    cfg = tiny_cfg(4, **{"objective.q_transitions": True, "objective.policy_transitions": True,
+                         "optimizer.warmup_steps": 0, "optimizer.grad_clip": 0,
+                         "optimizer.weight_decay": 0.5})
+    params = jax.tree.map(lambda p: p + 1.0, random_params(cfg))  # no zero leaf
+    opt = make_optimizer(cfg)
+    updates, _ = opt.update(jax.tree.map(jnp.zeros_like, params), opt.init(params), params)
+    moved = {tuple(k.key for k in path): float(np.abs(np.asarray(u)).max())
+             for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
+    for keys, size in moved.items():
+        if keys[0] == OWN_PARAMS and keys[1] in lo.Q_PARAMS:
+            assert size == 0.0, keys
+    assert moved[(OWN_PARAMS, "policy_transition")] > 0
+    assert sum(size > 0 for keys, size in moved.items() if keys[0] != OWN_PARAMS) >= 4
+
+
 @pytest.mark.parametrize("token_orders", ["draws", "mode"])
 def test_q_freeze_steps_stops_only_the_posteriors_gradient_until_the_step(token_orders):
     """Before step q_freeze_steps every leaf of q has a zero gradient and the network and the policy a

@@ -113,6 +113,9 @@ class Objective:
       order statistics); None: none.
     - `lr_scales`: {own-param name: factor}: those leaves of params[OWN_PARAMS] step at factor times
       the learning rate (e.g. a posterior that must move faster than the network); {}: none.
+    - `undecayed`: names of own params that get no weight decay (e.g. a posterior's parameters:
+      decay pulls them toward a uniform distribution with no gradient to oppose it once the
+      posterior has collapsed onto one value); (): all matrices are decayed.
     """
 
     name: str
@@ -138,6 +141,7 @@ class Objective:
     own_params: Optional[OwnParamsFn] = None
     eval_extras: Optional[EvalExtrasFn] = None
     lr_scales: Callable[[Config], dict[str, float]] = _no_lr_scales
+    undecayed: tuple[str, ...] = ()
 
 
 def register(objective: Objective) -> Objective:

@@ -394,5 +394,5 @@ OBJECTIVE = register(Objective(  # ao_ar's token network plus an order policy an
     order_scoring=OrderScoring(order_nll=ao_ar.order_nll, mixture_bound=True,
                                order_token_nll=ao_ar.position_token_nll), position_nll=ao_ar.position_nll,
     options=OPTIONS, validate_config=validate_config, analysis_inputs=ao_ar.analysis_inputs,
-    own_params=own_params, eval_extras=eval_extras, lr_scales=lr_scales,
+    own_params=own_params, eval_extras=eval_extras, lr_scales=lr_scales, undecayed=Q_PARAMS,
     log_metrics=("elbo", "iw_bound", "q_entropy", "frac_l2r", "frac_r2l")))

@@ -246,6 +246,16 @@ MUTATIONS: tuple[Mutation, ...] = (
         "q_transitions: the sampler keeps reading the start row instead of the previous choice's row",
         (LO + "test_transition_posterior_sums_to_one_samples_itself_and_its_greedy_mode",)),
     Mutation(
+        "lo-q-decayed", "jaxorder/objectives/learned_order.py",
+        "lr_scales=lr_scales, undecayed=Q_PARAMS,", "lr_scales=lr_scales,",
+        "q's parameters get weight decay again (a collapsed q's table shrinks toward uniform)",
+        (LO_SAMPLING + "test_posterior_params_get_no_weight_decay",)),
+    Mutation(
+        "lo-decay-mask-ignores-own", "jaxorder/training/optimizer.py",
+        "_is_matrix(path, p) and _own_param_name(path) not in undecayed", "_is_matrix(path, p)",
+        "the optimizer ignores an objective's undecayed params",
+        (LO_SAMPLING + "test_posterior_params_get_no_weight_decay",)),
+    Mutation(
         "lo-freeze-ends-late", "jaxorder/objectives/learned_order.py",
         "Q_PARAMS, jnp.asarray(step) >= freeze_steps)",
         "Q_PARAMS, jnp.asarray(step) > freeze_steps)",
