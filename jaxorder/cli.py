@@ -20,6 +20,7 @@ from jaxorder.evaluation.runs import eval_run, sample_run
 from jaxorder.evaluation.sample_quality import generation_quality
 from jaxorder.experiments import report, study
 from jaxorder.experiments.analysis import command as analysis_command
+from jaxorder.experiments.restarts import train_with_restarts
 from jaxorder.experiments.sweep import plan, run_sweep
 from jaxorder.interop.hf_export import export_hf
 from jaxorder.jsonout import dumps
@@ -27,7 +28,7 @@ from jaxorder.platform import aot
 from jaxorder.platform.distributed import initialize
 from jaxorder.platform.host_memory import configure_host_malloc
 from jaxorder.sampling.flags import add_length_flags, add_sampler_flags, given_options, sampler_help
-from jaxorder.training.loop import Preempted, train
+from jaxorder.training.loop import Preempted
 
 EPILOG_OVERRIDES = ("Overrides are section.field=value pairs applied after the config file, e.g. "
                     "model.n_layers=4 train.steps=500 objective.name=mdm data.source=text data.path=my.txt")
@@ -45,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_lib.load(args.config, args.overrides)
     initialize(cfg.distributed)
     run_dir = args.run_dir if args.run_dir else _default_run_dir(args.config, args.overrides)  # may be gs://
-    result = train(cfg, run_dir)
+    result = train_with_restarts(cfg, run_dir)
     _print_result(result, args.json)
     return 0
 

@@ -135,6 +135,15 @@ def validate(cfg: Config) -> None:
     for name in ("log_every", "eval_every", "checkpoint_every"):
         _positive(getattr(t, name), f"train.{name}")
     _positive(t.max_bad_steps, "train.max_bad_steps")
+    if not 0 <= t.stop_at <= t.steps:
+        raise ConfigError(f"train.stop_at={t.stop_at} must be in [0, train.steps={t.steps}] (0: no pause)")
+    if t.restarts < 1:
+        raise ConfigError(f"train.restarts={t.restarts} must be >= 1 (1: no restarts)")
+    if t.restarts > 1 and not 0 < t.restart_steps < t.steps:
+        raise ConfigError(f"train.restarts={t.restarts} needs 0 < train.restart_steps < train.steps="
+                          f"{t.steps} (the step the candidates are compared at), got {t.restart_steps}")
+    if t.restarts > 1 and t.stop_at:
+        raise ConfigError("train.stop_at and train.restarts cannot be combined; drop train.stop_at")
     if t.peak_tflops < 0:
         raise ConfigError(f"train.peak_tflops must be >= 0 (0 = detect from the device), got {t.peak_tflops}")
     if cfg.profile.steps < 0 or cfg.profile.start_step < 1:

@@ -152,6 +152,10 @@ class TrainConfig:
     max_bad_steps: int = 10  # this many consecutive non-finite steps (skipped, params kept) stop the run
     peak_tflops: float = 0.0  # peak TFLOP/s per device for MFU in the logs; 0 = from the device kind
     # (TPU v4/v5e/v5p/v6e, A100/H100/H200/L4; jaxorder/platform/flops.py), unknown on CPU: MFU omitted
+    stop_at: int = 0  # pause after this step (checkpointed, resumable, no final evaluation); 0 = run to steps
+    restarts: int = 1  # > 1: train seeds train.seed, +1, ... for restart_steps each, continue the one
+    # with the lowest validation bound on windows apart from the reported ones (experiments/restarts.py)
+    restart_steps: int = 0
 
 
 @dataclass(frozen=True)

@@ -154,9 +154,11 @@ class DataBundle:
             grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
         return iter(ds)
 
-    def val_batches(self, num_batches: int) -> list[np.ndarray]:
+    def val_batches(self, num_batches: int, shifted: bool = False) -> list[np.ndarray]:
         """Up to ``num_batches`` fixed batches int32 [B_local, L] spread evenly over the
-        validation stream; always the same windows for the same arguments.
+        validation stream; always the same windows for the same arguments. ``shifted`` takes the
+        windows halfway between those (none in common when the split holds twice as many windows):
+        a selection set apart from the reported one.
 
         With fewer windows than one global batch, returns one smaller batch with every window
         (rounded down to a multiple of the process count).
@@ -173,7 +175,7 @@ class DataBundle:
             rows = batch = (n // P) * P
             if rows == 0:
                 raise DataError(too_little_val(self.info["val_tokens"], n, self.seq_len, P))
-        idx = (np.arange(rows, dtype=np.int64) * n) // rows  # evenly spread, increasing
+        idx = ((2 * np.arange(rows, dtype=np.int64) + shifted) * n) // (2 * rows)  # evenly spread, increasing
         local = batch // P
         lo = self.process_index * local
         out = []

@@ -49,6 +49,7 @@ from jaxorder.evaluation.sample_quality import generation_quality
 from jaxorder.experiments.analysis.attention import summarize_run, supported
 from jaxorder.experiments.epochs import posterior_weights
 from jaxorder.experiments.report import sampler_columns, sampler_rows, text_table, write_report
+from jaxorder.experiments.restarts import train_with_restarts
 from jaxorder.experiments.scaling import (
     compute_optimal_steps,
     measure_step_seconds,
@@ -57,7 +58,6 @@ from jaxorder.experiments.scaling import (
 )
 from jaxorder.platform import progress
 from jaxorder.platform.distributed import initialize, is_main_process, log
-from jaxorder.training.loop import train
 
 SWEEP_KEYS = ("name", "base", "overrides", "axes", "grid", "orders", "order_windows", "attention_summary",
               "generate", "curve", "scaling")
@@ -320,7 +320,7 @@ def run_sweep(path: Path, out_dir: Path | None = None, overrides: Sequence[str] 
     results, run_dirs = [], {}
     for name, cfg in progress.track(runs, f"sweep {spec['name']}", unit="run"):
         run_dirs[name] = out_dir / name
-        results.append(train(cfg, run_dirs[name], name=name))
+        results.append(train_with_restarts(cfg, run_dirs[name], name=name))
         results[-1].update(posterior_weights(run_dirs[name]))  # latent_order only; {} otherwise
     for result, (name, cfg) in zip(results, runs):  # after training: the judges exist
         result.update(_extras(spec, name, cfg, run_dirs[name]))

@@ -61,6 +61,8 @@ def train(cfg: Config, run_dir: str | os.PathLike, name: str | None = None) -> d
     """Trains (or resumes) a run; returns the final evaluation dict (also written to eval.json).
 
     `run_dir` may be local or remote (gs://...; needs gcsfs), as every process of a pod must see it.
+    This is one run: train.restarts is read by jaxorder.experiments.restarts.train_with_restarts,
+    which calls this for each candidate and for the continued one.
     """
     run_dir = epath.Path(run_dir)
     name = name or run_dir.name
@@ -164,9 +166,10 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
     started = time.time()
     step = start_step
     bar = progress.Bar(total, name, unit="step", initial=start_step)  # a terminal only; log lines stay
+    stop = cfg.train.stop_at or total
     try:
         with stops:
-            for step in range(start_step + 1, total + 1):
+            for step in range(start_step + 1, stop + 1):
                 batch = next(iterator)
                 profile.before_step(step)
                 state, step_metrics = step_fn(state, placement.put_batch(batch["tokens"]))
@@ -209,6 +212,12 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
                     log(f"[{name}] SIGTERM: saved checkpoint at step {step}; re-run the "
                         f"same command to resume")
                     raise Preempted(step)
+            if stop < total:  # train.stop_at: a resumable pause, no final evaluation
+                if step not in ckpt.steps():
+                    save(step, force=True)
+                ckpt.wait()
+                log(f"[{name}] paused at step {step} (train.stop_at); re-run with train.stop_at=0 to go on")
+                return {"run": name, "step": step, "paused": True}
             if total not in ckpt.steps():
                 save(total, force=True)
         result = run_eval(total)

@@ -21,7 +21,8 @@ from jaxorder.platform.distributed import barrier, is_main_process
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
                      "train.max_to_keep", "train.async_checkpointing", "train.max_bad_steps", "eval.",
                      "mesh.", "distributed.", "data.num_workers", "model.attention_impl",
-                     "model.backward_rewrites", "logging.", "train.peak_tflops", "profile.", "compile.")
+                     "model.backward_rewrites", "logging.", "train.peak_tflops", "profile.", "compile.",
+                     "train.stop_at", "train.restarts", "train.restart_steps")
 HISTORY = "history.jsonl"
 
 
