@@ -1,9 +1,37 @@
 """Mutations of training and resume, reliability, the registries' seams, TPU launch, observability,
 gs:// run directories and preemption."""
-from .base import GCS, OBSERVE, POS, PRE, PRE2, SLURM, SPEC, TPU_REC, Mutation
+from .base import GCS, OBSERVE, POS, PRE, PRE2, RESTARTS, SLURM, SPEC, TPU_REC, Mutation
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ training and resume
+    Mutation(
+        "stop-at-ignored", "jaxorder/training/loop.py",
+        "stop = cfg.train.stop_at or total", "stop = total",
+        "train.stop_at does not pause the run",
+        (RESTARTS + "test_stop_at_pauses_without_a_final_evaluation_and_going_on_equals_one_run",)),
+    Mutation(
+        "restarts-highest", "jaxorder/experiments/restarts.py",
+        'best = min(record["candidates"], key=lambda c: c["bpb"])',
+        'best = max(record["candidates"], key=lambda c: c["bpb"])',
+        "restarts continue the candidate with the highest selection bound",
+        (RESTARTS + "test_restarts_continue_the_candidate_with_the_lowest_selection_bound",)),
+    Mutation(
+        "restarts-reported-windows", "jaxorder/experiments/restarts.py",
+        "batches = data.val_batches(cfg.eval.batches, shifted=True)",
+        "batches = data.val_batches(cfg.eval.batches)",
+        "restarts select on the reported validation windows",
+        (RESTARTS + "test_restarts_continue_the_candidate_with_the_lowest_selection_bound",)),
+    Mutation(
+        "restarts-continue-base-seed", "jaxorder/experiments/restarts.py",
+        'train=dataclasses.replace(t, seed=record["chosen_seed"])),', "train=t),",
+        "the continued run keeps the base seed (its data order is not the chosen candidate's)",
+        (RESTARTS + "test_restarts_continue_the_candidate_with_the_lowest_selection_bound",)),
+    Mutation(
+        "val-shift-ignored", "jaxorder/data/bundle.py",
+        "idx = ((2 * np.arange(rows, dtype=np.int64) + shifted) * n) // (2 * rows)",
+        "idx = ((2 * np.arange(rows, dtype=np.int64) + 0) * n) // (2 * rows)",
+        "shifted validation windows are the reported ones",
+        (RESTARTS + "test_shifted_validation_windows_are_apart_from_the_reported_ones",)),
     Mutation(
         "resume-step-not-restored", "jaxorder/training/loop.py",
         "start_step, state = restored",
