@@ -48,6 +48,12 @@ def train_with_restarts(cfg: Config, run_dir: str | os.PathLike, name: str | Non
     return result
 
 
+def total_steps(cfg: Config) -> int:
+    """Steps the procedure trains in all: each candidate's restart_steps, then the rest of one run."""
+    t = cfg.train
+    return t.steps if t.restarts <= 1 else t.restarts * t.restart_steps + t.steps - t.restart_steps
+
+
 def candidate_seeds(cfg: Config) -> list[int]:
     return [cfg.train.seed + r for r in range(cfg.train.restarts)]
 
@@ -80,7 +86,7 @@ def _select(cfg: Config, run_dir: epath.Path, name: str, record: dict) -> dict:
         _copy_tree(run_dir / CANDIDATES / f"seed{best['seed']}", run_dir)
     barrier("restarts-copied")
     record.update(chosen_seed=best["seed"], selection_windows=windows, selection_apart_from_reported=apart,
-                  total_steps=t.restarts * t.restart_steps + t.steps - t.restart_steps)
+                  total_steps=total_steps(cfg))
     _write_record(run_dir, record)
     log(f"[{name}] restarts: continuing seed {best['seed']} (lowest selection bound) from step "
         f"{t.restart_steps} to {t.steps}; {record['total_steps']} steps in all")

@@ -49,7 +49,7 @@ from jaxorder.evaluation.sample_quality import generation_quality
 from jaxorder.experiments.analysis.attention import summarize_run, supported
 from jaxorder.experiments.epochs import posterior_weights
 from jaxorder.experiments.report import sampler_columns, sampler_rows, text_table, write_report
-from jaxorder.experiments.restarts import train_with_restarts
+from jaxorder.experiments.restarts import total_steps, train_with_restarts
 from jaxorder.experiments.scaling import (
     compute_optimal_steps,
     measure_step_seconds,
@@ -295,11 +295,12 @@ def plan(path: Path, overrides: Sequence[str] = ()) -> float:
           f"{'s/step':>7} {'est. min':>8}")
     for name, cfg in expand(spec, overrides):
         params, matmul = model_size(cfg)
-        tokens = cfg.train.steps * cfg.data.batch_size * cfg.data.seq_len
-        seconds = measure_step_seconds(cfg) * cfg.train.steps
+        steps = total_steps(cfg)  # with train.restarts: every candidate's steps too
+        tokens = steps * cfg.data.batch_size * cfg.data.seq_len
+        seconds = measure_step_seconds(cfg) * steps
         total += seconds
-        print(f"{name:<24} {params:>10,} {matmul:>10,} {cfg.train.steps:>7} {tokens:>12,} "
-              f"{training_flops(cfg, tokens):>9.2e} {seconds / cfg.train.steps:>7.3f} {seconds / 60:>8.1f}",
+        print(f"{name:<24} {params:>10,} {matmul:>10,} {steps:>7} {tokens:>12,} "
+              f"{training_flops(cfg, tokens):>9.2e} {seconds / steps:>7.3f} {seconds / 60:>8.1f}",
               flush=True)
     print(f"estimated training time: {total / 60:.1f} minutes (steps only: no evaluation, no compile)")
     return total
