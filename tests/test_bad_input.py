@@ -115,7 +115,7 @@ def test_xla_out_of_memory_is_one_line_naming_the_settings(tmp_path, tiny_config
         raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
                                          "12.00GiB.\nBufferAssignment OOM Debugging.\n" + "buffer\n" * 100)
 
-    monkeypatch.setattr(cli, "train", oom)
+    monkeypatch.setattr(cli, "train_with_restarts", oom)
     code = cli.main(["train", str(tiny_config_file), "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     one_line_error(code, err, "out of device memory (RESOURCE_EXHAUSTED", status=1)
