@@ -143,6 +143,13 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
         metrics_out.flush()  # remote run dirs: the lines up to this checkpoint become an object
         stops.saved()
 
+    def save_and_wait(step: int) -> None:
+        """A checkpoint of this step (unless it has just been saved), written before returning: the
+        run stops here (SIGTERM, train.stop_at)."""
+        if step not in ckpt.steps():
+            save(step, force=True)
+        ckpt.wait()
+
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     total = cfg.train.steps
     if start_step == 0:
@@ -206,16 +213,12 @@ def _train_placed(cfg: Config, run_dir: epath.Path, name: str, data: Any, val_ba
                     with clock.excluded(state):
                         save(step)
                 if agreed.stop:
-                    if step not in ckpt.steps():  # this step may have just been checkpointed
-                        save(step, force=True)
-                    ckpt.wait()
+                    save_and_wait(step)
                     log(f"[{name}] SIGTERM: saved checkpoint at step {step}; re-run the "
                         f"same command to resume")
                     raise Preempted(step)
             if stop < total:  # train.stop_at: a resumable pause, no final evaluation
-                if step not in ckpt.steps():
-                    save(step, force=True)
-                ckpt.wait()
+                save_and_wait(step)
                 log(f"[{name}] paused at step {step} (train.stop_at); re-run with train.stop_at=0 to go on")
                 return {"run": name, "step": step, "paused": True}
             if total not in ckpt.steps():

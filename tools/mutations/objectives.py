@@ -149,7 +149,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         (LO + "test_log_px_above_iw_bounds_above_elbo_and_the_yardstick_estimates_them",)),
     Mutation(
         "lo-q-lr-scale-prefix", "jaxorder/training/optimizer.py",
-        "keys[0] == OWN_PARAMS else 1.0", "keys[0] != OWN_PARAMS else 1.0",
+        "keys[0] == OWN_PARAMS else None", "keys[0] != OWN_PARAMS else None",
         "q_lr_scale applied outside the objective's own subtree instead of to q's leaves",
         (LO_SAMPLING + "test_q_lr_scale_scales_only_the_posteriors_updates",)),
     Mutation(
