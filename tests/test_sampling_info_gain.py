@@ -1,5 +1,5 @@
-"""The Info-Gain sampler (jaxorder/sampling/info_gain.py) and the cumulative uncertainty every masked
-and block sampler returns.
+"""The Info-Gain sampler (jaxorder/sampling/info_gain.py); the cumulative uncertainty every masked
+sampler returns is tested in test_sampling_uncertainty.py with this file's tiny model and replay.
 
 A tiny randomly initialised mdm model (d_model 32, 2 layers); its head is scaled up where the test
 needs peaked distributions (skipping, distinct costs). The references are plain step-by-step loops
@@ -34,10 +34,14 @@ from conftest import run_sampler as sample
 TINY = ("model.d_model=32", "model.n_layers=2", "model.n_heads=2", "data.seq_len=32")
 
 
-@pytest.fixture(scope="module")
-def tiny():
+def tiny_model():
     cfg = config_lib.load(None, ("objective.name=mdm", *TINY))
     return cfg, model.init_params(cfg.model, jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model()
 
 
 def _sharp(params, scale: float):
@@ -318,39 +322,6 @@ def _replay_uncertainty(log_probs, rows, out, mask_id) -> np.ndarray:
         ent = _entropy(log_probs(jnp.asarray(x)))
         total += np.where(at == j, ent, 0.0).sum(axis=1)
     return total
-
-
-@pytest.mark.parametrize("name,options", [
-    ("confidence", {}), ("confidence", {"block_length": 4, "temperature": 0.0}), ("ancestral", {}),
-    ("threshold", {"threshold": 0.02}), ("confidence", {"prophet": 0.01, "block_length": 6}),
-    ("info-gain", {"candidates": 3})])
-def test_uncertainty_is_the_entropy_at_commit_time(tiny, name, options):
-    """Every masked sampler's `uncertainty` equals a replay: per step, the entropy (temperature 1) of
-    the model's distribution at the positions it committed (Prophet's early commits included)."""
-    cfg, params = tiny
-    params = _sharp(params, 3.0)
-    mask_id = special_ids(cfg.model).mask
-    rows = _rows(cfg, 2, 12, {0: 72, 5: 32})
-    out = jax.device_get(sample(params, cfg, rows, jax.random.key(2), spec(name, steps=5, **options)))
-    want = _replay_uncertainty(lambda x: masked_log_probs(params, x, cfg), rows, out, mask_id)
-    assert np.all(out["uncertainty"] > 0)
-    np.testing.assert_allclose(out["uncertainty"], want, rtol=1e-4)
-    if options.get("prophet"):
-        assert np.all(out["early"] > 0)
-
-
-@pytest.mark.parametrize("options", [{"fused": True}, {"approx_cache": "dual", "cache_refresh": 1},
-                                     {"approx_cache": "prefix", "cache_refresh": 1}])
-def test_uncertainty_of_the_fused_and_cached_loops(tiny, options):
-    """The fused step (the kernel's online entropy) and a cache refreshed every step report the
-    uncertainty of the plain loop."""
-    cfg, params = tiny
-    rows = _rows(cfg, 2, 12, {0: 72, 5: 32})
-    sc = spec("confidence", steps=5, block_length=4, temperature=0.0)
-    want = jax.device_get(sample(params, cfg, rows, jax.random.key(2), sc))
-    got = jax.device_get(sample(params, cfg, rows, jax.random.key(2), with_options(sc, **options)))
-    assert np.array_equal(got["tokens"], want["tokens"])
-    np.testing.assert_allclose(got["uncertainty"], want["uncertainty"], rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- block diffusion

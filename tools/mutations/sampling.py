@@ -1,6 +1,6 @@
 """Mutations of the samplers: AR, masked diffusion, fast masked decoding, the learned commit filter and
 Info-Gain."""
-from .base import ASSD, FAST, FILTER, GUIDED, IG, LEARNED, REMASK, SAMPLE_MDM, SPEC, Mutation
+from .base import ASSD, FAST, FILTER, GUIDED, IG, LEARNED, REMASK, SAMPLE_MDM, SPEC, UNCERTAINTY, Mutation
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ samplers
@@ -290,5 +290,5 @@ MUTATIONS: tuple[Mutation, ...] = (
         "jnp.sum(jnp.where(commit_BL, ent_BL, 0.0), axis=1)",
         "jnp.sum(jnp.where(commit_BL, -lp_tok_BL, 0.0), axis=1)",
         "the cumulative uncertainty sums -log p of the committed tokens instead of their entropy",
-        (IG + "test_uncertainty_is_the_entropy_at_commit_time[confidence-options0]",)),
+        (UNCERTAINTY + "test_uncertainty_is_the_entropy_at_commit_time[confidence-options0]",)),
 )
