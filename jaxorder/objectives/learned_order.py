@@ -16,12 +16,13 @@ model picks the next position, then its token:
   head is normalized per slot, so p(x, sigma) sums to 1 over (x, sigma).
 
 Posterior q(sigma | x): Plackett-Luce over positions with scores s_i = g_i + c_i(x) (times a learned
-exp(a) under q_learn_scale, so one parameter can sharpen every choice): g [max_len] a
-learned global score (`q_global`, initialized by `q_init`: uniform 0, l2r g_i = -scale*i, r2l
-+scale*i), c a small network that sees the whole window (the choice: a separate embedding of
-(token, position) e_i [q_width], a window summary h = mean_i e_i, and c_i = tanh(e_i + h W) . u with u
-initialized to 0, so q starts exactly at g; cheap, and the trunk gets no gradient from q). Sampling
-is Gumbel-top-n, sigma = argsort(-(s + G)); log q(sigma) = sum_j [s_sigma_j - logsumexp_{i open} s_i].
+exp(a) under q_learn_scale, so one parameter can sharpen every choice): g [max_len] a learned global
+score (`q_global`, initialized by `q_init`: uniform 0, l2r g_i = -scale*i, r2l +scale*i, a named
+order g_sigma_r = -scale*r), c a small network that sees the whole window (the choice: a separate
+embedding of (token, position) e_i [q_width], a window summary h = mean_i e_i, and c_i = tanh(e_i +
+h W) . u with u initialized to 0, so q starts exactly at g; cheap, and the trunk gets no gradient
+from q). Sampling is Gumbel-top-n, sigma = argsort(-(s + G)); log q(sigma) = sum_j [s_sigma_j -
+logsumexp_{i open} s_i].
 Under q_transitions a learned table T[sigma_{j-1}, i] is added to the scores of each choice (sampled
 choice by choice; `order_posterior.py`), so q can learn which position follows which.
 
@@ -49,23 +50,44 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxorder import model
+from jaxorder import model, orders
 from jaxorder.config import Config, ConfigError
 from jaxorder.objectives import ao_ar
 from jaxorder.objectives import order_posterior as posterior
 from jaxorder.objectives.base import OWN_PARAMS, Objective, Option, OrderScoring, register
 from jaxorder.objectives.order_posterior import open_mask, previous_positions
 
-Q_INITS = ("uniform", "l2r", "r2l")
+Q_INITS = ("uniform", "l2r", "r2l")  # or any named order: perm:5,1,2,3,4,0,6- or perm@FILE (one line)
 TRAIN_BOUNDS = ("elbo", "iw")
 TOKEN_ORDERS = ("draws", "mode")
 
 
+def initial_order(q_init: str, max_len: int) -> np.ndarray:
+    """The order [max_len] a `perm:` or `perm@FILE` q_init names; ConfigError if it is none."""
+    where = "objective.q_init"
+    if q_init.startswith(orders.FILE_PREFIX):
+        path = q_init[len(orders.FILE_PREFIX):]
+        perms = orders.read_file(path)
+        if len(perms) != 1:
+            raise ConfigError(f"{where}={q_init} has {len(perms)} lines; q starts from one order for every "
+                              f"window, so give a file with one permutation")
+        return orders.resolve(perms[0], max_len, f"{where}={q_init}")
+    if not q_init.startswith(orders.PREFIX):
+        raise ConfigError(f"{where}={q_init!r} must be one of {', '.join(Q_INITS)}, perm:INDICES (e.g. "
+                          f"perm:5,1,2,3,4,0,6-) or perm@FILE")
+    return orders.named_or_perm(q_init, max_len, where)
+
+
 def initial_global_scores(q_init: str, scale: float, max_len: int) -> jnp.ndarray:
-    """g [max_len]: 0 (uniform), -scale*i (l2r: position 0 most likely first) or +scale*i (r2l)."""
+    """g [max_len]: 0 (uniform), -scale*i (l2r: position 0 most likely first), +scale*i (r2l) or, for a
+    named order sigma, g_sigma_r = -scale*r (its r-th position gets the r-th highest score)."""
     i_P = jnp.arange(max_len, dtype=jnp.float32)
-    return {"uniform": 0.0 * i_P, "l2r": -scale * i_P, "r2l": scale * i_P}[q_init]
+    if q_init in Q_INITS:
+        return {"uniform": 0.0 * i_P, "l2r": -scale * i_P, "r2l": scale * i_P}[q_init]
+    rank_P = np.argsort(initial_order(q_init, max_len))
+    return -scale * jnp.asarray(rank_P, dtype=jnp.float32)
 
 
 def own_params(cfg: Config, rng: jax.Array) -> dict:
@@ -322,8 +344,10 @@ def eval_extras(params, batch: dict, rng: jax.Array, cfg: Config) -> dict[str, j
 OPTIONS = (
     Option("num_samples", 4, "learned_order: K posterior orders per window in training"),
     Option("eval_samples", 16, "learned_order: K posterior orders per window of the yardstick"),
-    Option("q_init", "uniform", "learned_order: posterior start, uniform | l2r | r2l"),
-    Option("q_init_scale", 1.0, "learned_order: l2r/r2l start, global scores -/+ scale * position"),
+    Option("q_init", "uniform", "learned_order: posterior start, uniform | l2r | r2l | perm:INDICES | "
+           "perm@FILE (one line; e.g. written by `jaxorder pairwise-order`)"),
+    Option("q_init_scale", 1.0, "learned_order: l2r/r2l/perm start, the position generated r-th gets "
+           "global score -scale * r"),
     Option("train_bound", "elbo", "learned_order: the bound training maximizes, elbo | iw (the K-sample "
            "importance-weighted bound, VIMCO's estimator)"),
     Option("token_orders", "draws", "learned_order: the orders the token head learns from, draws (q's K "
@@ -373,7 +397,7 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError("objective.token_orders=mode trains the token head on q's mode; it needs "
                           "objective.train_bound=elbo")
     if o.q_init not in Q_INITS:
-        raise ConfigError(f"objective.q_init={o.q_init!r} must be one of {', '.join(Q_INITS)}")
+        initial_order(o.q_init, cfg.model.max_len)  # a named order: ConfigError if it is no permutation
     if o.q_init_scale < 0:
         raise ConfigError(f"objective.q_init_scale={o.q_init_scale} must be >= 0")
     if o.q_entropy_start < 0 or o.q_entropy_end < 0 or o.q_entropy_steps < 0 or o.q_entropy_delay < 0:
