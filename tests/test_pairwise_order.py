@@ -5,9 +5,11 @@ import itertools
 import json
 import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from jaxorder import orders
 from jaxorder.cli import main
@@ -117,3 +119,13 @@ def test_data_order_bad_flags_are_one_line_errors(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --windows 1 must be >= 2 (the statistics need at least two windows)",
                    "error: jaxorder data prepare needs --out DIR (the new dataset directory)"]
+
+
+def test_the_swap05_sweep_starts_q_at_the_order_the_command_reads_off_the_corpus(capsys):
+    """configs/sweeps/learned_order_swap05.yaml writes the command's output out; this keeps them equal."""
+    sweep = yaml.safe_load(Path("configs/sweeps/learned_order_swap05.yaml").read_text())
+    row = next(axis for axis in sweep["axes"] if "learned_order_pairwise" in axis)["learned_order_pairwise"]
+    q_init = next(o for o in row if o.startswith("objective.q_init="))
+    assert main(["data", "order", "--json", "--config", "configs/experiments/study_smoke.yaml",
+                 "data.transform=swap05"]) == 0
+    assert q_init == "objective.q_init=" + json.loads(capsys.readouterr().out)["order"]
