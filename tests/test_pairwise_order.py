@@ -49,6 +49,7 @@ def test_mutual_information_matches_the_definition(monkeypatch):
 @pytest.mark.parametrize("hidden", [
     [5, 1, 2, 3, 4, 0, 6, 7, 8, 9],  # swap05: text token r sits at position hidden[r]
     [3, 7, 0, 9, 1, 4, 8, 2, 6, 5],
+    [1, 2, 3, 4, 5, 6, 7, 8, 9, 0],  # from its smaller end (0) the chain runs against reading order
 ])
 def test_the_chain_recovers_the_order_the_positions_were_shuffled_by(hidden):
     """Markov text laid out with its r-th token at position hidden[r]: the chain is hidden itself or its

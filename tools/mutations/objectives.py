@@ -40,9 +40,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "mdm ELBO weight 1/(t + 0.01): a lower-variance but biased yardstick (below the order average)",
         ("tests/test_mdm_order_identity.py::test_mean_over_random_orders_equals_the_elbo_on_a_trained_model",)),
     Mutation(
-        "mdm-no-subs", "jaxorder/objectives/mdm.py",
-        "logits_BLV = logits_BLV.at[..., special_ids(cfg.model).mask].set(-jnp.inf)",
-        "logits_BLV = logits_BLV",
+        "mdm-no-subs", "jaxorder/objectives/common.py",
+        "jax.nn.log_softmax(logits_BLV.at[..., mask_id].set(-jnp.inf), axis=-1)",
+        "jax.nn.log_softmax(logits_BLV, axis=-1)",
         "SUBS: the MASK logit is not set to -inf (MASK gets probability mass)",
         (OBJ + "test_mdm_never_predicts_mask_and_scores_only_masked_positions",)),
     Mutation(
@@ -176,8 +176,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         (LO + "test_learned_scale_multiplies_every_score_and_starts_at_one",)),
     Mutation(
         "lo-transition-sees-current", "jaxorder/objectives/learned_order.py",
-        "return jnp.concatenate([jnp.full_like(order_NL[:, :1], max_len), order_NL[:, :-1]], axis=1)",
-        "return order_NL",
+        "previous_NL = previous_positions(order_NL, cfg.model.max_len)",
+        "previous_NL = order_NL",
         "policy transition table indexed by the position being chosen (pi sees sigma_j)",
         (LO + "test_policy_is_a_distribution_over_orders_and_the_joint_over_everything[True]",)),
     Mutation(

@@ -1,5 +1,5 @@
 """Mutations of insertion (ilm), order scoring from the CLI, reranking, perm: orders."""
-from .base import CANDS, GIVEN, ILM, MIX, PAIRED, PERM, QP, RERANK, SCALING, SCORE, Mutation
+from .base import CANDS, GIVEN, ILM, LO, MIX, PAIRED, PAIRWISE, PERM, QP, RERANK, SCALING, SCORE, Mutation
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ insertion (ilm)
@@ -244,4 +244,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "orders = order_matrix(spec, batch, length, jax.random.fold_in(rng, i + 1), first, total)",
         "the per-window random-order scores use other order draws than eval's (not its number)",
         (PAIRED + "test_per_window_scores_average_to_evals_numbers",)),
+    Mutation(
+        "lo-q-init-perm-by-position", "jaxorder/objectives/learned_order.py",
+        "rank_P = np.argsort(initial_order(q_init, max_len))",
+        "rank_P = initial_order(q_init, max_len)",
+        "a named q_init gives position i the score of its place in the list, not of its rank",
+        (LO + "test_q_init_starts_at_a_named_order",)),
+    Mutation(
+        "pairwise-order-no-direction", "jaxorder/data/pairwise_order.py",
+        "return forward if closer else backward",
+        "return forward",
+        "the pairwise chain starts at its smaller end, whichever direction is closer to reading order",
+        (PAIRWISE + "test_the_chain_recovers_the_order_the_positions_were_shuffled_by",)),
+    Mutation(
+        "pairwise-order-closes-cycles", "jaxorder/data/pairwise_order.py",
+        "if len(links[i]) < 2 and len(links[j]) < 2 and find(i) != find(j):",
+        "if len(links[i]) < 2 and len(links[j]) < 2:",
+        "the greedy chain may close a cycle (then it is no path through every position)",
+        (PAIRWISE + "test_the_chain_recovers_the_order_the_positions_were_shuffled_by",)),
 )

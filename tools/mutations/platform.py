@@ -110,8 +110,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_sampling_bd3.py::test_bad_inputs",)),
     Mutation(
         "ar-ragged-rows-fill-the-buffer", "jaxorder/sampling/ar.py",
-        "end_B = (known_B + new_B).astype(np.int32)",
-        "end_B = np.full_like(known_B, rows_BL.shape[1] + 1)",
+        "end_B = (2 + last_B).astype(np.int32)",
+        "end_B = np.full_like(known_B, L + 1)",
         "AR rows ending in PAD are generated to the buffer's end",
         ("tests/test_sampling_ar.py::test_cached_equals_uncached_at_temperature_zero",)),
     Mutation(

@@ -124,8 +124,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         (FAST + "test_every_cache_mode_is_exact_for_a_one_layer_model[prefix]",)),
     Mutation(
         "rewrite-all-mask-bidirectional", "jaxorder/model/decode.py",
-        "    return decode_step(params, cfg, cache, tokens_BQ, positions_BQ, \"all\")",
-        "    return decode_step(params, cfg, cache, tokens_BQ, positions_BQ, \"bidirectional\")",
+        "                      new_mask: Any = \"all\") -> tuple[jnp.ndarray, Cache]:",
+        "                      new_mask: Any = \"bidirectional\") -> tuple[jnp.ndarray, Cache]:",
         "the cached window does not see the slots after it (the suffix cache is never read)",
         (FAST + "test_rewrite_positions_is_the_bidirectional_pass_and_reads_stale_slots",)),
     Mutation(
