@@ -130,3 +130,11 @@ def test_the_swap05_sweep_starts_q_at_the_order_the_command_reads_off_the_corpus
     assert main(["data", "order", "--json", "--config", "configs/experiments/study_smoke.yaml",
                  "data.transform=swap05"]) == 0
     assert q_init == "objective.q_init=" + json.loads(capsys.readouterr().out)["order"]
+
+
+def test_progress_is_reported_per_position_and_does_not_change_the_result():
+    w = np.random.default_rng(4).integers(0, 3, size=(40, 4))
+    seen = []
+    got = mutual_information(w, lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    np.testing.assert_array_equal(got, mutual_information(w))

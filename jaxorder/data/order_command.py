@@ -3,6 +3,8 @@ printed and written as a perm file for `objective.q_init=perm@FILE`."""
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,19 @@ def file_text(order: np.ndarray) -> str:
     return f"{orders.canonical(order)},{len(order)}-\n"
 
 
+def progress_printer(every_s: float = 10.0):
+    """progress(done, total) for `mutual_information`: a line on stderr at most every `every_s` seconds
+    (long windows with many pairs take minutes)."""
+    last = [time.monotonic()]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s and done < total:
+            last[0] = now
+            print(f"pairwise statistics: {done}/{total} positions", file=sys.stderr, flush=True)
+    return progress
+
+
 def run_command(args: argparse.Namespace) -> int:
     if args.windows < 2:
         raise ConfigError(f"--windows {args.windows} must be >= 2 (the statistics need at least two windows)")
@@ -34,7 +49,7 @@ def run_command(args: argparse.Namespace) -> int:
     bundle = make_data(cfg.data)
     idx = spread_indices(len(bundle.train_windows), args.windows)
     windows_NL = np.asarray(bundle.train_windows[idx])
-    mi_LL = mutual_information(windows_NL)
+    mi_LL = mutual_information(windows_NL, progress_printer())
     order = chain_order(mi_LL)
     links_bits = link_information(mi_LL, order) / LN2
     text = file_text(order)

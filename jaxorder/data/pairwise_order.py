@@ -20,6 +20,8 @@ joint histograms over N windows.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 BINCOUNT_CELLS = 1 << 24  # up to this many (a, b) cells a dense histogram; beyond, counts of the pairs seen
@@ -37,8 +39,10 @@ def _pair_entropy(a_N: np.ndarray, b_N: np.ndarray, vocab_size: int) -> float:
     return _entropy(np.unique(codes_N, return_counts=True)[1])
 
 
-def mutual_information(windows_NL: np.ndarray) -> np.ndarray:
-    """I [L, L] in nats between the tokens at every two positions (plug-in; diagonal: the entropy)."""
+def mutual_information(windows_NL: np.ndarray,
+                       progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """I [L, L] in nats between the tokens at every two positions (plug-in; diagonal: the entropy);
+    `progress(done, L)` is called after each position's row."""
     windows_NL = np.asarray(windows_NL)
     if windows_NL.ndim != 2 or len(windows_NL) < 2:
         raise ValueError(f"need windows [N >= 2, L], got shape {windows_NL.shape}")
@@ -48,6 +52,8 @@ def mutual_information(windows_NL: np.ndarray) -> np.ndarray:
     for i in range(L):
         for j in range(i + 1, L):
             mi_LL[i, j] = mi_LL[j, i] = h_L[i] + h_L[j] - _pair_entropy(windows_NL[:, i], windows_NL[:, j], V)
+        if progress is not None:
+            progress(i + 1, L)
     return mi_LL
 
 
