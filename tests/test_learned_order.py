@@ -15,7 +15,6 @@ from scipy import stats
 
 from jaxorder import config as config_lib
 from jaxorder import model
-from jaxorder.config import ConfigError
 from jaxorder.objectives import OWN_PARAMS, ao_ar
 from jaxorder.objectives import learned_order as lo
 from jaxorder.objectives import order_posterior as posterior
@@ -195,35 +194,6 @@ def test_q_init_starts_at_the_asked_order():
     cfg = tiny_cfg(6)
     params = {OWN_PARAMS: nn.meta.unbox(lo.own_params(cfg, jax.random.key(1)))}
     np.testing.assert_allclose(np.asarray(lo.q_scores(params, x)), 0.0)  # uniform: every order 1/n!
-
-
-def test_q_init_starts_at_a_named_order(tmp_path):
-    """q_init=perm:... / perm@FILE: q's mode at init is that order, its global scores -scale * rank (the
-    positions past the window, max_len 8 here, keep their place after it). Catches scores set by position
-    instead of by rank (argsort vs its inverse: equal for l2r and swaps, not for a 3-cycle)."""
-    x = jnp.zeros((1, 6), jnp.int32)
-    (tmp_path / "order.txt").write_text("perm:2,0,1,5,3,4,6-\n")
-    for q_init in ("perm:2,0,1,5,3,4,6-", f"perm@{tmp_path / 'order.txt'}"):
-        cfg = tiny_cfg(6, **{"objective.q_init": q_init, "objective.q_init_scale": 2.0})
-        g = np.asarray(nn.meta.unbox(lo.own_params(cfg, jax.random.key(1)))["q_global"])
-        np.testing.assert_allclose(g, [-2.0, -4.0, 0.0, -8.0, -10.0, -6.0, -12.0, -14.0])
-        params = {OWN_PARAMS: nn.meta.unbox(lo.own_params(cfg, jax.random.key(1)))}
-        np.testing.assert_array_equal(np.argsort(-np.asarray(lo.q_scores(params, x))[0]), [2, 0, 1, 5, 3, 4])
-
-
-@pytest.mark.parametrize("q_init, message", [
-    ("perm:1,1-", "q_init: index 0 is missing"),
-    ("perm:0,9,1-", "index 9 is out of range for a window of 8"),
-    ("perm:0,0,1-", "index 0 appears twice"),
-    ("sideways", "q_init='sideways' must be one of uniform, l2r, r2l, perm:INDICES"),
-    ("perm@{tmp}/two.txt", "has 2 lines; q starts from one order"),
-    ("perm@{tmp}/none.txt", "cannot be read"),
-])
-def test_bad_named_q_init_is_a_one_line_config_error(tmp_path, q_init, message):
-    (tmp_path / "two.txt").write_text("1,0,2-\n0-\n")
-    with pytest.raises(ConfigError, match=message) as info:
-        tiny_cfg(6, **{"objective.q_init": q_init.format(tmp=tmp_path)})
-    assert "\n" not in str(info.value)
 
 
 def test_learned_scale_multiplies_every_score_and_starts_at_one():

@@ -50,44 +50,22 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxorder import model, orders
+from jaxorder import model
 from jaxorder.config import Config, ConfigError
 from jaxorder.objectives import ao_ar
 from jaxorder.objectives import order_posterior as posterior
 from jaxorder.objectives.base import OWN_PARAMS, Objective, Option, OrderScoring, register
-from jaxorder.objectives.order_posterior import open_mask, previous_positions
+from jaxorder.objectives.order_posterior import (
+    Q_INITS,
+    initial_global_scores,
+    initial_order,
+    open_mask,
+    previous_positions,
+)
 
-Q_INITS = ("uniform", "l2r", "r2l")  # or any named order: perm:5,1,2,3,4,0,6- or perm@FILE (one line)
 TRAIN_BOUNDS = ("elbo", "iw")
 TOKEN_ORDERS = ("draws", "mode")
-
-
-def initial_order(q_init: str, max_len: int) -> np.ndarray:
-    """The order [max_len] a `perm:` or `perm@FILE` q_init names; ConfigError if it is none."""
-    where = "objective.q_init"
-    if q_init.startswith(orders.FILE_PREFIX):
-        path = q_init[len(orders.FILE_PREFIX):]
-        perms = orders.read_file(path)
-        if len(perms) != 1:
-            raise ConfigError(f"{where}={q_init} has {len(perms)} lines; q starts from one order for every "
-                              f"window, so give a file with one permutation")
-        return orders.resolve(perms[0], max_len, f"{where}={q_init}")
-    if not q_init.startswith(orders.PREFIX):
-        raise ConfigError(f"{where}={q_init!r} must be one of {', '.join(Q_INITS)}, perm:INDICES (e.g. "
-                          f"perm:5,1,2,3,4,0,6-) or perm@FILE")
-    return orders.named_or_perm(q_init, max_len, where)
-
-
-def initial_global_scores(q_init: str, scale: float, max_len: int) -> jnp.ndarray:
-    """g [max_len]: 0 (uniform), -scale*i (l2r: position 0 most likely first), +scale*i (r2l) or, for a
-    named order sigma, g_sigma_r = -scale*r (its r-th position gets the r-th highest score)."""
-    i_P = jnp.arange(max_len, dtype=jnp.float32)
-    if q_init in Q_INITS:
-        return {"uniform": 0.0 * i_P, "l2r": -scale * i_P, "r2l": scale * i_P}[q_init]
-    rank_P = np.argsort(initial_order(q_init, max_len))
-    return -scale * jnp.asarray(rank_P, dtype=jnp.float32)
 
 
 def own_params(cfg: Config, rng: jax.Array) -> dict:
@@ -345,7 +323,7 @@ OPTIONS = (
     Option("num_samples", 4, "learned_order: K posterior orders per window in training"),
     Option("eval_samples", 16, "learned_order: K posterior orders per window of the yardstick"),
     Option("q_init", "uniform", "learned_order: posterior start, uniform | l2r | r2l | perm:INDICES | "
-           "perm@FILE (one line; e.g. written by `jaxorder pairwise-order`)"),
+           "perm@FILE (one line; e.g. written by `jaxorder data order`)"),
     Option("q_init_scale", 1.0, "learned_order: l2r/r2l/perm start, the position generated r-th gets "
            "global score -scale * r"),
     Option("train_bound", "elbo", "learned_order: the bound training maximizes, elbo | iw (the K-sample "

@@ -14,11 +14,47 @@ sampled choice by choice (a Gumbel-max per step), and its mode is approximated b
 
 a normalized distribution over the n! orders. Sampling never passes a gradient (orders are integers);
 q's gradient flows through log q only.
+
+Where q starts (`objective.q_init`): global scores 0 (uniform), -scale*i (l2r), +scale*i (r2l), or,
+for a named order sigma (`perm:...`, a one-line `perm@FILE`), g_sigma_r = -scale*r, so that order is
+q's mode.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from jaxorder import orders
+from jaxorder.errors import ConfigError
+
+Q_INITS = ("uniform", "l2r", "r2l")  # or any named order: perm:5,1,2,3,4,0,6- or perm@FILE (one line)
+
+
+def initial_order(q_init: str, max_len: int) -> np.ndarray:
+    """The order [max_len] a `perm:` or `perm@FILE` q_init names; ConfigError if it is none."""
+    where = "objective.q_init"
+    if q_init.startswith(orders.FILE_PREFIX):
+        path = q_init[len(orders.FILE_PREFIX):]
+        perms = orders.read_file(path)
+        if len(perms) != 1:
+            raise ConfigError(f"{where}={q_init} has {len(perms)} lines; q starts from one order for every "
+                              f"window, so give a file with one permutation")
+        return orders.resolve(perms[0], max_len, f"{where}={q_init}")
+    if not q_init.startswith(orders.PREFIX):
+        raise ConfigError(f"{where}={q_init!r} must be one of {', '.join(Q_INITS)}, perm:INDICES (e.g. "
+                          f"perm:5,1,2,3,4,0,6-) or perm@FILE")
+    return orders.named_or_perm(q_init, max_len, where)
+
+
+def initial_global_scores(q_init: str, scale: float, max_len: int) -> jnp.ndarray:
+    """g [max_len]: 0 (uniform), -scale*i (l2r: position 0 most likely first), +scale*i (r2l) or, for a
+    named order sigma, g_sigma_r = -scale*r (its r-th position gets the r-th highest score)."""
+    i_P = jnp.arange(max_len, dtype=jnp.float32)
+    if q_init in Q_INITS:
+        return {"uniform": 0.0 * i_P, "l2r": -scale * i_P, "r2l": scale * i_P}[q_init]
+    rank_P = np.argsort(initial_order(q_init, max_len))
+    return -scale * jnp.asarray(rank_P, dtype=jnp.float32)
 
 
 def previous_positions(order_NL: jnp.ndarray, start: int) -> jnp.ndarray:

@@ -1,5 +1,19 @@
 """Mutations of insertion (ilm), order scoring from the CLI, reranking, perm: orders."""
-from .base import CANDS, GIVEN, ILM, LO, MIX, PAIRED, PAIRWISE, PERM, QP, RERANK, SCALING, SCORE, Mutation
+from .base import (
+    CANDS,
+    GIVEN,
+    ILM,
+    LO_SAMPLING,
+    MIX,
+    PAIRED,
+    PAIRWISE,
+    PERM,
+    QP,
+    RERANK,
+    SCALING,
+    SCORE,
+    Mutation,
+)
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ insertion (ilm)
@@ -245,11 +259,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the per-window random-order scores use other order draws than eval's (not its number)",
         (PAIRED + "test_per_window_scores_average_to_evals_numbers",)),
     Mutation(
-        "lo-q-init-perm-by-position", "jaxorder/objectives/learned_order.py",
+        "lo-q-init-perm-by-position", "jaxorder/objectives/order_posterior.py",
         "rank_P = np.argsort(initial_order(q_init, max_len))",
         "rank_P = initial_order(q_init, max_len)",
         "a named q_init gives position i the score of its place in the list, not of its rank",
-        (LO + "test_q_init_starts_at_a_named_order",)),
+        (LO_SAMPLING + "test_q_init_starts_at_a_named_order",)),
     Mutation(
         "pairwise-order-no-direction", "jaxorder/data/pairwise_order.py",
         "return forward if closer else backward",
