@@ -97,6 +97,10 @@ def grid(quick: bool) -> list[Row]:
     for rho in ((1.0,) if quick else (0.5, 1.0)):  # the remasking corrector at a quarter of the steps
         rows.append(Row("mdm", "confidence", dict(steps=64, remask=rho, remask_candidates=8, **mdm),
                         f"confidence, 64 steps + remask {rho}"))
+        if not quick:  # only the tokens whose newer context made them less likely
+            rows.append(Row("mdm", "confidence", dict(steps=64, remask=rho, remask_candidates=8,
+                                                      remask_dropped=True, **mdm),
+                            f"confidence, 64 steps + remask {rho}, dropped only"))
     for tau in ((0.1,) if quick else (0.1, 0.3)):  # AR guidance by the small l2r run (not the judge)
         rows.append(Row("mdm", "guided", dict(steps=LENGTH, guide="l2r_draft", guide_threshold=tau, **mdm),
                         f"guided by l2r_draft, p >= {tau}"))

@@ -65,9 +65,11 @@ def end_of_text(x, masked, committed_at, lp_at, logprob, generated, i: int, eos:
 
 
 def reference(params, cfg, tokens_BL, key, rule: str, steps: int, rho: float, n: int,
-              block_length: int = 0, temperature: float = 1.0, eos: int | None = None) -> dict:
+              block_length: int = 0, temperature: float = 1.0, eos: int | None = None,
+              dropped: bool = False) -> dict:
     """The sampler's decode written as a plain loop, one model call per leave-one-out copy; ``eos``:
-    with the end-of-text rule (``end_of_text``)."""
+    with the end-of-text rule (``end_of_text``); ``dropped``: only candidates scoring below their
+    log-prob at commit may be undone."""
     mask_id = special_ids(cfg.model).mask
     x = np.array(tokens_BL, np.int32)
     B, L = x.shape
@@ -114,7 +116,9 @@ def reference(params, cfg, tokens_BL, key, rule: str, steps: int, rho: float, n:
             lp_at = np.where(commit, lp_tok, lp_at)
             logprob += np.where(commit, lp_tok, 0.0).sum(axis=1)
             for row in range(B):
-                for p in sorted(scores[row], key=scores[row].get)[: r[row]]:
+                worse = [p for p in sorted(scores[row], key=scores[row].get)
+                         if not dropped or scores[row][p] < lp_at[row, p]]
+                for p in worse[: r[row]]:
                     x[row, p], masked[row, p], committed_at[row, p] = mask_id, True, -1
                     logprob[row] -= lp_at[row, p]
                     lp_at[row, p] = np.inf
@@ -145,6 +149,27 @@ def test_remasking_equals_the_plain_reference(tiny, rule, block_length):
     np.testing.assert_allclose(np.asarray(out["logprob"]), ref["logprob"], rtol=1e-4, atol=1e-4)
     assert int(out["steps"]) == ref["steps"] and not (np.asarray(out["tokens"]) == mask_id).any()
     assert (np.asarray(out["tokens"])[1, :3] == [84, 111, 32]).all()
+
+
+@pytest.mark.parametrize("block_length", [0, 8])
+def test_remasking_only_what_got_worse_equals_the_plain_reference(tiny, block_length):
+    """--remask-dropped: a candidate is undone only if its current score fell below its log-prob at
+    commit; the case must both undo some and spare some the full rule would have undone."""
+    cfg, params = tiny
+    mask_id = special_ids(cfg.model).mask
+    tokens = np.full((3, 16), mask_id, np.int32)
+    tokens[1, :3] = [84, 111, 32]
+    key = jax.random.key(3)
+    opts = dict(steps=8, remask=1.0, remask_candidates=3, block_length=block_length)
+    out = sample(params, cfg, tokens, key, spec("confidence", remask_dropped=True, **opts))
+    ref = reference(params, cfg, tokens, key, "confidence", steps=8, rho=1.0, n=3, block_length=block_length,
+                    eos=special_ids(cfg.model).eos, dropped=True)
+    full = sample(params, cfg, tokens, key, spec("confidence", **opts))
+    assert 0 < ref["remasked"].sum() < np.asarray(full["remasked"]).sum(), "the filter must bite"
+    for name in ("tokens", "committed_at", "remasked"):
+        np.testing.assert_array_equal(np.asarray(out[name]), ref[name], err_msg=name)
+    np.testing.assert_allclose(np.asarray(out["logprob"]), ref["logprob"], rtol=1e-4, atol=1e-4)
+    assert not (np.asarray(out["tokens"]) == mask_id).any()
 
 
 def test_a_remasked_eos_frees_its_padding_as_the_plain_reference_does(tiny):
@@ -203,6 +228,7 @@ def test_the_budget_decays_to_zero_at_a_blocks_last_step():
     (dict(remask=0.5, fused=True), "drop --fused"),
     (dict(remask=0.5, approx_cache="dual"), "drop --approx-cache"),
     (dict(remask_candidates=2), "give --remask too"),
+    (dict(remask_dropped=True), "give --remask too"),
 ])
 def test_bad_remask_options_are_one_line_errors(tiny, options, message):
     cfg, params = tiny

@@ -91,6 +91,9 @@ class SamplerOptions:
                                 "default 0: off; R in [0, 1])")
     remask_candidates: int = option(4, "--remask: committed tokens re-scored per step, exactly (one masked "
                                        "copy each in the step's call; default 4)")
+    remask_dropped: bool = option(False, "--remask: return a candidate to MASK only if its current log-prob "
+                                         "is below its log-prob when it was committed (its newer context "
+                                         "made it less likely); default off: the lowest-scoring ones always")
     candidates: int = option(8, "info-gain sampler: candidate actions drawn and scored by one batched "
                                 "look-ahead pass per step (default 8)", metavar="C")
     position_temperature: float = option(0.1, "info-gain sampler: temperature of the Gumbel-top-k draw of "

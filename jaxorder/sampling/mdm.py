@@ -97,7 +97,8 @@ from jaxorder.sampling.mdm_steps import (
 from pallas_kernels import mdm_sample_step
 
 RULE_OPTIONS = {"threshold": ("threshold",), "factor": ("factor",),  # options a rule adds to OPTIONS
-                **{rule: ("remask", "remask_candidates") for rule in ("confidence", "margin", "entropy")}}
+                **{rule: ("remask", "remask_candidates", "remask_dropped")
+                   for rule in ("confidence", "margin", "entropy")}}
 OPTIONS = ("steps", "temperature", "block_length", "noise", "ignore_eos", "fused", "interpret", "prophet",
            "approx_cache", "cache_refresh", "chunk_length", "chunks")
 
@@ -147,7 +148,8 @@ def build(cfg: Config, loop: Loop):
                 ent_BL = entropy(logp_BLV)
                 st = remask.record(advance(st, tok_BL, commit_BL, lp_tok_BL, 1 + calls, ent_BL), commit_BL,
                                    lp_tok_BL, ent_BL)
-                st = release_padding(remask.apply(st, pos_Bn, score_Bn, r_B, mask_id), eos_id(cfg, sc),
+                st = release_padding(remask.apply(st, pos_Bn, score_Bn, r_B, mask_id,
+                                                  sc.remask_dropped), eos_id(cfg, sc),
                                      mask_id)
                 return dict(st, rows=st["rows"] + L + rows), logp_BLV
             if forced:
@@ -217,6 +219,8 @@ def _check_options(rule: str, options: SamplerOptions) -> None:
         raise ConfigError(f"--remask re-scores committed tokens on the full uncached pass; drop {what}")
     if options.remask_candidates != SamplerOptions.remask_candidates and options.remask == 0:
         raise ConfigError("--remask-candidates sets how many tokens --remask re-scores; give --remask too")
+    if options.remask_dropped and options.remask == 0:
+        raise ConfigError("--remask-dropped narrows which tokens --remask undoes; give --remask too")
     if options.cache_refresh and options.approx_cache == "none":
         raise ConfigError("--cache-refresh sets how often an approximate cache is recomputed; give "
                           "--approx-cache prefix|dual|free|chunked too")

@@ -19,6 +19,10 @@ budget this step. The r lowest-scoring candidates are remasked. A token committe
 with a neighbour it does not fit (the failure of parallel decoding) scores low once that
 neighbour is visible.
 
+With ``remask_dropped``, a candidate is undone only if its current score is below its log-prob at
+commit (the context committed since made it less likely); the budget r is then an upper bound and a
+step may undo nothing.
+
 Bookkeeping: ``logprob`` sums the log-prob of the final tokens at their (last) commit, so a
 remasked token's log-prob is removed (``uncertainty`` likewise sums the entropies of the final
 tokens at their last commit); ``committed_at`` is the step of the last commit; ``remasked`` [B]
@@ -78,9 +82,14 @@ def scores(params, cfg: Config, st: dict, region_BL: jnp.ndarray, r_B: jnp.ndarr
     return pos_Bn, score_Bn, calls, rows
 
 
-def apply(st: dict, pos_Bn: jnp.ndarray, score_Bn: jnp.ndarray, r_B: jnp.ndarray, mask_id: int) -> dict:
-    """Returns the r lowest-scoring valid candidates of each row to MASK (after the step's commits)."""
+def apply(st: dict, pos_Bn: jnp.ndarray, score_Bn: jnp.ndarray, r_B: jnp.ndarray, mask_id: int,
+          only_dropped: bool = False) -> dict:
+    """Returns the r lowest-scoring valid candidates of each row to MASK (after the step's commits);
+    ``only_dropped``: only those among them whose score is below their log-prob at commit."""
     B, n = pos_Bn.shape
+    if only_dropped:  # a candidate that did not get worse is no candidate: it frees its rank for one that did
+        at_commit_Bn = jnp.take_along_axis(st["lp_at"], pos_Bn, axis=1)
+        score_Bn = jnp.where(score_Bn < at_commit_Bn, score_Bn, jnp.inf)
     rank_Bn = jnp.argsort(jnp.argsort(score_Bn, axis=1), axis=1)  # 0 = lowest score
     chosen_Bn = (rank_Bn < r_B[:, None]) & jnp.isfinite(score_Bn)
     back_BL = jnp.zeros(st["x"].shape, bool).at[jnp.arange(B)[:, None], pos_Bn].max(chosen_Bn)

@@ -78,6 +78,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         'logprob=st["logprob"],',
         "a remasked token's log-prob stays in the sample's logprob",
         (REMASK + "test_remasking_equals_the_plain_reference",)),
+    Mutation(
+        "remask-dropped-keeps-improved", "jaxorder/sampling/remask.py",
+        "score_Bn = jnp.where(score_Bn < at_commit_Bn, score_Bn, jnp.inf)",
+        "score_Bn = jnp.where(score_Bn > at_commit_Bn, score_Bn, jnp.inf)",
+        "--remask-dropped undoes the candidates that got more likely instead of those that got less",
+        (REMASK + "test_remasking_only_what_got_worse_equals_the_plain_reference",)),
     # ------------------------------------------------------------------ fast masked decoding
     Mutation(
         "threshold-no-forced-commit", "jaxorder/sampling/mdm_steps.py",
