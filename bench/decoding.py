@@ -90,6 +90,15 @@ def grid(quick: bool) -> list[Row]:
         for cache in caches:
             rows.append(Row("mdm", "threshold", dict(steps=LENGTH, threshold=tau, approx_cache=cache, **mdm),
                             f"threshold {tau}, {cache} cache", baseline=plain.label))
+    if not quick:  # the dual cache's two remedies: refreshed within a block, and shorter blocks
+        rows.append(Row("mdm", "threshold", dict(steps=LENGTH, threshold=0.9, approx_cache="dual",
+                                                 cache_refresh=8, **mdm),
+                        "threshold 0.9, dual cache, refresh 8", baseline="threshold 0.9"))
+        short = dict(steps=LENGTH, threshold=0.9, block_length=BLOCK // 2)
+        rows.append(Row("mdm", "threshold", short, f"threshold 0.9, blocks of {BLOCK // 2}"))
+        rows.append(Row("mdm", "threshold", dict(short, approx_cache="dual"),
+                        f"threshold 0.9, dual cache, blocks of {BLOCK // 2}",
+                        baseline=f"threshold 0.9, blocks of {BLOCK // 2}"))
     rows.append(Row("mdm", "factor", dict(steps=LENGTH, factor=1.0, **mdm), "factor 1"))
     if not quick:
         rows.append(Row("mdm", "factor", dict(steps=LENGTH, factor=1.0, approx_cache="dual", **mdm),
@@ -106,8 +115,9 @@ def grid(quick: bool) -> list[Row]:
                         f"guided by l2r_draft, p >= {tau}"))
     rows.append(Row("mdm", "confidence", dict(steps=LENGTH, prophet=5.0, **mdm), "confidence + Prophet 5"))
     if not quick:
-        rows.append(Row("mdm", "confidence", dict(steps=LENGTH, prophet=2.5, **mdm),
-                        "confidence + Prophet 2.5"))
+        for g in (2.5, 1.0, 0.5):  # below Prophet's own 5: where it starts to fire on this model
+            rows.append(Row("mdm", "confidence", dict(steps=LENGTH, prophet=g, **mdm),
+                            f"confidence + Prophet {g}"))
         rows.append(Row("mdm", "threshold", dict(steps=LENGTH, threshold=0.9, prophet=5.0,
                                                  approx_cache="dual", **mdm),
                         "threshold 0.9, dual cache + Prophet 5", baseline="threshold 0.9"))
