@@ -165,12 +165,15 @@ def prophet_commit(st: dict, logp_BnV: jnp.ndarray, start, in_block_L: jnp.ndarr
     (positions committed early); their entropies under this step's log-probs join ``uncertainty``."""
     n = logp_BnV.shape[1]
     left_Bn = lax.dynamic_slice_in_dim(st["masked"] & in_block_L[None, :], start, n, axis=1)
-    top2_Bn2 = lax.top_k(logp_BnV, 2)[0]
+    # max reductions, not lax.top_k / jnp.argmax: those run scalar on XLA:CPU (docs/performance.md)
+    tok_Bn = first_argmax(logp_BnV)
+    top_Bn = jnp.max(logp_BnV, axis=-1)
+    second_Bn = jnp.max(jnp.where(jnp.arange(logp_BnV.shape[-1]) == tok_Bn[..., None], -jnp.inf, logp_BnV),
+                        axis=-1)
     count_B = left_Bn.sum(axis=1)
-    gap_Bn = top2_Bn2[..., 0] - top2_Bn2[..., 1]
+    gap_Bn = top_Bn - second_Bn
     gap_B = jnp.sum(jnp.where(left_Bn, gap_Bn, 0.0), axis=1) / jnp.maximum(count_B, 1)
     commit_Bn = left_Bn & ((count_B > 0) & (gap_B > gap_threshold))[:, None]
-    tok_Bn = jnp.argmax(logp_BnV, axis=-1).astype(jnp.int32)
     x_Bn = lax.dynamic_slice_in_dim(st["x"], start, n, axis=1)
     masked_Bn = lax.dynamic_slice_in_dim(st["masked"], start, n, axis=1)
     i = st["step"] - 1  # the step just taken
@@ -179,7 +182,7 @@ def prophet_commit(st: dict, logp_BnV: jnp.ndarray, start, in_block_L: jnp.ndarr
     return dict(st, x=lax.dynamic_update_slice_in_dim(st["x"], x_Bn, start, axis=1),
                 committed_at=lax.dynamic_update_slice_in_dim(st["committed_at"], at_Bn, start, axis=1),
                 masked=lax.dynamic_update_slice_in_dim(st["masked"], masked_Bn & ~commit_Bn, start, axis=1),
-                logprob=st["logprob"] + jnp.sum(jnp.where(commit_Bn, top2_Bn2[..., 0], 0.0), axis=1),
+                logprob=st["logprob"] + jnp.sum(jnp.where(commit_Bn, top_Bn, 0.0), axis=1),
                 uncertainty=st["uncertainty"] + jnp.sum(jnp.where(commit_Bn, entropy(logp_BnV), 0.0), axis=1),
                 commits=st["commits"].at[i].add(commit_Bn.sum(axis=1).astype(jnp.int32)),
                 early=st["early"] + commit_Bn.sum(axis=1).astype(jnp.int32))

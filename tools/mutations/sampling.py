@@ -111,6 +111,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "Prophet's early commit writes a wrong token instead of the argmax",
         (FAST + "test_prophet_commits_the_block_at_the_argmax_once_the_gap_is_large",)),
     Mutation(
+        "prophet-gap-to-the-last", "jaxorder/sampling/mdm_steps.py",
+        "    gap_Bn = top_Bn - second_Bn",
+        "    gap_Bn = top_Bn - jnp.min(logp_BnV, axis=-1)",
+        "Prophet's gap is taken to the least likely token instead of the runner-up",
+        (FAST + "test_prophet_gap_is_the_mean_top2_gap_of_the_blocks_masked_positions",)),
+    Mutation(
+        "prophet-gap-counts-committed", "jaxorder/sampling/mdm_steps.py",
+        "gap_B = jnp.sum(jnp.where(left_Bn, gap_Bn, 0.0), axis=1) / jnp.maximum(count_B, 1)",
+        "gap_B = jnp.mean(gap_Bn, axis=1)",
+        "Prophet's mean gap includes committed positions and positions outside the block",
+        (FAST + "test_prophet_gap_is_the_mean_top2_gap_of_the_blocks_masked_positions",)),
+    Mutation(
         "free-cache-no-catch-up", "jaxorder/sampling/mdm_cached.py",
         "lambda: window(catch_up, bl)(st, s - bl, qb))",
         "lambda: window(bl, bl)(st, s, qb))",
