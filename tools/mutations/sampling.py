@@ -1,6 +1,19 @@
 """Mutations of the samplers: AR, masked diffusion, fast masked decoding, the learned commit filter and
 Info-Gain."""
-from .base import ASSD, FAST, FILTER, GUIDED, IG, LEARNED, REMASK, SAMPLE_MDM, SPEC, UNCERTAINTY, Mutation
+from .base import (
+    ASSD,
+    FAST,
+    FILTER,
+    GUIDED,
+    IG,
+    LEARNED,
+    PROPHET,
+    REMASK,
+    SAMPLE_MDM,
+    SPEC,
+    UNCERTAINTY,
+    Mutation,
+)
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ samplers
@@ -103,7 +116,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "PROPHET_SCALES = (1.5, 1.0, 0.5)",
         "PROPHET_SCALES = (0.5, 1.0, 1.5)",
         "Prophet's gap threshold grows with progress instead of shrinking",
-        (FAST + "test_prophet_thresholds_follow_the_thirds_of_the_budget",)),
+        (PROPHET + "test_prophet_thresholds_follow_the_thirds_of_the_budget",)),
     Mutation(
         "prophet-commits-drawn-token", "jaxorder/sampling/mdm_steps.py",
         "    x_Bn = jnp.where(commit_Bn, tok_Bn, x_Bn)",
@@ -115,13 +128,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "    gap_Bn = top_Bn - second_Bn",
         "    gap_Bn = top_Bn - jnp.min(logp_BnV, axis=-1)",
         "Prophet's gap is taken to the least likely token instead of the runner-up",
-        (FAST + "test_prophet_gap_is_the_mean_top2_gap_of_the_blocks_masked_positions",)),
+        (PROPHET + "test_prophet_gap_is_the_mean_top2_gap_of_the_blocks_masked_positions",)),
     Mutation(
         "prophet-gap-counts-committed", "jaxorder/sampling/mdm_steps.py",
         "gap_B = jnp.sum(jnp.where(left_Bn, gap_Bn, 0.0), axis=1) / jnp.maximum(count_B, 1)",
         "gap_B = jnp.mean(gap_Bn, axis=1)",
         "Prophet's mean gap includes committed positions and positions outside the block",
-        (FAST + "test_prophet_gap_is_the_mean_top2_gap_of_the_blocks_masked_positions",)),
+        (PROPHET + "test_prophet_gap_is_the_mean_top2_gap_of_the_blocks_masked_positions",)),
     Mutation(
         "free-cache-no-catch-up", "jaxorder/sampling/mdm_cached.py",
         "lambda: window(catch_up, bl)(st, s - bl, qb))",
