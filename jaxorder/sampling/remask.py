@@ -85,7 +85,7 @@ def scores(params, cfg: Config, st: dict, region_BL: jnp.ndarray, r_B: jnp.ndarr
 def apply(st: dict, pos_Bn: jnp.ndarray, score_Bn: jnp.ndarray, r_B: jnp.ndarray, mask_id: int,
           only_dropped: bool = False) -> dict:
     """Returns the r lowest-scoring valid candidates of each row to MASK (after the step's commits);
-    ``only_dropped``: only those among them whose score is below their log-prob at commit."""
+    ``only_dropped``: the r lowest among the candidates whose score is below their log-prob at commit."""
     B, n = pos_Bn.shape
     if only_dropped:  # a candidate that did not get worse is no candidate: it frees its rank for one that did
         at_commit_Bn = jnp.take_along_axis(st["lp_at"], pos_Bn, axis=1)
