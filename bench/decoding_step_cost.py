@@ -15,8 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench modules
 
 import jax
-import numpy as np
-from decoding_common import BLOCK, LENGTH, REPO, machine_line, unprompted
+from decoding_common import BLOCK, LENGTH, REPO, machine_line, timed_call, unprompted
 
 from jaxorder import sampling
 from jaxorder.evaluation.runs import load_params
@@ -43,17 +42,9 @@ def main() -> None:
         sampler = sampling.resolve(cfg, rule)
         opts = sampling.make_options(sampler, {"steps": LENGTH, "block_length": BLOCK, **extra})
 
-        def call():
-            out = sampling.sample(params, cfg, rows, jax.random.key(100), sampler, opts)
-            return jax.block_until_ready(out)
-
-        out = call()
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            out = call()
-            times.append(time.perf_counter() - t0)
-        dt, nfe = float(np.median(times)), int(out["nfe"])
+        key = jax.random.key(100)
+        out, dt = timed_call(lambda: sampling.sample(params, cfg, rows, key, sampler, opts), 3)
+        nfe = int(out["nfe"])
         print(f"{name:<38} {dt * 1e3:8.1f} ms/call {LENGTH / dt:7.0f} tok/s  {nfe:4d} calls "
               f"{dt / nfe * 1e3:6.2f} ms/call", flush=True)
 

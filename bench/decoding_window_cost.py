@@ -6,16 +6,19 @@ windows (``decode.rewrite_positions`` over a 256-slot cache) and plain passes of
 """
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench modules
 
 import jax
 import jax.numpy as jnp
+from decoding_common import LENGTH, REPO
 
 from jaxorder.evaluation.runs import load_params
 from jaxorder.model import decode
 from jaxorder.objectives import mdm as mdm_objective
-
-REPO_RUN = "runs/sweeps/decoding/mdm"
 
 
 def per_call_ms(f, *args, n: int = 200) -> float:
@@ -28,8 +31,8 @@ def per_call_ms(f, *args, n: int = 200) -> float:
 
 
 def main() -> None:
-    cfg, params, _ = load_params(REPO_RUN)
-    L = 256
+    cfg, params, _ = load_params(REPO / "runs" / "sweeps" / "decoding" / "mdm")
+    L = LENGTH
     x_BL = jnp.full((1, L), 3, jnp.int32)
     cache = decode.init_cache(cfg.model, 1, L)
     full = jax.jit(lambda p, x: mdm_objective.masked_log_probs(p, x, cfg))
