@@ -8,7 +8,7 @@
 
 Runs: `--runs DIR` holds the runs of configs/sweeps/decoding.yaml (the order study's tiny model and
 token budget on 256-token windows); missing ones are trained first with `jaxorder sweep` on that
-file (about 10 minutes a run on 2 CPU cores). `l2r` is also the judge.
+file, or on `--sweep FILE` (about 5-10 minutes a run on 2 CPU cores). `l2r` is also the judge.
 
 Each row is one sampler setting on one run, decoding
 - unprompted windows: 256 MASK positions, `--samples` samples (batches of 8, one seed each);
@@ -136,7 +136,8 @@ def measure(row: Row, run, judge, windows: np.ndarray, samples: int, repeats: in
     options = {**row.options, **companion_dirs(sampler, row.options, runs_dir)}
     opts = sampling.make_options(sampler, options)
     companions = load_companions(sampler, opts)
-    result = {"run": row.run, "label": row.label, "sampler": row.sampler, **row.options}
+    result = {"run": row.run, "label": row.label, "sampler": row.sampler, "baseline": row.baseline,
+              **row.options}
 
     def call(rows, seed):
         return lambda: sampling.sample(params, cfg, rows, jax.random.key(seed), sampler, opts,
@@ -174,6 +175,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default=str(REPO / "runs" / "sweeps" / "decoding"))
+    parser.add_argument("--sweep", default=str(REPO / "configs" / "sweeps" / "decoding.yaml"),
+                        help="the sweep that trains missing runs into --runs "
+                        "(e.g. configs/sweeps/decoding_long.yaml)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", help="comma-separated runs (l2r, mdm, bd3_b4, ao_ar)")
     parser.add_argument("--labels", help="comma-separated substrings: only the rows whose label has one "
@@ -205,7 +209,7 @@ def main() -> None:
         wanted = args.labels.split(",")
         rows = [r for r in rows if (r.run, r.label) in firsts or any(x in r.label for x in wanted)]
     companions = {r.options[k] for r in rows for k in ("draft", "guide") if r.options.get(k)}
-    ensure_runs(runs_dir, sorted({"l2r", *(r.run for r in rows), *companions}))
+    ensure_runs(runs_dir, sorted({"l2r", *(r.run for r in rows), *companions}), Path(args.sweep))
     samples = args.samples or (16 if args.quick else 32)
     loaded = {}
     for name in sorted({"l2r", *(r.run for r in rows)}):
@@ -226,6 +230,7 @@ def main() -> None:
             res["agreement"] = float(np.mean(res["_tokens"] == ref["_tokens"]))
             if "_prompted_tokens" in res:
                 res["prompted_agreement"] = float(np.mean(res["_prompted_tokens"] == ref["_prompted_tokens"]))
+            res["vs_baseline"] = paired_difference(res, ref)
         first = next((r for r in results if r["run"] == row.run), None)
         if first is not None:
             res.update(paired_difference(res, first))
@@ -251,7 +256,17 @@ def format_row(r: dict) -> str:
             f"H {r['entropy']:.3f}  Δjudge {r.get('d_judge', 0):+.3f}±{r.get('d_judge_se', 0):.3f}  "
             f"ΔH {r.get('d_entropy', 0):+.3f}±{r.get('d_entropy_se', 0):.3f}  "
             f"prompted {r.get('prompted_judge_bpb', float('nan')):.3f}  "
-            f"agree {r.get('agreement', float('nan')):.3f}  ({r['bench_seconds']:.0f} s)")
+            f"agree {r.get('agreement', float('nan')):.3f}{vs_baseline_text(r)}  "
+            f"({r['bench_seconds']:.0f} s)")
+
+
+def vs_baseline_text(r: dict) -> str:
+    """Paired differences against the row's own baseline (the table's Δ: against the run's first row)."""
+    if "vs_baseline" not in r:
+        return ""
+    d = r["vs_baseline"]
+    return (f"  vs {r['baseline']}: Δjudge {d['d_judge']:+.3f}±{d['d_judge_se']:.3f} "
+            f"ΔH {d['d_entropy']:+.3f}±{d['d_entropy_se']:.3f}")
 
 
 def markdown_table(results: list[dict]) -> str:

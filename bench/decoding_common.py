@@ -30,12 +30,12 @@ def machine_line() -> str:
             f"JAX {jax.__version__} ({jax.default_backend()}), load average {load}")
 
 
-def ensure_runs(runs: Path, names: list[str]) -> None:
+def ensure_runs(runs: Path, names: list[str], sweep: Path = SWEEP) -> None:
     missing = [n for n in names if not (runs / n / "checkpoints").is_dir()]
     if missing:
-        print(f"training the missing runs {', '.join(missing)} with `jaxorder sweep {SWEEP.name}` ...",
+        print(f"training the missing runs {', '.join(missing)} with `jaxorder sweep {sweep.name}` ...",
               flush=True)
-        subprocess.run([sys.executable, "-m", "jaxorder.cli", "sweep", str(SWEEP), "--out", str(runs)],
+        subprocess.run([sys.executable, "-m", "jaxorder.cli", "sweep", str(sweep), "--out", str(runs)],
                        check=True)
 
 
