@@ -12,7 +12,8 @@ file, or on `--sweep FILE` (about 5-10 minutes a run on 2 CPU cores). `l2r` is a
 
 Each row is one sampler setting on one run, decoding
 - unprompted windows: 256 MASK positions, `--samples` samples (batches of 8, one seed each);
-- prompted windows: the first 64 tokens of validation windows, then 192 MASK positions (8 samples);
+- prompted windows: the first 64 tokens of validation windows, then 192 MASK positions (`--prompts`,
+  default 8, in batches of 8);
 and reports, for the unprompted samples, the judge's bits/byte (mean over samples ± its standard
 error) and the unigram entropy of the samples pooled (± a bootstrap standard error over samples),
 the same for the prompted ones (judge bits/byte of the whole window, prompt included), forward
@@ -121,6 +122,15 @@ def grid(quick: bool) -> list[Row]:
         rows.append(Row("mdm", "threshold", dict(steps=LENGTH, threshold=0.9, prophet=5.0,
                                                  approx_cache="dual", **mdm),
                         "threshold 0.9, dual cache + Prophet 5", baseline="threshold 0.9"))
+    if not quick:  # temperature 0, the setting of Fast-dLLM and Prophet: compare prompted rows and agreement
+        greedy = dict(steps=LENGTH, temperature=0.0, **mdm)
+        rows.append(Row("mdm", "confidence", greedy, "greedy, 1 token/step"))
+        for extra, label in ((dict(prophet=5.0), "greedy + Prophet 5"),
+                             (dict(prophet=2.5), "greedy + Prophet 2.5"),
+                             (dict(threshold=0.9), "greedy, threshold 0.9"),
+                             (dict(threshold=0.9, approx_cache="dual"), "greedy, threshold 0.9, dual cache")):
+            sampler = "threshold" if "threshold" in extra else "confidence"
+            rows.append(Row("mdm", sampler, dict(greedy, **extra), label, baseline="greedy, 1 token/step"))
     rows += [Row("bd3_b4", "confidence", dict(steps=LENGTH), "confidence, 1 token/step (exact cache)"),
              Row("bd3_b4", "threshold", dict(steps=LENGTH, threshold=0.9), "threshold 0.9 (exact cache)"),
              Row("ao_ar", "random", {}, "random order (KV cache)")]
@@ -163,10 +173,11 @@ def measure(row: Row, run, judge, windows: np.ndarray, samples: int, repeats: in
     generated1 = int(np.sum(out1["generated"])) if "generated" in out1 else generated
     result["tok_s_b1"] = float(generated1 / dt1)
     result["nfe_per_token_b1"] = int(out1["nfe"]) / generated1
-    outp, _ = timed_call(call(prompted(cfg, windows), 200), 1)
-    qp = quality(texts_of(outp, tokenizer), judge)
+    outps = [timed_call(call(prompted(cfg, windows[i:i + BATCH]), 200 + i // BATCH), 1)[0]
+             for i in range(0, len(windows), BATCH)]
+    qp = quality([t for o in outps for t in texts_of(o, tokenizer)], judge)
     result.update({"prompted_judge_bpb": qp["judge_bpb"], "prompted_judge_bpb_se": qp["judge_bpb_se"],
-                   "_prompted_tokens": np.asarray(outp["tokens"]),
+                   "_prompted": qp, "_prompted_tokens": np.concatenate([o["tokens"] for o in outps]),
                    "_tokens": np.concatenate([o["tokens"] for o in outs])})
     return result
 
@@ -181,9 +192,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", help="comma-separated runs (l2r, mdm, bd3_b4, ao_ar)")
     parser.add_argument("--labels", help="comma-separated substrings: only the rows whose label has one "
-                        "(and the first row of each run, the reference of the paired differences)")
+                        "(and the first row of each run, the reference of the paired differences, and "
+                        "the baselines of the chosen rows)")
     parser.add_argument("--samples", type=int, default=None, help="unprompted samples per row (default 32; "
                         "--quick 16)")
+    parser.add_argument("--prompts", type=int, default=BATCH, help="prompted windows per row (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per speed number (median)")
     parser.add_argument("--lengths", action="store_true", help="cache speed against length instead")
     parser.add_argument("--long-prompts", action="store_true",
@@ -207,7 +220,10 @@ def main() -> None:
     if args.labels:  # the first row of each run stays: the paired differences are against it
         firsts = {(run, next(r.label for r in rows if r.run == run)) for run in {r.run for r in rows}}
         wanted = args.labels.split(",")
-        rows = [r for r in rows if (r.run, r.label) in firsts or any(x in r.label for x in wanted)]
+        chosen = {(r.run, r.label) for r in rows
+                  if (r.run, r.label) in firsts or any(x in r.label for x in wanted)}
+        chosen |= {(r.run, r.baseline) for r in rows if (r.run, r.label) in chosen and r.baseline}
+        rows = [r for r in rows if (r.run, r.label) in chosen]
     companions = {r.options[k] for r in rows for k in ("draft", "guide") if r.options.get(k)}
     ensure_runs(runs_dir, sorted({"l2r", *(r.run for r in rows), *companions}), Path(args.sweep))
     samples = args.samples or (16 if args.quick else 32)
@@ -219,7 +235,9 @@ def main() -> None:
     judge = loaded["l2r"]
     jcfg = judge[0]
     data = make_data(jcfg.data)
-    windows = np.concatenate([np.asarray(b) for b in data.val_batches(1)])[:BATCH]
+    per_batch = jcfg.data.batch_size  # val_batches(1) for the default, so its 8 windows never change
+    windows = np.concatenate([np.asarray(b) for b in data.val_batches(-(-args.prompts // per_batch))])
+    windows = windows[:args.prompts]
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine_line()}")
     results = []
     for row in rows:
@@ -231,6 +249,8 @@ def main() -> None:
             if "_prompted_tokens" in res:
                 res["prompted_agreement"] = float(np.mean(res["_prompted_tokens"] == ref["_prompted_tokens"]))
             res["vs_baseline"] = paired_difference(res, ref)
+            res["vs_baseline"].update({f"prompted_{k}": v for k, v in
+                                       paired_difference(res["_prompted"], ref["_prompted"]).items()})
         first = next((r for r in results if r["run"] == row.run), None)
         if first is not None:
             res.update(paired_difference(res, first))
@@ -266,7 +286,8 @@ def vs_baseline_text(r: dict) -> str:
         return ""
     d = r["vs_baseline"]
     return (f"  vs {r['baseline']}: Δjudge {d['d_judge']:+.3f}±{d['d_judge_se']:.3f} "
-            f"ΔH {d['d_entropy']:+.3f}±{d['d_entropy_se']:.3f}")
+            f"ΔH {d['d_entropy']:+.3f}±{d['d_entropy_se']:.3f} prompted Δjudge "
+            f"{d['prompted_d_judge']:+.3f}±{d['prompted_d_judge_se']:.3f}")
 
 
 def markdown_table(results: list[dict]) -> str:
