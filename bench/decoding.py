@@ -140,6 +140,16 @@ def grid(quick: bool) -> list[Row]:
 
 
 
+def select_rows(rows: list[Row], wanted: list[str] | None, dropped: list[str]) -> list[Row]:
+    """The rows whose label has a `wanted` substring (all if None) and no `dropped` one; the first
+    row of each run (the reference of the paired differences) and the baselines of chosen rows stay."""
+    firsts = {(run, next(r.label for r in rows if r.run == run)) for run in {r.run for r in rows}}
+    chosen = {(r.run, r.label) for r in rows if (r.run, r.label) in firsts or (
+        (wanted is None or any(x in r.label for x in wanted)) and not any(x in r.label for x in dropped))}
+    chosen |= {(r.run, r.baseline) for r in rows if (r.run, r.label) in chosen and r.baseline}
+    return [r for r in rows if (r.run, r.label) in chosen]
+
+
 def measure(row: Row, run, judge, windows: np.ndarray, samples: int, repeats: int, runs_dir: Path) -> dict:
     cfg, params, tokenizer = run
     sampler = sampling.resolve(cfg, row.sampler)
@@ -194,6 +204,9 @@ def main() -> None:
     parser.add_argument("--labels", help="comma-separated substrings: only the rows whose label has one "
                         "(and the first row of each run, the reference of the paired differences, and "
                         "the baselines of the chosen rows)")
+    parser.add_argument("--exclude", help="comma-separated substrings: drop the rows whose label has one "
+                        "(the references stay)")
+    parser.add_argument("--list", action="store_true", help="print the chosen rows and stop")
     parser.add_argument("--samples", type=int, default=None, help="unprompted samples per row (default 32; "
                         "--quick 16)")
     parser.add_argument("--prompts", type=int, default=BATCH, help="prompted windows per row (default 8)")
@@ -217,13 +230,11 @@ def main() -> None:
     if args.only:
         keep = set(args.only.split(","))
         rows = [r for r in rows if r.run in keep]
-    if args.labels:  # the first row of each run stays: the paired differences are against it
-        firsts = {(run, next(r.label for r in rows if r.run == run)) for run in {r.run for r in rows}}
-        wanted = args.labels.split(",")
-        chosen = {(r.run, r.label) for r in rows
-                  if (r.run, r.label) in firsts or any(x in r.label for x in wanted)}
-        chosen |= {(r.run, r.baseline) for r in rows if (r.run, r.label) in chosen and r.baseline}
-        rows = [r for r in rows if (r.run, r.label) in chosen]
+    rows = select_rows(rows, args.labels.split(",") if args.labels else None,
+                       args.exclude.split(",") if args.exclude else [])
+    if args.list:
+        print("\n".join(f"{r.run}: {r.label}" for r in rows))
+        return
     companions = {r.options[k] for r in rows for k in ("draft", "guide") if r.options.get(k)}
     ensure_runs(runs_dir, sorted({"l2r", *(r.run for r in rows), *companions}), Path(args.sweep))
     samples = args.samples or (16 if args.quick else 32)

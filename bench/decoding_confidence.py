@@ -1,0 +1,122 @@
+"""How sure a masked-diffusion model is while it decodes: what the threshold rules can commit.
+
+Records the traces of a one-token-per-step `confidence` decode (256 tokens, blocks of 32; every
+still-masked position of the current block at every step, `jaxorder.sampling.traces`) and counts,
+per step, the positions whose drawn token has probability >= tau: a threshold rule at tau commits
+all of them, so a step with two or more is a step where it decodes in parallel. Temperature 1 on
+unprompted windows (the frontier's setting) and temperature 0 after the frontier's 64-token prompts.
+
+    python bench/decoding_confidence.py [RUN_DIR ...] [--samples 16] [--out DIR]
+
+Default runs: the mdm of configs/sweeps/decoding.yaml and of configs/sweeps/decoding_long.yaml (the
+same model trained 5x longer). Writes DIR/confidence.json and confidence.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench modules
+
+import jax
+import numpy as np
+from decoding_common import BATCH, BLOCK, LENGTH, REPO, machine_line, prompted, unprompted
+
+from jaxorder.data import make_data
+from jaxorder.evaluation.runs import load_params
+from jaxorder.sampling import SamplerOptions, traces
+from jaxorder.sampling.commit_filter import SCALAR_FEATURES
+
+TAUS = (0.5, 0.7, 0.9)
+
+
+def step_counts(trace: dict, tau: float) -> np.ndarray:
+    """Per decoded (sample, step): how many masked positions of the block have confidence >= tau."""
+    conf = trace["scalars"][:, SCALAR_FEATURES.index("confidence")]
+    step_ids = trace["sample"].astype(np.int64) * 1_000_000 + trace["step"]
+    _, step_of_row = np.unique(step_ids, return_inverse=True)
+    return np.bincount(step_of_row, weights=conf >= tau)
+
+
+def summary(trace: dict) -> dict:
+    conf = trace["scalars"][:, SCALAR_FEATURES.index("confidence")]
+    out = {"positions": int(len(conf)), "mean_confidence": float(conf.mean()),
+           "final_rate": float(trace["label"].mean())}
+    for tau in TAUS:
+        n = step_counts(trace, tau)
+        out[f"share_above_{tau}"] = float(np.mean(conf >= tau))
+        out[f"steps_one_{tau}"] = float(np.mean(n >= 1))
+        out[f"steps_several_{tau}"] = float(np.mean(n >= 2))
+        out[f"per_step_{tau}"] = float(n.mean())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    runs = REPO / "runs" / "sweeps"
+    parser.add_argument("runs", nargs="*", default=[str(runs / "decoding" / "mdm"),
+                                                     str(runs / "decoding_long" / "mdm")])
+    parser.add_argument("--samples", type=int, default=16, help="unprompted decodes per run (batches of 8)")
+    parser.add_argument("--out", default=str(runs / "decoding" / "frontier"))
+    args = parser.parse_args()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine_line()}")
+    results = []
+    for run in map(Path, args.runs):
+        cfg, params, step = load_params(run)
+        evals = json.loads((run / "eval.json").read_text()) if (run / "eval.json").exists() else {}
+        windows = np.concatenate([np.asarray(b) for b in make_data(cfg.data).val_batches(1)])[:BATCH]
+        for temperature, what in ((1.0, "unprompted"), (0.0, "prompted")):
+            opts = SamplerOptions(steps=LENGTH, block_length=BLOCK, temperature=temperature)
+            parts = []
+            for seed in range(max(args.samples // BATCH, 1) if what == "unprompted" else 1):
+                rows = unprompted(cfg, BATCH) if what == "unprompted" else prompted(cfg, windows)
+                key = jax.random.key(seed)
+                parts.append(traces.sample_and_record(params, cfg, rows, key, "confidence", opts)[1])
+            for i, part in enumerate(parts):  # sample ids of batch i follow those of the earlier batches
+                part["sample"] = part["sample"] + i * BATCH
+            trace = {k: np.concatenate([p[k] for p in parts]) for k in ("sample", "step", "scalars", "label")}
+            res = {"run": str(run), "step": int(step), "val_bpb": evals.get("bpb"),
+                   "val_bpb_se": evals.get("bpb_stderr"),
+                   "temperature": temperature, "windows": what, **summary(trace),
+                   "_confidence": trace["scalars"][:, SCALAR_FEATURES.index("confidence")]}
+            results.append(res)
+            print(f"{run.parent.name}/{run.name} step {step} T={temperature:g} {what}: mean confidence "
+                  f"{res['mean_confidence']:.3f}; " + "; ".join(
+                      f"tau {t}: positions {res[f'share_above_{t}']:.3f}, steps with >=1 "
+                      f"{res[f'steps_one_{t}']:.3f}, >=2 {res[f'steps_several_{t}']:.3f}" for t in TAUS),
+                  flush=True)
+    plot(results, out_dir / "confidence.png")
+    for r in results:
+        r.pop("_confidence")
+    header = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_line()}
+    (out_dir / "confidence.json").write_text(json.dumps({"header": header, "rows": results}, indent=1))
+    print(f"wrote {out_dir}/confidence.json, confidence.png")
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bins = np.linspace(0, 1, 41)
+    for r in results:
+        label = f"{Path(r['run']).parent.name} (step {r['step']}), T={r['temperature']:g} {r['windows']}"
+        ax.hist(r["_confidence"], bins=bins, histtype="step", density=True, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("confidence of the drawn token at a masked position of the current block")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
