@@ -5,6 +5,9 @@ still-masked position of the current block at every step, `jaxorder.sampling.tra
 per step, the positions whose drawn token has probability >= tau: a threshold rule at tau commits
 all of them, so a step with two or more is a step where it decodes in parallel. Temperature 1 on
 unprompted windows (the frontier's setting) and temperature 0 after the frontier's 64-token prompts.
+For the unprompted windows it also decodes with `confidence` and `threshold` 0.9 and reports, per
+row, the steps the row took and the share of spaces in its text (confidence-first decoding can
+collapse into runs of spaces, and a batch's pass count hides rows that finished early).
 
     python bench/decoding_confidence.py [RUN_DIR ...] [--samples 16] [--out DIR]
 
@@ -25,8 +28,9 @@ import jax
 import numpy as np
 from decoding_common import BATCH, BLOCK, LENGTH, REPO, machine_line, prompted, unprompted
 
+from jaxorder import sampling
 from jaxorder.data import make_data
-from jaxorder.evaluation.runs import load_params
+from jaxorder.evaluation.runs import load_params, run_tokenizer
 from jaxorder.sampling import SamplerOptions, traces
 from jaxorder.sampling.commit_filter import SCALAR_FEATURES
 
@@ -51,6 +55,23 @@ def summary(trace: dict) -> dict:
         out[f"steps_one_{tau}"] = float(np.mean(n >= 1))
         out[f"steps_several_{tau}"] = float(np.mean(n >= 2))
         out[f"per_step_{tau}"] = float(n.mean())
+    return out
+
+
+def rows_and_spaces(cfg, params, tokenizer, seeds: int) -> list[dict]:
+    """Per unprompted row of `confidence` and `threshold 0.9` decodes (batches of 8 at seeds 0..):
+    the steps the row itself took (distinct `committed_at`) and the share of spaces in its text."""
+    out = []
+    for name, extra in (("confidence", {}), ("threshold", {"threshold": 0.9})):
+        sampler = sampling.resolve(cfg, name)
+        opts = sampling.make_options(sampler, dict(steps=LENGTH, block_length=BLOCK, **extra))
+        for seed in range(seeds):
+            res = jax.device_get(sampling.sample(params, cfg, unprompted(cfg, BATCH), jax.random.key(seed),
+                                                 sampler, opts))
+            for row_at, row_tokens in zip(np.asarray(res["committed_at"]), np.asarray(res["tokens"])):
+                text = tokenizer.decode(row_tokens[row_tokens != tokenizer.pad_id])
+                out.append({"sampler": name, "seed": seed, "steps": int(len(np.unique(row_at[row_at >= 0]))),
+                            "space_share": text.count(" ") / max(len(text), 1)})
     return out
 
 
@@ -85,6 +106,15 @@ def main() -> None:
                    "val_bpb_se": evals.get("bpb_stderr"),
                    "temperature": temperature, "windows": what, **summary(trace),
                    "_confidence": trace["scalars"][:, SCALAR_FEATURES.index("confidence")]}
+            if what == "unprompted":
+                seeds = max(args.samples // BATCH, 1)
+                res["rows"] = rows_and_spaces(cfg, params, run_tokenizer(cfg, run), seeds)
+                for name in ("confidence", "threshold"):
+                    rows = [r for r in res["rows"] if r["sampler"] == name]
+                    spaces = [r for r in rows if r["space_share"] > 0.9]
+                    print(f"  {name}: {len(spaces)} of {len(rows)} rows are > 90 % spaces (steps "
+                          f"{sorted(r['steps'] for r in spaces)}); the others took "
+                          f"{sorted(r['steps'] for r in rows if r['space_share'] <= 0.9)} steps", flush=True)
             results.append(res)
             print(f"{run.parent.name}/{run.name} step {step} T={temperature:g} {what}: mean confidence "
                   f"{res['mean_confidence']:.3f}; " + "; ".join(
