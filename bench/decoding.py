@@ -20,8 +20,9 @@ the same for the prompted ones (judge bits/byte of the whole window, prompt incl
 passes (network calls) per generated token, positions run through the model per generated token,
 and tokens/s at batch 1 and batch 8 (generated tokens / wall time of one compiled call in steady
 state; the median of `--repeats` calls). Approximate caches also report their token agreement with
-the uncached sampler of the same rule and seed. Everything is at temperature 1 (the model's own
-distribution; the comparison is between samplers of one model).
+the uncached sampler of the same rule and seed. Rows are at temperature 1 (the model's own
+distribution; the comparison is between samplers of one model) except the `greedy` rows (temperature 0,
+compared with greedy one-token-per-step decoding).
 
 Writes DIR/decoding.json, decoding.md (the table) and PNGs: judge bits/byte and unigram entropy
 against forward passes per token and against tokens/s (batch 1).
@@ -48,6 +49,7 @@ from decoding_common import (
     ensure_runs,
     machine_line,
     paired_difference,
+    prompt_windows,
     prompted,
     quality,
     texts_of,
@@ -58,7 +60,6 @@ from decoding_lengths import bench_lengths
 from decoding_long_prompts import bench_long_prompts
 
 from jaxorder import model, sampling
-from jaxorder.data import make_data
 from jaxorder.evaluation.commit_order import order_stats
 from jaxorder.evaluation.runs import companion_dirs, load_companions, load_params, run_tokenizer
 from jaxorder.platform.host_memory import configure_host_malloc
@@ -244,11 +245,7 @@ def main() -> None:
         loaded[name] = (cfg, params, run_tokenizer(cfg, runs_dir / name))
         print(f"{name}: step {step}, {model.count_params(params) / 1e6:.2f}M params", flush=True)
     judge = loaded["l2r"]
-    jcfg = judge[0]
-    data = make_data(jcfg.data)
-    per_batch = jcfg.data.batch_size  # val_batches(1) for the default, so its 8 windows never change
-    windows = np.concatenate([np.asarray(b) for b in data.val_batches(-(-args.prompts // per_batch))])
-    windows = windows[:args.prompts]
+    windows = prompt_windows(judge[0], args.prompts)
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine_line()}")
     results = []
     for row in rows:

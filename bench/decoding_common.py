@@ -1,6 +1,6 @@
 """What the decoding benchmarks share: the run set-up, the rows they decode, timing, and the
 quality numbers (judge bits/byte, unigram entropy, paired differences). Used by bench/decoding.py,
-bench/decoding_lengths.py and bench/decoding_long_prompts.py."""
+bench/decoding_confidence.py, bench/decoding_lengths.py and bench/decoding_long_prompts.py."""
 from __future__ import annotations
 
 import math
@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax
 import numpy as np
 
+from jaxorder.data import make_data
 from jaxorder.evaluation.sample_quality import judge_nll_params, unigram_entropy_bits
 from jaxorder.objectives.common import special_ids
 
@@ -47,6 +48,14 @@ def prompted(cfg, windows: np.ndarray) -> np.ndarray:
     rows = np.full((len(windows), LENGTH), special_ids(cfg.model).mask, np.int32)
     rows[:, :PROMPT] = windows[:, :PROMPT]
     return rows
+
+
+def prompt_windows(cfg, n: int) -> np.ndarray:
+    """The first n validation windows of cfg's data (whole batches of ``data.batch_size``, so the first
+    n never depend on n): the texts the prompted rows continue."""
+    per_batch = cfg.data.batch_size
+    batches = make_data(cfg.data).val_batches(-(-n // per_batch))
+    return np.concatenate([np.asarray(b) for b in batches])[:n]
 
 
 def texts_of(out: dict, tokenizer) -> list[str]:

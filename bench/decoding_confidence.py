@@ -26,10 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench modules
 
 import jax
 import numpy as np
-from decoding_common import BATCH, BLOCK, LENGTH, REPO, machine_line, prompted, unprompted
+from decoding_common import BATCH, BLOCK, LENGTH, REPO, machine_line, prompt_windows, prompted, unprompted
 
 from jaxorder import sampling
-from jaxorder.data import make_data
 from jaxorder.evaluation.runs import load_params, run_tokenizer
 from jaxorder.sampling import SamplerOptions, traces
 from jaxorder.sampling.commit_filter import SCALAR_FEATURES
@@ -37,20 +36,16 @@ from jaxorder.sampling.commit_filter import SCALAR_FEATURES
 TAUS = (0.5, 0.7, 0.9)
 
 
-def step_counts(trace: dict, tau: float) -> np.ndarray:
-    """Per decoded (sample, step): how many masked positions of the block have confidence >= tau."""
-    conf = trace["scalars"][:, SCALAR_FEATURES.index("confidence")]
+def summary(trace: dict) -> dict:
+    """Mean confidence, and per tau: the share of positions at confidence >= tau and how many of the
+    decoded (sample, step) pairs have at least one / at least two of them."""
+    conf = confidence_of(trace)
     step_ids = trace["sample"].astype(np.int64) * 1_000_000 + trace["step"]
     _, step_of_row = np.unique(step_ids, return_inverse=True)
-    return np.bincount(step_of_row, weights=conf >= tau)
-
-
-def summary(trace: dict) -> dict:
-    conf = trace["scalars"][:, SCALAR_FEATURES.index("confidence")]
     out = {"positions": int(len(conf)), "mean_confidence": float(conf.mean()),
            "final_rate": float(trace["label"].mean())}
     for tau in TAUS:
-        n = step_counts(trace, tau)
+        n = np.bincount(step_of_row, weights=conf >= tau)  # per step: positions a threshold rule commits
         out[f"share_above_{tau}"] = float(np.mean(conf >= tau))
         out[f"steps_one_{tau}"] = float(np.mean(n >= 1))
         out[f"steps_several_{tau}"] = float(np.mean(n >= 2))
@@ -58,21 +53,44 @@ def summary(trace: dict) -> dict:
     return out
 
 
-def rows_and_spaces(cfg, params, tokenizer, seeds: int) -> list[dict]:
-    """Per unprompted row of `confidence` and `threshold 0.9` decodes (batches of 8 at seeds 0..):
-    the steps the row itself took (distinct `committed_at`) and the share of spaces in its text."""
-    out = []
-    for name, extra in (("confidence", {}), ("threshold", {"threshold": 0.9})):
-        sampler = sampling.resolve(cfg, name)
-        opts = sampling.make_options(sampler, dict(steps=LENGTH, block_length=BLOCK, **extra))
-        for seed in range(seeds):
-            res = jax.device_get(sampling.sample(params, cfg, unprompted(cfg, BATCH), jax.random.key(seed),
-                                                 sampler, opts))
-            for row_at, row_tokens in zip(np.asarray(res["committed_at"]), np.asarray(res["tokens"])):
-                text = tokenizer.decode(row_tokens[row_tokens != tokenizer.pad_id])
-                out.append({"sampler": name, "seed": seed, "steps": int(len(np.unique(row_at[row_at >= 0]))),
-                            "space_share": text.count(" ") / max(len(text), 1)})
-    return out
+def confidence_of(trace: dict) -> np.ndarray:
+    return trace["scalars"][:, SCALAR_FEATURES.index("confidence")]
+
+
+def row_stats(name: str, seed: int, out: dict, tokenizer) -> list[dict]:
+    """Per row of one decode: the steps the row itself took (distinct `committed_at`) and the share of
+    spaces in its text."""
+    stats = []
+    for row_at, row_tokens in zip(np.asarray(out["committed_at"]), np.asarray(out["tokens"])):
+        text = tokenizer.decode(row_tokens[row_tokens != tokenizer.pad_id])
+        stats.append({"sampler": name, "seed": seed, "steps": int(len(np.unique(row_at[row_at >= 0]))),
+                      "space_share": text.count(" ") / max(len(text), 1)})
+    return stats
+
+
+def record(cfg, params, rows, batches: int, temperature: float) -> tuple[list[dict], dict]:
+    """`batches` one-token-per-step `confidence` decodes of `rows` (seeds 0..): their outputs and their
+    traces joined (sample ids of batch i follow those of the earlier batches)."""
+    opts = SamplerOptions(steps=LENGTH, block_length=BLOCK, temperature=temperature)
+    outs, parts = [], []
+    for seed in range(batches):
+        out, part = traces.sample_and_record(params, cfg, rows, jax.random.key(seed), "confidence", opts)
+        part["sample"] = part["sample"] + seed * len(rows)
+        outs.append(out)
+        parts.append(part)
+    return outs, {k: np.concatenate([p[k] for p in parts]) for k in ("sample", "step", "scalars", "label")}
+
+
+def threshold_rows(cfg, params, tokenizer, batches: int) -> list[dict]:
+    """row_stats of `threshold` 0.9 decodes of the unprompted rows, at the seeds of `record`."""
+    sampler = sampling.resolve(cfg, "threshold")
+    opts = sampling.make_options(sampler, dict(steps=LENGTH, block_length=BLOCK, threshold=0.9))
+    stats = []
+    for seed in range(batches):
+        out = jax.device_get(sampling.sample(params, cfg, unprompted(cfg, BATCH), jax.random.key(seed),
+                                             sampler, opts))
+        stats += row_stats("threshold", seed, out, tokenizer)
+    return stats
 
 
 def main() -> None:
@@ -86,29 +104,26 @@ def main() -> None:
     args = parser.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    batches = max(args.samples // BATCH, 1)
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine_line()}")
     results = []
     for run in map(Path, args.runs):
         cfg, params, step = load_params(run)
+        tokenizer = run_tokenizer(cfg, run)
         evals = json.loads((run / "eval.json").read_text()) if (run / "eval.json").exists() else {}
-        windows = np.concatenate([np.asarray(b) for b in make_data(cfg.data).val_batches(1)])[:BATCH]
         for temperature, what in ((1.0, "unprompted"), (0.0, "prompted")):
-            opts = SamplerOptions(steps=LENGTH, block_length=BLOCK, temperature=temperature)
-            parts = []
-            for seed in range(max(args.samples // BATCH, 1) if what == "unprompted" else 1):
-                rows = unprompted(cfg, BATCH) if what == "unprompted" else prompted(cfg, windows)
-                key = jax.random.key(seed)
-                parts.append(traces.sample_and_record(params, cfg, rows, key, "confidence", opts)[1])
-            for i, part in enumerate(parts):  # sample ids of batch i follow those of the earlier batches
-                part["sample"] = part["sample"] + i * BATCH
-            trace = {k: np.concatenate([p[k] for p in parts]) for k in ("sample", "step", "scalars", "label")}
+            if what == "unprompted":
+                outs, trace = record(cfg, params, unprompted(cfg, BATCH), batches, temperature)
+            else:
+                outs, trace = record(cfg, params, prompted(cfg, prompt_windows(cfg, BATCH)), 1, temperature)
             res = {"run": str(run), "step": int(step), "val_bpb": evals.get("bpb"),
                    "val_bpb_se": evals.get("bpb_stderr"),
                    "temperature": temperature, "windows": what, **summary(trace),
-                   "_confidence": trace["scalars"][:, SCALAR_FEATURES.index("confidence")]}
+                   "_confidence": confidence_of(trace)}
             if what == "unprompted":
-                seeds = max(args.samples // BATCH, 1)
-                res["rows"] = rows_and_spaces(cfg, params, run_tokenizer(cfg, run), seeds)
+                res["rows"] = [s for seed, out in enumerate(outs)
+                               for s in row_stats("confidence", seed, out, tokenizer)]
+                res["rows"] += threshold_rows(cfg, params, tokenizer, batches)
                 for name in ("confidence", "threshold"):
                     rows = [r for r in res["rows"] if r["sampler"] == name]
                     spaces = [r for r in rows if r["space_share"] > 0.9]
