@@ -71,11 +71,17 @@ class Attention(nn.Module):
                                         ("heads", "kv", "embed")), (H, D, d), pdt)
         B, L = x_BLd.shape[:2]
         ops = cpu_rewrites.ops(cfg)
-        # One projection per q/k/v from slices of the fused weight: slicing a fused [B, L, 3, H, D]
-        # activation instead costs full-size pad + add buffers in the backward pass.
         w_qkv = w_qkv.astype(dt)
-        q_BLHD, k_BLHD, v_BLHD = (ops.dense(x_BLd, w_qkv[:, t].reshape(d, H * D)).reshape(B, L, H, D)
-                                  for t in range(3))
+        if self.has_variable("cache", "cached_key"):
+            # Incremental decoding (no backward pass): one projection by the whole fused weight, since
+            # XLA:CPU copies a weight slice on every call, a fixed cost when a call runs few positions.
+            qkv_BL3HD = ops.dense(x_BLd, w_qkv.reshape(d, 3 * H * D)).reshape(B, L, 3, H, D)
+            q_BLHD, k_BLHD, v_BLHD = (qkv_BL3HD[:, :, t] for t in range(3))
+        else:
+            # One projection per q/k/v from slices of the fused weight: slicing a fused [B, L, 3, H, D]
+            # activation instead costs full-size pad + add buffers in the backward pass.
+            q_BLHD, k_BLHD, v_BLHD = (ops.dense(x_BLd, w_qkv[:, t].reshape(d, H * D)).reshape(B, L, H, D)
+                                      for t in range(3))
         # Analysis capture (jaxorder.experiments.analysis); a no-op unless "intermediates" is mutable in
         # apply.
         self.sow("intermediates", "q_pre_rope", q_BLHD)
@@ -128,7 +134,9 @@ class SwiGLU(nn.Module):
         w_out = self.param("down", _init(F ** -0.5 / (2 * cfg.n_layers) ** 0.5, ("mlp", "embed")), (F, d),
                            pdt)
         ops = cpu_rewrites.ops(cfg)
-        w_in = w_in.astype(dt)  # gate and up from slices of the fused weight (see Attention)
+        # gate and up from slices of the fused weight (see Attention); unlike q/k/v, one projection by
+        # the whole weight was slower in incremental decoding too (docs/performance.md)
+        w_in = w_in.astype(dt)
         h_BLF = ops.swiglu(ops.dense(x_BLd, w_in[:, 0]), ops.dense(x_BLd, w_in[:, 1]))
         h_BLF = nn.with_logical_constraint(h_BLF, ("batch", "length", "mlp"))
         return ops.dense(h_BLF, w_out.astype(dt))

@@ -92,19 +92,16 @@ def build(cfg: Config, loop: Loop):
         def run_block(st, s, e, qb, nb, steps_b, first, later, full, rows):
             """The steps of block [s, e), whose positions lie in [qb, qb + nb); first / later / full
             (st) -> (block logits, cache) are the passes of the module docstring, `rows` the positions
-            each runs through the model."""
+            each runs through the model. The first step is peeled off the loop, so a step of the loop
+            runs one pass (or, with cache_refresh, chooses between two): a pass chosen inside the
+            loop would have XLA copy the whole cache at every step."""
             in_block_L = (pos_L >= s) & (pos_L < e)
             rows_Bn = (jnp.arange(B, dtype=jnp.int32)[:, None] * L + qb + jnp.arange(nb, dtype=jnp.int32))
 
-            def cond(carry):
-                j, st = carry
-                return (j < steps_b) & jnp.any(st["masked"] & in_block_L[None, :])
+            def open_in_block(st):
+                return jnp.any(st["masked"] & in_block_L[None, :])
 
-            def body(carry):
-                j, st = carry
-                refresh = (sc.cache_refresh > 0) & (j % max(sc.cache_refresh, 1) == 0)
-                which = jnp.where(refresh, 2, jnp.where(j == 0, 0, 1))
-                logits_BnV, cache = lax.switch(which, [first, later, full], st)
+            def step(j, st, logits_BnV, cache, ran):
                 logp_BnV = subs_log_probs(logits_BnV, mask_id)
                 eligible_Bn = lax.dynamic_slice_in_dim(st["masked"] & in_block_L[None, :], qb, nb, axis=1)
                 step_key = jax.random.fold_in(key, st["step"])
@@ -118,15 +115,36 @@ def build(cfg: Config, loop: Loop):
                 commit_BL = place(commit_Bn, jnp.zeros_like(st["masked"]))
                 lp_BL = place(lp_Bn, jnp.zeros(st["x"].shape, jnp.float32))
                 ent_BL = place(entropy(logp_BnV), jnp.zeros(st["x"].shape, jnp.float32))
-                ran = jnp.asarray(rows, jnp.int32)[which]
                 st = advance(dict(st, cache=cache, rows=st["rows"] + ran), tok_BL, commit_BL, lp_BL, 1,
                              ent_BL)
                 if sc.prophet > 0:
                     gap = prophet_threshold(sc.prophet, j, steps_b)
                     st = prophet_commit(st, logp_BnV, qb, in_block_L, gap)
-                return j + 1, commit_after_eos(st, eos)
+                return commit_after_eos(st, eos)
 
-            return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))[1]
+            # step 0: with cache_refresh every step j % r == 0 is a full pass, step 0 included
+            first_pass, first_rows = (full, rows[2]) if sc.cache_refresh > 0 else (first, rows[0])
+
+            def first_step(st):
+                return step(jnp.zeros((), jnp.int32), st, *first_pass(st), jnp.asarray(first_rows, jnp.int32))
+
+            st = lax.cond((steps_b > 0) & open_in_block(st), first_step, lambda st: st, st)
+
+            def cond(carry):
+                j, st = carry
+                return (j < steps_b) & open_in_block(st)
+
+            def body(carry):
+                j, st = carry
+                if sc.cache_refresh > 0:
+                    refresh = j % sc.cache_refresh == 0
+                    logits_BnV, cache = lax.cond(refresh, full, later, st)
+                    ran = jnp.where(refresh, rows[2], rows[1])
+                else:
+                    (logits_BnV, cache), ran = later(st), rows[1]
+                return j + 1, step(j, st, logits_BnV, cache, jnp.asarray(ran, jnp.int32))
+
+            return lax.while_loop(cond, body, (jnp.ones((), jnp.int32), st))[1]
 
         if mode == "chunked":  # the prompt's chunks once; per block [P, L) first, then [s, L)
             P, G = block_start, L - block_start

@@ -154,6 +154,24 @@ MUTATIONS: tuple[Mutation, ...] = (
         "prefix cache recomputes [s + 1, L) instead of [s, L)",
         (FAST + "test_every_cache_mode_is_exact_for_a_one_layer_model[prefix]",)),
     Mutation(
+        "cached-block-first-pass-is-a-window", "jaxorder/sampling/mdm_cached.py",
+        "if sc.cache_refresh > 0 else (first, rows[0])",
+        "if sc.cache_refresh > 0 else (later, rows[1])",
+        "a block's first step (peeled off its loop) runs the window instead of the block's refresh pass",
+        (FAST + "test_every_cache_mode_is_exact_for_a_one_layer_model[dual]",)),
+    Mutation(
+        "cache-refresh-off-by-one", "jaxorder/sampling/mdm_cached.py",
+        "refresh = j % sc.cache_refresh == 0",
+        "refresh = j % sc.cache_refresh == 1",
+        "cache_refresh r: the loop's full passes fall on the wrong steps (r = 1: never)",
+        (FAST + "test_cache_refreshed_every_step_equals_the_uncached_sampler",)),
+    Mutation(
+        "decode-fused-qkv-order", "jaxorder/model/transformer.py",
+        "q_BLHD, k_BLHD, v_BLHD = (qkv_BL3HD[:, :, t] for t in range(3))",
+        "q_BLHD, k_BLHD, v_BLHD = (qkv_BL3HD[:, :, t] for t in (1, 0, 2))",
+        "incremental decoding's fused projection hands out q and k swapped",
+        (FAST + "test_rewrite_positions_is_the_bidirectional_pass_and_reads_stale_slots",)),
+    Mutation(
         "rewrite-all-mask-bidirectional", "jaxorder/model/decode.py",
         "                      new_mask: Any = \"all\") -> tuple[jnp.ndarray, Cache]:",
         "                      new_mask: Any = \"bidirectional\") -> tuple[jnp.ndarray, Cache]:",
