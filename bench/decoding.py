@@ -202,10 +202,11 @@ def main() -> None:
                         "(e.g. configs/sweeps/decoding_long.yaml)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", help="comma-separated runs (l2r, mdm, bd3_b4, ao_ar)")
-    parser.add_argument("--labels", help="comma-separated substrings: only the rows whose label has one "
+    parser.add_argument("--labels", help="';'-separated substrings (labels have commas): only the rows whose "
+                        "label has one "
                         "(and the first row of each run, the reference of the paired differences, and "
                         "the baselines of the chosen rows)")
-    parser.add_argument("--exclude", help="comma-separated substrings: drop the rows whose label has one "
+    parser.add_argument("--exclude", help="';'-separated substrings: drop the rows whose label has one "
                         "(the references stay)")
     parser.add_argument("--list", action="store_true", help="print the chosen rows and stop")
     parser.add_argument("--samples", type=int, default=None, help="unprompted samples per row (default 32; "
@@ -231,8 +232,8 @@ def main() -> None:
     if args.only:
         keep = set(args.only.split(","))
         rows = [r for r in rows if r.run in keep]
-    rows = select_rows(rows, args.labels.split(",") if args.labels else None,
-                       args.exclude.split(",") if args.exclude else [])
+    rows = select_rows(rows, args.labels.split(";") if args.labels else None,
+                       args.exclude.split(";") if args.exclude else [])
     if args.list:
         print("\n".join(f"{r.run}: {r.label}" for r in rows))
         return

@@ -298,12 +298,12 @@ def _reference_chunked_logits(params, cfg, prompt_BP, gen_BG) -> jnp.ndarray:
         positions = jnp.broadcast_to(jnp.asarray([s, *range(s, s + n)]), (B, n + 1))
         caches.append(decode.decode_step(params, mcfg, decode.init_cache(mcfg, B, n + 1), tokens,
                                          positions, "bidirectional")[1])
-    slots = sum(c["layer_0"]["attn"]["cached_key"].shape[1] for c in caches)
+    slots = sum(c["layer_0"]["attn"]["cached_key"].shape[2] for c in caches)  # [B, H, slots, D]
     cache = decode.init_cache(mcfg, B, slots + G)
     for layer in cache:
         for name in ("cached_key", "cached_value"):
-            side = jnp.concatenate([c[layer]["attn"][name] for c in caches], axis=1)
-            cache[layer]["attn"][name] = cache[layer]["attn"][name].at[:, :slots].set(side)
+            side = jnp.concatenate([c[layer]["attn"][name] for c in caches], axis=2)
+            cache[layer]["attn"][name] = cache[layer]["attn"][name].at[:, :, :slots].set(side)
         cache[layer]["attn"]["cache_index"] = jnp.asarray(slots, jnp.int32)
     positions = jnp.broadcast_to(P + jnp.arange(G), (B, G))
     return decode.decode_step(params, mcfg, cache, gen_BG, positions, "all")[0]

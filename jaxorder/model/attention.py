@@ -67,11 +67,27 @@ def attention_mask(kind: str, length: int) -> jnp.ndarray:
 def xla_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarray, mask_LL: jnp.ndarray,
                   ops: Ops = PLAIN) -> jnp.ndarray:
     """Softmax attention with scale 1/sqrt(D); softmax in float32. q . k is `ops.attention_scores`."""
-    scale = q_BLHD.shape[-1] ** -0.5
-    logits_BHLL = ops.attention_scores(q_BLHD, k_BLHD).astype(jnp.float32) * scale
-    logits_BHLL = jnp.where(mask_LL, logits_BHLL, jnp.finfo(jnp.float32).min)
-    probs_BHLL = jax.nn.softmax(logits_BHLL, axis=-1).astype(v_BLHD.dtype)
-    return jnp.einsum("bhls,bshd->blhd", probs_BHLL, v_BLHD)
+    return _softmax_attention(ops.attention_scores(q_BLHD, k_BLHD), v_BLHD, "bhls,bshd->blhd", mask_LL,
+                              q_BLHD.shape[-1])
+
+
+def slot_attention(q_BLHD: jnp.ndarray, k_BHSD: jnp.ndarray, v_BHSD: jnp.ndarray,
+                   mask_LS: jnp.ndarray) -> jnp.ndarray:
+    """`xla_attention` over keys/values in the KV cache's layout [B, H, S, D] (no backward pass). The
+    output is transposed after the probs . v product: a product straight into [B, L, H, D] is a
+    batched dot XLA:CPU runs on a slow fallback."""
+    o_BHLD = _softmax_attention(jnp.einsum("blhd,bhsd->bhls", q_BLHD, k_BHSD), v_BHSD, "bhls,bhsd->bhld",
+                                mask_LS, q_BLHD.shape[-1])
+    return o_BHLD.transpose(0, 2, 1, 3)
+
+
+def _softmax_attention(scores_BHLS: jnp.ndarray, v: jnp.ndarray, out_spec: str, mask_LS: jnp.ndarray,
+                       head_dim: int) -> jnp.ndarray:
+    """softmax(scores / sqrt(head_dim), masked) in float32, applied to v by the einsum `out_spec`."""
+    scale = head_dim ** -0.5
+    logits_BHLS = jnp.where(mask_LS, scores_BHLS.astype(jnp.float32) * scale, jnp.finfo(jnp.float32).min)
+    probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(v.dtype)
+    return jnp.einsum(out_spec, probs_BHLS, v)
 
 
 def pallas_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarray, positions_BL: jnp.ndarray,
@@ -196,23 +212,22 @@ def cached_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarr
 
     q/k are already rotated (RoPE by their own positions). `new_mask` may also be a chunked-cache mask
     object (`chunk_attention.ChunkPrefill`, `ChunkSelect`). The cache variables hold
-    cached_key/cached_value [B, T, H, D] and cache_index (int32 scalar, the slot of the first new
-    token). Every new slot sees cache slots 0..index-1; among the new slots `new_mask`
-    (DECODE_MASKS) applies. With "causal" this is the causal mask of the full sequence, so the
-    result equals full recomputation up to float rounding. A caller that must not keep the new
-    slots (scoring candidates, a bd3 noisy block) discards the returned cache.
+    cached_key/cached_value [B, H, T, D] (heads first, so a call reads them without a transpose)
+    and cache_index (int32 scalar, the slot of the first new token). Every new slot sees cache
+    slots 0..index-1; among the new slots `new_mask` (DECODE_MASKS) applies. With "causal" this is the
+    causal mask of the full sequence, so the result equals full recomputation up to float rounding. A
+    caller that must not keep the new slots (scoring candidates, a bd3 noisy block) discards the
+    returned cache.
     """
     idx = cache_index.value
-    T, L = cached_key.value.shape[1], q_BLHD.shape[1]
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k_BLHD.astype(cached_key.value.dtype),
-                                                    (0, idx, 0, 0))
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value,
-                                                      v_BLHD.astype(cached_value.value.dtype), (0, idx, 0, 0))
+    T, L = cached_key.value.shape[2], q_BLHD.shape[1]
+    for var, x_BLHD in ((cached_key, k_BLHD), (cached_value, v_BLHD)):
+        x_BHLD = x_BLHD.transpose(0, 2, 1, 3).astype(var.value.dtype)
+        var.value = jax.lax.dynamic_update_slice(var.value, x_BHLD, (0, 0, idx, 0))
     cache_index.value = idx + L
-    if isinstance(new_mask, chunk_attention.ChunkSelect):
-        return chunk_attention.select_attention(q_BLHD, cached_key.value, cached_value.value, new_mask,
-                                                xla_attention)
-    if isinstance(new_mask, chunk_attention.ChunkPrefill):
-        return chunk_attention.prefill_attention(q_BLHD, cached_key.value, cached_value.value, new_mask,
-                                                 xla_attention)
-    return xla_attention(q_BLHD, cached_key.value, cached_value.value, decode_mask(new_mask, T, idx, L))
+    if isinstance(new_mask, (chunk_attention.ChunkSelect, chunk_attention.ChunkPrefill)):
+        attend = (chunk_attention.select_attention if isinstance(new_mask, chunk_attention.ChunkSelect)
+                  else chunk_attention.prefill_attention)  # both take keys/values [B, T, H, D]
+        k_BTHD, v_BTHD = (var.value.transpose(0, 2, 1, 3) for var in (cached_key, cached_value))
+        return attend(q_BLHD, k_BTHD, v_BTHD, new_mask, xla_attention)
+    return slot_attention(q_BLHD, cached_key.value, cached_value.value, decode_mask(new_mask, T, idx, L))

@@ -15,7 +15,7 @@ whose slots must not stay is simply not kept. `prefill_chunks` lays a long promp
 independently encoded chunks (`chunk_attention`), which later windows read through a
 `ChunkSelect` mask. `target_positions_BL` feeds the any-order model's
 target positions (ao_ar / latent_order runs). The cache is the Flax "cache" collection of each
-`Attention` layer (`cached_key`, `cached_value` [B, T, H, D] in model.dtype, `cache_index` int32);
+`Attention` layer (`cached_key`, `cached_value` [B, H, T, D] in model.dtype, `cache_index` int32);
 the Attention module takes its decode path only when that collection is passed, so training is
 unchanged.
 
@@ -52,7 +52,7 @@ def init_cache(cfg: ModelConfig, batch: int, max_length: int) -> Cache:
     check it), while a cache may hold more slots, e.g. scratch slots for scored candidates."""
     if max_length < 1:
         raise ValueError(f"a KV cache needs at least one slot, got {max_length}")
-    shape = (batch, max_length, cfg.n_heads, cfg.head_dim)
+    shape = (batch, cfg.n_heads, max_length, cfg.head_dim)
     dt = jnp_dtype(cfg.dtype)
     return {f"layer_{i}": {"attn": {"cached_key": jnp.zeros(shape, dt), "cached_value": jnp.zeros(shape, dt),
                                     "cache_index": jnp.zeros((), jnp.int32)}}
@@ -134,8 +134,10 @@ def prefill_chunks(params: Any, cfg: ModelConfig, cache: Cache, prompt_BP: jnp.n
     for layer, c in cache.items():
         attn = dict(c["attn"])
         for name in ("cached_key", "cached_value"):
-            chunk_BSHD = chunk_cache[layer]["attn"][name].reshape(B, layout.prompt_slots,
-                                                                  *attn[name].shape[2:])
-            attn[name] = jax.lax.dynamic_update_slice_in_dim(attn[name], chunk_BSHD, 0, axis=1)
+            chunk_RHCD = chunk_cache[layer]["attn"][name]  # rows b * N + n, slots c of chunk n
+            H, D = chunk_RHCD.shape[1], chunk_RHCD.shape[3]
+            chunk_BHSD = (chunk_RHCD.reshape(B, N, H, C + 1, D).transpose(0, 2, 1, 3, 4)
+                          .reshape(B, H, layout.prompt_slots, D))
+            attn[name] = jax.lax.dynamic_update_slice_in_dim(attn[name], chunk_BHSD, 0, axis=2)
         out[layer] = {**c, "attn": attn}
     return out

@@ -382,7 +382,13 @@ def sample(params, cfg: Config, tokens_BL, key: jax.Array, sampler: str | Sample
 def compile_sample(params, cfg: Config, tokens_BL, key: jax.Array, sampler: str | Sampler | None = None,
                    options: SamplerOptions = SamplerOptions(),
                    companions: Mapping[str, Companion] | None = None) -> Callable[[], dict]:
-    """`sample` compiled ahead of time for these inputs: returns run() -> dict (benchmarks)."""
+    """`sample` compiled ahead of time for these inputs: returns run() -> dict (benchmarks); the
+    compiled executable is `run.compiled` (its HLO: `run.compiled.as_text()`)."""
     fn, args = _prepared(cfg, tokens_BL, sampler, options, companions)
     compiled = fn.lower(params, key, *args).compile()
-    return lambda: compiled(params, key, *args)
+
+    def run() -> dict:
+        return compiled(params, key, *args)
+
+    run.compiled = compiled
+    return run

@@ -184,6 +184,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         "chunk prefill: the chunk's tokens sit one position late (the anchor takes the first one)",
         (FAST + "test_chunked_cache_refreshed_every_step_equals_a_plain_loop_over_reference_passes",)),
     Mutation(
+        "chunk-prefill-slot-order", "jaxorder/model/decode.py",
+        "chunk_RHCD.reshape(B, N, H, C + 1, D).transpose(0, 2, 1, 3, 4)",
+        "chunk_RHCD.reshape(B, H, N, C + 1, D)",
+        "chunk prefill: keys/values land in the [B, H, T, D] cache with heads and chunks mixed up",
+        (FAST + "test_chunked_cache_refreshed_every_step_equals_a_plain_loop_over_reference_passes",)),
+    Mutation(
         "chunk-last-not-forced", "jaxorder/model/chunk_attention.py",
         "    score_BN = score_BN.at[:, N - 1].set(jnp.inf)",
         "    score_BN = score_BN",
