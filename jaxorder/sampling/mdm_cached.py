@@ -18,8 +18,9 @@ sampler commits. Per block [s, e):
   score, per layer) plus the most recent one. A block's first step runs [P, L), later steps [s, L);
   the prompt chunks are never recomputed.
 ``cache_refresh`` = r > 0 makes every step with j % r == 0 (j the step within the block) a full pass
-(chunked: a pass over [P, L)); r = 1 is exactly the uncached sampler (chunked: its prompt is still
-chunked). ``dual`` and ``free`` windows have one size for every block, so blocks run in a fori_loop
+(chunked: a pass over [P, L)); r = 1 is the uncached sampler up to float rounding (the decode path
+projects q/k/v in one dot; chunked: its prompt is still chunked). ``dual`` and ``free`` windows have
+one size for every block, so blocks run in a fori_loop
 (a window or block that would pass the end is moved back to end at L: it recomputes a little more);
 ``prefix`` and ``chunked`` windows [s, L) shrink block by block, so their blocks are unrolled (one
 compiled window each). ``rows`` counts the positions run through the model (a full pass: L; the
