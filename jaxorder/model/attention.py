@@ -225,9 +225,9 @@ def cached_attention(q_BLHD: jnp.ndarray, k_BLHD: jnp.ndarray, v_BLHD: jnp.ndarr
         x_BHLD = x_BLHD.transpose(0, 2, 1, 3).astype(var.value.dtype)
         var.value = jax.lax.dynamic_update_slice(var.value, x_BHLD, (0, 0, idx, 0))
     cache_index.value = idx + L
-    if isinstance(new_mask, (chunk_attention.ChunkSelect, chunk_attention.ChunkPrefill)):
-        attend = (chunk_attention.select_attention if isinstance(new_mask, chunk_attention.ChunkSelect)
-                  else chunk_attention.prefill_attention)  # both take keys/values [B, T, H, D]
+    chunked = {chunk_attention.ChunkSelect: chunk_attention.select_attention,
+               chunk_attention.ChunkPrefill: chunk_attention.prefill_attention}.get(type(new_mask))
+    if chunked is not None:  # both take keys/values [B, T, H, D]
         k_BTHD, v_BTHD = (var.value.transpose(0, 2, 1, 3) for var in (cached_key, cached_value))
-        return attend(q_BLHD, k_BTHD, v_BTHD, new_mask, xla_attention)
+        return chunked(q_BLHD, k_BTHD, v_BTHD, new_mask, xla_attention)
     return slot_attention(q_BLHD, cached_key.value, cached_value.value, decode_mask(new_mask, T, idx, L))
