@@ -89,3 +89,25 @@ def test_any_order_decoding_equals_order_logits():
     with pytest.raises(ValueError, match="target positions"):
         decode.decode_step(model.init_params(cfg.model, jax.random.key(0)), cfg.model, cache, inputs[:, :1],
                            positions[:, :1], target_positions_BL=order[:, :1])
+
+
+def test_decode_params_split_the_mlp_weight_and_decode_the_same(tiny):
+    """The decode layout (gate/up split, layers unrolled) is idempotent and decodes exactly as the
+    training layout, for unrolled and scan_layers parameters; the full pass reads it too."""
+    cfg, params = tiny
+    prepared = decode.decode_params(params, cfg.model)
+    mlp = prepared["layer_0"]["mlp"]
+    assert set(mlp) == {"gate", "up", "down"}
+    np.testing.assert_array_equal(np.asarray(mlp["up"]), np.asarray(params["layer_0"]["mlp"]["gate_up"][:, 1]))
+    assert jax.tree.structure(decode.decode_params(prepared, cfg.model)) == jax.tree.structure(prepared)
+    scanned = {k: v for k, v in params.items() if not k.startswith("layer_")}
+    scanned["layers"] = jax.tree.map(lambda *x: jnp.stack(x), params["layer_0"], params["layer_1"])
+    toks = jax.random.randint(jax.random.key(7), (2, 6), 0, 250)
+    pos = jnp.broadcast_to(jnp.arange(6), (2, 6))
+    want, _ = decode.decode_step(params, cfg.model, decode.init_cache(cfg.model, 2, 6), toks, pos)
+    for p in (prepared, decode.decode_params(scanned, cfg.model)):
+        got, _ = decode.decode_step(p, cfg.model, decode.init_cache(cfg.model, 2, 6), toks, pos)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    full = model.apply(params, cfg.model, toks, pos, "causal")
+    np.testing.assert_array_equal(np.asarray(model.apply(prepared, cfg.model, toks, pos, "causal")),
+                                  np.asarray(full))

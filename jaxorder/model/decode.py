@@ -27,6 +27,7 @@ kernel).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -59,14 +60,32 @@ def init_cache(cfg: ModelConfig, batch: int, max_length: int) -> Cache:
             for i in range(cfg.n_layers)}
 
 
+def decode_params(params: Any, cfg: ModelConfig) -> Any:
+    """The parameters in the layout the decode path reads: layers unrolled (a scan_layers run is
+    decoded by the equivalent unrolled model), cast to the forward pass's dtype, and each MLP's fused
+    gate/up weight [d, 2, F] split into contiguous `gate` and `up` [d, F]. Idempotent. A sampler
+    calls it once before its step loop: XLA:CPU copies a sliced weight on every call and does not
+    hoist the slice out of a loop; `decode_step` calls it too, so unprepared parameters also work."""
+    if "layers" in params:
+        params = unstack_layers(params, cfg.n_layers)
+    return _split_gate_up(cast_params(params, cfg))
+
+
+def _split_gate_up(tree: Any) -> Any:
+    if not isinstance(tree, Mapping):
+        return tree
+    out = {k: _split_gate_up(v) for k, v in tree.items() if k != "gate_up"}
+    if "gate_up" in tree:
+        out["gate"], out["up"] = tree["gate_up"][:, 0], tree["gate_up"][:, 1]
+    return out
+
+
 def decode_step(params: Any, cfg: ModelConfig, cache: Cache, tokens_BL: jnp.ndarray,
                 positions_BL: jnp.ndarray, new_mask: Any = "causal",
                 target_positions_BL: jnp.ndarray | None = None) -> tuple[jnp.ndarray, Cache]:
     """Logits [B, L, V] (float32) of L new slots given the cached ones, and the updated cache."""
     dcfg = decode_config(cfg)
-    if "layers" in params:  # a scan_layers run: decoded by the equivalent unrolled model
-        params = unstack_layers(params, cfg.n_layers)
-    params = cast_params(params, cfg)  # the forward pass's parameter dtype (float32 master weights)
+    params = decode_params(params, cfg)
     variables = {"params": params, "cache": cache}
     if target_positions_BL is not None and "target_embed" not in params:
         raise ValueError("target positions need a model initialized with them (ao_ar / latent_order runs)")
@@ -82,9 +101,8 @@ def decode_step_hidden(params: Any, cfg: ModelConfig, cache: Cache, tokens_BL: j
     """`decode_step` that also returns the final hidden state [B, L, d_model] of the new slots (what the
     head reads; `transformer.apply_with_hidden`'s, for an objective's own output heads)."""
     dcfg = decode_config(cfg)
-    if "layers" in params:
-        params = unstack_layers(params, cfg.n_layers)
-    variables = {"params": cast_params(params, cfg), "cache": cache}
+    params = decode_params(params, cfg)
+    variables = {"params": params, "cache": cache}
     if target_positions_BL is not None and "target_embed" not in params:
         raise ValueError("target positions need a model initialized with them (ao_ar / latent_order runs)")
     logits_BLV, mutated = Transformer(dcfg).apply(variables, tokens_BL, positions_BL, new_mask,

@@ -130,14 +130,19 @@ class SwiGLU(nn.Module):
         cfg = self.cfg
         dt, pdt = jnp_dtype(cfg.dtype), jnp_dtype(cfg.param_dtype)
         d, F = cfg.d_model, cfg.ff_dim
-        w_in = self.param("gate_up", _init(d ** -0.5, ("embed", None, "mlp")), (d, 2, F), pdt)
+        if self.has_variable("params", "gate"):
+            # decode.decode_params split the fused weight once, outside a sampler's step loop: XLA:CPU
+            # copies a weight slice on every call and does not hoist it out of a loop
+            w_gate, w_up = (self.get_variable("params", n).astype(dt) for n in ("gate", "up"))
+        else:
+            # gate and up from slices of the fused weight (see Attention); unlike q/k/v, one projection
+            # by the whole weight was slower in incremental decoding too (docs/performance.md)
+            w_in = self.param("gate_up", _init(d ** -0.5, ("embed", None, "mlp")), (d, 2, F), pdt).astype(dt)
+            w_gate, w_up = w_in[:, 0], w_in[:, 1]
         w_out = self.param("down", _init(F ** -0.5 / (2 * cfg.n_layers) ** 0.5, ("mlp", "embed")), (F, d),
                            pdt)
         ops = cpu_rewrites.ops(cfg)
-        # gate and up from slices of the fused weight (see Attention); unlike q/k/v, one projection by
-        # the whole weight was slower in incremental decoding too (docs/performance.md)
-        w_in = w_in.astype(dt)
-        h_BLF = ops.swiglu(ops.dense(x_BLd, w_in[:, 0]), ops.dense(x_BLd, w_in[:, 1]))
+        h_BLF = ops.swiglu(ops.dense(x_BLd, w_gate), ops.dense(x_BLd, w_up))
         h_BLF = nn.with_logical_constraint(h_BLF, ("batch", "length", "mlp"))
         return ops.dense(h_BLF, w_out.astype(dt))
 

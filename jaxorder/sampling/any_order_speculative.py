@@ -152,6 +152,7 @@ def build(cfg: Config, loop: Loop):
         return logits_1KV[0], cache
 
     def run(params, key, tokens_BL, given_rank_BL=None):
+        params = decode.decode_params(params, mcfg)  # only decode calls: once, outside the loop
         B, L = tokens_BL.shape
         x_BL = tokens_BL.astype(jnp.int32)
         masked_BL = x_BL == ids.mask

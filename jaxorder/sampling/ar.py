@@ -104,8 +104,9 @@ def build(cfg: Config, loop: Loop):
             return model.apply(params, mcfg, seq[:, :T - 1], positions_BT[:, :T - 1], "causal")
 
         if ac.cache:
+            dparams = decode.decode_params(params, mcfg)  # once, outside the step loop
             cache = decode.init_cache(mcfg, B, T - 1)
-            logits_BLV, cache = decode.decode_step(params, mcfg, cache, seq_BT[:, :prefill],
+            logits_BLV, cache = decode.decode_step(dparams, mcfg, cache, seq_BT[:, :prefill],
                                                    positions_BT[:, :prefill])
             logits_BV = logits_BLV[:, -1]
         else:
@@ -145,7 +146,7 @@ def build(cfg: Config, loop: Loop):
                                                                         axis=1)
             if ac.cache:  # feed slot s (the last slot T - 1 is never fed: nothing follows it)
                 def feed(cache):
-                    lg, cache = decode.decode_step(params, mcfg, cache, new_B[:, None],
+                    lg, cache = decode.decode_step(dparams, mcfg, cache, new_B[:, None],
                                                    jnp.full((B, 1), s, jnp.int32))
                     return lg[:, 0], cache
 

@@ -176,6 +176,8 @@ def build(cfg: Config, loop: Loop):
     banned_V = ar.banned_tokens(mcfg)
 
     def run(params, key, draft_params, seq_BT, known_B, end_B):
+        # both runs only decode: their parameters in the decode layout once, outside the loop
+        params, draft_params = decode.decode_params(params, mcfg), decode.decode_params(draft_params, dcfg)
         B, T = seq_BT.shape
         slots = T + k + 1  # k + 1 scratch slots: a round near the end writes past T - 1
         seq_BS = jnp.concatenate([seq_BT.astype(jnp.int32), jnp.full((B, k + 1), ids.pad, jnp.int32)], 1)

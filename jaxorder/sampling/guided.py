@@ -113,6 +113,7 @@ def build(cfg: Config, loop: Loop):
     ids = special_ids(mcfg)
 
     def run(params, key, guide_params, tokens_BL, threshold):
+        guide_params = decode.decode_params(guide_params, gcfg)  # the guide only decodes: once, outside loops
         B, L = tokens_BL.shape
         block_np, budget_np = block_schedule(L, sc.steps, sc.block_length, P)
         block_L, budget = jnp.asarray(block_np), jnp.asarray(budget_np)

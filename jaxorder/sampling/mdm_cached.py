@@ -66,6 +66,7 @@ def build(cfg: Config, loop: Loop):
     eos = eos_id(cfg, sc)
 
     def run(params, key, tokens_BL, threshold):
+        params = decode.decode_params(params, mcfg)  # once, outside the step loops
         B, L = tokens_BL.shape
         block_np, budget_np = block_schedule(L, sc.steps, sc.block_length, block_start)
         bounds = block_bounds(block_np)

@@ -172,6 +172,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "incremental decoding's fused projection hands out q and k swapped",
         (FAST + "test_rewrite_positions_is_the_bidirectional_pass_and_reads_stale_slots",)),
     Mutation(
+        "decode-params-gate-up-swapped", "jaxorder/model/decode.py",
+        'out["gate"], out["up"] = tree["gate_up"][:, 0], tree["gate_up"][:, 1]',
+        'out["gate"], out["up"] = tree["gate_up"][:, 1], tree["gate_up"][:, 0]',
+        "the decode layout of the parameters hands out the MLP's gate and up weights swapped",
+        (FAST + "test_rewrite_positions_is_the_bidirectional_pass_and_reads_stale_slots",
+         "tests/test_decode.py::test_decode_params_split_the_mlp_weight_and_decode_the_same")),
+    Mutation(
         "rewrite-all-mask-bidirectional", "jaxorder/model/decode.py",
         "                      new_mask: Any = \"all\") -> tuple[jnp.ndarray, Cache]:",
         "                      new_mask: Any = \"bidirectional\") -> tuple[jnp.ndarray, Cache]:",
