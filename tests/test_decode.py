@@ -98,7 +98,8 @@ def test_decode_params_split_the_mlp_weight_and_decode_the_same(tiny):
     prepared = decode.decode_params(params, cfg.model)
     mlp = prepared["layer_0"]["mlp"]
     assert set(mlp) == {"gate", "up", "down"}
-    np.testing.assert_array_equal(np.asarray(mlp["up"]), np.asarray(params["layer_0"]["mlp"]["gate_up"][:, 1]))
+    gate_up = np.asarray(params["layer_0"]["mlp"]["gate_up"])
+    np.testing.assert_array_equal(np.asarray(mlp["up"]), gate_up[:, 1])
     assert jax.tree.structure(decode.decode_params(prepared, cfg.model)) == jax.tree.structure(prepared)
     scanned = {k: v for k, v in params.items() if not k.startswith("layer_")}
     scanned["layers"] = jax.tree.map(lambda *x: jnp.stack(x), params["layer_0"], params["layer_1"])
