@@ -112,6 +112,10 @@ def grid(quick: bool) -> list[Row]:
             rows.append(Row("mdm", "confidence", dict(steps=64, remask=rho, remask_candidates=8,
                                                       remask_dropped=True, **mdm),
                             f"confidence, 64 steps + remask {rho}, dropped only"))
+    if not quick:  # Info-Gain at the same commits per step as "confidence, 64 steps"
+        for c in (2, 8):
+            rows.append(Row("mdm", "info-gain", dict(steps=64, candidates=c, **mdm),
+                            f"info-gain, 64 steps, C={c}", baseline="confidence, 64 steps"))
     for tau in ((0.1,) if quick else (0.1, 0.3)):  # AR guidance by the small l2r run (not the judge)
         rows.append(Row("mdm", "guided", dict(steps=LENGTH, guide="l2r_draft", guide_threshold=tau, **mdm),
                         f"guided by l2r_draft, p >= {tau}"))
@@ -179,6 +183,9 @@ def measure(row: Row, run, judge, windows: np.ndarray, samples: int, repeats: in
         result["rows_per_token"] = float(np.mean([int(o["rows"]) * BATCH / g
                                                   for o, g in zip(outs, tokens_gen)]))
     texts = [t for o in outs for t in texts_of(o, tokenizer)]
+    if "uncertainty" in outs[0]:  # summed entropy at commit time (nats), per generated token
+        result["uncertainty_per_token"] = float(np.sum([np.sum(o["uncertainty"]) for o in outs])
+                                                / np.sum(tokens_gen))
     result.update(quality(texts, judge))
     if "committed_at" in outs[0]:  # what order the sampler used
         result.update(order_stats(np.concatenate([o["committed_at"] for o in outs])))
@@ -292,7 +299,8 @@ def format_row(r: dict) -> str:
             f"H {r['entropy']:.3f}  Δjudge {r.get('d_judge', 0):+.3f}±{r.get('d_judge_se', 0):.3f}  "
             f"ΔH {r.get('d_entropy', 0):+.3f}±{r.get('d_entropy_se', 0):.3f}  "
             f"prompted {r.get('prompted_judge_bpb', float('nan')):.3f}  "
-            f"agree {r.get('agreement', float('nan')):.3f}{vs_baseline_text(r)}  "
+            f"agree {r.get('agreement', float('nan')):.3f}  "
+            f"uncertainty {r.get('uncertainty_per_token', float('nan')):.3f}{vs_baseline_text(r)}  "
             f"({r['bench_seconds']:.0f} s)")
 
 
