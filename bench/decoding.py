@@ -116,6 +116,12 @@ def grid(quick: bool) -> list[Row]:
         for c in (2, 8):
             rows.append(Row("mdm", "info-gain", dict(steps=64, candidates=c, **mdm),
                             f"info-gain, 64 steps, C={c}", baseline="confidence, 64 steps"))
+        # at temperature 0 the drawn token is the argmax: the cost's entropies then describe the
+        # committed tokens' own distributions, as in the Info-Gain paper's greedy decoding
+        greedy64 = dict(steps=64, temperature=0.0, **mdm)
+        rows.append(Row("mdm", "confidence", greedy64, "greedy, 64 steps"))
+        rows.append(Row("mdm", "info-gain", dict(greedy64, candidates=8), "greedy info-gain, 64 steps, C=8",
+                        baseline="greedy, 64 steps"))
     for tau in ((0.1,) if quick else (0.1, 0.3)):  # AR guidance by the small l2r run (not the judge)
         rows.append(Row("mdm", "guided", dict(steps=LENGTH, guide="l2r_draft", guide_threshold=tau, **mdm),
                         f"guided by l2r_draft, p >= {tau}"))
