@@ -40,13 +40,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "accept_BK = (u_BK * q_d_BK < p_d_BK) & has_draft_K",
         "accept_BK = (u_BK * p_d_BK < q_d_BK) & has_draft_K",
         "speculative decoding accepts a draft with probability min(1, q/p) instead of min(1, p/q)",
-        (ASSD + "test_samples_follow_the_chain_rule_exactly[K2-T1]",)),
+        (ASSD + "test_samples_follow_the_chain_rule_exactly[current-K2-T1]",)),
     Mutation(
         "assd-residual-is-p", "jaxorder/sampling/any_order_speculative.py",
         "residual_BKV = jnp.maximum(pn_BKV - qn_BKV, 0.0)",
         "residual_BKV = jnp.maximum(pn_BKV, 0.0)",
         "speculative decoding redraws a rejected slot from p instead of the residual max(0, p - q)",
-        (ASSD + "test_samples_follow_the_chain_rule_exactly[K2-T1]",)),
+        (ASSD + "test_samples_follow_the_chain_rule_exactly[current-K2-T1]",)),
     Mutation(
         "assd-rejected-slots-stay", "jaxorder/sampling/any_order_speculative.py",
         'st["cache"] = jax.vmap(with_cache_index)(cache, st["c"])',
