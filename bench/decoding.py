@@ -176,15 +176,14 @@ def measure(row: Row, run, judge, windows: np.ndarray, samples: int, repeats: in
         return lambda: sampling.sample(params, cfg, rows, jax.random.key(seed), sampler, opts,
                                        companions=companions)
 
-    generated = LENGTH
     outs, times = [], []
     for seed in range(max(samples // BATCH, 1)):
         out, dt = timed_call(call(unprompted(cfg, BATCH), seed), 1 if seed else repeats)
         outs.append(out)
         times.append(dt)
-    tokens_gen = [int(np.sum(o["generated"])) if "generated" in o else BATCH * generated for o in outs]
+    tokens_gen = [generated_tokens(o, LENGTH) for o in outs]
     result["tok_s_b8"] = float(np.sum(tokens_gen) / np.sum(times))
-    result["nfe_per_token"] = float(np.mean([int(o["nfe"]) * BATCH / g for o, g in zip(outs, tokens_gen)]))
+    result["nfe_per_token"] = passes_per_token(outs, tokens_gen)
     if "rows" in outs[0]:
         result["rows_per_token"] = float(np.mean([int(o["rows"]) * BATCH / g
                                                   for o, g in zip(outs, tokens_gen)]))
@@ -196,20 +195,30 @@ def measure(row: Row, run, judge, windows: np.ndarray, samples: int, repeats: in
     if "committed_at" in outs[0]:  # what order the sampler used
         result.update(order_stats(np.concatenate([o["committed_at"] for o in outs])))
     out1, dt1 = timed_call(call(unprompted(cfg, 1), 100), repeats)
-    generated1 = int(np.sum(out1["generated"])) if "generated" in out1 else generated
+    generated1 = generated_tokens(out1, LENGTH)
     result["tok_s_b1"] = float(generated1 / dt1)
     result["nfe_per_token_b1"] = int(out1["nfe"]) / generated1
     outps = [timed_call(call(prompted(cfg, windows[i:i + BATCH]), 200 + i // BATCH), 1)[0]
              for i in range(0, len(windows), BATCH)]
     qp = quality([t for o in outps for t in texts_of(o, tokenizer)], judge)
-    prompted_gen = [int(np.sum(o["generated"])) if "generated" in o
-                    else o["tokens"].shape[0] * (LENGTH - PROMPT) for o in outps]
-    result["prompted_nfe_per_token"] = float(np.mean([int(o["nfe"]) * o["tokens"].shape[0] / g
-                                                      for o, g in zip(outps, prompted_gen)]))
+    result["prompted_nfe_per_token"] = passes_per_token(outps, [generated_tokens(o, LENGTH - PROMPT)
+                                                                for o in outps])
     result.update({"prompted_judge_bpb": qp["judge_bpb"], "prompted_judge_bpb_se": qp["judge_bpb_se"],
                    "_prompted": qp, "_prompted_tokens": np.concatenate([o["tokens"] for o in outps]),
                    "_tokens": np.concatenate([o["tokens"] for o in outs])})
     return result
+
+
+def generated_tokens(out: dict, per_row: int) -> int:
+    """Tokens one sample call generated: the sampler's `generated` count where it reports one (AR
+    rows stop at EOS), else `per_row` (its masked positions) in every row."""
+    return int(np.sum(out["generated"])) if "generated" in out else out["tokens"].shape[0] * per_row
+
+
+def passes_per_token(outs: list[dict], generated: list[int]) -> float:
+    """Network calls per generated token, per row (a batch's calls serve each of its rows), averaged
+    over the calls."""
+    return float(np.mean([int(o["nfe"]) * o["tokens"].shape[0] / g for o, g in zip(outs, generated)]))
 
 
 def main() -> None:
