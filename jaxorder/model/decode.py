@@ -84,13 +84,8 @@ def decode_step(params: Any, cfg: ModelConfig, cache: Cache, tokens_BL: jnp.ndar
                 positions_BL: jnp.ndarray, new_mask: Any = "causal",
                 target_positions_BL: jnp.ndarray | None = None) -> tuple[jnp.ndarray, Cache]:
     """Logits [B, L, V] (float32) of L new slots given the cached ones, and the updated cache."""
-    dcfg = decode_config(cfg)
-    params = decode_params(params, cfg)
-    variables = {"params": params, "cache": cache}
-    if target_positions_BL is not None and "target_embed" not in params:
-        raise ValueError("target positions need a model initialized with them (ao_ar / latent_order runs)")
-    logits_BLV, mutated = Transformer(dcfg).apply(variables, tokens_BL, positions_BL, new_mask,
-                                                  target_positions_BL, mutable=["cache"])
+    logits_BLV, mutated = _apply(params, cfg, cache, tokens_BL, positions_BL, new_mask, target_positions_BL,
+                                 mutable=["cache"])
     return logits_BLV, mutated["cache"]
 
 
@@ -100,15 +95,19 @@ def decode_step_hidden(params: Any, cfg: ModelConfig, cache: Cache, tokens_BL: j
                        ) -> tuple[jnp.ndarray, jnp.ndarray, Cache]:
     """`decode_step` that also returns the final hidden state [B, L, d_model] of the new slots (what the
     head reads; `transformer.apply_with_hidden`'s, for an objective's own output heads)."""
-    dcfg = decode_config(cfg)
+    logits_BLV, mutated = _apply(params, cfg, cache, tokens_BL, positions_BL, new_mask, target_positions_BL,
+                                 mutable=["cache", "intermediates"], capture_intermediates=final_norm_only)
+    return logits_BLV, mutated["intermediates"]["final_norm"]["__call__"][0], mutated["cache"]
+
+
+def _apply(params: Any, cfg: ModelConfig, cache: Cache, tokens_BL: jnp.ndarray, positions_BL: jnp.ndarray,
+           new_mask: Any, target_positions_BL: jnp.ndarray | None, **apply_kwargs) -> tuple[jnp.ndarray, Any]:
+    """The decode model (`decode_config`) on the decode layout of `params` over `cache`: (logits, mutated)."""
     params = decode_params(params, cfg)
-    variables = {"params": params, "cache": cache}
     if target_positions_BL is not None and "target_embed" not in params:
         raise ValueError("target positions need a model initialized with them (ao_ar / latent_order runs)")
-    logits_BLV, mutated = Transformer(dcfg).apply(variables, tokens_BL, positions_BL, new_mask,
-                                                  target_positions_BL, mutable=["cache", "intermediates"],
-                                                  capture_intermediates=final_norm_only)
-    return logits_BLV, mutated["intermediates"]["final_norm"]["__call__"][0], mutated["cache"]
+    return Transformer(decode_config(cfg)).apply({"params": params, "cache": cache}, tokens_BL, positions_BL,
+                                                 new_mask, target_positions_BL, **apply_kwargs)
 
 
 def rewrite_positions(params: Any, cfg: ModelConfig, cache: Cache, tokens_BQ: jnp.ndarray,
