@@ -28,12 +28,12 @@ FAULTS_SCRIPT = textwrap.dedent("""
     x = jnp.linspace(0.0, 1.0, 4096)
     for _ in range(5):
         f(x).block_until_ready()
-    faults = []  # per call: the tuned heap may still grow (fragmentation) on an occasional call
-    for _ in range(11):
+    faults = []  # per call: the tuned heap may still grow (fragmentation) on some calls
+    for _ in range(25):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         f(x).block_until_ready()
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    print(json.dumps({"status": status, "faults_per_call": sorted(faults)[5]}))  # the median
+    print(json.dumps({"status": status, "faults": faults}))
 """)
 
 
@@ -50,10 +50,12 @@ def test_tuned_malloc_reuses_xla_temporaries():
     system, tuned = _run("system"), _run("auto")
     assert system["status"].startswith("system")
     assert tuned["status"].startswith("tuned"), tuned["status"]
-    # median call: glibc's defaults map and unmap the temporaries every time (>= 64 MB of fresh
-    # 4 KiB pages); tuned, the heap is reused
-    assert system["faults_per_call"] > 10_000, system
-    assert tuned["faults_per_call"] < 500, tuned
+    # glibc's defaults map and unmap the temporaries on every call (>= 64 MB of fresh 4 KiB pages);
+    # tuned, the heap is reused. It still grows on some calls while it fragments: with two such
+    # processes sharing two cores, up to 9 of 25 calls (and up to 7 in a row), so count the calls.
+    assert min(system["faults"]) > 10_000, system
+    reused = sum(f < 500 for f in tuned["faults"])
+    assert reused >= 10, tuned
 
 
 # Frees a 3 GiB heap chunk (address space only: never touched) and reports whether the program
