@@ -2,7 +2,7 @@
 
     python bench/decoding.py                   # the full grid on runs/sweeps/decoding
     python bench/decoding.py --quick           # fewer rows and samples (a smoke run)
-    python bench/decoding.py --only mdm        # one run (l2r, mdm, bd3_b4, ao_ar)
+    python bench/decoding.py --only mdm        # one run (l2r, l2r_draft, mdm, bd3_b4, ao_ar)
     python bench/decoding.py --lengths         # prefix / dual cache against length (512, 1024 tokens)
     python bench/decoding.py --long-prompts    # chunked prompt cache against full attention, 1k-4k prompts
 
@@ -125,6 +125,12 @@ def grid(quick: bool) -> list[Row]:
     for tau in ((0.1,) if quick else (0.1, 0.3)):  # AR guidance by the small l2r run (not the judge)
         rows.append(Row("mdm", "guided", dict(steps=LENGTH, guide="l2r_draft", guide_threshold=tau, **mdm),
                         f"guided by l2r_draft, p >= {tau}"))
+    if not quick:  # a rejected first proposal replaced by the guide's own draw, or the two models' product
+        for fallback, what in (("guide", "guide's draw"), ("product", "product draw")):
+            for tau in (0.1, 0.3):
+                rows.append(Row("mdm", "guided", dict(steps=LENGTH, guide="l2r_draft", guide_threshold=tau,
+                                                      guide_fallback=fallback, **mdm),
+                                f"guided by l2r_draft, p >= {tau}, {what} on rejection"))
     rows.append(Row("mdm", "confidence", dict(steps=LENGTH, prophet=5.0, **mdm), "confidence + Prophet 5"))
     if not quick:
         for g in (2.5, 1.0, 0.5):  # below Prophet's own 5: where it starts to fire on this model
@@ -144,6 +150,7 @@ def grid(quick: bool) -> list[Row]:
                              (dict(threshold=0.9, approx_cache="dual"), "greedy, threshold 0.9, dual cache")):
             sampler = "threshold" if "threshold" in extra else "confidence"
             rows.append(Row("mdm", sampler, dict(greedy, **extra), label, baseline="greedy, 1 token/step"))
+    rows.append(Row("l2r_draft", "ar", {}, "ar (KV cache)"))  # the guide's and the draft's own samples
     rows += [Row("bd3_b4", "confidence", dict(steps=LENGTH), "confidence, 1 token/step (exact cache)"),
              Row("bd3_b4", "threshold", dict(steps=LENGTH, threshold=0.9), "threshold 0.9 (exact cache)"),
              Row("ao_ar", "random", {}, "random order (KV cache)")]
@@ -229,7 +236,7 @@ def main() -> None:
                         help="the sweep that trains missing runs into --runs "
                         "(e.g. configs/sweeps/decoding_long.yaml)")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", help="comma-separated runs (l2r, mdm, bd3_b4, ao_ar)")
+    parser.add_argument("--only", help="comma-separated runs (l2r, l2r_draft, mdm, bd3_b4, ao_ar)")
     parser.add_argument("--labels", help="';'-separated substrings (labels have commas): only the rows whose "
                         "label has one "
                         "(and the first row of each run, the reference of the paired differences, and "

@@ -82,15 +82,19 @@ def test_threshold_zero_accepts_every_proposal_of_the_first_pass(runs, temperatu
 # ----------------------------------------------------------------------------- the plain reference
 
 def reference(params, cfg, rows, key, guide: Companion, threshold: float, window: int, steps: int,
-              block_length: int = 0, temperature: float = 1.0) -> dict:
+              block_length: int = 0, temperature: float = 1.0, fallback: str = "mdm") -> dict:
     """The sampler written as a plain loop: uncached mdm passes and, each step, the guide's full causal
-    pass over [BOS, y_0 .. y_{L-2}] (y = x with every mask proposed); acceptance by a Python scan."""
+    pass over [BOS, y_0 .. y_{L-2}] (y = x with every mask proposed); acceptance by a Python scan. With
+    fallback "guide" ("product"), a row whose proposal at f the guide rejects commits f alone, drawn
+    from the guide's distribution there (MASK excluded; times the mdm's, renormalized) with the step's
+    second key."""
     ids = special_ids(cfg.model)
     opts = SamplerOptions(temperature=temperature)
     gmodel = guide.cfg.model
     mdm_logp = jax.jit(lambda x: masked_log_probs(params, x, cfg))
     guide_logp = jax.jit(lambda seq: jax.nn.log_softmax(
         model.apply(guide.params, gmodel, seq, jnp.broadcast_to(jnp.arange(L), seq.shape), "causal")))
+    no_mask = np.where(np.arange(gmodel.vocab_size) == ids.mask, -np.inf, 0.0)
     propose = jax.jit(lambda logp, k: draw(logp, k, opts))
     x, B = rows.copy(), rows.shape[0]
     masked = x == ids.mask
@@ -106,15 +110,28 @@ def reference(params, cfg, rows, key, guide: Companion, threshold: float, window
             if not eligible.any():
                 break
             logp = np.asarray(mdm_logp(jnp.asarray(x)))
-            tok = np.asarray(propose(jnp.asarray(logp), jax.random.fold_in(key, i)))
+            tok = np.array(propose(jnp.asarray(logp), jax.random.fold_in(key, i)))
             y = np.where(masked, tok, x)
             seq = np.concatenate([np.full((B, 1), ids.bos), y[:, :-1]], axis=1)
-            g = np.take_along_axis(np.asarray(guide_logp(jnp.asarray(seq))), y[..., None], axis=-1)[..., 0]
+            g_full = np.asarray(guide_logp(jnp.asarray(seq)))
+            g = np.take_along_axis(g_full, y[..., None], axis=-1)[..., 0].copy()
+            f_B = np.argmax(eligible, axis=1)
+            # the guide's draws at every row's f (used where its proposal there is rejected)
+            g_at_f = np.asarray(jax.nn.log_softmax(g_full[np.arange(B), f_B] + no_mask))
+            at_f = g_at_f if fallback == "guide" else np.asarray(
+                jax.nn.log_softmax(g_at_f + logp[np.arange(B), f_B]))  # "product"
+            drawn = np.asarray(propose(jnp.asarray(at_f[:, None]),
+                                       jax.random.fold_in(jax.random.fold_in(key, i), 1)))[:, 0]
             commit = np.zeros_like(masked)
+            scored_to = np.full(B, L)
             for r in range(B):
                 if not eligible[r].any():
                     continue
                 f = int(np.argmax(eligible[r]))
+                if fallback != "mdm" and np.exp(g[r, f]) < threshold:
+                    tok[r, f], g[r, f], commit[r, f] = drawn[r], g_at_f[r, drawn[r]], True
+                    scored_to[r] = f + 1
+                    continue
                 for p in range(f, L):
                     if not masked[r, p]:
                         continue  # fixed tokens are read, not tested
@@ -126,8 +143,8 @@ def reference(params, cfg, rows, key, guide: Companion, threshold: float, window
                 commit |= eligible  # the block's budget is spent
             lp = np.take_along_axis(logp, tok[..., None], axis=-1)[..., 0]
             logprob += np.where(commit, lp, 0).sum(axis=1)
-            f_B1 = np.argmax(eligible, axis=1)[:, None]
-            in_window = (np.arange(L) >= f_B1) & (np.arange(L) < f_B1 + W)
+            f_B1 = f_B[:, None]
+            in_window = (np.arange(L) >= f_B1) & (np.arange(L) < np.minimum(f_B1 + W, scored_to[:, None]))
             glp = np.where(commit & in_window, g, glp)
             x, at = np.where(commit, tok, x), np.where(commit, i, at)
             masked &= ~commit
@@ -157,6 +174,33 @@ def test_equals_a_plain_loop_with_the_uncached_guide(runs, threshold, window, st
     np.testing.assert_allclose(out["guide_logp"], ref["guide_logp"], atol=1e-4)
     assert out["complete"].all()
     assert {1, 2}.issubset(set(ref["commits"].ravel())) and ref["commits"].max() >= 3  # runs of 1, 2, 3+
+
+
+@pytest.mark.parametrize("fallback,threshold,window,steps,block_length", [
+    ("guide", 0.004, 0, L, 0), ("guide", 0.003, 3, L, 0), ("guide", 0.004, 0, 10, 8), ("guide", 1.0, 0, L, 0),
+    ("product", 0.004, 0, L, 0), ("product", 1.0, 0, 10, 8)],
+    ids=["whole", "window3-catch-up", "blocks8-budget", "every-token-the-guide's", "product",
+         "product-every-token"])
+def test_guide_fallback_equals_the_plain_loop(runs, fallback, threshold, window, steps, block_length):
+    """guide_fallback "guide" / "product": a rejected proposal at f is replaced by a draw from the guide
+    (times the mdm) and commits alone; the sampler against `reference` token for token, in commits,
+    logprob and the guide's log p (which must be the draw's: the cache may not keep the rejected
+    proposal's slot)."""
+    cfg, params, guide = runs
+    rows, key = rows_of(cfg, *ROWS, ""), jax.random.key(12)
+    # ignore_eos: the guide draws EOS here, and the reference has no end-of-text fill
+    out = guided(params, cfg, rows, key, guide, guide_threshold=threshold, guide_window=window,
+                 steps=steps, block_length=block_length, guide_fallback=fallback, ignore_eos=True)
+    ref = reference(params, cfg, rows, key, guide, threshold, window, steps, block_length, fallback=fallback)
+    np.testing.assert_array_equal(out["tokens"], ref["tokens"])
+    np.testing.assert_array_equal(out["committed_at"], ref["committed_at"])
+    np.testing.assert_array_equal(out["commits"][:ref["nfe"]], ref["commits"])
+    np.testing.assert_allclose(out["logprob"], ref["logprob"], rtol=1e-5)
+    np.testing.assert_allclose(out["guide_logp"], ref["guide_logp"], atol=1e-4)
+    assert out["complete"].all()
+    plain = guided(params, cfg, rows, key, guide, guide_threshold=threshold, guide_window=window,
+                   steps=steps, block_length=block_length, ignore_eos=True)
+    assert (out["tokens"] != plain["tokens"]).any()  # the fallback drew tokens of its own
 
 
 # ----------------------------------------------------------------------------- the guide's cache

@@ -134,6 +134,11 @@ class SamplerOptions:
                                           "at least one per step (default 0.1)", metavar="P")
     guide_window: int = option(0, "guided sampler: positions the guide scores per step, from the first open "
                                   "one (default 0: to the end of the sequence)", metavar="N")
+    guide_fallback: str = option("mdm", "guided sampler: the token committed at the first open position when "
+                                        "the guide rejects the proposal there: mdm (that proposal anyway, "
+                                        "default), guide (a draw from the guide) or product (a draw from the "
+                                        "guide's and the mdm's distributions multiplied), at --temperature",
+                                 choices=("mdm", "guide", "product"))
     # the learned sampler (jaxorder.sampling.learned, jaxorder.sampling.commit_filter)
     commit_filter: str = option("", "learned sampler: the commit filter, a commit_filter.yaml or a directory "
                                     "holding one (default: the sampled run's, written by `jaxorder "

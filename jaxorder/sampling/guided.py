@@ -14,6 +14,14 @@ A small l2r run, the *guide* (a companion run, ``--guide RUN_DIR``: same vocabul
    position outside the window or the block). Fixed tokens (prompts, template text) inside the run
    are read, not tested. Committed tokens are final; the others are masked again and re-proposed.
 
+``guide_fallback`` chooses the token at f when its proposal's guide probability is below the threshold:
+"mdm" (default) commits the proposal anyway, as above; "guide" commits f alone with a token drawn from
+the guide's p(. | y_<f) (the scoring call's logits at f, MASK excluded, at ``temperature``, noise key
+``fold_in(fold_in(key, i), 1)``); "product" the same from p_guide(. | y_<f) p_mdm(. | x) renormalized
+(a product of the two experts at f). With "guide" every committed token is one the guide found likely
+or one it drew itself; threshold 1 makes the sampler the guide's own reading-order sampling, one token
+and one mdm pass per step.
+
 So ``guide_threshold`` 0 accepts every proposal of the step (with the default window and no block
 schedule that binds, a whole sample in one mdm pass: the mdm's first-pass proposals), and a threshold
 no proposal reaches gives one token per step in reading order. ``guide_window`` W > 0 caps the
@@ -101,6 +109,34 @@ def accepted_run(masked_BL: jnp.ndarray, eligible_BL: jnp.ndarray, guide_p_BL: j
     return eligible_BL & (jnp.cumprod(ok_BL.astype(jnp.int32), axis=1) > 0)  # positions < f: all fixed
 
 
+def guide_fallback(logp_BLV, tok_BL, lp_tok_BL, lp_guide_BL, commit_BL, eligible_BL, f_B, guide_logits_BV,
+                   threshold, key, opts: SamplerOptions, mask_id: int):
+    """``guide_fallback`` "guide" or "product": in the rows whose proposal at f the guide rejects
+    (probability below the threshold), f alone is committed, with a token drawn from the guide's
+    p(. | y_<f) (its logits at f, MASK excluded), or from that times the mdm's p(. | x) at f,
+    renormalized, at the sampler's temperature with noise from ``key``; the later proposals were
+    scored after the rejected one and are not accepted. Returns the step's tokens, their mdm log-probs,
+    their guide log-probs, the commits, and [B] the slot past which the guide's cache is stale (f + 1 in
+    those rows: slot f + 1 holds the rejected proposal; L + 1 elsewhere)."""
+    L, V = tok_BL.shape[1], guide_logits_BV.shape[-1]
+    at_f_BL = jnp.arange(L)[None, :] == f_B[:, None]
+    rejected_B = (eligible_BL & at_f_BL).any(axis=1) & (
+        jnp.exp(jnp.sum(jnp.where(at_f_BL, lp_guide_BL, 0.0), axis=1)) < threshold)
+    glogp_BV = jax.nn.log_softmax(jnp.where(jnp.arange(V) == mask_id, -jnp.inf, guide_logits_BV), axis=-1)
+    if opts.guide_fallback == "product":  # p_guide(.) p_mdm(.) renormalized: both models' say at f
+        mdm_at_f_BV = jnp.take_along_axis(logp_BLV, jnp.minimum(f_B, L - 1)[:, None, None], axis=1)[:, 0]
+        gtok_B = draw(jax.nn.log_softmax(glogp_BV + mdm_at_f_BV, axis=-1)[:, None, :], key, opts)[:, 0]
+    else:
+        gtok_B = draw(glogp_BV[:, None, :], key, opts)[:, 0]
+    swap_BL = at_f_BL & rejected_B[:, None]
+    tok_BL = jnp.where(swap_BL, gtok_B[:, None], tok_BL)
+    lp_mdm_BL = jnp.take_along_axis(logp_BLV, tok_BL[..., None], axis=-1)[..., 0]
+    lp_gtok_B = jnp.take_along_axis(glogp_BV, gtok_B[:, None], axis=1)[:, 0]
+    return (tok_BL, jnp.where(swap_BL, lp_mdm_BL, lp_tok_BL),
+            jnp.where(swap_BL, lp_gtok_B[:, None], lp_guide_BL),
+            jnp.where(rejected_B[:, None], swap_BL, commit_BL), jnp.where(rejected_B, f_B + 1, L + 1))
+
+
 def _with_index(cache, index):
     """The cache with every layer's next write slot set to `index` (per row under vmap)."""
     return {layer: {"attn": dict(c["attn"], cache_index=jnp.asarray(index, jnp.int32))}
@@ -169,11 +205,18 @@ def build(cfg: Config, loop: Loop):
             scored_BL = (offset_BL >= 0) & (offset_BL < W)
             lp_guide_BL = jnp.take_along_axis(lp_guide_BW, jnp.clip(offset_BL, 0, W - 1), axis=1)
             commit_BL = accepted_run(masked_BL, eligible_BL, jnp.exp(lp_guide_BL), scored_BL, threshold)
+            stale_B = jnp.full((B,), L + 1, jnp.int32)
+            if sc.guide_fallback != "mdm":  # a rejected proposal at f: a draw the guide has a say in, alone
+                tok_BL, lp_tok_BL, lp_guide_BL, commit_BL, stale_B = guide_fallback(
+                    logp_BLV, tok_BL, lp_tok_BL, lp_guide_BL, commit_BL, eligible_BL, f_B, logits_BWV[:, 0],
+                    threshold, jax.random.fold_in(jax.random.fold_in(key, i), 1), sc, ids.mask)
+                scored_BL &= pos_L[None, :] < stale_B[:, None]  # scores after a rejected f are stale
             commit_BL = commit_BL | (eligible_BL & (steps_left <= 1))  # the block's budget is spent
             calls = 1 + jnp.max(catch_ups_B)
             st = advance(st, tok_BL, commit_BL, lp_tok_BL, 1, entropy(logp_BLV))
             return dict(st, rows=st["rows"] + L, gcache=gcache,
-                        c=jnp.minimum(first_true(st["masked"]), c_B + W),  # drop the rejected slots
+                        # drop the rejected slots
+                        c=jnp.minimum(jnp.minimum(first_true(st["masked"]), c_B + W), stale_B),
                         guide_nfe=st["guide_nfe"] + calls, guide_rows=st["guide_rows"] + calls * W,
                         guide_logp=jnp.where(commit_BL & scored_BL, lp_guide_BL, st["guide_logp"]))
 
@@ -209,7 +252,7 @@ def prepare(cfg: Config, tokens_BL: np.ndarray, options: SamplerOptions,
 
 register(Sampler(name="guided", family="masked", prepare=prepare, build=build,
                  options=("steps", "temperature", "noise", "block_length", "ignore_eos", "guide",
-                          "guide_threshold", "guide_window"),
+                          "guide_threshold", "guide_window", "guide_fallback"),
                  companions=("guide",),
                  description="AR-guided unmasking: a guide l2r run accepts the longest run of the mdm's "
                              "proposals, in reading order, that it finds likely (>= guide_threshold)"))

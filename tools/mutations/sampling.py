@@ -253,10 +253,30 @@ MUTATIONS: tuple[Mutation, ...] = (
          GUIDED + "test_cached_guide_log_probs_equal_the_uncached_guide_on_the_output[0-0]")),
     Mutation(
         "guided-cache-keeps-rejected", "jaxorder/sampling/guided.py",
-        'c=jnp.minimum(first_true(st["masked"]), c_B + W)',
-        'c=jnp.maximum(first_true(st["masked"]), c_B + W)',
+        'c=jnp.minimum(jnp.minimum(first_true(st["masked"]), c_B + W), stale_B)',
+        'c=jnp.minimum(jnp.maximum(first_true(st["masked"]), c_B + W), stale_B)',
         "the guide's cache index after a step keeps the slots of rejected proposals (a stale cache)",
         (GUIDED + "test_cached_guide_log_probs_equal_the_uncached_guide_on_the_output[2-0]",)),
+    Mutation(
+        "guided-fallback-keeps-the-run", "jaxorder/sampling/guided.py",
+        "jnp.where(rejected_B[:, None], swap_BL, commit_BL)",
+        "jnp.where(rejected_B[:, None], swap_BL | commit_BL, commit_BL)",
+        "guide fallback: after the guide's own draw at f, the proposals scored after the rejected one "
+        "are accepted too",
+        (GUIDED + "test_guide_fallback_equals_the_plain_loop[whole]",)),
+    Mutation(
+        "guided-fallback-stale-slot", "jaxorder/sampling/guided.py",
+        "jnp.where(rejected_B, f_B + 1, L + 1)",
+        "jnp.where(rejected_B, L + 1, L + 1)",
+        "guide fallback: the guide's cache keeps the slot of the rejected proposal that the draw replaced",
+        (GUIDED + "test_guide_fallback_equals_the_plain_loop[whole]",)),
+    Mutation(
+        "guided-product-is-guide", "jaxorder/sampling/guided.py",
+        'if opts.guide_fallback == "product":',
+        'if False:',
+        "guide fallback product: the draw at f ignores the mdm's distribution (the guide's alone)",
+        (GUIDED + "test_guide_fallback_equals_the_plain_loop[product]",
+         GUIDED + "test_guide_fallback_equals_the_plain_loop[product-every-token]")),
     Mutation(
         "guided-catch-up-overshoots", "jaxorder/sampling/guided.py",
         "return feed_row(cache, c, buf_S)[1], jnp.minimum(f, c + W), n + 1",
