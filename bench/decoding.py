@@ -126,8 +126,9 @@ def grid(quick: bool) -> list[Row]:
         rows.append(Row("mdm", "guided", dict(steps=LENGTH, guide="l2r_draft", guide_threshold=tau, **mdm),
                         f"guided by l2r_draft, p >= {tau}"))
     if not quick:  # a rejected first proposal replaced by the guide's own draw, or the two models' product
-        for fallback, what in (("guide", "guide's draw"), ("product", "product draw")):
-            for tau in (0.1, 0.3):
+        for fallback, what, taus in (("guide", "guide's draw", (0.1, 0.3)),
+                                     ("product", "product draw", (0.05, 0.1, 0.3))):
+            for tau in taus:
                 rows.append(Row("mdm", "guided", dict(steps=LENGTH, guide="l2r_draft", guide_threshold=tau,
                                                       guide_fallback=fallback, **mdm),
                                 f"guided by l2r_draft, p >= {tau}, {what} on rejection"))
