@@ -160,7 +160,6 @@ def grid(quick: bool) -> list[Row]:
     return rows
 
 
-
 def select_rows(rows: list[Row], wanted: list[str] | None, dropped: list[str]) -> list[Row]:
     """The rows whose label has a `wanted` substring (all if None) and no `dropped` one; the first
     row of each run (the reference of the paired differences) and the baselines of chosen rows stay."""
@@ -239,9 +238,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", help="comma-separated runs (l2r, l2r_draft, mdm, bd3_b4, ao_ar)")
     parser.add_argument("--labels", help="';'-separated substrings (labels have commas): only the rows whose "
-                        "label has one "
-                        "(and the first row of each run, the reference of the paired differences, and "
-                        "the baselines of the chosen rows)")
+                        "label has one (and the first row of each run, the reference of the paired "
+                        "differences, and the baselines of the chosen rows)")
     parser.add_argument("--exclude", help="';'-separated substrings: drop the rows whose label has one "
                         "(the references stay)")
     parser.add_argument("--list", action="store_true", help="print the chosen rows and stop")
