@@ -6,9 +6,9 @@
     python bench/decoding.py --lengths         # prefix / dual cache against length (512, 1024 tokens)
     python bench/decoding.py --long-prompts    # chunked prompt cache against full attention, 1k-4k prompts
 
-Runs: `--runs DIR` holds the runs of configs/sweeps/decoding.yaml (the order study's tiny model and
-token budget on 256-token windows); missing ones are trained first with `jaxorder sweep` on that
-file, or on `--sweep FILE` (about 5-10 minutes a run on 2 CPU cores). `l2r` is also the judge.
+Runs: `--runs DIR` holds the runs of configs/sweeps/decoding.yaml (the order study's tiny model on
+256-token windows); missing ones are trained first with `jaxorder sweep` on that file, or on `--sweep
+FILE` (about 5-10 minutes a run on 2 CPU cores). `l2r` is also the judge.
 
 Each row is one sampler setting on one run, decoding
 - unprompted windows: 256 MASK positions, `--samples` samples (batches of 8, one seed each);
@@ -20,9 +20,8 @@ the same for the prompted ones (judge bits/byte of the whole window, prompt incl
 passes (network calls) per generated token, positions run through the model per generated token,
 and tokens/s at batch 1 and batch 8 (generated tokens / wall time of one compiled call in steady
 state; the median of `--repeats` calls). Approximate caches also report their token agreement with
-the uncached sampler of the same rule and seed. Rows are at temperature 1 (the model's own
-distribution; the comparison is between samplers of one model) except the `greedy` rows (temperature 0,
-compared with greedy one-token-per-step decoding).
+the uncached sampler of the same rule and seed. Rows are at temperature 1 except the `greedy` rows
+(temperature 0, compared with greedy one-token-per-step decoding).
 
 Writes DIR/decoding.json, decoding.md (the table) and PNGs: judge bits/byte and unigram entropy
 against forward passes per token and against tokens/s (batch 1).
