@@ -126,7 +126,7 @@ def grid(quick: bool) -> list[Row]:
                         f"guided by l2r_draft, p >= {tau}"))
     if not quick:  # a rejected first proposal replaced by the guide's own draw, or the two models' product
         for fallback, what, taus in (("guide", "guide's draw", (0.1, 0.3)),
-                                     ("product", "product draw", (0.05, 0.1, 0.3))):
+                                     ("product", "product draw", (0.05, 0.1, 0.3, 1.0))):
             for tau in taus:
                 rows.append(Row("mdm", "guided", dict(steps=LENGTH, guide="l2r_draft", guide_threshold=tau,
                                                       guide_fallback=fallback, **mdm),
