@@ -68,7 +68,7 @@ from jax import lax
 from jaxorder.config import Config, ConfigError, ModelConfig
 from jaxorder.model import decode
 from jaxorder.objectives import mdm as mdm_objective
-from jaxorder.objectives.common import special_ids
+from jaxorder.objectives.common import special_ids, subs_log_probs
 from jaxorder.sampling.base import Companion, Prepared, Sampler, SamplerOptions, check_companion, register
 from jaxorder.sampling.eos import eos_id
 from jaxorder.sampling.mdm_steps import (
@@ -118,22 +118,22 @@ def guide_fallback(logp_BLV, tok_BL, lp_tok_BL, lp_guide_BL, commit_BL, eligible
     scored after the rejected one and are not accepted. Returns the step's tokens, their mdm log-probs,
     their guide log-probs, the commits, and [B] the slot past which the guide's cache is stale (f + 1 in
     those rows: slot f + 1 holds the rejected proposal; L + 1 elsewhere)."""
-    L, V = tok_BL.shape[1], guide_logits_BV.shape[-1]
+    L = tok_BL.shape[1]
     at_f_BL = jnp.arange(L)[None, :] == f_B[:, None]
     rejected_B = (eligible_BL & at_f_BL).any(axis=1) & (
         jnp.exp(jnp.sum(jnp.where(at_f_BL, lp_guide_BL, 0.0), axis=1)) < threshold)
-    glogp_BV = jax.nn.log_softmax(jnp.where(jnp.arange(V) == mask_id, -jnp.inf, guide_logits_BV), axis=-1)
-    if opts.guide_fallback == "product":  # p_guide(.) p_mdm(.) renormalized: both models' say at f
-        mdm_at_f_BV = jnp.take_along_axis(logp_BLV, jnp.minimum(f_B, L - 1)[:, None, None], axis=1)[:, 0]
-        gtok_B = draw(jax.nn.log_softmax(glogp_BV + mdm_at_f_BV, axis=-1)[:, None, :], key, opts)[:, 0]
-    else:
-        gtok_B = draw(glogp_BV[:, None, :], key, opts)[:, 0]
+    glogp_BV = subs_log_probs(guide_logits_BV, mask_id)
+    mdm_at_f_BV = jnp.take_along_axis(logp_BLV, jnp.minimum(f_B, L - 1)[:, None, None], axis=1)[:, 0]
+    product = opts.guide_fallback == "product"  # p_guide(.) p_mdm(.) renormalized: both models' say at f
+    at_f_BV = jax.nn.log_softmax(glogp_BV + mdm_at_f_BV, axis=-1) if product else glogp_BV
+    gtok_B = draw(at_f_BV[:, None, :], key, opts)[:, 0]
     swap_BL = at_f_BL & rejected_B[:, None]
-    tok_BL = jnp.where(swap_BL, gtok_B[:, None], tok_BL)
-    lp_mdm_BL = jnp.take_along_axis(logp_BLV, tok_BL[..., None], axis=-1)[..., 0]
-    lp_gtok_B = jnp.take_along_axis(glogp_BV, gtok_B[:, None], axis=1)[:, 0]
-    return (tok_BL, jnp.where(swap_BL, lp_mdm_BL, lp_tok_BL),
-            jnp.where(swap_BL, lp_gtok_B[:, None], lp_guide_BL),
+
+    def at_gtok(logp_BV):
+        return jnp.take_along_axis(logp_BV, gtok_B[:, None], axis=1)  # [B, 1]
+
+    return (jnp.where(swap_BL, gtok_B[:, None], tok_BL), jnp.where(swap_BL, at_gtok(mdm_at_f_BV), lp_tok_BL),
+            jnp.where(swap_BL, at_gtok(glogp_BV), lp_guide_BL),
             jnp.where(rejected_B[:, None], swap_BL, commit_BL), jnp.where(rejected_B, f_B + 1, L + 1))
 
 

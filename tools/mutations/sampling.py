@@ -272,8 +272,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         (GUIDED + "test_guide_fallback_equals_the_plain_loop[whole]",)),
     Mutation(
         "guided-product-is-guide", "jaxorder/sampling/guided.py",
-        'if opts.guide_fallback == "product":',
-        'if False:',
+        'if product else glogp_BV',
+        'if False else glogp_BV',
         "guide fallback product: the draw at f ignores the mdm's distribution (the guide's alone)",
         (GUIDED + "test_guide_fallback_equals_the_plain_loop[product]",
          GUIDED + "test_guide_fallback_equals_the_plain_loop[product-every-token]")),
