@@ -191,8 +191,7 @@ def measure(row: Row, run, judge, windows: np.ndarray, samples: int, repeats: in
     result["tok_s_b8"] = float(np.sum(tokens_gen) / np.sum(times))
     result["nfe_per_token"] = passes_per_token(outs, tokens_gen)
     if "rows" in outs[0]:
-        result["rows_per_token"] = float(np.mean([int(o["rows"]) * BATCH / g
-                                                  for o, g in zip(outs, tokens_gen)]))
+        result["rows_per_token"] = passes_per_token(outs, tokens_gen, count="rows")
     texts = [t for o in outs for t in texts_of(o, tokenizer)]
     if "uncertainty" in outs[0]:  # summed entropy at commit time (nats), per generated token
         result["uncertainty_per_token"] = float(np.sum([np.sum(o["uncertainty"]) for o in outs])
@@ -221,10 +220,10 @@ def generated_tokens(out: dict, per_row: int) -> int:
     return int(np.sum(out["generated"])) if "generated" in out else out["tokens"].shape[0] * per_row
 
 
-def passes_per_token(outs: list[dict], generated: list[int]) -> float:
-    """Network calls per generated token, per row (a batch's calls serve each of its rows), averaged
-    over the calls."""
-    return float(np.mean([int(o["nfe"]) * o["tokens"].shape[0] / g for o, g in zip(outs, generated)]))
+def passes_per_token(outs: list[dict], generated: list[int], count: str = "nfe") -> float:
+    """Network calls (or another per-call `count`, e.g. positions run) per generated token, per row (a
+    batch's calls serve each of its rows), averaged over the calls."""
+    return float(np.mean([int(o[count]) * o["tokens"].shape[0] / g for o, g in zip(outs, generated)]))
 
 
 def main() -> None:
