@@ -72,7 +72,8 @@ def _learned(params, cfg, rows, key, path, **options):
                                  SamplerOptions(commit_filter=str(path), **options)))
 
 
-def reference(params, cfg, rows, key, path, steps, block_length=0, temperature=1.0, threshold=0.9) -> dict:
+def reference(params, cfg, rows, key, path, steps, block_length=0, temperature=1.0, threshold=0.9,
+              floor="filter") -> dict:
     """The learned decode as a plain host loop (module docstring)."""
     filt = commit_filter.load(path)
     a = {k: np.asarray(v, np.float64) for k, v in filt.arrays.items()}
@@ -123,7 +124,8 @@ def reference(params, cfg, rows, key, path, steps, block_length=0, temperature=1
                 if len(idx):
                     last = budgets[b] - j == 1
                     commit[r, idx] = last | (prob[r, idx] >= threshold)
-                    commit[r, idx[np.argmax(prob[r, idx])]] = True  # the first maximum: the lower position
+                    best = prob[r, idx] if floor == "filter" else cols["confidence"][r, idx]
+                    commit[r, idx[np.argmax(best)]] = True  # the first maximum: the lower position
                 left = masked[r] & ~commit[r]
                 ends = np.isin(tok[r], [ids.eos, ids.pad]) & (prob[r] >= threshold)
                 if left.any() and ends[left].all():
@@ -175,18 +177,30 @@ def test_always_no_filter_commits_one_per_step_the_most_filter_confident(peaked,
     conf = np.where(rows == special_ids(cfg.model).mask, np.take_along_axis(logp, tok[..., None], -1)[..., 0],
                     np.inf)
     assert first.tolist() == np.argmin(conf, axis=1).tolist()
+    # with the confidence floor the same filter only adds commits to the confidence rule: it accepts
+    # none here, so the decode is the confidence sampler's
+    floored = _learned(params, cfg, rows, 2, tmp_path / "down", steps=n, filter_floor="confidence")
+    ref = jax.device_get(sample(params, cfg, rows, jax.random.key(2), "confidence", SamplerOptions(steps=n)))
+    assert np.array_equal(floored["tokens"], ref["tokens"])
+    assert np.array_equal(floored["committed_at"], ref["committed_at"])
 
 
-@pytest.mark.parametrize("temperature, block_length, steps, seed", [(1.0, 4, 7, 1), (0.0, 0, 5, 2),
-                                                                    (1.0, 5, 13, 3)])
-def test_learned_equals_the_host_reference_loop(peaked, tmp_path, temperature, block_length, steps, seed):
-    """A random filter over every feature, the hidden state included: token for token, step for step."""
+@pytest.mark.parametrize("temperature, block_length, steps, seed, floor",
+                         [(1.0, 4, 7, 1, "filter"), (0.0, 0, 5, 2, "filter"), (1.0, 5, 13, 3, "filter"),
+                          (1.0, 4, 7, 1, "confidence"), (0.0, 5, 13, 3, "confidence")])
+def test_learned_equals_the_host_reference_loop(peaked, tmp_path, temperature, block_length, steps, seed,
+                                                floor):
+    """A random filter over every feature, the hidden state included: token for token, step for step;
+    the forced commit the filter's favourite or (``filter_floor`` confidence) the most confident."""
     cfg, params = peaked
+    if floor == "confidence":  # untie the peaked model's confidences (see the always-no test)
+        params = dict(params, head=params["head"] / 10.0)
     path = write_filter(tmp_path, commit_filter.FEATURES, cfg.model.d_model, units=8, seed=seed)
     rows = _rows(cfg)
+    # the reference has no fill after a committed EOS, which the less peaked model's confident commits reach
     out = _learned(params, cfg, rows, seed, path, steps=steps, block_length=block_length,
-                   temperature=temperature)
-    ref = reference(params, cfg, rows, seed, path, steps, block_length, temperature)
+                   temperature=temperature, filter_floor=floor, ignore_eos=floor == "confidence")
+    ref = reference(params, cfg, rows, seed, path, steps, block_length, temperature, floor=floor)
     assert np.array_equal(out["tokens"], ref["tokens"])
     assert np.array_equal(out["committed_at"], ref["committed_at"]) and int(out["steps"]) == ref["steps"]
     per_step = np.bincount(ref["committed_at"][ref["committed_at"] >= 0], minlength=steps)

@@ -146,6 +146,10 @@ class SamplerOptions:
     filter_threshold: float = option(0.9, "learned sampler: commit every masked position whose filter "
                                           "probability is >= P, at least one per step; also the bar of its "
                                           "end-of-text stop (default 0.9)", metavar="P")
+    filter_floor: str = option("filter", "learned sampler: the one position committed when the filter "
+                                         "accepts none: filter (its highest probability, default) or "
+                                         "confidence (the confidence rule's choice, so the filter only adds "
+                                         "commits to it)", choices=("filter", "confidence"))
     eos_stop: bool = option(True, "learned sampler: fill a row's masked rest and stop it once the filter "
                                   "says all of it is end of text (default on; --no-eos-stop: off, the "
                                   "ablation)")

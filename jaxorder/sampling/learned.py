@@ -8,8 +8,10 @@ Each step is one bidirectional pass (final hidden states and log-probs together)
    T = 0, noise from ``fold_in(key, step)``), so with the same key it draws what ``confidence`` draws;
 2. the filter's probability p at every position from that step's features;
 3. commit the eligible positions (still masked, in the current block) with p >= ``filter_threshold``,
-   and at least the one with the highest p (ties: the lower position); a block's last budgeted step
-   commits everything the block has left: ``steps`` is an upper bound, as for ``threshold``;
+   and at least the one with the highest p (ties: the lower position), or with ``filter_floor`` =
+   "confidence" the one the confidence rule would commit (the highest probability of its drawn
+   token), so the filter only adds commits to that rule; a block's last budgeted step commits
+   everything the block has left: ``steps`` is an upper bound, as for ``threshold``;
 4. end of text: when every position a row still has masked after 3 (in any block) has an EOS or PAD
    prediction with p >= ``filter_threshold``, they are all committed with those predictions in the
    same step, and the row is complete. ``stop_filled`` [B] counts those positions and ``eos_stopped``
@@ -61,7 +63,7 @@ from jaxorder.sampling.mdm_steps import (
 from pallas_kernels.sampling import commit as commit_top_k
 
 OPTIONS = ("steps", "temperature", "block_length", "noise", "ignore_eos", "commit_filter", "filter_threshold",
-           "eos_stop")
+           "filter_floor", "eos_stop")
 
 
 @dataclass(frozen=True)
@@ -74,13 +76,15 @@ class LearnedLoop:
 
 
 def commit_rule(prob_BL: jnp.ndarray, tok_BL: jnp.ndarray, masked_BL: jnp.ndarray, eligible_BL: jnp.ndarray,
-                steps_left, threshold, ends: tuple[int, ...],
-                stop: bool = True) -> tuple[jnp.ndarray, jnp.ndarray]:
+                steps_left, threshold, ends: tuple[int, ...], stop: bool = True,
+                floor_score_BL: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(positions committed by steps 3 and 4 of the module docstring [B, L], those of them filled by
-    the end-of-text stop [B, L]) given the filter's probabilities; ``stop`` False skips step 4."""
+    the end-of-text stop [B, L]) given the filter's probabilities; ``stop`` False skips step 4. The
+    floor commits go to the highest ``floor_score_BL`` (default: the filter's probabilities)."""
     yes_BL = prob_BL >= threshold
     floor_B = parallel_floor(eligible_BL, steps_left)  # 1, or the whole block on its last step
-    commit_BL = commit_top_k(prob_BL, eligible_BL, k=floor_B) | (eligible_BL & yes_BL)
+    floor_BL = prob_BL if floor_score_BL is None else floor_score_BL
+    commit_BL = commit_top_k(floor_BL, eligible_BL, k=floor_B) | (eligible_BL & yes_BL)
     left_BL = masked_BL & ~commit_BL
     end_BL = jnp.isin(tok_BL, jnp.asarray(ends, tok_BL.dtype)) & yes_BL
     stop_B = jnp.any(left_BL, axis=1) & jnp.all(end_BL | ~left_BL, axis=1) & stop
@@ -114,8 +118,9 @@ def build(cfg: Config, loop: LearnedLoop):
             scalars_BLS = scalar_features(logp_BLV, tok_BL, masked_BL, generated_BL, in_block_L, j,
                                           block_budget, ends)
             prob_BL = filter_probs(arrays, loop.features, scalars_BLS, hidden_BLd)
+            floor_BL = lp_tok_BL if sc.filter_floor == "confidence" else None
             commit_BL, filled_BL = commit_rule(prob_BL, tok_BL, masked_BL, eligible_BL, block_budget - j,
-                                               threshold, ends, sc.eos_stop)
+                                               threshold, ends, sc.eos_stop, floor_BL)
             st = advance(st, tok_BL, commit_BL, lp_tok_BL, 1, entropy(logp_BLV))
             n_B = filled_BL.sum(axis=1).astype(jnp.int32)
             return dict(st, rows=st["rows"] + L, eos_filled=st["eos_filled"] + n_B,

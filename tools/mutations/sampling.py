@@ -299,10 +299,18 @@ MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ learned commit filter
     Mutation(
         "learned-floor-one", "jaxorder/sampling/learned.py",
-        "commit_top_k(prob_BL, eligible_BL, k=floor_B)",
-        "commit_top_k(prob_BL, eligible_BL, k=1)",
+        "commit_top_k(floor_BL, eligible_BL, k=floor_B)",
+        "commit_top_k(floor_BL, eligible_BL, k=1)",
         "learned sampler: a block's last budgeted step commits only one position, not all it has left",
         (LEARNED + "test_learned_equals_the_host_reference_loop",)),
+    Mutation(
+        "learned-floor-ignores-confidence", "jaxorder/sampling/learned.py",
+        "floor_BL = lp_tok_BL if sc.filter_floor == \"confidence\" else None",
+        "floor_BL = None",
+        "learned sampler: filter_floor confidence still forces the filter's favourite, not the most "
+        "confident position",
+        (LEARNED + "test_learned_equals_the_host_reference_loop", LEARNED
+         + "test_always_no_filter_commits_one_per_step_the_most_filter_confident")),
     Mutation(
         "learned-eos-counts-commits", "jaxorder/sampling/learned.py",
         "left_BL = masked_BL & ~commit_BL",
