@@ -1,15 +1,21 @@
-"""Order-choosing decoders on Sudoku: conflicts and valid grids against steps, for each sampler.
+"""Order-choosing decoders on Sudoku: valid grids, solved puzzles and conflicts, for each sampler.
 
-    python bench/sudoku.py [--runs runs/sweeps/sudoku_decoding] [--samples 64] [--steps 82,41,21]
+    python bench/sudoku.py [--runs runs/sweeps/sudoku_decoding] [--samples 64] [--per-step 1,2,4]
+                           [--givens 0,36,60] [--samplers confidence,info-gain,margin[,guided]]
 
 The mdm run of configs/sweeps/sudoku_decoding.yaml (trained first if missing, with `jaxorder sweep`)
-generates `--samples` unprompted 82-token windows (one grid and a newline) per setting, in batches
-of 16 (one seed each, the same seeds for every setting), at temperature 1. For each setting it
-reports the valid-grid fraction, the mean conflicts per grid (digits missing from the grid's 27
-rows, columns and boxes; 0 iff valid) with its standard error, the cumulative uncertainty (summed
-entropy at commit time, nats per generated token) and network calls per generated token (for
-`guided`: passes of the mdm; the guide is the sweep's l2r run). Writes
-DIR/sudoku.json, sudoku.md and sudoku.png (conflicts against steps).
+decodes `--samples` 82-token windows (one grid and a newline) per setting, in batches of 16 (key =
+batch index, the same keys for every sampler, so the rows are paired), at temperature 1. A setting
+is a sampler, a number of commits per step k (steps = ceil(generated positions / k)) and a number
+of givens G: G = 0 generates whole windows from nothing; G > 0 solves the first `--samples`
+validation grids with G random cells kept (the same cells for every sampler; the separator kept
+too) and the others masked. For each setting it reports the valid-grid fraction (G > 0: solved =
+a valid grid that keeps every given), the mean conflicts per grid (digits missing from the grid's 27
+rows, columns and boxes; 0 iff valid), both with standard errors, their paired differences from
+`confidence` at the same k and G, the cumulative uncertainty (summed entropy at commit time, nats
+per generated token) and network calls per generated token (for `guided`: passes of the mdm; the
+guide is the sweep's l2r run). Writes DIR/sudoku.json, sudoku.md and sudoku.png (conflicts
+against commits per step).
 """
 from __future__ import annotations
 
@@ -24,23 +30,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax
 import numpy as np
-from decoding_common import REPO, machine_line
+from decoding_common import REPO, machine_line, mean_se
 
 from jaxorder import sampling
-from jaxorder.data.synthetic import grid_conflicts, is_valid_grid
+from jaxorder.data import make_data
+from jaxorder.data.synthetic import grid_conflicts, is_valid_grid, solves
 from jaxorder.evaluation.runs import companion_dirs, load_companions, load_params, run_tokenizer
 from jaxorder.objectives.common import special_ids
 
 SWEEP = REPO / "configs" / "sweeps" / "sudoku_decoding.yaml"
-BATCH, LENGTH = 16, 82
+BATCH, LENGTH, CELLS = 16, 82, 81
 SETTINGS = (("confidence", {}), ("info-gain", {}), ("margin", {}),
             ("guided", {"guide": "l2r", "guide_threshold": 0.1}))  # the sweep's l2r run guides
-
-
-def grid_line(text: str) -> str:
-    """The sample's grid: its first 81 characters (the newline position is generated too), with
-    every character that is not a digit 1-9 (whitespace included) written as 0, a missing digit."""
-    return "".join(c if c in "123456789" else "0" for c in text[:81])
 
 
 def grid_cells(tokens_L: np.ndarray, tokenizer) -> str:
@@ -61,36 +62,81 @@ def grid_stats(lines: list[str]) -> dict:
             "conflicts": float(conflicts.mean()), "conflicts_se": float(conflicts.std(ddof=1) / math.sqrt(n))}
 
 
-def measure(cfg, params, tokenizer, name: str, options: dict, steps: int, samples: int,
+def windows_of(cfg, count: int) -> tuple[np.ndarray, float]:
+    """The first `count` validation windows [count, 82] of the run's data, and bytes per token."""
+    data = make_data(cfg.data)
+    rows = np.concatenate(data.val_batches(-(-count // cfg.data.batch_size)))[:count]
+    return rows, data.val_bytes_per_token
+
+
+def templates(windows: np.ndarray, givens: int, mask: int) -> np.ndarray:
+    """Rows with `givens` random cells of each grid kept, the other cells MASK, the separator kept."""
+    rng = np.random.default_rng(0)
+    rows = windows.copy()
+    for row in rows:
+        row[rng.permutation(CELLS)[givens:]] = mask
+    return rows
+
+
+def measure(cfg, params, tokenizer, name: str, options: dict, per_step: int, rows_NL: np.ndarray,
             runs: Path) -> dict:
+    """One setting on the rows (all MASK, or puzzles): per-row outcomes and the setting's summary."""
+    mask = special_ids(cfg.model).mask
+    generated = int((rows_NL[0] == mask).sum())
+    steps = -(-generated // per_step)
     sampler = sampling.resolve(cfg, name)
-    given = {"steps": steps, **options, **companion_dirs(sampler, options, runs)}
+    given = {"steps": steps, "temperature": 1.0, **options, **companion_dirs(sampler, options, runs)}
     opts = sampling.make_options(sampler, given)
     companions = load_companions(sampler, opts)
-    rows = np.full((BATCH, LENGTH), special_ids(cfg.model).mask, np.int32)
+    givens = int(CELLS - (rows_NL[0, :CELLS] == mask).sum())
+    given_lines = [grid_cells(np.where(r == mask, tokenizer.pad_id, r), tokenizer) for r in rows_NL]
     lines, uncertainty, nfe, t0 = [], [], 0, time.perf_counter()
-    for seed in range(max(samples // BATCH, 1)):
-        out = jax.device_get(sampling.sample(params, cfg, rows, jax.random.key(seed), sampler, opts,
-                                             companions=companions))
-        tokens = np.asarray(out["tokens"])
-        lines += [grid_line(tokenizer.decode(t[t != tokenizer.pad_id])) for t in tokens]
-        uncertainty += list(np.asarray(out["uncertainty"]) / LENGTH)
+    for i in range(0, len(rows_NL), BATCH):
+        out = jax.device_get(sampling.sample(params, cfg, rows_NL[i:i + BATCH], jax.random.key(i // BATCH),
+                                             sampler, opts, companions=companions))
+        lines += [grid_cells(t, tokenizer) for t in np.asarray(out["tokens"])]
+        uncertainty += list(np.asarray(out["uncertainty"]) / generated)
         nfe += int(out["nfe"])
-    stats = grid_stats(lines)
-    return {"sampler": name, "steps": steps, **options, "samples": len(lines),
-            "valid_fraction": stats["valid_fraction"], "conflicts": stats["conflicts"],
-            "conflicts_se": stats["conflicts_se"], "uncertainty_per_token": float(np.mean(uncertainty)),
-            "passes_per_token": nfe / (max(samples // BATCH, 1) * LENGTH),
-            "seconds": time.perf_counter() - t0}
+    solved_N = np.asarray([solves(x, g) for x, g in zip(lines, given_lines)], np.float64)
+    conflicts_N = np.asarray([grid_conflicts(x) for x in lines], np.float64)
+    n = len(lines)
+    return {"sampler": name, "per_step": per_step, "steps": steps, "givens": givens, **options,
+            "samples": n, "valid": int(solved_N.sum()), "valid_fraction": float(solved_N.mean()),
+            "valid_se": float(math.sqrt(solved_N.mean() * (1 - solved_N.mean()) / n)),
+            "conflicts": float(conflicts_N.mean()),
+            "conflicts_se": float(conflicts_N.std(ddof=1) / math.sqrt(n)),
+            "uncertainty_per_token": float(np.mean(uncertainty)),
+            "passes_per_token": nfe / (-(-n // BATCH) * generated),
+            "seconds": time.perf_counter() - t0,
+            "per_row": {"valid": solved_N.tolist(), "conflicts": conflicts_N.tolist(),
+                        "uncertainty": [float(u) for u in uncertainty]}}
+
+
+def add_paired(results: list[dict]) -> None:
+    """Paired differences of each row from `confidence` at the same commits per step and givens."""
+    base = {(r["per_step"], r["givens"]): r for r in results if r["sampler"] == "confidence"}
+    for r in results:
+        b = base.get((r["per_step"], r["givens"]))
+        if b is None or b is r or b["samples"] != r["samples"]:
+            continue
+        for key in ("valid", "conflicts", "uncertainty"):
+            r[f"d_{key}"] = mean_se(np.subtract(r["per_row"][key], b["per_row"][key]))
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| sampler | steps | valid grids | conflicts/grid | uncertainty (nats/token) | passes/token |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| givens | sampler | commits/step (steps) | valid or solved | Δ vs confidence | "
+             "conflicts/grid | Δ conflicts | uncertainty (nats/token) | Δ uncertainty | passes/token |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def delta(r: dict, key: str, fmt: str) -> str:
+        return f"{r[key][0]:+{fmt}} ± {r[key][1]:{fmt}}" if key in r else ""
+
     for r in results:
-        lines.append(f"| {r['sampler']} | {r['steps']} | {r['valid_fraction']:.3f} | "
-                     f"{r['conflicts']:.2f} ± {r['conflicts_se']:.2f} | {r['uncertainty_per_token']:.3f} | "
-                     f"{r['passes_per_token']:.2f} |")
+        lines.append(f"| {r['givens']} | {r['sampler']} | {r['per_step']} ({r['steps']}) | "
+                     f"{r['valid']}/{r['samples']} ({r['valid_fraction']:.3f} ± {r['valid_se']:.3f}) | "
+                     f"{delta(r, 'd_valid', '.3f')} | {r['conflicts']:.2f} ± {r['conflicts_se']:.2f} | "
+                     f"{delta(r, 'd_conflicts', '.2f')} | {r['uncertainty_per_token']:.3f} | "
+                     f"{delta(r, 'd_uncertainty', '.3f')} | {r['passes_per_token']:.2f} |")
     return "\n".join(lines)
 
 
@@ -99,15 +145,20 @@ def plot(results: list[dict], out_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in dict.fromkeys(r["sampler"] for r in results):
-        rs = [r for r in results if r["sampler"] == name]
-        ax.errorbar([r["steps"] for r in rs], [r["conflicts"] for r in rs],
-                    yerr=[r["conflicts_se"] for r in rs], marker="o", capsize=2, label=name)
-    ax.set_xlabel("steps (82 positions)")
-    ax.set_ylabel("conflicts per grid (0 = valid)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    givens = sorted({r["givens"] for r in results})
+    fig, axes = plt.subplots(1, len(givens), figsize=(5 * len(givens), 4), squeeze=False)
+    for ax, g in zip(axes[0], givens):
+        for name in dict.fromkeys(r["sampler"] for r in results):
+            rs = sorted((r for r in results if r["sampler"] == name and r["givens"] == g),
+                        key=lambda r: r["per_step"])
+            ax.errorbar([r["per_step"] for r in rs], [r["conflicts"] for r in rs],
+                        yerr=[r["conflicts_se"] for r in rs], marker="o", capsize=2, label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("commits per step")
+        ax.set_ylabel("conflicts per grid (0 = valid)")
+        ax.set_title("unprompted" if g == 0 else f"{g} givens")
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / "sudoku.png", dpi=120)
     plt.close(fig)
@@ -118,8 +169,10 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default=str(REPO / "runs" / "sweeps" / "sudoku_decoding"))
     parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--steps", default="82,41,21")
-    parser.add_argument("--samplers", default=",".join(name for name, _ in SETTINGS))
+    parser.add_argument("--per-step", default="1,2,4", help="commits per step (a comma list)")
+    parser.add_argument("--givens", default="0", help="cells kept per puzzle, 0 = unprompted (a comma list)")
+    parser.add_argument("--samplers", default="confidence,info-gain,margin",
+                        help="comma list of confidence, info-gain, margin, guided (guided needs the l2r run)")
     args = parser.parse_args()
     runs = Path(args.runs)
     if not (runs / "mdm" / "checkpoints").is_dir():
@@ -128,30 +181,37 @@ def main() -> None:
                        check=True)
     cfg, params, step = load_params(runs / "mdm")
     tokenizer = run_tokenizer(cfg, runs / "mdm")
+    mask = special_ids(cfg.model).mask
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"{stamp}; {machine_line()}; sudoku mdm step {step}", flush=True)
     wanted = args.samplers.split(",")
+    windows = windows_of(cfg, args.samples)[0]
     results = []
-    for steps in (int(s) for s in args.steps.split(",")):
-        for name, options in SETTINGS:
-            if name not in wanted:
-                continue
-            r = measure(cfg, params, tokenizer, name, options, steps, args.samples, runs)
-            results.append(r)
-            print(f"{name:<12} steps {steps:>3}  valid {r['valid_fraction']:.3f}  conflicts "
-                  f"{r['conflicts']:.2f}±{r['conflicts_se']:.2f}  "
-                  f"uncertainty {r['uncertainty_per_token']:.3f}  passes/token {r['passes_per_token']:.2f}  "
-                  f"({r['seconds']:.0f} s)", flush=True)
+    for g in (int(x) for x in args.givens.split(",")):
+        rows_NL = np.full((args.samples, LENGTH), mask, np.int32) if g == 0 else templates(windows, g, mask)
+        for k in (int(x) for x in args.per_step.split(",")):
+            for name, options in SETTINGS:
+                if name not in wanted:
+                    continue
+                r = measure(cfg, params, tokenizer, name, options, k, rows_NL, runs)
+                results.append(r)
+                print(f"givens {g:>2}  {name:<12} {k}/step ({r['steps']:>2} steps)  valid {r['valid']}/"
+                      f"{r['samples']}  conflicts {r['conflicts']:.2f}±{r['conflicts_se']:.2f}  "
+                      f"uncertainty {r['uncertainty_per_token']:.3f}  "
+                      f"passes/token {r['passes_per_token']:.2f}  ({r['seconds']:.0f} s)", flush=True)
     out = runs / "bench"
     out.mkdir(parents=True, exist_ok=True)
     path = out / "sudoku.json"
     if path.exists():  # rows of earlier invocations stay unless this one measured the same setting
-        key = lambda r: (r["sampler"], r["steps"])  # noqa: E731
+        key = lambda r: (r["sampler"], r.get("per_step"), r.get("givens", 0))  # noqa: E731
         new = {key(r) for r in results}
-        results = [r for r in json.loads(path.read_text())["rows"] if key(r) not in new] + results
+        old = json.loads(path.read_text())["rows"]
+        results = [r for r in old if key(r) not in new and "per_row" in r] + results
+    add_paired(results)
     path.write_text(json.dumps({"date": stamp, "machine": machine_line(), "step": step,
-                                                 "rows": results}, indent=1))
-    (out / "sudoku.md").write_text(f"{stamp}; {machine_line()}\n\n{markdown(results)}\n")
+                                "rows": results}, indent=1))
+    header = f"{stamp}; {machine_line()}; sudoku mdm step {step}"
+    (out / "sudoku.md").write_text(f"{header}\n\n{markdown(results)}\n")
     plot(results, out)
     print(markdown(results))
 

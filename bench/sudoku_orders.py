@@ -41,10 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax
 import numpy as np
 from decoding_common import REPO, machine_line
-from sudoku import BATCH, LENGTH, grid_cells, grid_stats
+from sudoku import BATCH, CELLS, LENGTH, grid_cells, grid_stats, templates, windows_of
 
 from jaxorder import objectives, sampling
-from jaxorder.data import make_data
 from jaxorder.data.synthetic import solves, sudoku_peers
 from jaxorder.evaluation.commit_order import filled_neighbours, most_constrained_order
 from jaxorder.evaluation.runs import load_params, run_tokenizer
@@ -55,29 +54,12 @@ from jaxorder.objectives.common import special_ids
 SWEEP = REPO / "configs" / "sweeps" / "sudoku_orders.yaml"
 NATURAL = {"l2r": ("ar", {}), "mdm": ("confidence", {"steps": LENGTH}), "ao_ar": ("greedy", {}),
            "learned_order": ("policy", {})}  # objective -> its natural sampler and options
-CELLS = 81
 
 
 def bits_per_cell(result: dict, bytes_per_token: float) -> tuple[float, float]:
     """A yardstick's bits/byte (and s.e.) as bits per grid cell: a window's bits over its 81 cells."""
     scale = bytes_per_token * LENGTH / CELLS
     return result["bpb"] * scale, result["bpb_stderr"] * scale
-
-
-def windows_of(cfg, count: int) -> tuple[np.ndarray, float]:
-    """The first `count` validation windows [count, 82] of the run's data, and bytes per token."""
-    data = make_data(cfg.data)
-    rows = np.concatenate(data.val_batches(-(-count // cfg.data.batch_size)))[:count]
-    return rows, data.val_bytes_per_token
-
-
-def templates(windows: np.ndarray, givens: int, mask: int) -> np.ndarray:
-    """Rows with `givens` random cells of each grid kept, the other cells MASK, the separator kept."""
-    rng = np.random.default_rng(0)
-    rows = windows.copy()
-    for row in rows:
-        row[rng.permutation(CELLS)[givens:]] = mask
-    return rows
 
 
 def decode(cfg, params, rows: np.ndarray, sampler: str, options: dict) -> tuple[np.ndarray, np.ndarray]:
