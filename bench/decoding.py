@@ -112,9 +112,10 @@ def grid(quick: bool) -> list[Row]:
                                                       remask_dropped=True, **mdm),
                             f"confidence, 64 steps + remask {rho}, dropped only"))
     if not quick:  # Info-Gain at the same commits per step as "confidence, 64 steps"
-        for c in (2, 8):
-            rows.append(Row("mdm", "info-gain", dict(steps=64, candidates=c, **mdm),
-                            f"info-gain, 64 steps, C={c}", baseline="confidence, 64 steps"))
+        for steps, c, ref in ((64, 2, "confidence, 64 steps"), (64, 8, "confidence, 64 steps"),
+                              (LENGTH, 8, base.label)):  # and at one token per step
+            rows.append(Row("mdm", "info-gain", dict(steps=steps, candidates=c, **mdm),
+                            f"info-gain, {steps} steps, C={c}", baseline=ref))
         # at temperature 0 the drawn token is the argmax: the cost's entropies then describe the
         # committed tokens' own distributions, as in the Info-Gain paper's greedy decoding
         greedy64 = dict(steps=64, temperature=0.0, **mdm)
