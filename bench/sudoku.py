@@ -40,8 +40,9 @@ from jaxorder.objectives.common import special_ids
 
 SWEEP = REPO / "configs" / "sweeps" / "sudoku_decoding.yaml"
 BATCH, LENGTH, CELLS = 16, 82, 81
-SETTINGS = (("confidence", {}), ("info-gain", {}), ("margin", {}),
-            ("guided", {"guide": "l2r", "guide_threshold": 0.1}))  # the sweep's l2r run guides
+SETTINGS = (("confidence", "confidence", {}), ("info-gain", "info-gain", {}),
+            ("info-gain C=2", "info-gain", {"candidates": 2}), ("margin", "margin", {}),
+            ("guided", "guided", {"guide": "l2r", "guide_threshold": 0.1}))  # (label, sampler, options)
 
 
 def grid_cells(tokens_L: np.ndarray, tokenizer) -> str:
@@ -78,8 +79,8 @@ def templates(windows: np.ndarray, givens: int, mask: int) -> np.ndarray:
     return rows
 
 
-def measure(cfg, params, tokenizer, name: str, options: dict, per_step: int, rows_NL: np.ndarray,
-            runs: Path) -> dict:
+def measure(cfg, params, tokenizer, label: str, name: str, options: dict, per_step: int,
+            rows_NL: np.ndarray, runs: Path) -> dict:
     """One setting on the rows (all MASK, or puzzles): per-row outcomes and the setting's summary."""
     mask = special_ids(cfg.model).mask
     generated = int((rows_NL[0] == mask).sum())
@@ -100,7 +101,8 @@ def measure(cfg, params, tokenizer, name: str, options: dict, per_step: int, row
     solved_N = np.asarray([solves(x, g) for x, g in zip(lines, given_lines)], np.float64)
     conflicts_N = np.asarray([grid_conflicts(x) for x in lines], np.float64)
     n = len(lines)
-    return {"sampler": name, "per_step": per_step, "steps": steps, "givens": givens, **options,
+    return {"sampler": label, "sampler_name": name, "per_step": per_step, "steps": steps, "givens": givens,
+            **options,
             "samples": n, "valid": int(solved_N.sum()), "valid_fraction": float(solved_N.mean()),
             "valid_se": float(math.sqrt(solved_N.mean() * (1 - solved_N.mean()) / n)),
             "conflicts": float(conflicts_N.mean()),
@@ -172,7 +174,8 @@ def main() -> None:
     parser.add_argument("--per-step", default="1,2,4", help="commits per step (a comma list)")
     parser.add_argument("--givens", default="0", help="cells kept per puzzle, 0 = unprompted (a comma list)")
     parser.add_argument("--samplers", default="confidence,info-gain,margin",
-                        help="comma list of confidence, info-gain, margin, guided (guided needs the l2r run)")
+                        help="comma list of confidence, info-gain, info-gain C=2, margin, guided (guided "
+                             "needs the l2r run)")
     args = parser.parse_args()
     runs = Path(args.runs)
     if not (runs / "mdm" / "checkpoints").is_dir():
@@ -190,12 +193,12 @@ def main() -> None:
     for g in (int(x) for x in args.givens.split(",")):
         rows_NL = np.full((args.samples, LENGTH), mask, np.int32) if g == 0 else templates(windows, g, mask)
         for k in (int(x) for x in args.per_step.split(",")):
-            for name, options in SETTINGS:
-                if name not in wanted:
+            for label, name, options in SETTINGS:
+                if label not in wanted:
                     continue
-                r = measure(cfg, params, tokenizer, name, options, k, rows_NL, runs)
+                r = measure(cfg, params, tokenizer, label, name, options, k, rows_NL, runs)
                 results.append(r)
-                print(f"givens {g:>2}  {name:<12} {k}/step ({r['steps']:>2} steps)  valid {r['valid']}/"
+                print(f"givens {g:>2}  {label:<13} {k}/step ({r['steps']:>2} steps)  valid {r['valid']}/"
                       f"{r['samples']}  conflicts {r['conflicts']:.2f}±{r['conflicts_se']:.2f}  "
                       f"uncertainty {r['uncertainty_per_token']:.3f}  "
                       f"passes/token {r['passes_per_token']:.2f}  ({r['seconds']:.0f} s)", flush=True)
