@@ -44,6 +44,9 @@ SETTINGS = (("confidence", "confidence", {}), ("info-gain", "info-gain", {}),
             ("info-gain C=2", "info-gain", {"candidates": 2}), ("margin", "margin", {}),
             ("remask 0.5", "confidence", {"remask": 0.5, "remask_candidates": 8}),
             ("remask 1", "confidence", {"remask": 1.0, "remask_candidates": 8}),
+            ("threshold 0.9", "threshold", {"threshold": 0.9}),
+            ("threshold 0.7", "threshold", {"threshold": 0.7}),
+            ("Prophet 5", "confidence", {"prophet": 5.0}), ("Prophet 2.5", "confidence", {"prophet": 2.5}),
             ("guided", "guided", {"guide": "l2r", "guide_threshold": 0.1}))  # (label, sampler, options)
 
 
@@ -176,8 +179,7 @@ def main() -> None:
     parser.add_argument("--per-step", default="1,2,4", help="commits per step (a comma list)")
     parser.add_argument("--givens", default="0", help="cells kept per puzzle, 0 = unprompted (a comma list)")
     parser.add_argument("--samplers", default="confidence,info-gain,margin",
-                        help="comma list of confidence, info-gain, info-gain C=2, margin, remask 0.5, "
-                             "remask 1, guided (guided needs the l2r run)")
+                        help="comma list of the labels of SETTINGS (guided needs the l2r run)")
     args = parser.parse_args()
     runs = Path(args.runs)
     if not (runs / "mdm" / "checkpoints").is_dir():
