@@ -35,8 +35,10 @@ from decoding_common import REPO, machine_line, mean_se
 from jaxorder import sampling
 from jaxorder.data import make_data
 from jaxorder.data.synthetic import grid_conflicts, is_valid_grid, solves
+from jaxorder.evaluation.filter_training import train_filter
 from jaxorder.evaluation.runs import companion_dirs, load_companions, load_params, run_tokenizer
 from jaxorder.objectives.common import special_ids
+from jaxorder.sampling import traces as trace_lib
 
 SWEEP = REPO / "configs" / "sweeps" / "sudoku_decoding.yaml"
 BATCH, LENGTH, CELLS = 16, 82, 81
@@ -47,7 +49,10 @@ SETTINGS = (("confidence", "confidence", {}), ("info-gain", "info-gain", {}),
             ("threshold 0.9", "threshold", {"threshold": 0.9}),
             ("threshold 0.7", "threshold", {"threshold": 0.7}),
             ("Prophet 5", "confidence", {"prophet": 5.0}), ("Prophet 2.5", "confidence", {"prophet": 2.5}),
+            ("learned 0.9", "learned", {"filter_threshold": 0.9}),
+            ("learned 0.5", "learned", {"filter_threshold": 0.5}),
             ("guided", "guided", {"guide": "l2r", "guide_threshold": 0.1}))  # (label, sampler, options)
+TRACE_ROWS, TRACE_KEY = 64, 1000  # the learned filter's traces: other rows, other keys than the decodes
 
 
 def grid_cells(tokens_L: np.ndarray, tokenizer) -> str:
@@ -117,6 +122,23 @@ def measure(cfg, params, tokenizer, label: str, name: str, options: dict, per_st
             "seconds": time.perf_counter() - t0,
             "per_row": {"valid": solved_N.tolist(), "conflicts": conflicts_N.tolist(),
                         "uncertainty": [float(u) for u in uncertainty]}}
+
+
+def commit_filter_of(cfg, params, run_dir: Path, out: Path) -> str:
+    """The learned settings' filter: trained (once, into OUT/filter) on traces of one-token-per-step
+    `confidence` decodes of TRACE_ROWS unprompted rows keyed TRACE_KEY, TRACE_KEY + 1, ... ."""
+    path = out / "filter" / "commit_filter.yaml"
+    if not path.exists():
+        rows = np.full((TRACE_ROWS, LENGTH), special_ids(cfg.model).mask, np.int32)
+        opts = sampling.SamplerOptions(steps=LENGTH, temperature=1.0)
+        _, tr = trace_lib.sample_and_record(params, cfg, rows, jax.random.key(TRACE_KEY), "confidence", opts)
+        header = trace_lib.trace_header(tr, cfg, "confidence", opts, LENGTH, TRACE_ROWS, run=run_dir.name,
+                                        seed=TRACE_KEY)
+        trace_lib.save(out / "traces.npz", tr, header)
+        filt = train_filter(run_dir, out / "traces.npz", out=out / "filter", log=None)
+        print(f"filter: {header['rows']} trace rows, label rate {header['label_rate']:.3f}, held-out AUC "
+              f"{filt['metrics']['held_out']['auc']:.3f}", flush=True)
+    return str(path)
 
 
 def add_paired(results: list[dict]) -> None:
@@ -193,21 +215,23 @@ def main() -> None:
     print(f"{stamp}; {machine_line()}; sudoku mdm step {step}", flush=True)
     wanted = args.samplers.split(",")
     windows = windows_of(cfg, args.samples)[0]
-    results = []
+    results, out = [], runs / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    filter_path = (commit_filter_of(cfg, params, runs / "mdm", out)
+                   if any(name == "learned" and label in wanted for label, name, _ in SETTINGS) else "")
     for g in (int(x) for x in args.givens.split(",")):
         rows_NL = np.full((args.samples, LENGTH), mask, np.int32) if g == 0 else templates(windows, g, mask)
         for k in (int(x) for x in args.per_step.split(",")):
             for label, name, options in SETTINGS:
                 if label not in wanted:
                     continue
-                r = measure(cfg, params, tokenizer, label, name, options, k, rows_NL, runs)
+                given = dict(options, commit_filter=filter_path) if name == "learned" else options
+                r = measure(cfg, params, tokenizer, label, name, given, k, rows_NL, runs)
                 results.append(r)
                 print(f"givens {g:>2}  {label:<13} {k}/step ({r['steps']:>2} steps)  valid {r['valid']}/"
                       f"{r['samples']}  conflicts {r['conflicts']:.2f}±{r['conflicts_se']:.2f}  "
                       f"uncertainty {r['uncertainty_per_token']:.3f}  "
                       f"passes/token {r['passes_per_token']:.2f}  ({r['seconds']:.0f} s)", flush=True)
-    out = runs / "bench"
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "sudoku.json"
     if path.exists():  # rows of earlier invocations stay unless this one measured the same setting
         key = lambda r: (r["sampler"], r.get("per_step"), r.get("givens", 0))  # noqa: E731
