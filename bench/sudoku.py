@@ -126,7 +126,7 @@ def measure(cfg, params, tokenizer, label: str, name: str, options: dict, per_st
 
 def commit_filter_of(cfg, params, run_dir: Path, out: Path) -> str:
     """The learned settings' filter: trained (once, into OUT/filter) on traces of one-token-per-step
-    `confidence` decodes of TRACE_ROWS unprompted rows keyed TRACE_KEY, TRACE_KEY + 1, ... ."""
+    `confidence` decodes of TRACE_ROWS unprompted rows, one batch keyed TRACE_KEY (decodes: 0, 1, ...)."""
     path = out / "filter" / "commit_filter.yaml"
     if not path.exists():
         rows = np.full((TRACE_ROWS, LENGTH), special_ids(cfg.model).mask, np.int32)
