@@ -51,7 +51,10 @@ SETTINGS = (("confidence", "confidence", {}), ("info-gain", "info-gain", {}),
             ("Prophet 5", "confidence", {"prophet": 5.0}), ("Prophet 2.5", "confidence", {"prophet": 2.5}),
             ("learned 0.9", "learned", {"filter_threshold": 0.9}),
             ("learned 0.5", "learned", {"filter_threshold": 0.5}),
-            ("guided", "guided", {"guide": "l2r", "guide_threshold": 0.1}))  # (label, sampler, options)
+            ("guided", "guided", {"guide": "l2r", "guide_threshold": 0.1}),
+            ("guided product", "guided",
+             {"guide": "l2r", "guide_threshold": 0.1, "guide_fallback": "product"}),
+            )  # (label, sampler, options); the guided ones need the sweep's l2r run
 TRACE_ROWS, TRACE_KEY = 64, 1000  # the learned filter's traces: other rows, other keys than the decodes
 
 
