@@ -1,6 +1,7 @@
 """What the decoding benchmarks share: the run set-up, the rows they decode, timing, and the
 quality numbers (judge bits/byte, unigram entropy, paired differences). Used by bench/decoding.py,
-bench/decoding_confidence.py, bench/decoding_lengths.py and bench/decoding_long_prompts.py."""
+bench/decoding_confidence.py, bench/decoding_lengths.py, bench/decoding_long_prompts.py and the
+benches that train a commit filter (end_of_text, learned_filter, sudoku)."""
 from __future__ import annotations
 
 import math
@@ -19,6 +20,7 @@ import numpy as np
 from jaxorder.data import make_data
 from jaxorder.evaluation.sample_quality import judge_nll_params, unigram_entropy_bits
 from jaxorder.objectives.common import special_ids
+from jaxorder.sampling import traces
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = REPO / "configs" / "sweeps" / "decoding.yaml"
@@ -44,8 +46,8 @@ def unprompted(cfg, batch: int, length: int = LENGTH) -> np.ndarray:
     return np.full((batch, length), special_ids(cfg.model).mask, np.int32)
 
 
-def prompted(cfg, windows: np.ndarray) -> np.ndarray:
-    rows = np.full((len(windows), LENGTH), special_ids(cfg.model).mask, np.int32)
+def prompted(cfg, windows: np.ndarray, length: int = LENGTH) -> np.ndarray:
+    rows = np.full((len(windows), length), special_ids(cfg.model).mask, np.int32)
     rows[:, :PROMPT] = windows[:, :PROMPT]
     return rows
 
@@ -56,6 +58,17 @@ def prompt_windows(cfg, n: int) -> np.ndarray:
     per_batch = cfg.data.batch_size
     batches = make_data(cfg.data).val_batches(-(-n // per_batch))
     return np.concatenate([np.asarray(b) for b in batches])[:n]
+
+
+def record_confidence_traces(params, cfg, rows: np.ndarray, options, seed: int, path: Path, run: str) -> dict:
+    """Traces of a `confidence` decode of `rows` (key `seed`, jaxorder.sampling.traces) written to
+    `path`: {path, rows, label_rate, seconds}."""
+    t0 = time.perf_counter()
+    _, tr = traces.sample_and_record(params, cfg, rows, jax.random.key(seed), "confidence", options)
+    header = traces.trace_header(tr, cfg, "confidence", options, rows.shape[1], len(rows), run=run, seed=seed)
+    traces.save(path, tr, header)
+    return {"path": str(path), "rows": header["rows"], "label_rate": header["label_rate"],
+            "seconds": time.perf_counter() - t0}
 
 
 def texts_of(out: dict, tokenizer) -> list[str]:

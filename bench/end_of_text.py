@@ -38,13 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax
 import numpy as np
-from decoding_common import REPO, machine_line, mean_se
+from decoding_common import REPO, machine_line, mean_se, record_confidence_traces
 
 from jaxorder import sampling
 from jaxorder.data.multiply import format_line, parse_line, sample_pairs
 from jaxorder.evaluation.filter_training import train_filter
 from jaxorder.evaluation.runs import load_params, run_tokenizer, text_ids
-from jaxorder.sampling import traces as trace_lib
 from jaxorder.sampling.prompts import prompt_tokens
 
 CONFIG = REPO / "configs" / "experiments" / "study.yaml"
@@ -109,12 +108,7 @@ def record_traces(params, cfg, tokenizer, pairs, length: int, block: int, temper
                   path: Path, run: str) -> dict:
     rows, steps = question_rows(pairs, tokenizer, length)
     opts = sampling.SamplerOptions(steps=steps, block_length=block, temperature=temperature)
-    t0 = time.perf_counter()
-    _, tr = trace_lib.sample_and_record(params, cfg, rows, jax.random.key(seed), "confidence", opts)
-    header = trace_lib.trace_header(tr, cfg, "confidence", opts, length, len(rows), run=run, seed=seed)
-    trace_lib.save(path, tr, header)
-    return {"path": str(path), "rows": header["rows"], "label_rate": header["label_rate"],
-            "seconds": time.perf_counter() - t0}
+    return record_confidence_traces(params, cfg, rows, opts, seed, path, run)
 
 
 def measure(params, cfg, tokenizer, pairs, length: int, block: int, temperature: float, seed: int,

@@ -45,31 +45,19 @@ from decoding_common import (
     mean_se,
     paired_difference,
     prompt_windows,
+    prompted,
     quality,
+    record_confidence_traces,
 )
 
 from jaxorder import sampling
 from jaxorder.evaluation.filter_training import train_filter
 from jaxorder.evaluation.runs import load_params, run_tokenizer
-from jaxorder.sampling import traces as trace_lib
-
-
-def rows_of(windows: np.ndarray, length: int, mask: int) -> np.ndarray:
-    """Each window's first PROMPT tokens, then MASK to `length`."""
-    rows = np.full((len(windows), length), mask, np.int32)
-    rows[:, :PROMPT] = windows[:, :PROMPT]
-    return rows
 
 
 def record(params, cfg, rows: np.ndarray, temperature: float, path: Path, run: str) -> dict:
-    generated = rows.shape[1] - PROMPT
-    opts = sampling.SamplerOptions(steps=generated, block_length=BLOCK, temperature=temperature)
-    t0 = time.perf_counter()
-    _, tr = trace_lib.sample_and_record(params, cfg, rows, jax.random.key(1), "confidence", opts)
-    header = trace_lib.trace_header(tr, cfg, "confidence", opts, rows.shape[1], len(rows), run=run, seed=1)
-    trace_lib.save(path, tr, header)
-    return {"path": str(path), "rows": header["rows"], "label_rate": header["label_rate"],
-            "length": rows.shape[1], "seconds": time.perf_counter() - t0}
+    opts = sampling.SamplerOptions(steps=rows.shape[1] - PROMPT, block_length=BLOCK, temperature=temperature)
+    return {**record_confidence_traces(params, cfg, rows, opts, 1, path, run), "length": rows.shape[1]}
 
 
 def decode(params, cfg, tokenizer, rows: np.ndarray, name: str, given: dict, judge) -> dict:
@@ -153,8 +141,7 @@ def main() -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"{stamp}; {machine_line()}; mdm step {step}; temperature {args.temperature}", flush=True)
     windows = prompt_windows(cfg, args.prompts + args.trace_prompts)
-    mask = tokenizer.mask_id
-    trace = record(params, cfg, rows_of(windows[args.prompts:], args.trace_length, mask), args.temperature,
+    trace = record(params, cfg, prompted(cfg, windows[args.prompts:], args.trace_length), args.temperature,
                    out / "traces.npz", run_dir.name)
     print(f"traces: {trace['rows']} rows, label rate {trace['label_rate']:.3f} ({trace['seconds']:.0f} s)",
           flush=True)
@@ -162,7 +149,7 @@ def main() -> None:
                         features=args.features, log=None)
     held = filt["metrics"]["held_out"]
     print(f"filter: held-out AUC {held['auc']:.3f}, log loss {held['log_loss']:.3f}", flush=True)
-    rows_NL = rows_of(windows[:args.prompts], LENGTH, mask)
+    rows_NL = prompted(cfg, windows[:args.prompts])
     settings = [("confidence", {})] + [
         ("learned", {"filter_threshold": float(t), "filter_floor": floor, "commit_filter": filt["filter"]})
         for floor in args.floors.split(",") for t in args.thresholds.split(",")]
@@ -171,7 +158,7 @@ def main() -> None:
         r = decode(params, cfg, tokenizer, rows_NL, name, {"temperature": args.temperature, **given}, judge)
         if results:
             r.update(paired_difference(r, results[0]))
-        gen = rows_NL == mask
+        gen = rows_NL == tokenizer.mask_id
         r["agreement"] = float((r["_tokens"][gen] == (results[0] if results else r)["_tokens"][gen]).mean())
         results.append(r)
         print(f"{name} {given.get('filter_threshold', '')} {given.get('filter_floor', '')}: "

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax
 import numpy as np
-from decoding_common import REPO, machine_line, mean_se
+from decoding_common import REPO, machine_line, mean_se, record_confidence_traces
 
 from jaxorder import sampling
 from jaxorder.data import make_data
@@ -38,7 +38,6 @@ from jaxorder.data.synthetic import grid_conflicts, is_valid_grid, solves
 from jaxorder.evaluation.filter_training import train_filter
 from jaxorder.evaluation.runs import companion_dirs, load_companions, load_params, run_tokenizer
 from jaxorder.objectives.common import special_ids
-from jaxorder.sampling import traces as trace_lib
 
 SWEEP = REPO / "configs" / "sweeps" / "sudoku_decoding.yaml"
 BATCH, LENGTH, CELLS = 16, 82, 81
@@ -65,15 +64,21 @@ def grid_cells(tokens_L: np.ndarray, tokenizer) -> str:
     return "".join(c if len(c) == 1 and c in "123456789" else "0" for c in chars)
 
 
+def outcome_stats(valid_N: np.ndarray, conflicts_N: np.ndarray) -> dict:
+    """Valid (or solved) count and fraction with its binomial s.e., and conflicts per grid ± s.e."""
+    n = len(valid_N)
+    p = float(np.mean(valid_N))
+    return {"samples": n, "valid": int(np.sum(valid_N)), "valid_fraction": p,
+            "valid_se": float(math.sqrt(p * (1 - p) / n)), "conflicts": float(np.mean(conflicts_N)),
+            "conflicts_se": float(np.std(conflicts_N, ddof=1) / math.sqrt(n))}
+
+
 def grid_stats(lines: list[str]) -> dict:
-    """Valid-grid fraction (with its binomial s.e.) and conflicts per grid ± s.e. of 81-character lines
-    (a line of another length counts as an empty grid, 27 * 9 conflicts)."""
+    """`outcome_stats` of 81-character lines (a line of another length counts as an empty grid, 27 * 9
+    conflicts)."""
     valid = np.asarray([is_valid_grid(x) for x in lines], np.float64)
     conflicts = np.asarray([grid_conflicts(x) if len(x) == 81 else 27 * 9 for x in lines], np.float64)
-    n = len(lines)
-    return {"samples": n, "valid": int(valid.sum()), "valid_fraction": float(valid.mean()),
-            "valid_se": float(math.sqrt(valid.mean() * (1 - valid.mean()) / n)),
-            "conflicts": float(conflicts.mean()), "conflicts_se": float(conflicts.std(ddof=1) / math.sqrt(n))}
+    return outcome_stats(valid, conflicts)
 
 
 def windows_of(cfg, count: int) -> tuple[np.ndarray, float]:
@@ -115,11 +120,7 @@ def measure(cfg, params, tokenizer, label: str, name: str, options: dict, per_st
     conflicts_N = np.asarray([grid_conflicts(x) for x in lines], np.float64)
     n = len(lines)
     return {"sampler": label, "sampler_name": name, "per_step": per_step, "steps": steps, "givens": givens,
-            **options,
-            "samples": n, "valid": int(solved_N.sum()), "valid_fraction": float(solved_N.mean()),
-            "valid_se": float(math.sqrt(solved_N.mean() * (1 - solved_N.mean()) / n)),
-            "conflicts": float(conflicts_N.mean()),
-            "conflicts_se": float(conflicts_N.std(ddof=1) / math.sqrt(n)),
+            **options, **outcome_stats(solved_N, conflicts_N),
             "uncertainty_per_token": float(np.mean(uncertainty)),
             "passes_per_token": nfe / (-(-n // BATCH) * generated),
             "seconds": time.perf_counter() - t0,
@@ -134,11 +135,9 @@ def commit_filter_of(cfg, params, run_dir: Path, out: Path) -> str:
     if not path.exists():
         rows = np.full((TRACE_ROWS, LENGTH), special_ids(cfg.model).mask, np.int32)
         opts = sampling.SamplerOptions(steps=LENGTH, temperature=1.0)
-        _, tr = trace_lib.sample_and_record(params, cfg, rows, jax.random.key(TRACE_KEY), "confidence", opts)
-        header = trace_lib.trace_header(tr, cfg, "confidence", opts, LENGTH, TRACE_ROWS, run=run_dir.name,
-                                        seed=TRACE_KEY)
-        trace_lib.save(out / "traces.npz", tr, header)
-        filt = train_filter(run_dir, out / "traces.npz", out=out / "filter", log=None)
+        header = record_confidence_traces(params, cfg, rows, opts, TRACE_KEY, out / "traces.npz",
+                                          run_dir.name)
+        filt = train_filter(run_dir, header["path"], out=out / "filter", log=None)
         print(f"filter: {header['rows']} trace rows, label rate {header['label_rate']:.3f}, held-out AUC "
               f"{filt['metrics']['held_out']['auc']:.3f}", flush=True)
     return str(path)
