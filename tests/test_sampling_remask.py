@@ -20,7 +20,7 @@ from jaxorder.data import ByteTokenizer
 from jaxorder.objectives import mdm as mdm_objective
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling.mdm import final_hidden
-from jaxorder.sampling.mdm_steps import block_schedule, commit_step
+from jaxorder.sampling.mdm_steps import block_schedule, commit_step, draw
 from jaxorder.sampling.prompts import parse_template
 from jaxorder.sampling.remask import budget
 
@@ -66,10 +66,11 @@ def end_of_text(x, masked, committed_at, lp_at, logprob, generated, i: int, eos:
 
 def reference(params, cfg, tokens_BL, key, rule: str, steps: int, rho: float, n: int,
               block_length: int = 0, temperature: float = 1.0, eos: int | None = None,
-              dropped: bool = False) -> dict:
+              dropped: bool = False, resample: bool = False) -> dict:
     """The sampler's decode written as a plain loop, one model call per leave-one-out copy; ``eos``:
     with the end-of-text rule (``end_of_text``); ``dropped``: only candidates scoring below their
-    log-prob at commit may be undone."""
+    log-prob at commit may be undone; ``resample``: an undone token is rewritten at once by a draw
+    from its leave-one-out conditional (the draws of a step's [B, n] slots from one key)."""
     mask_id = special_ids(cfg.model).mask
     x = np.array(tokens_BL, np.int32)
     B, L = x.shape
@@ -96,18 +97,24 @@ def reference(params, cfg, tokens_BL, key, rule: str, steps: int, rho: float, n:
             # candidates: committed generated tokens of the block, lowest log-prob at commit first
             order = np.argsort(np.where((committed_at >= 0) & in_block[None, :], lp_at, np.inf), axis=1,
                                kind="stable")
-            scores = []
+            scores, redraws = [], []
             for row in range(B):
                 cands = [int(p) for p in order[row, :n] if np.isfinite(lp_at[row, p])
                          and committed_at[row, p] >= 0 and in_block[p]]
-                row_scores = {}
+                row_scores, row_logp = {}, np.zeros((n, logp.shape[-1]), np.float32)
                 if r.max() > 0:
-                    for p in cands:
+                    for slot, p in enumerate(cands):
                         copy = x.copy()
                         copy[row, p] = mask_id
                         logp_copy = np.asarray(logp_fn(params, jnp.asarray(copy)))
                         row_scores[p] = float(logp_copy[row, p, x[row, p]])
+                        row_logp[slot] = logp_copy[row, p]
                 scores.append(row_scores)
+                redraws.append((cands, row_logp))
+            if resample and r.max() > 0:
+                logp_BnV = np.stack([lp for _, lp in redraws])
+                redraw_key = jax.random.fold_in(jax.random.fold_in(key, i), 1)
+                new_Bn = np.asarray(draw(jnp.asarray(logp_BnV), redraw_key, opts))
             tok, commit, lp_tok = (np.asarray(a) for a in commit_step(
                 jnp.asarray(logp), jnp.asarray(eligible), jax.random.fold_in(key, i), left, rule, opts, 0.9))
             x = np.where(commit, tok, x)
@@ -119,10 +126,16 @@ def reference(params, cfg, tokens_BL, key, rule: str, steps: int, rho: float, n:
                 worse = [p for p in sorted(scores[row], key=scores[row].get)
                          if not dropped or scores[row][p] < lp_at[row, p]]
                 for p in worse[: r[row]]:
-                    x[row, p], masked[row, p], committed_at[row, p] = mask_id, True, -1
                     logprob[row] -= lp_at[row, p]
-                    lp_at[row, p] = np.inf
                     remasked[row] += 1
+                    if resample:
+                        slot = redraws[row][0].index(p)
+                        x[row, p], committed_at[row, p] = new_Bn[row, slot], i
+                        lp_at[row, p] = redraws[row][1][slot, x[row, p]]
+                        logprob[row] += lp_at[row, p]
+                    else:
+                        x[row, p], masked[row, p], committed_at[row, p] = mask_id, True, -1
+                        lp_at[row, p] = np.inf
             if eos is not None:
                 released += end_of_text(x, masked, committed_at, lp_at, logprob, generated, i, eos, mask_id)
             i += 1
@@ -130,25 +143,37 @@ def reference(params, cfg, tokens_BL, key, rule: str, steps: int, rho: float, n:
                 released=released)
 
 
+def prompted_case(cfg) -> np.ndarray:
+    """Three rows of 16 masks, one with a 3-token prompt (fixed tokens are never candidates)."""
+    tokens = np.full((3, 16), special_ids(cfg.model).mask, np.int32)
+    tokens[1, :3] = [84, 111, 32]
+    return tokens
+
+
+def equals_reference(tiny, tokens, rule: str, block_length: int, **flags) -> tuple[dict, dict]:
+    """(sampler output, reference) of an 8-step decode with R = 1 and 3 candidates, the EOS rule
+    on, and ``flags`` (remask_dropped / remask_resample) on both; asserts they are equal."""
+    cfg, params = tiny
+    key = jax.random.key(3)
+    out = sample(params, cfg, tokens, key, spec(rule, steps=8, remask=1.0, remask_candidates=3,
+                                                block_length=block_length, **flags))
+    ref = reference(params, cfg, tokens, key, rule, steps=8, rho=1.0, n=3, block_length=block_length,
+                    eos=special_ids(cfg.model).eos, dropped=flags.get("remask_dropped", False),
+                    resample=flags.get("remask_resample", False))
+    for name in ("tokens", "committed_at", "remasked"):
+        np.testing.assert_array_equal(np.asarray(out[name]), ref[name], err_msg=name)
+    np.testing.assert_allclose(np.asarray(out["logprob"]), ref["logprob"], rtol=1e-4, atol=1e-4)
+    assert int(out["steps"]) == ref["steps"]
+    assert not (np.asarray(out["tokens"]) == special_ids(cfg.model).mask).any()
+    assert (np.asarray(out["tokens"])[1, :3] == [84, 111, 32]).all()
+    return out, ref
+
+
 @pytest.mark.parametrize("rule,block_length", [("confidence", 0), ("confidence", 8), ("margin", 8),
                                                ("entropy", 0)])
 def test_remasking_equals_the_plain_reference(tiny, rule, block_length):
-    cfg, params = tiny
-    mask_id = special_ids(cfg.model).mask
-    tokens = np.full((3, 16), mask_id, np.int32)
-    tokens[1, :3] = [84, 111, 32]  # a prompt in one row: fixed tokens are never candidates
-    key = jax.random.key(3)
-    out = sample(params, cfg, tokens, key, spec(rule, steps=8, remask=1.0, remask_candidates=3,
-                                                block_length=block_length))
-    ref = reference(params, cfg, tokens, key, rule, steps=8, rho=1.0, n=3, block_length=block_length,
-                    eos=special_ids(cfg.model).eos)
+    _, ref = equals_reference(tiny, prompted_case(tiny[0]), rule, block_length)
     assert ref["remasked"].sum() > 0, "the case must remask something to test anything"
-    np.testing.assert_array_equal(np.asarray(out["tokens"]), ref["tokens"])
-    np.testing.assert_array_equal(np.asarray(out["committed_at"]), ref["committed_at"])
-    np.testing.assert_array_equal(np.asarray(out["remasked"]), ref["remasked"])
-    np.testing.assert_allclose(np.asarray(out["logprob"]), ref["logprob"], rtol=1e-4, atol=1e-4)
-    assert int(out["steps"]) == ref["steps"] and not (np.asarray(out["tokens"]) == mask_id).any()
-    assert (np.asarray(out["tokens"])[1, :3] == [84, 111, 32]).all()
 
 
 @pytest.mark.parametrize("block_length", [0, 8])
@@ -156,20 +181,26 @@ def test_remasking_only_what_got_worse_equals_the_plain_reference(tiny, block_le
     """--remask-dropped: a candidate is undone only if its current score fell below its log-prob at
     commit; the case must both undo some and spare some the full rule would have undone."""
     cfg, params = tiny
-    mask_id = special_ids(cfg.model).mask
-    tokens = np.full((3, 16), mask_id, np.int32)
-    tokens[1, :3] = [84, 111, 32]
-    key = jax.random.key(3)
-    opts = dict(steps=8, remask=1.0, remask_candidates=3, block_length=block_length)
-    out = sample(params, cfg, tokens, key, spec("confidence", remask_dropped=True, **opts))
-    ref = reference(params, cfg, tokens, key, "confidence", steps=8, rho=1.0, n=3, block_length=block_length,
-                    eos=special_ids(cfg.model).eos, dropped=True)
-    full = sample(params, cfg, tokens, key, spec("confidence", **opts))
+    tokens = prompted_case(cfg)
+    _, ref = equals_reference(tiny, tokens, "confidence", block_length, remask_dropped=True)
+    full = sample(params, cfg, tokens, jax.random.key(3),
+                  spec("confidence", steps=8, remask=1.0, remask_candidates=3, block_length=block_length))
     assert 0 < ref["remasked"].sum() < np.asarray(full["remasked"]).sum(), "the filter must bite"
-    for name in ("tokens", "committed_at", "remasked"):
-        np.testing.assert_array_equal(np.asarray(out[name]), ref[name], err_msg=name)
-    np.testing.assert_allclose(np.asarray(out["logprob"]), ref["logprob"], rtol=1e-4, atol=1e-4)
-    assert not (np.asarray(out["tokens"]) == mask_id).any()
+
+
+@pytest.mark.parametrize("block_length", [0, 8])
+def test_resampling_equals_the_plain_reference(tiny, block_length):
+    """--remask-resample: the chosen tokens are redrawn in place from their leave-one-out
+    conditionals (a Gibbs step), so nothing goes back to MASK and the commits per step are the base
+    rule's; some redraws must change their token for the case to test anything."""
+    cfg, params = tiny
+    tokens = prompted_case(cfg)
+    out, ref = equals_reference(tiny, tokens, "confidence", block_length, remask_resample=True)
+    base = sample(params, cfg, tokens, jax.random.key(3),
+                  spec("confidence", steps=8, block_length=block_length))
+    assert ref["remasked"].sum() > 0
+    assert (np.asarray(out["commits"]).sum(axis=1) == np.asarray(base["commits"]).sum(axis=1)).all()
+    assert (np.asarray(out["tokens"]) != np.asarray(base["tokens"])).any(), "no redraw changed a token"
 
 
 def test_a_remasked_eos_frees_its_padding_as_the_plain_reference_does(tiny):
@@ -229,6 +260,7 @@ def test_the_budget_decays_to_zero_at_a_blocks_last_step():
     (dict(remask=0.5, approx_cache="dual"), "drop --approx-cache"),
     (dict(remask_candidates=2), "give --remask too"),
     (dict(remask_dropped=True), "give --remask too"),
+    (dict(remask_resample=True), "give --remask too"),
 ])
 def test_bad_remask_options_are_one_line_errors(tiny, options, message):
     cfg, params = tiny

@@ -97,7 +97,7 @@ from jaxorder.sampling.mdm_steps import (
 from pallas_kernels import mdm_sample_step
 
 RULE_OPTIONS = {"threshold": ("threshold",), "factor": ("factor",),  # options a rule adds to OPTIONS
-                **{rule: ("remask", "remask_candidates", "remask_dropped")
+                **{rule: ("remask", "remask_candidates", "remask_dropped", "remask_resample")
                    for rule in ("confidence", "margin", "entropy")}}
 OPTIONS = ("steps", "temperature", "block_length", "noise", "ignore_eos", "fused", "interpret", "prophet",
            "approx_cache", "cache_refresh", "chunk_length", "chunks")
@@ -140,8 +140,10 @@ def build(cfg: Config, loop: Loop):
                 k_B = tokens_per_step(eligible_BL, steps_left)
                 r_B = remask.budget(sc.remask, k_B, steps_left, block_budget)
                 region_BL = (st["committed_at"] >= 0) & in_block_L[None, :]
-                pos_Bn, score_Bn, calls, rows = remask.scores(params, cfg, st, region_BL, r_B,
-                                                              sc.remask_candidates, mask_id)
+                redraw_key = jax.random.fold_in(k_step, 1) if sc.remask_resample else None
+                pos_Bn, score_Bn, calls, rows, redraw = remask.scores(params, cfg, st, region_BL, r_B,
+                                                                      sc.remask_candidates, mask_id,
+                                                                      redraw_key, sc)
                 logp_BLV = mdm_objective.masked_log_probs(params, x_BL, cfg)
                 tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, rule,
                                                            sc, threshold)
@@ -149,7 +151,7 @@ def build(cfg: Config, loop: Loop):
                 st = remask.record(advance(st, tok_BL, commit_BL, lp_tok_BL, 1 + calls, ent_BL), commit_BL,
                                    lp_tok_BL, ent_BL)
                 st = release_padding(remask.apply(st, pos_Bn, score_Bn, r_B, mask_id,
-                                                  sc.remask_dropped), eos_id(cfg, sc),
+                                                  sc.remask_dropped, redraw), eos_id(cfg, sc),
                                      mask_id)
                 return dict(st, rows=st["rows"] + L + rows), logp_BLV
             if forced:
@@ -221,6 +223,8 @@ def _check_options(rule: str, options: SamplerOptions) -> None:
         raise ConfigError("--remask-candidates sets how many tokens --remask re-scores; give --remask too")
     if options.remask_dropped and options.remask == 0:
         raise ConfigError("--remask-dropped narrows which tokens --remask undoes; give --remask too")
+    if options.remask_resample and options.remask == 0:
+        raise ConfigError("--remask-resample changes how --remask undoes a token; give --remask too")
     if options.cache_refresh and options.approx_cache == "none":
         raise ConfigError("--cache-refresh sets how often an approximate cache is recomputed; give "
                           "--approx-cache prefix|dual|free|chunked too")

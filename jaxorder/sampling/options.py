@@ -59,6 +59,9 @@ class SamplerOptions:
     remask_dropped: bool = option(False, "--remask: return a candidate to MASK only if its current log-prob "
                                          "is below its log-prob when it was committed (its newer context "
                                          "made it less likely); default off: the lowest-scoring ones always")
+    remask_resample: bool = option(False, "--remask: rewrite a chosen token at once by a fresh draw from its "
+                                          "leave-one-out conditional (a Gibbs step) instead of returning it "
+                                          "to MASK for a later step; default off")
     candidates: int = option(8, "info-gain sampler: candidate actions drawn and scored by one batched "
                                 "look-ahead pass per step (default 8)", metavar="C")
     position_temperature: float = option(0.1, "info-gain sampler: temperature of the Gumbel-top-k draw of "

@@ -35,6 +35,7 @@ from jax import lax
 
 from jaxorder.config import Config
 from jaxorder.objectives import mdm as mdm_objective
+from jaxorder.sampling.mdm_steps import draw, entropy
 
 
 def budget(rho: float, k_B: jnp.ndarray, steps_left, block_budget) -> jnp.ndarray:
@@ -52,40 +53,51 @@ def candidates(lp_at_BL: jnp.ndarray, region_BL: jnp.ndarray, n: int) -> tuple[j
 
 
 def leave_one_out(params, cfg: Config, x_BL: jnp.ndarray, pos_Bn: jnp.ndarray, mask_id: int) -> jnp.ndarray:
-    """scores [B, n]: log p(x_pos | x with pos masked), from one call on n copies of each row with
-    one candidate masked each."""
+    """log-probs [B, n, V] of p(. | x with pos masked) at each candidate, from one call on n copies of
+    each row with one candidate masked each."""
     B, L = x_BL.shape
     n = pos_Bn.shape[1]
     hide_BnL = jnp.arange(L)[None, None, :] == pos_Bn[:, :, None]
     copies_BnL = jnp.where(hide_BnL, mask_id, x_BL[:, None, :])
     logp_BnLV = mdm_objective.masked_log_probs(params, copies_BnL.reshape(B * n, L), cfg).reshape(B, n, L, -1)
-    logp_BnV = jnp.take_along_axis(logp_BnLV, pos_Bn[:, :, None, None], axis=2)[:, :, 0]
-    tok_Bn = jnp.take_along_axis(x_BL, pos_Bn, axis=1)
-    return jnp.take_along_axis(logp_BnV, tok_Bn[..., None], axis=-1)[..., 0]
+    return jnp.take_along_axis(logp_BnLV, pos_Bn[:, :, None, None], axis=2)[:, :, 0]
 
 
 def scores(params, cfg: Config, st: dict, region_BL: jnp.ndarray, r_B: jnp.ndarray, n: int,
-           mask_id: int):
+           mask_id: int, redraw_key=None, opts=None):
     """(candidates [B, n], their current scores [B, n] (+inf for invalid slots), network calls,
-    positions run per row): the copies go through the model only when some row has a budget this step."""
+    positions run per row, redraw): the copies go through the model only when some row has a budget
+    this step. With ``redraw_key`` (resample mode), redraw = (token, its log-prob, entropy) [B, n]
+    each, a fresh draw from every candidate's leave-one-out conditional; else None."""
     B, L = st["x"].shape
     pos_Bn, valid_Bn = candidates(st["lp_at"], region_BL, n)
+    tok_Bn = jnp.take_along_axis(st["x"], pos_Bn, axis=1)
 
     def with_copies():
-        score_Bn = leave_one_out(params, cfg, st["x"], pos_Bn, mask_id)
-        return jnp.where(valid_Bn, score_Bn, jnp.inf), jnp.int32(1), jnp.int32(n * L)
+        logp_BnV = leave_one_out(params, cfg, st["x"], pos_Bn, mask_id)
+        score_Bn = jnp.take_along_axis(logp_BnV, tok_Bn[..., None], axis=-1)[..., 0]
+        out = (jnp.where(valid_Bn, score_Bn, jnp.inf), jnp.int32(1), jnp.int32(n * L))
+        if redraw_key is None:
+            return out
+        new_Bn = draw(logp_BnV, redraw_key, opts)
+        return out + (new_Bn, jnp.take_along_axis(logp_BnV, new_Bn[..., None], axis=-1)[..., 0],
+                      entropy(logp_BnV))
 
     def without():
-        return jnp.full((B, n), jnp.inf), jnp.int32(0), jnp.int32(0)
+        out = (jnp.full((B, n), jnp.inf), jnp.int32(0), jnp.int32(0))
+        if redraw_key is None:
+            return out
+        return out + (tok_Bn, jnp.zeros((B, n)), jnp.zeros((B, n)))
 
-    score_Bn, calls, rows = lax.cond(jnp.any(r_B > 0), with_copies, without)
-    return pos_Bn, score_Bn, calls, rows
+    score_Bn, calls, rows, *redraw = lax.cond(jnp.any(r_B > 0), with_copies, without)
+    return pos_Bn, score_Bn, calls, rows, (tuple(redraw) if redraw else None)
 
 
 def apply(st: dict, pos_Bn: jnp.ndarray, score_Bn: jnp.ndarray, r_B: jnp.ndarray, mask_id: int,
-          only_dropped: bool = False) -> dict:
+          only_dropped: bool = False, redraw=None) -> dict:
     """Returns the r lowest-scoring valid candidates of each row to MASK (after the step's commits);
-    ``only_dropped``: the r lowest among the candidates whose score is below their log-prob at commit."""
+    ``only_dropped``: the r lowest among the candidates whose score is below their log-prob at commit;
+    ``redraw`` (from ``scores``): writes each chosen candidate's fresh draw instead of MASK."""
     B, n = pos_Bn.shape
     if only_dropped:  # a candidate that did not get worse is no candidate: it frees its rank for one that did
         at_commit_Bn = jnp.take_along_axis(st["lp_at"], pos_Bn, axis=1)
@@ -93,11 +105,32 @@ def apply(st: dict, pos_Bn: jnp.ndarray, score_Bn: jnp.ndarray, r_B: jnp.ndarray
     rank_Bn = jnp.argsort(jnp.argsort(score_Bn, axis=1), axis=1)  # 0 = lowest score
     chosen_Bn = (rank_Bn < r_B[:, None]) & jnp.isfinite(score_Bn)
     back_BL = jnp.zeros(st["x"].shape, bool).at[jnp.arange(B)[:, None], pos_Bn].max(chosen_Bn)
+    if redraw is not None:
+        return _rewrite(st, pos_Bn, chosen_Bn, back_BL, *redraw)
     return dict(st, x=jnp.where(back_BL, mask_id, st["x"]), masked=st["masked"] | back_BL,
                 committed_at=jnp.where(back_BL, -1, st["committed_at"]),
                 logprob=st["logprob"] - jnp.sum(jnp.where(back_BL, st["lp_at"], 0.0), axis=1),
                 uncertainty=st["uncertainty"] - jnp.sum(jnp.where(back_BL, st["ent_at"], 0.0), axis=1),
                 lp_at=jnp.where(back_BL, jnp.inf, st["lp_at"]), ent_at=jnp.where(back_BL, 0.0, st["ent_at"]),
+                remasked=st["remasked"] + back_BL.sum(axis=1).astype(jnp.int32))
+
+
+def _rewrite(st: dict, pos_Bn, chosen_Bn, back_BL, tok_Bn, lp_Bn, ent_Bn) -> dict:
+    """The chosen candidates rewritten in place by their redraws (a Gibbs step each): their log-prob
+    and entropy at commit become the redraw's, ``committed_at`` the step just taken."""
+    B = pos_Bn.shape[0]
+    rows_Bn = jnp.arange(B)[:, None]
+
+    def scatter(base_BL, val_Bn):  # chosen slots only; a position is a candidate at most once
+        return base_BL.at[rows_Bn, pos_Bn].set(jnp.where(chosen_Bn, val_Bn, base_BL[rows_Bn, pos_Bn]))
+
+    lp_at_BL, ent_at_BL = scatter(st["lp_at"], lp_Bn), scatter(st["ent_at"], ent_Bn)
+    d_lp_B = jnp.sum(jnp.where(back_BL, lp_at_BL - st["lp_at"], 0.0), axis=1)
+    d_ent_B = jnp.sum(jnp.where(back_BL, ent_at_BL - st["ent_at"], 0.0), axis=1)
+    return dict(st, x=scatter(st["x"], tok_Bn),
+                committed_at=jnp.where(back_BL, st["step"] - 1, st["committed_at"]),
+                logprob=st["logprob"] + d_lp_B, uncertainty=st["uncertainty"] + d_ent_B,
+                lp_at=lp_at_BL, ent_at=ent_at_BL,
                 remasked=st["remasked"] + back_BL.sum(axis=1).astype(jnp.int32))
 
 

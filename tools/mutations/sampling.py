@@ -80,9 +80,9 @@ MUTATIONS: tuple[Mutation, ...] = (
          REMASK + "test_remasking_equals_the_plain_reference")),
     Mutation(
         "remask-stale-scores", "jaxorder/sampling/remask.py",
-        "return jnp.where(valid_Bn, score_Bn, jnp.inf), jnp.int32(1), jnp.int32(n * L)",
-        'return jnp.where(valid_Bn, jnp.take_along_axis(st["lp_at"], pos_Bn, axis=1), jnp.inf), '
-        "jnp.int32(1), jnp.int32(n * L)",
+        "out = (jnp.where(valid_Bn, score_Bn, jnp.inf), jnp.int32(1), jnp.int32(n * L))",
+        'out = (jnp.where(valid_Bn, jnp.take_along_axis(st["lp_at"], pos_Bn, axis=1), jnp.inf), '
+        "jnp.int32(1), jnp.int32(n * L))",
         "candidates ranked by their log-prob at commit time, not re-scored under the current conditionals",
         (REMASK + "test_remasking_equals_the_plain_reference",)),
     Mutation(
@@ -97,6 +97,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         "score_Bn = jnp.where(score_Bn > at_commit_Bn, score_Bn, jnp.inf)",
         "--remask-dropped undoes the candidates that got more likely instead of those that got less",
         (REMASK + "test_remasking_only_what_got_worse_equals_the_plain_reference",)),
+    Mutation(
+        "remask-resample-from-step-pass", "jaxorder/sampling/remask.py",
+        "new_Bn = draw(logp_BnV, redraw_key, opts)",
+        "new_Bn = draw(jnp.take_along_axis(mdm_objective.masked_log_probs(params, st[\"x\"], cfg), "
+        "pos_Bn[..., None], axis=1), redraw_key, opts)",
+        "--remask-resample redraws from the step's own pass (the token visible) instead of its "
+        "leave-one-out conditional",
+        (REMASK + "test_resampling_equals_the_plain_reference",)),
+    Mutation(
+        "remask-resample-logprob-stale", "jaxorder/sampling/remask.py",
+        'logprob=st["logprob"] + d_lp_B, uncertainty',
+        'logprob=st["logprob"], uncertainty',
+        "--remask-resample keeps the replaced token's log-prob in the sample's logprob",
+        (REMASK + "test_resampling_equals_the_plain_reference",)),
     # ------------------------------------------------------------------ fast masked decoding
     Mutation(
         "threshold-no-forced-commit", "jaxorder/sampling/mdm_steps.py",
