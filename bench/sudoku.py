@@ -42,7 +42,8 @@ from jaxorder.objectives.common import special_ids
 SWEEP = REPO / "configs" / "sweeps" / "sudoku_decoding.yaml"
 BATCH, LENGTH, CELLS = 16, 82, 81
 SETTINGS = (("confidence", "confidence", {}), ("info-gain", "info-gain", {}),
-            ("info-gain C=2", "info-gain", {"candidates": 2}), ("margin", "margin", {}),
+            ("info-gain C=2", "info-gain", {"candidates": 2}),
+            ("info-gain surprisal", "info-gain", {"commit_cost": "surprisal"}), ("margin", "margin", {}),
             ("remask 0.5", "confidence", {"remask": 0.5, "remask_candidates": 8}),
             ("remask 1", "confidence", {"remask": 1.0, "remask_candidates": 8}),
             *((f"remask {r:g} resample", "confidence",

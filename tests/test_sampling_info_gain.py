@@ -115,7 +115,8 @@ def reference(params, cfg, tokens, key, opts, lookahead_costs: bool = True, marg
                     xc = np.where(cand, tok[b], x[b])
                     la = _entropy(np.asarray(lookahead(params, jnp.asarray(xc[None])))[0])
                     left = eligible[b] & ~cand
-                    costs.append(ent[b][cand].sum() + (la[left].mean() if left.any() else 0.0))
+                    now = ent[b] if opts.commit_cost == "entropy" else -lp_tok[b]
+                    costs.append(now[cand].sum() + (la[left].mean() if left.any() else 0.0))
                 best = int(np.argmin(costs)) if costs else 0
                 if margins is not None and costs:
                     other = [c for c, cand in zip(costs, cands) if not np.array_equal(cand, cands[best])]
@@ -153,17 +154,20 @@ def test_one_candidate_without_skipping_commits_its_single_draw(tiny, block_leng
     assert int(out["rows"]) == 14 * want["steps"]
 
 
-@pytest.mark.parametrize("skip", [0.0, 0.6])
-def test_candidates_match_a_brute_force_of_their_costs(tiny, skip):
+@pytest.mark.parametrize("skip,cost", [(0.0, "entropy"), (0.6, "entropy"), (0.0, "surprisal")])
+def test_candidates_match_a_brute_force_of_their_costs(tiny, skip, cost):
     """C = 4 on L = 6: a brute force computing each candidate's cost with its own unbatched model call
     commits the same positions with the same tokens at the same steps over a full decode (and the
-    costs it compared were not near-ties, so the check is not at the mercy of float rounding)."""
+    costs it compared were not near-ties, so the check is not at the mercy of float rounding); the
+    immediate term is the committed positions' entropy or, with commit_cost surprisal, -log p of
+    their drawn tokens."""
     cfg, params = tiny
     params = _sharp(params, 5.0)
     rows = np.array([[72, -1, -1, -1, -1, -1], [-1, -1, 111, -1, -1, 33]], np.int32)
     rows[rows < 0] = special_ids(cfg.model).mask
     # position temperature 1: distinct candidates at most steps (at 0.1 the sharp model's draws agree)
-    opts = sampling.SamplerOptions(steps=3, candidates=4, skip_confidence=skip, position_temperature=1.0)
+    opts = sampling.SamplerOptions(steps=3, candidates=4, skip_confidence=skip, position_temperature=1.0,
+                                   commit_cost=cost)
     margins: list = []
     skipped = 0
     for seed in range(3):
@@ -177,13 +181,14 @@ def test_candidates_match_a_brute_force_of_their_costs(tiny, skip):
     assert (skipped > 0) == (skip > 0), skipped  # with 0.6 some positions were committed unevaluated
 
 
-def test_batched_choice_is_the_argmin_of_the_look_ahead_costs(tiny):
+@pytest.mark.parametrize("cost", ["entropy", "surprisal"])
+def test_batched_choice_is_the_argmin_of_the_look_ahead_costs(tiny, cost):
     """One step: the batched look-ahead's costs equal per-candidate recomputations, the choice is their
     argmin, the committed mask is that candidate's, and the next log-probs are its look-ahead."""
     cfg, params = tiny
     params = _sharp(params, 4.0)
     rows = jnp.asarray(_rows(cfg, 2, 10, {0: 72, 5: 32}))
-    opts = sampling.SamplerOptions(steps=4, candidates=5)
+    opts = sampling.SamplerOptions(steps=4, candidates=5, commit_cost=cost)
     logp = masked_log_probs(params, rows, cfg)
     eligible = rows == special_ids(cfg.model).mask
 
@@ -200,7 +205,8 @@ def test_batched_choice_is_the_argmin_of_the_look_ahead_costs(tiny):
             xc = np.where(cand, out["tokens"][b], np.asarray(rows[b]))
             la = np.asarray(masked_log_probs(params, jnp.asarray(xc[None]), cfg))[0]
             left = np.asarray(eligible[b]) & ~cand
-            want = ent[b][cand].sum() + _entropy(la)[left].mean()
+            now = ent[b] if cost == "entropy" else -out["lp_tok"][b]
+            want = now[cand].sum() + _entropy(la)[left].mean()
             np.testing.assert_allclose(out["cost"][c, b], want, rtol=1e-5)
         assert out["choice"][b] == np.argmin(out["cost"][:, b])
         assert np.array_equal(out["commit"][b], out["candidates"][out["choice"][b], b])

@@ -20,7 +20,10 @@ eligible positions (the masked positions of the current block):
    not depend on C).
 5. Cost of candidate c: the summed entropy (under p(. | x)) of the positions it commits + the mean
    entropy of the positions of the block still masked after it, under the look-ahead p(. | x_c),
-   x_c = x with candidate c applied (0 if none is left). All C look-aheads are ONE batched
+   x_c = x with candidate c applied (0 if none is left). With ``commit_cost`` = "surprisal" the
+   first term is the summed -log p(drawn token) of the positions it commits instead: the entropy
+   prices a position, the surprisal also the draw at it, so an unlikely draw is left for a later
+   step as the confidence rule leaves it. All C look-aheads are ONE batched
    bidirectional pass over B * C sequences. Each row commits its cheapest candidate (ties: the
    lowest c).
 6. The chosen candidate's look-ahead is p(. | x_next) exactly, so it is the next step's log-probs:
@@ -71,7 +74,7 @@ from jaxorder.sampling.noise import gumbel_noise
 from pallas_kernels.sampling import commit as commit_top_k
 
 NAME = "info-gain"
-OWN_OPTIONS = ("candidates", "position_temperature", "skip_confidence")
+OWN_OPTIONS = ("candidates", "position_temperature", "skip_confidence", "commit_cost")
 OPTIONS = ("steps", "temperature", "block_length", "noise", "ignore_eos") + OWN_OPTIONS
 CANDIDATE_NOISE = 2  # fold_in(step key, 2) keys the candidates' position noise (ancestral uses 1)
 
@@ -126,7 +129,8 @@ def step(logp_BLV: jnp.ndarray, x_BL: jnp.ndarray, eligible_BL: jnp.ndarray, ste
     C, B = commit_CBL.shape[:2]
     x_CBL = jnp.where(commit_CBL, tok_BL[None], x_BL[None])
     left_CBL = eligible_BL[None] & ~commit_CBL
-    committed_CB = jnp.sum(jnp.where(commit_CBL, ent_BL[None], 0.0), axis=-1)
+    immediate_BL = ent_BL if opts.commit_cost == "entropy" else -lp_tok_BL
+    committed_CB = jnp.sum(jnp.where(commit_CBL, immediate_BL[None], 0.0), axis=-1)
     first_B = jnp.zeros((B,), jnp.int32)
 
     def no_pass():

@@ -11,6 +11,7 @@ from jaxorder.config import ConfigError
 from jaxorder.sampling.noise import PRECISIONS
 
 APPROX_CACHES = ("none", "prefix", "dual", "free", "chunked")  # jaxorder.sampling.mdm_cached
+COMMIT_COSTS = ("entropy", "surprisal")  # jaxorder.sampling.info_gain
 
 
 def option(default: Any, help: str, cli: bool = True, choices: tuple[str, ...] = (),
@@ -66,6 +67,11 @@ class SamplerOptions:
                                 "look-ahead pass per step (default 8)", metavar="C")
     position_temperature: float = option(0.1, "info-gain sampler: temperature of the Gumbel-top-k draw of "
                                               "each candidate's positions from log confidence (default 0.1)")
+    commit_cost: str = option("entropy", "info-gain sampler: the immediate term of a candidate's cost: "
+                                         "entropy (summed entropy of the positions it commits, the "
+                                         "paper's) or surprisal (summed -log p of the tokens it commits, "
+                                         "so an unlikely draw costs more); default entropy",
+                              choices=COMMIT_COSTS)
     skip_confidence: float = option(0.9, "info-gain sampler: positions whose top-1 probability is >= S are "
                                          "committed without evaluation, up to the step's count (default 0.9; "
                                          "0: off)", metavar="S")
