@@ -69,6 +69,10 @@ def grid(quick: bool) -> list[Row]:
         for t in (0.9, 0.8):  # controls: lower-entropy text from the confidence rule by temperature alone
             rows.append(Row("mdm", "confidence", dict(steps=64, temperature=t, **mdm),
                             f"confidence, 64 steps, temperature {t}", baseline="confidence, 64 steps"))
+        warmer = dict(steps=64, candidates=8, commit_cost="surprisal", temperature=1.1, **mdm)
+        rows.append(Row("mdm", "info-gain", warmer,  # its entropy back up to confidence's at temperature 1
+                        "info-gain surprisal, 64 steps, C=8, temperature 1.1",
+                        baseline="confidence, 64 steps"))
         # at temperature 0 the drawn token is the argmax: the cost's entropies then describe the
         # committed tokens' own distributions, as in the Info-Gain paper's greedy decoding
         greedy64 = dict(steps=64, temperature=0.0, **mdm)
