@@ -56,7 +56,9 @@ SETTINGS = (("confidence", "confidence", {}), ("info-gain", "info-gain", {}),
             ("guided", "guided", {"guide": "l2r", "guide_threshold": 0.1}),
             ("guided product", "guided",
              {"guide": "l2r", "guide_threshold": 0.1, "guide_fallback": "product"}),
-            )  # (label, sampler, options); the guided ones need the sweep's l2r run
+            ("l2r alone", "ar", {}),  # the guide's own samples, on the l2r run (unprompted rows only)
+            )  # (label, sampler, options); the guided ones and "l2r alone" need the sweep's l2r run
+OTHER_RUN = {"l2r alone": "l2r"}  # settings decoded by another run of the sweep than the mdm
 TRACE_ROWS, TRACE_KEY = 64, 1000  # the learned filter's traces: other rows, other keys than the decodes
 
 
@@ -107,7 +109,9 @@ def measure(cfg, params, tokenizer, label: str, name: str, options: dict, per_st
     generated = int((rows_NL[0] == mask).sum())
     steps = -(-generated // per_step)
     sampler = sampling.resolve(cfg, name)
-    given = {"steps": steps, "temperature": 1.0, **options, **companion_dirs(sampler, options, runs)}
+    given = {"temperature": 1.0, **options, **companion_dirs(sampler, options, runs)}
+    if "steps" in sampler.options:
+        given["steps"] = steps
     opts = sampling.make_options(sampler, given)
     companions = load_companions(sampler, opts)
     givens = int(CELLS - (rows_NL[0, :CELLS] == mask).sum())
@@ -117,7 +121,8 @@ def measure(cfg, params, tokenizer, label: str, name: str, options: dict, per_st
         out = jax.device_get(sampling.sample(params, cfg, rows_NL[i:i + BATCH], jax.random.key(i // BATCH),
                                              sampler, opts, companions=companions))
         lines += [grid_cells(t, tokenizer) for t in np.asarray(out["tokens"])]
-        uncertainty += list(np.asarray(out["uncertainty"]) / generated)
+        unsure_B = out.get("uncertainty", np.full(len(out["tokens"]), np.nan))  # AR samplers have none
+        uncertainty += list(np.asarray(unsure_B) / generated)
         nfe += int(out["nfe"])
     solved_N = np.asarray([solves(x, g) for x, g in zip(lines, given_lines)], np.float64)
     conflicts_N = np.asarray([grid_conflicts(x) for x in lines], np.float64)
@@ -180,20 +185,24 @@ def plot(results: list[dict], out_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
     givens = sorted({r["givens"] for r in results})
-    fig, axes = plt.subplots(1, len(givens), figsize=(5 * len(givens), 4), squeeze=False)
+    names = list(dict.fromkeys(r["sampler"] for r in results))
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
+    fig, axes = plt.subplots(1, len(givens), figsize=(5.5 * len(givens) + 2.5, 4.5), squeeze=False)
     for ax, g in zip(axes[0], givens):
-        for name in dict.fromkeys(r["sampler"] for r in results):
+        for i, name in enumerate(names):  # one color and marker per setting across both panels
             rs = sorted((r for r in results if r["sampler"] == name and r["givens"] == g),
                         key=lambda r: r["per_step"])
             ax.errorbar([r["per_step"] for r in rs], [r["conflicts"] for r in rs],
-                        yerr=[r["conflicts_se"] for r in rs], marker="o", capsize=2, label=name)
+                        yerr=[r["conflicts_se"] for r in rs], marker="osD^v<>p*h"[i % 10], capsize=2,
+                        color=colors[i % 20], label=name)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("commits per step")
         ax.set_ylabel("conflicts per grid (0 = valid)")
         ax.set_title("unprompted" if g == 0 else f"{g} givens")
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 2.5 / fig.get_figwidth(), 1))
     fig.savefig(out_dir / "sudoku.png", dpi=120)
     plt.close(fig)
 
@@ -231,7 +240,13 @@ def main() -> None:
                 if label not in wanted:
                     continue
                 given = dict(options, commit_filter=filter_path) if name == "learned" else options
-                r = measure(cfg, params, tokenizer, label, name, given, k, rows_NL, runs)
+                if label in OTHER_RUN:  # an l2r run decodes left to right: no givens, no commits per step
+                    if g > 0 or k != 1:
+                        continue
+                    run_cfg, run_params, _ = load_params(runs / OTHER_RUN[label])
+                    r = measure(run_cfg, run_params, tokenizer, label, name, given, k, rows_NL, runs)
+                else:
+                    r = measure(cfg, params, tokenizer, label, name, given, k, rows_NL, runs)
                 results.append(r)
                 print(f"givens {g:>2}  {label:<13} {k}/step ({r['steps']:>2} steps)  valid {r['valid']}/"
                       f"{r['samples']}  conflicts {r['conflicts']:.2f}±{r['conflicts_se']:.2f}  "
