@@ -57,6 +57,8 @@ def grid(quick: bool) -> list[Row]:
             rows.append(Row("mdm", "confidence", dict(steps=64, remask=rho, remask_candidates=8,
                                                       remask_resample=True, **mdm),
                             f"confidence, 64 steps + remask {rho}, resample"))
+            rows.append(Row("mdm", "confidence", dict(steps=64, remask=rho, remask_candidates=BLOCK, **mdm),
+                            f"confidence, 64 steps + remask {rho}, {BLOCK} candidates"))  # the whole block
     if not quick:  # Info-Gain at the same commits per step as "confidence, 64 steps"
         for steps, c, ref in ((64, 2, "confidence, 64 steps"), (64, 8, "confidence, 64 steps"),
                               (LENGTH, 8, base.label)):  # and at one token per step

@@ -46,6 +46,8 @@ SETTINGS = (("confidence", "confidence", {}), ("info-gain", "info-gain", {}),
             ("info-gain surprisal", "info-gain", {"commit_cost": "surprisal"}), ("margin", "margin", {}),
             ("remask 0.5", "confidence", {"remask": 0.5, "remask_candidates": 8}),
             ("remask 1", "confidence", {"remask": 1.0, "remask_candidates": 8}),
+            *((f"remask {r:g} n={n}", "confidence", {"remask": r, "remask_candidates": n})
+              for r in (0.5, 1.0) for n in (24, 81)),  # more of the committed cells re-scored
             *((f"remask {r:g} resample", "confidence",
                {"remask": r, "remask_candidates": 8, "remask_resample": True}) for r in (0.5, 1.0)),
             ("threshold 0.9", "threshold", {"threshold": 0.9}),
