@@ -8,12 +8,12 @@ is updated here.
 """
 from __future__ import annotations
 
-from . import model, objectives, orders, platform, sampling
+from . import decoders, model, objectives, orders, platform, sampling
 from .base import Mutation
 
 # one list per area (the files in this package); a new objective or sampler extends its area's list
 MUTATIONS: tuple[Mutation, ...] = (*objectives.MUTATIONS, *model.MUTATIONS, *sampling.MUTATIONS,
-                                   *platform.MUTATIONS, *orders.MUTATIONS)
+                                   *decoders.MUTATIONS, *platform.MUTATIONS, *orders.MUTATIONS)
 
 __all__ = ["MUTATIONS", "Mutation"]
 
