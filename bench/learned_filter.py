@@ -55,8 +55,10 @@ from jaxorder.evaluation.filter_training import train_filter
 from jaxorder.evaluation.runs import load_params, run_tokenizer
 
 
-def record(params, cfg, rows: np.ndarray, temperature: float, path: Path, run: str) -> dict:
-    opts = sampling.SamplerOptions(steps=rows.shape[1] - PROMPT, block_length=BLOCK, temperature=temperature)
+def record(params, cfg, rows: np.ndarray, temperature: float, fixed_noise: bool, path: Path,
+           run: str) -> dict:
+    opts = sampling.SamplerOptions(steps=rows.shape[1] - PROMPT, block_length=BLOCK, temperature=temperature,
+                                   fixed_noise=fixed_noise)
     return {**record_confidence_traces(params, cfg, rows, opts, 1, path, run), "length": rows.shape[1]}
 
 
@@ -83,8 +85,9 @@ def table(rows: list[dict]) -> list[str]:
     out = ["| sampler | passes/token (batch of 8) | per row | judge bpb | Δ judge | unigram H (bits) | Δ H | "
            "tokens as the reference |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        label = r["sampler"] + (f", threshold {r['filter_threshold']}, floor {r['filter_floor']}"
-                                if "filter_threshold" in r else "")
+        label = (r["sampler"] + (f", threshold {r['filter_threshold']}, floor {r['filter_floor']}"
+                                 if "filter_threshold" in r else "")
+                 + (", fixed noise" if r.get("fixed_noise") else ""))
         d = (f"{r['d_judge']:+.3f} ± {r['d_judge_se']:.3f} | {r['entropy']:.3f} | "
              f"{r['d_entropy']:+.3f} ± {r['d_entropy_se']:.3f}" if "d_judge" in r
              else f"(reference) | {r['entropy']:.3f} | (reference)")
@@ -119,6 +122,9 @@ def main() -> None:
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "sweeps" / "decoding")
     p.add_argument("--out", type=Path, default=None, help="default RUNS/learned_filter")
     p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--fixed-noise", action="store_true",
+                   help="traces, reference and learned decodes with each position's noise fixed for the "
+                        "decode (--fixed-noise); adds the fresh-noise confidence decode as a second row")
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--trace-prompts", type=int, default=32)
     p.add_argument("--trace-length", type=int, default=160)
@@ -139,10 +145,11 @@ def main() -> None:
     jcfg, jparams, _ = load_params(args.runs / "l2r")
     judge = (jcfg, jparams, run_tokenizer(jcfg, args.runs / "l2r"))
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"{stamp}; {machine_line()}; mdm step {step}; temperature {args.temperature}", flush=True)
+    noise = "fixed noise" if args.fixed_noise else "fresh noise each step"
+    print(f"{stamp}; {machine_line()}; mdm step {step}; temperature {args.temperature}, {noise}", flush=True)
     windows = prompt_windows(cfg, args.prompts + args.trace_prompts)
     trace = record(params, cfg, prompted(cfg, windows[args.prompts:], args.trace_length), args.temperature,
-                   out / "traces.npz", run_dir.name)
+                   args.fixed_noise, out / "traces.npz", run_dir.name)
     print(f"traces: {trace['rows']} rows, label rate {trace['label_rate']:.3f} ({trace['seconds']:.0f} s)",
           flush=True)
     filt = train_filter(run_dir, trace["path"], out=out / "filter", hidden=args.hidden,
@@ -150,8 +157,10 @@ def main() -> None:
     held = filt["metrics"]["held_out"]
     print(f"filter: held-out AUC {held['auc']:.3f}, log loss {held['log_loss']:.3f}", flush=True)
     rows_NL = prompted(cfg, windows[:args.prompts])
-    settings = [("confidence", {})] + [
-        ("learned", {"filter_threshold": float(t), "filter_floor": floor, "commit_filter": filt["filter"]})
+    fixed = {"fixed_noise": True} if args.fixed_noise else {}
+    settings = [("confidence", fixed)] + [("confidence", {})] * args.fixed_noise + [
+        ("learned", {"filter_threshold": float(t), "filter_floor": floor, "commit_filter": filt["filter"],
+                     **fixed})
         for floor in args.floors.split(",") for t in args.thresholds.split(",")]
     results = []
     for name, given in settings:
@@ -161,12 +170,14 @@ def main() -> None:
         gen = rows_NL == tokenizer.mask_id
         r["agreement"] = float((r["_tokens"][gen] == (results[0] if results else r)["_tokens"][gen]).mean())
         results.append(r)
-        print(f"{name} {given.get('filter_threshold', '')} {given.get('filter_floor', '')}: "
+        print(f"{name} {given.get('filter_threshold', '')} {given.get('filter_floor', '')} "
+              f"{'fixed noise' if given.get('fixed_noise') else ''}: "
               f"passes/token {r['passes_batch']:.3f} (batch), "
               f"{r['passes_row'][0]:.3f} (row); judge {r['judge_bpb']:.3f} ± {r['judge_bpb_se']:.3f}; "
               f"H {r['entropy']:.3f}; agreement {r['agreement']:.3f} ({r['seconds']:.0f} s)", flush=True)
-    lines = [f"{stamp}; {machine_line()}; mdm {run_dir} step {step}; temperature {args.temperature}; "
-             f"{args.prompts} prompts of {PROMPT} tokens, {LENGTH - PROMPT} generated, blocks of {BLOCK}",
+    lines = [f"{stamp}; {machine_line()}; mdm {run_dir} step {step}; temperature {args.temperature}, "
+             f"{noise}; {args.prompts} prompts of {PROMPT} tokens, {LENGTH - PROMPT} generated, "
+             f"blocks of {BLOCK}",
              f"traces: {args.trace_prompts} other prompts at {args.trace_length} tokens, {trace['rows']} "
              f"rows, label rate {trace['label_rate']:.3f}; filter held-out AUC {held['auc']:.3f}", "",
              *table(results)]
@@ -175,7 +186,8 @@ def main() -> None:
     plain = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
     (out / "learned_filter.json").write_text(json.dumps(
         {"date": stamp, "machine": machine_line(), "run": str(run_dir), "step": step,
-         "temperature": args.temperature, "traces": trace, "filter": filt, "rows": plain},
+         "temperature": args.temperature, "fixed_noise": args.fixed_noise, "traces": trace, "filter": filt,
+         "rows": plain},
         indent=1, default=str))
     plot(results, out / "learned_filter.png")
 

@@ -89,6 +89,24 @@ def test_recording_does_not_change_samples_and_rows_are_the_blocks_masked_positi
     assert 0 < trace["label"].mean() < 1
 
 
+def test_fixed_noise_traces_replay_the_decodes_noise(peaked):
+    """With --fixed-noise the replay draws with the decode's key at every step, so each commit's row
+    still has its final token as prediction; replayed with per-step keys, some would not. Unscaled
+    head: the draws depend on the noise."""
+    cfg, peaked_params = peaked
+    params = dict(peaked_params, head=peaked_params["head"] / 30.0)
+    rows = _rows(cfg)
+    options = SamplerOptions(steps=STEPS, block_length=BLOCK, temperature=1.0, fixed_noise=True)
+    key = jax.random.key(3)
+    out, trace = traces.sample_and_record(params, cfg, rows, key, "confidence", options)
+    generated = rows == special_ids(cfg.model).mask
+    committed_now = out["committed_at"][trace["sample"], trace["position"]] == trace["step"]
+    assert committed_now.sum() == generated.sum() and np.all(trace["label"][committed_now])
+    fresh = traces.record(params, cfg, rows, out, key, SamplerOptions(steps=STEPS, block_length=BLOCK))
+    assert not np.all(fresh["label"][committed_now])
+    assert traces.trace_header(trace, cfg, "confidence", options, L, B)["options"]["fixed_noise"] is True
+
+
 def test_trace_features_by_hand(recorded):
     """Each scalar column and the hidden state at step 3, from separate model calls in numpy."""
     cfg, params, rows, options, out, trace = recorded

@@ -73,7 +73,7 @@ def _learned(params, cfg, rows, key, path, **options):
 
 
 def reference(params, cfg, rows, key, path, steps, block_length=0, temperature=1.0, threshold=0.9,
-              floor="filter") -> dict:
+              floor="filter", fixed_noise=False) -> dict:
     """The learned decode as a plain host loop (module docstring)."""
     filt = commit_filter.load(path)
     a = {k: np.asarray(v, np.float64) for k, v in filt.arrays.items()}
@@ -97,7 +97,8 @@ def reference(params, cfg, rows, key, path, steps, block_length=0, temperature=1
             if not masked[:, lo:hi].any():
                 break
             logp32 = logp_fn(jnp.asarray(x))
-            tok = np.asarray(draw_fn(logp32, jax.random.fold_in(jax.random.key(key), step)))
+            step_key = jax.random.key(key) if fixed_noise else jax.random.fold_in(jax.random.key(key), step)
+            tok = np.asarray(draw_fn(logp32, step_key))
             logp = np.asarray(logp32, np.float64)
             p = np.exp(logp)
             top2 = np.sort(p, axis=-1)[..., ::-1][..., :2]
@@ -161,15 +162,18 @@ def test_always_no_filter_commits_one_per_step_the_most_filter_confident(peaked,
     params = dict(peaked_params, head=peaked_params["head"] / 30.0)
     rows = _rows(cfg)
     n = L - PROMPT
-    for temperature in (0.0, 1.0):
+    decoded = {}
+    for temperature, fixed in ((0.0, False), (1.0, False), (1.0, True)):
         up = _learned(params, cfg, rows, 2, write_filter(tmp_path / "up", w0=[100.0], b2=-10.0), steps=n,
-                      temperature=temperature)
+                      temperature=temperature, fixed_noise=fixed)
         ref = jax.device_get(sample(params, cfg, rows, jax.random.key(2), "confidence",
-                                    SamplerOptions(steps=n, temperature=temperature)))
+                                    SamplerOptions(steps=n, temperature=temperature, fixed_noise=fixed)))
         assert np.all(up["commits"] == 1) and int(up["nfe"]) == n
         assert np.array_equal(up["tokens"], ref["tokens"])
         assert np.array_equal(up["committed_at"], ref["committed_at"])
         np.testing.assert_allclose(up["logprob"], ref["logprob"], rtol=1e-6)
+        decoded[temperature, fixed] = ref["tokens"]
+    assert not np.array_equal(decoded[1.0, False], decoded[1.0, True]), "--fixed-noise changed nothing"
     down = _learned(params, cfg, rows, 2, write_filter(tmp_path / "down", w0=[-100.0], b2=-5.0), steps=n)
     first = np.argmax(down["committed_at"] == 0, axis=1)  # the position committed at step 0
     logp = np.asarray(masked_log_probs(params, jnp.asarray(rows), cfg))
@@ -185,13 +189,15 @@ def test_always_no_filter_commits_one_per_step_the_most_filter_confident(peaked,
     assert np.array_equal(floored["committed_at"], ref["committed_at"])
 
 
-@pytest.mark.parametrize("temperature, block_length, steps, seed, floor",
-                         [(1.0, 4, 7, 1, "filter"), (0.0, 0, 5, 2, "filter"), (1.0, 5, 13, 3, "filter"),
-                          (1.0, 4, 7, 1, "confidence"), (0.0, 5, 13, 3, "confidence")])
+@pytest.mark.parametrize("temperature, block_length, steps, seed, floor, fixed",
+                         [(1.0, 4, 7, 1, "filter", False), (0.0, 0, 5, 2, "filter", False),
+                          (1.0, 5, 13, 3, "filter", False), (1.0, 4, 7, 1, "confidence", False),
+                          (0.0, 5, 13, 3, "confidence", False), (1.0, 5, 13, 3, "confidence", True)])
 def test_learned_equals_the_host_reference_loop(peaked, tmp_path, temperature, block_length, steps, seed,
-                                                floor):
+                                                floor, fixed):
     """A random filter over every feature, the hidden state included: token for token, step for step;
-    the forced commit the filter's favourite or (``filter_floor`` confidence) the most confident."""
+    the forced commit the filter's favourite or (``filter_floor`` confidence) the most confident; the
+    noise fresh at every step or (``fixed_noise``) the same at every step."""
     cfg, params = peaked
     if floor == "confidence":  # untie the peaked model's confidences (see the always-no test)
         params = dict(params, head=params["head"] / 10.0)
@@ -199,8 +205,10 @@ def test_learned_equals_the_host_reference_loop(peaked, tmp_path, temperature, b
     rows = _rows(cfg)
     # the reference has no fill after a committed EOS, which the less peaked model's confident commits reach
     out = _learned(params, cfg, rows, seed, path, steps=steps, block_length=block_length,
-                   temperature=temperature, filter_floor=floor, ignore_eos=floor == "confidence")
-    ref = reference(params, cfg, rows, seed, path, steps, block_length, temperature, floor=floor)
+                   temperature=temperature, filter_floor=floor, ignore_eos=floor == "confidence",
+                   fixed_noise=fixed)
+    ref = reference(params, cfg, rows, seed, path, steps, block_length, temperature, floor=floor,
+                    fixed_noise=fixed)
     assert np.array_equal(out["tokens"], ref["tokens"])
     assert np.array_equal(out["committed_at"], ref["committed_at"]) and int(out["steps"]) == ref["steps"]
     per_step = np.bincount(ref["committed_at"][ref["committed_at"] >= 0], minlength=steps)

@@ -162,15 +162,16 @@ def test_tokens_per_step_is_the_ceiling():
 
 # ----------------------------------------------------------------------------- fused kernel path
 
-@pytest.mark.parametrize("name,temperature,block", [("confidence", 0.0, 0), ("confidence", 1.0, 8),
-                                                    ("threshold", 1.0, 0)])
-def test_fused_step_gives_the_same_tokens_as_the_plain_path(tiny, name, temperature, block):
-    """Same key: at T = 0 (argmax) and at T = 1 (the same Gumbel noise in both paths)."""
+@pytest.mark.parametrize("name,temperature,block,fixed", [
+    ("confidence", 0.0, 0, False), ("confidence", 1.0, 8, False), ("threshold", 1.0, 0, False),
+    ("confidence", 1.0, 8, True)])
+def test_fused_step_gives_the_same_tokens_as_the_plain_path(tiny, name, temperature, block, fixed):
+    """Same key: at T = 0 (argmax) and at T = 1 (the same Gumbel noise in both paths, fresh or fixed)."""
     cfg, params = tiny
     rows = _template_rows(4)
     key = jax.random.key(11)
     sc = spec(name, steps=4, temperature=temperature, **({"threshold": 0.004} if name == "threshold" else {}),
-              block_length=block)
+              block_length=block, fixed_noise=fixed)
     plain = jax.device_get(sample(params, cfg, rows, key, sc))
     fused = jax.device_get(sample(params, cfg, rows, key, with_options(sc, fused=True)))
     if name == "threshold":  # the threshold really commits extra positions here

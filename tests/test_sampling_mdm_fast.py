@@ -161,13 +161,14 @@ def test_rewrite_positions_is_the_bidirectional_pass_and_reads_stale_slots(peake
     assert float(jnp.max(jnp.abs(fresh[:, 8:16] - stale))) > 1e-3
 
 
-@pytest.mark.parametrize("mode, name", [("prefix", "threshold"), ("dual", "confidence"),
-                                        ("free", "threshold")])
-def test_cache_refreshed_every_step_equals_the_uncached_sampler(peaked, mode, name):
+@pytest.mark.parametrize("mode, name, fixed_noise", [
+    ("prefix", "threshold", False), ("dual", "confidence", False), ("free", "threshold", False),
+    ("dual", "confidence", True)])
+def test_cache_refreshed_every_step_equals_the_uncached_sampler(peaked, mode, name, fixed_noise):
     cfg, params = peaked
     rows = _prompted(cfg)
-    opts = dict(steps=12, temperature=1.0, block_length=BLOCK, **({"threshold": 0.6} if name == "threshold"
-                                                                   else {}))
+    opts = dict(steps=12, temperature=1.0, block_length=BLOCK, fixed_noise=fixed_noise,
+                **({"threshold": 0.6} if name == "threshold" else {}))
     base = _sample(cfg, params, rows, name, **opts)
     out = _sample(cfg, params, rows, name, approx_cache=mode, cache_refresh=1, **opts)
     assert np.array_equal(out["tokens"], base["tokens"]) and np.array_equal(out["commits"], base["commits"])
@@ -253,6 +254,7 @@ def test_prophet_commits_the_block_at_the_argmax_once_the_gap_is_large(peaked):
     ("factor", dict(factor=0.0), "factor must be a finite number > 0"),
     ("confidence", dict(approx_cache="triple"), "approx_cache must be one of none, prefix, dual, free"),
     ("confidence", dict(prophet=-1.0), "prophet must be >= 0"),
+    ("ancestral", dict(fixed_noise=True), "the ancestral sampler draws each token once already"),
     ("confidence", dict(factor=2.0), "the confidence sampler does not take 'factor'"),
 ])
 def test_bad_fast_decoding_options_are_one_line_errors(peaked, name, options, message):

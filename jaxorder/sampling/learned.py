@@ -5,7 +5,8 @@ prediction is its final token, and stop a row once the filter says all it has le
 Each step is one bidirectional pass (final hidden states and log-probs together):
 
 1. draw a token at every position as the mdm rules do (Gumbel-max at temperature T, argmax at
-   T = 0, noise from ``fold_in(key, step)``), so with the same key it draws what ``confidence`` draws;
+   T = 0, noise from ``fold_in(key, step)``, or ``key`` itself at every step with ``fixed_noise``), so with
+   the same key and options it draws what ``confidence`` draws;
 2. the filter's probability p at every position from that step's features;
 3. commit the eligible positions (still masked, in the current block) with p >= ``filter_threshold``,
    and at least the one with the highest p (ties: the lower position), or with ``filter_floor`` =
@@ -59,11 +60,12 @@ from jaxorder.sampling.mdm_steps import (
     over_blocks,
     parallel_floor,
     result,
+    step_key,
 )
 from pallas_kernels.sampling import commit as commit_top_k
 
-OPTIONS = ("steps", "temperature", "block_length", "noise", "ignore_eos", "commit_filter", "filter_threshold",
-           "filter_floor", "eos_stop")
+OPTIONS = ("steps", "temperature", "block_length", "noise", "fixed_noise", "ignore_eos", "commit_filter",
+           "filter_threshold", "filter_floor", "eos_stop")
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ def build(cfg: Config, loop: LearnedLoop):
             masked_BL = st["masked"]
             eligible_BL = masked_BL & in_block_L[None, :]
             hidden_BLd, logp_BLV = hidden_and_log_probs(params, st["x"], cfg)
-            tok_BL = draw(logp_BLV, jax.random.fold_in(key, st["step"]), sc)
+            tok_BL = draw(logp_BLV, step_key(key, st["step"], sc), sc)
             lp_tok_BL = jnp.take_along_axis(logp_BLV, tok_BL[..., None], axis=-1)[..., 0]
             scalars_BLS = scalar_features(logp_BLV, tok_BL, masked_BL, generated_BL, in_block_L, j,
                                           block_budget, ends)

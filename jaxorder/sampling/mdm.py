@@ -41,7 +41,9 @@ block-diffusion sampler ``jaxorder.sampling.bd3``.
 
 Randomness: step j uses ``fold_in(key, j)``; the Gumbel noise is ``gumbel_noise(step_key,
 [B, L, V], noise)`` (``"high"``: float64-accurate tails; ``"float32"``: the naive 24-bit one).
-Same key -> same output; temperature 0 with a k-best rule uses no randomness at all.
+Same key -> same output; temperature 0 with a k-best rule uses no randomness at all. ``fixed_noise``
+(not ancestral): every step draws with ``key`` itself (``mdm_steps.step_key``), the same noise at
+each step, so a position's draw changes only when its conditional does.
 
 ``fused=True`` (rules confidence, margin, entropy, threshold, factor) replaces the per-step logits +
 sampling + scoring by ``pallas_kernels.mdm_sample_step`` on the model's final hidden states and
@@ -92,6 +94,7 @@ from jaxorder.sampling.mdm_steps import (
     prophet_commit,
     prophet_threshold,
     result,
+    step_key,
     tokens_per_step,
 )
 from pallas_kernels import mdm_sample_step
@@ -99,8 +102,8 @@ from pallas_kernels import mdm_sample_step
 RULE_OPTIONS = {"threshold": ("threshold",), "factor": ("factor",),  # options a rule adds to OPTIONS
                 **{rule: ("remask", "remask_candidates", "remask_dropped", "remask_resample")
                    for rule in ("confidence", "margin", "entropy")}}
-OPTIONS = ("steps", "temperature", "block_length", "noise", "ignore_eos", "fused", "interpret", "prophet",
-           "approx_cache", "cache_refresh", "chunk_length", "chunks")
+OPTIONS = ("steps", "temperature", "block_length", "noise", "fixed_noise", "ignore_eos", "fused", "interpret",
+           "prophet", "approx_cache", "cache_refresh", "chunk_length", "chunks")
 
 
 def final_hidden(params, x_BL: jnp.ndarray, cfg: Config) -> jnp.ndarray:
@@ -134,7 +137,7 @@ def build(cfg: Config, loop: Loop):
 
         def one_step(st, eligible_BL, steps_left, block_budget, in_block_L):
             i, x_BL = st["step"], st["x"]
-            k_step = jax.random.fold_in(key, i)
+            k_step, k_draw = jax.random.fold_in(key, i), step_key(key, i, sc)
             logp_BLV = None
             if sc.remask > 0 and not forced:
                 k_B = tokens_per_step(eligible_BL, steps_left)
@@ -145,7 +148,7 @@ def build(cfg: Config, loop: Loop):
                                                                       sc.remask_candidates, mask_id,
                                                                       redraw_key, sc)
                 logp_BLV = mdm_objective.masked_log_probs(params, x_BL, cfg)
-                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, rule,
+                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_draw, steps_left, rule,
                                                            sc, threshold)
                 ent_BL = entropy(logp_BLV)
                 st = remask.record(advance(st, tok_BL, commit_BL, lp_tok_BL, 1 + calls, ent_BL), commit_BL,
@@ -171,7 +174,7 @@ def build(cfg: Config, loop: Loop):
                 hidden_BLd = final_hidden(params, x_BL, cfg)
                 floor = (parallel_floor(eligible_BL, steps_left) if rule in PARALLEL_RULES
                          else tokens_per_step(eligible_BL, steps_left))
-                res = mdm_sample_step(hidden_BLd, params["head"], x_BL, eligible_BL, k_step,
+                res = mdm_sample_step(hidden_BLd, params["head"], x_BL, eligible_BL, k_draw,
                                       temperature=float(sc.temperature), rule=score_rule, k=floor,
                                       forbidden_ids=(mask_id,), interpret=sc.interpret)
                 tok_BL, commit_BL = res["sampled"].astype(jnp.int32), res["committed"]
@@ -183,7 +186,7 @@ def build(cfg: Config, loop: Loop):
                 nfe = 1
             else:
                 logp_BLV = mdm_objective.masked_log_probs(params, x_BL, cfg)
-                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_step, steps_left, rule,
+                tok_BL, commit_BL, lp_tok_BL = commit_step(logp_BLV, eligible_BL, k_draw, steps_left, rule,
                                                            sc, threshold)
                 nfe = 1
             if logp_BLV is not None:
@@ -212,6 +215,10 @@ def _check_options(rule: str, options: SamplerOptions) -> None:
         what = "--prophet" if options.prophet > 0 else "--approx-cache"
         raise ConfigError(f"{what} needs the model's log-probs, which the fused step never materializes; "
                           f"drop --fused")
+    if options.fixed_noise and rule == "ancestral":
+        raise ConfigError("--fixed-noise keeps each position's token noise for a rule that redraws every "
+                          "step (confidence, margin, entropy, threshold, factor); the ancestral sampler "
+                          "draws each token once already")
     if options.approx_cache != "none" and rule == "ancestral":
         raise ConfigError("--approx-cache decodes with a commit rule (confidence, margin, entropy, "
                           "threshold, factor); the ancestral sampler already reuses passes when nothing "

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -50,6 +49,7 @@ from jaxorder.sampling.mdm_steps import (
     prophet_commit,
     prophet_threshold,
     result,
+    step_key,
 )
 
 
@@ -106,9 +106,8 @@ def build(cfg: Config, loop: Loop):
             def step(j, st, logits_BnV, cache, ran):
                 logp_BnV = subs_log_probs(logits_BnV, mask_id)
                 eligible_Bn = lax.dynamic_slice_in_dim(st["masked"] & in_block_L[None, :], qb, nb, axis=1)
-                step_key = jax.random.fold_in(key, st["step"])
-                tok_Bn, commit_Bn, lp_Bn = commit_step(logp_BnV, eligible_Bn, step_key, steps_b - j, rule, sc,
-                                                       threshold, noise_rows=rows_Bn)
+                tok_Bn, commit_Bn, lp_Bn = commit_step(logp_BnV, eligible_Bn, step_key(key, st["step"], sc),
+                                                       steps_b - j, rule, sc, threshold, noise_rows=rows_Bn)
 
                 def place(window_Bn, base_BL):  # window values into a full-length array
                     return lax.dynamic_update_slice_in_dim(base_BL, window_Bn, qb, axis=1)

@@ -56,6 +56,13 @@ def split_steps(steps: int, num_blocks: int) -> np.ndarray:
     return budget
 
 
+def step_key(key: jax.Array, step, opts: SamplerOptions) -> jax.Array:
+    """The key of step ``step``'s token noise: fold_in(key, step), or with ``fixed_noise`` the decode's
+    key itself, so every step draws the same noise and a position's draw changes only when its
+    conditional does (what makes "the current prediction" of a position stable at temperature > 0)."""
+    return key if opts.fixed_noise else jax.random.fold_in(key, step)
+
+
 def draw(logp_BLV: jnp.ndarray, key: jax.Array, opts: SamplerOptions, noise_rows=None) -> jnp.ndarray:
     if opts.temperature == 0:
         return jnp.argmax(logp_BLV, axis=-1).astype(jnp.int32)

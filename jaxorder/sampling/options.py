@@ -79,6 +79,10 @@ class SamplerOptions:
                                   "(default 0: one block)")
     noise: str = option("high", "Gumbel noise: high (float64-accurate tails, default) or float32 (naive "
                                 "24-bit)", choices=PRECISIONS)
+    fixed_noise: bool = option(False, "mdm rules (not ancestral) and learned: draw each position's Gumbel "
+                                      "noise once per decode instead of once per step, so a position's draw "
+                                      "moves only when its conditional does (default off: fresh noise each "
+                                      "step)")
     fused: bool = option(False, "masked runs: the commitment step through pallas_kernels.mdm_sample_step "
                                 "(CPU: its reference)")
     interpret: bool | None = option(None, "fused path: None = by backend (CPU: reference), True = Pallas "

@@ -36,7 +36,7 @@ from jaxorder.config import Config, ConfigError
 from jaxorder.objectives.common import special_ids
 from jaxorder.sampling.base import Sampler, SamplerOptions, resolve, sample
 from jaxorder.sampling.commit_filter import SCALAR_FEATURES, end_ids, hidden_and_log_probs, scalar_features
-from jaxorder.sampling.mdm_steps import block_schedule, draw
+from jaxorder.sampling.mdm_steps import block_schedule, draw, step_key
 
 TRACE_FORMAT = 1
 COLUMNS = ("sample", "step", "step_in_block", "position", "prediction", "final", "label", "scalars", "hidden")
@@ -93,7 +93,7 @@ def record(params, cfg: Config, tokens_BL, out: Mapping[str, Any], key: jax.Arra
         in_block = block_np == b
         x = np.where(masked, mask_id, final).astype(np.int32)
         tok, scalars, hidden = jax.device_get(step_fn(params, x, masked, generated, in_block, j - first,
-                                                      int(budget_np[b]), jax.random.fold_in(key, j)))
+                                                      int(budget_np[b]), step_key(key, j, options)))
         rows, cols = np.nonzero(masked & in_block[None, :])
         for name, values in (("sample", rows), ("step", np.full(len(rows), j)),
                              ("step_in_block", np.full(len(rows), j - first)), ("position", cols),
