@@ -25,6 +25,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         (LEARNED + "test_learned_equals_the_host_reference_loop", LEARNED
          + "test_always_no_filter_commits_one_per_step_the_most_filter_confident")),
     Mutation(
+        "fixed-noise-ignored", "jaxorder/sampling/mdm_steps.py",
+        "return key if opts.fixed_noise else jax.random.fold_in(key, step)",
+        "return jax.random.fold_in(key, step)",
+        "--fixed-noise has no effect: every step still draws fresh noise",
+        (LEARNED + "test_learned_equals_the_host_reference_loop", LEARNED
+         + "test_always_no_filter_commits_one_per_step_the_most_filter_confident",
+         FILTER + "test_fixed_noise_traces_replay_the_decodes_noise")),
+    Mutation(
         "learned-eos-counts-commits", "jaxorder/sampling/learned.py",
         "left_BL = masked_BL & ~commit_BL",
         "left_BL = masked_BL",
