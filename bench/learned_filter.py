@@ -81,18 +81,22 @@ def decode(params, cfg, tokenizer, rows: np.ndarray, name: str, given: dict, jud
             "seconds": time.perf_counter() - t0, **quality(texts, judge), "_tokens": tokens_NL}
 
 
+def label(r: dict) -> str:
+    """A setting's name in the table, the plot and the progress lines."""
+    return (r["sampler"] + (f", threshold {r['filter_threshold']}, floor {r['filter_floor']}"
+                            if "filter_threshold" in r else "")
+            + (", fixed noise" if r.get("fixed_noise") else ""))
+
+
 def table(rows: list[dict]) -> list[str]:
     out = ["| sampler | passes/token (batch of 8) | per row | judge bpb | Δ judge | unigram H (bits) | Δ H | "
            "tokens as the reference |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        label = (r["sampler"] + (f", threshold {r['filter_threshold']}, floor {r['filter_floor']}"
-                                 if "filter_threshold" in r else "")
-                 + (", fixed noise" if r.get("fixed_noise") else ""))
         d = (f"{r['d_judge']:+.3f} ± {r['d_judge_se']:.3f} | {r['entropy']:.3f} | "
              f"{r['d_entropy']:+.3f} ± {r['d_entropy_se']:.3f}" if "d_judge" in r
              else f"(reference) | {r['entropy']:.3f} | (reference)")
         per_row = f"{r['passes_row'][0]:.3f} ± {r['passes_row'][1]:.3f}"
-        out.append(f"| {label} | {r['passes_batch']:.3f} | {per_row} | "
+        out.append(f"| {label(r)} | {r['passes_batch']:.3f} | {per_row} | "
                    f"{r['judge_bpb']:.3f} ± {r['judge_bpb_se']:.3f} | {d} | {r['agreement']:.3f} |")
     return out
 
@@ -104,10 +108,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
-        label = r["sampler"] + (f" {r['filter_threshold']} ({r['filter_floor']})" if "filter_threshold" in r
-                                else "")
         ax.errorbar(r["passes_batch"], r["judge_bpb"], yerr=r["judge_bpb_se"], marker="o", capsize=2,
-                    label=label)
+                    label=label(r))
     ax.set_xlabel("passes per generated token (batch of 8)")
     ax.set_ylabel("judge bits/byte (prompted)")
     ax.grid(alpha=0.3)
@@ -170,9 +172,7 @@ def main() -> None:
         gen = rows_NL == tokenizer.mask_id
         r["agreement"] = float((r["_tokens"][gen] == (results[0] if results else r)["_tokens"][gen]).mean())
         results.append(r)
-        print(f"{name} {given.get('filter_threshold', '')} {given.get('filter_floor', '')} "
-              f"{'fixed noise' if given.get('fixed_noise') else ''}: "
-              f"passes/token {r['passes_batch']:.3f} (batch), "
+        print(f"{label(r)}: passes/token {r['passes_batch']:.3f} (batch), "
               f"{r['passes_row'][0]:.3f} (row); judge {r['judge_bpb']:.3f} ± {r['judge_bpb_se']:.3f}; "
               f"H {r['entropy']:.3f}; agreement {r['agreement']:.3f} ({r['seconds']:.0f} s)", flush=True)
     lines = [f"{stamp}; {machine_line()}; mdm {run_dir} step {step}; temperature {args.temperature}, "
